@@ -1,0 +1,84 @@
+"""What every command shares: the error boundary, ``--version`` and the consoles."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from clipa_data import __version__
+from clipa_data.errors import ClipaError
+
+Command = TypeVar("Command", bound=Callable)
+
+EXIT_BAD_INPUT = 2
+
+
+def stdout() -> Console:
+    """Console for results (tables, JSON)."""
+    return Console(soft_wrap=True)
+
+
+def stderr() -> Console:
+    """Console for progress, warnings and errors; never wraps a message over two lines."""
+    return Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one ``error:`` line and exit non-zero."""
+    stderr().print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def reports_errors(command: Command) -> Command:
+    """Turn ``ClipaError`` (bad input, failed checks) into one line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ClipaError as error:
+            fail(str(error))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def version_option(program: str) -> Callable[[bool], None]:
+    """A Typer callback that prints ``<program> <version>`` and exits."""
+
+    def show(value: bool) -> None:
+        if value:
+            stdout().print(f"{program} {__version__}")
+            raise typer.Exit()
+
+    return show
+
+
+def make_app(program: str, help_text: str) -> typer.Typer:
+    """A Typer app with ``--version``, no completion install, and help on bare invocation."""
+    app = typer.Typer(
+        name=program,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+
+    @app.callback()
+    def root(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            callback=version_option(program),
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
+    ) -> None:
+        """Root options."""
+
+    return app

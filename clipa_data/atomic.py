@@ -1,0 +1,60 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A killed process leaves at most a temporary file (``.<name>.tmp-<pid>``) that ``is_temporary``
+recognises and a re-run removes; a finished file is never half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+TEMP_MARKER = ".tmp-"
+
+
+def temporary_path(path: Path) -> Path:
+    """The temporary sibling used while ``path`` is being written by this process."""
+    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a leftover temporary file from an interrupted write."""
+    return path.name.startswith(".") and TEMP_MARKER in path.name
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Open a binary file that appears at ``path`` only if the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    with atomic_writer(Path(path)) as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=False).encode() + b"\n")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete leftover temporary files in ``folder`` (not recursive); returns what was removed."""
+    removed = []
+    if Path(folder).is_dir():
+        for entry in Path(folder).iterdir():
+            if entry.is_file() and is_temporary(entry):
+                entry.unlink()
+                removed.append(entry)
+    return removed

@@ -1,0 +1,33 @@
+"""Both console scripts exist, explain themselves and report their version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from clipa_data import __version__
+
+
+@pytest.mark.parametrize("program", ["clipa-data", "clipa-train"])
+def test_version_and_help(program):
+    bindir = __import__("pathlib").Path(sys.executable).parent
+    version = subprocess.run(
+        [bindir / program, "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.strip() == f"{program} {__version__}"
+    help_text = subprocess.run(
+        [bindir / program, "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--version" in help_text
+
+
+def test_train_cli_starts_without_torch():
+    code = (
+        "import sys; from clipa_cli import train_app, data_app; "
+        "bad = {'torch', 'tensorflow', 'nltk', 'spacy', 'img2dataset'} & set(sys.modules); "
+        "print(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
