@@ -1,0 +1,218 @@
+"""The batch source the trainer consumes: a ``DataLoader`` over ``ImageTextStream`` with
+persistent worker processes, a known number of steps per epoch and exact mid-epoch resume.
+
+::
+
+    loader = Loader(StreamConfig(data=builder, batch_size=256, ...), rank=rank, world=world)
+    loader.load_state_dict(checkpoint["stream"])      # optional: resume
+    while not done:
+        for batch in loader:                           # the rest of the current epoch
+            ...
+            checkpoint["stream"] = loader.state_dict()
+
+Iterating yields the remaining batches of the current epoch in a fixed order (worker ``w``'s
+batch ``i`` at the step ``plan.interleave`` gives it, whatever order the processes finish in),
+then moves to the next epoch. ``state_dict()`` is ``{epoch, step}`` plus the settings the
+order depends on; it is the same on every rank, so a checkpoint written by rank 0 resumes all
+ranks. Loading a mid-epoch state made with other settings (seed, world size, workers, batch
+size, data) is refused; an end-of-epoch state loads under any settings.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass, field
+
+import torch
+
+from clipa_data.errors import ClipaError
+from clipa_train import plan
+from clipa_train.batch import BatchShapes
+from clipa_train.shards import open_split
+from clipa_train.stream import ImageTextStream, StreamConfig
+
+STATE_FORMAT = "clipa-stream/1"
+FINGERPRINT = (
+    "seed",
+    "world",
+    "workers",
+    "batch_size",
+    "shuffle_buffer",
+    "steps_per_epoch",
+    "split",
+    "num_shards",
+    "num_records",
+)
+"""State entries that must match to resume mid-epoch."""
+KEPT_MESSAGES = 20
+
+
+@dataclass
+class StreamStats:
+    """What the stream skipped since this loader was created (not part of the state)."""
+
+    batches: int = 0
+    """Batches delivered."""
+    bad_images: int = 0
+    """Records whose image did not decode."""
+    unreadable: int = 0
+    """Records that could not be read from their shard."""
+    filled: int = 0
+    """Batch slots filled with a copy of another record because theirs was bad."""
+    pillow: int = 0
+    """Images decoded by Pillow because they were not JPEGs simplejpeg reads (e.g. PNG)."""
+    messages: list[str] = field(default_factory=list)
+    """The first bad-record messages, naming shard and record."""
+
+    def add(self, meta: dict) -> None:
+        self.batches += 1
+        for name in ("bad_images", "unreadable", "filled", "pillow"):
+            setattr(self, name, getattr(self, name) + meta[name])
+        room = KEPT_MESSAGES - len(self.messages)
+        self.messages.extend(meta["messages"][: max(0, room)])
+
+
+class Loader:
+    """A batch source: iterable, ``len()`` = steps per epoch, ``state_dict``/``load_state_dict``."""
+
+    def __init__(self, config: StreamConfig, *, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ClipaError(f"rank {rank} is outside a world of {world}")
+        self.config = config
+        self.rank = rank
+        self.world = world
+        self.reader = open_split(
+            config.data,
+            config.split,
+            fields=config.fields,
+            check_crc=config.check_crc,
+            text_source=config.text_source,
+            need_sidecars=config.text.mask == "syntax",
+        )
+        self.steps_per_epoch = plan.steps_per_epoch(
+            self.reader.split.num_records, config.batch_size, world, config.samples_per_epoch
+        )
+        """Batches per epoch, the same on every rank."""
+        self._shares(0)  # fails now, not in a worker, if a rank would get no records
+        self.epoch = 0
+        """The epoch being read."""
+        self.step = 0
+        """Batches of it already delivered."""
+        self.stats = StreamStats()
+        self._position = multiprocessing.RawArray("q", 2)
+        self._dataset = ImageTextStream(
+            config,
+            self.reader,
+            rank=rank,
+            world=world,
+            steps=self.steps_per_epoch,
+            position=self._position,
+        )
+        self._dataloader: torch.utils.data.DataLoader | None = None
+
+    @property
+    def shapes(self) -> BatchShapes:
+        """The fixed shapes of every batch."""
+        return self.config.shapes()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _shares(self, epoch: int) -> tuple[plan.WorkerShare, ...]:
+        return plan.plan_rank(
+            self.reader.lengths,
+            seed=self.config.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world=self.world,
+            workers=self.config.readers,
+            steps=self.steps_per_epoch,
+        )
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        if self._dataloader is None:
+            workers = self.config.workers
+            pin = self.config.pin_memory
+            self._dataloader = torch.utils.data.DataLoader(
+                self._dataset,
+                batch_size=None,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                prefetch_factor=self.config.prefetch if workers else None,
+                pin_memory=torch.cuda.is_available() if pin is None else pin,
+            )
+        return self._dataloader
+
+    def _roll_over(self) -> None:
+        if self.step >= self.steps_per_epoch:
+            self.epoch += 1
+            self.step = 0
+
+    def __iter__(self):
+        """The remaining batches of the current epoch, in their fixed order."""
+        self._roll_over()
+        self._position[0], self._position[1] = self.epoch, self.step
+        order = plan.interleave([share.batches for share in self._shares(self.epoch)])
+        arrived = iter(self._loader())
+        waiting: dict[tuple[int, int], tuple[dict, dict]] = {}
+        while self.step < self.steps_per_epoch:
+            wanted = order[self.step]
+            while wanted not in waiting:
+                batch = next(arrived, None)
+                if batch is None:
+                    raise RuntimeError(
+                        f"loader workers stopped before step {self.step} of epoch {self.epoch}"
+                    )
+                meta = batch.pop("_meta")
+                if "error" in meta:
+                    raise ClipaError(meta["error"])
+                waiting[meta["worker"], meta["batch"]] = (batch, meta)
+            batch, meta = waiting.pop(wanted)
+            self.stats.add(meta)
+            self.step += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        """Where the stream stands: resumable on every rank with the same settings."""
+        self._roll_over()
+        return {"format": STATE_FORMAT, "epoch": self.epoch, "step": self.step, **self._settings()}
+
+    def _settings(self) -> dict:
+        return {
+            "seed": self.config.seed,
+            "world": self.world,
+            "workers": self.config.readers,
+            "batch_size": self.config.batch_size,
+            "shuffle_buffer": self.config.shuffle_buffer,
+            "steps_per_epoch": self.steps_per_epoch,
+            "split": self.config.split,
+            "num_shards": len(self.reader.split.shards),
+            "num_records": self.reader.split.num_records,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (from ``state_dict()``, possibly of another rank)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ClipaError(
+                f"not a stream state of this loader (format {state.get('format')!r}, "
+                f"expected {STATE_FORMAT!r})"
+            )
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if step:
+            now = self._settings()
+            changed = [
+                f"{name} {state.get(name)} -> {now[name]}"
+                for name in FINGERPRINT
+                if state.get(name) != now[name]
+            ]
+            if changed:
+                raise ClipaError(
+                    f"the checkpoint stopped in the middle of epoch {epoch} (step {step}) with "
+                    f"other stream settings ({', '.join(changed)}); resume with the same "
+                    "settings or from a checkpoint at the end of an epoch"
+                )
+        self.epoch, self.step = epoch, step
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when the loader is garbage-collected)."""
+        self._dataloader = None
