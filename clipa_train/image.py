@@ -12,14 +12,18 @@ Every transform is a crop box in source pixels followed by a resize of that box 
 - ``square``: the whole image squashed to ``size x size`` (``--square-resize-only``).
 
 JPEGs are decoded by libjpeg-turbo (simplejpeg) with ``min_width/min_height`` so the IDCT runs
-at the smallest M/8 scale whose crop is still >= ``size`` in both directions (a 256 px image
-cropped for 112 px decodes at 1/2 or 5/8 instead of full size). The resize is area-style: the
-DCT scale (a box-like prefilter) and, when the crop is still >= 2x the target, an exact
-integer-factor ``INTER_AREA`` box reduction do the shrinking; a bilinear step covers the last
-factor below 2 (or any enlargement). OpenCV 4's ``INTER_AREA`` at non-integer factors costs
-130-550 µs at these sizes against 25-75 µs for this path, with a similar error against an
-exact box filter. Anything
-simplejpeg cannot read (PNG, WebP, GIF, ... in the ``jpg`` field) goes through Pillow
+at the smallest of the scales 1/8, 1/4, 1/2, 1 whose crop is still >= ``size`` in both
+directions (a 256 px image cropped for 64 px decodes at 1/2, a whole one for 112 px at 1/2).
+libjpeg-turbo also scales by 3/8, 5/8, 6/8, 7/8, but without SIMD: measured here, 5/8-7/8
+decode slower than full size, so they are never asked for.
+
+The resize is area-style: the DCT scale (a box-like prefilter), then exact halvings while an
+axis is still >= 2x the target (an exact 2x bilinear resize averages each pixel pair, i.e. a
+2x box filter), then one bilinear step for the last factor below 2 (or any enlargement).
+OpenCV 4's ``INTER_AREA`` costs 130-550 µs at these sizes for non-integer or mixed (2, 1)
+factors, against ~50 µs for this path.
+
+Anything simplejpeg cannot read (PNG, WebP, GIF, ... in the ``jpg`` field) goes through Pillow
 (``draft`` for JPEG, then RGB). Grayscale and CMYK JPEGs, 1x1 and 10,000x50 images all give a
 ``size x size`` RGB image. Bytes no decoder reads raise ``ImageError``.
 
@@ -47,6 +51,8 @@ RECIPE_JITTER = (0.32, 0.32, 0.32, 0.08)
 """Colour jitter of CLIPA's L/16 and H/14 recipes (brightness, contrast, saturation, hue)."""
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """ITU-R 601 luma weights (what PIL and torchvision use for grayscale)."""
+DCT_SCALES = (1 / 8, 1 / 4, 1 / 2, 1.0)
+"""Decode scales with SIMD IDCTs in libjpeg-turbo (the others are slower than a full decode)."""
 CROP_TRIES = 10
 """RandomResizedCrop tries this many random boxes before falling back to a centre crop."""
 
@@ -154,9 +160,10 @@ def crop_box(width: int, height: int, config: ImageConfig, rng: np.random.Genera
 
 
 def _scaled_minimum(width: int, height: int, box: Box, size: int) -> tuple[int, int]:
-    """Smallest decode size for which the box still covers ``size`` pixels both ways."""
-    factor = min(1.0, size / min(box.width, box.height))
-    return min(width, math.ceil(width * factor)), min(height, math.ceil(height * factor))
+    """Decode size at the smallest ``DCT_SCALES`` scale keeping the box >= ``size`` both ways."""
+    needed = size / min(box.width, box.height)
+    scale = next((s for s in DCT_SCALES if s >= needed), 1.0)
+    return min(width, math.ceil(width * scale)), min(height, math.ceil(height * scale))
 
 
 def _decode_pillow(data: bytes, min_width: int, min_height: int) -> np.ndarray:
@@ -247,10 +254,14 @@ def resize_into(region: np.ndarray, out: np.ndarray) -> None:
     """Area-style resize of ``region`` into ``out`` (see the module docstring)."""
     height, width = region.shape[:2]
     size_y, size_x = out.shape[:2]
-    kx, ky = max(1, width // size_x), max(1, height // size_y)
-    if kx > 1 or ky > 1:
-        even = region[: height - height % ky, : width - width % kx]
-        region = cv2.resize(even, (width // kx, height // ky), interpolation=cv2.INTER_AREA)
+    while width >= 2 * size_x or height >= 2 * size_y:
+        half_x = width // 2 if width >= 2 * size_x else width
+        half_y = height // 2 if height >= 2 * size_y else height
+        even = region[
+            : height if half_y == height else 2 * half_y, : width if half_x == width else 2 * half_x
+        ]
+        region = cv2.resize(even, (half_x, half_y), interpolation=cv2.INTER_LINEAR)
+        height, width = half_y, half_x
     cv2.resize(region, (size_x, size_y), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
