@@ -31,6 +31,7 @@ from clipa_data.example import bytes_value, parse_message
 from clipa_data.tokenizer import vocab_sha256
 
 TextSource = Literal["auto", "sidecar", "caption"]
+TEXT_SOURCES: tuple[str, ...] = ("auto", "sidecar", "caption")
 SIDECAR_CACHE = 4
 """Sidecars a worker keeps loaded (the shuffle buffer can hold records of a few shards)."""
 

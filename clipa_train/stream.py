@@ -33,7 +33,7 @@ from clipa_train import plan, seeding
 from clipa_train.batch import BatchArrays, BatchShapes
 from clipa_train.image import ImageConfig, ImageError, transform_into
 from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextConfig, TextReducer
-from clipa_train.shards import Fields, Record, ShardReader, TextSource, Unreadable
+from clipa_train.shards import TEXT_SOURCES, Fields, Record, ShardReader, TextSource, Unreadable
 from clipa_train.shuffle import ShuffleOrder
 
 MAX_MESSAGES = 5
@@ -94,6 +94,10 @@ class StreamConfig:
             raise ClipaError(f"bad grace must be >= 1, got {self.bad_grace}")
         if self.prefetch < 1:
             raise ClipaError(f"prefetch must be >= 1, got {self.prefetch}")
+        if self.text_source not in TEXT_SOURCES:
+            raise ClipaError(
+                f"unknown text source {self.text_source!r}; choose one of {', '.join(TEXT_SOURCES)}"
+            )
         if self.text.mask == "syntax" and self.text_source == "caption":
             raise ClipaError(
                 "the syntax text mask reads POS tags from sidecars: use text source auto"
@@ -294,7 +298,7 @@ class WorkerEpoch:
                 f"{self.config.max_bad_fraction:.1%}); last: {counts['messages'][-1]}"
             )
         if bad:
-            self._fill_bad_slots(arrays, good, counts)
+            self._fill_bad_slots(arrays, good)
         meta = {
             "worker": self.worker,
             "batch": number,
@@ -304,7 +308,7 @@ class WorkerEpoch:
         }
         return {**arrays.to_batch(), "_meta": meta}
 
-    def _fill_bad_slots(self, arrays: BatchArrays, good: list[bool], counts) -> None:
+    def _fill_bad_slots(self, arrays: BatchArrays, good: list[bool]) -> None:
         """Give every bad slot a copy of the next good slot (cyclically) of the batch."""
         if not any(good):
             good[0] = self._borrow(arrays)

@@ -289,6 +289,7 @@ def test_missing_sidecars_and_syntax_without_them(copy):
         ({"max_bad_fraction": 1.0}, r"max bad fraction must be in \[0, 1\)"),
         ({"image": ImageConfig(size=40)}, "not a multiple of the patch size 16"),
         ({"text_source": "caption"}, "syntax text mask reads POS tags from sidecars"),
+        ({"text_source": "tags"}, "unknown text source 'tags'"),
         ({"batch_size": 49}, "less than one global batch"),
     ],
 )
@@ -303,3 +304,22 @@ def test_stats_count_samples(builder):
     list(loader)
     assert loader.stats.batches == 4 and loader.stats.bad_images == 0
     assert np.isfinite(len(loader))
+
+
+def test_reading_never_imports_tensorflow_or_nltk(builder):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from clipa_train.loader import Loader\n"
+        "from clipa_train.stream import StreamConfig\n"
+        "from clipa_train.image import ImageConfig\n"
+        "from clipa_train.reduce import TextConfig\n"
+        f"loader = Loader(StreamConfig(data={str(builder)!r}, batch_size=4, workers=0,\n"
+        "    image=ImageConfig(size=32), text=TextConfig('syntax', 8)))\n"
+        "next(iter(loader))\n"
+        "heavy = {'tensorflow', 'tensorflow_datasets', 'nltk', 'spacy'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
