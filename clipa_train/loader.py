@@ -47,6 +47,11 @@ FINGERPRINT = (
 KEPT_MESSAGES = 20
 
 
+def as_is(batch: dict) -> dict:
+    """The collate function: workers already yield finished batches of tensors."""
+    return batch
+
+
 @dataclass
 class StreamStats:
     """What the stream skipped since this loader was created (not part of the state)."""
@@ -136,6 +141,7 @@ class Loader:
             self._dataloader = torch.utils.data.DataLoader(
                 self._dataset,
                 batch_size=None,
+                collate_fn=as_is,
                 num_workers=workers,
                 persistent_workers=workers > 0,
                 prefetch_factor=self.config.prefetch if workers else None,
