@@ -5,14 +5,15 @@ persistent worker processes, a known number of steps per epoch and exact mid-epo
 
     loader = Loader(StreamConfig(data=builder, batch_size=256, ...), rank=rank, world=world)
     loader.load_state_dict(checkpoint["stream"])      # optional: resume
-    while not done:
-        for batch in loader:                           # the rest of the current epoch
-            ...
-            checkpoint["stream"] = loader.state_dict()
+    for step, batch in zip(range(start, total_steps), loader):   # epochs follow each other
+        ...
+        checkpoint["stream"] = loader.state_dict()
 
-Iterating yields the remaining batches of the current epoch in a fixed order (worker ``w``'s
-batch ``i`` at the step ``plan.interleave`` gives it, whatever order the processes finish in),
-then moves to the next epoch. ``state_dict()`` is ``{epoch, step}`` plus the settings the
+Iterating never ends: it yields the remaining batches of the current epoch, then every batch of
+the next epoch, and so on; the trainer stops at its step budget (``len(loader)`` steps make an
+epoch). ``epoch_batches()`` yields only the rest of the current epoch. Within an epoch the order
+is fixed (worker ``w``'s batch ``i`` comes at the step ``plan.interleave`` gives it, whatever
+order the processes finish in). ``state_dict()`` is ``{epoch, step}`` plus the settings the
 order depends on; it is the same on every rank, so a checkpoint written by rank 0 resumes all
 ranks. Loading a mid-epoch state made with other settings (seed, world size, workers, batch
 size, data) is refused; an end-of-epoch state loads under any settings.
@@ -155,6 +156,11 @@ class Loader:
             self.step = 0
 
     def __iter__(self):
+        """Batches without end: the rest of the current epoch, then the following epochs."""
+        while True:
+            yield from self.epoch_batches()
+
+    def epoch_batches(self):
         """The remaining batches of the current epoch, in their fixed order."""
         self._roll_over()
         self._position[0], self._position[1] = self.epoch, self.step

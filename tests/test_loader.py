@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import struct
 from collections import Counter
@@ -57,7 +58,7 @@ def config(data, **changes):
 
 
 def epoch_keys(loader):
-    return [key for batch in loader for key in batch["key"]]
+    return [key for batch in loader.epoch_batches() for key in batch["key"]]
 
 
 def snapshot(batch):
@@ -113,8 +114,7 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(builder, stop_after):
         samples_per_epoch=57,
     )
     steps = Loader(augmented).steps_per_epoch  # 19 steps: 30 + 27 positions > 24 records each
-    uninterrupted = Loader(augmented)
-    expected = [snapshot(b) for b in uninterrupted] + [snapshot(b) for b in uninterrupted][:3]
+    expected = [snapshot(b) for b in itertools.islice(Loader(augmented), steps + 3)]
 
     stopped = Loader(augmented)
     for done, _ in enumerate(stopped, start=1):
@@ -125,9 +125,18 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(builder, stop_after):
     assert state["epoch"] == 0 and state["step"] == stop_after
     resumed = Loader(augmented)
     resumed.load_state_dict(state)
-    rest = [snapshot(b) for b in resumed] + [snapshot(b) for b in resumed][:3]
-    assert len(rest) == steps - stop_after + 3
-    assert rest == expected[stop_after:]
+    rest = [snapshot(b) for b in itertools.islice(resumed, steps - stop_after + 3)]
+    assert rest == expected[stop_after:]  # into the next epoch without a break
+
+
+def test_iteration_runs_on_across_epochs(builder):
+    loader = Loader(config(builder, workers=0))
+    steps = len(loader)
+    endless = [batch["key"] for batch in itertools.islice(loader, 2 * steps + 1)]
+    assert loader.state_dict()["epoch"] == 2 and loader.state_dict()["step"] == 1
+    by_epoch = Loader(config(builder, workers=0))
+    epochs = [[batch["key"] for batch in by_epoch.epoch_batches()] for _ in range(3)]
+    assert endless == epochs[0] + epochs[1] + epochs[2][:1]
 
 
 def test_end_of_epoch_state_resumes_at_the_next_epoch_under_any_settings(builder):
@@ -188,7 +197,7 @@ def test_odd_images_are_decoded_and_a_broken_one_skipped_and_counted(tmp_path):
     loader = Loader(
         config(data, text=TextConfig("truncate", 8), batch_size=8, max_bad_fraction=0.2)
     )
-    (batch,) = list(loader)
+    (batch,) = list(loader.epoch_batches())
     assert loader.stats.bad_images == 1 and loader.stats.filled == 1
     assert loader.stats.pillow == 1  # the PNG
     assert "broken" not in batch["key"] and len(set(batch["key"])) == 7
@@ -200,7 +209,7 @@ def test_too_many_bad_records_stop_the_run_with_the_record_named(tmp_path):
     data = make_builder_dir(tmp_path, [odd_records()])
     loader = Loader(config(data, text=TextConfig("truncate", 8), batch_size=4, bad_grace=4))
     with pytest.raises(ClipaError, match=r"1 of the [48] records read by worker 0 .*key 'broken'"):
-        list(loader)
+        list(loader.epoch_batches())
 
 
 def test_a_fully_bad_batch_borrows_the_next_good_record(tmp_path):
@@ -243,7 +252,7 @@ def test_truncated_shard_is_counted_or_stops_the_run(copy):
     )
     strict = Loader(config(copy, max_bad_fraction=0.01, bad_grace=10))
     with pytest.raises(ClipaError, match=rf"unusable .*{path.name}"):
-        list(strict)
+        list(strict.epoch_batches())
 
 
 def test_bad_crc_is_found_when_checking(copy):
@@ -265,7 +274,7 @@ def test_sidecar_key_mismatch_stops_with_shard_and_record(copy):
     shutil.copy(sidecars[0], sidecars[1])  # same row count, other keys
     loader = Loader(config(copy, workers=2))
     with pytest.raises(ClipaError, match=r"row \d has key .* but record \d of shard .*00001-of"):
-        list(loader)
+        list(loader.epoch_batches())
 
 
 def test_missing_sidecars_and_syntax_without_them(copy):
@@ -300,7 +309,7 @@ def test_bad_stream_configs(builder, changes, message):
 def test_stats_count_samples(builder):
     loader = Loader(config(builder, workers=0, samples_per_epoch=12))
     assert len(loader) == 4
-    list(loader)
+    list(loader.epoch_batches())
     assert loader.stats.batches == 4 and loader.stats.bad_images == 0
     assert loader.stats.filled == 0 and loader.stats.messages == []
 
