@@ -63,7 +63,7 @@ RESERVED_COLUMNS = frozenset(
     {"key", "caption", "url", "width", "height", "original_width", "original_height", "status"}
     | {"error_message", "exif", "md5", "sha256", "sha512"}
 )
-# Set by download() from its own arguments, never through the passthrough.
+# The CLI's positional arguments; every other field is the CLI option --<field-with-dashes>.
 POSITIONAL_ARGUMENTS = ("url_list", "output_folder")
 
 
@@ -74,13 +74,9 @@ def img2dataset_parameters() -> tuple[str, ...]:
 
 
 def import_img2dataset():
-    """Import img2dataset without albumentations' network update check.
-
-    The variables are inherited by img2dataset's spawned workers; the TensorFlow one silences
-    the info lines its tfrecord writer prints in every worker (a value you set wins).
-    """
+    """Import img2dataset without albumentations' network update check (the variable is
+    inherited by img2dataset's spawned workers, which import it again)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import img2dataset
 
     return img2dataset
@@ -168,7 +164,7 @@ class DownloadConfig:
             return
         own = {f for f in self.__dataclass_fields__ if f != "extra"}
         for name in self.extra:
-            if name in POSITIONAL_ARGUMENTS or name in own:
+            if name in own:
                 where = (
                     f"the {name.upper()} argument"
                     if name in POSITIONAL_ARGUMENTS
@@ -380,7 +376,7 @@ def _parquet_rows(config: DownloadConfig, files: list[Path]) -> list[int]:
     for path in files:
         try:
             parquet = pq.ParquetFile(path)
-        except Exception as error:  # pyarrow raises several types for a file that is not parquet
+        except (OSError, ValueError) as error:  # ArrowInvalid (not parquet) is a ValueError
             raise ClipaError(
                 f"{path} is not a readable parquet file ({error}); fix the file or pass "
                 "--input-format with its real format"

@@ -84,9 +84,8 @@ def _url(base_url: str, seed: int, index: int, kind: str | None) -> str:
     }[kind]
 
 
-def demo_rows(base_url: str, count: int, seed: int = 0, broken: bool = True) -> dict[str, list]:
+def demo_rows(base_url: str, count: int, seed: int, planted: dict[int, str]) -> dict[str, list]:
     """The metadata columns for ``count`` samples served from ``base_url``."""
-    planted = broken_rows(count, seed) if broken else {}
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for index in range(count):
         scene = training_scene(seed, index)
@@ -117,8 +116,8 @@ def write_demo_metadata(
         raise ClipaError(f"demo metadata needs at least {minimum} rows, got count={count}")
     if path.is_dir():
         raise ClipaError(f"{path} is a folder; pass the path of the parquet file to write")
-    table = pa.Table.from_pydict(demo_rows(base_url, count, seed, broken), schema=SCHEMA)
+    planted = broken_rows(count, seed) if broken else {}
+    table = pa.Table.from_pydict(demo_rows(base_url, count, seed, planted), schema=SCHEMA)
     with atomic_writer(path) as handle:
         pq.write_table(table, handle)
-    planted = broken_rows(count, seed) if broken else {}
     return DemoMetadata(path=path, rows=count, broken=tuple(sorted(planted.items())))
