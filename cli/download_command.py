@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -82,7 +81,7 @@ def _columns(text: str) -> tuple[str, ...]:
 @reports_errors
 def download_command(
     url_list: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Metadata with image URLs and captions: a file, or a folder of files of "
             "--input-format (LAION-400M: the folder of its parquet files).",
@@ -91,7 +90,7 @@ def download_command(
         ),
     ],
     output_folder: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Folder for the shards (created if missing; a re-run resumes in it).",
             metavar="OUTPUT_FOLDER",
@@ -185,10 +184,11 @@ def download_command(
     ] = None,
 ) -> None:
     """Download images with img2dataset (LAION-400M recipe by default); resumable."""
+    # URL_LIST and OUTPUT_FOLDER stay strings: pathlib would turn gs://bucket into gs:/bucket.
     optional = {} if processes_count is None else {"processes_count": processes_count}
     config = DownloadConfig(
-        url_list=str(url_list),
-        output_folder=str(output_folder),
+        url_list=url_list,
+        output_folder=output_folder,
         input_format=input_format,
         url_col=url_col,
         caption_col=caption_col or None,
@@ -212,6 +212,4 @@ def download_command(
         console.print(summary_table(error.summary))
         raise
     console.print(summary_table(summary))
-    console.print(
-        f"next: clipa-data convert {escape(str(output_folder))} OUT --name NAME --split train"
-    )
+    console.print(f"next: clipa-data convert {escape(output_folder)} OUT --name NAME --split train")

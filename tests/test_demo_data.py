@@ -253,6 +253,16 @@ def test_demo_rebuilds_its_own_folder_when_settings_change(tmp_path):
     assert "settings changed" in console.file.getvalue()
 
 
+def test_demo_settings_and_output_are_checked(tmp_path):
+    with pytest.raises(ClipaError, match="--count >= 6"):
+        DemoSettings(count=3)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ClipaError, match="is a file"):
+        prepare_output(DemoSettings(out=tmp_path / "file"), False, Console(file=io.StringIO()))
+    with pytest.raises(ClipaError, match="per_class >= 1"):
+        write_demo_validation(tmp_path / "val", per_class=0)
+
+
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")

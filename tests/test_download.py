@@ -8,6 +8,7 @@ shard) is as small as it can be.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -359,11 +360,41 @@ def test_cli_bad_passthrough(metadata, tmp_path, pair, message):
         ("--save-additional-columns", "NSFW,status", "may not use status"),
         ("--distributor", "ray", "distributor must be one of multiprocessing, pyspark"),
         ("--processes", "0", "processes_count must be at least 1"),
+        ("--image-size", "0", "image_size must be at least 1"),
+        ("--input-format", "xml", "input_format must be one of parquet"),
+        ("--incremental-mode", "append", "incremental_mode must be one of"),
+        ("--timeout", "0", "timeout > 0"),
+        ("--retries", "-1", "retries >= 0"),
     ],
 )
 def test_cli_bad_settings(metadata, tmp_path, option, value, message):
     result = cli(str(metadata.path), str(tmp_path / "out"), option, value)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_remote_output_folder_is_refused_not_mangled(metadata):
+    result = cli(str(metadata.path), "gs://bucket/laion")
+    assert result.exit_code == 2
+    assert "output folder gs://bucket/laion is remote" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is not None, reason="pyspark installed")
+def test_cli_pyspark_without_pyspark(metadata, tmp_path):
+    result = cli(str(metadata.path), str(tmp_path / "out"), "--distributor", "pyspark")
+    assert result.exit_code == 2 and "pip install pyspark" in result.output
+
+
+def test_empty_paths_are_refused():
+    with pytest.raises(ClipaError, match="URL list is empty"):
+        DownloadConfig("", "out")
+    with pytest.raises(ClipaError, match="output folder is empty"):
+        DownloadConfig("urls.parquet", "")
+
+
+def test_a_broken_stats_file_is_named(tmp_path):
+    (tmp_path / "00000_stats.json").write_text('{"count": 3}')
+    with pytest.raises(ClipaError, match=r"00000_stats.json: not an img2dataset stats file"):
+        read_shard_stats(tmp_path)
 
 
 def test_passthrough_values_are_json_or_python_literals():
