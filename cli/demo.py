@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,8 +91,6 @@ class DemoRun:
     """Where the demo image server listens."""
     download: DownloadSummary | None = None
     """Set by the download stage."""
-    notes: dict[str, str] = field(default_factory=dict)
-    """One line per finished stage, for the final table."""
 
 
 def stage_metadata(run: DemoRun) -> str:
