@@ -48,6 +48,30 @@ def raw_stats_path(shard: Path) -> Path:
     return shard.with_name(f"{shard.name.split('.')[0]}_stats.json")
 
 
+RAW_STATS_PATTERN = re.compile(r"^(?P<id>\d+)_stats\.json$")
+
+
+def raw_stats_shard_id(path: str | Path) -> int | None:
+    """The shard number of an img2dataset statistics file ``00012_stats.json``, else None."""
+    match = RAW_STATS_PATTERN.match(Path(path).name)
+    return int(match["id"]) if match else None
+
+
+def resume_breaking_json(output_folder: Path) -> list[Path]:
+    """Top-level ``*.json`` files that img2dataset's resume cannot parse as a shard number.
+
+    Its incremental mode globs ``<output>/*.json`` and runs ``int(name.split("_")[0])`` on each,
+    so any other JSON there (e.g. ``dataset_info.json``) crashes every re-run.
+    """
+    breaking = []
+    for path in sorted(Path(output_folder).glob("*.json")):
+        try:
+            int(path.name.split("_")[0])
+        except ValueError:
+            breaking.append(path)
+    return breaking
+
+
 def download_summary_path(output_folder: Path) -> Path:
     """Where ``clipa-data download`` writes its summary (a subfolder img2dataset never globs)."""
     return Path(output_folder) / CLIPA_SUBDIR / DOWNLOAD_SUMMARY
