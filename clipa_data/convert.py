@@ -19,6 +19,7 @@ folder and produces the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -92,6 +93,13 @@ class ConvertConfig:
         if self.workers < 1:
             raise ClipaError("--workers must be at least 1")
 
+    def to_json(self) -> dict:
+        """The options as JSON values (for the summary)."""
+        options = dataclasses.asdict(self)
+        options.update(src=str(self.src), out=str(self.out), drop_columns=list(self.drop_columns))
+        del options["show_progress"]
+        return options
+
 
 @dataclass(frozen=True)
 class Source:
@@ -134,13 +142,16 @@ class ConvertResult:
     verification: Verification
     """What reading the result back with TFDS proved."""
     phases: dict[str, float]
-    """Wall seconds per phase (inspect, place, metadata, verify, total)."""
+    """Wall seconds per phase (inspect, import_tensorflow, place, metadata, verify, total)."""
+    options: dict
+    """The options of this run (``ConvertConfig`` as JSON values)."""
 
     def to_json(self) -> dict:
         """The machine-readable summary."""
         return {
             "builder_dir": str(self.builder_dir),
             "status": self.status,
+            "options": self.options,
             "source_shards": self.source_shards,
             "shards": self.shards,
             "records": self.records,
@@ -421,6 +432,7 @@ def place_all(config: ConvertConfig, staging: Path, manifest: dict) -> list[Plac
 def _finish(
     config: ConvertConfig, staging: Path, manifest: dict, schema: Schema, placed: Sequence[Placed]
 ) -> tuple[dict, float, Verification]:
+    """Metadata, the final manifest and the TFDS check; returns the metadata seconds too."""
     started = time.perf_counter()
     for shard, result in zip(manifest["shards"], placed, strict=True):
         shard["bytes"] = result.num_bytes
@@ -459,6 +471,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
     inspections = inspect_sources(config, sources)
     inspected = time.perf_counter()
     manifest, schema = build_manifest(config, sources, inspections)
+    import_seconds = tfds_metadata.import_tensorflow()  # timed on its own: seconds, once
 
     if _check_existing(final, manifest, config):
         status, placed_seconds, metadata_seconds = "up to date", 0.0, 0.0
@@ -499,11 +512,13 @@ def convert(config: ConvertConfig) -> ConvertResult:
         verification=verification,
         phases={
             "inspect": inspected - started,
+            "import_tensorflow": import_seconds,
             "place": placed_seconds,
             "metadata": metadata_seconds,
             "verify": verification.seconds,
             "total": time.perf_counter() - started,
         },
+        options=config.to_json(),
     )
     write_json(layout.convert_summary_path(final), result.to_json())
     return result

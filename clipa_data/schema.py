@@ -143,8 +143,16 @@ class ShardSchema:
     """The ``key`` of record 0 (convert checks TFDS reads it back)."""
 
 
+def _show(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, bytes) and len(value) > 40:
+        return repr(value[:40])  # never repr a whole image
+    return repr(value)
+
+
 def _short(values: list) -> str:
-    shown = [f"{v:.6g}" if isinstance(v, float) else repr(v) for v in values]
+    shown = [_show(v) for v in values[:4]]
     text = shown[0] if len(shown) == 1 else f"[{', '.join(shown)}]"
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -187,9 +195,10 @@ class SchemaObserver:
                 facts = columns[name] = ColumnFacts()
                 lacking = next((s for cols, s in self._first_of_layout if name not in cols), None)
                 facts.missing = lacking
-            sighting = Sighting(index, key, _short(values))
-            facts.kinds.setdefault(kind, sighting)
-            facts.counts.setdefault(len(values), sighting)
+            if kind not in facts.kinds or len(values) not in facts.counts:
+                sighting = Sighting(index, key, _short(values))
+                facts.kinds.setdefault(kind, sighting)
+                facts.counts.setdefault(len(values), sighting)
         if is_new_layout:
             for name, facts in columns.items():
                 if name not in names and facts.missing is None:

@@ -23,8 +23,20 @@ VERIFY_CHUNK = 512
 """Shards read per ``as_dataset`` call while verifying (keeps one read plan small)."""
 
 
-def _quiet_tensorflow() -> None:
+def import_tensorflow() -> float:
+    """Import TensorFlow and TFDS quietly (once per process); returns the seconds it took.
+
+    TF 2.21 prints oneDNN and absl start-up lines whatever TF_CPP_MIN_LOG_LEVEL says;
+    TF_ENABLE_ONEDNN_OPTS=0 silences them (it only changes oneDNN math kernels, which
+    parsing records and decoding images do not use). Both only apply if not already set.
+    """
+    started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import tensorflow  # noqa: F401
+    import tensorflow_datasets  # noqa: F401
+
+    return time.perf_counter() - started
 
 
 def feature_connector(column: Column):
@@ -67,7 +79,7 @@ def write(
     description: str,
 ) -> None:
     """Write ``dataset_info.json`` and ``features.json`` into ``builder`` with TFDS's writer."""
-    _quiet_tensorflow()
+    import_tensorflow()
     import tensorflow_datasets as tfds
 
     template = tfds.core.ShardedFileTemplate(
@@ -126,8 +138,8 @@ def verify(
     first_keys: Sequence[str | None],
 ) -> Verification:
     """Load ``builder_path`` with TFDS and prove it holds what convert wrote, or raise."""
+    import_tensorflow()
     started = time.perf_counter()
-    _quiet_tensorflow()
     import tensorflow_datasets as tfds
 
     try:

@@ -175,3 +175,37 @@ def test_out_holds_something_else(src, tmp_path):
     result = run(src, tmp_path / "out", "--overwrite")
     assert_one_line_error(result, str(foreign), "not written by clipa-data convert")
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_console_scripts_end_to_end(src, tmp_path):
+    """The installed scripts as a user runs them: a worker pool, progress bar, then info."""
+    import json
+    import subprocess
+    import sys
+
+    bindir = Path(sys.executable).parent
+    converted = subprocess.run(
+        [
+            bindir / "clipa-data",
+            "convert",
+            src,
+            tmp_path / "out",
+            "--name",
+            "demo",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert converted.returncode == 0, converted.stderr
+    assert "inspecting" in converted.stderr  # the progress bar
+    assert "clipa-data convert: converted" in converted.stdout
+    report = subprocess.run(
+        [bindir / "clipa-data", "info", tmp_path / "out", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(report.stdout)
+    assert data["splits"]["train"]["examples"] == 12 and data["overview"]["shards"] == 3
