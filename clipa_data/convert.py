@@ -359,10 +359,22 @@ def moved_sources(config: ConvertConfig, folders: Sequence[Path]) -> list[Source
 # --- 4. staging and placement -------------------------------------------------------------------
 
 
-def _check_existing(final: Path, manifest: dict, config: ConvertConfig) -> bool:
-    """True when ``final`` already holds this exact conversion; raise if it holds another."""
+def _refuse_to_discard_moved(folder: Path, previous: dict) -> None:
+    if previous["config"]["method"] == "move":
+        raise ClipaError(
+            f"{folder} holds shards moved out of {previous['source']['folder']}; discarding it "
+            "would delete the only copy; finish or keep that conversion and choose another "
+            "--version or OUT"
+        )
+
+
+def existing_conversion(final: Path, manifest: dict, config: ConvertConfig) -> dict | None:
+    """The manifest of ``final`` when it already holds this very conversion, else None.
+
+    Raises when ``final`` holds something else, unless ``--overwrite`` may replace it.
+    """
     if not final.exists():
-        return False
+        return None
     previous = read_manifest(final)
     if previous is None:
         raise ClipaError(
@@ -370,18 +382,14 @@ def _check_existing(final: Path, manifest: dict, config: ConvertConfig) -> bool:
             "remove it yourself, or choose another --version or OUT"
         )
     if identity(previous) == identity(manifest):
-        return True
+        return previous
     if not config.overwrite:
         raise ClipaError(
             f"{final} already holds another conversion ({_difference(previous, manifest)}); "
             "pass --overwrite to replace it, or choose another --version or OUT"
         )
-    if previous["config"]["method"] == "move":
-        raise ClipaError(
-            f"{final} holds shards moved out of {previous['source']['folder']}; replacing it "
-            "would delete the only copy; choose another --version or OUT"
-        )
-    return False
+    _refuse_to_discard_moved(final, previous)
+    return None
 
 
 def prepare_staging(staging: Path, manifest: dict, config: ConvertConfig) -> bool:
@@ -393,11 +401,7 @@ def prepare_staging(staging: Path, manifest: dict, config: ConvertConfig) -> boo
                 f"{staging} holds an unfinished conversion ({_difference(previous, manifest)}); "
                 "re-run with the same options to finish it, or pass --overwrite to discard it"
             )
-        if previous["config"]["method"] == "move":
-            raise ClipaError(
-                f"{staging} holds shards moved out of {previous['source']['folder']}; finish "
-                "that conversion (re-run it with its options) before starting another"
-            )
+        _refuse_to_discard_moved(staging, previous)
         shutil.rmtree(staging)
         previous = None
     staging.mkdir(parents=True, exist_ok=True)
@@ -452,13 +456,18 @@ def _finish(
     )
     write_json(layout.convert_manifest_path(staging), manifest)
     metadata_seconds = time.perf_counter() - started
-    verification = tfds_metadata.verify(
-        staging,
-        split=config.split,
-        shard_lengths=[shard["records"] for shard in manifest["shards"]],
-        first_keys=[shard["first_key"] for shard in manifest["shards"]],
+    return manifest, metadata_seconds, verify_manifest(staging, manifest)
+
+
+def verify_manifest(builder: Path, manifest: dict) -> Verification:
+    """Prove with TFDS's reader that ``builder`` holds what its ``manifest`` says."""
+    shards = manifest["shards"]
+    return tfds_metadata.verify(
+        builder,
+        split=manifest["dataset"]["split"],
+        shard_lengths=[shard["records"] for shard in shards],
+        first_keys=[shard["first_key"] for shard in shards],
     )
-    return manifest, metadata_seconds, verification
 
 
 def convert(config: ConvertConfig) -> ConvertResult:
@@ -471,17 +480,12 @@ def convert(config: ConvertConfig) -> ConvertResult:
     inspections = inspect_sources(config, sources)
     inspected = time.perf_counter()
     manifest, schema = build_manifest(config, sources, inspections)
+    stored = existing_conversion(final, manifest, config)
     import_seconds = tfds_metadata.import_tensorflow()  # timed on its own: seconds, once
 
-    if _check_existing(final, manifest, config):
+    if stored is not None:
         status, placed_seconds, metadata_seconds = "up to date", 0.0, 0.0
-        stored = read_manifest(final)
-        verification = tfds_metadata.verify(
-            final,
-            split=config.split,
-            shard_lengths=[shard["records"] for shard in stored["shards"]],
-            first_keys=[shard["first_key"] for shard in stored["shards"]],
-        )
+        verification = verify_manifest(final, stored)
         manifest, reused = stored, len(stored["shards"])
     else:
         resuming = prepare_staging(staging, manifest, config)

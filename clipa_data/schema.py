@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from clipa_data.errors import ClipaError
-from clipa_data.example import Kind, parse_message
+from clipa_data.example import Kind, example_class, parse_message
 
 FULL_PARSE_RECORDS = 100
 """Records at the start of every shard decoded in full (value counts: scalar or list)."""
@@ -43,56 +43,15 @@ def image_format(column: str) -> str | None:
 
 @functools.cache
 def _skeleton_class() -> type:
-    """``tf.train.Example`` with empty value lists: parsing it skips every value."""
-    field_type = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="clipa/example_skeleton.proto", package="clipa_skeleton", syntax="proto3"
-    )
-    for name in ("BytesList", "FloatList", "Int64List"):
-        fdp.message_type.add(name=name)
-    feature = fdp.message_type.add(name="Feature")
-    feature.oneof_decl.add(name="kind")
-    for number, (name, type_name) in enumerate(
-        [("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")],
-        start=1,
-    ):
-        feature.field.add(
-            name=name,
-            number=number,
-            type=field_type.TYPE_MESSAGE,
-            type_name=f".clipa_skeleton.{type_name}",
-            label=field_type.LABEL_OPTIONAL,
-            oneof_index=0,
-        )
-    features = fdp.message_type.add(name="Features")
-    entry = features.nested_type.add(name="FeatureEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=field_type.TYPE_STRING, label=1)
-    entry.field.add(
-        name="value",
-        number=2,
-        type=field_type.TYPE_MESSAGE,
-        type_name=".clipa_skeleton.Feature",
-        label=1,
-    )
-    features.field.add(
-        name="feature",
-        number=1,
-        type=field_type.TYPE_MESSAGE,
-        type_name=".clipa_skeleton.Features.FeatureEntry",
-        label=field_type.LABEL_REPEATED,
-    )
-    example = fdp.message_type.add(name="Example")
-    example.field.add(
-        name="features",
-        number=1,
-        type=field_type.TYPE_MESSAGE,
-        type_name=".clipa_skeleton.Features",
-        label=1,
-    )
-    pool = descriptor_pool.DescriptorPool()
+    """``tf.train.Example`` whose value lists declare no fields: parsing it skips every value."""
+    fdp = descriptor_pb2.FileDescriptorProto()
+    example_class().DESCRIPTOR.file.CopyToProto(fdp)
+    for message in fdp.message_type:
+        if message.name in ("BytesList", "FloatList", "Int64List"):
+            del message.field[:]  # values become unknown fields, discarded in skeleton()
+    pool = descriptor_pool.DescriptorPool()  # private: the names never clash with TensorFlow's
     pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("clipa_skeleton.Example"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
 
 
 def skeleton(raw: bytes) -> bytes:
