@@ -174,7 +174,7 @@ def verify(
         for offset, example in enumerate(examples):
             index = chunk + offset
             expected = first_keys[index]
-            if expected is not None and example["key"].decode() != expected:
+            if expected is not None and "key" in example and example["key"].decode() != expected:
                 raise ClipaError(
                     f"{builder_path}: shard {index} starts with key {example['key']!r} "
                     f"but its source starts with {expected!r}"

@@ -308,3 +308,16 @@ def test_png_and_webp_images(tmp_path, encode_format, pil_format):
             for r in source_records(tmp_path / "raw" / "00000.tfrecord")
         }
         assert example["webp"] == source[example["key"]]
+
+
+def test_dropping_key_and_exif(src, tmp_path):
+    result = convert(config(src, tmp_path / "out", drop_columns=("key", "exif")))
+    loaded = tfds_records(result.builder_dir)
+    assert len(loaded) == 15 and "key" not in loaded[0] and "exif" not in loaded[0]
+
+
+def test_webdataset_shards_cannot_be_linked(tmp_path):
+    write_shard(tmp_path / "raw", 0, make_samples(0, 2), output_format="webdataset")
+    with pytest.raises(ClipaError, match="re-encoded to tfrecord, so --mode symlink"):
+        convert(config(tmp_path / "raw", tmp_path / "out", mode="symlink"))
+    assert not (tmp_path / "out").exists()
