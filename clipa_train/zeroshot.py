@@ -37,9 +37,8 @@ class ZeroShotTask:
             raise ClipaError(f"{self.name}: no class names")
         bad = [t for t in self.templates if t.count("{}") != 1]
         if not self.templates or bad:
-            raise ClipaError(
-                f"{self.name}: every template needs exactly one {{}} (bad: {bad[:3] or 'none given'})"
-            )
+            shown = bad[:3] or "none given"
+            raise ClipaError(f"{self.name}: every template needs exactly one {{}} (bad: {shown})")
 
     def prompts(self, label: int) -> list[str]:
         """All prompts of class ``label``."""
@@ -66,9 +65,10 @@ def task_from_files(
 ) -> ZeroShotTask:
     """A task from a class-name file (one per line) and an optional template file."""
     classnames = _read_lines(classnames_file, "class-name")
-    templates = (
-        _read_lines(templates_file, "template") if templates_file else list(imagenet_task().templates)
-    )
+    if templates_file:
+        templates = _read_lines(templates_file, "template")
+    else:
+        templates = list(imagenet_task().templates)
     return ZeroShotTask(name, tuple(classnames), tuple(templates))
 
 
