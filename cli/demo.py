@@ -26,6 +26,7 @@ from rich.table import Table
 
 from clipa_data import __version__
 from clipa_data.atomic import write_json
+from clipa_data.convert import ConvertConfig, ConvertResult, convert
 from clipa_data.demo import serve_demo_images, write_demo_metadata, write_demo_validation
 from clipa_data.download import DownloadConfig, DownloadSummary, download, summary_table
 from clipa_data.errors import ClipaError
@@ -71,6 +72,16 @@ class DemoSettings:
         return self.out / "raw"
 
     @property
+    def data_dir(self) -> Path:
+        """Where ``clipa-data convert`` writes the TFDS builder directory."""
+        return self.out / "data"
+
+    @property
+    def builder_dir(self) -> Path:
+        """The demo's TFDS builder directory."""
+        return self.data_dir / "demo" / "1.0.0"
+
+    @property
     def eval_dir(self) -> Path:
         """The held-out zero-shot validation set."""
         return self.out / "eval"
@@ -91,6 +102,8 @@ class DemoRun:
     """Where the demo image server listens."""
     download: DownloadSummary | None = None
     """Set by the download stage."""
+    converted: ConvertResult | None = None
+    """Set by the convert stage."""
 
 
 def stage_metadata(run: DemoRun) -> str:
@@ -125,12 +138,23 @@ def stage_download(run: DemoRun) -> str:
     return f"{summary.successes} images in {len(summary.shards)} shards -> {s.raw_dir}"
 
 
+def stage_convert(run: DemoRun) -> str:
+    """Turn the shards into a verified TFDS builder directory (up to date on a re-run)."""
+    s = run.settings
+    config = ConvertConfig(src=s.raw_dir, out=s.data_dir, name="demo", split="train")
+    run.converted = convert(config)
+    result = run.converted
+    shards = f"{result.records} records in {result.shards} shards"
+    return f"{shards} ({result.status}) -> {result.builder_dir}"
+
+
 Stage = tuple[str, Callable[[DemoRun], str]]
 
 STAGES: tuple[Stage, ...] = (
     ("metadata", stage_metadata),
     ("validation set", stage_validation),
     ("download", stage_download),
+    ("convert", stage_convert),
 )
 """The demo's stages, in order; later issues append convert, tag, pretrain, finetune, eval."""
 
@@ -180,9 +204,11 @@ def where_to_look(settings: DemoSettings) -> str:
             f"  {settings.metadata_path}   LAION-like metadata (URL, TEXT, NSFW, similarity...)",
             f"  {settings.raw_dir}/   img2dataset tfrecord shards, *_stats.json, "
             "_clipa/download_summary.json",
+            f"  {settings.builder_dir}/   TFDS builder directory (clipa-data convert)",
             f"  {settings.eval_dir}/   held-out zero-shot set: val/<class>/*.jpg, classnames.txt, "
             "templates.txt",
             "[bold]inspect[/]:",
+            f"  .venv/bin/clipa-data info {settings.builder_dir}",
             f"  ls {settings.raw_dir} && cat {settings.raw_dir}/_clipa/download_summary.json",
             '  .venv/bin/python -c "from clipa_data.tfrecord import read_records; '
             "from clipa_data.example import decode_example; "
