@@ -4,7 +4,7 @@ Every rank computes only its own rows: its local image (and text) features again
 of *all* ranks, gathered with gradient (``gather``: the backend's all-gather whose backward sums
 the incoming gradients of every rank, i.e. a reduce-scatter). With gradients averaged over ranks
 afterwards (DDP, or ``reduce_gradients`` on XLA) this is exactly the gradient of the loss over
-the combined batch. Features are cast to fp32 first, so the logits never run in bf16.
+the combined batch. Features are widened to fp32 first, so the logits never run in bf16.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16 features from autocast are widened; fp64 stays fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 class ContrastiveLoss:
     """Symmetric InfoNCE: ½ (CE(s·I_local·T_allᵀ) + CE(s·T_local·I_allᵀ)), labels offset by
     ``rank · B_local`` (CLIPA's ``local_loss=True, gather_with_grad=True``)."""
@@ -33,9 +38,9 @@ class ContrastiveLoss:
         self.rank = rank
 
     def __call__(self, outputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        image = outputs["image_features"].float()
-        text = outputs["text_features"].float()
-        scale = outputs["logit_scale"].float().exp()
+        image = _wide(outputs["image_features"])
+        text = _wide(outputs["text_features"])
+        scale = _wide(outputs["logit_scale"]).exp()
         all_image, all_text = self.gather(image), self.gather(text)
         local = image.shape[0]
         labels = torch.arange(local, device=image.device) + local * self.rank
@@ -61,10 +66,10 @@ class SigmoidLoss:
             raise ClipaError(
                 "the sigmoid loss needs a model with a logit bias (build it with loss='sigmoid')"
             )
-        image = outputs["image_features"].float()
-        text = outputs["text_features"].float()
-        scale = outputs["logit_scale"].float().exp()
-        bias = outputs["logit_bias"].float()
+        image = _wide(outputs["image_features"])
+        text = _wide(outputs["text_features"])
+        scale = _wide(outputs["logit_scale"]).exp()
+        bias = _wide(outputs["logit_bias"])
         local = image.shape[0]
         positives = 2 * torch.eye(local, device=image.device) - 1
         total = image.new_zeros(())
