@@ -96,19 +96,19 @@ def save_checkpoint(
     model = unwrap(model)
     per_rank = backend.gather_objects({"stream": stream_state, "rng": backend.rng_state()})
     path = checkpoint_path(directory, step)
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "step": step,
-        "world": backend.world,
-        "architecture": model.config.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "ranks": per_rank,
-        "config": run_config or {},
-    }
-    payload = to_cpu(payload)  # on XLA this materialises the tensors: outside any step
     if backend.is_main:
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": step,
+            "world": backend.world,
+            "architecture": model.config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ranks": per_rank,
+            "config": run_config or {},
+        }
+        payload = to_cpu(payload)  # on XLA this materialises the tensors: outside any step
         with atomic_writer(path) as handle:
             torch.save(payload, handle)
         if keep > 0:

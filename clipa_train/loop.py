@@ -26,7 +26,13 @@ from torch import nn
 from clipa_data.errors import ClipaError
 from clipa_train import checkpoint as ckpt
 from clipa_train.backend import Backend
-from clipa_train.optim import OptimConfig, clamp_logit_scale, learning_rate, set_learning_rate
+from clipa_train.optim import (
+    OptimConfig,
+    check_optimizer_device,
+    clamp_logit_scale,
+    learning_rate,
+    set_learning_rate,
+)
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
 
@@ -190,8 +196,9 @@ def train(
     """Train ``model`` until ``optim_config.total_steps`` or a stop signal; returns what happened.
 
     ``model`` is the bare CLIP (the backend moves it and wraps it for DDP); ``optimizer`` was built
-    over its parameters; ``batches`` yields contract batches for this rank. Checkpoints go to
-    ``run_dir/checkpoints``, metrics to ``run_dir/metrics.jsonl``.
+    over its parameters once they were on the device (``build_optimizer``); ``batches`` yields
+    contract batches for this rank. Checkpoints go to ``run_dir/checkpoints``, metrics to
+    ``run_dir/metrics.jsonl``.
     """
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
@@ -200,6 +207,7 @@ def train(
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True, backend.checkpoint_function())
     step_model = backend.prepare_model(model)
+    check_optimizer_device(optimizer, backend.device)
     step = 0
     if resume_from is not None:
         payload = ckpt.load_checkpoint(resume_from)

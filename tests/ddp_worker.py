@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from clipa_data.errors import ClipaError
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.loop import LoopConfig, forward_backward, train
 from clipa_train.loss import build_loss
@@ -75,9 +76,15 @@ def loop(backend, run_dir: Path):
 def main(out: Path) -> None:
     backend = create_backend(BackendConfig(name="cpu"))
     backend.per_rank_batch(GLOBAL_BATCH)
+    try:
+        backend.per_rank_batch(GLOBAL_BATCH - 1)
+        odd_batch_error = None
+    except ClipaError as error:
+        odd_batch_error = str(error)
     results = {name: one_step(name, backend) for name in ("contrastive", "sigmoid")}
     results["weights"] = loop(backend, out / "run")
     results["world"] = backend.world
+    results["odd_batch_error"] = odd_batch_error
     if backend.is_main:
         torch.save(results, out / "results.pt")
     backend.close()

@@ -39,6 +39,9 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp" / "results.pt", weights_only=False)
     assert ddp["world"] == 2
+    assert ddp["odd_batch_error"] == (
+        "global batch size 7 is not divisible by the world size 2; use a multiple of 2"
+    )
 
     single = create_backend(BackendConfig(name="cpu"))
     assert single.world == 1

@@ -47,6 +47,7 @@ def test_weight_decay_only_on_matrices_that_are_not_norms_biases_or_the_scale():
     optimizer = build_optimizer(model, OptimConfig(lr=1e-3, total_steps=10))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.0]
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-6
+    assert optimizer.defaults["fused"]  # CPU parameters: one fused kernel
 
 
 def test_schedule_is_linear_warmup_then_cosine_to_zero():

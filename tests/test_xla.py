@@ -16,6 +16,7 @@ import torch
 pytestmark = pytest.mark.xla
 torch_xla = pytest.importorskip("torch_xla")
 
+from clipa_data.errors import ClipaError  # noqa: E402
 from clipa_train.backend import BackendConfig, create_backend  # noqa: E402
 from clipa_train.loop import LoopConfig, apply_update, forward_backward, train  # noqa: E402
 from clipa_train.loss import build_loss  # noqa: E402
@@ -114,3 +115,19 @@ def test_the_step_makes_no_host_round_trip():
     assert backend.compile_count() == compiles
     values = backend.to_host({str(i): loss for i, loss in enumerate(losses)})
     assert transfers_from_device() > transfers and all(map(math.isfinite, values.values()))
+
+
+def test_optimizer_built_before_moving_to_xla_is_refused(tmp_path):
+    backend, _, _, batches = setup(32, None, 16, "fp32")
+    model = build_model(load_preset("test-tiny"))
+    optimizer = build_optimizer(model, OPTIM)  # CPU parameters: fused AdamW
+    with pytest.raises(ClipaError, match="optimiser was built before the model moved to xla"):
+        train(
+            model=model,
+            optimizer=optimizer,
+            optim_config=OPTIM,
+            loss_fn=build_loss("contrastive"),
+            batches=batches,
+            backend=backend,
+            run_dir=tmp_path,
+        )
