@@ -98,7 +98,7 @@ class Runner:
             self.step_model = torch.compile(self.step_model)
         self.optim = OptimConfig(lr=1e-4, total_steps=1000)
         self.optimizer = build_optimizer(self.model, self.optim)
-        self.loss_fn = build_loss("contrastive", backend.all_gather_with_grad, backend.rank)
+        self.loss_fn = build_loss("contrastive", backend)
         source = SyntheticBatches(
             batch_size=batch,
             image_size=case.image_size,

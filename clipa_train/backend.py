@@ -102,6 +102,11 @@ class Backend:
         """Rank 0: the process that logs and writes checkpoints."""
         return self.rank == 0
 
+    @property
+    def loss_rank(self) -> int | torch.Tensor:
+        """This rank for the loss's label offsets: an int (a device scalar on XLA)."""
+        return self.rank
+
     def per_rank_batch(self, global_batch: int) -> int:
         """Samples per rank for a global batch; it must split evenly."""
         if global_batch < 1 or global_batch % self.world:
@@ -318,6 +323,17 @@ class XlaBackend(Backend):
         self.device = torch_xla.device()
         self.rank, self.world = xr.global_ordinal(), xr.world_size()
         self.local_rank = xr.local_ordinal()
+
+    @property
+    def loss_rank(self) -> int | torch.Tensor:
+        """A device scalar, not a Python int baked into the graph: every replica then traces
+        the same graph (compiled once, and replicas on one host never wait for each other's
+        compilation inside a collective)."""
+        if self.world == 1:
+            return 0
+        if getattr(self, "_rank_tensor", None) is None:
+            self._rank_tensor = torch.tensor(self.rank, device=self.device)
+        return self._rank_tensor
 
     def checkpoint_function(self) -> Callable:
         from torch_xla.utils.checkpoint import checkpoint

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from clipa_data.errors import ClipaError
+from clipa_train.backend import Backend
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
+Rank = int | torch.Tensor  # a device scalar on XLA, so every replica traces the same graph
 LOSSES = ("contrastive", "sigmoid")
 
 
@@ -33,7 +35,7 @@ class ContrastiveLoss:
     """Symmetric InfoNCE: ½ (CE(s·I_local·T_allᵀ) + CE(s·T_local·I_allᵀ)), labels offset by
     ``rank · B_local`` (CLIPA's ``local_loss=True, gather_with_grad=True``)."""
 
-    def __init__(self, gather: Gather = _identity, rank: int = 0) -> None:
+    def __init__(self, gather: Gather = _identity, rank: Rank = 0) -> None:
         self.gather = gather
         self.rank = rank
 
@@ -57,7 +59,7 @@ class SigmoidLoss:
     positives), as SigLIP's chunked formulation; the logits never span more than ``B_local²``.
     """
 
-    def __init__(self, gather: Gather = _identity, rank: int = 0) -> None:
+    def __init__(self, gather: Gather = _identity, rank: Rank = 0) -> None:
         self.gather = gather
         self.rank = rank
 
@@ -75,15 +77,19 @@ class SigmoidLoss:
         total = image.new_zeros(())
         for chunk_rank, chunk in enumerate(self.gather(text).split(local)):
             logits = scale * image @ chunk.t() + bias
-            signs = positives if chunk_rank == self.rank else -torch.ones_like(logits)
+            if isinstance(self.rank, torch.Tensor):  # XLA: one graph for every replica
+                signs = torch.where(self.rank == chunk_rank, positives, -torch.ones_like(logits))
+            else:
+                signs = positives if chunk_rank == self.rank else -torch.ones_like(logits)
             total = total - F.logsigmoid(signs * logits).sum()
         return total / local
 
 
-def build_loss(
-    name: str, gather: Gather = _identity, rank: int = 0
-) -> ContrastiveLoss | SigmoidLoss:
-    """``contrastive`` or ``sigmoid``, wired to a backend's gather and rank."""
+def build_loss(name: str, backend: Backend | None = None) -> ContrastiveLoss | SigmoidLoss:
+    """``contrastive`` or ``sigmoid``, wired to ``backend``'s gather-with-grad and rank (no
+    backend: one process)."""
+    gather = backend.all_gather_with_grad if backend is not None else _identity
+    rank = backend.loss_rank if backend is not None else 0
     if name == "contrastive":
         return ContrastiveLoss(gather, rank)
     if name == "sigmoid":

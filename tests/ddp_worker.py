@@ -45,7 +45,7 @@ def one_step(loss_name: str, backend) -> dict:
     config = load_preset("test-tiny").replace(loss=loss_name)
     model = build_model(config)
     step_model = backend.prepare_model(model)
-    loss_fn = build_loss(loss_name, backend.all_gather_with_grad, backend.rank)
+    loss_fn = build_loss(loss_name, backend)
     batch = backend.to_device(batches(backend.rank, backend.world).batch(0))
     loss, _ = forward_backward(step_model, batch, loss_fn, backend)
     return {
@@ -58,7 +58,7 @@ def loop(backend, run_dir: Path):
     torch.manual_seed(0)
     model = build_model(load_preset("test-tiny"))
     optimizer = build_optimizer(model, OPTIM)
-    loss_fn = build_loss("contrastive", backend.all_gather_with_grad, backend.rank)
+    loss_fn = build_loss("contrastive", backend)
     config = LoopConfig(log_every=1, progress=False)
     train(
         model=model,

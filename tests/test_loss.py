@@ -138,3 +138,14 @@ def test_loss_errors():
     image, text, scale, _ = features()
     with pytest.raises(ClipaError, match="needs a model with a logit bias"):
         SigmoidLoss()(outputs(image, text, scale, None))
+
+
+def test_a_rank_given_as_a_device_scalar_gives_the_same_losses():
+    """XLA passes the rank as a tensor so every replica traces one graph; same numbers."""
+    image, text, scale, bias = features()
+    for cls in (ContrastiveLoss, SigmoidLoss):
+        for rank in range(2):
+            gather = FakeGather(image, text, rank, 2)
+            as_int = cls(gather, rank)(gather.outputs(scale, bias))
+            as_tensor = cls(gather, torch.tensor(rank))(gather.outputs(scale, bias))
+            torch.testing.assert_close(as_tensor, as_int, rtol=0, atol=0)

@@ -76,7 +76,7 @@ def test_twenty_steps_compile_at_most_three_graphs(case, tmp_path):
         model=model,
         optimizer=optimizer,
         optim_config=OPTIM,
-        loss_fn=build_loss("contrastive", backend.all_gather_with_grad, backend.rank),
+        loss_fn=build_loss("contrastive", backend),
         batches=batches,
         backend=backend,
         run_dir=tmp_path,
@@ -96,7 +96,7 @@ def test_twenty_steps_compile_at_most_three_graphs(case, tmp_path):
 
 def test_the_step_makes_no_host_round_trip():
     backend, model, optimizer, batches = setup(32, "random", 16, "fp32", loss="sigmoid")
-    loss_fn = build_loss("sigmoid", backend.all_gather_with_grad, backend.rank)
+    loss_fn = build_loss("sigmoid", backend)
     iterator = iter(batches)
 
     def step(index):
