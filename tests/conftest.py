@@ -9,4 +9,3 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Keep TensorFlow quiet and single-threaded enough for a 2-core machine.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
