@@ -21,8 +21,10 @@ count before training starts (never mid-epoch).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import pyarrow as pa
 from clipa_data import __version__, layout
 from clipa_data.atomic import atomic_writer
 from clipa_data.errors import ClipaError
+from clipa_data.text_reduction import stable_ranks
 
 MAX_CAPTION_TOKENS = 1024
 """Captions longer than this many BPE ids are cut (random/block masks then draw from these)."""
@@ -59,7 +62,7 @@ class TaggedCaption:
     """The record's key."""
     ids: list[int]
     """BPE ids of the whole caption (no SOT/EOT)."""
-    words: list[tuple[list[int], int]]
+    words: list[tuple[Sequence[int], int]]
     """Per tagger word: (its BPE ids, its priority 1-4)."""
 
 
@@ -125,16 +128,18 @@ def write_sidecar(path: Path, table: pa.Table) -> None:
         writer.write_table(table)
 
 
-def read_table(path: str | Path) -> pa.Table:
-    """Read a sidecar file (local path or fsspec URL) into an Arrow table."""
+@contextlib.contextmanager
+def _open_file(path: str | Path) -> Iterator[pa.ipc.RecordBatchFileReader]:
+    """An Arrow IPC file reader (memory-mapped when local), with clear errors."""
     try:
         if layout.is_url(path):
             import fsspec
 
             with fsspec.open(str(path), "rb") as handle:
-                return pa.ipc.open_file(handle.read()).read_all()
-        with pa.memory_map(str(path), "r") as source:
-            return pa.ipc.open_file(source).read_all()
+                yield pa.ipc.open_file(handle.read())
+        else:
+            with pa.memory_map(str(path), "r") as source:
+                yield pa.ipc.open_file(source)
     except FileNotFoundError:
         raise ClipaError(
             f"{path}: sidecar missing; create sidecars with: clipa-data tag BUILDER_DIR"
@@ -143,6 +148,19 @@ def read_table(path: str | Path) -> pa.Table:
         raise ClipaError(
             f"{path}: unreadable sidecar ({error}); re-create it with clipa-data tag --overwrite"
         ) from None
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """Read a sidecar file (local path or fsspec URL) into an Arrow table."""
+    with _open_file(path) as reader:
+        return reader.read_all()
+
+
+def read_header(path: str | Path) -> tuple[SidecarInfo, int]:
+    """A sidecar's metadata and row count, without reading its columns."""
+    with _open_file(path) as reader:
+        info = SidecarInfo.from_metadata(reader.schema.metadata, str(path))
+        return info, sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
 def _flat(table: pa.Table, name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +193,16 @@ class SidecarRows:
         first, last = self._word_offsets[row], self._word_offsets[row + 1]
         ids = self._word_ids[self._word_ids_offsets[row] : self._word_ids_offsets[row + 1]]
         return ids, self._lengths[first:last], self._priority[first:last]
+
+    @functools.cached_property
+    def _id_ranks(self) -> np.ndarray:
+        """Per word id, the stable syntax rank of its word (computed once, vectorised)."""
+        return np.repeat(stable_ranks(self._priority, self._word_offsets), self._lengths)
+
+    def ranked_words(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(concatenated word ids, rank of each id's word) for ``syntax_mask_ranked``."""
+        first, last = self._word_ids_offsets[row], self._word_ids_offsets[row + 1]
+        return self._word_ids[first:last], self._id_ranks[first:last]
 
 
 @dataclass(frozen=True)
@@ -220,12 +248,17 @@ def load_sidecar(path: str | Path, expected: SidecarExpectation) -> SidecarRows:
 
 def check_keys(rows: SidecarRows, shard_keys: list[str], path: str, shard: str) -> None:
     """Raise naming the first record whose key differs between a sidecar and its shard."""
-    if len(rows.keys) != len(shard_keys):
+    compare_keys(rows.keys, shard_keys, path, shard)
+
+
+def compare_keys(sidecar_keys: list[str], shard_keys: list[str], path: str, shard: str) -> None:
+    """``check_keys`` on plain key lists (e.g. the first rows of a sidecar and a shard)."""
+    if len(sidecar_keys) != len(shard_keys):
         raise ClipaError(
-            f"{path}: sidecar has {len(rows.keys)} rows but shard {shard} has "
+            f"{path}: sidecar has {len(sidecar_keys)} rows but shard {shard} has "
             f"{len(shard_keys)} records; re-create it with clipa-data tag --overwrite"
         )
-    for index, (ours, theirs) in enumerate(zip(rows.keys, shard_keys, strict=True)):
+    for index, (ours, theirs) in enumerate(zip(sidecar_keys, shard_keys, strict=True)):
         if ours != theirs:
             raise ClipaError(
                 f"{path}: row {index} has key {ours!r} but record {index} of shard {shard} has "
