@@ -14,6 +14,16 @@ record i of that shard and carries its ``key``. Columns:
 ``word_priority``  list<uint8>             per word: NN*=1, JJ*=2, VB*=3, other=4
 =================  ======================  ==================================================
 
+Word ids are ``encode(word)`` per tagger word. Concatenated, they equal the original's
+re-encoding of the joined kept words, except where ftfy repairs mojibake differently once a
+tagger has cut it into pieces (spaCy splits ``donâ€™t`` into ``donâ€``, ``™``, ``t``):
+``tests/test_syntax_parity.py`` finds no difference with NLTK and 3 of 329 mojibake-heavy
+captions with spaCy.
+
+Readers that apply the syntax mask to many rows use ``SidecarRows.ranked_words`` +
+``text_reduction.syntax_mask_ranked``: the stable rank of every word is computed once per file
+(vectorised), so a row's selection is one comparison and one gather.
+
 The schema metadata records the tagger (name, version, model), the vocabulary's sha256, the text
 field, the package version, the shard file name and the caps. A reader checks metadata and row
 count before training starts (never mid-epoch).
