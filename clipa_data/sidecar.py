@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,21 +116,44 @@ class SidecarInfo:
             ) from None
 
 
+class TableBuilder:
+    """Collects sidecar rows column by column (applying the caps) and builds the Arrow table."""
+
+    def __init__(self) -> None:
+        self._columns: tuple[list, ...] = ([], [], [], [], [])
+
+    def add(self, key: str, ids: Sequence[int], words: Iterable[tuple[Sequence[int], int]]) -> None:
+        """Append one row: the caption's ids and, per tagger word, (its ids, its priority)."""
+        keys, all_ids, word_ids, word_lengths, priorities = self._columns
+        flat: list[int] = []
+        lengths: list[int] = []
+        row_priorities: list[int] = []
+        for word, priority in itertools.islice(words, MAX_WORDS):
+            flat += word
+            lengths.append(len(word))
+            row_priorities.append(priority)
+        keys.append(key)
+        all_ids.append(ids[:MAX_CAPTION_TOKENS])
+        word_ids.append(flat)
+        word_lengths.append(lengths)
+        priorities.append(row_priorities)
+
+    def table(self, info: SidecarInfo) -> pa.Table:
+        return pa.Table.from_arrays(
+            [
+                pa.array(column, type=field.type)
+                for column, field in zip(self._columns, SCHEMA, strict=True)
+            ],
+            schema=SCHEMA.with_metadata(info.to_metadata()),
+        )
+
+
 def to_table(captions: Iterable[TaggedCaption], info: SidecarInfo) -> pa.Table:
     """Build the Arrow table of one shard's sidecar, applying the documented caps."""
-    keys, ids, word_ids, word_lengths, priorities = [], [], [], [], []
+    builder = TableBuilder()
     for caption in captions:
-        words = caption.words[:MAX_WORDS]
-        keys.append(caption.key)
-        ids.append(caption.ids[:MAX_CAPTION_TOKENS])
-        word_ids.append([i for word, _ in words for i in word])
-        word_lengths.append([len(word) for word, _ in words])
-        priorities.append([priority for _, priority in words])
-    columns = [keys, ids, word_ids, word_lengths, priorities]
-    return pa.Table.from_arrays(
-        [pa.array(column, type=field.type) for column, field in zip(columns, SCHEMA, strict=True)],
-        schema=SCHEMA.with_metadata(info.to_metadata()),
-    )
+        builder.add(caption.key, caption.ids, caption.words)
+    return builder.table(info)
 
 
 def write_sidecar(path: Path, table: pa.Table) -> None:

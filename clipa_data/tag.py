@@ -14,13 +14,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from clipa_data import layout
 from clipa_data.atomic import remove_temporaries, write_json
-from clipa_data.captions import DEFAULT_TEXT_FIELD, read_captions
+from clipa_data.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
 from clipa_data.errors import ClipaError
 from clipa_data.provenance import package_versions
 from clipa_data.runner import RunPlan, default_workers, map_shards
-from clipa_data.sidecar import SidecarInfo, TaggedCaption, read_header, to_table, write_sidecar
+from clipa_data.sidecar import (
+    SidecarInfo,
+    TableBuilder,
+    read_header,
+    write_sidecar,
+)
 from clipa_data.tagging import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPACY_MODEL,
@@ -31,7 +38,7 @@ from clipa_data.tagging import (
     resolve_tagger,
 )
 from clipa_data.text_reduction import priority_of_tag
-from clipa_data.tokenizer import ClipTokenizer, default_tokenizer, vocab_sha256
+from clipa_data.tokenizer import default_tokenizer, vocab_sha256
 
 
 @dataclass(frozen=True)
@@ -147,13 +154,23 @@ class TagSummary:
         }
 
 
-def tag_caption(key: str, text: str, words: TaggedWords, tokenizer: ClipTokenizer) -> TaggedCaption:
-    """A sidecar row: the caption's BPE ids and, per tagger word, its BPE ids and priority."""
-    return TaggedCaption(
-        key=key,
-        ids=tokenizer.encode(text),
-        words=[(tokenizer.encode_word(word), priority_of_tag(tag)) for word, tag in words],
-    )
+def build_table(captions: list[Caption], tagged: list[TaggedWords], info: SidecarInfo) -> pa.Table:
+    """The sidecar table: per caption its BPE ids and, per tagger word, its ids and priority."""
+    tokenizer = default_tokenizer()
+    encode, encode_word = tokenizer.encode, tokenizer.encode_word
+    priorities: dict[str, int] = {}  # a few dozen tags: look each up once
+
+    def priority(tag: str) -> int:
+        return priorities.get(tag) or priorities.setdefault(tag, priority_of_tag(tag))
+
+    builder = TableBuilder()
+    for caption, words in zip(captions, tagged, strict=True):
+        builder.add(
+            caption.key,
+            encode(caption.text),
+            ((encode_word(word), priority(tag)) for word, tag in words),
+        )
+    return builder.table(info)
 
 
 def sidecar_info(tagger: TaggerSpec, text_field: str, shard: str) -> SidecarInfo:
@@ -177,18 +194,13 @@ def tag_shard(job: ShardJob) -> ShardTagResult:
             f"{job.num_records}; re-create the builder directory with clipa-data convert"
         )
     tagged = load_tagger(job.tagger).tag([caption.text for caption in captions])
-    tokenizer = default_tokenizer()
-    rows = [
-        tag_caption(caption.key, caption.text, words, tokenizer)
-        for caption, words in zip(captions, tagged, strict=True)
-    ]
-    table = to_table(rows, sidecar_info(job.tagger, job.text_field, job.shard))
+    table = build_table(captions, tagged, sidecar_info(job.tagger, job.text_field, job.shard))
     write_sidecar(Path(job.sidecar), table)
     return ShardTagResult(
         shard=Path(job.shard).name,
         status="tagged",
-        records=len(rows),
-        words=sum(len(row.words) for row in rows),
+        records=table.num_rows,
+        words=len(table.column("word_priority").combine_chunks().values),
         seconds=time.perf_counter() - start,
     )
 

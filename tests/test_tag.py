@@ -261,3 +261,16 @@ def test_preview_without_sidecars(builder):
         assert all(len(line["ids"]) == 16 for line in lines)
     table = cli("preview", builder, "--text-mask", "truncate", "--n", 2)
     assert table.exit_code == 0 and "model sees" in table.stdout
+
+
+def test_coverage_counts_partial_and_unreadable_sidecars(builder, nltk_env):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    paths = shard_paths(builder)
+    layout.sidecar_path(builder, paths[0]).unlink()
+    layout.sidecar_path(builder, paths[1]).write_bytes(b"not arrow")
+    coverage = sidecar_coverage(builder)
+    assert (coverage["with_sidecar"], coverage["without_sidecar"]) == (1, 2)
+    assert coverage["missing"] == ["demo-train.tfrecord-00000-of-00003"]
+    assert coverage["unreadable"] == ["demo-train.tfrecord-00001-of-00003"]
+    assert coverage["rows"] == 0 and coverage["records"] == 50
+    assert coverage["taggers"][0].startswith("nltk ")
