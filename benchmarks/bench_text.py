@@ -129,7 +129,7 @@ def online_syntax_mask(captions: list[str], length: int, encode) -> np.ndarray:
     """CLIPA's syntax_mask_tokenize, step by step (numpy output instead of a torch tensor)."""
     nltk = import_nltk()
 
-    def get_order(tag: str) -> int:
+    def get_order(tag: str) -> int:  # the original's own table (= priority_of_tag)
         if tag.startswith("NN"):
             return 1
         if tag.startswith("JJ"):
@@ -155,21 +155,19 @@ def online_syntax_mask(captions: list[str], length: int, encode) -> np.ndarray:
     return result
 
 
-def sidecar_syntax_mask(path: Path, length: int) -> np.ndarray:
-    """Ours: read the sidecar, then select per caption (what the loader does)."""
+def sidecar_syntax_mask(path: Path, length: int, ranked: bool = True) -> np.ndarray:
+    """Ours: read the sidecar, then select per caption (what the loader does).
+
+    ``ranked``: ranks precomputed once per file (``syntax_mask_ranked``); otherwise the public
+    per-row ``syntax_mask`` (priorities sorted per row).
+    """
     rows = SidecarRows(read_table(path), None)
     out = np.zeros((len(rows), length), dtype=np.int64)
     for row in range(len(rows)):
-        out[row] = syntax_mask_ranked(rows.caption_ids(row), *rows.ranked_words(row), length)
-    return out
-
-
-def sidecar_syntax_mask_unranked(path: Path, length: int) -> np.ndarray:
-    """Ours through the public per-row ``syntax_mask`` (priorities sorted per row)."""
-    rows = SidecarRows(read_table(path), None)
-    out = np.zeros((len(rows), length), dtype=np.int64)
-    for row in range(len(rows)):
-        out[row] = syntax_mask(rows.caption_ids(row), *rows.words(row), length)
+        if ranked:
+            out[row] = syntax_mask_ranked(rows.caption_ids(row), *rows.ranked_words(row), length)
+        else:
+            out[row] = syntax_mask(rows.caption_ids(row), *rows.words(row), length)
     return out
 
 
@@ -213,9 +211,7 @@ def bench_masks(captions: list[str]) -> dict:
             {
                 "online": lambda length=length: online_syntax_mask(captions, length, encode),
                 "sidecar": lambda length=length: sidecar_syntax_mask(path, length),
-                "sidecar_unranked": lambda length=length: sidecar_syntax_mask_unranked(
-                    path, length
-                ),
+                "sidecar_unranked": lambda length=length: sidecar_syntax_mask(path, length, False),
             }
         )
         figures[f"t{length}"] = rates(len(captions), runs)
