@@ -7,6 +7,7 @@ Coverage only reads sidecar headers (metadata and row counts): cheap enough for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,13 +142,19 @@ def sidecar_coverage(builder_dir: str | Path) -> dict:
     "rows"}}}``; ``taggers`` are ``"<name> <version> (<model>)"`` strings.
     """
     builder = layout.resolve_builder_dir(builder_dir)
-    splits: dict[str, dict] = {}
+    splits = [layout.read_split(builder, name) for name in layout.split_names(builder)]
+    return coverage_of_splits(builder, splits)
+
+
+def coverage_of_splits(builder: str | Path, splits: Sequence[layout.SplitInfo]) -> dict:
+    """``sidecar_coverage`` for splits that were already read (``clipa-data info``)."""
+    per_split: dict[str, dict] = {}
     missing: list[str] = []
     unreadable: list[str] = []
     taggers, fields, vocabs = set(), set(), set()
-    for split in layout.split_names(builder):
+    for split in splits:
         counts = {"shards": 0, "with_sidecar": 0, "records": 0, "rows": 0}
-        for shard in layout.read_split(builder, split).shards:
+        for shard in split.shards:
             name = Path(shard.path).name
             counts["shards"] += 1
             counts["records"] += shard.num_records
@@ -165,9 +172,9 @@ def sidecar_coverage(builder_dir: str | Path) -> dict:
             taggers.add(f"{info.tagger} {info.tagger_version} ({info.tagger_model})")
             fields.add(info.text_field)
             vocabs.add(info.vocab_sha256)
-        splits[split] = counts
-    with_sidecar = sum(counts["with_sidecar"] for counts in splits.values())
-    total = sum(counts["shards"] for counts in splits.values())
+        per_split[split.name] = counts
+    with_sidecar = sum(counts["with_sidecar"] for counts in per_split.values())
+    total = sum(counts["shards"] for counts in per_split.values())
     return {
         "sidecar_dir": str(layout.sidecar_dir(builder)),
         "shards": total,
@@ -175,11 +182,11 @@ def sidecar_coverage(builder_dir: str | Path) -> dict:
         "without_sidecar": total - with_sidecar,
         "missing": missing[:10],
         "unreadable": unreadable,
-        "records": sum(counts["records"] for counts in splits.values()),
-        "rows": sum(counts["rows"] for counts in splits.values()),
+        "records": sum(counts["records"] for counts in per_split.values()),
+        "rows": sum(counts["rows"] for counts in per_split.values()),
         "taggers": sorted(taggers),
         "text_fields": sorted(fields),
         "vocab_sha256": sorted(vocabs),
         "vocab_matches": vocabs <= {vocab_sha256()},
-        "splits": splits,
+        "splits": per_split,
     }

@@ -274,3 +274,14 @@ def test_coverage_counts_partial_and_unreadable_sidecars(builder, nltk_env):
     assert coverage["unreadable"] == ["demo-train.tfrecord-00001-of-00003"]
     assert coverage["rows"] == 0 and coverage["records"] == 50
     assert coverage["taggers"][0].startswith("nltk ")
+
+
+def test_info_shows_sidecar_coverage(builder, nltk_env):
+    before = cli("info", builder, "--json")
+    assert json.loads(before.stdout)["sidecars"]["with_sidecar"] == 0
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    after = json.loads(cli("info", builder, "--json").stdout)["sidecars"]
+    assert (after["with_sidecar"], after["rows"], after["vocab_matches"]) == (3, 50, True)
+    tables = cli("info", builder)
+    assert tables.exit_code == 0
+    assert "sidecars (clipa-data tag)" in tables.stdout and "3 of 3" in tables.stdout
