@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from clipa_cli import convert_command, download_command, info_command
+from clipa_cli import (
+    convert_command,
+    download_command,
+    info_command,
+    preview_command,
+    tag_command,
+)
 from clipa_cli.common import make_app
 
 app = make_app(
@@ -14,6 +20,8 @@ app = make_app(
 app.command("download", help=download_command.HELP)(download_command.download_command)
 app.command("convert")(convert_command.convert_command)
 app.command("info")(info_command.info_command)
+app.command("tag")(tag_command.tag)
+app.command("preview")(preview_command.preview)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from clipa_data import layout
 from clipa_data.errors import ClipaError
+from clipa_data.sidecar_check import coverage_of_splits
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,32 @@ def provenance_section(builder: Builder) -> Section:
     return Section("provenance", "provenance (clipa-data convert)", ("", ""), rows, data)
 
 
+def sidecars_section(builder: Builder) -> Section:
+    """Sidecar coverage of ``clipa-data tag``: shards with sidecars, rows, taggers, vocabulary."""
+    data = coverage_of_splits(builder.path, builder.splits)
+    if data["with_sidecar"] == 0 and not data["unreadable"]:
+        rows = (("sidecars", f"none; create them with: clipa-data tag {builder.path}"),)
+        return Section("sidecars", "sidecars (clipa-data tag)", ("", ""), rows, data)
+    vocabulary = "this tokenizer's" if data["vocab_matches"] else "ANOTHER vocabulary: re-tag"
+    rows = (
+        ("shards with sidecars", f"{data['with_sidecar']:,} of {data['shards']:,}"),
+        ("rows", f"{data['rows']:,} (records: {data['records']:,})"),
+        ("taggers", ", ".join(data["taggers"]) or "none"),
+        ("text field", ", ".join(data["text_fields"]) or "none"),
+        ("vocabulary", vocabulary),
+        ("missing", ", ".join(data["missing"]) or "none"),
+        ("unreadable", ", ".join(data["unreadable"]) or "none"),
+        ("folder", data["sidecar_dir"]),
+    )
+    return Section("sidecars", "sidecars (clipa-data tag)", ("", ""), rows, data)
+
+
 SECTIONS: tuple[SectionMaker, ...] = (
     overview_section,
     splits_section,
     features_section,
     provenance_section,
+    sidecars_section,
 )
 """The report, in order; append a function to add a section."""
 

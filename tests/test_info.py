@@ -28,7 +28,13 @@ def test_report_sections(converted):
     report = info.report(converted.parent.parent)  # OUT works as well as the builder dir
     data = report.to_json()
     assert data["builder"] == str(converted)
-    assert [s.key for s in report.sections] == ["overview", "splits", "features", "provenance"]
+    assert [s.key for s in report.sections] == [
+        "overview",
+        "splits",
+        "features",
+        "provenance",
+        "sidecars",
+    ]
     assert data["overview"]["shards"] == 2 and data["overview"]["examples"] == 8
     size = sum(p.stat().st_size for p in converted.glob("demo-train.tfrecord-*"))
     assert data["splits"]["train"] == {
@@ -58,7 +64,7 @@ def test_cli_json_and_tables(converted):
     assert json.loads(result.stdout)["overview"]["examples"] == 8
     tables = CliRunner().invoke(app, ["info", str(converted)])
     assert tables.exit_code == 0
-    for text in ("splits", "features", "Image (jpeg)", "provenance", "hardlink"):
+    for text in ("splits", "features", "Image (jpeg)", "provenance", "hardlink", "clipa-data tag"):
         assert text in tables.stdout
 
 
