@@ -6,8 +6,9 @@ Stages talk only through files whose names come from this module:
   ``00000_stats.json`` and our own ``_clipa/download_summary.json`` (kept out of the top level:
   img2dataset's resume parses every top-level ``*.json`` name as a shard number);
 - a TFDS builder directory (``clipa-data convert``): ``<out>/<name>/<version>/`` holding
-  ``<name>-<split>.tfrecord-XXXXX-of-NNNNN``, ``dataset_info.json``, ``features.json`` and
-  ``clipa_convert_manifest.json``;
+  ``<name>-<split>.tfrecord-XXXXX-of-NNNNN``, ``dataset_info.json``, ``features.json``,
+  ``clipa_convert_manifest.json`` and ``clipa_convert_summary.json``, built in the hidden
+  staging folder ``<out>/<name>/.<version>.partial`` and renamed into place when verified;
 - Arrow sidecars (``clipa-data tag``): ``<builder>/sidecars/<shard file name>.arrow`` plus
   ``sidecars/tag_summary.json``.
 
@@ -48,9 +49,43 @@ def raw_stats_path(shard: Path) -> Path:
     return shard.with_name(f"{shard.name.split('.')[0]}_stats.json")
 
 
+RAW_STATS_PATTERN = re.compile(r"^(?P<id>\d+)_stats\.json$")
+
+
+def raw_stats_shard_id(path: str | Path) -> int | None:
+    """The shard number of an img2dataset statistics file ``00012_stats.json``, else None."""
+    match = RAW_STATS_PATTERN.match(Path(path).name)
+    return int(match["id"]) if match else None
+
+
+def resume_breaking_json(output_folder: Path) -> list[Path]:
+    """Top-level ``*.json`` files that img2dataset's resume cannot parse as a shard number.
+
+    Its incremental mode globs ``<output>/*.json`` and runs ``int(name.split("_")[0])`` on each,
+    so any other JSON there (e.g. ``dataset_info.json``) crashes every re-run.
+    """
+    breaking = []
+    for path in sorted(Path(output_folder).glob("*.json")):
+        try:
+            int(path.name.split("_")[0])
+        except ValueError:
+            breaking.append(path)
+    return breaking
+
+
 def download_summary_path(output_folder: Path) -> Path:
     """Where ``clipa-data download`` writes its summary (a subfolder img2dataset never globs)."""
     return Path(output_folder) / CLIPA_SUBDIR / DOWNLOAD_SUMMARY
+
+
+def find_raw_shards(folder: Path) -> list[Path]:
+    """img2dataset shards (``*.tfrecord``, ``*.tar``) directly in ``folder``, by shard number."""
+    shards = [
+        entry
+        for entry in Path(folder).iterdir()
+        if raw_shard_id(entry) is not None and entry.is_file()
+    ]
+    return sorted(shards, key=lambda shard: (raw_shard_id(shard), shard.name))
 
 
 # --- TFDS builder directory --------------------------------------------------------------------
@@ -61,6 +96,8 @@ VERSION_PATTERN = re.compile(r"\d+\.\d+\.\d+")
 DATASET_INFO = "dataset_info.json"
 FEATURES = "features.json"
 CONVERT_MANIFEST = "clipa_convert_manifest.json"
+CONVERT_SUMMARY = "clipa_convert_summary.json"
+STAGING_SUFFIX = ".partial"
 FILE_FORMAT = "tfrecord"
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
@@ -95,6 +132,25 @@ def check_version(version: str) -> str:
 def builder_dir(out: Path, name: str, version: str) -> Path:
     """``<out>/<name>/<version>``: the folder ``tfds.builder_from_directory`` loads."""
     return Path(out) / check_dataset_name(name) / check_version(version)
+
+
+def staging_dir(out: Path, name: str, version: str) -> Path:
+    """``<out>/<name>/.<version>.partial``: where convert builds a builder dir before renaming it.
+
+    Hidden and not ``X.Y.Z``, so TFDS never mistakes it for a version; a killed run leaves it
+    behind and the next run resumes from it.
+    """
+    return Path(out) / check_dataset_name(name) / f".{check_version(version)}{STAGING_SUFFIX}"
+
+
+def convert_manifest_path(builder: str | Path) -> str | Path:
+    """The manifest ``clipa-data convert`` writes into a builder directory (shard map, counts)."""
+    return join(builder, CONVERT_MANIFEST)
+
+
+def convert_summary_path(builder: str | Path) -> str | Path:
+    """The run summary ``clipa-data convert`` writes next to its output."""
+    return join(builder, CONVERT_SUMMARY)
 
 
 def shard_index_width(num_shards: int) -> int:
@@ -221,7 +277,9 @@ def find_builder_dirs(path: Path, depth: int = 2) -> list[Path]:
     if (path / DATASET_INFO).is_file():
         return [path]
     if depth > 0 and path.is_dir():
-        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+        # Hidden folders are convert's unfinished staging dirs, never a result to report.
+        children = (p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for child in sorted(children):
             found.extend(find_builder_dirs(child, depth - 1))
     return found
 

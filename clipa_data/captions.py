@@ -1,0 +1,67 @@
+"""The captions of a tfrecord shard: ``(key, text)`` of every record, in the shard's own order.
+
+img2dataset writes records in completion order, not in its parquet's order, so everything keyed
+to records (sidecar rows) is built by reading the shard itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipa_data.errors import ClipaError
+from clipa_data.example import parse_message
+from clipa_data.tfrecord import read_records
+
+KEY_FIELD = "key"
+DEFAULT_TEXT_FIELD = "txt"
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One record's key and caption text."""
+
+    key: str
+    """The record's img2dataset key."""
+    text: str
+    """The caption, decoded from UTF-8 (invalid bytes become U+FFFD)."""
+
+
+def decode_text(raw: bytes) -> str:
+    """Caption text of a bytes feature: UTF-8, with invalid bytes replaced (never a crash)."""
+    return raw.decode("utf-8", errors="replace")
+
+
+def _first_bytes(features, name: str, shard: str, index: int) -> bytes:
+    if name not in features:
+        available = ", ".join(sorted(features)) or "none"
+        fix = (
+            "records need img2dataset's keys to be joined with sidecars"
+            if name == KEY_FIELD
+            else "pass the caption feature with --text-field"
+        )
+        raise ClipaError(
+            f"{shard}: record {index} has no feature {name!r} (it has: {available}); {fix}"
+        )
+    values = features[name].bytes_list.value
+    return values[0] if values else b""
+
+
+def iter_captions(shard: str | Path, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[Caption]:
+    """Yield the caption of every record of ``shard`` in record order.
+
+    A record without the text feature (a wrong ``--text-field``) or without a key is an error
+    naming the shard and record; an empty or absent value is an empty caption.
+    """
+    name = str(shard)
+    for index, raw in enumerate(read_records(shard)):
+        features = parse_message(raw).features.feature
+        key = _first_bytes(features, KEY_FIELD, name, index)
+        text = _first_bytes(features, text_field, name, index)
+        yield Caption(key=decode_text(key), text=decode_text(text))
+
+
+def read_captions(shard: str | Path, text_field: str = DEFAULT_TEXT_FIELD) -> list[Caption]:
+    """All captions of ``shard`` in record order."""
+    return list(iter_captions(shard, text_field))

@@ -1,0 +1,563 @@
+"""``clipa-data download``: a thin, well-configured wrapper over ``img2dataset.download``.
+
+We configure img2dataset (the LAION-400M recipe by default), check the inputs it would otherwise
+trip over mid-run, guard its spawn-based process pool, and summarise its per-shard
+``*_stats.json`` files; the downloading itself is img2dataset's.
+
+Python callers: img2dataset starts its workers with ``spawn``, which re-imports your main script
+in every worker. Call ``download`` under ``if __name__ == "__main__":``; an unguarded call
+raises ``ClipaError`` before any worker starts (instead of img2dataset's endless hang).
+
+Distributors: ``multiprocessing`` (default, one machine) or ``pyspark``. For pyspark, bring your
+own session: create the ``SparkSession`` (cluster master, executors) before calling
+``download``; img2dataset uses the active session, and otherwise starts a ``local[N]`` one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import inspect
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from clipa_data import layout
+from clipa_data.atomic import write_json
+from clipa_data.errors import ClipaError
+from clipa_data.provenance import package_versions
+from clipa_data.runner import default_workers
+from clipa_data.spawn import check_spawn_safe
+
+INPUT_FORMATS = (
+    "parquet",
+    "txt",
+    "txt.gz",
+    "csv",
+    "csv.gz",
+    "tsv",
+    "tsv.gz",
+    "json",
+    "json.gz",
+    "jsonl",
+    "jsonl.gz",
+)
+OUTPUT_FORMATS = ("tfrecord", "webdataset")
+RESIZE_MODES = ("border", "keep_ratio", "keep_ratio_largest", "center_crop", "no")
+INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
+DISTRIBUTORS = ("multiprocessing", "pyspark")
+# img2dataset writes these itself (main.py arguments_validator).
+RESERVED_COLUMNS = frozenset(
+    {"key", "caption", "url", "width", "height", "original_width", "original_height", "status"}
+    | {"error_message", "exif", "md5", "sha256", "sha512"}
+)
+# The CLI's positional arguments; every other field is the CLI option --<field-with-dashes>.
+POSITIONAL_ARGUMENTS = ("url_list", "output_folder")
+
+
+@functools.cache
+def img2dataset_parameters() -> tuple[str, ...]:
+    """The argument names of the installed ``img2dataset.download``."""
+    return tuple(inspect.signature(import_img2dataset().download).parameters)
+
+
+def import_img2dataset():
+    """Import img2dataset without albumentations' network update check (the variable is
+    inherited by img2dataset's spawned workers, which import it again)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import img2dataset
+
+    return img2dataset
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ClipaError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """What to download and how; the defaults are the LAION-400M recipe."""
+
+    url_list: str
+    """Metadata with URLs and captions: a file, or a folder of files of ``input_format``
+    (local path or fsspec URL)."""
+    output_folder: str
+    """Local folder for the shards (``00000.tfrecord|.tar``, ``.parquet``, ``_stats.json``)."""
+    input_format: str = "parquet"
+    """Format of the metadata files: parquet, csv, tsv, json, jsonl, txt (optionally ``.gz``)."""
+    url_col: str = "URL"
+    """Column holding the image URL (LAION-400M: ``URL``)."""
+    caption_col: str | None = "TEXT"
+    """Column holding the caption (LAION-400M: ``TEXT``); None stores no caption."""
+    save_additional_columns: tuple[str, ...] = ("NSFW", "similarity", "LICENSE")
+    """Metadata columns copied into every record, next to the image and caption."""
+    image_size: int = 256
+    """Side in pixels of the stored images."""
+    resize_mode: str = "border"
+    """border (fit the longer side, pad to a square), keep_ratio, keep_ratio_largest,
+    center_crop or no."""
+    output_format: str = "tfrecord"
+    """``tfrecord`` (what ``clipa-data convert`` turns into TFDS) or ``webdataset`` (.tar)."""
+    processes_count: int = field(default_factory=default_workers)
+    """Download processes (default: every core of this machine)."""
+    thread_count: int = 64
+    """Download threads per process (img2dataset's 256 overloads most DNS resolvers)."""
+    number_sample_per_shard: int = 10_000
+    """Input rows per shard; keep it unchanged when resuming."""
+    retries: int = 0
+    """Extra attempts per URL after a failed download (img2dataset retries without backoff)."""
+    timeout: int = 10
+    """Seconds to wait for one URL."""
+    incremental_mode: str = "incremental"
+    """incremental (a re-run skips shards that have ``_stats.json``), overwrite (deletes the
+    output folder first) or extend (adds new shards after the last one)."""
+    distributor: str = "multiprocessing"
+    """multiprocessing (this machine) or pyspark (uses the active SparkSession if you made one)."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Any other ``img2dataset.download`` argument by name, e.g. ``{"encode_quality": 90}``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url_list", str(self.url_list))
+        object.__setattr__(self, "output_folder", str(self.output_folder))
+        object.__setattr__(self, "save_additional_columns", tuple(self.save_additional_columns))
+        object.__setattr__(self, "extra", dict(self.extra))
+        if not self.url_list:
+            raise ClipaError("the URL list is empty; pass a metadata file or folder")
+        if not self.output_folder:
+            raise ClipaError("the output folder is empty; pass a folder for the shards")
+        _check_choice("input_format", self.input_format, INPUT_FORMATS)
+        _check_choice("output_format", self.output_format, OUTPUT_FORMATS)
+        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        _check_choice("incremental_mode", self.incremental_mode, INCREMENTAL_MODES)
+        _check_choice("distributor", self.distributor, DISTRIBUTORS)
+        for name in ("image_size", "processes_count", "thread_count", "number_sample_per_shard"):
+            if getattr(self, name) < 1:
+                raise ClipaError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.retries < 0 or self.timeout <= 0:
+            raise ClipaError(
+                f"need retries >= 0 and timeout > 0; got {self.retries}, {self.timeout}"
+            )
+        reserved = sorted(RESERVED_COLUMNS & set(self.save_additional_columns))
+        if reserved:
+            raise ClipaError(
+                f"save_additional_columns may not use {', '.join(reserved)}: img2dataset writes "
+                "those itself; drop them from the list"
+            )
+        self._check_extra()
+
+    def _check_extra(self) -> None:
+        """Every passthrough name must be an img2dataset argument that has no field here."""
+        if not self.extra:
+            return
+        own = {f for f in self.__dataclass_fields__ if f != "extra"}
+        for name in self.extra:
+            if name in own:
+                where = (
+                    f"the {name.upper()} argument"
+                    if name in POSITIONAL_ARGUMENTS
+                    else "--" + name.replace("_", "-")
+                )
+                raise ClipaError(
+                    f"img2dataset argument {name!r} has its own setting (DownloadConfig.{name}, "
+                    f"CLI {where}); set it there, not through the passthrough"
+                )
+            known = img2dataset_parameters()
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ClipaError(
+                    f"unknown img2dataset argument {name!r}; {hint}the installed img2dataset "
+                    f"accepts: {', '.join(known)}"
+                )
+
+    def img2dataset_arguments(self) -> dict[str, Any]:
+        """The keyword arguments for ``img2dataset.download``."""
+        arguments = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        arguments.pop("extra")
+        arguments["save_additional_columns"] = list(self.save_additional_columns) or None
+        arguments.update(self.extra)
+        return arguments
+
+
+# --- summary of img2dataset's *_stats.json ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """One finished shard, from its ``NNNNN_stats.json``."""
+
+    shard: int
+    """Shard number."""
+    count: int
+    """Input rows of the shard."""
+    successes: int
+    """Rows stored with their image."""
+    failed_to_download: int
+    """Rows whose download failed (HTTP errors, timeouts, opt-out headers...)."""
+    failed_to_resize: int
+    """Rows downloaded but not decodable or filtered by size."""
+    duration: float
+    """Seconds img2dataset spent on the shard."""
+    status: dict[str, int]
+    """img2dataset's ``status_dict``: ``success`` and every error message, with counts."""
+
+
+@dataclass(frozen=True)
+class DownloadSummary:
+    """What a download run left in the output folder."""
+
+    output_folder: str
+    """The output folder."""
+    output_format: str
+    """``tfrecord`` or ``webdataset``."""
+    shards: tuple[ShardStats, ...]
+    """Every finished shard (with ``_stats.json``), by shard number."""
+    resumed_shards: tuple[int, ...]
+    """Shards finished by an earlier run and left alone by this one."""
+    unfinished_shards: tuple[int, ...]
+    """Shards without ``_stats.json``: expected from the input (parquet) or, when that is
+    unknown, those with a shard file."""
+    wall_seconds: float
+    """Wall-clock time of this run, worker start-up included."""
+    summary_path: str
+    """Where the summary JSON was written."""
+
+    @property
+    def count(self) -> int:
+        """Input rows over all finished shards."""
+        return sum(s.count for s in self.shards)
+
+    @property
+    def successes(self) -> int:
+        """Images stored over all finished shards."""
+        return sum(s.successes for s in self.shards)
+
+    @property
+    def failed_to_download(self) -> int:
+        """Rows whose download failed, over all finished shards."""
+        return sum(s.failed_to_download for s in self.shards)
+
+    @property
+    def failed_to_resize(self) -> int:
+        """Rows that could not be decoded/resized, over all finished shards."""
+        return sum(s.failed_to_resize for s in self.shards)
+
+    def error_kinds(self) -> list[tuple[str, int]]:
+        """Every failure message with its count, most frequent first."""
+        status: Counter[str] = Counter()
+        for shard in self.shards:
+            status.update(shard.status)
+        status.pop("success", None)
+        return status.most_common()
+
+    @property
+    def samples_this_run(self) -> int:
+        """Input rows of the shards this run finished."""
+        resumed = set(self.resumed_shards)
+        return sum(s.count for s in self.shards if s.shard not in resumed)
+
+    @property
+    def samples_per_second(self) -> float | None:
+        """Rows per wall-clock second in this run; None when it downloaded nothing."""
+        if not self.samples_this_run or self.wall_seconds <= 0:
+            return None
+        return self.samples_this_run / self.wall_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable form (totals first, then every shard)."""
+        return {
+            "output_folder": self.output_folder,
+            "output_format": self.output_format,
+            "shards": len(self.shards),
+            "count": self.count,
+            "successes": self.successes,
+            "failed_to_download": self.failed_to_download,
+            "failed_to_resize": self.failed_to_resize,
+            "error_kinds": dict(self.error_kinds()),
+            "resumed_shards": list(self.resumed_shards),
+            "unfinished_shards": list(self.unfinished_shards),
+            "samples_this_run": self.samples_this_run,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "samples_per_second": self.samples_per_second,
+            "per_shard": [asdict(s) for s in self.shards],
+        }
+
+
+def read_shard_stats(output_folder: str | Path) -> list[ShardStats]:
+    """Parse every ``NNNNN_stats.json`` at the top of ``output_folder``, by shard number."""
+    found = []
+    for path in sorted(Path(output_folder).glob("*_stats.json")):
+        shard = layout.raw_stats_shard_id(path)
+        if shard is None:
+            continue
+        try:
+            stats = json.loads(path.read_text())
+            found.append(
+                ShardStats(
+                    shard=shard,
+                    count=int(stats["count"]),
+                    successes=int(stats["successes"]),
+                    failed_to_download=int(stats["failed_to_download"]),
+                    failed_to_resize=int(stats["failed_to_resize"]),
+                    duration=float(stats["duration"]),
+                    status={str(k): int(v) for k, v in stats.get("status_dict", {}).items()},
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ClipaError(
+                f"{path}: not an img2dataset stats file ({error!r}); delete it and re-run to "
+                "download that shard again"
+            ) from None
+    return sorted(found, key=lambda s: s.shard)
+
+
+def finished_shard_ids(output_folder: str | Path) -> set[int]:
+    """Shards of ``output_folder`` that have a ``_stats.json`` (img2dataset's 'done')."""
+    ids = (layout.raw_stats_shard_id(p) for p in Path(output_folder).glob("*_stats.json"))
+    return {i for i in ids if i is not None}
+
+
+def shard_file_ids(output_folder: str | Path) -> set[int]:
+    """Shards of ``output_folder`` that have a ``.tfrecord``/``.tar`` file (finished or not)."""
+    ids = (layout.raw_shard_id(p) for p in Path(output_folder).iterdir())
+    return {i for i in ids if i is not None}
+
+
+class UnfinishedShardsError(ClipaError):
+    """Some shards have no ``_stats.json`` after the run; ``summary`` says what did finish."""
+
+    def __init__(self, message: str, summary: DownloadSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+# --- checks before img2dataset starts ---------------------------------------------------------
+
+
+def _input_files(config: DownloadConfig) -> list[Path]:
+    """The local metadata files img2dataset will read (it globs ``*.<format>`` in a folder)."""
+    path = Path(config.url_list)
+    if not path.exists():
+        raise ClipaError(
+            f"URL list {path} does not exist; pass a {config.input_format} file or a folder of "
+            "them (--input-format sets the format)"
+        )
+    if path.is_dir():
+        files = sorted(path.glob(f"*.{config.input_format}"))
+        if not files:
+            raise ClipaError(
+                f"URL list folder {path} has no *.{config.input_format} files; add some or pass "
+                "--input-format to match the files there"
+            )
+        return files
+    return [path]
+
+
+def _parquet_rows(config: DownloadConfig, files: list[Path]) -> list[int]:
+    """Row counts of the parquet inputs, after checking they have the configured columns."""
+    import pyarrow.parquet as pq
+
+    wanted = [config.url_col, *([config.caption_col] if config.caption_col else [])]
+    wanted += list(config.save_additional_columns)
+    rows = []
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, ValueError) as error:  # ArrowInvalid (not parquet) is a ValueError
+            raise ClipaError(
+                f"{path} is not a readable parquet file ({error}); fix the file or pass "
+                "--input-format with its real format"
+            ) from None
+        columns = parquet.schema_arrow.names
+        for name in wanted:
+            if name not in columns:
+                raise ClipaError(
+                    f"{path} has no column {name!r} (columns: {', '.join(columns)}); set "
+                    "--url-col / --caption-col / --save-additional-columns to the real names"
+                )
+        rows.append(parquet.metadata.num_rows)
+    return rows
+
+
+def _check_output(config: DownloadConfig) -> None:
+    output = Path(config.output_folder)
+    if layout.is_url(config.output_folder):
+        raise ClipaError(
+            f"output folder {config.output_folder} is remote; download to a local folder, then "
+            "copy the shards (e.g. gsutil -m cp -r)"
+        )
+    if output.exists() and not output.is_dir():
+        raise ClipaError(f"output folder {output} is a file; pass a folder path")
+    if output.is_dir() and config.incremental_mode != "overwrite":
+        breaking = layout.resume_breaking_json(output)
+        if breaking:
+            raise ClipaError(
+                f"{breaking[0]} would crash img2dataset's resume (it reads every top-level *.json "
+                f"as a shard's stats); move it out of {output}"
+            )
+        _check_same_sharding(config)
+
+
+def _check_same_sharding(config: DownloadConfig) -> None:
+    """Resuming with another shard size silently mixes two shardings: refuse it."""
+    summary_path = layout.download_summary_path(Path(config.output_folder))
+    if not summary_path.is_file() or not finished_shard_ids(config.output_folder):
+        return
+    try:
+        previous = json.loads(summary_path.read_text())["config"]["number_sample_per_shard"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return
+    if previous != config.number_sample_per_shard and config.incremental_mode == "incremental":
+        raise ClipaError(
+            f"{config.output_folder} was downloaded with number_sample_per_shard={previous}; "
+            f"resume with the same value (got {config.number_sample_per_shard}) or use "
+            "--incremental-mode overwrite"
+        )
+
+
+def check_inputs(config: DownloadConfig) -> range | None:
+    """Check what img2dataset would trip over mid-run; return the shard numbers it will write.
+
+    The shard numbers are known only for local parquet input (row counts come from the
+    footers) outside ``extend`` mode; otherwise None.
+    """
+    files = None if layout.is_url(config.url_list) else _input_files(config)
+    rows = _parquet_rows(config, files) if files and config.input_format == "parquet" else None
+    _check_output(config)
+    if config.distributor == "pyspark" and importlib.util.find_spec("pyspark") is None:
+        raise ClipaError("--distributor pyspark needs pyspark: pip install pyspark")
+    if rows is None or config.incremental_mode == "extend":
+        return None
+    return range(sum(math.ceil(n / config.number_sample_per_shard) for n in rows))
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _run_img2dataset(config: DownloadConfig) -> None:
+    """Call img2dataset; a Ctrl-C stays an interrupt (img2dataset's handler would exit 0)."""
+    img2dataset = import_img2dataset()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        img2dataset.download(**config.img2dataset_arguments())
+    except SystemExit as exit_:
+        # img2dataset installs a SIGINT handler that calls sys.exit(0); an interrupted download
+        # must not look like a finished one.
+        raise KeyboardInterrupt(f"download interrupted (exit {exit_.code})") from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _all_finished(config: DownloadConfig, expected: range | None, finished: set[int]) -> bool:
+    """Whether a resume has nothing left to do (img2dataset's worker start-up alone costs
+    seconds per process, so skip it)."""
+    return (
+        config.incremental_mode == "incremental"
+        and expected is not None
+        and len(expected) > 0
+        and set(expected) <= finished
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=repr))
+
+
+def download(config: DownloadConfig) -> DownloadSummary:
+    """Run img2dataset with ``config``, then summarise the shards and write the summary JSON.
+
+    Raises ``ClipaError`` for bad input (before anything starts), for a call outside a
+    ``__main__`` guard, and when shards remain unfinished (after writing the summary): re-run
+    the same call to retry them; finished shards are skipped.
+    """
+    check_spawn_safe("clipa_data.download.download()")
+    expected = check_inputs(config)
+    output = Path(config.output_folder)
+    resumed = (
+        finished_shard_ids(output)
+        if output.is_dir() and config.incremental_mode != "overwrite"
+        else set()
+    )
+    started = time.perf_counter()
+    if not _all_finished(config, expected, resumed):
+        _run_img2dataset(config)
+    wall_seconds = time.perf_counter() - started
+
+    shards = read_shard_stats(output)
+    finished = {s.shard for s in shards}
+    unfinished = set(expected) if expected is not None else shard_file_ids(output)
+    summary = DownloadSummary(
+        output_folder=str(output),
+        output_format=config.output_format,
+        shards=tuple(shards),
+        resumed_shards=tuple(sorted(resumed & finished)),
+        unfinished_shards=tuple(sorted(unfinished - finished)),
+        wall_seconds=wall_seconds,
+        summary_path=str(layout.download_summary_path(output)),
+    )
+    write_json(
+        Path(summary.summary_path),
+        {
+            "summary": summary.to_json(),
+            "config": _jsonable(asdict(config)),
+            "img2dataset_arguments": _jsonable(config.img2dataset_arguments()),
+            "versions": package_versions(["img2dataset", "pyarrow", "numpy"]),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    if summary.unfinished_shards:
+        listed = ", ".join(str(i) for i in summary.unfinished_shards[:10])
+        raise UnfinishedShardsError(
+            f"{len(summary.unfinished_shards)} shard(s) did not finish in {output} ({listed}); "
+            "see img2dataset's messages above, then re-run the same command to retry them "
+            "(finished shards are skipped)",
+            summary,
+        )
+    return summary
+
+
+# --- presentation -----------------------------------------------------------------------------
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part:,} ({part / whole:.1%})" if whole else f"{part:,}"
+
+
+def summary_table(summary: DownloadSummary, top_errors: int = 5) -> Table:
+    """A rich table of a download: shards, counts, the main error kinds and the speed."""
+    table = Table(title="download summary", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("output", f"{escape(summary.output_folder)} ({summary.output_format})")
+    shards = f"{len(summary.shards)} finished"
+    if summary.resumed_shards:
+        shards += f" ({len(summary.resumed_shards)} by an earlier run, skipped)"
+    if summary.unfinished_shards:
+        shards += f", [red]{len(summary.unfinished_shards)} unfinished[/]"
+    table.add_row("shards", shards)
+    table.add_row("samples", f"{summary.count:,}")
+    table.add_row("successes", _share(summary.successes, summary.count))
+    table.add_row("failed_to_download", _share(summary.failed_to_download, summary.count))
+    table.add_row("failed_to_resize", _share(summary.failed_to_resize, summary.count))
+    for message, count in summary.error_kinds()[:top_errors]:
+        table.add_row("  error", f"{count:,} × {escape(message)}")
+    rate = summary.samples_per_second
+    speed = f"{rate:,.1f} samples/s" if rate is not None else "nothing new to download"
+    table.add_row("speed", f"{speed} ({summary.wall_seconds:.1f} s wall)")
+    table.add_row("summary JSON", escape(summary.summary_path))
+    return table

@@ -1,0 +1,159 @@
+"""What convert learns about one source shard before writing anything: count, checks, schema.
+
+``inspect_shard`` runs in a worker process and never raises for bad data: a corrupt shard, a
+count that disagrees with img2dataset's ``*_stats.json`` or a missing stats file comes back as
+``Inspection.problem`` (one line naming the file and byte offset), so the parent can stop on the
+first one in shard order or, with ``--skip-bad-shards``, leave them all out and report them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipa_data import tfrecord, webdataset
+from clipa_data.errors import ClipaError
+from clipa_data.schema import ShardSchema, observe
+
+TFRECORD = "tfrecord"
+WEBDATASET = "tar"
+
+
+@dataclass(frozen=True)
+class InspectTask:
+    """One shard to inspect."""
+
+    path: str
+    """Where the shard can be read now (the source, or its placed copy when resuming a move)."""
+    source: str
+    """Source file name, used in messages (``00003.tfrecord``)."""
+    file_format: str
+    """``tfrecord`` or ``tar`` (img2dataset's webdataset output)."""
+    stats_path: str
+    """img2dataset's ``*_stats.json`` for this shard (may not exist)."""
+    require_stats: bool
+    """Treat a missing stats file as an unfinished download (other shards have theirs)."""
+    check_data_crc: bool
+    """Also check the data CRC of every record (tfrecord only; tar has no checksums)."""
+    schema_records: int
+    """Records to check the schema of; 0 means every record."""
+
+    def __post_init__(self) -> None:
+        if self.file_format not in (TFRECORD, WEBDATASET):
+            raise ValueError(f"unknown shard format {self.file_format!r}")
+        if self.schema_records < 0:
+            raise ValueError("schema_records must be 0 (all) or positive")
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """The outcome of inspecting one shard."""
+
+    source: str
+    """Source file name."""
+    records: int
+    """Exact number of records (0 when the shard could not be read)."""
+    num_bytes: int
+    """Size of the source file in bytes."""
+    mtime_ns: int
+    """Modification time of the source file (a rewritten source is another conversion)."""
+    stats_successes: int | None
+    """``successes`` from img2dataset's stats file, when there is one."""
+    schema: ShardSchema | None
+    """Schema facts of the inspected records (None for an empty or bad shard)."""
+    problem: str | None
+    """Why the shard cannot be converted (one line naming file and offset), else None."""
+    count_seconds: float
+    """Time spent counting (and CRC-checking) the records."""
+    schema_seconds: float
+    """Time spent reading records for the schema."""
+
+
+def _crc_while_reading(task: InspectTask) -> bool:
+    """Data CRCs are checked in the schema pass when it reads every record (no second read)."""
+    return task.check_data_crc and task.schema_records == 0
+
+
+def count_records(task: InspectTask) -> int:
+    """Exact record count without reading the payloads (header walk); raises on corruption."""
+    if task.file_format == TFRECORD:
+        crc = task.check_data_crc and not _crc_while_reading(task)
+        return tfrecord.scan_shard(task.path, check_data_crc=crc).records
+    return webdataset.count_samples(task.path)
+
+
+def examples(task: InspectTask) -> Iterator[bytes]:
+    """The shard's records as serialized Examples (tar samples re-encoded)."""
+    if task.file_format == TFRECORD:
+        return tfrecord.read_records(task.path, check_data_crc=_crc_while_reading(task))
+    return webdataset.iter_examples(task.path)
+
+
+def _stats_problem(task: InspectTask, records: int) -> tuple[int | None, str | None]:
+    stats_name = Path(task.stats_path).name
+    if not os.path.exists(task.stats_path):
+        if task.require_stats:
+            return None, (
+                f"{task.path}: no {stats_name}, so img2dataset never finished this shard; "
+                "re-run clipa-data download to finish it"
+            )
+        return None, None
+    try:
+        with open(task.stats_path) as handle:
+            successes = int(json.load(handle)["successes"])
+    except (ValueError, KeyError, TypeError) as error:
+        return None, f"{task.stats_path}: not an img2dataset stats file ({error})"
+    if successes != records:
+        return successes, (
+            f"{task.path}: holds {records} records but {stats_name} reports {successes} "
+            "successes; the shard changed after img2dataset wrote it; delete both and re-run "
+            "clipa-data download to fetch it again"
+        )
+    return successes, None
+
+
+def inspect_shard(task: InspectTask) -> Inspection:
+    """Count, check and read the schema of one shard (runs in a worker process)."""
+    started = time.perf_counter()
+    num_bytes, mtime_ns = 0, 0
+    try:
+        stat = os.stat(task.path)
+        num_bytes, mtime_ns = stat.st_size, stat.st_mtime_ns
+        records = count_records(task)
+        counted = time.perf_counter()
+        successes, problem = _stats_problem(task, records)
+        schema = None
+        if problem is None and records:
+            limit = task.schema_records or None
+            schema = observe(itertools.islice(examples(task), limit))
+        finished = time.perf_counter()
+    except (ClipaError, OSError) as error:
+        stats_name = Path(task.stats_path).name
+        refetch = f"delete it and {stats_name}, then re-run clipa-data download to fetch it again"
+        return Inspection(
+            source=task.source,
+            records=0,
+            num_bytes=num_bytes,
+            mtime_ns=mtime_ns,
+            stats_successes=None,
+            schema=None,
+            problem=f"{error}; {refetch}",
+            count_seconds=time.perf_counter() - started,
+            schema_seconds=0.0,
+        )
+    return Inspection(
+        source=task.source,
+        records=records,
+        num_bytes=num_bytes,
+        mtime_ns=mtime_ns,
+        stats_successes=successes,
+        schema=schema,
+        problem=problem,
+        count_seconds=counted - started,
+        schema_seconds=finished - counted,
+    )

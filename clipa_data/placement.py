@@ -1,0 +1,158 @@
+"""Putting one source shard at its TFDS name: hardlink, copy, symlink, move or re-encode.
+
+Every method is atomic: the shard appears under its final name complete or not at all (a
+temporary sibling plus ``os.replace``, or a single ``os.rename``), so a killed run leaves only
+temporaries that ``clipa_data.atomic.remove_temporaries`` clears, and ``is_placed`` can tell a
+finished shard from one still to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipa_data import tfrecord, webdataset
+from clipa_data.atomic import atomic_writer, temporary_path
+from clipa_data.errors import ClipaError
+
+MODES = ("auto", "copy", "hardlink", "symlink", "move")
+"""``--mode`` choices; ``auto`` is hardlink on one filesystem, else copy."""
+ENCODE = "encode"
+"""The method for webdataset shards: re-encoded to tfrecord (``--mode`` does not apply)."""
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def same_filesystem(first: Path, second: Path) -> bool:
+    """Whether two paths (the second may not exist yet) live on one filesystem."""
+    return os.stat(_existing_ancestor(first)).st_dev == os.stat(_existing_ancestor(second)).st_dev
+
+
+def resolve_mode(requested: str, src: Path, out: Path) -> str:
+    """The placement method: ``auto`` becomes hardlink or copy; impossible hardlinks fail early."""
+    if requested not in MODES:
+        raise ClipaError(f"--mode {requested!r}: choose one of {', '.join(MODES)}")
+    shared = same_filesystem(src, out)
+    if requested == "auto":
+        return "hardlink" if shared else "copy"
+    if requested == "hardlink" and not shared:
+        raise ClipaError(
+            f"cannot hardlink: {src} and {out} are on different filesystems; "
+            "use --mode copy (or symlink)"
+        )
+    return requested
+
+
+@dataclass(frozen=True)
+class PlaceTask:
+    """One shard to put in place."""
+
+    source: str
+    """The source shard as it is now."""
+    target: str
+    """Its final path in the builder (staging) directory."""
+    method: str
+    """``copy``, ``hardlink``, ``symlink``, ``move`` or ``encode`` (webdataset)."""
+    records: int
+    """Records the target must hold."""
+    num_bytes: int
+    """Size of the source (equal to the target's for every method but ``encode``)."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A shard in place."""
+
+    target: str
+    """Its path."""
+    num_bytes: int
+    """Size of the data it points to."""
+    reused: bool
+    """True when an earlier (interrupted) run had already placed it."""
+
+
+def is_placed(task: PlaceTask) -> bool:
+    """Whether an earlier run finished this shard (targets only ever appear complete)."""
+    target = Path(task.target)
+    if task.method == "symlink":
+        return target.is_symlink() and os.readlink(target) == task.source
+    if not target.exists() or target.is_symlink():
+        return False
+    if task.method == ENCODE:
+        return tfrecord.scan_shard(target).records == task.records
+    if task.method == "hardlink":
+        return os.path.samefile(task.source, target)
+    return target.stat().st_size == task.num_bytes
+
+
+def _copy(source: str, target: Path) -> None:
+    temporary = temporary_path(target)
+    try:
+        shutil.copyfile(source, temporary)
+        shutil.copystat(source, temporary)  # same mtime: a resumed move still matches its plan
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _link(source: str, target: Path, link) -> None:
+    temporary = temporary_path(target)
+    try:
+        link(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        if temporary.is_symlink() or temporary.exists():
+            temporary.unlink()
+
+
+def _encode(task: PlaceTask, target: Path) -> None:
+    with atomic_writer(target) as handle:
+        written = tfrecord.write_records(handle, webdataset.iter_examples(task.source))
+        if written != task.records:
+            raise ClipaError(
+                f"{task.source}: re-encoded {written} records but counted {task.records}; "
+                "the shard changed during the conversion"
+            )
+
+
+def _move(source: str, target: Path) -> None:
+    if same_filesystem(Path(source), target):
+        os.rename(source, target)
+    else:
+        _copy(source, target)
+        os.unlink(source)
+
+
+def place_shard(task: PlaceTask) -> Placed:
+    """Put one shard at ``task.target`` (skipped when an earlier run already did)."""
+    target = Path(task.target)
+    if is_placed(task):
+        if task.method == "move" and os.path.exists(task.source):
+            os.unlink(task.source)  # a cross-filesystem move killed after its copy
+        return Placed(task.target, target.stat().st_size, reused=True)
+    try:
+        if task.method == "copy":
+            _copy(task.source, target)
+        elif task.method == "hardlink":
+            _link(task.source, target, os.link)
+        elif task.method == "symlink":
+            _link(task.source, target, os.symlink)
+        elif task.method == "move":
+            _move(task.source, target)
+        elif task.method == ENCODE:
+            _encode(task, target)
+        else:
+            raise ValueError(f"unknown placement method {task.method!r}")
+    except OSError as error:
+        raise ClipaError(
+            f"cannot {task.method} {task.source} to {task.target}: {error.strerror or error}"
+            + ("; use --mode copy" if task.method == "hardlink" else "")
+        ) from None
+    return Placed(task.target, target.stat().st_size, reused=False)

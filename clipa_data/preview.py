@@ -1,0 +1,163 @@
+"""``clipa-data preview``: what the text tower will see for the first captions of a split.
+
+For each of the first N records: the raw caption and, after the chosen reduction at length L,
+the ids and their decoded text. Syntax needs the sidecars of ``clipa-data tag``; the other
+strategies use a sidecar's ids when there is one and tokenise on the fly otherwise (the same
+ids, capped the same way).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clipa_data import layout
+from clipa_data import text_reduction as tr
+from clipa_data.captions import DEFAULT_TEXT_FIELD, Caption, iter_captions
+from clipa_data.errors import ClipaError
+from clipa_data.sidecar import (
+    MAX_CAPTION_TOKENS,
+    SidecarExpectation,
+    SidecarRows,
+    compare_keys,
+    load_sidecar,
+)
+from clipa_data.tokenizer import default_tokenizer, vocab_sha256
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    """What ``clipa-data preview`` shows."""
+
+    builder_dir: str | Path
+    """The TFDS builder directory (or a folder holding exactly one)."""
+    text_mask: str = "syntax"
+    """Reduction strategy: truncate, random, block or syntax."""
+    text_length: int = 16
+    """Context length L (SOT + L-2 tokens + EOT)."""
+    n: int = 10
+    """How many captions, from the start of the split."""
+    seed: int = 0
+    """Seed of the generator that random and block draw from."""
+    split: str | None = None
+    """Split to read; None = the only split, or ``train``."""
+    text_field: str = DEFAULT_TEXT_FIELD
+    """The caption feature."""
+
+    def __post_init__(self) -> None:
+        if self.text_mask not in tr.TEXT_MASKS:
+            raise ClipaError(f"--text-mask must be one of {', '.join(tr.TEXT_MASKS)}")
+        if self.text_length < 3:
+            raise ClipaError(f"--text-length must be at least 3, got {self.text_length}")
+        if self.n < 1:
+            raise ClipaError(f"--n must be at least 1, got {self.n}")
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """One caption and what the model sees of it."""
+
+    key: str
+    """The record's key."""
+    caption: str
+    """The raw caption."""
+    ids: list[int]
+    """The reduced ids, exactly ``text_length`` long (SOT ... EOT, zero-padded)."""
+    text: str
+    """The decoded text of the kept ids."""
+    source: str
+    """Where the caption's ids came from: ``sidecar`` or ``tokenizer``."""
+
+
+def choose_split(builder: str | Path, split: str | None) -> str:
+    names = layout.split_names(builder)
+    if split is not None:
+        return split
+    if len(names) == 1:
+        return names[0]
+    if "train" in names:
+        return "train"
+    raise ClipaError(f"{builder} has splits {', '.join(names)}; pick one with --split")
+
+
+def open_sidecar(
+    builder: str | Path, shard: layout.ShardInfo, config: PreviewConfig
+) -> SidecarRows | None:
+    """The shard's checked sidecar; None if absent (an error for the syntax mask)."""
+    path = layout.sidecar_path(builder, shard.path)
+    if not layout.exists(path):
+        if config.text_mask == "syntax":
+            raise ClipaError(
+                f"the syntax mask needs sidecars and {path} is missing; create them with: "
+                f"clipa-data tag {builder}"
+            )
+        return None
+    expected = SidecarExpectation(
+        shard=Path(shard.path).name,
+        num_records=shard.num_records,
+        vocab_sha256=vocab_sha256(),
+        text_field=config.text_field,
+    )
+    return load_sidecar(path, expected)
+
+
+def reduce(
+    config: PreviewConfig,
+    caption: Caption,
+    rows: SidecarRows | None,
+    index: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The caption's ids after the configured reduction."""
+    length = config.text_length
+    if rows is not None:
+        ids = rows.caption_ids(index)
+    else:
+        ids = np.asarray(default_tokenizer().encode(caption.text)[:MAX_CAPTION_TOKENS])
+    if config.text_mask == "syntax":
+        return tr.syntax_mask(ids, *rows.words(index), length)
+    if config.text_mask == "random":
+        return tr.random_mask(ids, length, rng)
+    if config.text_mask == "block":
+        return tr.block_mask(ids, length, rng)
+    return tr.truncate(ids, length)
+
+
+def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
+    """Yield the first ``config.n`` captions of the split with their reduced ids."""
+    builder = layout.resolve_builder_dir(config.builder_dir)
+    split = layout.read_split(builder, choose_split(builder, config.split))
+    rng = np.random.default_rng(config.seed)
+    tokenizer = default_tokenizer()
+    left = config.n
+    for shard in split.shards:
+        if left == 0 or shard.num_records == 0:
+            continue
+        rows = open_sidecar(builder, shard, config)
+        captions = list(itertools.islice(iter_captions(shard.path, config.text_field), left))
+        if rows is not None:
+            compare_keys(
+                rows.keys[: len(captions)],
+                [caption.key for caption in captions],
+                str(layout.sidecar_path(builder, shard.path)),
+                Path(shard.path).name,
+            )
+        for index, caption in enumerate(captions):
+            ids = reduce(config, caption, rows, index, rng)
+            yield PreviewRow(
+                key=caption.key,
+                caption=caption.text,
+                ids=ids.tolist(),
+                text=tokenizer.decode(ids),
+                source="tokenizer" if rows is None else "sidecar",
+            )
+        left -= len(captions)
+
+
+def preview(config: PreviewConfig) -> list[PreviewRow]:
+    """The first ``config.n`` captions of the split with what the model sees of them."""
+    return list(preview_rows(config))

@@ -1,0 +1,192 @@
+"""Sidecars against their shards: ``clipa-data tag --check`` and the coverage ``info`` shows.
+
+The check reads every shard's keys and proves, per shard, that its sidecar exists, was made
+with this vocabulary and text field, has one row per record and the same key in every row.
+Coverage only reads sidecar headers (metadata and row counts): cheap enough for ``info``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipa_data import layout
+from clipa_data.captions import DEFAULT_TEXT_FIELD, iter_captions
+from clipa_data.errors import ClipaError
+from clipa_data.runner import RunPlan, default_workers, map_shards
+from clipa_data.sidecar import SidecarExpectation, check_keys, load_sidecar, read_header
+from clipa_data.tokenizer import vocab_sha256
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What ``clipa-data tag --check`` verifies."""
+
+    builder_dir: str | Path
+    """The TFDS builder directory (or a folder holding exactly one)."""
+    text_field: str = DEFAULT_TEXT_FIELD
+    """The caption feature the sidecars must have been made from."""
+    splits: tuple[str, ...] = ()
+    """Splits to check; empty = every split."""
+    workers: int = field(default_factory=default_workers)
+    """Worker processes reading shards."""
+    show_progress: bool = True
+    """Draw a progress bar on stderr."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ClipaError(f"--workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class CheckJob:
+    """One shard and its sidecar (sent to a worker)."""
+
+    builder: str
+    shard: str
+    sidecar: str
+    num_records: int
+    text_field: str
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """The verdict on one shard's sidecar."""
+
+    shard: str
+    """Shard file name."""
+    records: int
+    """Records the shard declares."""
+    problem: str = ""
+    """Empty when the sidecar matches; else one line naming the shard and the fix."""
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Every shard's verdict."""
+
+    builder_dir: str
+    shards: tuple[ShardCheck, ...]
+
+    @property
+    def problems(self) -> list[ShardCheck]:
+        return [shard for shard in self.shards if shard.problem]
+
+    def raise_for_problems(self) -> None:
+        """One ``ClipaError`` naming the first bad shard and how many failed."""
+        bad = self.problems
+        if bad:
+            raise ClipaError(
+                f"{len(bad)} of {len(self.shards)} shards failed the sidecar check; "
+                f"first: {bad[0].problem}"
+            )
+
+
+def check_shard(job: CheckJob) -> ShardCheck:
+    """Check one sidecar against its shard: metadata, row count, then every key."""
+    name = Path(job.shard).name
+    if not layout.exists(job.sidecar):
+        return ShardCheck(
+            name,
+            job.num_records,
+            f"{job.sidecar}: sidecar of shard {name} is missing; create it with: "
+            f"clipa-data tag {job.builder}",
+        )
+    expected = SidecarExpectation(
+        shard=name,
+        num_records=job.num_records,
+        vocab_sha256=vocab_sha256(),
+        text_field=job.text_field,
+    )
+    try:
+        rows = load_sidecar(job.sidecar, expected)
+        keys = [caption.key for caption in iter_captions(job.shard, job.text_field)]
+        check_keys(rows, keys, job.sidecar, name)
+    except ClipaError as error:
+        return ShardCheck(name, job.num_records, str(error))
+    return ShardCheck(name, job.num_records)
+
+
+def check_sidecars(config: CheckConfig) -> CheckReport:
+    """Check every shard's sidecar; the report lists each shard's problem (if any)."""
+    builder = layout.resolve_builder_dir(config.builder_dir)
+    splits = config.splits or tuple(layout.split_names(builder))
+    jobs = [
+        CheckJob(
+            builder=str(builder),
+            shard=shard.path,
+            sidecar=str(layout.sidecar_path(builder, shard.path)),
+            num_records=shard.num_records,
+            text_field=config.text_field,
+        )
+        for split in splits
+        for shard in layout.read_split(builder, split).shards
+    ]
+    plan = RunPlan(
+        description="checking",
+        workers=config.workers,
+        unit="records",
+        show_progress=config.show_progress,
+    )
+    results = map_shards(check_shard, jobs, plan, units_of=lambda result: result.records)
+    return CheckReport(builder_dir=str(builder), shards=tuple(results))
+
+
+def sidecar_coverage(builder_dir: str | Path) -> dict:
+    """Which shards have sidecars, their rows, taggers and vocabularies (headers only).
+
+    Returns ``{"sidecar_dir", "shards", "with_sidecar", "without_sidecar", "missing" (up to
+    10 shard names), "unreadable" (shard names), "records", "rows", "taggers", "text_fields",
+    "vocab_sha256", "vocab_matches", "splits": {split: {"shards", "with_sidecar", "records",
+    "rows"}}}``; ``taggers`` are ``"<name> <version> (<model>)"`` strings.
+    """
+    builder = layout.resolve_builder_dir(builder_dir)
+    splits = [layout.read_split(builder, name) for name in layout.split_names(builder)]
+    return coverage_of_splits(builder, splits)
+
+
+def coverage_of_splits(builder: str | Path, splits: Sequence[layout.SplitInfo]) -> dict:
+    """``sidecar_coverage`` for splits that were already read (``clipa-data info``)."""
+    per_split: dict[str, dict] = {}
+    missing: list[str] = []
+    unreadable: list[str] = []
+    taggers, fields, vocabs = set(), set(), set()
+    for split in splits:
+        counts = {"shards": 0, "with_sidecar": 0, "records": 0, "rows": 0}
+        for shard in split.shards:
+            name = Path(shard.path).name
+            counts["shards"] += 1
+            counts["records"] += shard.num_records
+            path = layout.sidecar_path(builder, shard.path)
+            if not layout.exists(path):
+                missing.append(name)
+                continue
+            try:
+                info, rows = read_header(path)
+            except ClipaError:
+                unreadable.append(name)
+                continue
+            counts["with_sidecar"] += 1
+            counts["rows"] += rows
+            taggers.add(f"{info.tagger} {info.tagger_version} ({info.tagger_model})")
+            fields.add(info.text_field)
+            vocabs.add(info.vocab_sha256)
+        per_split[split.name] = counts
+    with_sidecar = sum(counts["with_sidecar"] for counts in per_split.values())
+    total = sum(counts["shards"] for counts in per_split.values())
+    return {
+        "sidecar_dir": str(layout.sidecar_dir(builder)),
+        "shards": total,
+        "with_sidecar": with_sidecar,
+        "without_sidecar": total - with_sidecar,
+        "missing": missing[:10],
+        "unreadable": unreadable,
+        "records": sum(counts["records"] for counts in per_split.values()),
+        "rows": sum(counts["rows"] for counts in per_split.values()),
+        "taggers": sorted(taggers),
+        "text_fields": sorted(fields),
+        "vocab_sha256": sorted(vocabs),
+        "vocab_matches": vocabs <= {vocab_sha256()},
+        "splits": per_split,
+    }

@@ -1,0 +1,278 @@
+"""``clipa-data tag``: tokenise and POS-tag every caption once, into one Arrow sidecar per shard.
+
+Per shard (one process-pool task): read the shard's records in order, tag the raw captions
+(``clipa_data.tagging``), BPE-encode the caption and every tagger word, and write
+``sidecars/<shard>.arrow`` atomically, row i = record i. A re-run skips shards whose sidecar is
+finished and valid; a sidecar that no longer matches (other vocabulary, text field, tagger or
+row count) stops the run naming the shard, unless ``overwrite`` re-tags it. The run ends with
+``sidecars/tag_summary.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from clipa_data import layout
+from clipa_data.atomic import remove_temporaries, write_json
+from clipa_data.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
+from clipa_data.errors import ClipaError
+from clipa_data.provenance import package_versions
+from clipa_data.runner import RunPlan, default_workers, map_shards
+from clipa_data.sidecar import (
+    SidecarInfo,
+    TableBuilder,
+    read_header,
+    write_sidecar,
+)
+from clipa_data.tagging import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SPACY_MODEL,
+    TAGGER_CHOICES,
+    TaggedWords,
+    TaggerSpec,
+    load_tagger,
+    resolve_tagger,
+)
+from clipa_data.text_reduction import priority_of_tag
+from clipa_data.tokenizer import default_tokenizer, vocab_sha256
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """What ``clipa-data tag`` does."""
+
+    builder_dir: str | Path
+    """The TFDS builder directory (or a folder holding exactly one)."""
+    tagger: str = "auto"
+    """``auto`` (nltk when its data is present, else spaCy), ``nltk`` or ``spacy``."""
+    spacy_model: str = DEFAULT_SPACY_MODEL
+    """spaCy English pipeline (package name or folder) for ``--tagger spacy``."""
+    text_field: str = DEFAULT_TEXT_FIELD
+    """The record feature holding the caption."""
+    splits: tuple[str, ...] = ()
+    """Splits to tag; empty = every split of the builder directory."""
+    workers: int = field(default_factory=default_workers)
+    """Worker processes (each loads the tagger once)."""
+    overwrite: bool = False
+    """Re-tag shards that already have a sidecar."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Captions per spaCy ``nlp.pipe`` batch."""
+    show_progress: bool = True
+    """Draw a progress bar (captions/s) on stderr."""
+
+    def __post_init__(self) -> None:
+        if self.tagger not in TAGGER_CHOICES:
+            raise ClipaError(f"--tagger must be one of {', '.join(TAGGER_CHOICES)}")
+        if self.workers < 1:
+            raise ClipaError(f"--workers must be at least 1, got {self.workers}")
+        if not self.text_field:
+            raise ClipaError("--text-field must name a feature, e.g. txt")
+        if self.batch_size < 1:
+            raise ClipaError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to tag (sent to a worker process)."""
+
+    shard: str
+    """Path of the tfrecord shard."""
+    sidecar: str
+    """Where its sidecar goes."""
+    num_records: int
+    """Records that ``dataset_info.json`` declares for the shard."""
+    text_field: str
+    """The caption feature."""
+    tagger: TaggerSpec
+    """The tagger every worker loads."""
+
+
+@dataclass(frozen=True)
+class ShardTagResult:
+    """What happened to one shard."""
+
+    shard: str
+    """Shard file name."""
+    status: str
+    """``tagged`` or ``skipped`` (a finished, valid sidecar was already there)."""
+    records: int
+    """Rows in its sidecar."""
+    words: int = 0
+    """Tagger words written (tagged shards)."""
+    seconds: float = 0.0
+    """Wall time of the shard in its worker (tagged shards)."""
+
+
+@dataclass(frozen=True)
+class TagSummary:
+    """The outcome of a tag run; ``to_json`` is what ``tag_summary.json`` holds."""
+
+    builder_dir: str
+    """The builder directory that was tagged."""
+    tagger: TaggerSpec
+    """The tagger that was used."""
+    text_field: str
+    """The caption feature."""
+    workers: int
+    """Worker processes."""
+    seconds: float
+    """Wall time of the whole run."""
+    shards: tuple[ShardTagResult, ...]
+    """Per shard, in split and shard order."""
+
+    @property
+    def tagged(self) -> list[ShardTagResult]:
+        return [result for result in self.shards if result.status == "tagged"]
+
+    @property
+    def captions_tagged(self) -> int:
+        return sum(result.records for result in self.tagged)
+
+    @property
+    def captions_per_second(self) -> float:
+        return self.captions_tagged / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "builder_dir": self.builder_dir,
+            "tagger": asdict(self.tagger),
+            "text_field": self.text_field,
+            "vocab_sha256": vocab_sha256(),
+            "workers": self.workers,
+            "seconds": round(self.seconds, 3),
+            "shards_tagged": len(self.tagged),
+            "shards_skipped": len(self.shards) - len(self.tagged),
+            "captions_tagged": self.captions_tagged,
+            "rows_total": sum(result.records for result in self.shards),
+            "captions_per_second": round(self.captions_per_second, 1),
+            "versions": package_versions(["nltk", "spacy", "pyarrow", "instant-clip-tokenizer"]),
+            "shards": [asdict(result) for result in self.shards],
+        }
+
+
+def build_table(captions: list[Caption], tagged: list[TaggedWords], info: SidecarInfo) -> pa.Table:
+    """The sidecar table: per caption its BPE ids and, per tagger word, its ids and priority."""
+    tokenizer = default_tokenizer()
+    encode, encode_word = tokenizer.encode, tokenizer.encode_word
+    priorities: dict[str, int] = {}  # a few dozen tags: look each up once
+
+    def priority(tag: str) -> int:
+        return priorities.get(tag) or priorities.setdefault(tag, priority_of_tag(tag))
+
+    builder = TableBuilder()
+    for caption, words in zip(captions, tagged, strict=True):
+        builder.add(
+            caption.key,
+            encode(caption.text),
+            ((encode_word(word), priority(tag)) for word, tag in words),
+        )
+    return builder.table(info)
+
+
+def sidecar_info(tagger: TaggerSpec, text_field: str, shard: str) -> SidecarInfo:
+    return SidecarInfo(
+        tagger=tagger.name,
+        tagger_version=tagger.version,
+        tagger_model=tagger.model_id,
+        vocab_sha256=vocab_sha256(),
+        text_field=text_field,
+        shard=Path(shard).name,
+    )
+
+
+def tag_shard(job: ShardJob) -> ShardTagResult:
+    """Tag one shard into its sidecar (runs in a worker process)."""
+    start = time.perf_counter()
+    captions = read_captions(job.shard, job.text_field)
+    if len(captions) != job.num_records:
+        raise ClipaError(
+            f"{job.shard}: has {len(captions)} records but dataset_info.json declares "
+            f"{job.num_records}; re-create the builder directory with clipa-data convert"
+        )
+    tagged = load_tagger(job.tagger).tag([caption.text for caption in captions])
+    table = build_table(captions, tagged, sidecar_info(job.tagger, job.text_field, job.shard))
+    write_sidecar(Path(job.sidecar), table)
+    return ShardTagResult(
+        shard=Path(job.shard).name,
+        status="tagged",
+        records=table.num_rows,
+        words=len(table.column("word_priority").combine_chunks().values),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def finished(job: ShardJob) -> bool:
+    """Whether ``job``'s sidecar exists and is valid for this run; raises if it conflicts."""
+    if not Path(job.sidecar).exists():
+        return False
+    info, rows = read_header(job.sidecar)
+    expected = sidecar_info(job.tagger, job.text_field, job.shard)
+    conflicts = [
+        f"{name} {getattr(info, name)!r} (this run: {getattr(expected, name)!r})"
+        for name in ("vocab_sha256", "text_field", "tagger", "tagger_model", "shard")
+        if getattr(info, name) != getattr(expected, name)
+    ]
+    if rows != job.num_records:
+        conflicts.append(f"{rows} rows for {job.num_records} records")
+    if conflicts:
+        raise ClipaError(
+            f"{job.sidecar}: existing sidecar of shard {Path(job.shard).name} does not match "
+            f"this run: {'; '.join(conflicts)}; pass --overwrite to re-tag it"
+        )
+    return True
+
+
+def shard_jobs(builder: str | Path, config: TagConfig, tagger: TaggerSpec) -> list[ShardJob]:
+    """Every shard of the chosen splits, in split and shard order."""
+    splits = config.splits or tuple(layout.split_names(builder))
+    return [
+        ShardJob(
+            shard=shard.path,
+            sidecar=str(layout.sidecar_path(builder, shard.path)),
+            num_records=shard.num_records,
+            text_field=config.text_field,
+            tagger=tagger,
+        )
+        for split in splits
+        for shard in layout.read_split(builder, split).shards
+    ]
+
+
+def tag_builder(config: TagConfig) -> TagSummary:
+    """Tag every shard of a builder directory that has no finished sidecar; write the summary."""
+    start = time.perf_counter()
+    builder = layout.resolve_builder_dir(config.builder_dir)
+    if layout.is_url(builder):
+        raise ClipaError(f"{builder}: tag writes sidecars next to the shards; use a local folder")
+    tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
+    jobs = shard_jobs(builder, config, tagger)
+    remove_temporaries(Path(layout.sidecar_dir(builder)))
+    skipped = {} if config.overwrite else {job.shard: job for job in jobs if finished(job)}
+    todo = [job for job in jobs if job.shard not in skipped]
+    plan = RunPlan(
+        description="tagging",
+        workers=config.workers,
+        unit="captions",
+        show_progress=config.show_progress,
+    )
+    done = map_shards(tag_shard, todo, plan, units_of=lambda result: result.records)
+    by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
+    results = tuple(
+        by_shard.get(job.shard)
+        or ShardTagResult(shard=Path(job.shard).name, status="skipped", records=job.num_records)
+        for job in jobs
+    )
+    summary = TagSummary(
+        builder_dir=str(builder),
+        tagger=tagger,
+        text_field=config.text_field,
+        workers=config.workers,
+        seconds=time.perf_counter() - start,
+        shards=results,
+    )
+    write_json(Path(layout.tag_summary_path(builder)), summary.to_json())
+    return summary

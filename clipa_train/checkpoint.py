@@ -1,0 +1,187 @@
+"""Training checkpoints: one file per save, written atomically by rank 0, resumable exactly.
+
+A checkpoint holds the model, the optimiser, the schedule step, every rank's stream state and RNG
+states, the architecture and the resolved run config. Files are
+``<run>/checkpoints/step_00001234.pt``; ``--resume auto`` takes the highest step.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipa_data.atomic import atomic_writer, remove_temporaries
+from clipa_data.errors import ClipaError
+from clipa_train.backend import Backend
+
+FORMAT = "clipa-checkpoint"
+VERSION = 1
+NAME = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """Where the checkpoint after ``step`` optimiser steps lives."""
+    return Path(directory) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every finished checkpoint in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), entry) for entry in directory.iterdir() if (m := NAME.match(entry.name))
+    ]
+    return sorted(found)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint with the highest step, or None."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | Path | None, directory: Path) -> Path | None:
+    """``--resume``: None → start fresh; ``auto`` → the latest checkpoint in ``directory``
+    (an error when there is none); anything else → that file, which must exist."""
+    if resume is None or str(resume) == "":
+        return None
+    if str(resume) == "auto":
+        latest = latest_checkpoint(directory)
+        if latest is None:
+            raise ClipaError(
+                f"--resume auto: no checkpoint in {directory}; start without --resume or point "
+                "--resume at a checkpoint file"
+            )
+        return latest
+    path = Path(resume)
+    if not path.is_file():
+        raise ClipaError(f"--resume {path}: no such checkpoint file")
+    return path
+
+
+def to_cpu(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor detached on the CPU (XLA-safe)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream_state: dict,
+    backend: Backend,
+    run_config: dict | None = None,
+    keep: int = 0,
+) -> Path:
+    """Write the checkpoint after ``step`` steps. Every rank must call it (it gathers each rank's
+    stream and RNG state); rank 0 writes. ``keep`` > 0 deletes all but the newest ``keep``."""
+    model = unwrap(model)
+    per_rank = backend.gather_objects({"stream": stream_state, "rng": backend.rng_state()})
+    path = checkpoint_path(directory, step)
+    if backend.is_main:
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": step,
+            "world": backend.world,
+            "architecture": model.config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ranks": per_rank,
+            "config": run_config or {},
+        }
+        payload = to_cpu(payload)  # on XLA this materialises the tensors: outside any step
+        with atomic_writer(path) as handle:
+            torch.save(payload, handle)
+        if keep > 0:
+            for _, old in list_checkpoints(directory)[:-keep]:
+                old.unlink()
+    backend.barrier()
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU), or fail with one line.
+
+    Only load checkpoints you wrote: like every PyTorch checkpoint with optimiser and RNG state,
+    the file is unpickled in full.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClipaError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, bad pickle, EOF: several types
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ClipaError(
+            f"checkpoint {path} is truncated or corrupt ({detail}); delete it and resume from an "
+            "earlier checkpoint"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ClipaError(
+            f"{path} is not a clipa training checkpoint; to start from OpenCLIP/CLIPA weights "
+            "use them as pretrained weights instead of resuming"
+        )
+    return payload
+
+
+def architecture_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``field: checkpoint X, model Y`` for every differing architecture field."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += architecture_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: checkpoint {old!r}, model {new!r}")
+    return differences
+
+
+def restore_checkpoint(
+    payload: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    backend: Backend,
+    source: str = "checkpoint",
+) -> tuple[int, dict]:
+    """Load model, optimiser and this rank's RNG state; return (step, this rank's stream state).
+
+    A checkpoint of another architecture is refused with the differing fields named.
+    """
+    model = unwrap(model)
+    differences = architecture_differences(payload["architecture"], model.config.to_dict())
+    if differences:
+        raise ClipaError(
+            f"{source} was written for a different model ({'; '.join(differences[:3])}); "
+            "resume with the same preset and sizes, or load it as pretrained weights"
+        )
+    model.load_state_dict(payload["model"], strict=True)
+    optimizer.load_state_dict(payload["optimizer"])
+    ranks = payload["ranks"]
+    mine = ranks[backend.rank] if len(ranks) == backend.world else ranks[0]
+    backend.set_rng_state(mine["rng"])
+    return int(payload["step"]), mine["stream"]
+
+
+def clean_directory(directory: Path) -> None:
+    """Remove temporary files an interrupted save left behind."""
+    remove_temporaries(Path(directory))

@@ -1,0 +1,347 @@
+"""The training loop: receives built objects, runs steps, logs, checkpoints, stops gracefully.
+
+Per step: lr from the schedule → batch to the device (normalised there) → forward under
+autocast → loss → backward → gradient sync → optional clip → AdamW → clamp logit scale → step
+boundary (XLA: one graph). Nothing reads device values inside the step; logged scalars are
+fetched only at log steps, after the boundary, so XLA keeps one graph per stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from clipa_data.errors import ClipaError
+from clipa_train import checkpoint as ckpt
+from clipa_train.backend import Backend
+from clipa_train.optim import (
+    OptimConfig,
+    check_optimizer_device,
+    clamp_logit_scale,
+    learning_rate,
+    set_learning_rate,
+)
+
+Evaluate = Callable[[nn.Module, int], dict[str, float]]
+
+
+class BatchSource(Protocol):
+    """What the loop consumes: an iterable of contract batches that can save its position."""
+
+    def __iter__(self): ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How long to train and how often to log, evaluate and save."""
+
+    log_every: int = 10
+    """Steps between metrics records (and progress-line updates)."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints; 0 saves only at the end (and on a stop signal)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept in ``<run>/checkpoints``; 0 keeps all."""
+    eval_every: int = 0
+    """Steps between calls of the evaluation hook; 0: only at the end (if a hook is given)."""
+    grad_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass (less memory, ~30 % more compute)."""
+    stop_check_every: int = 1
+    """Steps between checks whether any rank got SIGTERM/SIGINT (a collective when distributed)."""
+    progress: bool = True
+    """Show a rich progress line on rank 0."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to ``<run>/tensorboard`` (needs the tensorboard package)."""
+
+    def __post_init__(self) -> None:
+        for name in ("log_every", "stop_check_every"):
+            if getattr(self, name) < 1:
+                raise ClipaError(f"{name} must be at least 1")
+        for name in ("checkpoint_every", "keep_checkpoints", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ClipaError(f"{name} must be ≥ 0")
+
+
+@dataclass
+class LoopResult:
+    """What a call of :func:`train` did."""
+
+    start_step: int
+    """Step the run started (or resumed) at."""
+    step: int
+    """Optimiser steps completed when it returned."""
+    stopped: bool
+    """True when a signal stopped it before ``total_steps``."""
+    checkpoint: Path | None
+    """The last checkpoint written."""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """The metrics records written (rank 0)."""
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag checked at step boundaries (preemptible TPU VMs).
+
+    A second SIGINT raises KeyboardInterrupt as usual. Handlers are restored on exit; off the main
+    thread (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.requested and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+class MetricsLog:
+    """Rank 0's ``metrics.jsonl`` (appended, one record per log step) and optional TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled, self.writer, self.handle = enabled, None, None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                Console(stderr=True).print(
+                    "warning: tensorboard is not installed; metrics go to metrics.jsonl only"
+                )
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def forward_backward(
+    step_model: nn.Module, batch: dict, loss_fn: Callable, backend: Backend
+) -> tuple[torch.Tensor, dict]:
+    """Forward (autocast) and backward of one device batch; returns (loss, model outputs)."""
+    with backend.autocast():
+        outputs = step_model(batch["image"], batch["text"], batch["patch_keep"])
+    loss = loss_fn(outputs)
+    loss.backward()
+    return loss, outputs
+
+
+def apply_update(
+    model: nn.Module, optimizer: torch.optim.Optimizer, config: OptimConfig, backend: Backend
+) -> None:
+    """Sync gradients, clip, step AdamW, clamp the logit scale, clear gradients."""
+    backend.sync_gradients(optimizer)
+    if config.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], config.grad_clip_norm
+        )
+    optimizer.step()
+    clamp_logit_scale(model)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    optim_config: OptimConfig,
+    loss_fn: Callable[[dict], torch.Tensor],
+    batches: BatchSource,
+    backend: Backend,
+    run_dir: Path,
+    config: LoopConfig = LoopConfig(),
+    resume_from: Path | None = None,
+    run_config: dict | None = None,
+    evaluate: Evaluate | None = None,
+) -> LoopResult:
+    """Train ``model`` until ``optim_config.total_steps`` or a stop signal; returns what happened.
+
+    ``model`` is the bare CLIP (the backend moves it and wraps it for DDP); ``optimizer`` was built
+    over its parameters once they were on the device (``build_optimizer``); ``batches`` yields
+    contract batches for this rank. Checkpoints go to ``run_dir/checkpoints``, metrics to
+    ``run_dir/metrics.jsonl``.
+    """
+    run_dir = Path(run_dir)
+    directory = run_dir / "checkpoints"
+    if backend.is_main:
+        ckpt.clean_directory(directory)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True, backend.checkpoint_function())
+    step_model = backend.prepare_model(model)
+    check_optimizer_device(optimizer, backend.device)
+    step = 0
+    if resume_from is not None:
+        payload = ckpt.load_checkpoint(resume_from)
+        step, stream = ckpt.restore_checkpoint(
+            payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
+        )
+        batches.load_state_dict(stream)
+    result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
+    log = MetricsLog(run_dir, backend.is_main, config.tensorboard)
+
+    def save() -> Path:
+        return ckpt.save_checkpoint(
+            directory,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            stream_state=batches.state_dict(),
+            backend=backend,
+            run_config=run_config,
+            keep=config.keep_checkpoints,
+        )
+
+    model.train()
+    iterator = iter(batches)
+    window = _Window(step)
+    evaluated_at = -1
+    with StopSignal() as stop, _progress(config, backend, optim_config.total_steps, step) as bar:
+        while step < optim_config.total_steps:
+            waited = time.perf_counter()
+            try:
+                host_batch = next(iterator)
+            except StopIteration:
+                break
+            window.wait += time.perf_counter() - waited
+            lr = learning_rate(step, optim_config)
+            set_learning_rate(optimizer, lr)
+            batch = backend.to_device(host_batch)
+            loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+            apply_update(model, optimizer, optim_config, backend)
+            watched = _watched(model, backend.mean_over_ranks(loss.detach()))
+            backend.step_boundary()
+            step += 1
+            window.samples += host_batch["text"].shape[0] * backend.world
+            if step % config.log_every == 0 or step == optim_config.total_steps:
+                record = window.record(step, lr, backend.to_host(watched), backend.compile_count())
+                log.write(record)
+                result.records.append(record)
+                bar(step, record)
+            if config.eval_every and evaluate is not None and step % config.eval_every == 0:
+                evaluated_at = _evaluate(evaluate, model, step, log, result)
+            if step % config.stop_check_every == 0 and backend.any_rank(stop.requested):
+                result.stopped = True
+                break
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                result.checkpoint = save()
+    if evaluate is not None and not result.stopped and evaluated_at != step:
+        _evaluate(evaluate, model, step, log, result)
+    if result.checkpoint is None or ckpt.checkpoint_path(directory, step) != result.checkpoint:
+        result.checkpoint = save()
+    log.close()
+    result.step = step
+    return result
+
+
+def _watched(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Device scalars logged at log steps (kept every step so XLA sees the same graph outputs)."""
+    watched = {"loss": loss, "logit_scale": model.logit_scale.detach().exp()}
+    if getattr(model, "logit_bias", None) is not None:
+        watched["logit_bias"] = model.logit_bias.detach()
+    return watched
+
+
+class _Window:
+    """Throughput and data-wait share since the previous record."""
+
+    def __init__(self, step: int) -> None:
+        self.start, self.step, self.samples, self.wait = time.perf_counter(), step, 0, 0.0
+
+    def record(self, step: int, lr: float, values: dict, compiles: int | None) -> dict[str, Any]:
+        now = time.perf_counter()
+        elapsed = max(now - self.start, 1e-9)
+        record = {
+            "step": step,
+            **values,
+            "lr": lr,
+            "samples_per_s": self.samples / elapsed,
+            "data_wait_share": self.wait / elapsed,
+            "xla_compiles": compiles,
+            "time": time.time(),
+        }
+        self.start, self.step, self.samples, self.wait = now, step, 0, 0.0
+        return record
+
+
+def _evaluate(
+    evaluate: Evaluate, model: nn.Module, step: int, log: MetricsLog, result: LoopResult
+) -> int:
+    """Run the hook in eval mode without gradients, log its values; returns ``step``."""
+    model.eval()
+    with torch.no_grad():
+        values = evaluate(model, step)
+    model.train()
+    if values:
+        record = {"step": step, **{f"eval/{key}": value for key, value in values.items()}}
+        log.write(record)
+        result.records.append(record)
+    return step
+
+
+@contextlib.contextmanager
+def _progress(config: LoopConfig, backend: Backend, total: int, start: int):
+    """Yields ``update(step, record)``; a rich progress line on rank 0 when enabled."""
+    if not (config.progress and backend.is_main):
+        yield lambda step, record: None
+        return
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    task = progress.add_task("train", total=total, completed=start, status="")
+
+    def update(step: int, record: dict) -> None:
+        status = (
+            f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  scale {record['logit_scale']:.1f}  "
+            f"{record['samples_per_s']:,.0f} samples/s  data wait {record['data_wait_share']:.0%}"
+        )
+        if record["xla_compiles"] is not None:
+            status += f"  compiles {record['xla_compiles']}"
+        progress.update(task, completed=step, status=status)
+
+    with progress:
+        yield update

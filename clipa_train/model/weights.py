@@ -1,0 +1,112 @@
+"""Load OpenCLIP / CLIPA-v1 weights (or a clipa checkpoint's model) into a model of any image size
+and text length: positional embeddings are resized, everything else must match exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipa_data.errors import ClipaError
+from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed
+
+StateDict = dict[str, torch.Tensor]
+
+IMAGE_POS = "visual.positional_embedding"
+TEXT_POS = "positional_embedding"
+# Non-persistent in OpenCLIP, but older exports carried it; it is rebuilt, never loaded.
+IGNORED_SUFFIXES = ("attn_mask",)
+
+
+def read_weights(path: str | Path) -> StateDict:
+    """The state dict in ``path``: a bare state dict, ``{'state_dict': ...}`` (OpenCLIP training
+    checkpoints) or a clipa checkpoint (``{'model': ...}``); a ``module.`` prefix is stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipaError(f"weights file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for damaged or foreign files
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise ClipaError(
+            f"{path}: cannot read weights ({first_line[:200]}); is the file truncated or not a "
+            "PyTorch state dict?"
+        ) from None
+    return unwrap_state_dict(payload, str(path))
+
+
+def unwrap_state_dict(payload: object, source: str = "weights") -> StateDict:
+    """Accept a bare state dict, ``{'state_dict': sd}`` or ``{'model': sd}``; strip ``module.``."""
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not all(
+        isinstance(value, torch.Tensor) for value in payload.values()
+    ):
+        raise ClipaError(f"{source}: no state dict of tensors found")
+    return {
+        key.removeprefix("module."): value
+        for key, value in payload.items()
+        if not key.endswith(IGNORED_SUFFIXES)
+    }
+
+
+def resize_positional_embeddings(state: StateDict, model: nn.Module) -> StateDict:
+    """A copy of ``state`` whose image and text positional embeddings have the model's sizes."""
+    state = dict(state)
+    target = model.state_dict()
+    for key in (IMAGE_POS, TEXT_POS):
+        if key not in state or key not in target or state[key].shape[1:] != target[key].shape[1:]:
+            continue  # absent or of another width: check_compatible reports it
+        if key == IMAGE_POS:
+            state[key] = resize_image_pos_embed(state[key], model.config.vision.grid)
+        else:
+            state[key] = resize_text_pos_embed(state[key], target[key].shape[0])
+    return state
+
+
+def check_compatible(state: StateDict, model: nn.Module, source: str) -> None:
+    """Raise one clear line when ``state`` was written for another architecture."""
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    mismatched = [
+        f"{key} {list(state[key].shape)} vs model {list(target[key].shape)}"
+        for key in sorted(set(state) & set(target))
+        if state[key].shape != target[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es) (e.g. {'; '.join(mismatched[:2])})")
+    if problems:
+        raise ClipaError(
+            f"{source} was written for another architecture: {', '.join(problems)}; "
+            "choose the preset it was trained with"
+        )
+
+
+def load_openclip_weights(model: nn.Module, source: str | Path | StateDict) -> nn.Module:
+    """Load OpenCLIP / CLIPA-v1 weights into ``model`` with ``strict=True``.
+
+    ``source`` is a file path or an in-memory state dict. Image positional embeddings are resized
+    bicubically (class row kept), text ones linearly, to the model's image size and context
+    length; any other difference is an error. Returns ``model``.
+    """
+    if isinstance(source, str | Path):
+        name, state = str(source), read_weights(source)
+    else:
+        name, state = "state dict", unwrap_state_dict(source)
+    state = resize_positional_embeddings(state, model)
+    check_compatible(state, model, name)
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,211 @@
+"""``clipa-data convert`` on bad input: one clear line, a non-zero exit, nothing left in OUT."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from clipa_cli.common import EXIT_BAD_INPUT
+from clipa_cli.data_app import app
+from img2dataset_shards import make_samples, write_shard, write_source
+from typer.testing import CliRunner
+
+from clipa_data import tfrecord
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return write_source(tmp_path_factory.mktemp("cli") / "raw", {0: 4, 1: 5, 2: 3}, failures=0)
+
+
+@pytest.fixture
+def src(pristine, tmp_path) -> Path:
+    shutil.copytree(pristine, tmp_path / "raw")
+    return tmp_path / "raw"
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["convert", *map(str, args), "--no-progress", "--workers", "1"])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_in(out: Path) -> None:
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+
+
+def test_converts_and_prints_a_summary(src, tmp_path):
+    result = run(src, tmp_path / "out", "--name", "demo")
+    assert result.exit_code == 0, result.output
+    assert "clipa-data convert: converted" in result.stdout
+    assert "12" in result.stdout and "clipa-data info" in result.stdout
+
+
+def test_missing_src(tmp_path):
+    result = run(tmp_path / "nope", tmp_path / "out")
+    assert_one_line_error(result, str(tmp_path / "nope"), "does not exist", "clipa-data download")
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_empty_src(tmp_path):
+    (tmp_path / "raw").mkdir()
+    result = run(tmp_path / "raw", tmp_path / "out")
+    assert_one_line_error(result, str(tmp_path / "raw"), "is empty", "download")
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_src_without_shards(src, tmp_path):
+    for shard in src.glob("*.tfrecord"):
+        shard.unlink()
+    result = run(src, tmp_path / "out")
+    assert_one_line_error(result, str(src), "holds no img2dataset shards", "00000.tfrecord")
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_out_inside_src(src):
+    before = sorted(p.name for p in src.iterdir())
+    result = run(src, src / "tfds")
+    assert_one_line_error(result, "inside SRC", "elsewhere")
+    assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_hyphenated_name(src, tmp_path):
+    result = run(src, tmp_path / "out", "--name", "laion-400m")
+    assert_one_line_error(result, "'laion-400m'", "--name laion_400m")
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_bad_data_crc(src, tmp_path):
+    shard = src / "00001.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[200] ^= 0xFF  # inside the first record's payload
+    shard.write_bytes(bytes(data))
+    # The header walk alone cannot see it; --verify crc checks every data CRC.
+    line = assert_one_line_error(
+        run(src, tmp_path / "out", "--verify", "crc"),
+        str(shard),
+        "at byte 0",
+        "data checksum mismatch",
+        "--skip-bad-shards",
+    )
+    assert "corrupt TFRecord" in line
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_bad_crc_found_by_the_header_walk_too(src, tmp_path):
+    shard = src / "00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[3] ^= 0x01  # the first record's length field: its CRC no longer matches
+    shard.write_bytes(bytes(data))
+    assert_one_line_error(
+        run(src, tmp_path / "out"), str(shard), "at byte 0", "length checksum mismatch"
+    )
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_truncated_shard(src, tmp_path):
+    shard = src / "00001.tfrecord"
+    data = shard.read_bytes()
+    last = len(data) - (16 + len(list(tfrecord.read_records(shard))[-1]))  # last record's start
+    shard.write_bytes(data[:-10])
+    assert_one_line_error(
+        run(src, tmp_path / "out"), str(shard), f"at byte {last}", "runs past the end"
+    )
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_column_changing_type(tmp_path):
+    src = tmp_path / "raw"
+    write_shard(src, 0, make_samples(0, 5))
+    write_shard(src, 1, make_samples(1, 5, missing_similarity=(2,)))
+    assert_one_line_error(
+        run(src, tmp_path / "out"),
+        "column 'similarity' changes type",
+        "00001.tfrecord record",
+        "empty bytes",
+        "--drop-column similarity",
+    )
+    assert_nothing_in(tmp_path / "out")
+    assert run(src, tmp_path / "out", "--drop-column", "similarity").exit_code == 0
+
+
+def test_stats_disagree_with_the_shard(src, tmp_path):
+    stats = src / "00002_stats.json"
+    stats.write_text(stats.read_text().replace('"successes": 3', '"successes": 4'))
+    assert_one_line_error(
+        run(src, tmp_path / "out"),
+        str(src / "00002.tfrecord"),
+        "holds 3 records but 00002_stats.json reports 4",
+    )
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_unfinished_shard_without_stats(src, tmp_path):
+    (src / "00001_stats.json").unlink()
+    assert_one_line_error(
+        run(src, tmp_path / "out"),
+        str(src / "00001.tfrecord"),
+        "no 00001_stats.json",
+        "--skip-bad-shards",
+    )
+    assert_nothing_in(tmp_path / "out")
+
+
+def test_out_holds_a_different_conversion(src, tmp_path):
+    assert run(src, tmp_path / "out").exit_code == 0
+    builder = tmp_path / "out" / "laion400m" / "1.0.0"
+    before = {p.name: p.stat().st_mtime_ns for p in builder.iterdir()}
+    result = run(src, tmp_path / "out", "--drop-column", "exif")
+    assert_one_line_error(result, str(builder), "another conversion", "--overwrite")
+    assert {p.name: p.stat().st_mtime_ns for p in builder.iterdir()} == before
+
+
+def test_out_holds_something_else(src, tmp_path):
+    foreign = tmp_path / "out" / "laion400m" / "1.0.0"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    result = run(src, tmp_path / "out", "--overwrite")
+    assert_one_line_error(result, str(foreign), "not written by clipa-data convert")
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_console_scripts_end_to_end(src, tmp_path):
+    """The installed scripts as a user runs them: a worker pool, progress bar, then info."""
+    import json
+    import subprocess
+    import sys
+
+    bindir = Path(sys.executable).parent
+    converted = subprocess.run(
+        [
+            bindir / "clipa-data",
+            "convert",
+            src,
+            tmp_path / "out",
+            "--name",
+            "demo",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert converted.returncode == 0, converted.stderr
+    assert "inspecting" in converted.stderr  # the progress bar
+    assert "clipa-data convert: converted" in converted.stdout
+    report = subprocess.run(
+        [bindir / "clipa-data", "info", tmp_path / "out", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(report.stdout)
+    assert data["splits"]["train"]["examples"] == 12 and data["overview"]["shards"] == 3

@@ -1,0 +1,427 @@
+"""``clipa-data download``: the real img2dataset against the real demo server, no mocks.
+
+img2dataset's spawned workers take seconds to start, so one tfrecord download (3 shards) is
+shared by the read-back tests, and each other run (resume, webdataset via the CLI, a failing
+shard) is as small as it can be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from clipa_cli.data_app import app
+from clipa_cli.download_command import parse_passthrough, parse_value
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipa_data import layout
+from clipa_data.demo import serve_demo_images, write_demo_metadata
+from clipa_data.download import (
+    DownloadConfig,
+    UnfinishedShardsError,
+    download,
+    read_shard_stats,
+)
+from clipa_data.errors import ClipaError
+from clipa_data.example import decode_example
+from clipa_data.tfrecord import read_records
+
+ROWS = 40
+PER_SHARD = 15  # 3 shards: 15 + 15 + 10
+IMAGE_SIZE = 32
+EXPECTED_ERRORS = {
+    "HTTP Error 404: Not Found": 2,
+    "<urlopen error [Errno 111] Connection refused>": 1,
+    "Image decoding error": 1,
+    "Use of image disallowed by X-Robots-Tag directive": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    with serve_demo_images() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def metadata(base_url, tmp_path_factory):
+    return write_demo_metadata(
+        tmp_path_factory.mktemp("meta") / "demo.parquet", base_url, count=ROWS, seed=3
+    )
+
+
+def small_config(metadata, output: Path, **overrides) -> DownloadConfig:
+    settings = dict(
+        url_list=str(metadata.path),
+        output_folder=str(output),
+        image_size=IMAGE_SIZE,
+        processes_count=1,
+        thread_count=8,
+        number_sample_per_shard=PER_SHARD,
+    )
+    settings.update(overrides)
+    return DownloadConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def tfrecord_run(metadata, tmp_path_factory):
+    config = small_config(metadata, tmp_path_factory.mktemp("tf") / "raw")
+    return config, download(config)
+
+
+def metadata_by_url(metadata) -> dict[str, dict]:
+    return {row["URL"]: row for row in pq.read_table(metadata.path).to_pylist()}
+
+
+# --- one real tfrecord download ----------------------------------------------------------------
+
+
+def test_summary_counts_every_failure_kind_and_the_run_succeeds(tfrecord_run, metadata):
+    _, summary = tfrecord_run
+    assert [s.shard for s in summary.shards] == [0, 1, 2]
+    assert summary.count == ROWS
+    assert summary.successes == metadata.expected_successes == ROWS - 5
+    assert summary.failed_to_download == 4  # two 404s, a dead port, the opt-out header
+    assert summary.failed_to_resize == 1  # the HTML page served as .jpg
+    assert dict(summary.error_kinds()) == EXPECTED_ERRORS
+    assert summary.unfinished_shards == () and summary.resumed_shards == ()
+    assert summary.samples_per_second is not None and summary.samples_per_second > 0
+
+
+def test_summary_json_sits_where_img2dataset_resume_never_looks(tfrecord_run):
+    config, summary = tfrecord_run
+    output = Path(config.output_folder)
+    path = layout.download_summary_path(output)
+    assert Path(summary.summary_path) == path and path.parent.name == "_clipa"
+    written = json.loads(path.read_text())
+    assert written["summary"]["successes"] == summary.successes
+    assert written["summary"]["error_kinds"] == EXPECTED_ERRORS
+    assert written["config"]["number_sample_per_shard"] == PER_SHARD
+    assert written["img2dataset_arguments"]["url_col"] == "URL"
+    assert written["versions"]["img2dataset"]
+    assert layout.resume_breaking_json(output) == []
+    assert sorted(p.name for p in output.glob("*.json")) == [
+        "00000_stats.json",
+        "00001_stats.json",
+        "00002_stats.json",
+    ]
+
+
+def test_records_read_back_without_tensorflow_have_captions_and_saved_columns(
+    tfrecord_run, metadata
+):
+    config, summary = tfrecord_run
+    rows = metadata_by_url(metadata)
+    broken_urls = {pq.read_table(metadata.path)["URL"][i].as_py() for i, _ in metadata.broken}
+    seen = set()
+    for shard in sorted(Path(config.output_folder).glob("*.tfrecord")):
+        for raw in read_records(shard, check_data_crc=True):
+            record = decode_example(raw)
+            url = record["url"][1][0].decode()
+            row = rows[url]
+            assert record["txt"][1][0].decode() == row["TEXT"]
+            assert record["NSFW"] == ("bytes", [row["NSFW"].encode()])
+            assert record["LICENSE"] == ("bytes", [row["LICENSE"].encode()])
+            assert record["similarity"][0] == "float"
+            assert record["similarity"][1][0] == pytest.approx(row["similarity"], rel=1e-6)
+            assert record["original_width"][1] == [row["WIDTH"]]
+            image = Image.open(io.BytesIO(record["jpg"][1][0]))
+            assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
+            seen.add(url)
+    assert len(seen) == summary.successes
+    assert seen == set(rows) - broken_urls
+
+
+# --- resume ------------------------------------------------------------------------------------
+
+
+def test_resume_redoes_only_the_shard_without_stats(tfrecord_run, tmp_path):
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    # A run killed during shard 1 leaves its files but no 00001_stats.json.
+    (output / "00001_stats.json").unlink()
+    (output / "00001.tfrecord").write_bytes(b"partial")
+    kept = {
+        name: (output / name).stat().st_mtime_ns
+        for name in ("00000.tfrecord", "00000_stats.json", "00002.tfrecord", "00002_stats.json")
+    }
+
+    summary = download(dataclasses.replace(config, output_folder=str(output)))
+
+    assert summary.resumed_shards == (0, 2)
+    assert summary.samples_this_run == PER_SHARD
+    assert {name: (output / name).stat().st_mtime_ns for name in kept} == kept
+    redone = list(read_records(output / "00001.tfrecord"))
+    assert len(redone) == read_shard_stats(output)[1].successes > 0
+    assert summary.count == ROWS and dict(summary.error_kinds()) == EXPECTED_ERRORS
+
+
+def test_rerun_of_a_finished_download_touches_nothing(tfrecord_run, tmp_path):
+    config, first = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir() if p.is_file()}
+
+    summary = download(dataclasses.replace(config, output_folder=str(output)))
+
+    assert summary.resumed_shards == (0, 1, 2)
+    assert summary.samples_this_run == 0 and summary.samples_per_second is None
+    assert summary.successes == first.successes
+    assert {p.name: p.stat().st_mtime_ns for p in output.iterdir() if p.is_file()} == before
+
+
+def test_resume_with_another_shard_size_is_refused(tfrecord_run, tmp_path):
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    changed = dataclasses.replace(config, output_folder=str(output), number_sample_per_shard=20)
+    with pytest.raises(ClipaError, match="number_sample_per_shard=15"):
+        download(changed)
+
+
+# --- a shard that cannot be written -------------------------------------------------------------
+
+
+def test_a_shard_that_fails_is_reported_and_the_rest_is_kept(metadata, tmp_path):
+    output = tmp_path / "raw"
+    output.mkdir()
+    (output / "00001.tar").mkdir()  # img2dataset cannot open its shard file for writing
+    config = small_config(metadata, output, output_format="webdataset", retries=0)
+
+    with pytest.raises(UnfinishedShardsError, match=r"1 shard\(s\) did not finish .*\(1\)"):
+        download(config)
+
+    written = json.loads(layout.download_summary_path(output).read_text())["summary"]
+    assert written["unfinished_shards"] == [1]
+    assert [s["shard"] for s in written["per_shard"]] == [0, 2]
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, ["download", *args])
+
+
+def test_cli_end_to_end_webdataset_with_passthrough(metadata, tmp_path):
+    output = tmp_path / "wds"
+    command = [
+        str(Path(sys.executable).parent / "clipa-data"),
+        "download",
+        str(metadata.path),
+        str(output),
+        "--output-format",
+        "webdataset",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--processes",
+        "1",
+        "--threads",
+        "8",
+        "--samples-per-shard",
+        str(ROWS),
+        "--i2d",
+        "disallowed_header_directives=[]",
+        "--i2d",
+        "encode_quality=80",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "download summary" in done.stdout and "successes" in done.stdout
+
+    # With the opt-out check switched off through the passthrough, that image is downloaded.
+    summary = json.loads(layout.download_summary_path(output).read_text())
+    assert summary["img2dataset_arguments"]["encode_quality"] == 80
+    assert summary["summary"]["successes"] == ROWS - 4
+    assert (
+        "Use of image disallowed by X-Robots-Tag directive" not in summary["summary"]["error_kinds"]
+    )
+    rows = metadata_by_url(metadata)
+    with tarfile.open(output / "00000.tar") as tar:
+        names = tar.getnames()
+        keys = {name.split(".")[0] for name in names}
+        assert len(keys) == ROWS - 4
+        for key in keys:
+            meta = json.load(tar.extractfile(f"{key}.json"))
+            caption = tar.extractfile(f"{key}.txt").read().decode()
+            assert caption == rows[meta["url"]]["TEXT"]
+            assert meta["NSFW"] == rows[meta["url"]]["NSFW"]
+            assert meta["LICENSE"] == rows[meta["url"]]["LICENSE"]
+
+
+def test_cli_help_documents_every_option():
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "clipa-data"), "download", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    for option in (
+        "--input-format",
+        "--url-col",
+        "--caption-col",
+        "--save-additional-columns",
+        "--image-size",
+        "--resize-mode",
+        "--output-format",
+        "--processes-count",
+        "--thread-count",
+        "--number-sample-per-shard",
+        "--retries",
+        "--timeout",
+        "--incremental-mode",
+        "--distributor",
+        "--i2d",
+    ):
+        assert option in done.stdout, option
+    assert "LAION-400M" in done.stdout and "KEY=VALUE" in done.stdout
+
+
+def test_cli_missing_url_list(tmp_path):
+    result = cli(str(tmp_path / "nope.parquet"), str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "nope.parquet does not exist" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_url_list_folder_without_files_of_the_format(tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "urls.csv").write_text("URL,TEXT\n")
+    result = cli(str(tmp_path / "meta"), str(tmp_path / "out"))
+    assert result.exit_code == 2 and "has no *.parquet files" in result.output
+
+
+def test_cli_url_list_that_is_not_parquet(tmp_path):
+    (tmp_path / "urls.parquet").write_text("URL,TEXT\nhttp://x/1.jpg,one\n")
+    result = cli(str(tmp_path / "urls.parquet"), str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "not a readable parquet file" in result.output and "--input-format" in result.output
+
+
+def test_cli_missing_column_names_the_option(metadata, tmp_path):
+    result = cli(str(metadata.path), str(tmp_path / "out"), "--caption-col", "caption")
+    assert result.exit_code == 2
+    assert "no column 'caption'" in result.output and "--caption-col" in result.output
+
+
+def test_cli_output_folder_that_is_a_file(metadata, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    result = cli(str(metadata.path), str(tmp_path / "out"))
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_cli_refuses_json_that_would_crash_img2dataset_resume(metadata, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dataset_info.json").write_text("{}")
+    result = cli(str(metadata.path), str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "dataset_info.json would crash img2dataset's resume" in result.output
+
+
+def test_cli_unknown_passthrough_argument_names_it(metadata, tmp_path):
+    result = cli(str(metadata.path), str(tmp_path / "out"), "--i2d", "encode_qualty=90")
+    assert result.exit_code == 2
+    assert "unknown img2dataset argument 'encode_qualty'" in result.output
+    assert "did you mean 'encode_quality'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("encode_quality", "--i2d expects KEY=VALUE"),
+        ("thread_count=8", "has its own setting (DownloadConfig.thread_count, CLI --thread-count)"),
+        ("output_folder=/tmp/x", "CLI the OUTPUT_FOLDER argument"),
+    ],
+)
+def test_cli_bad_passthrough(metadata, tmp_path, pair, message):
+    result = cli(str(metadata.path), str(tmp_path / "out"), "--i2d", pair)
+    assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--output-format", "files", "output_format must be one of tfrecord, webdataset"),
+        ("--resize-mode", "stretch", "resize_mode must be one of"),
+        ("--save-additional-columns", "NSFW,status", "may not use status"),
+        ("--distributor", "ray", "distributor must be one of multiprocessing, pyspark"),
+        ("--processes", "0", "processes_count must be at least 1"),
+        ("--image-size", "0", "image_size must be at least 1"),
+        ("--input-format", "xml", "input_format must be one of parquet"),
+        ("--incremental-mode", "append", "incremental_mode must be one of"),
+        ("--timeout", "0", "timeout > 0"),
+        ("--retries", "-1", "retries >= 0"),
+    ],
+)
+def test_cli_bad_settings(metadata, tmp_path, option, value, message):
+    result = cli(str(metadata.path), str(tmp_path / "out"), option, value)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_remote_output_folder_is_refused_not_mangled(metadata):
+    result = cli(str(metadata.path), "gs://bucket/laion")
+    assert result.exit_code == 2
+    assert "output folder gs://bucket/laion is remote" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is not None, reason="pyspark installed")
+def test_cli_pyspark_without_pyspark(metadata, tmp_path):
+    result = cli(str(metadata.path), str(tmp_path / "out"), "--distributor", "pyspark")
+    assert result.exit_code == 2 and "pip install pyspark" in result.output
+
+
+def test_empty_paths_are_refused():
+    with pytest.raises(ClipaError, match="URL list is empty"):
+        DownloadConfig("", "out")
+    with pytest.raises(ClipaError, match="output folder is empty"):
+        DownloadConfig("urls.parquet", "")
+
+
+def test_a_broken_stats_file_is_named(tmp_path):
+    (tmp_path / "00000_stats.json").write_text('{"count": 3}')
+    with pytest.raises(ClipaError, match=r"00000_stats.json: not an img2dataset stats file"):
+        read_shard_stats(tmp_path)
+
+
+def test_passthrough_values_are_json_or_python_literals():
+    assert parse_passthrough(["encode_quality=90", "disallowed_header_directives=[]"]) == {
+        "encode_quality": 90,
+        "disallowed_header_directives": [],
+    }
+    assert parse_value("['md5', 'sha256']") == ["md5", "sha256"]
+    assert parse_value("None") is None and parse_value("true") is True
+    assert parse_value("inf") == float("inf")
+    assert parse_value("mybot") == "mybot"
+    with pytest.raises(ClipaError, match="given twice"):
+        parse_passthrough(["retries=1", "retries=2"])
+
+
+# --- the spawn guard -----------------------------------------------------------------------------
+
+
+def test_an_unguarded_script_fails_fast_instead_of_hanging(metadata, tmp_path):
+    script = tmp_path / "unguarded.py"
+    output = tmp_path / "out"
+    script.write_text(
+        "from clipa_data.download import DownloadConfig, download\n"
+        f"download(DownloadConfig({str(metadata.path)!r}, {str(output)!r}))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"called at top level of {script}:2" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert not output.exists()

@@ -1,0 +1,200 @@
+"""The loop on CPU: metrics, checkpoints, a real SIGTERM stop and an exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from clipa_data.errors import ClipaError
+from clipa_train.backend import BackendConfig, create_backend
+from clipa_train.checkpoint import latest_checkpoint, list_checkpoints, resolve_resume
+from clipa_train.loop import LoopConfig, train
+from clipa_train.loss import build_loss
+from clipa_train.model import build_model, load_preset
+from clipa_train.optim import OptimConfig, build_optimizer
+from clipa_train.synthetic import SyntheticBatches
+
+STEPS = 12
+QUIET = LoopConfig(log_every=1, progress=False)
+OPTIM = OptimConfig(lr=2e-3, total_steps=STEPS, warmup_steps=3, grad_clip_norm=1.0)
+
+
+class SignalAfter(SyntheticBatches):
+    """Sends this process SIGTERM while yielding batch ``at`` (as a preempted VM would)."""
+
+    def __init__(self, at: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.at = at
+
+    def batch(self, index: int) -> dict:
+        if index == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().batch(index)
+
+
+def source(cls=SyntheticBatches, **extra):
+    return cls(
+        batch_size=8,
+        image_size=32,
+        text_length=16,
+        vocab_size=512,
+        patch_size=8,
+        mask="random",
+        mask_ratio=0.5,
+        seed=3,
+        **extra,
+    )
+
+
+def run(run_dir, batches, *, seed=0, resume=None, config=QUIET, **kw):
+    torch.manual_seed(seed)
+    model = build_model(load_preset("test-tiny"))
+    backend = create_backend(BackendConfig(name="cpu"))
+    optimizer = build_optimizer(model, OPTIM)
+    result = train(
+        model=model,
+        optimizer=optimizer,
+        optim_config=OPTIM,
+        loss_fn=build_loss("contrastive"),
+        batches=batches,
+        backend=backend,
+        run_dir=run_dir,
+        config=config,
+        resume_from=resume,
+        run_config={"preset": "test-tiny", "seed": seed},
+        **kw,
+    )
+    return result, model
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    full, full_model = run(tmp_path / "full", source())
+    assert full.step == STEPS and not full.stopped
+
+    previous = signal.getsignal(signal.SIGTERM)
+    first, _ = run(tmp_path / "split", source(SignalAfter, at=5))
+    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+    assert first.stopped and first.step == 6  # the batch in flight is finished, then it stops
+    assert first.checkpoint == latest_checkpoint(tmp_path / "split" / "checkpoints")
+    assert first.checkpoint.name == "step_00000006.pt"
+
+    resume = resolve_resume("auto", tmp_path / "split" / "checkpoints")
+    second, resumed_model = run(tmp_path / "split", source(), seed=99, resume=resume)
+    assert (second.start_step, second.step, second.stopped) == (6, STEPS, False)
+
+    uninterrupted = [
+        (r["step"], r["loss"], r["logit_scale"], r["lr"]) for r in read_metrics(tmp_path / "full")
+    ]
+    split = [
+        (r["step"], r["loss"], r["logit_scale"], r["lr"]) for r in read_metrics(tmp_path / "split")
+    ]
+    assert [s for s, *_ in split] == list(range(1, STEPS + 1))
+    assert split == uninterrupted  # bit-identical losses on the CPU
+    for (name, a), b in zip(
+        full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_metrics_records_and_checkpoint_contents(tmp_path):
+    config = LoopConfig(
+        log_every=4, checkpoint_every=4, keep_checkpoints=2, progress=False, eval_every=6
+    )
+    calls = []
+
+    def evaluate(model, step):
+        assert not model.training
+        calls.append(step)
+        return {"top1": 0.5}
+
+    result, _ = run(tmp_path, source(num_batches=100), config=config, evaluate=evaluate)
+    records = read_metrics(tmp_path)
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [4, 8, 12]
+    for record in train_records:
+        assert {
+            "loss",
+            "lr",
+            "logit_scale",
+            "samples_per_s",
+            "data_wait_share",
+            "xla_compiles",
+        } <= set(record)
+        assert record["xla_compiles"] is None and record["samples_per_s"] > 0
+        assert 0 <= record["data_wait_share"] < 1
+    assert calls == [6, 12]
+    assert [r["eval/top1"] for r in records if "eval/top1" in r] == [0.5, 0.5]
+    steps = [step for step, _ in list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [8, 12]  # keep 2
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+    payload = torch.load(result.checkpoint, weights_only=False)
+    assert payload["step"] == 12 and payload["config"] == {"preset": "test-tiny", "seed": 0}
+    assert payload["ranks"][0]["stream"] == {"index": 12, "seed": 3}
+    assert {"python", "numpy", "torch"} <= set(payload["ranks"][0]["rng"])
+    assert payload["architecture"]["vision"]["patch_size"] == 8
+    assert len(payload["optimizer"]["state"]) > 0
+
+
+def test_tensorboard_is_optional(tmp_path, capsys):
+    """With tensorboard installed the scalars are written; without it, one warning and the run
+    goes on with metrics.jsonl only."""
+    config = LoopConfig(log_every=2, progress=False, tensorboard=True)
+    run(tmp_path, source(num_batches=4), config=config)
+    assert len(read_metrics(tmp_path)) == 2
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard is not installed" in capsys.readouterr().err
+        assert not (tmp_path / "tensorboard").exists()
+    else:
+        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_auto_without_a_checkpoint(tmp_path):
+    with pytest.raises(
+        ClipaError, match=r"--resume auto: no checkpoint in .*start without --resume"
+    ):
+        resolve_resume("auto", tmp_path / "checkpoints")
+    with pytest.raises(ClipaError, match="no such checkpoint file"):
+        resolve_resume(tmp_path / "step_00000001.pt", tmp_path)
+    assert resolve_resume(None, tmp_path) is None
+
+
+def test_truncated_checkpoint(tmp_path):
+    result, _ = run(tmp_path, source(num_batches=2))
+    data = result.checkpoint.read_bytes()
+    result.checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ClipaError, match=r"step_00000002\.pt is truncated or corrupt"):
+        run(tmp_path, source(), resume=result.checkpoint)
+    foreign = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ClipaError, match="is not a clipa training checkpoint"):
+        run(tmp_path, source(), resume=foreign)
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    result, _ = run(tmp_path, source(num_batches=2))
+    torch.manual_seed(0)
+    other = build_model(load_preset("test-tiny").replace(pool="token", context_length=8))
+    backend = create_backend(BackendConfig(name="cpu"))
+    with pytest.raises(
+        ClipaError, match=r"different model \(text.context_length: checkpoint 16, model 8"
+    ):
+        train(
+            model=other,
+            optimizer=build_optimizer(other, OPTIM),
+            optim_config=OPTIM,
+            loss_fn=build_loss("contrastive"),
+            batches=source(),
+            backend=backend,
+            run_dir=tmp_path,
+            resume_from=result.checkpoint,
+        )

