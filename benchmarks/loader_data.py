@@ -5,8 +5,8 @@ blur and Gaussian noise (sigma 6), saved by Pillow at quality 90 with 4:2:0 subs
 (~18 KiB each, the texture of ``performance-measurements.md`` section 1). Captions mix
 COCO-like sentences, product titles with brands, SKUs and prices, stock-photo titles, travel
 and news captions, noisy alt-text (HTML entities, emoji, file names) and multi-sentence
-descriptions. Everything is seeded; the builder directory and its sidecars (real spaCy tags,
-via ``tests/sidecars.py``) are cached under ``benchmarks/work/``.
+descriptions. Everything is seeded; the builder directory and its sidecars (made by the
+``clipa-data tag`` stage with spaCy) are cached under ``benchmarks/work/``.
 """
 
 from __future__ import annotations
@@ -230,18 +230,15 @@ def build(work: Path, *, shards: int, per_shard: int, seed: int = 0) -> Path:
 
     root = work / f"loader-{shards}x{per_shard}-s{seed}"
     builder = root / "laionlike" / "1.0.0"
-    done = builder / "sidecars" / ".complete"
-    if done.exists():
-        return builder
-    rng = np.random.default_rng(seed)
-    records = [
-        [
-            Record(key=f"{s * per_shard + i:09d}", jpg=photo(rng), txt=caption(rng))
-            for i in range(per_shard)
+    if not (builder / "dataset_info.json").exists():
+        rng = np.random.default_rng(seed)
+        records = [
+            [
+                Record(key=f"{s * per_shard + i:09d}", jpg=photo(rng), txt=caption(rng))
+                for i in range(per_shard)
+            ]
+            for s in range(shards)
         ]
-        for s in range(shards)
-    ]
-    builder = make_builder_dir(root, records, name="laionlike")
-    write_sidecars(builder)
-    done.touch()
+        make_builder_dir(root, records, name="laionlike")
+    write_sidecars(builder)  # skips shards already tagged
     return builder

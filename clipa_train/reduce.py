@@ -191,4 +191,4 @@ class TextReducer:
             return text_reduction.random_mask(ids, length, rng)
         if mask == "block":
             return text_reduction.block_mask(ids, length, rng)
-        return text_reduction.syntax_mask(ids, *rows.words(row), length)
+        return text_reduction.syntax_mask_ranked(ids, *rows.ranked_words(row), length)

@@ -23,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-import pyarrow as pa
-
 from clipa_data import layout, sidecar, tfrecord
 from clipa_data.errors import ClipaError, CorruptShardError
 from clipa_data.example import bytes_value, parse_message
@@ -241,37 +239,16 @@ def _expectation(reader: ShardReader, shard: int) -> sidecar.SidecarExpectation:
     )
 
 
-def _footer(path: str | object) -> tuple[int, dict | None]:
-    """Row count and schema metadata of an Arrow IPC file, reading only its footer."""
-    if layout.is_url(path):
-        import fsspec
-
-        with fsspec.open(str(path), "rb") as handle:
-            arrow = pa.ipc.open_file(handle)
-            rows = sum(arrow.get_batch(i).num_rows for i in range(arrow.num_record_batches))
-            return rows, arrow.schema.metadata
-    with pa.memory_map(str(path), "r") as source:
-        arrow = pa.ipc.open_file(source)
-        rows = sum(arrow.get_batch(i).num_rows for i in range(arrow.num_record_batches))
-        return rows, arrow.schema.metadata
-
-
 def check_sidecar(reader: ShardReader, shard: int) -> None:
-    """Check one sidecar from its footer only: present, our vocabulary and field, row count."""
+    """Check one sidecar from its header only: present, our vocabulary and field, row count."""
     path = layout.sidecar_path(reader.builder, reader.shard_name(shard))
     expected = _expectation(reader, shard)
-    try:
-        rows, metadata = _footer(path)
-    except FileNotFoundError:
+    if not layout.exists(path):
         raise ClipaError(
             f"{path}: sidecar of shard {expected.shard} is missing; create sidecars with: "
             f"clipa-data tag {reader.builder}"
-        ) from None
-    except (pa.ArrowInvalid, OSError) as error:
-        raise ClipaError(
-            f"{path}: unreadable sidecar ({error}); re-create it with clipa-data tag --overwrite"
-        ) from None
-    info = sidecar.SidecarInfo.from_metadata(metadata, str(path))
+        )
+    info, rows = sidecar.read_header(path)
     sidecar.check_info(info, expected, str(path))
     if rows != expected.num_records:
         raise ClipaError(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sidecars import sidecar_info, tag_caption
+from builders import make_builder_dir, make_records
+from sidecars import write_sidecars
 
-from clipa_data import sidecar, text_reduction
+from clipa_data import layout, sidecar, text_reduction
 from clipa_data.errors import ClipaError
-from clipa_data.tokenizer import EOT, SOT
+from clipa_data.tokenizer import EOT, SOT, vocab_sha256
 from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextConfig, TextReducer
 
 SIZES = [(64, 16), (112, 16), (224, 16), (224, 14), (96, 16), (32, 16)]
@@ -104,10 +105,15 @@ CAPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def rows():
-    tagged = [tag_caption(f"{i:09d}", caption) for i, caption in enumerate(CAPTIONS)]
-    table = sidecar.to_table(tagged, sidecar_info("s"))
-    return sidecar.SidecarRows(table, sidecar_info("s"))
+def rows(tmp_path_factory):
+    """The sidecar rows ``clipa-data tag`` writes for ``CAPTIONS``."""
+    builder = make_builder_dir(
+        tmp_path_factory.mktemp("reduce"), [make_records(len(CAPTIONS), captions=CAPTIONS)]
+    )
+    (path,) = write_sidecars(builder)
+    shard = layout.read_split(builder, "train").shards[0]
+    expected = sidecar.SidecarExpectation(shard.path, len(CAPTIONS), vocab_sha256(), "txt")
+    return sidecar.load_sidecar(path, expected)
 
 
 @pytest.mark.parametrize("mask", ["truncate", "random", "block"])
