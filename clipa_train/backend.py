@@ -139,19 +139,23 @@ class Backend:
         enabled = self.config.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
-        """Move a uint8 NHWC batch to the device and normalise it there (float NCHW)."""
-        non_blocking = self.device.type == "cuda"
-        images = batch["image"]
+    def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` host images → normalised float ``[B, 3, H, W]`` on the device."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ClipaError(
                 f"batch images must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}"
             )
+        non_blocking = self.device.type == "cuda"
         images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2).float()
         shift, scale = self._normalisation()
+        return (images - shift) * scale
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        """Move a uint8 NHWC batch to the device and normalise it there (float NCHW)."""
+        non_blocking = self.device.type == "cuda"
         keep = batch.get("patch_keep")
         return {
-            "image": (images - shift) * scale,
+            "image": self.images_to_device(batch["image"]),
             "text": batch["text"].to(self.device, non_blocking=non_blocking).long(),
             "patch_keep": None if keep is None else keep.to(self.device, non_blocking=non_blocking),
         }

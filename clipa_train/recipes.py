@@ -36,7 +36,7 @@ class StageRecipe:
     warmup_steps: int
     """Linear warm-up steps before the cosine decay."""
     pos_embed: str
-    """Image positional embedding: sincos (frozen 2-D sin-cos) or learnable."""
+    """Image positional embedding: sin_cos_2d (frozen 2-D sin-cos) or learnable."""
     epochs: float | None = None
     """Passes over the data (pre-training); exclusive with ``samples``."""
     samples: int | None = None
@@ -94,7 +94,8 @@ def _recipes() -> dict[str, Recipe]:
             description="ViT-B/16, 112 px (50 image tokens), 16 text tokens (truncate); ~2 days",
             pretrain=StageRecipe(
                 model="ViT-B-16-CL16", image_size=112, text_length=16, text_mask="truncate",
-                global_batch=65_536, lr=2.048e-3, warmup_steps=782, epochs=6, pos_embed="sincos",
+                global_batch=65_536, lr=2.048e-3, warmup_steps=782, epochs=6,
+                pos_embed="sin_cos_2d",
             ),
             finetune=StageRecipe(
                 model="ViT-B-16-CL16", image_size=224, text_length=16, text_mask="truncate",
@@ -109,7 +110,7 @@ def _recipes() -> dict[str, Recipe]:
             pretrain=StageRecipe(
                 model="ViT-L-16-CL16-Syntax-GAP", image_size=64, text_length=16,
                 text_mask="syntax", global_batch=32_768, lr=1.024e-3, warmup_steps=1_563,
-                epochs=6, pos_embed="sincos", **_l16_aug(),
+                epochs=6, pos_embed="sin_cos_2d", **_l16_aug(),
             ),
             finetune=StageRecipe(
                 model="ViT-L-16-CL16-Syntax-GAP", image_size=224, text_length=16,
@@ -124,7 +125,7 @@ def _recipes() -> dict[str, Recipe]:
             pretrain=StageRecipe(
                 model="ViT-L-16-CL8-Syntax-GAP", image_size=96, text_length=8,
                 text_mask="syntax", global_batch=32_768, lr=1.024e-3, warmup_steps=1_563,
-                epochs=6, pos_embed="sincos", **_l16_aug(),
+                epochs=6, pos_embed="sin_cos_2d", **_l16_aug(),
             ),
             finetune=StageRecipe(
                 model="ViT-L-16-CL32-GAP", image_size=224, text_length=32, text_mask="truncate",

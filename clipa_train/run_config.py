@@ -23,7 +23,7 @@ IMAGE_MASKS = ("resize", "random", "grid", "block")
 LOSSES = ("contrastive", "sigmoid")
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "cpu", "cuda", "xla")
-POS_EMBEDS = ("sincos", "learnable")
+POS_EMBEDS = ("sin_cos_2d", "learnable")
 WARMUP_SAMPLES = {"pretrain": 51_200_000, "finetune": 25_600_000}
 """The recipes' warm-up length in samples; the default warm-up is this or 10 % of the steps."""
 
@@ -38,22 +38,23 @@ class TrainConfig:
     """TFDS builder directory written by ``clipa-data convert`` (local path or fsspec URL)."""
     out: str
     """Run directory: config.json, metrics.jsonl, checkpoints/, summary.json."""
-    model: str = "ViT-B-16-CL16"
-    """Model preset name or path to a preset JSON."""
+    model: str | None = None
+    """Model preset name or JSON path (default: ViT-B-16-CL16; finetune: the checkpoint's)."""
     from_checkpoint: str | None = None
     """Weights to start from (finetune: required); pos-embeds are resized to this stage."""
     recipe: str | None = None
     """A CLIPA recipe that fills in the paper's settings for this stage."""
-    image_size: int = 112
-    """Training image side in pixels; must be a multiple of the model's patch size."""
+    image_size: int | None = None
+    """Training image side in pixels, a multiple of the patch size (default: the preset's)."""
     image_mask: str = "resize"
     """Image token reduction: resize (no mask), random, grid or block."""
     mask_ratio: float = 0.5
     """Share of patches dropped by the random and block masks (grid always keeps 1 in 4)."""
-    text_length: int = 16
-    """Text context length L (SOT + L-2 tokens + EOT)."""
-    text_mask: str = "truncate"
-    """Text token reduction: truncate, random, block or syntax (needs clipa-data tag)."""
+    text_length: int | None = None
+    """Text context length L, SOT + L-2 tokens + EOT (default: the preset's)."""
+    text_mask: str | None = None
+    """Text reduction: truncate, random, block or syntax (needs clipa-data tag); default: the
+    preset's."""
     batch_size: int = 256
     """Global batch: samples per optimiser step over all devices."""
     epochs: float | None = None
@@ -81,7 +82,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     """Recompute each transformer block in the backward pass (less memory)."""
     pos_embed: str | None = None
-    """Image positional embedding: sincos (frozen) or learnable (default: the preset's)."""
+    """Image positional embedding: sin_cos_2d (frozen) or learnable (default: the preset's)."""
     crop_scale_min: float = 0.4
     """RandomResizedCrop: smallest crop area share."""
     color_jitter: tuple[float, float, float, float] | None = None
@@ -127,14 +128,14 @@ class TrainConfig:
                 self.image_mask in IMAGE_MASKS,
                 f"--image-mask must be one of {', '.join(IMAGE_MASKS)}",
             ),
-            (self.text_mask in TEXT_MASKS, f"--text-mask must be one of {', '.join(TEXT_MASKS)}"),
+            (self.text_mask in (None, *TEXT_MASKS), f"--text-mask must be one of {TEXT_MASKS}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
-            (self.pos_embed in (None, *POS_EMBEDS), "--pos-embed must be sincos or learnable"),
+            (self.pos_embed in (None, *POS_EMBEDS), "--pos-embed must be sin_cos_2d or learnable"),
             (0 <= self.mask_ratio < 1, f"--mask-ratio must be in [0, 1), got {self.mask_ratio}"),
-            (self.image_size > 0, f"--image-size must be positive, got {self.image_size}"),
-            (self.text_length >= 3, f"--text-length must be at least 3, got {self.text_length}"),
+            (self.image_size is None or self.image_size > 0, "--image-size must be positive"),
+            (self.text_length is None or self.text_length >= 3, "--text-length must be ≥ 3"),
             (self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}"),
             (self.epochs is None or self.samples is None, "give --epochs or --samples, not both"),
             (self.epochs is None or self.epochs > 0, "--epochs must be positive"),

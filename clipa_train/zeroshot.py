@@ -53,7 +53,7 @@ def imagenet_task() -> ZeroShotTask:
     return ZeroShotTask("imagenet1k", tuple(data["classnames"]), tuple(data["templates"]))
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
+def read_lines(path: Path, what: str) -> list[str]:
     if not Path(path).is_file():
         raise ClipaError(f"{path}: {what} file not found")
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
@@ -64,9 +64,9 @@ def task_from_files(
     name: str, classnames_file: Path, templates_file: Path | None = None
 ) -> ZeroShotTask:
     """A task from a class-name file (one per line) and an optional template file."""
-    classnames = _read_lines(classnames_file, "class-name")
+    classnames = read_lines(classnames_file, "class-name")
     if templates_file:
-        templates = _read_lines(templates_file, "template")
+        templates = read_lines(templates_file, "template")
     else:
         templates = list(imagenet_task().templates)
     return ZeroShotTask(name, tuple(classnames), tuple(templates))

@@ -14,7 +14,7 @@ BASE = {"data": "d", "out": "o"}
 
 def test_stage_defaults():
     pre = resolve("pretrain", BASE)
-    assert (pre.image_size, pre.text_length, pre.text_mask) == (112, 16, "truncate")
+    assert (pre.model, pre.image_size, pre.text_length, pre.text_mask) == (None,) * 4
     fine = resolve("finetune", {**BASE, "from_checkpoint": "c.pt"})
     assert (fine.image_size, fine.image_mask, fine.text_length, fine.text_mask) == (
         224, "resize", 32, "truncate",
@@ -81,7 +81,7 @@ def test_bad_config_files(tmp_path, content, message):
         ({"image_mask": "checkerboard"}, "--image-mask must be one of"),
         ({"text_mask": "nouns"}, "--text-mask must be one of"),
         ({"epochs": 1, "samples": 10}, "not both"),
-        ({"text_length": 2}, "at least 3"),
+        ({"text_length": 2}, "≥ 3"),
         ({"classnames": "c.txt"}, "--classnames needs --zeroshot"),
     ],
 )

@@ -1,0 +1,242 @@
+"""Zero-shot evaluation sets and the evaluation itself (in the training loop and standalone).
+
+A set is either an ImageFolder tree (``DIR`` or ``DIR/val``: one folder per class, sorted
+names = label order) or a TFDS builder directory with ``image`` + ``label`` features (e.g.
+``imagenet2012``, split ``validation``). Without ``--classnames`` a set must have ImageNet-1K's
+1000 classes (the shipped OpenAI class names and 80 templates are used); with it, the file gives
+one name per class in label order. Everything is checked when the set is opened, before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipa_data import layout
+from clipa_data.errors import ClipaError
+from clipa_data.example import parse_message
+from clipa_data.text_reduction import priority_of_tag, syntax_mask, truncate
+from clipa_data.tfrecord import read_records
+from clipa_data.tokenizer import default_tokenizer
+from clipa_train import zeroshot
+from clipa_train.image import ImageConfig, ImageError, load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+TFDS_SPLITS = ("validation", "val", "test")
+
+
+@dataclass(frozen=True)
+class ZeroShotSet:
+    """An opened zero-shot evaluation set."""
+
+    source: str
+    """The folder or builder directory given."""
+    kind: str
+    """``imagefolder`` or ``tfds``."""
+    units: tuple[tuple[str, int], ...]
+    """Read units: (image file, label) for folders, (shard file, -1) for TFDS."""
+    num_images: int
+    """Images in the set."""
+    task: zeroshot.ZeroShotTask
+    """Class names and templates."""
+
+
+def _task(source: str, classes: int, classnames: str | None, templates: str | None):
+    if classnames is None:
+        task = zeroshot.imagenet_task()
+        if templates:
+            lines = zeroshot.read_lines(Path(templates), "template")
+            task = zeroshot.ZeroShotTask(task.name, task.classnames, tuple(lines))
+        if classes != zeroshot.IMAGENET_CLASSES:
+            raise ClipaError(
+                f"{source} has {classes} classes but ImageNet-1K has 1000; for another set pass "
+                "--classnames FILE (one name per line, in sorted folder order)"
+            )
+        return task
+    task = zeroshot.task_from_files(
+        Path(source).name, Path(classnames), templates and Path(templates)
+    )
+    if len(task.classnames) != classes:
+        raise ClipaError(
+            f"{classnames} has {len(task.classnames)} class names but {source} has {classes} "
+            "classes; give one name per class, in sorted folder order"
+        )
+    return task
+
+
+def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:
+    if (root / "val").is_dir():
+        root = root / "val"
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ClipaError(
+            f"{root} has no class folders; an eval folder holds one sub-folder of images per class"
+        )
+    units = tuple(
+        (str(path), label)
+        for label, folder in enumerate(folders)
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not units:
+        raise ClipaError(f"{root} has {len(folders)} class folders but no images in them")
+    task = _task(str(root), len(folders), classnames, templates)
+    return ZeroShotSet(str(root), "imagefolder", units, len(units), task)
+
+
+def _label_classes(builder) -> int:
+    features = json.loads(layout.read_text(layout.join(builder, layout.FEATURES)))
+    found = features.get("featuresDict", {}).get("features", {}).get("label", {})
+    classes = found.get("classLabel", {}).get("numClasses")
+    if classes is None:
+        raise ClipaError(f"{builder}: no class-label feature 'label'; not a classification set")
+    return int(classes)
+
+
+def _open_tfds(builder, classnames: str | None, templates: str | None) -> ZeroShotSet:
+    names = layout.split_names(builder)
+    split = next((name for name in TFDS_SPLITS if name in names), None)
+    if split is None:
+        raise ClipaError(f"{builder}: no validation split (found: {', '.join(names) or 'none'})")
+    info = layout.read_split(builder, split)
+    if info.num_records == 0:
+        raise ClipaError(f"{builder}: split {split} has no images")
+    task = _task(str(builder), _label_classes(builder), classnames, templates)
+    units = tuple((shard.path, -1) for shard in info.shards if shard.num_records)
+    return ZeroShotSet(str(builder), "tfds", units, info.num_records, task)
+
+
+def open_zeroshot_set(
+    path: str | Path, classnames: str | None = None, templates: str | None = None
+) -> ZeroShotSet:
+    """Open and check an evaluation set (ImageFolder tree or TFDS builder directory)."""
+    if not layout.is_url(path) and not Path(path).exists():
+        raise ClipaError(f"{path}: zero-shot set not found")
+    if layout.is_url(path) or layout.find_builder_dirs(Path(path)):
+        return _open_tfds(layout.resolve_builder_dir(path), classnames, templates)
+    return _open_folder(Path(path), classnames, templates)
+
+
+class _Images(torch.utils.data.IterableDataset):
+    """Decoded ``(uint8 [S, S, 3], label)`` pairs; units are split across workers."""
+
+    def __init__(self, zset: ZeroShotSet, image: ImageConfig) -> None:
+        self.zset, self.image = zset, image
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+        info = torch.utils.data.get_worker_info()
+        index, count = (info.id, info.num_workers) if info else (0, 1)
+        for source, label in self.zset.units[index::count]:
+            if self.zset.kind == "imagefolder":
+                yield self._load(Path(source).read_bytes(), source), label
+                continue
+            for number, raw in enumerate(read_records(source)):
+                features = parse_message(raw).features.feature
+                where = f"{source} record {number}"
+                yield (
+                    self._load(features["image"].bytes_list.value[0], where),
+                    int(features["label"].int64_list.value[0]),
+                )
+
+    def _load(self, data: bytes, where: str) -> np.ndarray:
+        try:
+            return load_image(data, self.image)
+        except ImageError as error:
+            raise ClipaError(f"{where}: image does not decode ({error})") from None
+
+
+def image_batches(
+    zset: ZeroShotSet, image: ImageConfig, batch_size: int, workers: int
+) -> torch.utils.data.DataLoader:
+    """Batches of ``(uint8 [B, S, S, 3], int64 [B])`` over the whole set."""
+    return torch.utils.data.DataLoader(
+        _Images(zset, image),
+        batch_size=batch_size,
+        num_workers=min(workers, len(zset.units)),
+        collate_fn=lambda items: (
+            torch.from_numpy(np.stack([image for image, _ in items])),
+            torch.tensor([label for _, label in items], dtype=torch.int64),
+        ),
+    )
+
+
+def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[str]], torch.Tensor]:
+    """Token ids for prompts at the stage's text length, cached per prompt.
+
+    ``syntax`` tags prompts with the tagger that made the training sidecars (as CLIPA's
+    in-loop evaluation syntax-masks prompts); ``random``/``block`` evaluate deterministically
+    with truncation.
+    """
+    tokenizer = default_tokenizer()
+    cache: dict[str, np.ndarray] = {}
+    tagger = None
+    if mask == "syntax":
+        if tagger_spec is None:
+            raise ClipaError("syntax-masked prompts need the tagger recorded in the sidecars")
+        from clipa_data.tagging import load_tagger
+
+        tagger = load_tagger(tagger_spec)
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in cache]
+        if missing and tagger is not None:
+            for prompt, words in zip(missing, tagger.tag(missing), strict=True):
+                ids = [tokenizer.encode_word(word) for word, _ in words]
+                cache[prompt] = syntax_mask(
+                    np.asarray(tokenizer.encode(prompt)),
+                    np.asarray([i for word in ids for i in word], dtype=np.int64),
+                    np.asarray([len(word) for word in ids]),
+                    np.asarray([priority_of_tag(tag) for _, tag in words]),
+                    length,
+                )
+        for prompt in missing:
+            if prompt not in cache:
+                cache[prompt] = truncate(np.asarray(tokenizer.encode(prompt)), length)
+        return torch.from_numpy(np.stack([cache[prompt] for prompt in prompts]))
+
+    return encode
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model is evaluated zero-shot."""
+
+    image_size: int
+    """Evaluation image side (CLIPA evaluates at the stage's training size)."""
+    text_length: int
+    """Prompt token length (the model's context length during that stage)."""
+    text_mask: str = "truncate"
+    """Prompt reduction: syntax, else truncation."""
+    crop: str = "center"
+    """``center`` (shorter side + centre crop) or ``square`` resize."""
+    batch_size: int = 256
+    """Images per batch."""
+    workers: int = 2
+    """Decoding worker processes."""
+
+
+def evaluate_zeroshot(
+    model: torch.nn.Module,
+    backend,
+    zset: ZeroShotSet,
+    settings: EvalSettings,
+    encode_prompts: Callable[[list[str]], torch.Tensor],
+) -> dict[str, float | int]:
+    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights)."""
+    with backend.autocast():
+        classifier = zeroshot.build_classifier(
+            model, zset.task, encode_prompts, backend.device, backend.step_boundary
+        )
+        image = ImageConfig(size=settings.image_size, crop=settings.crop)
+        batches = (
+            (backend.images_to_device(images), labels)
+            for images, labels in image_batches(zset, image, settings.batch_size, settings.workers)
+        )
+        result = zeroshot.score(model, classifier, batches, backend.step_boundary)
+    return {**result, "classes": len(zset.task.classnames), "chance": 1 / len(zset.task.classnames)}
