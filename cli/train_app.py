@@ -2,13 +2,154 @@
 
 from __future__ import annotations
 
-from clipa_cli.common import make_app
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from clipa_cli.common import make_app, reports_errors, stdout
+from clipa_cli.train_options import train_command
+from rich.table import Table
+
+from clipa_data.errors import ClipaError
 
 app = make_app(
     "clipa-train",
     "Train CLIP the CLIPA way: pre-train with short image and text token sequences, fine-tune "
     "briefly at full length, and evaluate zero-shot on ImageNet-1K.",
 )
+
+PRETRAIN_HELP = "\n\n".join(
+    [
+        "Pre-train CLIP with reduced image and text token lengths.",
+        "Example: clipa-train pretrain --data out/laion400m/1.0.0 --out runs/b16 "
+        "--recipe clipa-b16-i50-t16",
+        "Options come from (lowest first) the stage defaults, --recipe, --config FILE and the "
+        "flags; a flag that contradicts the recipe is an error. The run directory gets "
+        "config.json (resolved), metrics.jsonl, checkpoints/ and summary.json.",
+        "Several GPUs: torchrun --nproc-per-node N $(which clipa-train) pretrain ...; "
+        "TPU: --backend xla.",
+    ]
+)
+
+FINETUNE_HELP = "\n\n".join(
+    [
+        "Fine-tune a pre-trained checkpoint at full token length.",
+        "Example: clipa-train finetune --from runs/b16/checkpoints/step_0036620.pt "
+        "--data out/laion400m/1.0.0 --out runs/b16-ft",
+        "Defaults: 224 px, no image mask, text 32 truncate, learnable positional embeddings "
+        "(resized from the checkpoint on load), lr 8e-7 × batch/256; the model is the "
+        "checkpoint's unless --model is given.",
+    ]
+)
+
+
+def run_training(stage: str, options: dict, config_file: Path | None) -> None:
+    """Resolve the options, train, print the summary."""
+    from clipa_train.run_config import resolve
+    from clipa_train.session import run_stage
+
+    from_file = {}
+    if config_file is not None:
+        from clipa_train.run_config import read_config_file
+
+        from_file = read_config_file(config_file)
+    for required in ("data", "out"):
+        if options.get(required) is None and from_file.get(required) is None:
+            raise ClipaError(f"--{required} is required (on the command line or in --config)")
+    summary = run_stage(resolve(stage, options, config_file))
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    """The stage summary as a table."""
+    table = Table(title=f"{summary['stage']} summary", title_justify="left")
+    table.add_column("")
+    table.add_column("")
+    zeroshot = summary.get("zeroshot") or {}
+    rows = [
+        ("steps", f"{summary['steps']} of {summary['total_steps']}"
+         + (" (stopped; resume with --resume auto)" if summary["stopped"] else "")),
+        ("final loss", f"{summary['final_loss']:.4f}" if summary["final_loss"] else "n/a"),
+        ("samples/s", f"{summary['samples_per_s']:,.0f}" if summary["samples_per_s"] else "n/a"),
+        ("zero-shot top-1", f"{zeroshot['top1']:.1%} (chance {zeroshot['chance']:.1%})"
+         if zeroshot else "not evaluated (--zeroshot DIR)"),
+        ("bad images skipped", str(summary["stream"]["bad_images"])),
+        ("checkpoint", str(summary["checkpoint"])),
+        ("summary", f"{summary['run_dir']}/summary.json"),
+    ]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, value)
+    stdout().print(table)
+
+
+app.command("pretrain", help=PRETRAIN_HELP)(reports_errors(train_command("pretrain", run_training)))
+app.command("finetune", help=FINETUNE_HELP)(reports_errors(train_command("finetune", run_training)))
+
+
+@app.command("eval")
+@reports_errors
+def eval_command(
+    checkpoint: Annotated[
+        str, typer.Option(help="A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")
+    ],
+    imagenet_val: Annotated[
+        str,
+        typer.Option(
+            "--imagenet-val",
+            help="ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
+            "with --classnames any folder of class folders.",
+        ),
+    ],
+    classnames: Annotated[
+        str | None,
+        typer.Option(help="Class names file for a non-ImageNet set (one per line, folder order)."),
+    ] = None,
+    templates: Annotated[
+        str | None, typer.Option(help="Prompt templates file (one per line with {}).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Preset for weights that hold no architecture.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Evaluation image side (default: the model's).")
+    ] = None,
+    crop: Annotated[str, typer.Option(help="center (shorter side + crop) or square.")] = "center",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
+    workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 2,
+    backend: Annotated[str, typer.Option(help="auto, cpu, cuda or xla.")] = "auto",
+    out: Annotated[
+        str | None, typer.Option(help="Where eval.json goes (default: the checkpoint's run dir).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object.")
+    ] = False,
+) -> None:
+    """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders."""
+    from clipa_train.checkpoint_eval import EvalConfig, evaluate_checkpoint
+
+    config = EvalConfig(
+        checkpoint=checkpoint,
+        dataset=imagenet_val,
+        classnames=classnames,
+        templates=templates,
+        model=model,
+        image_size=image_size,
+        crop=crop,
+        batch_size=batch_size,
+        workers=workers,
+        backend=backend,
+        out=out,
+    )
+    result = evaluate_checkpoint(config)
+    if as_json:
+        print(json.dumps(result))
+        return
+    stdout().print(
+        f"zero-shot {result['task']}: top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  "
+        f"({result['n']} images, {result['classes']} classes, chance {result['chance']:.2%}) "
+        f"-> {config.result_path()}"
+    )
 
 
 def main() -> None:

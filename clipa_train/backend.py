@@ -195,17 +195,20 @@ class Backend:
         return None
 
     def rng_state(self) -> dict[str, Any]:
-        """Host and device RNG states, in forms ``torch.save`` keeps exactly."""
+        """Host and device RNG states as tensors and plain values, so a checkpoint loads with
+        ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
+        kind, keys, position, has_gauss, cached = np.random.get_state()
         return {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
             "torch": torch.get_rng_state(),
         }
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`rng_state` returned."""
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
         torch.set_rng_state(state["torch"])
 
     def close(self) -> None:

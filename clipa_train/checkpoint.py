@@ -121,14 +121,14 @@ def save_checkpoint(
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (on the CPU), or fail with one line.
 
-    Only load checkpoints you wrote: like every PyTorch checkpoint with optimiser and RNG state,
-    the file is unpickled in full.
+    Checkpoints hold only tensors and plain values, so they load with ``weights_only=True``
+    (no arbitrary code runs while reading a file).
     """
     path = Path(path)
     if not path.is_file():
         raise ClipaError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, bad pickle, EOF: several types
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise ClipaError(

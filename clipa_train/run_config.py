@@ -38,6 +38,8 @@ class TrainConfig:
     """TFDS builder directory written by ``clipa-data convert`` (local path or fsspec URL)."""
     out: str
     """Run directory: config.json, metrics.jsonl, checkpoints/, summary.json."""
+    split: str = "train"
+    """Split of the builder directory to train on."""
     model: str | None = None
     """Model preset name or JSON path (default: ViT-B-16-CL16; finetune: the checkpoint's)."""
     from_checkpoint: str | None = None
