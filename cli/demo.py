@@ -1,10 +1,11 @@
 """``python -m clipa_cli.demo`` (``make demo``): the pipeline end to end on generated data.
 
-A local HTTP server plays the web; the stages run in order, each a function of the shared
-``DemoRun``. Later stages (convert, tag, pretrain, finetune, eval) append to ``STAGES``.
+A local HTTP server plays the web; the stages (metadata, validation set, download, convert,
+tag, pretrain, finetune, eval) run in order, each a function of the shared ``DemoRun``.
 
-Re-running reuses ``demo_out/`` when the settings are unchanged (finished shards are skipped)
-and rebuilds it cleanly when they changed or with ``--rebuild``.
+Re-running reuses ``demo_out/`` when the data settings are unchanged (finished shards are
+skipped, a finished training stage with the same options is reused) and rebuilds it cleanly
+when they changed or with ``--rebuild``. Changing only the training options retrains.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from typing import Annotated, Any
 
 import typer
 from clipa_cli.common import reports_errors, stderr, stdout
+from clipa_cli.demo_training import (
+    DemoTraining,
+    evaluate_final,
+    plot_loss_curve,
+    stage_options,
+    train_stage,
+    training_table,
+)
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -44,7 +53,7 @@ class DemoSettings:
 
     out: Path = Path("demo_out")
     """Folder for everything the demo writes."""
-    count: int = 2000
+    count: int = 4000
     """Rows of demo metadata (5 of them planted failures)."""
     seed: int = 0
     """Seed of the scenes, captions and validation images."""
@@ -58,6 +67,8 @@ class DemoSettings:
     """Download threads per process."""
     val_per_class: int = 20
     """Held-out validation images per class (20 classes)."""
+    training: DemoTraining = dataclasses.field(default_factory=DemoTraining)
+    """How the tiny model is pre-trained and fine-tuned (does not touch the data stages)."""
 
     def __post_init__(self) -> None:
         if self.count < 6 or self.val_per_class < 1 or self.samples_per_shard < 1:
@@ -84,13 +95,18 @@ class DemoSettings:
         return self.data_dir / "demo" / "1.0.0"
 
     @property
+    def runs_dir(self) -> Path:
+        """Training run directories (pretrain/, finetune/)."""
+        return self.out / "runs"
+
+    @property
     def eval_dir(self) -> Path:
         """The held-out zero-shot validation set."""
         return self.out / "eval"
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a re-run to reuse ``out``."""
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "training")}
         return {"clipa": __version__, **values}
 
 
@@ -108,6 +124,12 @@ class DemoRun:
     """Set by the convert stage."""
     tagged: TagSummary | None = None
     """Set by the tag stage."""
+    trained: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Training summaries by stage (pretrain, finetune)."""
+    final: dict | None = None
+    """The standalone zero-shot evaluation of the fine-tuned model."""
+    reused: set[str] = dataclasses.field(default_factory=set)
+    """Training stages whose earlier run was reused."""
 
 
 def stage_metadata(run: DemoRun) -> str:
@@ -166,6 +188,44 @@ def stage_tag(run: DemoRun) -> str:
     return f"{summary.captions_tagged:,} captions tagged with {summary.tagger.model_id}"
 
 
+def _train(run: DemoRun, stage: str) -> str:
+    s = run.settings
+    options = stage_options(s.training, stage, s.builder_dir, s.eval_dir)
+    # A fine-tune is reused only on top of the same pre-training: a retrained pre-training can
+    # leave its checkpoint at the same path, which the fine-tune's options alone cannot tell.
+    may_reuse = stage == "pretrain" or "pretrain" in run.reused
+    if stage == "finetune":
+        options["from_checkpoint"] = run.trained["pretrain"]["checkpoint"]
+    summary, reused = train_stage(stage, options, s.runs_dir / stage, may_reuse=may_reuse)
+    run.trained[stage] = summary
+    if reused:
+        run.reused.add(stage)
+    top1 = summary["zeroshot"]["top1"]
+    note = "reused; " if reused else ""
+    return f"{note}{summary['steps']} steps, loss {summary['final_loss']:.3f}, zero-shot {top1:.1%}"
+
+
+def stage_pretrain(run: DemoRun) -> str:
+    """Pre-train clipa-tiny at 32 px with syntax-masked 8-token captions."""
+    return _train(run, "pretrain")
+
+
+def stage_finetune(run: DemoRun) -> str:
+    """Fine-tune at 64 px with 32-token captions (positional embeddings resized on load)."""
+    return _train(run, "finetune")
+
+
+def stage_eval(run: DemoRun) -> str:
+    """Zero-shot top-1 of the fine-tuned model on the held-out set, as clipa-train eval does."""
+    s = run.settings
+    run.final = evaluate_final(
+        run.trained["finetune"]["checkpoint"], s.eval_dir, s.out / "eval.json"
+    )
+    return (
+        f"top-1 {run.final['top1']:.1%}, top-5 {run.final['top5']:.1%} on {run.final['n']} images"
+    )
+
+
 Stage = tuple[str, Callable[[DemoRun], str]]
 
 STAGES: tuple[Stage, ...] = (
@@ -174,8 +234,11 @@ STAGES: tuple[Stage, ...] = (
     ("download", stage_download),
     ("convert", stage_convert),
     ("tag", stage_tag),
+    ("pretrain", stage_pretrain),
+    ("finetune", stage_finetune),
+    ("eval", stage_eval),
 )
-"""The demo's stages, in order; later issues append convert, tag, pretrain, finetune, eval."""
+"""The demo's stages, in order."""
 
 
 def prepare_output(settings: DemoSettings, rebuild: bool, console: Console) -> None:
@@ -261,7 +324,47 @@ def run_demo(settings: DemoSettings, rebuild: bool = False) -> DemoRun:
         console.print(summary_table(run.download))
         console.print(sample_records(settings.raw_dir))
     console.print(where_to_look(settings))
+    if run.final is not None:
+        report(run, times, console)
     return run
+
+
+def curve_title(training: DemoTraining) -> str:
+    """What the loss curve shows, from the settings."""
+    return (
+        f"clipa demo ({training.model}): pre-train {training.pretrain_image_size} px / "
+        f"{training.pretrain_text_mask} T{training.pretrain_text_length}, then fine-tune "
+        f"{training.finetune_image_size} px / T{training.finetune_text_length}"
+    )
+
+
+def report(run: DemoRun, times: list[tuple[str, float, str]], console: Console) -> None:
+    """The training table, the loss curve and the headline: zero-shot top-1 against chance."""
+    s = run.settings
+    curve = plot_loss_curve(
+        [(stage, s.runs_dir / stage) for stage in run.trained],
+        run.final["chance"],
+        s.out / "loss_curve.png",
+        title=curve_title(s.training),
+    )
+    write_json(
+        s.out / "demo_summary.json",
+        {
+            "stages": [{"stage": n, "seconds": round(t, 1), "result": r} for n, t, r in times],
+            "total_seconds": round(sum(t for _, t, _ in times), 1),
+            "training": run.trained,
+            "zeroshot": run.final,
+            "loss_curve": str(curve),
+        },
+    )
+    console.print(training_table(run.trained, run.final))
+    final = run.final
+    console.print(
+        f"[bold]zero-shot top-1 on the held-out demo set: {final['top1']:.1%}[/] "
+        f"({final['classes']} classes, chance {final['chance']:.1%}, "
+        f"{final['top1'] / final['chance']:.1f}x chance); loss curve: {curve}; "
+        f"total {sum(t for _, t, _ in times):.0f} s"
+    )
 
 
 @reports_errors
@@ -279,17 +382,37 @@ def main(
     processes: Annotated[
         int, typer.Option(help="img2dataset download processes.")
     ] = DemoSettings.processes,
+    batch_size: Annotated[
+        int, typer.Option(help="Global batch of pre-training and fine-tuning.")
+    ] = DemoTraining.batch_size,
+    pretrain_epochs: Annotated[
+        float, typer.Option(help="Passes over the demo data in pre-training.")
+    ] = DemoTraining.pretrain_epochs,
+    finetune_epochs: Annotated[
+        float, typer.Option(help="Passes over the demo data in fine-tuning.")
+    ] = DemoTraining.finetune_epochs,
+    eval_every: Annotated[
+        int, typer.Option(help="Steps between in-loop zero-shot evaluations (0: stage ends).")
+    ] = DemoTraining.eval_every,
     rebuild: Annotated[
         bool, typer.Option(help="Delete the demo's previous output and start over.")
     ] = False,
 ) -> None:
-    """Run the clipa pipeline on generated demo data (a local server plays the web)."""
+    """Run the clipa pipeline on generated demo data (a local server plays the web): download,
+    convert, tag, pre-train a tiny CLIP with reduced tokens, fine-tune, evaluate zero-shot."""
+    training = DemoTraining(
+        batch_size=batch_size,
+        pretrain_epochs=pretrain_epochs,
+        finetune_epochs=finetune_epochs,
+        eval_every=eval_every,
+    )
     settings = DemoSettings(
         out=out,
         count=count,
         image_size=image_size,
         samples_per_shard=samples_per_shard,
         processes=processes,
+        training=training,
     )
     run_demo(settings, rebuild)
 

@@ -323,25 +323,47 @@ def _progress(config: LoopConfig, backend: Backend, total: int, start: int):
     if not (config.progress and backend.is_main):
         yield lambda step, record: None
         return
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield _log_lines(console, total)
+        return
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=False,
     )
     task = progress.add_task("train", total=total, completed=start, status="")
 
     def update(step: int, record: dict) -> None:
-        status = (
-            f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  scale {record['logit_scale']:.1f}  "
-            f"{record['samples_per_s']:,.0f} samples/s  data wait {record['data_wait_share']:.0%}"
-        )
-        if record["xla_compiles"] is not None:
-            status += f"  compiles {record['xla_compiles']}"
-        progress.update(task, completed=step, status=status)
+        progress.update(task, completed=step, status=_status(record))
 
     with progress:
         yield update
+
+
+def _status(record: dict) -> str:
+    """One log record as the progress line shows it."""
+    status = (
+        f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  scale {record['logit_scale']:.1f}  "
+        f"{record['samples_per_s']:,.0f} samples/s  data wait {record['data_wait_share']:.0%}"
+    )
+    if record["xla_compiles"] is not None:
+        status += f"  compiles {record['xla_compiles']}"
+    return status
+
+
+def _log_lines(console: Console, total: int, parts: int = 10) -> Callable[[int, dict], None]:
+    """Progress for logs (no terminal: a batch job, CI): a plain line at every tenth of the run."""
+    printed = [-1]
+
+    def update(step: int, record: dict) -> None:
+        part = step * parts // total
+        if part > printed[0]:
+            printed[0] = part
+            console.print(f"train step {step}/{total}  {_status(record)}", soft_wrap=True)
+
+    return update

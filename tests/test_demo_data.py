@@ -220,9 +220,14 @@ def run_demo(*args: str):
 def test_demo_runs_then_reuses(tmp_path):
     out = tmp_path / "demo_out"
     small = ["--out", str(out), "--count", "30", "--samples-per-shard", "15", "--processes", "1"]
-    first = run_demo(*small, "--image-size", "32")
+    # 25 records, batches of 8: 3 pre-training and 3 fine-tuning steps (learning is tested in
+    # test_end_to_end.py; this checks the demo's plumbing, outputs and reuse).
+    small += ["--image-size", "32", "--batch-size", "8", "--pretrain-epochs", "1"]
+    small += ["--finetune-epochs", "1", "--eval-every", "0"]
+    first = run_demo(*small)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "demo stages" in first.stdout and "download summary" in first.stdout
+    assert "zero-shot top-1 on the held-out demo set" in first.stdout
     assert sorted(p.name for p in (out / "raw").glob("*.tfrecord")) == [
         "00000.tfrecord",
         "00001.tfrecord",
@@ -230,10 +235,22 @@ def test_demo_runs_then_reuses(tmp_path):
     summary = json.loads((out / "raw" / "_clipa" / "download_summary.json").read_text())
     assert summary["summary"]["successes"] == 25
     assert (out / "eval" / "classnames.txt").is_file()
+    demo = json.loads((out / "demo_summary.json").read_text())
+    assert [stage["stage"] for stage in demo["stages"]][-3:] == ["pretrain", "finetune", "eval"]
+    assert demo["training"]["pretrain"]["steps"] == 3 and demo["training"]["finetune"]["steps"] == 3
+    assert demo["zeroshot"]["n"] == 400 and demo["zeroshot"]["chance"] == 0.05
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "eval.json").read_text())["top1"] == demo["zeroshot"]["top1"]
 
-    again = run_demo(*small, "--image-size", "32")
+    again = run_demo(*small)
     assert again.returncode == 0 and "reusing" in again.stderr
     assert "by an earlier run, skipped" in again.stdout
+    assert again.stdout.count("reused;") == 2  # both training stages
+
+    # A pre-training that is redone (here: its marker removed) takes the fine-tune with it.
+    (out / "runs" / "pretrain" / "demo_stage.json").unlink()
+    third = run_demo(*small)
+    assert third.returncode == 0 and "reused;" not in third.stdout
 
 
 def test_demo_rebuilds_its_own_folder_when_settings_change(tmp_path):
