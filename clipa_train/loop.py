@@ -257,14 +257,14 @@ def train(
                 result.records.append(record)
                 bar(step, record)
             if config.eval_every and evaluate is not None and step % config.eval_every == 0:
-                evaluated_at = _evaluate(evaluate, model, step, log, result)
+                evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
             if step % config.stop_check_every == 0 and backend.any_rank(stop.requested):
                 result.stopped = True
                 break
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 result.checkpoint = save()
     if evaluate is not None and not result.stopped and evaluated_at != step:
-        _evaluate(evaluate, model, step, log, result)
+        _evaluate(evaluate, model, step, log, result, backend)
     if result.checkpoint is None or ckpt.checkpoint_path(directory, step) != result.checkpoint:
         result.checkpoint = save()
     log.close()
@@ -303,7 +303,12 @@ class _Window:
 
 
 def _evaluate(
-    evaluate: Evaluate, model: nn.Module, step: int, log: MetricsLog, result: LoopResult
+    evaluate: Evaluate,
+    model: nn.Module,
+    step: int,
+    log: MetricsLog,
+    result: LoopResult,
+    backend: Backend,
 ) -> int:
     """Run the hook in eval mode without gradients, log its values; returns ``step``."""
     model.eval()
@@ -312,6 +317,7 @@ def _evaluate(
     model.train()
     if values:
         record = {"step": step, **{f"eval/{key}": value for key, value in values.items()}}
+        record["xla_compiles"] = backend.compile_count()  # evaluation compiles graphs too
         log.write(record)
         result.records.append(record)
     return step

@@ -104,7 +104,7 @@ class TrainConfig:
     resume: str | None = None
     """``auto`` (latest checkpoint in the run directory) or a checkpoint path."""
     log_every: int = 10
-    """Steps between metrics records."""
+    """Steps between metrics records (and checks whether any rank got a stop signal)."""
     checkpoint_every: int = 1000
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_checkpoints: int = 2

@@ -225,6 +225,9 @@ def stage_worker(index: int, plan: StagePlan) -> None:
                 checkpoint_every=config.checkpoint_every,
                 keep_checkpoints=config.keep_checkpoints,
                 eval_every=config.eval_every,
+                # Several processes agree to stop with a collective and a host sync; at log
+                # steps the loop syncs anyway, so checking there keeps every other step async.
+                stop_check_every=config.log_every,
                 grad_checkpointing=config.grad_checkpointing,
                 progress=config.progress,
             ),

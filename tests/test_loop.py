@@ -131,7 +131,9 @@ def test_metrics_records_and_checkpoint_contents(tmp_path):
         assert record["xla_compiles"] is None and record["samples_per_s"] > 0
         assert 0 <= record["data_wait_share"] < 1
     assert calls == [6, 12]
-    assert [r["eval/top1"] for r in records if "eval/top1" in r] == [0.5, 0.5]
+    evals = [r for r in records if "eval/top1" in r]
+    assert [(r["step"], r["eval/top1"]) for r in evals] == [(6, 0.5), (12, 0.5)]
+    assert all("xla_compiles" in r for r in evals)  # every metrics record has it
     steps = [step for step, _ in list_checkpoints(tmp_path / "checkpoints")]
     assert steps == [8, 12]  # keep 2
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
