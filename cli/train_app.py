@@ -35,7 +35,7 @@ PRETRAIN_HELP = "\n\n".join(
 FINETUNE_HELP = "\n\n".join(
     [
         "Fine-tune a pre-trained checkpoint at full token length.",
-        "Example: clipa-train finetune --from runs/b16/checkpoints/step_0036620.pt "
+        "Example: clipa-train finetune --from runs/b16/checkpoints/step_00037292.pt "
         "--data out/laion400m/1.0.0 --out runs/b16-ft",
         "Defaults: 224 px, no image mask, text 32 truncate, learnable positional embeddings "
         "(resized from the checkpoint on load), lr 8e-7 × batch/256; the model is the "
