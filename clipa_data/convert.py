@@ -462,11 +462,18 @@ def _finish(
 def verify_manifest(builder: Path, manifest: dict) -> Verification:
     """Prove with TFDS's reader that ``builder`` holds what its ``manifest`` says."""
     shards = manifest["shards"]
+    fix = None  # tfds_metadata's default: delete the folder and re-run convert
+    if manifest["config"]["method"] == "move":  # deleting would lose the only copy
+        fix = (
+            f"its shards were moved here out of {manifest['source']['folder']}; move them back "
+            f"(see {layout.CONVERT_MANIFEST}), then delete {builder} and re-run clipa-data convert"
+        )
     return tfds_metadata.verify(
         builder,
         split=manifest["dataset"]["split"],
         shard_lengths=[shard["records"] for shard in shards],
         first_keys=[shard["first_key"] for shard in shards],
+        fix=fix,
     )
 
 

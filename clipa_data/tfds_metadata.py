@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,31 +131,69 @@ def _first_examples(builder, split: str, starts: Sequence[int]):
     return list(dataset.as_numpy_iterator())
 
 
+def _reason(error: Exception) -> str:
+    """The first line of a TF/TFDS error, without TF's op and iterator boilerplate."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"^Error in user-defined function .*? with iterator: \S+: ", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip()
+
+
+def _unreadable_shard(builder, split: str, starts: Sequence[int], first: int) -> tuple[int, str]:
+    """The first shard (from index ``first``) whose first example TFDS cannot read, and why.
+
+    Only called after reading a whole chunk failed, so reading shard by shard costs nothing on
+    a good result.
+    """
+    for offset, start in enumerate(starts):
+        try:
+            if len(_first_examples(builder, split, [start])) != 1:
+                return first + offset, "no example read"
+        except Exception as error:  # tf.errors.* / AssertionError from TFDS's cardinality check
+            return first + offset, _reason(error)
+    return first, "the shards read one by one are fine, but not together"
+
+
 def verify(
     builder_path: Path,
     *,
     split: str,
     shard_lengths: Sequence[int],
     first_keys: Sequence[str | None],
+    fix: str | None = None,
 ) -> Verification:
-    """Load ``builder_path`` with TFDS and prove it holds what convert wrote, or raise."""
+    """Load ``builder_path`` with TFDS and prove it holds what convert wrote, or raise.
+
+    ``fix`` ends every error message (default: delete the folder and re-run convert).
+    """
     import_tensorflow()
     started = time.perf_counter()
     import tensorflow_datasets as tfds
 
+    fix = fix or f"delete {builder_path} and re-run clipa-data convert"
     try:
         builder = tfds.builder_from_directory(str(builder_path))
         info = builder.info.splits[split]
     except Exception as error:  # TFDS raises many types; all mean "cannot load"
-        raise ClipaError(f"{builder_path}: TFDS cannot load the result ({error})") from None
-    if list(info.shard_lengths) != list(shard_lengths):
         raise ClipaError(
-            f"{builder_path}: TFDS declares shard lengths {list(info.shard_lengths)[:8]}... "
-            f"but convert counted {list(shard_lengths)[:8]}..."
+            f"{builder_path}: TFDS cannot load the result ({_reason(error)}); {fix}"
+        ) from None
+    names = [path.name for path in info.filepaths]
+    declared = list(info.shard_lengths)
+    if len(declared) != len(shard_lengths):
+        raise ClipaError(
+            f"{builder_path}: {layout.DATASET_INFO} declares {len(declared)} shards for split "
+            f"{split} but convert wrote {len(shard_lengths)}; {fix}"
         )
+    for index, (got, want) in enumerate(zip(declared, shard_lengths, strict=True)):
+        if got != want:
+            raise ClipaError(
+                f"{builder_path}: {layout.DATASET_INFO} declares {got} records for shard {index} "
+                f"({names[index]}) but convert counted {want}; {fix}"
+            )
     for path in info.filepaths:
         if not path.exists():
-            raise ClipaError(f"{builder_path}: TFDS expects {path.name}, which is missing")
+            raise ClipaError(f"{builder_path}: shard {path.name} is missing; {fix}")
     image_columns = [
         name
         for name, feature in builder.info.features.items()
@@ -166,25 +205,29 @@ def verify(
         wanted = starts[chunk : chunk + VERIFY_CHUNK]
         try:
             examples = _first_examples(builder, split, wanted)
-        except Exception as error:  # tf.errors.* when a record does not match features.json
+        except Exception:  # tf.errors.* when a record does not match features.json
+            examples = None
+        if examples is None or len(examples) != len(wanted):
+            index, reason = _unreadable_shard(builder, split, wanted, chunk)
             raise ClipaError(
-                f"{builder_path}: TFDS cannot decode the first example of shards "
-                f"{chunk}..{chunk + len(wanted) - 1} ({str(error).splitlines()[0]})"
-            ) from None
+                f"{builder_path}: TFDS cannot read the first example of shard {index} "
+                f"({names[index]}): {reason}; {fix}"
+            )
         for offset, example in enumerate(examples):
             index = chunk + offset
             expected = first_keys[index]
             if expected is not None and "key" in example and example["key"].decode() != expected:
                 raise ClipaError(
-                    f"{builder_path}: shard {index} starts with key {example['key']!r} "
-                    f"but its source starts with {expected!r}"
+                    f"{builder_path}: shard {index} ({names[index]}) starts with key "
+                    f"{example['key'].decode()!r} but its source starts with {expected!r}; {fix}"
                 )
             for column in image_columns:
                 if example[column].ndim != 3:
-                    raise ClipaError(f"{builder_path}: shard {index}: {column} did not decode")
+                    raise ClipaError(
+                        f"{builder_path}: shard {index} ({names[index]}): {column} did not "
+                        f"decode; {fix}"
+                    )
         decoded += len(examples)
-    if decoded != len(starts):
-        raise ClipaError(f"{builder_path}: TFDS read {decoded} first examples of {len(starts)}")
     return Verification(
         shards=len(shard_lengths),
         examples_decoded=decoded,
