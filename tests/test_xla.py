@@ -1,13 +1,16 @@
 """PyTorch/XLA on the CPU (``make test-xla``: torch 2.9 + torch-xla 2.9, ``PJRT_DEVICE=CPU``).
 
-Every image reduction (resize, random, grid, block as fixed-K ``patch_keep`` sets) and every text
-length shape trains a tiny model for 20 steps with at most 3 graph compilations (warm-up lr,
-cosine, gradient clipping, metrics every 5 steps, a checkpoint at the end); the step itself
-makes no device-to-host transfer.
+A tiny model trains for 20 steps on batches of the real streaming loader (a TFDS builder
+directory with spaCy sidecars, ``xla_data``), once per pairing of an image reduction (resize,
+random, grid, block: fixed-K ``patch_keep``) and a text reduction (truncate, random, block,
+syntax), covering every strategy of both. Each run compiles at most 3 graphs, none after the
+first steps (warm-up lr, cosine, gradient clipping, metrics every 5 steps, a checkpoint at the
+end); the step itself makes no device-to-host transfer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,24 +19,40 @@ import torch
 pytestmark = pytest.mark.xla
 torch_xla = pytest.importorskip("torch_xla")
 
+from xla_data import write_in_child  # noqa: E402
+
 from clipa_data.errors import ClipaError  # noqa: E402
+from clipa_data.tokenizer import VOCAB_SIZE  # noqa: E402
 from clipa_train.backend import BackendConfig, create_backend  # noqa: E402
+from clipa_train.image import ImageConfig  # noqa: E402
+from clipa_train.loader import Loader  # noqa: E402
 from clipa_train.loop import LoopConfig, apply_update, forward_backward, train  # noqa: E402
 from clipa_train.loss import build_loss  # noqa: E402
 from clipa_train.model import build_model, load_preset  # noqa: E402
 from clipa_train.optim import OptimConfig, build_optimizer, learning_rate, set_learning_rate  # noqa: E402
+from clipa_train.reduce import PatchMaskConfig, TextConfig  # noqa: E402
+from clipa_train.stream import StreamConfig  # noqa: E402
 from clipa_train.synthetic import SyntheticBatches  # noqa: E402
 
 STEPS = 20
+BATCH = 16
+PATCH = 8
 OPTIM = OptimConfig(lr=1e-3, total_steps=STEPS, warmup_steps=5, grad_clip_norm=1.0)
 CASES = {
-    # name: (image size, patch_keep mask, text length, precision, gradient checkpointing)
-    "resize-32px-T16": (32, None, 16, "fp32", False),
-    "resize-16px-T8": (16, None, 8, "fp32", False),
-    "random-0.5-T16": (32, "random", 16, "fp32", False),
-    "grid-T16-bf16": (32, "grid", 16, "bf16", True),
-    "block-0.5-T32": (32, "block", 32, "fp32", False),
+    # name: (image mask, image size, text mask, text length, precision, gradient checkpointing)
+    "resize-16px+truncate-T16": ("resize", 16, "truncate", 16, "fp32", False),
+    "random-0.5+random-T8": ("random", 32, "random", 8, "fp32", False),
+    "grid+block-T8-bf16": ("grid", 32, "block", 8, "bf16", True),
+    "block-0.5+syntax-T8": ("block", 32, "syntax", 8, "fp32", False),
 }
+KEEP = {"resize": None, "random": 8, "grid": 4, "block": 9}
+"""Patches kept of the 4x4 grid at 32 px (block: a 3x3 rectangle for ratio 0.5)."""
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+    """4 shards x 16 records of 48 px JPEGs with real spaCy sidecars (written in a child)."""
+    return write_in_child(tmp_path_factory.mktemp("xla-data"))
 
 
 def transfers_from_device() -> int:
@@ -43,19 +62,27 @@ def transfers_from_device() -> int:
     return int(data[0]) if data else 0
 
 
-def setup(image_size, mask, text_length, precision, loss="contrastive"):
-    backend = create_backend(BackendConfig(name="xla", precision=precision))
+def tiny_model(backend, image_size, text_length, vocab_size, loss="contrastive"):
     torch.manual_seed(0)
     config = load_preset("test-tiny").replace(
         image_size=image_size, context_length=text_length, loss=loss
     )
-    model = build_model(config).to(backend.device)
+    config = dataclasses.replace(
+        config, text=dataclasses.replace(config.text, vocab_size=vocab_size)
+    )
+    return build_model(config).to(backend.device)
+
+
+def setup(image_size, mask, text_length, precision, loss="contrastive"):
+    """Backend, model, optimiser and synthetic batches (for the step-level tests)."""
+    backend = create_backend(BackendConfig(name="xla", precision=precision))
+    model = tiny_model(backend, image_size, text_length, 512, loss)
     batches = SyntheticBatches(
-        batch_size=16,
+        batch_size=BATCH,
         image_size=image_size,
         text_length=text_length,
         vocab_size=512,
-        patch_size=8,
+        patch_size=PATCH,
         mask=mask,
         mask_ratio=0.5,
         num_batches=STEPS,
@@ -64,24 +91,40 @@ def setup(image_size, mask, text_length, precision, loss="contrastive"):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_twenty_steps_compile_at_most_three_graphs(case, tmp_path):
-    image_size, mask, text_length, precision, checkpointing = CASES[case]
-    backend, model, optimizer, batches = setup(image_size, mask, text_length, precision)
+def test_twenty_loader_steps_compile_at_most_three_graphs(case, builder, tmp_path):
+    image_mask, image_size, text_mask, text_length, precision, checkpointing = CASES[case]
+    backend = create_backend(BackendConfig(name="xla", precision=precision))
     assert backend.name == "xla" and backend.device.type == "xla"
-    if mask is not None:
-        k = batches.batch(0)["patch_keep"].shape[1]
-        assert k == {"random": 8, "grid": 4, "block": 9}[mask]
-    before = backend.compile_count()
-    result = train(
-        model=model,
-        optimizer=optimizer,
-        optim_config=OPTIM,
-        loss_fn=build_loss("contrastive", backend),
-        batches=batches,
-        backend=backend,
-        run_dir=tmp_path,
-        config=LoopConfig(log_every=5, progress=False, grad_checkpointing=checkpointing),
+    loader = Loader(
+        StreamConfig(
+            data=str(builder),
+            batch_size=BATCH,
+            image=ImageConfig(size=image_size),
+            patch_mask=PatchMaskConfig(image_mask, PATCH, 0.5),
+            text=TextConfig(text_mask, text_length),
+            workers=2,
+            seed=1,
+        )
     )
+    assert len(loader) == 4  # 64 records / 16: the 20 steps run 5 epochs
+    keep = loader.shapes.patch_keep
+    assert (keep and keep[1]) == KEEP[image_mask]
+    model = tiny_model(backend, image_size, text_length, VOCAB_SIZE)
+    optimizer = build_optimizer(model, OPTIM)
+    before = backend.compile_count()
+    try:
+        result = train(
+            model=model,
+            optimizer=optimizer,
+            optim_config=OPTIM,
+            loss_fn=build_loss("contrastive", backend),
+            batches=loader,
+            backend=backend,
+            run_dir=tmp_path,
+            config=LoopConfig(log_every=5, progress=False, grad_checkpointing=checkpointing),
+        )
+    finally:
+        loader.close()
     records = result.records
     assert result.step == STEPS and [r["step"] for r in records] == [5, 10, 15, 20]
     compiles = [r["xla_compiles"] for r in records]
@@ -89,9 +132,13 @@ def test_twenty_steps_compile_at_most_three_graphs(case, tmp_path):
     assert compiles[-1] - before <= 3, compiles
     assert compiles[-1] == compiles[0], "no compilation after the first steps"
     assert all(math.isfinite(r["loss"]) for r in records)
-    assert records[-1]["loss"] < records[0]["loss"]
+    assert records[-1]["loss"] < records[0]["loss"], [r["loss"] for r in records]
+    stats = loader.stats
+    assert stats.batches == STEPS and stats.bad_images == stats.unreadable == stats.filled == 0
     payload = torch.load(result.checkpoint, weights_only=False)
     assert all(t.device.type == "cpu" for t in payload["model"].values())
+    stream = payload["ranks"][0]["stream"]
+    assert (stream["epoch"], stream["step"]) == (5, 0)
 
 
 def test_the_step_makes_no_host_round_trip():
