@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clipa_cli.common import EXIT_BAD_INPUT
+from cli_checks import assert_one_line_error
 from clipa_cli.data_app import app
 from img2dataset_shards import make_samples, write_shard, write_source
 from typer.testing import CliRunner
@@ -27,15 +27,6 @@ def src(pristine, tmp_path) -> Path:
 
 def run(*args: str):
     return CliRunner().invoke(app, ["convert", *map(str, args), "--no-progress", "--workers", "1"])
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == EXIT_BAD_INPUT, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def assert_nothing_in(out: Path) -> None:

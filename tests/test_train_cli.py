@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import Record, jpeg_bytes, make_builder_dir, make_records
-from clipa_cli.common import EXIT_BAD_INPUT
+from cli_checks import assert_one_line_error
 from clipa_cli.train_app import app
 from sidecars import write_sidecars
 from typer.testing import CliRunner
@@ -43,14 +43,6 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 def invoke(*args: object):
     return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == EXIT_BAD_INPUT, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def tiny(data, out: Path, *more: object) -> list[object]:
