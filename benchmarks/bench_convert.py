@@ -11,7 +11,7 @@ cost as ``mv`` on a local filesystem, and it leaves SRC intact for our run), and
 ``generate_metadata.py`` calls ``tfds.folder_dataset.write_metadata`` (default
 ``check_data=True``: it reads one example back).
 
-Ours: ``clipa_data.convert.convert`` with default options (header-walk count, every record's
+Ours: ``clipa_data.prepare.convert.convert`` with default options (header-walk count, every record's
 schema checked, hardlinks, TFDS metadata, verification of every shard's first example).
 
 Fairness: both sides use the same number of worker processes; TensorFlow and TFDS are imported
@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import print_table, write_result
-from clipa_data import layout, tfds_metadata, tfrecord
-from clipa_data.example import encode_example
-from clipa_data.runner import default_workers
+from clipa_data.core import layout, tfrecord
+from clipa_data.core.example import encode_example
+from clipa_data.prepare import tfds_metadata
+from clipa_data.prepare.runner import default_workers
 
 WORK = Path(__file__).resolve().parent / "work" / "convert"
 NAME, SPLIT = "laion400m", "full"  # CLIPA's names
@@ -219,8 +220,8 @@ def reference_flow(pool, shards: list[Path], out: Path) -> dict[str, float]:
 
 
 def our_flow(src: Path, out: Path, workers: int, **options) -> dict[str, float]:
-    """clipa_data.convert.convert with default options (or ``options``)."""
-    from clipa_data.convert import ConvertConfig, convert
+    """clipa_data.prepare.convert.convert with default options (or ``options``)."""
+    from clipa_data.prepare.convert import ConvertConfig, convert
 
     shutil.rmtree(out, ignore_errors=True)
     config = ConvertConfig(

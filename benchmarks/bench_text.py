@@ -15,7 +15,7 @@ NLTK's official tagger weights cannot be downloaded here, so the same class
 (``nltk.tag.PerceptronTagger``) is trained in this run on spaCy's tags of other synthetic
 captions and saved in NLTK's format under ``benchmarks/work/nltk_data``; per-token cost depends
 on the feature templates and tagdict hits, not the weight values. The captions are LAION-like
-(``clipa_data.synthetic_captions``).
+(``clipa_data.demo.synthetic_captions``).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import print_table, write_result
-from clipa_data import layout
-from clipa_data.example import encode_example
-from clipa_data.sidecar import SidecarRows, read_table
-from clipa_data.synthetic_captions import laion_like_captions
-from clipa_data.tag import TagConfig, tag_builder
-from clipa_data.tagging import import_nltk, load_tagger, resolve_tagger
-from clipa_data.text_reduction import syntax_mask, syntax_mask_ranked
-from clipa_data.tfrecord import write_records
-from clipa_data.tokenizer import EOT, SOT, WHITESPACE, ClipTokenizer
+from clipa_data.core import layout
+from clipa_data.core.example import encode_example
+from clipa_data.core.sidecar import SidecarRows, read_table
+from clipa_data.core.taggers import import_nltk, load_tagger, resolve_tagger
+from clipa_data.core.text_reduction import syntax_mask, syntax_mask_ranked
+from clipa_data.core.tfrecord import write_records
+from clipa_data.core.tokenizer import EOT, SOT, WHITESPACE, ClipTokenizer
+from clipa_data.demo.synthetic_captions import laion_like_captions
+from clipa_data.prepare.tagging import TagConfig, tag_builder
 
 WORK = Path(__file__).resolve().parent / "work" / "text"
 NLTK_DATA = WORK / "nltk_data"
@@ -307,7 +307,7 @@ def main() -> None:
             "spacy_captions": SPACY_CAPTIONS,
             "repeats": REPEATS,
             "image_bytes_per_record": IMAGE_BYTES,
-            "captions": "clipa_data.synthetic_captions.laion_like_captions (LAION-like mix)",
+            "captions": "clipa_data.demo.synthetic_captions.laion_like_captions (LAION-like mix)",
             "online_tagger": (
                 "nltk.word_tokenize (Punkt + Treebank) + nltk.pos_tag with NLTK's "
                 "PerceptronTagger class: the original's tagger. The official "

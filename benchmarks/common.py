@@ -16,8 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from clipa_data.atomic import write_json
-from clipa_data.provenance import machine_info, package_versions
+from clipa_data.core.atomic import write_json
+from clipa_data.core.provenance import machine_info, package_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from clipa_data import __version__
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 Command = TypeVar("Command", bound=Callable)
 

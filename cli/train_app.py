@@ -11,7 +11,7 @@ from clipa_cli.common import make_app, reports_errors, stdout
 from clipa_cli.train_options import train_command
 from rich.table import Table
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 app = make_app(
     "clipa-train",
@@ -47,7 +47,7 @@ FINETUNE_HELP = "\n\n".join(
 def run_training(stage: str, options: dict, config_file: Path | None) -> None:
     """Resolve the options, train, print the summary."""
     from clipa_train.run_config import resolve
-    from clipa_train.session import run_stage
+    from clipa_train.train_stage import run_stage
 
     from_file = {}
     if config_file is not None:
@@ -126,7 +126,7 @@ def eval_command(
     ] = False,
 ) -> None:
     """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders."""
-    from clipa_train.checkpoint_eval import EvalConfig, evaluate_checkpoint
+    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint
 
     config = EvalConfig(
         checkpoint=checkpoint,

@@ -19,7 +19,7 @@ from typing import Optional
 
 import typer
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.recipes import RECIPE_NAMES
 from clipa_train.run_config import TrainConfig, option_flag
 

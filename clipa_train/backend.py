@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 BACKENDS = ("auto", "cpu", "cuda", "xla")
 PRECISIONS = ("fp32", "bf16")

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipa_data.atomic import atomic_writer, remove_temporaries
-from clipa_data.errors import ClipaError
+from clipa_data.core.atomic import atomic_writer, remove_temporaries
+from clipa_data.core.errors import ClipaError
 from clipa_train.backend import Backend
 
 FORMAT = "clipa-checkpoint"

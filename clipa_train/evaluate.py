@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipa_data import layout
-from clipa_data.errors import ClipaError
-from clipa_data.example import parse_message
-from clipa_data.text_reduction import priority_of_tag, syntax_mask, truncate
-from clipa_data.tfrecord import read_records
-from clipa_data.tokenizer import default_tokenizer
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import parse_message
+from clipa_data.core.text_reduction import priority_of_tag, syntax_mask, truncate
+from clipa_data.core.tfrecord import read_records
+from clipa_data.core.tokenizer import default_tokenizer
 from clipa_train import zeroshot
 from clipa_train.image import ImageConfig, ImageError, load_image
 
@@ -179,7 +179,7 @@ def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[s
     if mask == "syntax":
         if tagger_spec is None:
             raise ClipaError("syntax-masked prompts need the tagger recorded in the sidecars")
-        from clipa_data.tagging import load_tagger
+        from clipa_data.core.taggers import load_tagger
 
         tagger = load_tagger(tagger_spec)
 

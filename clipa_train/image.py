@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 Crop = Literal["random", "center", "square"]
 CROPS: tuple[str, ...] = ("random", "center", "square")

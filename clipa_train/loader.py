@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from clipa_data.errors import ClipaError
-from clipa_train import plan
+from clipa_data.core.errors import ClipaError
+from clipa_train import epoch_plan as plan
 from clipa_train.batch import BatchShapes
 from clipa_train.shards import open_split
 from clipa_train.stream import ImageTextStream, StreamConfig

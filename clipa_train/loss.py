@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.backend import Backend
 
 Gather = Callable[[torch.Tensor], torch.Tensor]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 # Names that never get weight decay (OpenCLIP's rule, on top of every 1-D parameter).
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale")

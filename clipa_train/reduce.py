@@ -37,7 +37,7 @@ these definitions are ours. All draws come from the record's seeded generator.
 
 Text
 ----
-The four CLIPA strategies of ``clipa_data.text_reduction`` (truncate, random, block, syntax)
+The four CLIPA strategies of ``clipa_data.core.text_reduction`` (truncate, random, block, syntax)
 give ``int64[length]``. Ids come from the shard's sidecar when the stream uses sidecars, else
 the caption is tokenised on the fly (truncate/random/block only: syntax needs the POS tags that
 ``clipa-data tag`` stores in sidecars).
@@ -51,10 +51,10 @@ from typing import Literal
 
 import numpy as np
 
-from clipa_data import text_reduction
-from clipa_data.errors import ClipaError
-from clipa_data.sidecar import MAX_CAPTION_TOKENS, SidecarRows
-from clipa_data.text_reduction import TEXT_MASKS, TextMask
+from clipa_data.core import text_reduction
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.sidecar import MAX_CAPTION_TOKENS, SidecarRows
+from clipa_data.core.text_reduction import TEXT_MASKS, TextMask
 
 ImageMask = Literal["resize", "random", "grid", "block"]
 IMAGE_MASKS: tuple[str, ...] = ("resize", "random", "grid", "block")
@@ -141,7 +141,7 @@ class TextConfig:
     """How captions become fixed-length token rows."""
 
     mask: TextMask = "truncate"
-    """``truncate``, ``random``, ``block`` or ``syntax`` (``clipa_data.text_reduction``)."""
+    """``truncate``, ``random``, ``block`` or ``syntax`` (``clipa_data.core.text_reduction``)."""
     length: int = 32
     """Tokens per row, SOT and EOT included (CLIPA pre-training: 8 or 16; fine-tuning: 32)."""
 
@@ -164,7 +164,7 @@ class TextReducer:
     def caption_ids(self, caption: str) -> np.ndarray:
         """BPE ids of a raw caption (capped as sidecars cap them)."""
         if self._tokenizer is None:
-            from clipa_data.tokenizer import default_tokenizer
+            from clipa_data.core.tokenizer import default_tokenizer
 
             self._tokenizer = default_tokenizer()
         ids = self._tokenizer.encode(caption)[:MAX_CAPTION_TOKENS]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from clipa_data.errors import ClipaError
-from clipa_data.text_reduction import TEXT_MASKS
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_train.recipes import FINETUNE_LR_PER_256, PRETRAIN_LR_PER_256, get_recipe
 
 STAGES = ("pretrain", "finetune")

@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-from clipa_data import layout, sidecar, tfrecord
-from clipa_data.errors import ClipaError, CorruptShardError
-from clipa_data.example import bytes_value, parse_message
-from clipa_data.tokenizer import vocab_sha256
+from clipa_data.core import layout, sidecar, tfrecord
+from clipa_data.core.errors import ClipaError, CorruptShardError
+from clipa_data.core.example import bytes_value, parse_message
+from clipa_data.core.tokenizer import vocab_sha256
 
 TextSource = Literal["auto", "sidecar", "caption"]
 TEXT_SOURCES: tuple[str, ...] = ("auto", "sidecar", "caption")

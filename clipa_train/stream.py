@@ -1,7 +1,7 @@
 """The training stream: a torch ``IterableDataset`` whose workers yield whole, fixed-shape batches.
 
 What a worker does in an epoch is a pure function of (seed, epoch, rank, world, worker,
-workers) and the split's shard lengths (``clipa_train.plan``):
+workers) and the split's shard lengths (``clipa_train.epoch_plan``):
 
 - it reads its shards (file-level split, no overlap, no loss) as passes through a seeded
   shuffle buffer over record positions (``clipa_train.shuffle``);
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clipa_data.errors import ClipaError
-from clipa_train import plan, seeding
+from clipa_data.core.errors import ClipaError
+from clipa_train import epoch_plan as plan
+from clipa_train import seeding
 from clipa_train.batch import BatchArrays, BatchShapes
 from clipa_train.image import ImageConfig, ImageError, transform_into
 from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextConfig, TextReducer

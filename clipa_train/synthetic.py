@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 MASKS = ("random", "grid", "block")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 LOGIT_SCALE = 100.0
 IMAGENET_CLASSES = 1000
@@ -48,7 +48,7 @@ class ZeroShotTask:
 def imagenet_task() -> ZeroShotTask:
     """The 1000 OpenAI ImageNet class names and the 80 CLIP prompt templates."""
     data = json.loads(
-        resources.files("clipa_data.assets").joinpath("imagenet1k_zeroshot.json").read_text()
+        resources.files("clipa_data.core.assets").joinpath("imagenet1k_zeroshot.json").read_text()
     )
     return ZeroShotTask("imagenet1k", tuple(data["classnames"]), tuple(data["templates"]))
 

@@ -1,6 +1,6 @@
 """Small real TFDS builder directories for tests.
 
-Shards are written with ``clipa_data.tfrecord`` in img2dataset's feature layout (``key``,
+Shards are written with ``clipa_data.core.tfrecord`` in img2dataset's feature layout (``key``,
 ``jpg``, ``txt`` + optional extras) and the metadata with TFDS's own ``write_metadata``, so
 ``tfds.builder_from_directory`` reads them exactly like a ``clipa-data convert`` output.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipa_data import layout
-from clipa_data.example import encode_example
-from clipa_data.tfrecord import write_records
+from clipa_data.core import layout
+from clipa_data.core.example import encode_example
+from clipa_data.core.tfrecord import write_records
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.loop import LoopConfig, forward_backward, train
 from clipa_train.loss import build_loss

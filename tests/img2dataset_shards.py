@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipa_data import tfrecord
-from clipa_data.example import decode_example
+from clipa_data.core import tfrecord
+from clipa_data.core.example import decode_example
 
 ADDITIONAL_COLUMNS = ("NSFW", "similarity", "LICENSE")
 WRITERS = {"tfrecord": "TFRecordSampleWriter", "webdataset": "WebDatasetSampleWriter"}

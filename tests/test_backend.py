@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.backend import (
     OPENAI_MEAN,
     OPENAI_STD,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from builders import make_builder_dir, make_records
 
-from clipa_data import layout
+from clipa_data.core import layout
 
 
 def test_builder_dir_loads_with_tfds(tmp_path):

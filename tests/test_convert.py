@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from img2dataset_shards import make_samples, source_records, write_shard, write_source
 
-from clipa_data import convert as convert_module
-from clipa_data import layout
-from clipa_data.convert import ConvertConfig, convert
-from clipa_data.errors import ClipaError
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare import convert as convert_module
+from clipa_data.prepare.convert import ConvertConfig, convert
 
 # Shard 2 is missing (a gap, as when img2dataset loses a whole shard); shard 4 has only failures.
 LAYOUT = {0: 6, 1: 5, 3: 7, 4: 1}

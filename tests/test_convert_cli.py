@@ -11,7 +11,7 @@ from clipa_cli.data_app import app
 from img2dataset_shards import make_samples, write_shard, write_source
 from typer.testing import CliRunner
 
-from clipa_data import tfrecord
+from clipa_data.core import tfrecord
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import numpy as np
 from img2dataset_shards import make_samples, write_shard
 from PIL import Image
 
-from clipa_data import layout
-from clipa_data.atomic import is_temporary
+from clipa_data.core import layout
+from clipa_data.core.atomic import is_temporary
 
 NAME = "demo"
 SHARDS = 16

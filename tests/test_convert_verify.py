@@ -21,10 +21,10 @@ from clipa_cli.data_app import app
 from img2dataset_shards import write_source
 from typer.testing import CliRunner
 
-from clipa_data import layout, tfrecord
-from clipa_data.convert import ConvertConfig, convert, read_manifest, verify_manifest
-from clipa_data.errors import ClipaError
-from clipa_data.example import decode_example, encode_example
+from clipa_data.core import layout, tfrecord
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import decode_example, encode_example
+from clipa_data.prepare.convert import ConvertConfig, convert, read_manifest, verify_manifest
 
 NAME = "demo"
 LAYOUT = {0: 6, 1: 5, 2: 7}  # one failed row each: 5, 4 and 6 records

@@ -20,6 +20,7 @@ from clipa_cli.demo import SETTINGS_FILE, DemoSettings, prepare_output
 from PIL import Image
 from rich.console import Console
 
+from clipa_data.core.errors import ClipaError
 from clipa_data.demo import (
     BROKEN_KINDS,
     CLASS_FOLDERS,
@@ -33,7 +34,6 @@ from clipa_data.demo import (
 )
 from clipa_data.demo.captions import NUMBER_WORDS, caption_scene
 from clipa_data.demo.scenes import encode_jpeg, render_scene, scene_rng, training_scene
-from clipa_data.errors import ClipaError
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,17 @@ from clipa_cli.download_command import parse_passthrough, parse_value
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipa_data import layout
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import decode_example
+from clipa_data.core.tfrecord import read_records
 from clipa_data.demo import serve_demo_images, write_demo_metadata
-from clipa_data.download import (
+from clipa_data.prepare.download import (
     DownloadConfig,
     UnfinishedShardsError,
     download,
     read_shard_stats,
 )
-from clipa_data.errors import ClipaError
-from clipa_data.example import decode_example
-from clipa_data.tfrecord import read_records
 
 ROWS = 40
 PER_SHARD = 15  # 3 shards: 15 + 15 + 10
@@ -417,7 +417,7 @@ def test_an_unguarded_script_fails_fast_instead_of_hanging(metadata, tmp_path):
     script = tmp_path / "unguarded.py"
     output = tmp_path / "out"
     script.write_text(
-        "from clipa_data.download import DownloadConfig, download\n"
+        "from clipa_data.prepare.download import DownloadConfig, download\n"
         f"download(DownloadConfig({str(metadata.path)!r}, {str(output)!r}))\n"
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipa_data.example import bytes_value, decode_example, encode_example, parse_message
+from clipa_data.core.example import bytes_value, decode_example, encode_example, parse_message
 
 FEATURES = {
     "key": ("bytes", [b"000000001"]),

@@ -9,7 +9,7 @@ import pytest
 from builders import jpeg_bytes
 from PIL import Image
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train import image
 from clipa_train.image import Box, ImageConfig, ImageError, load_image
 

@@ -11,9 +11,10 @@ from clipa_cli.data_app import app
 from img2dataset_shards import write_source
 from typer.testing import CliRunner
 
-from clipa_data import info, layout
-from clipa_data.convert import ConvertConfig, convert
-from clipa_data.errors import ClipaError
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare import info
+from clipa_data.prepare.convert import ConvertConfig, convert
 
 
 @pytest.fixture(scope="module")

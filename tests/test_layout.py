@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from clipa_data import layout
-from clipa_data.errors import ClipaError
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
 
 
 def test_shard_filename_padding_follows_tfds():

@@ -13,10 +13,10 @@ import torch
 from builders import Record, jpeg_bytes, make_builder_dir, make_records
 from sidecars import write_sidecars
 
-from clipa_data import layout
-from clipa_data.errors import ClipaError
-from clipa_data.tfrecord import HEADER_SIZE
-from clipa_data.tokenizer import SOT
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.tfrecord import HEADER_SIZE
+from clipa_data.core.tokenizer import SOT
 from clipa_train.image import RECIPE_JITTER, ImageConfig
 from clipa_train.loader import Loader
 from clipa_train.reduce import PatchMaskConfig, TextConfig

@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.checkpoint import latest_checkpoint, list_checkpoints, resolve_resume
 from clipa_train.loop import LoopConfig, train

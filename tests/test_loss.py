@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.loss import ContrastiveLoss, SigmoidLoss, build_loss
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.model import build_model, create_model, load_openclip_weights, load_preset
 from clipa_train.model.config import preset_names
 from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed, sincos_2d

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.model import build_model, load_preset
 from clipa_train.optim import (
     OptimConfig,

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipa_data import layout
-from clipa_data.convert import ConvertConfig, convert
+from clipa_data.core import layout
 from clipa_data.demo import serve_demo_images, write_demo_metadata
-from clipa_data.download import DownloadConfig, download
+from clipa_data.prepare.convert import ConvertConfig, convert
+from clipa_data.prepare.download import DownloadConfig, download
 
 ROWS = 30
 PER_SHARD = 12  # 3 shards: 12 + 12 + 6 rows, minus the 5 planted failures

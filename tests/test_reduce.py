@@ -7,9 +7,9 @@ import pytest
 from builders import make_builder_dir, make_records
 from sidecars import write_sidecars
 
-from clipa_data import layout, sidecar, text_reduction
-from clipa_data.errors import ClipaError
-from clipa_data.tokenizer import EOT, SOT, vocab_sha256
+from clipa_data.core import layout, sidecar, text_reduction
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.tokenizer import EOT, SOT, vocab_sha256
 from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextConfig, TextReducer
 
 SIZES = [(64, 16), (112, 16), (224, 16), (224, 14), (96, 16), (32, 16)]
@@ -133,7 +133,7 @@ def test_syntax_keeps_nouns_first_in_text_order(rows):
     assert (
         ids.tolist() == text_reduction.syntax_mask(rows.caption_ids(0), *rows.words(0), 6).tolist()
     )
-    from clipa_data.tokenizer import default_tokenizer
+    from clipa_data.core.tokenizer import default_tokenizer
 
     assert default_tokenizer().decode(ids) == "circles grass bench park"
     assert reduce(CAPTIONS[1], rows, 1, np.random.default_rng(0)).tolist()[:4] == [

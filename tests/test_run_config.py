@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.run_config import TrainConfig, read_config_file, resolve
 
 BASE = {"data": "d", "out": "o"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clipa_data.errors import ClipaError
-from clipa_data.example import encode_example
-from clipa_data.schema import FULL_PARSE_RECORDS, merge, observe, skeleton
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import encode_example
+from clipa_data.prepare.schema import FULL_PARSE_RECORDS, merge, observe, skeleton
 
 
 def record(index: int, **overrides) -> bytes:

@@ -10,10 +10,10 @@ import pytest
 from builders import jpeg_bytes, make_builder_dir, make_records
 from sidecars import write_sidecars
 
-from clipa_data import layout
-from clipa_data.errors import ClipaError
-from clipa_data.example import encode_example
-from clipa_data.tfrecord import HEADER_SIZE, frame
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import encode_example
+from clipa_data.core.tfrecord import HEADER_SIZE, frame
 from clipa_train.shards import Record, Unreadable, open_split
 
 CAPTIONS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from clipa_data import sidecar
-from clipa_data.errors import ClipaError
-from clipa_data.tokenizer import vocab_sha256
+from clipa_data.core import sidecar
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.tokenizer import vocab_sha256
 
 SHARD = "demo-train.tfrecord-00000-of-00001"
 

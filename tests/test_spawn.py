@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from clipa_data.spawn import line_is_guarded
+from clipa_data.prepare.spawn import line_is_guarded
 
 SOURCE = textwrap.dedent(
     """\
@@ -33,7 +33,7 @@ def test_only_lines_inside_a_top_level_main_guard_are_guarded():
 
 def test_check_passes_for_a_guarded_script_and_fails_for_an_unguarded_one(tmp_path):
     body = (
-        "from clipa_data.spawn import check_spawn_safe\n"
+        "from clipa_data.prepare.spawn import check_spawn_safe\n"
         "def main():\n"
         "    check_spawn_safe('demo()')\n"
         "    print('ok')\n"
@@ -51,6 +51,8 @@ def test_check_passes_for_a_guarded_script_and_fails_for_an_unguarded_one(tmp_pa
 
 
 def test_python_dash_c_is_never_reimported():
-    code = "from clipa_data.spawn import check_spawn_safe; check_spawn_safe('x'); print('ok')"
+    code = (
+        "from clipa_data.prepare.spawn import check_spawn_safe; check_spawn_safe('x'); print('ok')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok"

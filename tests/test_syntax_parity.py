@@ -15,15 +15,15 @@ import pytest
 from builders import make_records
 from test_tokenizer import openclip_clean
 
-from clipa_data import layout, sidecar
-from clipa_data import text_reduction as tr
-from clipa_data.synthetic_captions import (
+from clipa_data.core import layout, sidecar
+from clipa_data.core import text_reduction as tr
+from clipa_data.core.tokenizer import EOT, SOT, ClipTokenizer
+from clipa_data.demo.synthetic_captions import (
     hard_captions,
     laion_like_captions,
     unicode_heavy_captions,
 )
-from clipa_data.tag import TagConfig, tag_builder
-from clipa_data.tokenizer import EOT, SOT, ClipTokenizer
+from clipa_data.prepare.tagging import TagConfig, tag_builder
 
 nltk_data_dir, nltk_env = nltk_data.nltk_data_dir, nltk_data.nltk_env
 LENGTHS = (8, 16, 32)

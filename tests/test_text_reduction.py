@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipa_data import text_reduction as tr
-from clipa_data.tokenizer import EOT, SOT
+from clipa_data.core import text_reduction as tr
+from clipa_data.core.tokenizer import EOT, SOT
 
 IDS = np.array([11, 12, 13, 14, 15, 16])
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clipa_data import tfrecord
-from clipa_data.errors import CorruptShardError
+from clipa_data.core import tfrecord
+from clipa_data.core.errors import CorruptShardError
 
 
 def write(path: Path, payloads: list[bytes]) -> Path:

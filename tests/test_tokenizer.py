@@ -12,8 +12,7 @@ from pathlib import Path
 import ftfy
 import pytest
 
-from clipa_data import synthetic_captions
-from clipa_data.tokenizer import (
+from clipa_data.core.tokenizer import (
     EOT,
     SOT,
     VOCAB_SIZE,
@@ -22,6 +21,7 @@ from clipa_data.tokenizer import (
     clean_text,
     vocab_sha256,
 )
+from clipa_data.demo import synthetic_captions
 
 SHARED_VOCAB = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "bpe_simple_vocab_16e6.txt.gz"

@@ -194,9 +194,9 @@ def write_imagenet_like(root: Path, images: list[tuple[bytes, int]]) -> tuple[Pa
     """The same labelled images as a 1000-class ImageFolder and a TFDS imagenet2012 builder."""
     import tensorflow_datasets as tfds
 
-    from clipa_data import layout
-    from clipa_data.example import encode_example
-    from clipa_data.tfrecord import write_records
+    from clipa_data.core import layout
+    from clipa_data.core.example import encode_example
+    from clipa_data.core.tfrecord import write_records
 
     folder = root / "imagefolder" / "val"
     for label in range(1000):

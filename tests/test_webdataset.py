@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from img2dataset_shards import make_samples, source_records, write_shard
 
-from clipa_data import webdataset
-from clipa_data.example import decode_example
-from clipa_data.webdataset import CorruptTarError
+from clipa_data.core.example import decode_example
+from clipa_data.prepare import webdataset
+from clipa_data.prepare.webdataset import CorruptTarError
 
 
 @pytest.fixture(scope="module")

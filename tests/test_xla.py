@@ -21,8 +21,8 @@ torch_xla = pytest.importorskip("torch_xla")
 
 from xla_data import write_in_child  # noqa: E402
 
-from clipa_data.errors import ClipaError  # noqa: E402
-from clipa_data.tokenizer import VOCAB_SIZE  # noqa: E402
+from clipa_data.core.errors import ClipaError  # noqa: E402
+from clipa_data.core.tokenizer import VOCAB_SIZE  # noqa: E402
 from clipa_train.backend import BackendConfig, create_backend  # noqa: E402
 from clipa_train.image import ImageConfig  # noqa: E402
 from clipa_train.loader import Loader  # noqa: E402

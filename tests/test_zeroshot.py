@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train import zeroshot
 from clipa_train.model import build_model, load_preset
 

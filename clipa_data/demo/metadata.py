@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipa_data.atomic import atomic_writer
+from clipa_data.core.atomic import atomic_writer
+from clipa_data.core.errors import ClipaError
 from clipa_data.demo.captions import caption_scene
 from clipa_data.demo.scenes import scene_rng, training_scene
 from clipa_data.demo.server import broken_path, image_path, missing_path, optout_path
-from clipa_data.errors import ClipaError
 
 METADATA_SALT = 3
 

@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.atomic import TEMP_MARKER
+from clipa_data.core.atomic import TEMP_MARKER
+from clipa_data.core.errors import ClipaError
 from clipa_data.demo.scenes import CLASS_NAMES, CLASSES, encode_jpeg, render_scene, validation_scene
-from clipa_data.errors import ClipaError
 
 IMAGE_SUBDIR = "val"
 CLASSNAMES_FILE = "classnames.txt"

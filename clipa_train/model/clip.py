@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.model.config import ModelConfig
 from clipa_train.model.transformer import CheckpointFunction, Transformer
 from clipa_train.model.vision import VisionTransformer

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 POOLS = ("token", "gap")
 POS_EMBEDS = ("learnable", "sin_cos_2d")

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 
 def sincos_2d(width: int, grid: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.model.config import VisionConfig
 from clipa_train.model.pos_embed import sincos_2d
 from clipa_train.model.transformer import Transformer

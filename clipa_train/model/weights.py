@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed
 
 StateDict = dict[str, torch.Tensor]

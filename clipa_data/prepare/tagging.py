@@ -1,7 +1,7 @@
 """``clipa-data tag``: tokenise and POS-tag every caption once, into one Arrow sidecar per shard.
 
 Per shard (one process-pool task): read the shard's records in order, tag the raw captions
-(``clipa_data.tagging``), BPE-encode the caption and every tagger word, and write
+(``clipa_data.core.taggers``), BPE-encode the caption and every tagger word, and write
 ``sidecars/<shard>.arrow`` atomically, row i = record i. A re-run skips shards whose sidecar is
 finished and valid; a sidecar that no longer matches (other vocabulary, text field, tagger or
 row count) stops the run naming the shard, unless ``overwrite`` re-tags it. The run ends with
@@ -16,19 +16,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from clipa_data import layout
-from clipa_data.atomic import remove_temporaries, write_json
-from clipa_data.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
-from clipa_data.errors import ClipaError
-from clipa_data.provenance import package_versions
-from clipa_data.runner import RunPlan, default_workers, map_shards
-from clipa_data.sidecar import (
+from clipa_data.core import layout
+from clipa_data.core.atomic import remove_temporaries, write_json
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.provenance import package_versions
+from clipa_data.core.sidecar import (
     SidecarInfo,
     TableBuilder,
     read_header,
     write_sidecar,
 )
-from clipa_data.tagging import (
+from clipa_data.core.taggers import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPACY_MODEL,
     TAGGER_CHOICES,
@@ -37,8 +35,10 @@ from clipa_data.tagging import (
     load_tagger,
     resolve_tagger,
 )
-from clipa_data.text_reduction import priority_of_tag
-from clipa_data.tokenizer import default_tokenizer, vocab_sha256
+from clipa_data.core.text_reduction import priority_of_tag
+from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
+from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
+from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
 
 
 @dataclass(frozen=True)

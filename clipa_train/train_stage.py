@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipa_data import layout
-from clipa_data.atomic import write_json
-from clipa_data.errors import ClipaError
-from clipa_data.provenance import package_versions
+from clipa_data.core import layout
+from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.provenance import package_versions
 from clipa_train.run_config import TrainConfig
 
 DEFAULT_PRESET = "ViT-B-16-CL16"
@@ -115,8 +115,8 @@ def model_for(config: TrainConfig):
 
 def _sidecar_tagger(reader):
     """The tagger that made the sidecars, as a loadable spec (None if unavailable here)."""
-    from clipa_data import sidecar
-    from clipa_data.tagging import resolve_tagger
+    from clipa_data.core import sidecar
+    from clipa_data.core.taggers import resolve_tagger
 
     path = layout.sidecar_path(reader.builder, reader.split.shards[0].path)
     info, _ = sidecar.read_header(path)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 ORDER_STREAM = 0x5348  # distinguishes the shard-order generator from other seeded streams
 

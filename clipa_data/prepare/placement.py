@@ -2,7 +2,7 @@
 
 Every method is atomic: the shard appears under its final name complete or not at all (a
 temporary sibling plus ``os.replace``, or a single ``os.rename``), so a killed run leaves only
-temporaries that ``clipa_data.atomic.remove_temporaries`` clears, and ``is_placed`` can tell a
+temporaries that ``clipa_data.core.atomic.remove_temporaries`` clears, and ``is_placed`` can tell a
 finished shard from one still to do.
 """
 
@@ -13,9 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data import tfrecord, webdataset
-from clipa_data.atomic import atomic_writer, temporary_path
-from clipa_data.errors import ClipaError
+from clipa_data.core import tfrecord
+from clipa_data.core.atomic import atomic_writer, temporary_path
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare import webdataset
 
 MODES = ("auto", "copy", "hardlink", "symlink", "move")
 """``--mode`` choices; ``auto`` is hardlink on one filesystem, else copy."""

@@ -14,7 +14,7 @@ import multiprocessing
 import sys
 from types import FrameType
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 FIX = 'put the call under `if __name__ == "__main__":` (spawned worker processes re-import it)'
 
@@ -64,7 +64,7 @@ def _main_is_reimported(main) -> bool:
 def check_spawn_safe(caller: str) -> None:
     """Raise ``ClipaError`` if starting spawn workers from here would re-run the main script.
 
-    ``caller`` names the API in the message, e.g. ``clipa_data.download.download()``.
+    ``caller`` names the API in the message, e.g. ``clipa_data.prepare.download.download()``.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # The stdlib's own flag (multiprocessing.spawn._check_not_importing_main): we are a child

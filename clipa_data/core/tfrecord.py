@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import google_crc32c
 
-from clipa_data.errors import CorruptShardError
+from clipa_data.core.errors import CorruptShardError
 
 HEADER = struct.Struct("<QI")
 FOOTER = struct.Struct("<I")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 TAGGER_CHOICES = ("auto", "nltk", "spacy")
 DEFAULT_SPACY_MODEL = "en_core_web_sm"

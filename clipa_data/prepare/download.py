@@ -34,12 +34,12 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from clipa_data import layout
-from clipa_data.atomic import write_json
-from clipa_data.errors import ClipaError
-from clipa_data.provenance import package_versions
-from clipa_data.runner import default_workers
-from clipa_data.spawn import check_spawn_safe
+from clipa_data.core import layout
+from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.provenance import package_versions
+from clipa_data.prepare.runner import default_workers
+from clipa_data.prepare.spawn import check_spawn_safe
 
 INPUT_FORMATS = (
     "parquet",
@@ -485,7 +485,7 @@ def download(config: DownloadConfig) -> DownloadSummary:
     ``__main__`` guard, and when shards remain unfinished (after writing the summary): re-run
     the same call to retry them; finished shards are skipped.
     """
-    check_spawn_safe("clipa_data.download.download()")
+    check_spawn_safe("clipa_data.prepare.download.download()")
     expected = check_inputs(config)
     output = Path(config.output_folder)
     resumed = (

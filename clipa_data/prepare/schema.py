@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from clipa_data.errors import ClipaError
-from clipa_data.example import Kind, example_class, parse_message
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import Kind, example_class, parse_message
 
 FULL_PARSE_RECORDS = 100
 """Records at the start of every shard decoded in full (value counts: scalar or list)."""

@@ -42,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from clipa_data import __version__, layout
-from clipa_data.atomic import atomic_writer
-from clipa_data.errors import ClipaError
-from clipa_data.text_reduction import stable_ranks
+from clipa_data import __version__
+from clipa_data.core import layout
+from clipa_data.core.atomic import atomic_writer
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.text_reduction import stable_ranks
 
 MAX_CAPTION_TOKENS = 1024
 """Captions longer than this many BPE ids are cut (random/block masks then draw from these)."""

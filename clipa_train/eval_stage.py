@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.atomic import write_json
-from clipa_data.errors import ClipaError
+from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
 
 CROPS = ("center", "square")
 
@@ -62,7 +62,7 @@ class EvalConfig:
 
 def _model(config: EvalConfig):
     from clipa_train.model import ModelConfig, build_model, load_openclip_weights, load_preset
-    from clipa_train.session import _checkpoint_architecture
+    from clipa_train.train_stage import _checkpoint_architecture
 
     saved = _checkpoint_architecture(config.checkpoint)
     if config.model is not None:

@@ -84,7 +84,7 @@ def clean_text(text: str) -> str:
 
 def vocab_bytes() -> bytes:
     """The gzipped merges file shipped with the package."""
-    return resources.files("clipa_data.assets").joinpath(VOCAB_FILE).read_bytes()
+    return resources.files("clipa_data.core.assets").joinpath(VOCAB_FILE).read_bytes()
 
 
 @functools.cache

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.errors import ClipaError
+from clipa_data.core.errors import ClipaError
 
 # --- img2dataset output -------------------------------------------------------------------------
 

@@ -27,15 +27,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipa_data import layout, tfds_metadata
-from clipa_data.atomic import remove_temporaries, write_json
-from clipa_data.errors import ClipaError
-from clipa_data.inspection import TFRECORD, WEBDATASET, Inspection, InspectTask, inspect_shard
-from clipa_data.placement import ENCODE, MODES, Placed, PlaceTask, place_shard, resolve_mode
-from clipa_data.provenance import package_versions
-from clipa_data.runner import RunPlan, default_workers, map_shards
-from clipa_data.schema import Schema, merge
-from clipa_data.tfds_metadata import Verification
+from clipa_data.core import layout
+from clipa_data.core.atomic import remove_temporaries, write_json
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.provenance import package_versions
+from clipa_data.prepare import tfds_metadata
+from clipa_data.prepare.inspection import (
+    TFRECORD,
+    WEBDATASET,
+    Inspection,
+    InspectTask,
+    inspect_shard,
+)
+from clipa_data.prepare.placement import ENCODE, MODES, Placed, PlaceTask, place_shard, resolve_mode
+from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
+from clipa_data.prepare.schema import Schema, merge
+from clipa_data.prepare.tfds_metadata import Verification
 
 MANIFEST_VERSION = 1
 VERIFY_CHOICES = ("headers", "crc")

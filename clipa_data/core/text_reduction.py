@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from clipa_data.tokenizer import EOT, PAD, SOT
+from clipa_data.core.tokenizer import EOT, PAD, SOT
 
 TextMask = Literal["truncate", "random", "block", "syntax"]
 TEXT_MASKS: tuple[str, ...] = ("truncate", "random", "block", "syntax")

@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from clipa_data import layout
-from clipa_data.errors import ClipaError
-from clipa_data.sidecar_check import coverage_of_splits
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare.sidecar_check import coverage_of_splits
 
 
 @dataclass(frozen=True)

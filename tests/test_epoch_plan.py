@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipa_data.errors import ClipaError
-from clipa_train import plan
+from clipa_data.core.errors import ClipaError
+from clipa_train import epoch_plan as plan
 
 
 def shares(lengths, world, workers, steps, seed=0, epoch=0):

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from clipa_data import layout
-from clipa_data import text_reduction as tr
-from clipa_data.captions import DEFAULT_TEXT_FIELD, Caption, iter_captions
-from clipa_data.errors import ClipaError
-from clipa_data.sidecar import (
+from clipa_data.core import layout
+from clipa_data.core import text_reduction as tr
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.sidecar import (
     MAX_CAPTION_TOKENS,
     SidecarExpectation,
     SidecarRows,
     compare_keys,
     load_sidecar,
 )
-from clipa_data.tokenizer import default_tokenizer, vocab_sha256
+from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
+from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, iter_captions
 
 
 @dataclass(frozen=True)

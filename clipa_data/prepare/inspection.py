@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data import tfrecord, webdataset
-from clipa_data.errors import ClipaError
-from clipa_data.schema import ShardSchema, observe
+from clipa_data.core import tfrecord
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare import webdataset
+from clipa_data.prepare.schema import ShardSchema, observe
 
 TFRECORD = "tfrecord"
 WEBDATASET = "tar"

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data import layout
-from clipa_data.errors import ClipaError
-from clipa_data.schema import Column, Schema, image_format
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare.schema import Column, Schema, image_format
 
 VERIFY_CHUNK = 512
 """Shards read per ``as_dataset`` call while verifying (keeps one read plan small)."""

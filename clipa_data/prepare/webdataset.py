@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.errors import CorruptShardError
-from clipa_data.example import Kind, encode_example
-from clipa_data.schema import IMAGE_FORMATS
+from clipa_data.core.errors import CorruptShardError
+from clipa_data.core.example import Kind, encode_example
+from clipa_data.prepare.schema import IMAGE_FORMATS
 
 BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = 2 * BLOCK

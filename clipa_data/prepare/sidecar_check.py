@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipa_data import layout
-from clipa_data.captions import DEFAULT_TEXT_FIELD, iter_captions
-from clipa_data.errors import ClipaError
-from clipa_data.runner import RunPlan, default_workers, map_shards
-from clipa_data.sidecar import SidecarExpectation, check_keys, load_sidecar, read_header
-from clipa_data.tokenizer import vocab_sha256
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.sidecar import SidecarExpectation, check_keys, load_sidecar, read_header
+from clipa_data.core.tokenizer import vocab_sha256
+from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, iter_captions
+from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
 
 
 @dataclass(frozen=True)

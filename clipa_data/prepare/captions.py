@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.errors import ClipaError
-from clipa_data.example import parse_message
-from clipa_data.tfrecord import read_records
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.example import parse_message
+from clipa_data.core.tfrecord import read_records
 
 KEY_FIELD = "key"
 DEFAULT_TEXT_FIELD = "txt"
