@@ -3,6 +3,6 @@
 Only this package imports torch, and only ``clipa_train.backend`` imports torch_xla.
 """
 
-from clipa_data import __version__
+from clipa_data.core import __version__
 
 __all__ = ["__version__"]

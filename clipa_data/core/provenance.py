@@ -6,7 +6,7 @@ import os
 import platform
 from importlib import metadata
 
-from clipa_data import __version__
+from clipa_data.core import __version__
 
 
 def package_versions(names: list[str]) -> dict[str, str | None]:

@@ -42,8 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from clipa_data import __version__
-from clipa_data.core import layout
+from clipa_data.core import __version__, layout
 from clipa_data.core.atomic import atomic_writer
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import stable_ranks
