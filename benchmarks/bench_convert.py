@@ -243,6 +243,80 @@ def time_counts(pool, function, paths: list[str]) -> tuple[float, list[int]]:
     return time.perf_counter() - started, counts
 
 
+def count_phase(names: list[str], workers: int, repeats: int, expected: list[int]):
+    """Counting alone, on pre-started, warmed pools of the same size; returns the TF pool too."""
+    their_pool = reference_pool(workers)
+    with multiprocessing.get_context("spawn").Pool(workers) as our_pool:
+        our_pool.map(header_count, names[:workers])
+        their_pool.map(tf_count, names[:workers])
+        ours, theirs = [], []
+        for _ in range(repeats):
+            seconds, their_counts = time_counts(their_pool, tf_count, names)
+            theirs.append(seconds)
+            seconds, our_counts = time_counts(our_pool, header_count, names)
+            ours.append(seconds)
+    assert our_counts == their_counts == expected, (our_counts, their_counts)
+    return ours, theirs, their_pool
+
+
+def flow_phase(their_pool, src: Path, paths: list[Path], workers: int, repeats: int, records: int):
+    """Whole flows, alternating: ours starts its own pool inside convert(); the reference
+    reuses the warm TensorFlow pool. Returns the median phases of each variant."""
+    our_runs, reference_runs = [], []
+    for _ in range(repeats):
+        reference_runs.append(reference_flow(their_pool, paths, WORK / "reference"))
+        our_runs.append(our_flow(src, WORK / "ours", workers))
+    their_pool.close()
+    their_pool.join()
+    sampled = [our_flow(src, WORK / "ours", workers, schema_records=100) for _ in range(repeats)]
+    with_crc = [our_flow(src, WORK / "ours", workers, verify="crc") for _ in range(repeats)]
+    for run in our_runs + reference_runs + sampled + with_crc:
+        assert run["records"] == records
+    return {
+        "ours": median_phases(our_runs),
+        "ours_schema_records_100": median_phases(sampled),
+        "ours_verify_crc": median_phases(with_crc),
+        "original": median_phases(reference_runs),
+    }
+
+
+FLOW_PHASES = ["inspect", "count", "import_tensorflow", "place", "rename", "metadata", "verify"]
+FLOW_LABELS = {
+    "original": "original",
+    "ours": "ours",
+    "ours_schema_records_100": "ours, schema N=100",
+    "ours_verify_crc": "ours, verify crc",
+}
+NOTES = (
+    "Both sides read from a warm page cache. Counting alone: pre-started pools of the "
+    "same size, start-up excluded. Whole flows: TensorFlow/TFDS imported beforehand; "
+    "the reference reuses its warm TensorFlow pool (its spawn + import excluded, "
+    "forked tf.data workers deadlock with TF 2.21), ours starts its own spawn pool "
+    "inside convert(). Shared 2-core machine: see load_average_1min."
+)
+
+
+def print_report(records: int, total_bytes: int, workers: int, counts, flows, ratios) -> None:
+    """The counting table, the whole-flow table and the ratios."""
+    count_ours, count_theirs = counts
+    print_table(
+        f"counting {records:,} records, {total_bytes / 1e9:.2f} GB, {workers} workers",
+        ["", "seconds", "records/s"],
+        [
+            ["original: tf.data reduce", count_theirs, records / count_theirs],
+            ["ours: header walk", count_ours, records / count_ours],
+            ["ratio", count_theirs / count_ours, ""],
+        ],
+    )
+    phases = [*FLOW_PHASES, "total"]
+    print_table(
+        "whole flow (seconds)",
+        ["flow", *phases],
+        [[label, *(flows[key].get(p, "") for p in phases)] for key, label in FLOW_LABELS.items()],
+    )
+    print({key: round(value, 2) for key, value in ratios.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data; write no JSON")
@@ -250,6 +324,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     shards, per_shard = (4, 300) if args.quick else (24, 2100)
+    records = shards * per_shard
     src = WORK / ("src-quick" if args.quick else "src")
     generate(src, shards, per_shard)
     paths = sorted(src.glob("*.tfrecord"))
@@ -260,42 +335,11 @@ def main() -> None:
     load_before = os.getloadavg()
     # Imported up front, so neither side pays it inside the timings.
     import_seconds = tfds_metadata.import_tensorflow()
-
-    # Counting phase alone, on pre-started, warmed pools of the same size.
     names = [str(p) for p in paths]
-    their_pool = reference_pool(args.workers)
-    with multiprocessing.get_context("spawn").Pool(args.workers) as our_pool:
-        our_pool.map(header_count, names[: args.workers])
-        their_pool.map(tf_count, names[: args.workers])
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            seconds, their_counts = time_counts(their_pool, tf_count, names)
-            theirs.append(seconds)
-            seconds, our_counts = time_counts(our_pool, header_count, names)
-            ours.append(seconds)
-    assert our_counts == their_counts == [per_shard] * shards, (our_counts, their_counts)
-
-    # Whole flows, alternating. Ours starts its own pool inside convert(); the reference
-    # reuses the warm TensorFlow pool.
-    our_runs, reference_runs = [], []
-    for _ in range(args.repeats):
-        reference_runs.append(reference_flow(their_pool, paths, WORK / "reference"))
-        our_runs.append(our_flow(src, WORK / "ours", args.workers))
-    their_pool.close()
-    their_pool.join()
-    sampled = [
-        our_flow(src, WORK / "ours", args.workers, schema_records=100) for _ in range(args.repeats)
-    ]
-    with_crc = [
-        our_flow(src, WORK / "ours", args.workers, verify="crc") for _ in range(args.repeats)
-    ]
-    for run in our_runs + reference_runs + sampled + with_crc:
-        assert run["records"] == shards * per_shard
+    ours, theirs, their_pool = count_phase(names, args.workers, args.repeats, [per_shard] * shards)
+    flows = flow_phase(their_pool, src, paths, args.workers, args.repeats, records)
 
     count_ours, count_theirs = statistics.median(ours), statistics.median(theirs)
-    flow_ours, flow_theirs = median_phases(our_runs), median_phases(reference_runs)
-    flow_sampled, flow_crc = median_phases(sampled), median_phases(with_crc)
-    records = shards * per_shard
     figures = {
         "data": {
             "shards": shards,
@@ -314,71 +358,26 @@ def main() -> None:
             "ours": records / count_ours,
             "original": records / count_theirs,
         },
-        "flow_seconds": {
-            "ours": flow_ours,
-            "ours_schema_records_100": flow_sampled,
-            "ours_verify_crc": flow_crc,
-            "original": flow_theirs,
-        },
+        "flow_seconds": flows,
         "import_seconds_tensorflow_tfds": import_seconds,
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
-        "notes": (
-            "Both sides read from a warm page cache. Counting alone: pre-started pools of the "
-            "same size, start-up excluded. Whole flows: TensorFlow/TFDS imported beforehand; "
-            "the reference reuses its warm TensorFlow pool (its spawn + import excluded, "
-            "forked tf.data workers deadlock with TF 2.21), ours starts its own spawn pool "
-            "inside convert(). Shared 2-core machine: see load_average_1min."
-        ),
+        "notes": NOTES,
     }
     ratios = {
         "count_vs_original": count_theirs / count_ours,
-        "convert_vs_original": flow_theirs["total"] / flow_ours["total"],
-        "convert_schema_records_100_vs_original": flow_theirs["total"] / flow_sampled["total"],
+        "convert_vs_original": flows["original"]["total"] / flows["ours"]["total"],
+        "convert_schema_records_100_vs_original": flows["original"]["total"]
+        / flows["ours_schema_records_100"]["total"],
     }
-    print_table(
-        f"counting {records:,} records, {total_bytes / 1e9:.2f} GB, {args.workers} workers",
-        ["", "seconds", "records/s"],
-        [
-            ["original: tf.data reduce", count_theirs, records / count_theirs],
-            ["ours: header walk", count_ours, records / count_ours],
-            ["ratio", count_theirs / count_ours, ""],
-        ],
-    )
-    phases = [
-        "inspect",
-        "count",
-        "import_tensorflow",
-        "place",
-        "rename",
-        "metadata",
-        "verify",
-        "total",
-    ]
-    print_table(
-        "whole flow (seconds)",
-        ["flow", *phases],
-        [
-            [label, *(run.get(p, "") for p in phases)]
-            for label, run in [
-                ("original", flow_theirs),
-                ("ours", flow_ours),
-                ("ours, schema N=100", flow_sampled),
-                ("ours, verify crc", flow_crc),
-            ]
-        ],
-    )
-    print({key: round(value, 2) for key, value in ratios.items()})
+    print_report(records, total_bytes, args.workers, (count_ours, count_theirs), flows, ratios)
     if not args.quick:
+        config = {"workers": args.workers, "repeats": args.repeats, "shards": shards}
+        config["records_per_shard"] = per_shard
         path = write_result(
             "convert",
             ratios=ratios,
             figures=figures,
-            config={
-                "workers": args.workers,
-                "repeats": args.repeats,
-                "shards": shards,
-                "records_per_shard": per_shard,
-            },
+            config=config,
             packages=PACKAGES,
             command="make setup && .venv/bin/python -m benchmarks.bench_convert",
         )

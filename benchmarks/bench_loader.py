@@ -196,31 +196,9 @@ def original(
 # --- (b) the best tf.data path -------------------------------------------------------------------
 
 
-def tfdata_best(
-    builder: Path, size: int, length: int, variant: str
-) -> Callable[[], tuple[float, float]]:
-    """tf.data with the sidecar text. ``variant``: ``scaled`` decodes at the ``ratio`` that keeps
-    the crop >= the target (chosen per element, as ours), ``crop`` decodes only the crop window
-    at full size, ``fixed_ratio`` decodes the whole image at one ratio and may upsample the crop
-    (cheaper, blurrier: reported, not used for the ratio)."""
+def tf_decoders(size: int, fixed_ratio: int) -> dict[str, Callable]:
+    """The tf.data decode variants of ``tfdata_best``, each JPEG bytes -> the cropped image."""
     import tensorflow as tf
-
-    from clipa_data.core import layout
-    from clipa_data.core.text_reduction import syntax_mask
-    from clipa_train.shards import open_split
-
-    reader = open_split(str(builder))
-    rows = {}
-    for shard in range(len(reader.split.shards)):
-        sidecar = reader.sidecar(shard)
-        for index, key in enumerate(sidecar.keys):
-            rows[key] = (sidecar, index)
-    files = [shard.path for shard in layout.read_split(builder, "train").shards]
-    fixed_ratio = max(k for k in (1, 2, 4, 8) if 256 // k >= size)
-    spec = {
-        "key": tf.io.FixedLenFeature([], tf.string),
-        "jpg": tf.io.FixedLenFeature([], tf.string),
-    }
 
     def crop_window(shape):
         begin, extent, _ = tf.image.sample_distorted_bounding_box(
@@ -255,7 +233,35 @@ def tfdata_best(
         begin, extent = crop_window(tf.shape(image))
         return tf.slice(image, begin, extent)
 
-    decode = {"scaled": decode_scaled, "crop": decode_crop, "fixed_ratio": decode_fixed}[variant]
+    return {"scaled": decode_scaled, "crop": decode_crop, "fixed_ratio": decode_fixed}
+
+
+def tfdata_best(
+    builder: Path, size: int, length: int, variant: str
+) -> Callable[[], tuple[float, float]]:
+    """tf.data with the sidecar text. ``variant``: ``scaled`` decodes at the ``ratio`` that keeps
+    the crop >= the target (chosen per element, as ours), ``crop`` decodes only the crop window
+    at full size, ``fixed_ratio`` decodes the whole image at one ratio and may upsample the crop
+    (cheaper, blurrier: reported, not used for the ratio)."""
+    import tensorflow as tf
+
+    from clipa_data.core import layout
+    from clipa_data.core.text_reduction import syntax_mask
+    from clipa_train.shards import open_split
+
+    reader = open_split(str(builder))
+    rows = {}
+    for shard in range(len(reader.split.shards)):
+        sidecar = reader.sidecar(shard)
+        for index, key in enumerate(sidecar.keys):
+            rows[key] = (sidecar, index)
+    files = [shard.path for shard in layout.read_split(builder, "train").shards]
+    fixed_ratio = max(k for k in (1, 2, 4, 8) if 256 // k >= size)
+    spec = {
+        "key": tf.io.FixedLenFeature([], tf.string),
+        "jpg": tf.io.FixedLenFeature([], tf.string),
+    }
+    decode = tf_decoders(size, fixed_ratio)[variant]
 
     def transform(raw):
         example = tf.io.parse_single_example(raw, spec)
@@ -329,16 +335,22 @@ def pin(cores: set[int]) -> None:
     os.sched_setaffinity(0, cores)
 
 
-def main(rounds: int = ROUNDS) -> None:
-    import cv2
-    import torch
+PACKAGES = [
+    "torch",
+    "numpy",
+    "simplejpeg",
+    "opencv-python-headless",
+    "pillow",
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+    "spacy",
+    "protobuf",
+    "pyarrow",
+]
 
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-    all_cores = os.sched_getaffinity(0)
-    builder = build(WORK, shards=SHARDS, per_shard=PER_SHARD)
-    load_before = os.getloadavg()
 
+def measurements(builder: Path) -> tuple[dict, dict]:
+    """(single-core pipelines, multi-worker pipelines): name -> a function that measures once."""
     single = {f"ours/{name}": ours(builder, case) for name, case in CASES.items()}
     single["original/112px_syntax_T16"] = original(builder, 112, 16)
     single["original/64px_syntax_T16"] = original(builder, 64, 16)
@@ -353,7 +365,12 @@ def main(rounds: int = ROUNDS) -> None:
         f"ours_{n}_workers/112px_syntax_T16": ours(builder, CASES["112px_syntax_T16"], n)
         for n in (1, 2)
     }
+    return single, parallel
 
+
+def run_rounds(single: dict, parallel: dict, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Interleaved rounds: single-core pipelines pinned to one core, then the parallel ones."""
+    all_cores = os.sched_getaffinity(0)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*single, *parallel]}
     for round_number in range(rounds):
         pin({CORE})
@@ -363,22 +380,30 @@ def main(rounds: int = ROUNDS) -> None:
         for name, measure in parallel.items():
             runs[name].append(measure())
         print(f"round {round_number + 1}/{rounds} done", flush=True)
-    wall = {name: statistics.median(w for w, _ in values) for name, values in runs.items()}
-    per_cpu = {name: statistics.median(c for _, c in values) for name, values in runs.items()}
+    return runs
 
+
+def loader_ratios(wall: dict, per_cpu: dict) -> dict[str, float]:
+    """The ratios the README reports (per CPU second, except two workers vs one)."""
     ours_112 = per_cpu["ours/112px_syntax_T16"]
     tfdata_112 = max(
         per_cpu["tfdata_scaled/112px_syntax_T16"], per_cpu["tfdata_crop/112px_syntax_T16"]
     )
     one, two = "ours_1_workers/112px_syntax_T16", "ours_2_workers/112px_syntax_T16"
-    ratios = {
+    return {
         "vs_original_112": ours_112 / per_cpu["original/112px_syntax_T16"],
         "vs_original_64": per_cpu["ours/64px_syntax_T16"] / per_cpu["original/64px_syntax_T16"],
         "vs_tfdata_112": ours_112 / tfdata_112,
         "two_workers_vs_one": wall[two] / wall[one],
         "share_of_ceiling_112": ours_112 / per_cpu["ceiling/112px"],
     }
-    figures = {
+
+
+def loader_figures(runs: dict, single: dict, parallel: dict, wall: dict, per_cpu: dict) -> dict:
+    """Every raw figure behind the ratios."""
+    ours_112 = per_cpu["ours/112px_syntax_T16"]
+    one, two = "ours_1_workers/112px_syntax_T16", "ours_2_workers/112px_syntax_T16"
+    return {
         "samples_per_s_per_core": {n: round(v, 1) for n, v in per_cpu.items() if n in single},
         "samples_per_s_per_core_wall": {n: round(v, 1) for n, v in wall.items() if n in single},
         "samples_per_s_total_wall": {n: round(v, 1) for n, v in wall.items() if n in parallel},
@@ -394,9 +419,12 @@ def main(rounds: int = ROUNDS) -> None:
         "vs_tfdata_112_wall": wall["ours/112px_syntax_T16"]
         / max(wall["tfdata_scaled/112px_syntax_T16"], wall["tfdata_crop/112px_syntax_T16"]),
         "runs_wall_cpu": {n: [[round(w, 1), round(c, 1)] for w, c in v] for n, v in runs.items()},
-        "load_average_before_after": [load_before, os.getloadavg()],
     }
-    config = {
+
+
+def loader_config(rounds: int) -> dict:
+    """How the figures were measured."""
+    return {
         "records": SHARDS * PER_SHARD,
         "shards": SHARDS,
         "source_image": "256x256 JPEG q90 4:2:0, photo-like, ~16.5 KiB",
@@ -413,24 +441,29 @@ def main(rounds: int = ROUNDS) -> None:
         "one caption a call",
         "cases": CASES,
     }
-    packages = [
-        "torch",
-        "numpy",
-        "simplejpeg",
-        "opencv-python-headless",
-        "pillow",
-        "tensorflow-cpu",
-        "tensorflow-datasets",
-        "spacy",
-        "protobuf",
-        "pyarrow",
-    ]
+
+
+def main(rounds: int = ROUNDS) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    builder = build(WORK, shards=SHARDS, per_shard=PER_SHARD)
+    load_before = os.getloadavg()
+    single, parallel = measurements(builder)
+    runs = run_rounds(single, parallel, rounds)
+    wall = {name: statistics.median(w for w, _ in values) for name, values in runs.items()}
+    per_cpu = {name: statistics.median(c for _, c in values) for name, values in runs.items()}
+    ratios = loader_ratios(wall, per_cpu)
+    figures = loader_figures(runs, single, parallel, wall, per_cpu)
+    figures["load_average_before_after"] = [load_before, os.getloadavg()]
     path = write_result(
         "loader",
         ratios=ratios,
         figures=figures,
-        config=config,
-        packages=packages,
+        config=loader_config(rounds),
+        packages=PACKAGES,
         command=".venv/bin/python -m benchmarks.bench_loader",
     )
     rows = [[name, per_cpu[name], wall[name]] for name in runs]
