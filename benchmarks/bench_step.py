@@ -109,6 +109,7 @@ VARIANTS = {
     "compile_autotune": Variant("max-autotune-no-cudagraphs"),
     "compile_blocks": Variant("default", scope="blocks"),
     "compile_flash": Variant("default", sdpa="flash"),
+    "compile_efficient_attention": Variant("default", sdpa="efficient"),
     "compile_cudnn_attention": Variant("default", sdpa="cudnn"),
     "compile_cudagraphs_cudnn_attention": Variant("reduce-overhead", sdpa="cudnn"),
     "compile_pure_bf16": Variant("default", pure_bf16=True),
@@ -548,6 +549,13 @@ def merge(raw_dir: Path) -> Path:
     payload = json.loads(path.read_text())
     payload = {"device": device, "best_variant": best, **payload, "summary": summaries}
     payload["probe"] = machine_probe
+    if machine_probe:  # the GPU host measured, not the machine that merged (they may differ)
+        keys = ("gpu", "sm_count", "gpu_memory_gib", "torch", "cuda", "cudnn")
+        payload["machine"] = {**machine_probe["host"], **{k: machine_probe[k] for k in keys}}
+        payload["versions"] = {
+            "clipa": payload["versions"]["clipa"],
+            "torch": machine_probe["torch"],
+        }
     write_json(RESULTS_DIR / path.name, payload)
     # Plain text (rich would squeeze six columns into a log's 80 characters).
     print(f"Training step variants on {device} (best: {best}); samples/s (MFU)")

@@ -7,9 +7,10 @@
 # benchmarks/results/step_gpu.json (ratios of the best exact variant, every variant's figures).
 #
 #   on a CUDA host with Python 3.12 + torch (no index needed):  bash benchmarks/gpu_check.sh
-#   PYTHON=<interpreter> (default python3); GPU_CHECK_BUDGET=<s>  seconds for the measurements (default 330); OUT=<dir> gets copies of the
-#   merged JSON, the profile summaries, the raw files (raw.tgz) and the log. GPU_CHECK_ARGS=<args>
-#   are added to every bench_step call (a dry run of this script on a CPU: "--sequential --preset
+#   PYTHON=<interpreter> (default python3). GPU_CHECK_BUDGET=<s>: seconds for the measurements
+#   (default 330: probe, eager, compiled and what fits; ~900 runs every variant). OUT=<dir> gets
+#   the merged JSON, the profile summaries, the raw files (raw.tgz) and the log. GPU_CHECK_ARGS:
+#   added to every bench_step call (a dry run of this script on a CPU: "--sequential --preset
 #   test-tiny --batch 4 --steps 1 --rounds 1 --warmup 2 --dynamo-backend aot_eager").
 #
 # Wheels in .whl/ (../shared/tools/gpu-wheels.sh) are installed to /tmp/site first when present;
@@ -62,22 +63,25 @@ PY
 }
 
 MAIN=224px_T77,112px_T16
-bench 45 --probe
+# Measured on one H200 (2026-12-04): a cold compile takes 42-55 s per case, so the four compiled
+# cases need ~230 s; the variants after them run while the budget lasts, most telling first.
+bench 40 --probe
 bench 70 --variant eager --profile 112px_T16
-bench 200 --variant compile --profile 112px_T16,224px_T77
-bench 90 --variant compile_cudagraphs
+bench 260 --variant compile --profile 112px_T16,224px_T77
+bench 120 --variant compile_pure_bf16 --cases $MAIN --profile 112px_T16
+bench 120 --variant compile_cudagraphs --cases $MAIN
 base=$(best compile compile_cudagraphs)
 base=${base:-compile}
-bench 60 --variant "$base" --batch-scale 2 --cases $MAIN
+bench 120 --variant "$base" --batch-scale 2 --cases $MAIN
 sdpa=$("$PY" -c "import json; print(json.load(open('$RAW/probe.json')).get('suggested_sdpa') or '')" 2>/dev/null)
 case "$sdpa" in
   cudnn) bench 60 --variant compile_cudnn_attention --cases $MAIN ;;
   flash) bench 60 --variant compile_flash --cases $MAIN ;;
+  efficient) bench 60 --variant compile_efficient_attention --cases $MAIN ;;
   *) echo "== no SDPA backend beats the default by 5 % (probe: '${sdpa}')" ;;
 esac
-bench 60 --variant compile_pure_bf16 --cases $MAIN
-bench 60 --variant compile_blocks --cases $MAIN
-bench 120 --variant compile_autotune --cases 112px_T16
+bench 120 --variant compile_blocks --cases $MAIN
+bench 150 --variant compile_autotune --cases 112px_T16
 
 echo "== [$((SECONDS - start)) s] merge"
 "$PY" -m benchmarks.bench_step --raw-dir "$RAW" --merge
