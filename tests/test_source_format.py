@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 from img2dataset_shards import make_samples, source_records, write_shard
@@ -99,3 +101,21 @@ def test_formats_survive_a_process_pool():
     """Tasks carry their format into worker processes (pickled by class)."""
     for shard_format in SOURCE_FORMATS.values():
         assert pickle.loads(pickle.dumps(shard_format)) == shard_format
+
+
+def test_re_encoding_is_byte_identical_across_processes(tmp_path):
+    """A resumed webdataset conversion re-encodes in new processes: same bytes every time."""
+    tar = write_shard(tmp_path, 3, SAMPLES, output_format="webdataset")
+    script = (
+        "import hashlib, sys\n"
+        "from clipa_data.prepare.source_format import SOURCE_FORMATS\n"
+        "examples = SOURCE_FORMATS['webdataset'].examples(sys.argv[1])\n"
+        "print(hashlib.sha256(b''.join(examples)).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script, str(tar)], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(digests) == 1, digests
