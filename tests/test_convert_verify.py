@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from clipa_data.core import layout, tfrecord
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import decode_example, encode_example
-from clipa_data.prepare.convert import ConvertConfig, convert, read_manifest, verify_manifest
+from clipa_data.prepare.convert import ConvertConfig, convert, verify_manifest
+from clipa_data.prepare.manifest import read_manifest
 
 NAME = "demo"
 LAYOUT = {0: 6, 1: 5, 2: 7}  # one failed row each: 5, 4 and 6 records
@@ -44,7 +45,7 @@ def pristine(tmp_path_factory) -> Path:
             src=src, out=root / "out", name=NAME, mode="copy", workers=1, show_progress=False
         )
     )
-    assert [s["records"] for s in read_manifest(result.builder_dir)["shards"]] == [5, 4, 6]
+    assert [s.records for s in read_manifest(result.builder_dir).shards] == [5, 4, 6]
     return result.builder_dir
 
 

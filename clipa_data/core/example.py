@@ -129,7 +129,9 @@ def encode_example(features: Mapping[str, tuple[Kind, Sequence]]) -> bytes:
             target.int64_list.value.extend(int(v) for v in values)
         else:
             raise ValueError(f"unknown feature kind {kind!r} for {name!r}")
-    return message.SerializeToString()
+    # Sorted map keys: protobuf otherwise orders them differently in every process, and a
+    # resumed (or repeated) conversion must write the same bytes.
+    return message.SerializeToString(deterministic=True)
 
 
 def bytes_value(message, name: str) -> bytes | None:

@@ -2,13 +2,15 @@
 
 One function, ``convert``, wires the steps; each step is a module of its own:
 
-1. find the source shards (``layout``) and refuse bad locations before touching anything;
+1. find the source shards and their format (``sources``, ``source_format``) and refuse bad
+   locations before touching anything;
 2. inspect every shard in a process pool (``inspection``): exact count from the record headers,
    CRCs, the ``*_stats.json`` cross-check and the feature schema of every record (``schema``);
 3. plan: drop empty shards, stop on (or skip) bad ones, number the rest contiguously and write
-   the plan as the manifest of a hidden staging folder ``<out>/<name>/.<version>.partial``;
+   the plan as the manifest (``manifest``) of a hidden staging folder
+   ``<out>/<name>/.<version>.partial`` (``staging``);
 4. place each shard under its TFDS name (``placement``: hardlink, copy, symlink, move, or
-   re-encode for webdataset), skipping shards an interrupted run already placed;
+   re-encode, as the source format allows), skipping shards an interrupted run already placed;
 5. write ``dataset_info.json`` + ``features.json`` with TFDS's writer and prove the result with
    TFDS's reader (``tfds_metadata``), then rename the staging folder to ``<out>/<name>/<version>``.
 
@@ -20,7 +22,6 @@ folder and produces the same bytes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,27 +29,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import remove_temporaries, write_json
+from clipa_data.core.atomic import write_json
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.prepare import tfds_metadata
-from clipa_data.prepare.inspection import (
-    TFRECORD,
-    WEBDATASET,
-    Inspection,
-    InspectTask,
-    inspect_shard,
+from clipa_data.prepare.inspection import Inspection, InspectTask, inspect_shard
+from clipa_data.prepare.manifest import (
+    BadShard,
+    ConvertManifest,
+    ConvertSettings,
+    DatasetName,
+    ShardEntry,
+    SourceFolder,
+    write_manifest,
 )
-from clipa_data.prepare.placement import ENCODE, MODES, Placed, PlaceTask, place_shard, resolve_mode
+from clipa_data.prepare.placement import (
+    BYTE_COPYING_METHODS,
+    MODES,
+    Placed,
+    PlaceTask,
+    place_shard,
+)
 from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
 from clipa_data.prepare.schema import Schema, merge
+from clipa_data.prepare.source_format import source_format
+from clipa_data.prepare.sources import Source, check_locations, find_sources, moved_sources
+from clipa_data.prepare.staging import existing_conversion, prepare_staging
 from clipa_data.prepare.tfds_metadata import Verification
 
-MANIFEST_VERSION = 1
 VERIFY_CHOICES = ("headers", "crc")
 VERSIONED_PACKAGES = ["img2dataset", "tensorflow-cpu", "tensorflow", "tensorflow-datasets"]
-IDENTITY_KEYS = ("dataset", "source", "config", "schema", "shards", "dropped_empty", "skipped_bad")
-"""Manifest parts that define a conversion; two runs agreeing on them produce the same bytes."""
 
 
 @dataclass(frozen=True)
@@ -109,18 +119,6 @@ class ConvertConfig:
 
 
 @dataclass(frozen=True)
-class Source:
-    """A source shard: its file name in SRC and where to read it now."""
-
-    name: str
-    """File name in SRC, e.g. ``00003.tfrecord``."""
-    path: Path
-    """Where its bytes are now (SRC, or the staging folder when resuming a move)."""
-    file_format: str
-    """``tfrecord`` or ``tar``."""
-
-
-@dataclass(frozen=True)
 class ConvertResult:
     """What a conversion did; ``to_json`` is the summary JSON."""
 
@@ -176,61 +174,6 @@ class ConvertResult:
         }
 
 
-# --- 1. sources and locations -------------------------------------------------------------------
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def check_locations(config: ConvertConfig) -> None:
-    """SRC must be a folder with content; OUT must not be inside it."""
-    src = config.src
-    if not src.exists():
-        raise ClipaError(f"{src} does not exist; pass the output folder of clipa-data download")
-    if not src.is_dir():
-        raise ClipaError(f"{src} is not a folder; pass the output folder of clipa-data download")
-    if not any(src.iterdir()):
-        raise ClipaError(f"{src} is empty; run clipa-data download into it first")
-    if _is_within(config.out.resolve(), src.resolve()):
-        raise ClipaError(
-            f"OUT {config.out} is inside SRC {src}; img2dataset's resume reads every *.json in "
-            f"SRC, so write the builder elsewhere, e.g. {src.resolve().parent / 'tfds'}"
-        )
-
-
-def _format_of(path: Path) -> str:
-    return TFRECORD if layout.raw_shard_format(path) == "tfrecord" else WEBDATASET
-
-
-def find_sources(config: ConvertConfig, moved: Sequence[Source] = ()) -> list[Source]:
-    """The shards in SRC (plus ``moved``: shards an interrupted ``--mode move`` already took)."""
-    found = [Source(p.name, p, _format_of(p)) for p in layout.find_raw_shards(config.src)]
-    present = {source.name for source in found}
-    sources = found + [source for source in moved if source.name not in present]
-    if not sources:
-        raise ClipaError(
-            f"{config.src} holds no img2dataset shards (00000.tfrecord or 00000.tar); "
-            "pass the folder clipa-data download wrote (output_format tfrecord or webdataset)"
-        )
-    formats = {source.file_format for source in sources}
-    if len(formats) > 1:
-        raise ClipaError(
-            f"{config.src} holds both .tfrecord and .tar shards; convert one format at a time "
-            "(move the other shards to their own folder)"
-        )
-    ids: dict[int, str] = {}
-    for source in sources:
-        shard_id = layout.raw_shard_id(source.name)
-        if shard_id in ids:
-            raise ClipaError(
-                f"{config.src}: {ids[shard_id]} and {source.name} are both shard {shard_id}; "
-                "remove one"
-            )
-        ids[shard_id] = source.name
-    return sorted(sources, key=lambda source: layout.raw_shard_id(source.name))
-
-
 # --- 2. inspection ------------------------------------------------------------------------------
 
 
@@ -242,7 +185,7 @@ def inspect_sources(config: ConvertConfig, sources: Sequence[Source]) -> list[In
         InspectTask(
             path=str(source.path),
             source=source.name,
-            file_format=source.file_format,
+            source_format=source.source_format,
             stats_path=str(stats_path),
             require_stats=any_stats,
             check_data_crc=config.verify == "crc",
@@ -257,182 +200,84 @@ def inspect_sources(config: ConvertConfig, sources: Sequence[Source]) -> list[In
 # --- 3. the plan (manifest) ---------------------------------------------------------------------
 
 
-def _method(config: ConvertConfig, sources: Sequence[Source]) -> str:
-    if sources[0].file_format == WEBDATASET:
-        if config.mode not in ("auto", "copy"):
-            raise ClipaError(
-                f"webdataset shards are re-encoded to tfrecord, so --mode {config.mode} does "
-                "not apply; leave --mode at auto"
-            )
-        return ENCODE
-    return resolve_mode(config.mode, config.src, config.out)
-
-
-def build_manifest(
-    config: ConvertConfig, sources: Sequence[Source], inspections: Sequence[Inspection]
-) -> tuple[dict, Schema]:
-    """The plan of the conversion (manifest without target bytes) and the declared schema."""
+def _kept(config: ConvertConfig, inspections: Sequence[Inspection]) -> list[Inspection]:
+    """The shards to convert: stops on a bad shard unless ``skip_bad_shards``; no empty ones."""
     bad = [i for i in inspections if i.problem]
     if bad and not config.skip_bad_shards:
         more = f" ({len(bad) - 1} more bad shards)" if len(bad) > 1 else ""
         raise ClipaError(f"{bad[0].problem}, or pass --skip-bad-shards to convert without it{more}")
-    good = [i for i in inspections if not i.problem]
-    kept = [i for i in good if i.records]
+    kept = [i for i in inspections if not i.problem and i.records]
     if not kept:
         raise ClipaError(
             f"{config.src}: no records to convert (every shard is empty or bad); "
             "check the download summary"
         )
-    schema = merge([(i.source, i.schema) for i in kept], config.drop_columns)
-    count = len(kept)
-    shards = [
-        {
-            "index": index,
-            "target": layout.shard_filename(config.name, config.split, index, count),
-            "source": inspection.source,
-            "records": inspection.records,
-            "source_bytes": inspection.num_bytes,
-            "source_mtime_ns": inspection.mtime_ns,
-            "stats_successes": inspection.stats_successes,
-            "first_key": inspection.schema.first_key,
-        }
+    return kept
+
+
+def _entries(config: ConvertConfig, kept: Sequence[Inspection]) -> tuple[ShardEntry, ...]:
+    return tuple(
+        ShardEntry(
+            index=index,
+            target=layout.shard_filename(config.name, config.split, index, len(kept)),
+            source=inspection.source,
+            records=inspection.records,
+            source_bytes=inspection.num_bytes,
+            source_mtime_ns=inspection.mtime_ns,
+            stats_successes=inspection.stats_successes,
+            first_key=inspection.schema.first_key,
+        )
         for index, inspection in enumerate(kept)
-    ]
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "dataset": {"name": config.name, "version": config.version, "split": config.split},
-        "source": {
-            "folder": str(config.src.resolve()),
-            "format": "webdataset" if sources[0].file_format == WEBDATASET else "tfrecord",
-        },
-        "config": {
-            "method": _method(config, sources),
-            "verify": config.verify,
-            "schema_records": config.schema_records,
-            "drop_columns": list(config.drop_columns),
-            "skip_bad_shards": config.skip_bad_shards,
-        },
-        "schema": schema.to_json(),
-        "shards": shards,
-        "dropped_empty": [i.source for i in good if not i.records],
-        "skipped_bad": [{"source": i.source, "problem": i.problem} for i in bad],
-        "totals": {"shards": count, "records": sum(i.records for i in kept)},
-        "versions": package_versions(VERSIONED_PACKAGES),
-    }
+    )
+
+
+def build_manifest(
+    config: ConvertConfig, sources: Sequence[Source], inspections: Sequence[Inspection]
+) -> tuple[ConvertManifest, Schema]:
+    """The plan of the conversion (manifest without target bytes) and the declared schema."""
+    kept = _kept(config, inspections)
+    schema = merge([(i.source, i.schema) for i in kept], config.drop_columns)
+    source = sources[0].source_format
+    manifest = ConvertManifest(
+        dataset=DatasetName(name=config.name, version=config.version, split=config.split),
+        source=SourceFolder(folder=str(config.src.resolve()), format=source.name),
+        config=ConvertSettings(
+            method=source.placement_method(config.mode, config.src, config.out),
+            verify=config.verify,
+            schema_records=config.schema_records,
+            drop_columns=config.drop_columns,
+            skip_bad_shards=config.skip_bad_shards,
+        ),
+        schema=schema.to_json(),
+        shards=_entries(config, kept),
+        dropped_empty=tuple(i.source for i in inspections if not i.problem and not i.records),
+        skipped_bad=tuple(BadShard(i.source, i.problem) for i in inspections if i.problem),
+        versions=package_versions(VERSIONED_PACKAGES),
+    )
     return manifest, schema
 
 
-def identity(manifest: dict) -> dict:
-    """The parts of a manifest that define the conversion (no sizes, no package versions)."""
-    parts = {key: manifest.get(key) for key in IDENTITY_KEYS}
-    parts["shards"] = [
-        {k: v for k, v in shard.items() if k != "bytes"} for shard in manifest.get("shards", [])
-    ]
-    return parts
+# --- 4. placement -------------------------------------------------------------------------------
 
 
-def _difference(old: dict, new: dict) -> str:
-    differing = [key for key in IDENTITY_KEYS if identity(old)[key] != identity(new)[key]]
-    return "different " + ", ".join(differing)
-
-
-def read_manifest(builder: Path) -> dict | None:
-    """The convert manifest of a (staging) builder folder, or None if there is none."""
-    path = Path(layout.convert_manifest_path(builder))
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        raise ClipaError(f"{path} is damaged (not JSON); remove {builder}") from None
-
-
-def moved_sources(config: ConvertConfig, folders: Sequence[Path]) -> list[Source]:
-    """Shards an interrupted or earlier ``--mode move`` run took out of SRC, where they are now."""
-    if config.mode != "move":
-        return []
-    for folder in folders:
-        manifest = read_manifest(folder) if folder.is_dir() else None
-        if manifest and manifest["config"]["method"] == "move":
-            return [
-                Source(shard["source"], folder / shard["target"], TFRECORD)
-                for shard in manifest["shards"]
-                if not (config.src / shard["source"]).exists()
-                and (folder / shard["target"]).exists()
-            ]
-    return []
-
-
-# --- 4. staging and placement -------------------------------------------------------------------
-
-
-def _refuse_to_discard_moved(folder: Path, previous: dict) -> None:
-    if previous["config"]["method"] == "move":
-        raise ClipaError(
-            f"{folder} holds shards moved out of {previous['source']['folder']}; discarding it "
-            "would delete the only copy; finish or keep that conversion and choose another "
-            "--version or OUT"
-        )
-
-
-def existing_conversion(final: Path, manifest: dict, config: ConvertConfig) -> dict | None:
-    """The manifest of ``final`` when it already holds this very conversion, else None.
-
-    Raises when ``final`` holds something else, unless ``--overwrite`` may replace it.
-    """
-    if not final.exists():
-        return None
-    previous = read_manifest(final)
-    if previous is None:
-        raise ClipaError(
-            f"{final} exists but was not written by clipa-data convert; "
-            "remove it yourself, or choose another --version or OUT"
-        )
-    if identity(previous) == identity(manifest):
-        return previous
-    if not config.overwrite:
-        raise ClipaError(
-            f"{final} already holds another conversion ({_difference(previous, manifest)}); "
-            "pass --overwrite to replace it, or choose another --version or OUT"
-        )
-    _refuse_to_discard_moved(final, previous)
-    return None
-
-
-def prepare_staging(staging: Path, manifest: dict, config: ConvertConfig) -> bool:
-    """Create (or adopt) the staging folder and write the plan; True when resuming a run."""
-    previous = read_manifest(staging) if staging.is_dir() else None
-    if previous is not None and identity(previous) != identity(manifest):
-        if not config.overwrite:
-            raise ClipaError(
-                f"{staging} holds an unfinished conversion ({_difference(previous, manifest)}); "
-                "re-run with the same options to finish it, or pass --overwrite to discard it"
-            )
-        _refuse_to_discard_moved(staging, previous)
-        shutil.rmtree(staging)
-        previous = None
-    staging.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(staging)
-    write_json(layout.convert_manifest_path(staging), manifest)
-    return previous is not None
-
-
-def place_all(config: ConvertConfig, staging: Path, manifest: dict) -> list[Placed]:
+def place_all(config: ConvertConfig, staging: Path, manifest: ConvertManifest) -> list[Placed]:
     """Put every planned shard in the staging folder (those already there are kept)."""
-    method = manifest["config"]["method"]
+    method = manifest.config.method
+    shard_format = source_format(manifest.source.format)
     src = config.src.resolve()
     tasks = [
         PlaceTask(
-            source=str(src / shard["source"]),
-            target=str(staging / shard["target"]),
+            source=str(src / shard.source),
+            target=str(staging / shard.target),
             method=method,
-            records=shard["records"],
-            num_bytes=shard["source_bytes"],
+            source_format=shard_format,
+            records=shard.records,
+            num_bytes=shard.source_bytes,
         )
-        for shard in manifest["shards"]
+        for shard in manifest.shards
     ]
     # Links and renames take microseconds: a pool would only add its start-up time.
-    workers = config.workers if method in ("copy", ENCODE) else 1
+    workers = config.workers if method in BYTE_COPYING_METHODS else 1
     plan = RunPlan(f"placing ({method})", workers, "shards", config.show_progress)
     return map_shards(place_shard, tasks, plan, units_of=lambda _: 1)
 
@@ -441,98 +286,104 @@ def place_all(config: ConvertConfig, staging: Path, manifest: dict) -> list[Plac
 
 
 def _finish(
-    config: ConvertConfig, staging: Path, manifest: dict, schema: Schema, placed: Sequence[Placed]
-) -> tuple[dict, float, Verification]:
+    config: ConvertConfig,
+    staging: Path,
+    plan: ConvertManifest,
+    schema: Schema,
+    placed: Sequence[Placed],
+) -> tuple[ConvertManifest, float, Verification]:
     """Metadata, the final manifest and the TFDS check; returns the metadata seconds too."""
     started = time.perf_counter()
-    for shard, result in zip(manifest["shards"], placed, strict=True):
-        shard["bytes"] = result.num_bytes
-    manifest["totals"]["bytes"] = sum(result.num_bytes for result in placed)
+    manifest = plan.with_placed([result.num_bytes for result in placed])
     tfds_metadata.write(
         staging,
         name=config.name,
         version=config.version,
         split=config.split,
-        shard_lengths=[shard["records"] for shard in manifest["shards"]],
-        num_bytes=manifest["totals"]["bytes"],
+        shard_lengths=[shard.records for shard in manifest.shards],
+        num_bytes=manifest.num_bytes,
         schema=schema,
         description=(
-            f"img2dataset shards from {manifest['source']['folder']}, "
-            "converted by clipa-data convert"
+            f"img2dataset shards from {manifest.source.folder}, converted by clipa-data convert"
         ),
     )
-    write_json(layout.convert_manifest_path(staging), manifest)
+    write_manifest(staging, manifest)
     metadata_seconds = time.perf_counter() - started
     return manifest, metadata_seconds, verify_manifest(staging, manifest)
 
 
-def verify_manifest(builder: Path, manifest: dict) -> Verification:
+def verify_manifest(builder: Path, manifest: ConvertManifest) -> Verification:
     """Prove with TFDS's reader that ``builder`` holds what its ``manifest`` says."""
-    shards = manifest["shards"]
     fix = None  # tfds_metadata's default: delete the folder and re-run convert
-    if manifest["config"]["method"] == "move":  # deleting would lose the only copy
+    if manifest.config.method == "move":  # deleting would lose the only copy
         fix = (
-            f"its shards were moved here out of {manifest['source']['folder']}; move them back "
+            f"its shards were moved here out of {manifest.source.folder}; move them back "
             f"(see {layout.CONVERT_MANIFEST}), then delete {builder} and re-run clipa-data convert"
         )
     return tfds_metadata.verify(
         builder,
-        split=manifest["dataset"]["split"],
-        shard_lengths=[shard["records"] for shard in shards],
-        first_keys=[shard["first_key"] for shard in shards],
+        split=manifest.dataset.split,
+        shard_lengths=[shard.records for shard in manifest.shards],
+        first_keys=[shard.first_key for shard in manifest.shards],
         fix=fix,
     )
+
+
+def _convert_into(
+    config: ConvertConfig, staging: Path, final: Path, plan: ConvertManifest, schema: Schema
+) -> tuple[str, ConvertManifest, int, dict[str, float], Verification]:
+    """Stage, place, describe, verify and publish; returns status, manifest, reused, phases."""
+    resuming = prepare_staging(staging, plan, config.overwrite)
+    placing = time.perf_counter()
+    placed = place_all(config, staging, plan)
+    placed_seconds = time.perf_counter() - placing
+    manifest, metadata_seconds, verification = _finish(config, staging, plan, schema, placed)
+    if final.exists():
+        shutil.rmtree(final)  # --overwrite of another conversion, checked above
+    staging.rename(final)
+    phases = {"place": placed_seconds, "metadata": metadata_seconds}
+    reused = sum(result.reused for result in placed)
+    return "resumed" if resuming else "converted", manifest, reused, phases, verification
 
 
 def convert(config: ConvertConfig) -> ConvertResult:
     """Convert ``config.src`` into a verified TFDS builder directory; see the module docstring."""
     started = time.perf_counter()
-    check_locations(config)
+    check_locations(config.src, config.out)
     final = layout.builder_dir(config.out, config.name, config.version)
     staging = layout.staging_dir(config.out, config.name, config.version)
-    sources = find_sources(config, moved_sources(config, [staging, final]))
+    sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))
     inspections = inspect_sources(config, sources)
     inspected = time.perf_counter()
-    manifest, schema = build_manifest(config, sources, inspections)
-    stored = existing_conversion(final, manifest, config)
+    plan, schema = build_manifest(config, sources, inspections)
+    stored = existing_conversion(final, plan, config.overwrite)
     import_seconds = tfds_metadata.import_tensorflow()  # timed on its own: seconds, once
 
     if stored is not None:
-        status, placed_seconds, metadata_seconds = "up to date", 0.0, 0.0
+        status, manifest, reused = "up to date", stored, len(stored.shards)
+        phases = {"place": 0.0, "metadata": 0.0}
         verification = verify_manifest(final, stored)
-        manifest, reused = stored, len(stored["shards"])
     else:
-        resuming = prepare_staging(staging, manifest, config)
-        placing = time.perf_counter()
-        placed = place_all(config, staging, manifest)
-        placed_seconds = time.perf_counter() - placing
-        reused = sum(result.reused for result in placed)
-        manifest, metadata_seconds, verification = _finish(
-            config, staging, manifest, schema, placed
+        status, manifest, reused, phases, verification = _convert_into(
+            config, staging, final, plan, schema
         )
-        if final.exists():
-            shutil.rmtree(final)  # --overwrite of another conversion, checked above
-        staging.rename(final)
-        status = "resumed" if resuming else "converted"
-
     result = ConvertResult(
         builder_dir=final,
         status=status,
         source_shards=len(sources),
-        shards=len(manifest["shards"]),
-        records=manifest["totals"]["records"],
-        num_bytes=manifest["totals"]["bytes"],
-        method=manifest["config"]["method"],
+        shards=len(manifest.shards),
+        records=manifest.records,
+        num_bytes=manifest.num_bytes,
+        method=manifest.config.method,
         reused_shards=reused,
-        empty_shards=tuple(manifest["dropped_empty"]),
-        bad_shards=tuple((bad["source"], bad["problem"]) for bad in manifest["skipped_bad"]),
+        empty_shards=manifest.dropped_empty,
+        bad_shards=tuple((bad.source, bad.problem) for bad in manifest.skipped_bad),
         schema=schema,
         verification=verification,
         phases={
             "inspect": inspected - started,
             "import_tensorflow": import_seconds,
-            "place": placed_seconds,
-            "metadata": metadata_seconds,
+            **phases,
             "verify": verification.seconds,
             "total": time.perf_counter() - started,
         },

@@ -39,6 +39,7 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.prepare.runner import default_workers
+from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
 
 INPUT_FORMATS = (
@@ -54,7 +55,8 @@ INPUT_FORMATS = (
     "jsonl",
     "jsonl.gz",
 )
-OUTPUT_FORMATS = ("tfrecord", "webdataset")
+OUTPUT_FORMATS = tuple(SOURCE_FORMATS)
+"""img2dataset output formats: the source formats ``clipa-data convert`` reads."""
 RESIZE_MODES = ("border", "keep_ratio", "keep_ratio_largest", "center_crop", "no")
 INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
 DISTRIBUTORS = ("multiprocessing", "pyspark")

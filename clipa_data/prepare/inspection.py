@@ -16,13 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.core import tfrecord
 from clipa_data.core.errors import ClipaError
-from clipa_data.prepare import webdataset
 from clipa_data.prepare.schema import ShardSchema, observe
-
-TFRECORD = "tfrecord"
-WEBDATASET = "tar"
+from clipa_data.prepare.source_format import SourceFormat
 
 
 @dataclass(frozen=True)
@@ -33,20 +29,18 @@ class InspectTask:
     """Where the shard can be read now (the source, or its placed copy when resuming a move)."""
     source: str
     """Source file name, used in messages (``00003.tfrecord``)."""
-    file_format: str
-    """``tfrecord`` or ``tar`` (img2dataset's webdataset output)."""
+    source_format: SourceFormat
+    """The shard's format (``source_format.SOURCE_FORMATS``)."""
     stats_path: str
     """img2dataset's ``*_stats.json`` for this shard (may not exist)."""
     require_stats: bool
     """Treat a missing stats file as an unfinished download (other shards have theirs)."""
     check_data_crc: bool
-    """Also check the data CRC of every record (tfrecord only; tar has no checksums)."""
+    """Also check the data CRC of every record (formats with ``data_checksums`` only)."""
     schema_records: int
     """Records to check the schema of; 0 means every record."""
 
     def __post_init__(self) -> None:
-        if self.file_format not in (TFRECORD, WEBDATASET):
-            raise ValueError(f"unknown shard format {self.file_format!r}")
         if self.schema_records < 0:
             raise ValueError("schema_records must be 0 (all) or positive")
 
@@ -82,17 +76,13 @@ def _crc_while_reading(task: InspectTask) -> bool:
 
 def count_records(task: InspectTask) -> int:
     """Exact record count without reading the payloads (header walk); raises on corruption."""
-    if task.file_format == TFRECORD:
-        crc = task.check_data_crc and not _crc_while_reading(task)
-        return tfrecord.scan_shard(task.path, check_data_crc=crc).records
-    return webdataset.count_samples(task.path)
+    crc = task.check_data_crc and not _crc_while_reading(task)
+    return task.source_format.count(task.path, check_data_crc=crc)
 
 
 def examples(task: InspectTask) -> Iterator[bytes]:
     """The shard's records as serialized Examples (tar samples re-encoded)."""
-    if task.file_format == TFRECORD:
-        return tfrecord.read_records(task.path, check_data_crc=_crc_while_reading(task))
-    return webdataset.iter_examples(task.path)
+    return task.source_format.examples(task.path, check_data_crc=_crc_while_reading(task))
 
 
 def _stats_problem(task: InspectTask, records: int) -> tuple[int | None, str | None]:

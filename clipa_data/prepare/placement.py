@@ -1,5 +1,9 @@
 """Putting one source shard at its TFDS name: hardlink, copy, symlink, move or re-encode.
 
+Which methods apply is the source format's choice (``source_format.SourceFormat``): a tfrecord
+shard's own bytes are placed (``FILE_METHODS``), any other format is re-encoded (``ENCODE``) from
+the examples its format reads.
+
 Every method is atomic: the shard appears under its final name complete or not at all (a
 temporary sibling plus ``os.replace``, or a single ``os.rename``), so a killed run leaves only
 temporaries that ``clipa_data.core.atomic.remove_temporaries`` clears, and ``is_placed`` can tell a
@@ -12,16 +16,23 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipa_data.core import tfrecord
 from clipa_data.core.atomic import atomic_writer, temporary_path
 from clipa_data.core.errors import ClipaError
-from clipa_data.prepare import webdataset
+
+if TYPE_CHECKING:  # source_format imports this module for its methods
+    from clipa_data.prepare.source_format import SourceFormat
 
 MODES = ("auto", "copy", "hardlink", "symlink", "move")
 """``--mode`` choices; ``auto`` is hardlink on one filesystem, else copy."""
+FILE_METHODS = ("hardlink", "copy", "symlink", "move")
+"""Methods that place the source file's own bytes (tfrecord shards)."""
 ENCODE = "encode"
 """The method for webdataset shards: re-encoded to tfrecord (``--mode`` does not apply)."""
+BYTE_COPYING_METHODS = ("copy", ENCODE)
+"""Methods that write every byte (worth a process pool; links and renames take microseconds)."""
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -61,6 +72,8 @@ class PlaceTask:
     """Its final path in the builder (staging) directory."""
     method: str
     """``copy``, ``hardlink``, ``symlink``, ``move`` or ``encode`` (webdataset)."""
+    source_format: SourceFormat
+    """The source's format (``encode`` re-encodes the examples it reads)."""
     records: int
     """Records the target must hold."""
     num_bytes: int
@@ -115,7 +128,7 @@ def _link(source: str, target: Path, link) -> None:
 
 def _encode(task: PlaceTask, target: Path) -> None:
     with atomic_writer(target) as handle:
-        written = tfrecord.write_records(handle, webdataset.iter_examples(task.source))
+        written = tfrecord.write_records(handle, task.source_format.examples(task.source))
         if written != task.records:
             raise ClipaError(
                 f"{task.source}: re-encoded {written} records but counted {task.records}; "
@@ -131,6 +144,21 @@ def _move(source: str, target: Path) -> None:
         os.unlink(source)
 
 
+def _place(task: PlaceTask, target: Path) -> None:
+    if task.method == "copy":
+        _copy(task.source, target)
+    elif task.method == "hardlink":
+        _link(task.source, target, os.link)
+    elif task.method == "symlink":
+        _link(task.source, target, os.symlink)
+    elif task.method == "move":
+        _move(task.source, target)
+    elif task.method == ENCODE:
+        _encode(task, target)
+    else:
+        raise ValueError(f"unknown placement method {task.method!r}")
+
+
 def place_shard(task: PlaceTask) -> Placed:
     """Put one shard at ``task.target`` (skipped when an earlier run already did)."""
     target = Path(task.target)
@@ -139,18 +167,7 @@ def place_shard(task: PlaceTask) -> Placed:
             os.unlink(task.source)  # a cross-filesystem move killed after its copy
         return Placed(task.target, target.stat().st_size, reused=True)
     try:
-        if task.method == "copy":
-            _copy(task.source, target)
-        elif task.method == "hardlink":
-            _link(task.source, target, os.link)
-        elif task.method == "symlink":
-            _link(task.source, target, os.symlink)
-        elif task.method == "move":
-            _move(task.source, target)
-        elif task.method == ENCODE:
-            _encode(task, target)
-        else:
-            raise ValueError(f"unknown placement method {task.method!r}")
+        _place(task, target)
     except OSError as error:
         raise ClipaError(
             f"cannot {task.method} {task.source} to {task.target}: {error.strerror or error}"

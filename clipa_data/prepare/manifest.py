@@ -1,0 +1,221 @@
+"""The convert manifest: what a conversion was asked to do and what it placed where.
+
+``clipa_convert_manifest.json`` is written twice: as the plan, when the staging folder is made
+(no target sizes yet), and complete, once every shard is placed (``with_placed`` adds the sizes).
+A re-run compares the ``identity`` of its own plan with the stored one to tell "the same
+conversion, resume or reuse it" from "another conversion, stop or overwrite".
+
+The types are frozen; ``to_json`` writes the same keys in the same order as the nested dicts
+this replaced, so manifests written before and after read the same (and a killed run's partial
+manifest resumes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipa_data.core import layout
+from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
+
+MANIFEST_VERSION = 1
+IDENTITY_KEYS = ("dataset", "source", "config", "schema", "shards", "dropped_empty", "skipped_bad")
+"""Manifest parts that define a conversion; two runs agreeing on them produce the same bytes."""
+
+
+@dataclass(frozen=True)
+class DatasetName:
+    """The TFDS dataset the conversion writes."""
+
+    name: str
+    """TFDS dataset name."""
+    version: str
+    """Dataset version (``X.Y.Z``)."""
+    split: str
+    """The split the shards form."""
+
+
+@dataclass(frozen=True)
+class SourceFolder:
+    """Where the shards came from."""
+
+    folder: str
+    """The resolved source folder."""
+    format: str
+    """Its shards' format (a ``source_format.SOURCE_FORMATS`` name)."""
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """The options that change the bytes written (or what was checked)."""
+
+    method: str
+    """How shards were placed: hardlink, copy, symlink, move or encode."""
+    verify: str
+    """``headers`` or ``crc``."""
+    schema_records: int
+    """Records per shard whose features were checked; 0 = every record."""
+    drop_columns: tuple[str, ...]
+    """Columns left out of the declared features."""
+    skip_bad_shards: bool
+    """Whether bad shards were left out instead of stopping."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "drop_columns": list(self.drop_columns)}
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One source shard and the TFDS shard it became."""
+
+    index: int
+    """Shard index in the split."""
+    target: str
+    """TFDS shard file name (``<name>-<split>.tfrecord-XXXXX-of-NNNNN``)."""
+    source: str
+    """Source file name in SRC (``00003.tfrecord``)."""
+    records: int
+    """Records in the shard."""
+    source_bytes: int
+    """Size of the source file when inspected."""
+    source_mtime_ns: int
+    """Modification time of the source file when inspected."""
+    stats_successes: int | None
+    """``successes`` of img2dataset's stats file, when there was one."""
+    first_key: str | None
+    """Key of the first record (how verify tells shards apart), when records have keys."""
+    bytes: int | None = None
+    """Size of the placed target; None in the plan, before placement."""
+
+    def to_json(self) -> dict[str, Any]:
+        entry = dataclasses.asdict(self)
+        if self.bytes is None:
+            del entry["bytes"]
+        return entry
+
+
+@dataclass(frozen=True)
+class BadShard:
+    """A source shard left out by ``--skip-bad-shards``."""
+
+    source: str
+    """Source file name."""
+    problem: str
+    """Why it could not be converted (one line)."""
+
+
+@dataclass(frozen=True)
+class ConvertManifest:
+    """The whole manifest; ``to_json`` / ``from_json`` are its file form."""
+
+    dataset: DatasetName
+    """The dataset written."""
+    source: SourceFolder
+    """Where the shards came from."""
+    config: ConvertSettings
+    """The options that define the conversion."""
+    schema: Mapping[str, Any]
+    """The declared features as JSON (``schema.Schema.to_json``)."""
+    shards: tuple[ShardEntry, ...]
+    """Every converted shard, by index."""
+    dropped_empty: tuple[str, ...]
+    """Source shards without records, left out."""
+    skipped_bad: tuple[BadShard, ...]
+    """Source shards left out as bad."""
+    versions: Mapping[str, str | None]
+    """Versions of clipa and the packages that wrote the result."""
+    manifest_version: int = MANIFEST_VERSION
+    """Version of this file's layout."""
+
+    @property
+    def records(self) -> int:
+        """Records over all shards."""
+        return sum(shard.records for shard in self.shards)
+
+    @property
+    def num_bytes(self) -> int | None:
+        """Bytes of the placed shards; None before placement."""
+        sizes = [shard.bytes for shard in self.shards]
+        return None if None in sizes else sum(sizes)
+
+    def with_placed(self, sizes: Sequence[int]) -> ConvertManifest:
+        """This plan with the placed size of every shard."""
+        shards = tuple(
+            dataclasses.replace(shard, bytes=size)
+            for shard, size in zip(self.shards, sizes, strict=True)
+        )
+        return dataclasses.replace(self, shards=shards)
+
+    def to_json(self) -> dict[str, Any]:
+        """The file form (keys in the order earlier versions wrote them)."""
+        totals: dict[str, int] = {"shards": len(self.shards), "records": self.records}
+        if self.num_bytes is not None:
+            totals["bytes"] = self.num_bytes
+        return {
+            "manifest_version": self.manifest_version,
+            "dataset": dataclasses.asdict(self.dataset),
+            "source": dataclasses.asdict(self.source),
+            "config": self.config.to_json(),
+            "schema": dict(self.schema),
+            "shards": [shard.to_json() for shard in self.shards],
+            "dropped_empty": list(self.dropped_empty),
+            "skipped_bad": [dataclasses.asdict(bad) for bad in self.skipped_bad],
+            "totals": totals,
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConvertManifest:
+        """Read the file form; raises KeyError/TypeError/ValueError on a malformed one."""
+        config = dict(data["config"])
+        return cls(
+            dataset=DatasetName(**data["dataset"]),
+            source=SourceFolder(**data["source"]),
+            config=ConvertSettings(**{**config, "drop_columns": tuple(config["drop_columns"])}),
+            schema=dict(data["schema"]),
+            shards=tuple(ShardEntry(**shard) for shard in data["shards"]),
+            dropped_empty=tuple(data["dropped_empty"]),
+            skipped_bad=tuple(BadShard(**bad) for bad in data["skipped_bad"]),
+            versions=dict(data["versions"]),
+            manifest_version=int(data["manifest_version"]),
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The parts that define the conversion (no sizes, no package versions)."""
+        parts = {key: value for key, value in self.to_json().items() if key in IDENTITY_KEYS}
+        parts["shards"] = [
+            {k: v for k, v in shard.items() if k != "bytes"} for shard in parts["shards"]
+        ]
+        return parts
+
+    def difference(self, other: ConvertManifest) -> str:
+        """``different source, shards``: what sets ``other`` apart from this conversion."""
+        mine, theirs = self.identity(), other.identity()
+        return "different " + ", ".join(key for key in IDENTITY_KEYS if mine[key] != theirs[key])
+
+
+def write_manifest(builder: Path, manifest: ConvertManifest) -> None:
+    """Write ``manifest`` into the (staging) builder folder, atomically."""
+    write_json(layout.convert_manifest_path(builder), manifest.to_json())
+
+
+def read_manifest(builder: Path) -> ConvertManifest | None:
+    """The convert manifest of a (staging) builder folder, or None if there is none."""
+    path = Path(layout.convert_manifest_path(builder))
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        raise ClipaError(f"{path} is damaged (not JSON); remove {builder}") from None
+    try:
+        return ConvertManifest.from_json(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ClipaError(
+            f"{path} is not a convert manifest this version can read ({error!r}); remove {builder}"
+        ) from None

@@ -1,0 +1,113 @@
+"""Convert's source shards: where they are, which format they have, and a check of the folders.
+
+Every shard of a source folder must have one format, found by its file suffix
+(``source_format.format_of_shard``), and one shard number; a ``--mode move`` run that was
+interrupted (or finished) has already taken some shards out of SRC, and ``moved_sources`` finds
+them where its manifest says they went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
+from clipa_data.prepare.manifest import read_manifest
+from clipa_data.prepare.source_format import (
+    SOURCE_FORMATS,
+    SourceFormat,
+    format_of_shard,
+    shard_examples,
+    source_format,
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source shard: its file name in SRC and where to read it now."""
+
+    name: str
+    """File name in SRC, e.g. ``00003.tfrecord``."""
+    path: Path
+    """Where its bytes are now (SRC, or the staging folder when resuming a move)."""
+    source_format: SourceFormat
+    """Its format, from its suffix."""
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_locations(src: Path, out: Path) -> None:
+    """SRC must be a folder with content; OUT must not be inside it."""
+    if not src.exists():
+        raise ClipaError(f"{src} does not exist; pass the output folder of clipa-data download")
+    if not src.is_dir():
+        raise ClipaError(f"{src} is not a folder; pass the output folder of clipa-data download")
+    if not any(src.iterdir()):
+        raise ClipaError(f"{src} is empty; run clipa-data download into it first")
+    if _is_within(out.resolve(), src.resolve()):
+        raise ClipaError(
+            f"OUT {out} is inside SRC {src}; img2dataset's resume reads every *.json in "
+            f"SRC, so write the builder elsewhere, e.g. {src.resolve().parent / 'tfds'}"
+        )
+
+
+def _source(path: Path) -> Source | None:
+    found = format_of_shard(path)
+    return Source(path.name, path, found) if found is not None else None
+
+
+def _check_one_format(src: Path, sources: Sequence[Source]) -> None:
+    names = {source.source_format.name for source in sources}
+    if len(names) > 1:
+        suffixes = " and ".join(f.suffix for f in SOURCE_FORMATS.values() if f.name in names)
+        raise ClipaError(
+            f"{src} holds both {suffixes} shards; convert one format at a time "
+            "(move the other shards to their own folder)"
+        )
+
+
+def _check_unique_ids(src: Path, sources: Sequence[Source]) -> None:
+    ids: dict[int, str] = {}
+    for source in sources:
+        shard_id = layout.raw_shard_id(source.name)
+        if shard_id in ids:
+            raise ClipaError(
+                f"{src}: {ids[shard_id]} and {source.name} are both shard {shard_id}; remove one"
+            )
+        ids[shard_id] = source.name
+
+
+def find_sources(src: Path, moved: Sequence[Source] = ()) -> list[Source]:
+    """The shards in ``src`` (plus ``moved``: shards an interrupted ``--mode move`` took)."""
+    found = [s for s in map(_source, layout.find_raw_shards(src)) if s is not None]
+    present = {source.name for source in found}
+    sources = found + [source for source in moved if source.name not in present]
+    if not sources:
+        formats = " or ".join(SOURCE_FORMATS)
+        raise ClipaError(
+            f"{src} holds no img2dataset shards ({shard_examples()}); "
+            f"pass the folder clipa-data download wrote (output_format {formats})"
+        )
+    _check_one_format(src, sources)
+    _check_unique_ids(src, sources)
+    return sorted(sources, key=lambda source: layout.raw_shard_id(source.name))
+
+
+def moved_sources(src: Path, mode: str, folders: Sequence[Path]) -> list[Source]:
+    """Shards an interrupted or earlier ``--mode move`` run took out of SRC, where they are now."""
+    if mode != "move":
+        return []
+    for folder in folders:
+        manifest = read_manifest(folder) if folder.is_dir() else None
+        if manifest and manifest.config.method == "move":
+            moved_format = source_format(manifest.source.format)
+            return [
+                Source(shard.source, folder / shard.target, moved_format)
+                for shard in manifest.shards
+                if not (src / shard.source).exists() and (folder / shard.target).exists()
+            ]
+    return []
