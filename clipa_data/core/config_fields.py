@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from typing_extensions import Doc
 
@@ -54,12 +56,14 @@ class FieldSpec:
 
 
 def _plain(hint: object) -> tuple[type, bool]:
-    """``int | None`` -> (int, True); ``tuple[float, ...]`` -> (tuple, False)."""
+    """``int | None`` -> (int, True); ``tuple[float, ...]`` -> (tuple, False);
+    ``str | Path`` -> (Path, False)."""
     args = typing.get_args(hint)
     optional = type(None) in args
-    if optional:
+    if optional or isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         rest = [a for a in args if a is not type(None)]
-        hint = rest[0] if len(rest) == 1 else str
+        paths = [a for a in rest if isinstance(a, type) and issubclass(a, PurePath)]
+        hint = rest[0] if len(rest) == 1 else (paths[0] if paths else str)
     origin = typing.get_origin(hint)
     return (origin if isinstance(origin, type) else hint), optional
 

@@ -29,13 +29,11 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from rich.markup import escape
-from rich.table import Table
+from typing import Annotated, Any
 
 from clipa_data.core import layout
 from clipa_data.core.atomic import write_json
+from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.prepare.runner import default_workers
@@ -93,43 +91,85 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class DownloadConfig:
     """What to download and how; the defaults are the LAION-400M recipe."""
 
-    url_list: str
-    """Metadata with URLs and captions: a file, or a folder of files of ``input_format``
-    (local path or fsspec URL)."""
-    output_folder: str
-    """Local folder for the shards (``00000.tfrecord|.tar``, ``.parquet``, ``_stats.json``)."""
-    input_format: str = "parquet"
-    """Format of the metadata files: parquet, csv, tsv, json, jsonl, txt (optionally ``.gz``)."""
-    url_col: str = "URL"
-    """Column holding the image URL (LAION-400M: ``URL``)."""
-    caption_col: str | None = "TEXT"
-    """Column holding the caption (LAION-400M: ``TEXT``); None stores no caption."""
-    save_additional_columns: tuple[str, ...] = ("NSFW", "similarity", "LICENSE")
-    """Metadata columns copied into every record, next to the image and caption."""
-    image_size: int = 256
-    """Side in pixels of the stored images."""
-    resize_mode: str = "border"
-    """border (fit the longer side, pad to a square), keep_ratio, keep_ratio_largest,
-    center_crop or no."""
-    output_format: str = "tfrecord"
-    """``tfrecord`` (what ``clipa-data convert`` turns into TFDS) or ``webdataset`` (.tar)."""
-    processes_count: int = field(default_factory=default_workers)
-    """Download processes (default: every core of this machine)."""
-    thread_count: int = 64
-    """Download threads per process (img2dataset's 256 overloads most DNS resolvers)."""
-    number_sample_per_shard: int = 10_000
-    """Input rows per shard; keep it unchanged when resuming."""
-    retries: int = 0
-    """Extra attempts per URL after a failed download (img2dataset retries without backoff)."""
-    timeout: int = 10
-    """Seconds to wait for one URL."""
-    incremental_mode: str = "incremental"
-    """incremental (a re-run skips shards that have ``_stats.json``), overwrite (deletes the
-    output folder first) or extend (adds new shards after the last one)."""
-    distributor: str = "multiprocessing"
-    """multiprocessing (this machine) or pyspark (uses the active SparkSession if you made one)."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Any other ``img2dataset.download`` argument by name, e.g. ``{"encode_quality": 90}``."""
+    url_list: Annotated[
+        str,
+        Doc(
+            "Metadata with image URLs and captions: a file, or a folder of files of the input "
+            "format (LAION-400M: the folder of its parquet files); local path or fsspec URL."
+        ),
+    ]
+    output_folder: Annotated[
+        str,
+        Doc(
+            "Folder for the shards (00000.tfrecord|.tar, .parquet, _stats.json); created if "
+            "missing, a re-run resumes in it."
+        ),
+    ]
+    input_format: Annotated[
+        str, Doc("Format of the metadata files (optionally .gz)."), Choices(INPUT_FORMATS)
+    ] = "parquet"
+    url_col: Annotated[str, Doc("Column holding the image URL (LAION-400M: URL).")] = "URL"
+    caption_col: Annotated[
+        str | None,
+        Doc(
+            'Column holding the caption (LAION-400M: TEXT); None ("" on the command line) stores '
+            "no caption."
+        ),
+    ] = "TEXT"
+    save_additional_columns: Annotated[
+        tuple[str, ...],
+        Doc("Metadata columns copied into every record, next to the image and caption."),
+    ] = ("NSFW", "similarity", "LICENSE")
+    image_size: Annotated[int, Doc("Side of the stored images, in pixels.")] = 256
+    resize_mode: Annotated[
+        str,
+        Doc("How images are resized (border fits the longer side and pads to a square)."),
+        Choices(RESIZE_MODES),
+    ] = "border"
+    output_format: Annotated[
+        str,
+        Doc("Shard format (tfrecord is what clipa-data convert reads fastest)."),
+        Choices(OUTPUT_FORMATS),
+    ] = "tfrecord"
+    processes_count: Annotated[
+        int, Doc("Download processes (default: every core of this machine).")
+    ] = field(default_factory=default_workers)
+    thread_count: Annotated[
+        int,
+        Doc(
+            "Download threads per process (img2dataset's default 256 overloads most DNS resolvers)."
+        ),
+    ] = 64
+    number_sample_per_shard: Annotated[
+        int, Doc("Input rows per shard; keep it unchanged when resuming.")
+    ] = 10_000
+    retries: Annotated[
+        int,
+        Doc(
+            "Extra attempts per URL after a failed download (img2dataset retries without backoff)."
+        ),
+    ] = 0
+    timeout: Annotated[int, Doc("Seconds to wait for one URL.")] = 10
+    incremental_mode: Annotated[
+        str,
+        Doc(
+            "incremental skips finished shards (those with _stats.json), overwrite deletes the "
+            "output folder first, extend adds new shards after the last one."
+        ),
+        Choices(INCREMENTAL_MODES),
+    ] = "incremental"
+    distributor: Annotated[
+        str,
+        Doc(
+            "multiprocessing (this machine) or pyspark (uses the active SparkSession, or starts "
+            "a local one; bring your own cluster session from Python, see the README)."
+        ),
+        Choices(DISTRIBUTORS),
+    ] = "multiprocessing"
+    extra: Annotated[
+        Mapping[str, Any],
+        Doc("Any other img2dataset.download argument, by name."),
+    ] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url_list", str(self.url_list))
@@ -531,35 +571,3 @@ def download(config: DownloadConfig) -> DownloadSummary:
             summary,
         )
     return summary
-
-
-# --- presentation -----------------------------------------------------------------------------
-
-
-def _share(part: int, whole: int) -> str:
-    return f"{part:,} ({part / whole:.1%})" if whole else f"{part:,}"
-
-
-def summary_table(summary: DownloadSummary, top_errors: int = 5) -> Table:
-    """A rich table of a download: shards, counts, the main error kinds and the speed."""
-    table = Table(title="download summary", show_header=False, title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("value", overflow="fold")
-    table.add_row("output", f"{escape(summary.output_folder)} ({summary.output_format})")
-    shards = f"{len(summary.shards)} finished"
-    if summary.resumed_shards:
-        shards += f" ({len(summary.resumed_shards)} by an earlier run, skipped)"
-    if summary.unfinished_shards:
-        shards += f", [red]{len(summary.unfinished_shards)} unfinished[/]"
-    table.add_row("shards", shards)
-    table.add_row("samples", f"{summary.count:,}")
-    table.add_row("successes", _share(summary.successes, summary.count))
-    table.add_row("failed_to_download", _share(summary.failed_to_download, summary.count))
-    table.add_row("failed_to_resize", _share(summary.failed_to_resize, summary.count))
-    for message, count in summary.error_kinds()[:top_errors]:
-        table.add_row("  error", f"{count:,} × {escape(message)}")
-    rate = summary.samples_per_second
-    speed = f"{rate:,.1f} samples/s" if rate is not None else "nothing new to download"
-    table.add_row("speed", f"{speed} ({summary.wall_seconds:.1f} s wall)")
-    table.add_row("summary JSON", escape(summary.summary_path))
-    return table

@@ -12,11 +12,13 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from clipa_data.core import layout
 from clipa_data.core import text_reduction as tr
+from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.sidecar import (
     MAX_CAPTION_TOKENS,
@@ -33,20 +35,18 @@ from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, iter_captio
 class PreviewConfig:
     """What ``clipa-data preview`` shows."""
 
-    builder_dir: str | Path
-    """The TFDS builder directory (or a folder holding exactly one)."""
-    text_mask: str = "syntax"
-    """Reduction strategy: truncate, random, block or syntax."""
-    text_length: int = 16
-    """Context length L (SOT + L-2 tokens + EOT)."""
-    n: int = 10
-    """How many captions, from the start of the split."""
-    seed: int = 0
-    """Seed of the generator that random and block draw from."""
-    split: str | None = None
-    """Split to read; None = the only split, or ``train``."""
-    text_field: str = DEFAULT_TEXT_FIELD
-    """The caption feature."""
+    builder_dir: Annotated[
+        str | Path,
+        Doc("TFDS builder directory from clipa-data convert (or a folder holding exactly one)."),
+    ]
+    text_mask: Annotated[str, Doc("Text reduction strategy."), Choices(tr.TEXT_MASKS)] = "syntax"
+    text_length: Annotated[int, Doc("Context length L (SOT + L-2 tokens + EOT).")] = 16
+    n: Annotated[int, Doc("How many captions, from the start of the split.")] = 10
+    seed: Annotated[int, Doc("Seed of the generator that random and block draw from.")] = 0
+    split: Annotated[
+        str | None, Doc("Split to read; None (not given) = the only split, or train.")
+    ] = None
+    text_field: Annotated[str, Doc("Record feature holding the caption.")] = DEFAULT_TEXT_FIELD
 
     def __post_init__(self) -> None:
         if self.text_mask not in tr.TEXT_MASKS:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from clipa_data.core import layout
+from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.sidecar import SidecarExpectation, check_keys, load_sidecar, read_header
 from clipa_data.core.tokenizer import vocab_sha256
@@ -23,16 +25,18 @@ from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
 class CheckConfig:
     """What ``clipa-data tag --check`` verifies."""
 
-    builder_dir: str | Path
-    """The TFDS builder directory (or a folder holding exactly one)."""
-    text_field: str = DEFAULT_TEXT_FIELD
-    """The caption feature the sidecars must have been made from."""
-    splits: tuple[str, ...] = ()
-    """Splits to check; empty = every split."""
-    workers: int = field(default_factory=default_workers)
-    """Worker processes reading shards."""
-    show_progress: bool = True
-    """Draw a progress bar on stderr."""
+    builder_dir: Annotated[
+        str | Path,
+        Doc("TFDS builder directory from clipa-data convert (or a folder holding exactly one)."),
+    ]
+    text_field: Annotated[
+        str, Doc("The caption feature the sidecars must have been made from.")
+    ] = DEFAULT_TEXT_FIELD
+    splits: Annotated[tuple[str, ...], Doc("Splits to check; none given = every split.")] = ()
+    workers: Annotated[int, Doc("Worker processes reading shards (default: all cores).")] = field(
+        default_factory=default_workers
+    )
+    show_progress: Annotated[bool, Doc("Show a progress bar (on stderr).")] = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import pyarrow as pa
 
 from clipa_data.core import layout
 from clipa_data.core.atomic import remove_temporaries, write_json
+from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.core.sidecar import (
@@ -45,24 +47,28 @@ from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
 class TagConfig:
     """What ``clipa-data tag`` does."""
 
-    builder_dir: str | Path
-    """The TFDS builder directory (or a folder holding exactly one)."""
-    tagger: str = "auto"
-    """``auto`` (nltk when its data is present, else spaCy), ``nltk`` or ``spacy``."""
-    spacy_model: str = DEFAULT_SPACY_MODEL
-    """spaCy English pipeline (package name or folder) for ``--tagger spacy``."""
-    text_field: str = DEFAULT_TEXT_FIELD
-    """The record feature holding the caption."""
-    splits: tuple[str, ...] = ()
-    """Splits to tag; empty = every split of the builder directory."""
-    workers: int = field(default_factory=default_workers)
-    """Worker processes (each loads the tagger once)."""
-    overwrite: bool = False
-    """Re-tag shards that already have a sidecar."""
-    batch_size: int = DEFAULT_BATCH_SIZE
-    """Captions per spaCy ``nlp.pipe`` batch."""
-    show_progress: bool = True
-    """Draw a progress bar (captions/s) on stderr."""
+    builder_dir: Annotated[
+        str | Path,
+        Doc("TFDS builder directory from clipa-data convert (or a folder holding exactly one)."),
+    ]
+    tagger: Annotated[
+        str,
+        Doc("auto: NLTK when its data is present, else an installed spaCy English pipeline."),
+        Choices(TAGGER_CHOICES),
+    ] = "auto"
+    spacy_model: Annotated[
+        str, Doc("Installed spaCy English pipeline (package name or folder) for tagger spacy.")
+    ] = DEFAULT_SPACY_MODEL
+    text_field: Annotated[str, Doc("Record feature holding the caption.")] = DEFAULT_TEXT_FIELD
+    splits: Annotated[
+        tuple[str, ...], Doc("Splits to tag; none given = every split of the builder directory.")
+    ] = ()
+    workers: Annotated[
+        int, Doc("Worker processes, each loading the tagger once (default: all cores).")
+    ] = field(default_factory=default_workers)
+    overwrite: Annotated[bool, Doc("Re-tag shards that already have a sidecar.")] = False
+    batch_size: Annotated[int, Doc("Captions per spaCy nlp.pipe batch.")] = DEFAULT_BATCH_SIZE
+    show_progress: Annotated[bool, Doc("Show a progress bar (captions/s, on stderr).")] = True
 
     def __post_init__(self) -> None:
         if self.tagger not in TAGGER_CHOICES:
