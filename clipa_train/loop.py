@@ -63,8 +63,6 @@ class LoopConfig:
     """Steps between checks whether any rank got SIGTERM/SIGINT (a collective when distributed)."""
     progress: bool = True
     """Show a rich progress line on rank 0."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars to ``<run>/tensorboard`` (needs the tensorboard package)."""
 
     def __post_init__(self) -> None:
         for name in ("log_every", "stop_check_every"):
@@ -119,39 +117,24 @@ class StopSignal:
 
 
 class MetricsLog:
-    """Rank 0's ``metrics.jsonl`` (appended, one record per log step) and optional TensorBoard."""
+    """Rank 0's ``metrics.jsonl`` (appended, one record per log step)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled, self.writer, self.handle = enabled, None, None
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled, self.handle = enabled, None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                Console(stderr=True).print(
-                    "warning: tensorboard is not installed; metrics go to metrics.jsonl only"
-                )
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self.writer.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def forward_backward(
@@ -216,7 +199,7 @@ def train(
         )
         batches.load_state_dict(stream)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
-    log = MetricsLog(run_dir, backend.is_main, config.tensorboard)
+    log = MetricsLog(run_dir, backend.is_main)
 
     def save() -> Path:
         return ckpt.save_checkpoint(
