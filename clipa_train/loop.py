@@ -185,19 +185,7 @@ def train(
     """
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
-    if backend.is_main:
-        ckpt.clean_directory(directory)
-    if config.grad_checkpointing:
-        model.set_grad_checkpointing(True, backend.checkpoint_function())
-    step_model = backend.prepare_model(model)
-    check_optimizer_device(optimizer, backend.device)
-    step = 0
-    if resume_from is not None:
-        payload = ckpt.load_checkpoint(resume_from)
-        step, stream = ckpt.restore_checkpoint(
-            payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
-        )
-        batches.load_state_dict(stream)
+    step_model, step = _start(model, optimizer, batches, backend, config, directory, resume_from)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
     log = MetricsLog(run_dir, backend.is_main)
 
@@ -253,6 +241,33 @@ def train(
     log.close()
     result.step = step
     return result
+
+
+def _start(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchSource,
+    backend: Backend,
+    config: LoopConfig,
+    directory: Path,
+    resume_from: Path | None,
+) -> tuple[nn.Module, int]:
+    """Clear half-written checkpoints, wrap the model for the backend and restore
+    ``resume_from``; returns (the model the step calls, the step to start at)."""
+    if backend.is_main:
+        ckpt.clean_directory(directory)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True, backend.checkpoint_function())
+    step_model = backend.prepare_model(model)
+    check_optimizer_device(optimizer, backend.device)
+    if resume_from is None:
+        return step_model, 0
+    payload = ckpt.load_checkpoint(resume_from)
+    step, stream = ckpt.restore_checkpoint(
+        payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
+    )
+    batches.load_state_dict(stream)
+    return step_model, step
 
 
 def _watched(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
+from clipa_data.core.taggers import TaggerSpec
 from clipa_train.run_config import DEFAULT_MODEL, TrainConfig
 
 if TYPE_CHECKING:
@@ -62,8 +63,8 @@ class ResolvedStage:
     """Records in the training split."""
     resume_from: str | None
     """Checkpoint to resume from (``--resume``); None starts fresh."""
-    tagger: Any
-    """TaggerSpec of the sidecars (syntax-masked zero-shot prompts); None truncates prompts."""
+    tagger: TaggerSpec | None
+    """The tagger of the sidecars (syntax-masked zero-shot prompts); None truncates prompts."""
 
     def to_json(self) -> dict:
         """``config.json``: resolved options, derived values, model, data and versions."""
