@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from clipa_cli.common import make_app, reports_errors, stdout
-from clipa_cli.train_options import train_command
+from clipa_cli.options import command
+from clipa_cli.train_options import eval_options, train_command
 from rich.table import Table
 
 from clipa_data.core.errors import ClipaError
+from clipa_train.run_config import STAGE_DEFAULTS
 
 app = make_app(
     "clipa-train",
@@ -37,9 +37,8 @@ FINETUNE_HELP = "\n\n".join(
         "Fine-tune a pre-trained checkpoint at full token length.",
         "Example: clipa-train finetune --from runs/b16/checkpoints/step_00037292.pt "
         "--data out/laion400m/1.0.0 --out runs/b16-ft",
-        "Defaults: 224 px, no image mask, text 32 truncate, learnable positional embeddings "
-        "(resized from the checkpoint on load), lr 8e-7 × batch/256; the model is the "
-        "checkpoint's unless --model is given.",
+        STAGE_DEFAULTS["finetune"].describe() + "; the model is the checkpoint's unless --model "
+        "is given.",
     ]
 )
 
@@ -54,7 +53,7 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
         from clipa_train.run_config import read_config_file
 
         from_file = read_config_file(config_file)
-    for required in ("data", "out"):
+    for required in ("data", "out"):  # checked here: the error names both places
         if options.get(required) is None and from_file.get(required) is None:
             raise ClipaError(f"--{required} is required (on the command line or in --config)")
     summary = run_stage(resolve(stage, options, config_file))
@@ -87,60 +86,11 @@ app.command("pretrain", help=PRETRAIN_HELP)(reports_errors(train_command("pretra
 app.command("finetune", help=FINETUNE_HELP)(reports_errors(train_command("finetune", run_training)))
 
 
-@app.command("eval")
-@reports_errors
-def eval_command(
-    checkpoint: Annotated[
-        str, typer.Option(help="A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")
-    ],
-    imagenet_val: Annotated[
-        str,
-        typer.Option(
-            "--imagenet-val",
-            help="ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
-            "with --classnames any folder of class folders.",
-        ),
-    ],
-    classnames: Annotated[
-        str | None,
-        typer.Option(help="Class names file for a non-ImageNet set (one per line, folder order)."),
-    ] = None,
-    templates: Annotated[
-        str | None, typer.Option(help="Prompt templates file (one per line with {}).")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Preset for weights that hold no architecture.")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Evaluation image side (default: the model's).")
-    ] = None,
-    crop: Annotated[str, typer.Option(help="center (shorter side + crop) or square.")] = "center",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
-    workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 2,
-    backend: Annotated[str, typer.Option(help="auto, cpu, cuda or xla.")] = "auto",
-    out: Annotated[
-        str | None, typer.Option(help="Where eval.json goes (default: the checkpoint's run dir).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as one JSON object.")
-    ] = False,
-) -> None:
+def eval_body(as_json: bool = False, **options) -> None:
     """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders."""
     from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint
 
-    config = EvalConfig(
-        checkpoint=checkpoint,
-        dataset=imagenet_val,
-        classnames=classnames,
-        templates=templates,
-        model=model,
-        image_size=image_size,
-        crop=crop,
-        batch_size=batch_size,
-        workers=workers,
-        backend=backend,
-        out=out,
-    )
+    config = EvalConfig(**options)
     result = evaluate_checkpoint(config)
     if as_json:
         print(json.dumps(result))
@@ -150,6 +100,9 @@ def eval_command(
         f"({result['n']} images, {result['classes']} classes, chance {result['chance']:.2%}) "
         f"-> {config.result_path()}"
     )
+
+
+app.command("eval")(reports_errors(command(eval_body, eval_options())))
 
 
 def main() -> None:

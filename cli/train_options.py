@@ -1,57 +1,39 @@
-"""The pretrain/finetune options, generated from ``TrainConfig`` so help and config never drift.
+"""The options of ``clipa-train pretrain`` / ``finetune`` / ``eval``, built from their configs.
 
-Every field of ``TrainConfig`` becomes a ``--flag`` whose help is the field's docstring. All
-flags default to "not given" (None), so ``run_config.resolve`` can tell a flag from a default
-and apply defaults < recipe < config file < flags.
+Every row of ``run_config.OPTIONS`` becomes a ``--flag`` whose type, help and choices come
+from the nested ``TrainConfig`` field it maps to (``clipa_cli.options``; no source parsing).
+All training flags default to "not given" (None), so ``run_config.resolve`` can tell a flag
+from a default and apply defaults < recipe < config file < flags.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import functools
 import inspect
-import itertools
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
+from clipa_cli.options import command, config_options
 
+from clipa_data.core.config_fields import field_specs
 from clipa_data.core.errors import ClipaError
-from clipa_train.recipes import RECIPE_NAMES
-from clipa_train.run_config import TrainConfig, option_flag
+from clipa_train.eval_stage import EvalConfig
+from clipa_train.run_config import OPTIONS, TrainConfig, option_flag
 
 PANELS = {
-    "Data and output": ("data", "out", "split", "workers", "shuffle_buffer", "seed"),
-    "Model": ("model", "from_checkpoint", "recipe", "pos_embed", "loss", "grad_checkpointing"),
-    "Token reduction": ("image_size", "image_mask", "mask_ratio", "text_length", "text_mask"),
-    "Augmentation": ("crop_scale_min", "color_jitter", "color_jitter_prob", "grayscale_prob"),
-    "Optimisation": (
-        "batch_size", "epochs", "samples", "lr", "warmup_steps", "weight_decay", "beta1",
-        "beta2", "eps", "grad_clip_norm", "precision", "backend",
-    ),
-    "Evaluation": ("zeroshot", "classnames", "templates", "eval_every", "eval_batch_size"),
-    "Logging and checkpoints": (
-        "resume", "log_every", "checkpoint_every", "keep_checkpoints", "progress",
-    ),
-}  # fmt: skip
-PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+    "run": "Data and output",
+    "recipe": "Model",
+    "model": "Model",
+    "reduction": "Token reduction",
+    "augment": "Augmentation",
+    "optim": "Optimisation",
+    "evaluation": "Evaluation",
+    "logging": "Logging and checkpoints",
+}
+"""The help panel of each ``TrainConfig`` group (and of the top-level ``recipe``)."""
 
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field, read from the class's source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, following in itertools.pairwise(body):
-        documented = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and documented:
-            text = " ".join(str(following.value.value).split())
-            docs[node.target.id] = text.replace("``", "")
-    return docs
+EXTRA_HELP = {"color_jitter": "As b,c,s,h (e.g. 0.32,0.32,0.32,0.08) or none."}
 
 
 def parse_jitter(text: str | None) -> tuple[float, float, float, float] | None:
@@ -67,61 +49,63 @@ def parse_jitter(text: str | None) -> tuple[float, float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
-def _annotation(field: dataclasses.Field) -> type:
-    kind = str(field.type)
-    if "bool" in kind:
-        return Optional[bool]  # noqa: UP045 - Typer needs the typing form at runtime
-    if "tuple" in kind:
-        return Optional[str]  # noqa: UP045
-    if "float" in kind:
-        return Optional[float]  # noqa: UP045
-    if "int" in kind:
-        return Optional[int]  # noqa: UP045
-    return Optional[str]  # noqa: UP045
+def training_options() -> list[inspect.Parameter]:
+    """One unset option per flat training option, named like it, typed and documented by the
+    nested field it maps to."""
+    parameters = []
+    for name, path in OPTIONS.items():
+        group, _, attr = path.rpartition(".")
+        owner = field_specs(TrainConfig)[group].kind if group else TrainConfig
+        (parameter,) = config_options(
+            owner,
+            [attr],
+            flags={attr: option_flag(name)},
+            panels={attr: PANELS[group or attr]},
+            extra_help={attr: EXTRA_HELP.get(name, "")},
+            unset=True,
+        )
+        parameters.append(parameter.replace(name=name))
+    return parameters
 
 
-def _option(field: dataclasses.Field) -> inspect.Parameter:
-    help_text = field_docs(TrainConfig).get(field.name, "")
-    if field.name == "recipe":
-        help_text += f" One of: {', '.join(RECIPE_NAMES)}."
-    if field.name == "color_jitter":
-        help_text += " As b,c,s,h (e.g. 0.32,0.32,0.32,0.08) or none."
-    flag = option_flag(field.name)
-    if "bool" in str(field.type):
-        flag = f"{flag}/--no-{flag[2:]}"
-    default = typer.Option(
+CONFIG_FILE = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=typer.Option(
         None,
-        flag,
-        help=help_text,
-        rich_help_panel=PANEL_OF.get(field.name, "Other"),
-        show_default=False,
-    )
-    return inspect.Parameter(
-        field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=_annotation(field)
-    )
+        "--config",
+        help="YAML or JSON file giving any of these options (flags override it).",
+        rich_help_panel="Data and output",
+    ),
+    annotation=Optional[Path],  # noqa: UP045 - Typer needs the typing form at runtime
+)
 
 
 def train_command(stage: str, run: Callable[[str, dict, Path | None], None]) -> Callable:
-    """A Typer command for ``stage`` whose options are every ``TrainConfig`` field + --config."""
+    """A Typer command for ``stage`` whose options are every training option + --config."""
 
-    def command(**options):
+    def body(**options):
         config_file = options.pop("config")
         options["color_jitter"] = parse_jitter(options.get("color_jitter"))
         return run(stage, options, config_file)
 
-    parameters = [_option(f) for f in dataclasses.fields(TrainConfig) if f.name != "stage"]
-    parameters.append(
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(
-                None,
-                "--config",
-                help="YAML or JSON file giving any of these options (flags override it).",
-                rich_help_panel="Data and output",
-            ),
-            annotation=Optional[Path],  # noqa: UP045
-        )
+    return command(body, [*training_options(), CONFIG_FILE])
+
+
+def _required(parameter: inspect.Parameter) -> inspect.Parameter:
+    """The option without a default: Typer asks for it."""
+    parameter.default.default = ...
+    return parameter.replace(annotation=str)
+
+
+def eval_options() -> list[inspect.Parameter]:
+    """The options of ``clipa-train eval``: every ``EvalConfig`` field, plus ``--json``."""
+    parameters = config_options(EvalConfig, flags={"dataset": "--imagenet-val"})
+    as_json = inspect.Parameter(
+        "as_json",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--json", help="Print the result as one JSON object."),
+        annotation=bool,
     )
-    command.__signature__ = inspect.Signature(parameters)
-    return command
+    required = {"checkpoint", "dataset"}
+    return [_required(p) if p.name in required else p for p in parameters] + [as_json]

@@ -185,3 +185,31 @@ def restore_checkpoint(
 def clean_directory(directory: Path) -> None:
     """Remove temporary files an interrupted save left behind."""
     remove_temporaries(Path(directory))
+
+
+def checkpoint_architecture(path: str | Path) -> dict | None:
+    """The architecture stored in a clipa checkpoint; None for other weights (OpenCLIP/CLIPA)."""
+    try:
+        return load_checkpoint(Path(path))["architecture"]
+    except ClipaError:
+        if not Path(path).is_file():
+            raise
+        return None
+
+
+def base_architecture(preset: str | None, weights: str | None, default: str):
+    """The ``ModelConfig`` a command starts from, before its per-stage overrides: ``preset`` if
+    given, else the architecture stored in the clipa checkpoint ``weights``, else ``default``.
+    Weights that hold no architecture need a preset (an error naming the file otherwise)."""
+    from clipa_train.model import ModelConfig, load_preset
+
+    if preset is not None:
+        return load_preset(preset)
+    if weights is None:
+        return load_preset(default)
+    saved = checkpoint_architecture(weights)
+    if saved is None:
+        raise ClipaError(
+            f"{weights} holds no architecture (OpenCLIP/CLIPA weights); pass --model PRESET"
+        )
+    return ModelConfig.from_dict(saved, source=weights)

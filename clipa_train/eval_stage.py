@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from clipa_data.core.atomic import write_json
+from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
+from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 
 CROPS = ("center", "square")
 
@@ -21,28 +24,35 @@ CROPS = ("center", "square")
 class EvalConfig:
     """Options of a standalone zero-shot evaluation."""
 
-    checkpoint: str
-    """A clipa checkpoint, or OpenCLIP/CLIPA weights together with ``model``."""
-    dataset: str
-    """ImageFolder ``val/`` tree or TFDS imagenet2012 builder directory."""
-    classnames: str | None = None
-    """Class names file for a non-ImageNet folder (one per line, sorted folder order)."""
-    templates: str | None = None
-    """Prompt templates file (one per line with ``{}``); default: the 80 CLIP templates."""
-    model: str | None = None
-    """Preset to build when the checkpoint holds no architecture (OpenCLIP weights)."""
-    image_size: int | None = None
-    """Evaluation image side (default: the checkpoint model's image size)."""
-    crop: str = "center"
-    """``center`` (shorter side + centre crop) or ``square`` resize."""
-    batch_size: int = 256
-    """Images per batch."""
-    workers: int = 2
-    """Decoding worker processes."""
-    backend: str = "auto"
-    """auto, cpu, cuda or xla."""
-    out: str | None = None
-    """Where ``eval.json`` goes (default: the run directory of the checkpoint)."""
+    checkpoint: Annotated[str, Doc("A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")]
+    dataset: Annotated[
+        str,
+        Doc("ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
+            "with --classnames any folder of class folders."),
+    ]  # fmt: skip
+    classnames: Annotated[
+        str | None,
+        Doc("Class names file for a non-ImageNet set (one per line, sorted folder order)."),
+    ] = None
+    templates: Annotated[
+        str | None,
+        Doc("Prompt templates file (one per line with {}); default: the 80 CLIP templates."),
+    ] = None
+    model: Annotated[
+        str | None, Doc("Preset to build when the weights hold no architecture (OpenCLIP).")
+    ] = None
+    image_size: Annotated[
+        int | None, Doc("Evaluation image side (default: the checkpoint model's image size).")
+    ] = None
+    crop: Annotated[
+        str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
+    ] = "center"
+    batch_size: Annotated[int, Doc("Images per batch.")] = 256
+    workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
+    backend: Annotated[str, Doc("Device to evaluate on."), Choices(BACKENDS)] = "auto"
+    out: Annotated[
+        str | None, Doc("Where eval.json goes (default: the run directory of the checkpoint).")
+    ] = None
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -61,26 +71,11 @@ class EvalConfig:
 
 
 def _model(config: EvalConfig):
-    from clipa_train.model import ModelConfig, build_model, load_openclip_weights, load_preset
-    from clipa_train.train_stage import _checkpoint_architecture
+    from clipa_train.checkpoint import base_architecture
+    from clipa_train.model import build_model, load_openclip_weights
 
-    saved = _checkpoint_architecture(config.checkpoint)
-    if config.model is not None:
-        base = load_preset(config.model)
-    elif saved is not None:
-        base = ModelConfig.from_dict(saved, source=config.checkpoint)
-    else:
-        raise ClipaError(
-            f"{config.checkpoint} holds no architecture (OpenCLIP/CLIPA weights); pass --model"
-        )
-    architecture = base.replace(image_size=config.image_size)
-    patch = architecture.vision.patch_size
-    if architecture.vision.image_size % patch:
-        raise ClipaError(
-            f"image size {architecture.vision.image_size} is not a multiple of the patch size "
-            f"{patch}"
-        )
-    model = build_model(architecture)
+    base = base_architecture(config.model, config.checkpoint, default=DEFAULT_MODEL)
+    model = build_model(base.replace(image_size=config.image_size))
     load_openclip_weights(model, config.checkpoint)
     return model
 

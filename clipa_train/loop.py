@@ -63,8 +63,6 @@ class LoopConfig:
     """Steps between checks whether any rank got SIGTERM/SIGINT (a collective when distributed)."""
     progress: bool = True
     """Show a rich progress line on rank 0."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars to ``<run>/tensorboard`` (needs the tensorboard package)."""
 
     def __post_init__(self) -> None:
         for name in ("log_every", "stop_check_every"):
@@ -119,39 +117,24 @@ class StopSignal:
 
 
 class MetricsLog:
-    """Rank 0's ``metrics.jsonl`` (appended, one record per log step) and optional TensorBoard."""
+    """Rank 0's ``metrics.jsonl`` (appended, one record per log step)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled, self.writer, self.handle = enabled, None, None
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled, self.handle = enabled, None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                Console(stderr=True).print(
-                    "warning: tensorboard is not installed; metrics go to metrics.jsonl only"
-                )
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self.writer.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def forward_backward(
@@ -202,21 +185,9 @@ def train(
     """
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
-    if backend.is_main:
-        ckpt.clean_directory(directory)
-    if config.grad_checkpointing:
-        model.set_grad_checkpointing(True, backend.checkpoint_function())
-    step_model = backend.prepare_model(model)
-    check_optimizer_device(optimizer, backend.device)
-    step = 0
-    if resume_from is not None:
-        payload = ckpt.load_checkpoint(resume_from)
-        step, stream = ckpt.restore_checkpoint(
-            payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
-        )
-        batches.load_state_dict(stream)
+    step_model, step = _start(model, optimizer, batches, backend, config, directory, resume_from)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
-    log = MetricsLog(run_dir, backend.is_main, config.tensorboard)
+    log = MetricsLog(run_dir, backend.is_main)
 
     def save() -> Path:
         return ckpt.save_checkpoint(
@@ -270,6 +241,33 @@ def train(
     log.close()
     result.step = step
     return result
+
+
+def _start(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchSource,
+    backend: Backend,
+    config: LoopConfig,
+    directory: Path,
+    resume_from: Path | None,
+) -> tuple[nn.Module, int]:
+    """Clear half-written checkpoints, wrap the model for the backend and restore
+    ``resume_from``; returns (the model the step calls, the step to start at)."""
+    if backend.is_main:
+        ckpt.clean_directory(directory)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True, backend.checkpoint_function())
+    step_model = backend.prepare_model(model)
+    check_optimizer_device(optimizer, backend.device)
+    if resume_from is None:
+        return step_model, 0
+    payload = ckpt.load_checkpoint(resume_from)
+    step, stream = ckpt.restore_checkpoint(
+        payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
+    )
+    batches.load_state_dict(stream)
+    return step_model, step
 
 
 def _watched(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,22 +1,32 @@
-"""The options of ``clipa-train pretrain`` / ``finetune``: one frozen config, resolved once.
+"""The options of ``clipa-train pretrain`` / ``finetune``: one frozen config, merged once.
 
 Precedence, lowest first: the stage's defaults < ``--recipe`` < ``--config FILE`` (YAML or
 JSON) < flags given on the command line. A recipe fixes the settings the paper used; a file
 value or flag that contradicts one of them is an error (the message names both), everything
 the recipe leaves open (data, output, workers, backend, evaluation) is free.
+
+Options are flat on the command line and in config files (``--batch-size``, ``batch_size:``)
+and nested in :class:`TrainConfig` (``config.optim.batch_size``); :data:`OPTIONS` is the one
+table between the two. A ``None`` left after merging means "the model's" or "derived";
+``clipa_train.resolved_stage`` fills those in, once, into a ``ResolvedStage``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from clipa_data.core.config_fields import Choices, Doc, field_specs
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
-from clipa_train.recipes import FINETUNE_LR_PER_256, PRETRAIN_LR_PER_256, get_recipe
+from clipa_train.recipes import (
+    FINETUNE_LR_PER_256,
+    PRETRAIN_LR_PER_256,
+    RECIPE_NAMES,
+    get_recipe,
+)
 
 STAGES = ("pretrain", "finetune")
 IMAGE_MASKS = ("resize", "random", "grid", "block")
@@ -24,180 +34,432 @@ LOSSES = ("contrastive", "sigmoid")
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "cpu", "cuda", "xla")
 POS_EMBEDS = ("sin_cos_2d", "learnable")
-WARMUP_SAMPLES = {"pretrain": 51_200_000, "finetune": 25_600_000}
-"""The recipes' warm-up length in samples; the default warm-up is this or 10 % of the steps."""
+
+
+DEFAULT_MODEL = "ViT-B-16-CL16"
+"""The preset trained when neither ``--model`` nor a checkpoint with an architecture is given."""
+
+
+def _require(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ClipaError(message)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Data in, run directory out, and how the data is read."""
+
+    data: Annotated[
+        str, Doc("TFDS builder directory written by clipa-data convert (local path or fsspec URL).")
+    ]
+    out: Annotated[
+        str, Doc("Run directory: config.json, metrics.jsonl, checkpoints/, summary.json.")
+    ]
+    split: Annotated[str, Doc("Split of the builder directory to train on.")] = "train"
+    workers: Annotated[int, Doc("Data-loading worker processes per device.")] = 2
+    shuffle_buffer: Annotated[int, Doc("Records each loader worker holds for shuffling.")] = 8192
+    seed: Annotated[int, Doc("Seed of model init, data order, crops and masks.")] = 0
+
+    def __post_init__(self) -> None:
+        _require([(self.workers >= 0, "--workers must be ≥ 0")])
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model to train and the switches of its architecture."""
+
+    name: Annotated[
+        str | None,
+        Doc("Model preset name or JSON path (default: ViT-B-16-CL16; finetune: the checkpoint's)."),
+    ] = None
+    from_checkpoint: Annotated[
+        str | None,
+        Doc("Weights to start from (finetune: required); pos-embeds are resized to this stage."),
+    ] = None
+    pos_embed: Annotated[
+        str | None,
+        Doc("Image positional embedding (sin_cos_2d: frozen); default: the preset's."),
+        Choices(POS_EMBEDS),
+    ] = None
+    loss: Annotated[
+        str, Doc("contrastive (CLIP InfoNCE) or sigmoid (SigLIP)."), Choices(LOSSES)
+    ] = "contrastive"
+    grad_checkpointing: Annotated[
+        bool, Doc("Recompute each transformer block in the backward pass (less memory).")
+    ] = False
+
+
+@dataclass(frozen=True)
+class ReductionOptions:
+    """Image and text token reduction (``None``: the model preset's value)."""
+
+    image_size: Annotated[
+        int | None,
+        Doc("Training image side in pixels, a multiple of the patch size (default: the preset's)."),
+    ] = None
+    image_mask: Annotated[
+        str, Doc("Image token reduction (resize: no mask)."), Choices(IMAGE_MASKS)
+    ] = "resize"
+    mask_ratio: Annotated[
+        float,
+        Doc("Share of patches dropped by the random and block masks (grid always keeps 1 in 4)."),
+    ] = 0.5
+    text_length: Annotated[
+        int | None, Doc("Text context length L, SOT + L-2 tokens + EOT (default: the preset's).")
+    ] = None
+    text_mask: Annotated[
+        str | None,
+        Doc("Text reduction (syntax needs clipa-data tag); default: the preset's."),
+        Choices(TEXT_MASKS),
+    ] = None
+
+    def __post_init__(self) -> None:
+        _require(
+            [
+                (
+                    0 <= self.mask_ratio < 1,
+                    f"--mask-ratio must be in [0, 1), got {self.mask_ratio}",
+                ),
+                (self.image_size is None or self.image_size > 0, "--image-size must be positive"),
+                (self.text_length is None or self.text_length >= 3, "--text-length must be ≥ 3"),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """Training image augmentation."""
+
+    crop_scale_min: Annotated[float, Doc("RandomResizedCrop: smallest crop area share.")] = 0.4
+    color_jitter: Annotated[
+        tuple[float, float, float, float] | None,
+        Doc("Brightness, contrast, saturation, hue jitter strengths, or none."),
+    ] = None
+    color_jitter_prob: Annotated[
+        float, Doc("Probability of applying the colour jitter when it is set.")
+    ] = 0.8
+    grayscale_prob: Annotated[float, Doc("Probability of turning a training image gray.")] = 0.0
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    """Batch, length of the stage, AdamW and its schedule, and the device it runs on."""
+
+    batch_size: Annotated[
+        int, Doc("Global batch: samples per optimiser step over all devices.")
+    ] = 256
+    epochs: Annotated[
+        float | None, Doc("Passes over the data; exclusive with samples (default: 1 epoch).")
+    ] = None
+    samples: Annotated[
+        int | None, Doc("Samples to train on in this stage; exclusive with epochs.")
+    ] = None
+    lr: Annotated[
+        float | None,
+        Doc("Peak learning rate (default: 8e-6 × batch/256 pre-training, 8e-7 × batch/256 "
+            "fine-tuning)."),
+    ] = None  # fmt: skip
+    warmup_steps: Annotated[
+        int | None,
+        Doc("Linear warm-up steps (default: the recipes' warm-up in samples, at most 10 % of "
+            "steps)."),
+    ] = None  # fmt: skip
+    weight_decay: Annotated[
+        float,
+        Doc("AdamW weight decay (not applied to biases, norms, 1-D parameters, logit scale)."),
+    ] = 0.2
+    beta1: Annotated[float, Doc("AdamW β1.")] = 0.9
+    beta2: Annotated[float, Doc("AdamW β2.")] = 0.95
+    eps: Annotated[float, Doc("AdamW ε.")] = 1e-6
+    grad_clip_norm: Annotated[
+        float | None,
+        Doc("Clip the global gradient norm to this value (off by default, as in CLIPA)."),
+    ] = None
+    precision: Annotated[
+        str, Doc("auto: bf16 autocast on CUDA/XLA, fp32 on CPU."), Choices(PRECISIONS)
+    ] = "auto"
+    backend: Annotated[
+        str,
+        Doc("auto: xla if a TPU is configured, else cuda if available, else cpu."),
+        Choices(BACKENDS),
+    ] = "auto"
+
+    def __post_init__(self) -> None:
+        _require(
+            [
+                (self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}"),
+                (
+                    self.epochs is None or self.samples is None,
+                    "give --epochs or --samples, not both",
+                ),
+                (self.epochs is None or self.epochs > 0, "--epochs must be positive"),
+                (self.samples is None or self.samples > 0, "--samples must be positive"),
+                (self.lr is None or self.lr > 0, "--lr must be positive"),
+                (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be ≥ 0"),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Zero-shot evaluation inside the training loop."""
+
+    zeroshot: Annotated[
+        str | None,
+        Doc("Zero-shot set evaluated in the loop: an ImageFolder val/ tree or a TFDS imagenet2012 "
+            "builder directory."),
+    ] = None  # fmt: skip
+    classnames: Annotated[
+        str | None,
+        Doc("Class names file for a non-ImageNet zero-shot folder (one per line, sorted folder "
+            "order)."),
+    ] = None  # fmt: skip
+    templates: Annotated[
+        str | None,
+        Doc("Prompt templates file (one template with {} per line); default: the 80 CLIP ones."),
+    ] = None
+    every: Annotated[
+        int, Doc("Steps between in-loop zero-shot evaluations (0: only at the end of the stage).")
+    ] = 0
+    batch_size: Annotated[int, Doc("Images per zero-shot evaluation batch.")] = 256
+
+    def __post_init__(self) -> None:
+        _require(
+            [
+                (self.every >= 0, "step intervals must be ≥ 0"),
+                (not (self.classnames and not self.zeroshot), "--classnames needs --zeroshot DIR"),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class LoggingOptions:
+    """Resuming, metrics, checkpoints and the progress line."""
+
+    resume: Annotated[
+        str | None, Doc("auto (latest checkpoint in the run directory) or a checkpoint path.")
+    ] = None
+    log_every: Annotated[
+        int, Doc("Steps between metrics records (and checks whether any rank got a stop signal).")
+    ] = 10
+    checkpoint_every: Annotated[
+        int, Doc("Steps between checkpoints (0: only at the end and on a stop signal).")
+    ] = 1000
+    keep_checkpoints: Annotated[int, Doc("Newest checkpoints kept (0: all).")] = 2
+    progress: Annotated[bool, Doc("Show a progress line.")] = True
+
+    def __post_init__(self) -> None:
+        _require(
+            [
+                (self.checkpoint_every >= 0, "step intervals must be ≥ 0"),
+                (self.log_every >= 1, "--log-every must be at least 1"),
+            ]
+        )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of a training stage (names match the command-line flags)."""
+    """Every option of a training stage, in groups (``OPTIONS`` maps the flat names onto them)."""
 
-    stage: str
-    """``pretrain`` (reduced tokens) or ``finetune`` (full length, from a checkpoint)."""
-    data: str
-    """TFDS builder directory written by ``clipa-data convert`` (local path or fsspec URL)."""
-    out: str
-    """Run directory: config.json, metrics.jsonl, checkpoints/, summary.json."""
-    split: str = "train"
-    """Split of the builder directory to train on."""
-    model: str | None = None
-    """Model preset name or JSON path (default: ViT-B-16-CL16; finetune: the checkpoint's)."""
-    from_checkpoint: str | None = None
-    """Weights to start from (finetune: required); pos-embeds are resized to this stage."""
-    recipe: str | None = None
-    """A CLIPA recipe that fills in the paper's settings for this stage."""
-    image_size: int | None = None
-    """Training image side in pixels, a multiple of the patch size (default: the preset's)."""
-    image_mask: str = "resize"
-    """Image token reduction: resize (no mask), random, grid or block."""
-    mask_ratio: float = 0.5
-    """Share of patches dropped by the random and block masks (grid always keeps 1 in 4)."""
-    text_length: int | None = None
-    """Text context length L, SOT + L-2 tokens + EOT (default: the preset's)."""
-    text_mask: str | None = None
-    """Text reduction: truncate, random, block or syntax (needs clipa-data tag); default: the
-    preset's."""
-    batch_size: int = 256
-    """Global batch: samples per optimiser step over all devices."""
-    epochs: float | None = None
-    """Passes over the data; exclusive with ``samples`` (default: 1 epoch)."""
-    samples: int | None = None
-    """Samples to train on in this stage; exclusive with ``epochs``."""
-    lr: float | None = None
-    """Peak learning rate (default: 8e-6 × batch/256 pre-training, 8e-7 × batch/256 fine-tuning)."""
-    warmup_steps: int | None = None
-    """Linear warm-up steps (default: the recipes' warm-up in samples, at most 10 % of steps)."""
-    weight_decay: float = 0.2
-    """AdamW weight decay (not applied to biases, norms, 1-D parameters, logit scale)."""
-    beta1: float = 0.9
-    """AdamW β1."""
-    beta2: float = 0.95
-    """AdamW β2."""
-    eps: float = 1e-6
-    """AdamW ε."""
-    grad_clip_norm: float | None = None
-    """Clip the global gradient norm to this value (off by default, as in CLIPA)."""
-    loss: str = "contrastive"
-    """contrastive (CLIP InfoNCE) or sigmoid (SigLIP)."""
-    precision: str = "auto"
-    """auto (bf16 autocast on CUDA/XLA, fp32 on CPU), fp32 or bf16."""
-    grad_checkpointing: bool = False
-    """Recompute each transformer block in the backward pass (less memory)."""
-    pos_embed: str | None = None
-    """Image positional embedding: sin_cos_2d (frozen) or learnable (default: the preset's)."""
-    crop_scale_min: float = 0.4
-    """RandomResizedCrop: smallest crop area share."""
-    color_jitter: tuple[float, float, float, float] | None = None
-    """Brightness, contrast, saturation, hue jitter strengths, or none."""
-    color_jitter_prob: float = 0.8
-    """Probability of applying the colour jitter when it is set."""
-    grayscale_prob: float = 0.0
-    """Probability of turning a training image gray."""
-    seed: int = 0
-    """Seed of model init, data order, crops and masks."""
-    workers: int = 2
-    """Data-loading worker processes per device."""
-    shuffle_buffer: int = 8192
-    """Records each loader worker holds for shuffling."""
-    backend: str = "auto"
-    """auto (xla if a TPU is configured, else cuda if available, else cpu), cpu, cuda, xla."""
-    resume: str | None = None
-    """``auto`` (latest checkpoint in the run directory) or a checkpoint path."""
-    log_every: int = 10
-    """Steps between metrics records (and checks whether any rank got a stop signal)."""
-    checkpoint_every: int = 1000
-    """Steps between checkpoints (0: only at the end and on a stop signal)."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept (0: all)."""
-    zeroshot: str | None = None
-    """Zero-shot set evaluated in the loop: an ImageFolder ``val/`` tree or a TFDS imagenet2012
-    builder directory."""
-    classnames: str | None = None
-    """Class names file for a non-ImageNet zero-shot folder (one per line, sorted folder order)."""
-    templates: str | None = None
-    """Prompt templates file (one template with ``{}`` per line); default: the 80 CLIP ones."""
-    eval_every: int = 0
-    """Steps between in-loop zero-shot evaluations (0: only at the end of the stage)."""
-    eval_batch_size: int = 256
-    """Images per zero-shot evaluation batch."""
-    progress: bool = True
-    """Show a progress line."""
+    stage: Annotated[
+        str, Doc("pretrain (reduced tokens) or finetune (full length, from a checkpoint)."),
+        Choices(STAGES),
+    ]  # fmt: skip
+    run: Annotated[RunOptions, Doc("Data, run directory, data loading.")]
+    recipe: Annotated[
+        str | None,
+        Doc("A CLIPA recipe that fills in the paper's settings for this stage."),
+        Choices(RECIPE_NAMES),
+    ] = None
+    model: Annotated[ModelOptions, Doc("Model choice.")] = field(default_factory=ModelOptions)
+    reduction: Annotated[ReductionOptions, Doc("Token reduction.")] = field(
+        default_factory=ReductionOptions
+    )
+    augment: Annotated[AugmentOptions, Doc("Augmentation.")] = field(default_factory=AugmentOptions)
+    optim: Annotated[OptimOptions, Doc("Optimisation.")] = field(default_factory=OptimOptions)
+    evaluation: Annotated[EvalOptions, Doc("Evaluation.")] = field(default_factory=EvalOptions)
+    logging: Annotated[LoggingOptions, Doc("Logging and checkpoints.")] = field(
+        default_factory=LoggingOptions
+    )
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.stage in STAGES, f"stage must be one of {STAGES}"),
-            (
-                self.image_mask in IMAGE_MASKS,
-                f"--image-mask must be one of {', '.join(IMAGE_MASKS)}",
-            ),
-            (self.text_mask in (None, *TEXT_MASKS), f"--text-mask must be one of {TEXT_MASKS}"),
-            (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
-            (self.pos_embed in (None, *POS_EMBEDS), "--pos-embed must be sin_cos_2d or learnable"),
-            (0 <= self.mask_ratio < 1, f"--mask-ratio must be in [0, 1), got {self.mask_ratio}"),
-            (self.image_size is None or self.image_size > 0, "--image-size must be positive"),
-            (self.text_length is None or self.text_length >= 3, "--text-length must be ≥ 3"),
-            (self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}"),
-            (self.epochs is None or self.samples is None, "give --epochs or --samples, not both"),
-            (self.epochs is None or self.epochs > 0, "--epochs must be positive"),
-            (self.samples is None or self.samples > 0, "--samples must be positive"),
-            (self.lr is None or self.lr > 0, "--lr must be positive"),
-            (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be ≥ 0"),
-            (self.workers >= 0, "--workers must be ≥ 0"),
-            (self.eval_every >= 0 and self.checkpoint_every >= 0, "step intervals must be ≥ 0"),
-            (self.log_every >= 1, "--log-every must be at least 1"),
-            (self.stage == "pretrain" or self.from_checkpoint, "finetune needs --from CHECKPOINT"),
-            (not (self.classnames and not self.zeroshot), "--classnames needs --zeroshot DIR"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ClipaError(message)
+        _require([(self.stage in STAGES, f"stage must be one of {STAGES}")])
+        for name in OPTIONS:
+            choices = option_spec(name).choices
+            value = self.value(name)
+            if choices and name != "recipe" and value is not None and value not in choices:
+                raise ClipaError(f"{option_flag(name)} must be one of {', '.join(choices)}")
+        _require(
+            [
+                (
+                    self.stage == "pretrain" or self.model.from_checkpoint,
+                    "finetune needs --from CHECKPOINT",
+                )
+            ]
+        )
+
+    @classmethod
+    def from_options(cls, stage: str, options: dict[str, Any]) -> TrainConfig:
+        """The config from flat ``{option name: value}`` (the names of flags and config files)."""
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ClipaError(f"unknown option(s) {', '.join(unknown)}")
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in options.items():
+            group, _, attr = OPTIONS[name].rpartition(".")
+            groups.setdefault(group, {})[attr] = value
+        top = groups.pop("", {})
+        specs = field_specs(cls)
+        nested = {group: specs[group].kind(**values) for group, values in groups.items()}
+        return cls(stage=stage, **top, **nested)
+
+    def value(self, name: str) -> Any:
+        """The value of the flat option ``name`` (``batch_size`` -> ``self.optim.batch_size``)."""
+        value: Any = self
+        for attr in OPTIONS[name].split("."):
+            value = getattr(value, attr)
+        return value
+
+    @property
+    def defaults(self) -> StageDefaults:
+        """This stage's defaults."""
+        return STAGE_DEFAULTS[self.stage]
 
     def peak_lr(self) -> float:
         """The given lr, or the paper's rule for this stage and batch size."""
-        if self.lr is not None:
-            return self.lr
-        per_256 = PRETRAIN_LR_PER_256 if self.stage == "pretrain" else FINETUNE_LR_PER_256
-        return per_256 * self.batch_size / 256
+        if self.optim.lr is not None:
+            return self.optim.lr
+        return self.defaults.lr_per_256 * self.optim.batch_size / 256
 
     def total_steps(self, num_records: int) -> int:
         """Optimiser steps of the stage for a split of ``num_records`` records."""
-        samples = self.samples if self.samples is not None else (self.epochs or 1) * num_records
-        return max(1, int(samples // self.batch_size))
+        optim = self.optim
+        samples = optim.samples if optim.samples is not None else (optim.epochs or 1) * num_records
+        return max(1, int(samples // optim.batch_size))
 
     def warmup(self, total_steps: int) -> int:
         """The given warm-up, or the recipes' warm-up in samples capped at 10 % of the steps."""
-        if self.warmup_steps is not None:
-            return min(self.warmup_steps, total_steps)
-        return min(round(WARMUP_SAMPLES[self.stage] / self.batch_size), total_steps // 10)
+        if self.optim.warmup_steps is not None:
+            return min(self.optim.warmup_steps, total_steps)
+        warmup = round(self.defaults.warmup_samples / self.optim.batch_size)
+        return min(warmup, total_steps // 10)
 
     def to_json(self) -> dict[str, Any]:
-        """The options as JSON values."""
-        return dataclasses.asdict(self)
+        """The options as flat JSON values (``config.json``'s ``options``)."""
+        return {"stage": self.stage, **{name: self.value(name) for name in OPTIONS}}
 
 
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": {},
-    "finetune": {
-        "image_size": 224,
-        "image_mask": "resize",
-        "text_length": 32,
-        "text_mask": "truncate",
-        "pos_embed": "learnable",
-    },
+OPTIONS: dict[str, str] = {
+    "data": "run.data",
+    "out": "run.out",
+    "split": "run.split",
+    "workers": "run.workers",
+    "shuffle_buffer": "run.shuffle_buffer",
+    "seed": "run.seed",
+    "model": "model.name",
+    "from_checkpoint": "model.from_checkpoint",
+    "recipe": "recipe",
+    "pos_embed": "model.pos_embed",
+    "loss": "model.loss",
+    "grad_checkpointing": "model.grad_checkpointing",
+    "image_size": "reduction.image_size",
+    "image_mask": "reduction.image_mask",
+    "mask_ratio": "reduction.mask_ratio",
+    "text_length": "reduction.text_length",
+    "text_mask": "reduction.text_mask",
+    "crop_scale_min": "augment.crop_scale_min",
+    "color_jitter": "augment.color_jitter",
+    "color_jitter_prob": "augment.color_jitter_prob",
+    "grayscale_prob": "augment.grayscale_prob",
+    "batch_size": "optim.batch_size",
+    "epochs": "optim.epochs",
+    "samples": "optim.samples",
+    "lr": "optim.lr",
+    "warmup_steps": "optim.warmup_steps",
+    "weight_decay": "optim.weight_decay",
+    "beta1": "optim.beta1",
+    "beta2": "optim.beta2",
+    "eps": "optim.eps",
+    "grad_clip_norm": "optim.grad_clip_norm",
+    "precision": "optim.precision",
+    "backend": "optim.backend",
+    "zeroshot": "evaluation.zeroshot",
+    "classnames": "evaluation.classnames",
+    "templates": "evaluation.templates",
+    "eval_every": "evaluation.every",
+    "eval_batch_size": "evaluation.batch_size",
+    "resume": "logging.resume",
+    "log_every": "logging.log_every",
+    "checkpoint_every": "logging.checkpoint_every",
+    "keep_checkpoints": "logging.keep_checkpoints",
+    "progress": "logging.progress",
 }
-"""Defaults that differ per stage (fine-tuning: 224 px, no mask, text 32 truncate)."""
+"""Every option, by its flat name (flag ``--batch-size``, config-file key ``batch_size``), and
+the field of :class:`TrainConfig` that holds it (``group.field``; ``recipe`` is top-level)."""
 
-RECIPE_RENAMES = {"global_batch": "batch_size"}
-"""Recipe fields whose option name differs."""
-
-OPTION_NAMES = frozenset(f.name for f in fields(TrainConfig)) - {"stage"}
+OPTION_NAMES = frozenset(OPTIONS)
 
 
 def option_flag(name: str) -> str:
     """``batch_size`` -> ``--batch-size`` (``from_checkpoint`` is ``--from``)."""
     return "--from" if name == "from_checkpoint" else "--" + name.replace("_", "-")
+
+
+def option_spec(name: str):
+    """The ``FieldSpec`` (type, help, choices, default) of the flat option ``name``."""
+    group, _, attr = OPTIONS[name].rpartition(".")
+    owner = field_specs(TrainConfig)[group].kind if group else TrainConfig
+    return field_specs(owner)[attr]
+
+
+@dataclass(frozen=True)
+class StageDefaults:
+    """What a stage uses for the options nobody gave: the one place stage defaults live."""
+
+    options: dict[str, Any]
+    """Option values that differ from the fields' defaults, by flat option name."""
+    lr_per_256: float
+    """The paper's peak-lr rule: this × global batch / 256."""
+    warmup_samples: int
+    """The recipes' warm-up in samples; the default warm-up is this or 10 % of the steps."""
+
+    def describe(self) -> str:
+        """One line for ``--help``: the defaults that differ, and the lr rule."""
+        o = self.options
+        parts = [f"{o['image_size']} px"] if "image_size" in o else []
+        if o.get("image_mask") == "resize":
+            parts.append("no image mask")
+        if "text_length" in o:
+            parts.append(f"text {o['text_length']} {o.get('text_mask', '')}".strip())
+        if "pos_embed" in o:
+            parts.append(f"{o['pos_embed']} positional embeddings (resized from the checkpoint on "
+                         "load)")  # fmt: skip
+        parts.append(f"lr {self.lr_per_256:.0e} × batch/256".replace("e-0", "e-"))
+        return "Defaults: " + ", ".join(parts)
+
+
+STAGE_DEFAULTS: dict[str, StageDefaults] = {
+    "pretrain": StageDefaults(
+        options={}, lr_per_256=PRETRAIN_LR_PER_256, warmup_samples=51_200_000
+    ),
+    "finetune": StageDefaults(
+        options={
+            "image_size": 224,
+            "image_mask": "resize",
+            "text_length": 32,
+            "text_mask": "truncate",
+            "pos_embed": "learnable",
+        },
+        lr_per_256=FINETUNE_LR_PER_256,
+        warmup_samples=25_600_000,
+    ),
+}
+"""Defaults that differ per stage (fine-tuning: 224 px, no mask, text 32 truncate, learnable
+positional embeddings; the lr rule and warm-up length)."""
+
+RECIPE_RENAMES = {"global_batch": "batch_size"}
+"""Recipe fields whose option name differs."""
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -257,7 +519,7 @@ def resolve(
     """Merge defaults, recipe, config file and the flags given explicitly (non-None)."""
     given = read_config_file(config_file) if config_file else {}
     given.update({key: value for key, value in flags.items() if value is not None})
-    values: dict[str, Any] = dict(STAGE_DEFAULTS[stage])
+    values: dict[str, Any] = dict(STAGE_DEFAULTS[stage].options)
     name = given.get("recipe")
     if name:
         fixed = recipe_options(name, stage)
@@ -269,4 +531,4 @@ def resolve(
                 )
         values.update(fixed)
     values.update(given)
-    return TrainConfig(stage=stage, **values)
+    return TrainConfig.from_options(stage, values)

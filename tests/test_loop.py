@@ -145,21 +145,6 @@ def test_metrics_records_and_checkpoint_contents(tmp_path):
     assert len(payload["optimizer"]["state"]) > 0
 
 
-def test_tensorboard_is_optional(tmp_path, capsys):
-    """With tensorboard installed the scalars are written; without it, one warning and the run
-    goes on with metrics.jsonl only."""
-    config = LoopConfig(log_every=2, progress=False, tensorboard=True)
-    run(tmp_path, source(num_batches=4), config=config)
-    assert len(read_metrics(tmp_path)) == 2
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        assert "tensorboard is not installed" in capsys.readouterr().err
-        assert not (tmp_path / "tensorboard").exists()
-    else:
-        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-
-
 def test_resume_auto_without_a_checkpoint(tmp_path):
     with pytest.raises(
         ClipaError, match=r"--resume auto: no checkpoint in .*start without --resume"

@@ -14,12 +14,14 @@ BASE = {"data": "d", "out": "o"}
 
 def test_stage_defaults():
     pre = resolve("pretrain", BASE)
-    assert (pre.model, pre.image_size, pre.text_length, pre.text_mask) == (None,) * 4
+    assert (pre.model.name, pre.reduction.image_size, pre.reduction.text_length) == (None,) * 3
+    assert pre.reduction.text_mask is None
     fine = resolve("finetune", {**BASE, "from_checkpoint": "c.pt"})
-    assert (fine.image_size, fine.image_mask, fine.text_length, fine.text_mask) == (
-        224, "resize", 32, "truncate",
-    )  # fmt: skip
-    assert fine.pos_embed == "learnable"
+    reduction = fine.reduction
+    assert (
+        reduction.image_size, reduction.image_mask, reduction.text_length, reduction.text_mask
+    ) == (224, "resize", 32, "truncate")  # fmt: skip
+    assert fine.model.pos_embed == "learnable"
 
 
 def test_learning_rate_rules_and_warmup():
@@ -35,10 +37,11 @@ def test_learning_rate_rules_and_warmup():
 
 def test_recipe_fills_in_and_conflicts_are_errors():
     config = resolve("pretrain", {**BASE, "recipe": "clipa-l16-i17-t16"})
-    assert (config.model, config.image_size, config.text_mask, config.batch_size) == (
-        "ViT-L-16-CL16-Syntax-GAP", 64, "syntax", 32768,
-    )  # fmt: skip
-    assert config.color_jitter == (0.32, 0.32, 0.32, 0.08) and config.epochs == 6
+    assert (
+        config.model.name, config.reduction.image_size, config.reduction.text_mask,
+        config.optim.batch_size,
+    ) == ("ViT-L-16-CL16-Syntax-GAP", 64, "syntax", 32768)  # fmt: skip
+    assert config.augment.color_jitter == (0.32, 0.32, 0.32, 0.08) and config.optim.epochs == 6
     same = resolve("pretrain", {**BASE, "recipe": "clipa-l16-i17-t16", "image_size": 64})
     assert same == config
     with pytest.raises(ClipaError, match=r"--recipe clipa-l16-i17-t16 sets --image-size 64"):
@@ -51,8 +54,8 @@ def test_config_file_then_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("text-mask: syntax\ntext_length: 8\ncolor_jitter: [0.1, 0.1, 0.1, 0.0]\n")
     config = resolve("pretrain", {**BASE, "text_length": 12}, path)
-    assert (config.text_mask, config.text_length) == ("syntax", 12)
-    assert config.color_jitter == (0.1, 0.1, 0.1, 0.0)
+    assert (config.reduction.text_mask, config.reduction.text_length) == ("syntax", 12)
+    assert config.augment.color_jitter == (0.1, 0.1, 0.1, 0.0)
     json_path = tmp_path / "run.json"
     json_path.write_text(json.dumps({"from": "x.pt"}))
     assert read_config_file(json_path) == {"from_checkpoint": "x.pt"}
@@ -87,7 +90,7 @@ def test_bad_config_files(tmp_path, content, message):
 )
 def test_bad_options(changes, message):
     with pytest.raises(ClipaError, match=message):
-        TrainConfig(stage="pretrain", **BASE, **changes)
+        TrainConfig.from_options("pretrain", {**BASE, **changes})
 
 
 def test_finetune_needs_a_checkpoint():

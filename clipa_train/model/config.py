@@ -56,9 +56,11 @@ class VisionConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "width", "layers", "heads"):
             _require(getattr(self, name) > 0, f"vision.{name} must be positive")
+        nearest = max(1, self.image_size // self.patch_size) * self.patch_size
         _require(
             self.image_size % self.patch_size == 0,
-            f"image size {self.image_size} is not a multiple of the patch size {self.patch_size}",
+            f"image size {self.image_size} is not a multiple of the patch size {self.patch_size}; "
+            f"use e.g. --image-size {nearest}",
         )
         _require(self.width % self.heads == 0, "vision.width must be divisible by vision.heads")
         _require(self.mlp_ratio > 0, "vision.mlp_ratio must be positive")

@@ -1,0 +1,188 @@
+"""A training stage with every default filled in, resolved once before anything starts.
+
+``resolve_stage`` takes the merged options (``run_config.TrainConfig``, where ``None`` means
+"the model's" or "derived") and fills every gap in one place: the model preset (or the
+checkpoint's architecture) gives the image size, text length, text mask and positional
+embedding; the training split gives the step count; the stage's defaults give the lr and the
+warm-up. It also turns every bad input (not a builder directory, syntax mask without sidecars,
+image size vs patch size, a bad zero-shot folder, ``--resume auto`` without checkpoints) into
+one clear line before any device or worker process starts. The result, a ``ResolvedStage``,
+holds the component configs the workers build from (picklable, for spawned XLA processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.provenance import package_versions
+from clipa_data.core.taggers import TaggerSpec
+from clipa_train.run_config import DEFAULT_MODEL, TrainConfig
+
+if TYPE_CHECKING:
+    from clipa_train.image import ImageConfig
+    from clipa_train.loop import LoopConfig
+    from clipa_train.model import ModelConfig
+    from clipa_train.optim import OptimConfig
+    from clipa_train.reduce import PatchMaskConfig, TextConfig
+
+OFF_WHEN_NONE = frozenset({"resume_from", "tagger"})
+"""``ResolvedStage`` fields where None means "off" (start fresh, prompts truncated), not unset."""
+
+
+def needs_sidecars(text_mask: str) -> bool:
+    """Whether a text mask reads the POS tags of ``clipa-data tag`` sidecars."""
+    return text_mask == "syntax"
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    """Everything a training stage builds from, with no option left to resolve."""
+
+    config: TrainConfig
+    """The merged options as given (defaults < recipe < file < flags); what they left as None is
+    resolved in the fields below, which the workers read."""
+    model: ModelConfig
+    """The architecture: preset (or the checkpoint's) with this stage's sizes and switches."""
+    image: ImageConfig
+    """Training image size, crop and augmentation."""
+    patch_mask: PatchMaskConfig
+    """Image token reduction, at the model's patch size."""
+    text: TextConfig
+    """Text token reduction and length."""
+    optim: OptimConfig
+    """Peak lr, step count, warm-up and AdamW settings."""
+    loop: LoopConfig
+    """Logging, checkpoint and evaluation intervals."""
+    builder: str
+    """The resolved builder directory."""
+    num_records: int
+    """Records in the training split."""
+    resume_from: str | None
+    """Checkpoint to resume from (``--resume``); None starts fresh."""
+    tagger: TaggerSpec | None
+    """The tagger of the sidecars (syntax-masked zero-shot prompts); None truncates prompts."""
+
+    def to_json(self) -> dict:
+        """``config.json``: resolved options, derived values, model, data and versions."""
+        resolved = {
+            "image_size": self.image.size,
+            "text_length": self.text.length,
+            "text_mask": self.text.mask,
+            "pos_embed": self.model.vision.pos_embed,
+            "lr": self.optim.lr,
+            "warmup_steps": self.optim.warmup_steps,
+        }
+        return {
+            "options": {**self.config.to_json(), **resolved},
+            "derived": {
+                "total_steps": self.optim.total_steps,
+                "warmup_steps": self.optim.warmup_steps,
+                "lr": self.optim.lr,
+                "num_records": self.num_records,
+                "resume_from": self.resume_from,
+            },
+            "model": self.model.to_dict(),
+            "data": {"builder": self.builder, "split": self.config.run.split},
+            "versions": package_versions(["torch", "numpy", "pyarrow"]),
+        }
+
+
+def stage_model(config: TrainConfig) -> ModelConfig:
+    """The stage's architecture: preset (or the checkpoint's) + this stage's overrides."""
+    from clipa_train.checkpoint import base_architecture
+
+    model = config.model
+    base = base_architecture(model.name, model.from_checkpoint, default=DEFAULT_MODEL)
+    return base.replace(
+        image_size=config.reduction.image_size,
+        context_length=config.reduction.text_length,
+        pos_embed=model.pos_embed,
+        loss=model.loss,
+    )
+
+
+def _sidecar_tagger(reader):
+    """The tagger that made the sidecars, as a loadable spec (None if unavailable here)."""
+    from clipa_data.core import layout, sidecar
+    from clipa_data.core.taggers import resolve_tagger
+
+    path = layout.sidecar_path(reader.builder, reader.split.shards[0].path)
+    info, _ = sidecar.read_header(path)
+    try:
+        return resolve_tagger(info.tagger, spacy_model=info.tagger_model.split()[0])
+    except (ClipaError, ValueError):
+        return None
+
+
+def _shared(cls: type, source: object, **given: Any):
+    """``cls`` built from ``given`` plus the fields ``source`` has under the same names."""
+    names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(source)}
+    return cls(**{name: getattr(source, name) for name in names - set(given)}, **given)
+
+
+def _reduction(config: TrainConfig, model: ModelConfig):
+    """(image, patch mask, text) configs at the model's sizes."""
+    from clipa_train.image import ImageConfig
+    from clipa_train.reduce import PatchMaskConfig, TextConfig
+
+    augment, reduction = config.augment, config.reduction
+    image = ImageConfig(
+        size=model.vision.image_size,
+        crop="random",
+        scale=(augment.crop_scale_min, 1.0),
+        color_jitter=augment.color_jitter,
+        color_jitter_prob=augment.color_jitter_prob,
+        grayscale_prob=augment.grayscale_prob,
+    )
+    patch_mask = PatchMaskConfig(
+        reduction.image_mask, patch_size=model.vision.patch_size, ratio=reduction.mask_ratio
+    )
+    text = TextConfig(reduction.text_mask or model.text.text_mask, model.text.context_length)
+    return image, patch_mask, text
+
+
+def resolve_stage(config: TrainConfig) -> ResolvedStage:
+    """Fill every default and check every input; raises ``ClipaError`` before anything starts."""
+    from clipa_train.checkpoint import resolve_resume
+    from clipa_train.evaluate import open_zeroshot_set
+    from clipa_train.loop import LoopConfig
+    from clipa_train.optim import OptimConfig
+    from clipa_train.shards import open_split
+
+    model = stage_model(config)
+    image, patch_mask, text = _reduction(config, model)
+    syntax = needs_sidecars(text.mask)
+    reader = open_split(config.run.data, config.run.split, need_sidecars=syntax)
+    evaluation = config.evaluation
+    if evaluation.zeroshot:
+        open_zeroshot_set(evaluation.zeroshot, evaluation.classnames, evaluation.templates)
+    total = config.total_steps(reader.split.num_records)
+    optim = _shared(
+        OptimConfig, config.optim, lr=config.peak_lr(), total_steps=total,
+        warmup_steps=config.warmup(total),
+    )  # fmt: skip
+    loop = _shared(
+        LoopConfig, config.logging, eval_every=evaluation.every,
+        grad_checkpointing=config.model.grad_checkpointing,
+        # Several processes agree to stop with a collective and a host sync; at log steps the
+        # loop syncs anyway, so checking there keeps every other step asynchronous.
+        stop_check_every=config.logging.log_every,
+    )  # fmt: skip
+    resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
+    return ResolvedStage(
+        config=config,
+        model=model,
+        image=image,
+        patch_mask=patch_mask,
+        text=text,
+        optim=optim,
+        loop=loop,
+        builder=str(reader.builder),
+        num_records=reader.split.num_records,
+        resume_from=None if resume is None else str(resume),
+        tagger=_sidecar_tagger(reader) if syntax and evaluation.zeroshot else None,
+    )
