@@ -245,7 +245,7 @@ def build_loader(plan: StagePlan, per_rank_batch: int, backend):
     """The stage's streaming loader for this rank."""
     from clipa_train.image import ImageConfig
     from clipa_train.loader import Loader
-    from clipa_train.reduce import PatchMaskConfig, TextConfig
+    from clipa_train.reduce import PatchMaskConfig, TextReductionConfig
     from clipa_train.stream import StreamConfig
 
     config = plan.config
@@ -265,7 +265,7 @@ def build_loader(plan: StagePlan, per_rank_batch: int, backend):
             patch_size=plan.model["vision"]["patch_size"],
             ratio=config.mask_ratio,
         ),
-        text=TextConfig(config.text_mask, config.text_length),
+        text=TextReductionConfig(config.text_mask, config.text_length),
         split=config.split,
         seed=config.seed,
         workers=config.workers,
