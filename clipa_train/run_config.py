@@ -16,14 +16,13 @@ from typing import Any
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
+from clipa_train.backend_config import BACKENDS, PRECISIONS
+from clipa_train.image_masks import IMAGE_MASKS
+from clipa_train.loss import LOSSES
+from clipa_train.model.pos_embed import POS_EMBEDS
 from clipa_train.recipes import FINETUNE_LR_PER_256, PRETRAIN_LR_PER_256, get_recipe
 
 STAGES = ("pretrain", "finetune")
-IMAGE_MASKS = ("resize", "random", "grid", "block")
-LOSSES = ("contrastive", "sigmoid")
-PRECISIONS = ("auto", "fp32", "bf16")
-BACKENDS = ("auto", "cpu", "cuda", "xla")
-POS_EMBEDS = ("sin_cos_2d", "learnable")
 WARMUP_SAMPLES = {"pretrain": 51_200_000, "finetune": 25_600_000}
 """The recipes' warm-up length in samples; the default warm-up is this or 10 % of the steps."""
 
