@@ -13,12 +13,10 @@ from clipa_cli.common import reports_errors, stdout
 from rich.markup import escape
 from rich.table import Table
 
+from clipa_data.core.text_reduction import TEXT_MASKS
 
-class TextMaskChoice(str, Enum):
-    truncate = "truncate"
-    random = "random"
-    block = "block"
-    syntax = "syntax"
+TextMaskChoice = Enum("TextMaskChoice", {name: name for name in TEXT_MASKS}, type=str)
+"""The text-mask registry's names as Typer choices."""
 
 
 @reports_errors
@@ -31,7 +29,7 @@ def preview(
     ],
     text_mask: Annotated[
         TextMaskChoice, typer.Option(help="Text reduction strategy.")
-    ] = TextMaskChoice.syntax,
+    ] = TextMaskChoice["syntax"],
     text_length: Annotated[int, typer.Option(help="Context length L (with SOT and EOT).")] = 16,
     n: Annotated[int, typer.Option("--n", help="Captions from the start of the split.")] = 10,
     json_lines: Annotated[

@@ -70,11 +70,10 @@ class BackendConfig:
     """Device, precision and input normalisation."""
 
     name: str = "auto"
-    """A backend of ``BACKENDS`` (auto: xla if a TPU is configured, else cuda if available,
-    else cpu)."""
+    """A name of ``BACKENDS`` (see ``BACKEND_CHOICES``)."""
     precision: str = "fp32"
-    """A precision of ``PRECISIONS``: fp32, bf16 (bfloat16 autocast with fp32 master weights;
-    CUDA, XLA; CPU works, slowly) or auto (bf16 on CUDA and XLA, fp32 on CPU)."""
+    """A name of ``PRECISIONS`` (see ``PRECISION_CHOICES``; bf16 also works on the CPU, slowly);
+    ``create_backend`` resolves auto for the backend it builds."""
     image_mean: tuple[float, float, float] = OPENAI_MEAN
     """Per-channel mean (RGB, in [0, 1]) subtracted on the device; OpenAI CLIP's by default."""
     image_std: tuple[float, float, float] = OPENAI_STD

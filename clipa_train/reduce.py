@@ -87,6 +87,11 @@ class TextReductionConfig:
         if self.length < 3:
             raise ClipaError(f"text length must be at least 3 (SOT + 1 + EOT), got {self.length}")
 
+    @property
+    def needs_sidecars(self) -> bool:
+        """Whether the mask needs the tagger's words, which only sidecars hold (syntax)."""
+        return text_mask(self.mask).needs_words
+
 
 class TextReducer:
     """Turns a record's caption (sidecar row or raw text) into ``int64[length]``."""

@@ -99,9 +99,9 @@ class StreamConfig:
             raise ClipaError(
                 f"unknown text source {self.text_source!r}; choose one of {', '.join(TEXT_SOURCES)}"
             )
-        if self.text.mask == "syntax" and self.text_source == "caption":
+        if self.text.needs_sidecars and self.text_source == "caption":
             raise ClipaError(
-                "the syntax text mask reads POS tags from sidecars: use text source auto"
+                f"the {self.text.mask} text mask reads POS tags from sidecars: use text source auto"
             )
         PatchMasker(self.patch_mask, self.image.size)  # image size must fit the patch size
 

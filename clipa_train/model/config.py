@@ -101,7 +101,7 @@ class TextTowerConfig:
     """Hidden width of each MLP as a multiple of ``width``."""
     text_mask: str
     """The text reduction the preset was trained with (a default for the loader; the model itself
-    does not use it): truncate, random, block or syntax."""
+    does not use it): a name of ``clipa_data.core.text_reduction.TEXT_MASKS``."""
 
     def __post_init__(self) -> None:
         for name in ("context_length", "vocab_size", "width", "heads", "layers"):
