@@ -187,7 +187,7 @@ def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[s
         tagger = load_tagger(tagger_spec)
 
     def words_of(prompts: list[str]) -> list[RankedWords | None]:
-        if tagger is None:
+        if tagger is None or not prompts:
             return [None] * len(prompts)
         ranked = []
         for words in tagger.tag(prompts):
