@@ -90,7 +90,7 @@ def rate(batches: Iterator, batch_size: int = BATCH) -> tuple[float, float]:
 def ours(builder: Path, case: dict, workers: int = 0) -> Callable[[], tuple[float, float]]:
     from clipa_train.image import ImageConfig
     from clipa_train.loader import Loader
-    from clipa_train.reduce import PatchMaskConfig, TextConfig
+    from clipa_train.reduce import PatchMaskConfig, TextReductionConfig
     from clipa_train.stream import StreamConfig
 
     config = StreamConfig(
@@ -98,7 +98,7 @@ def ours(builder: Path, case: dict, workers: int = 0) -> Callable[[], tuple[floa
         batch_size=BATCH,
         image=ImageConfig(size=case["size"]),
         patch_mask=PatchMaskConfig(case["mask"], 16, 0.5),
-        text=TextConfig(*case["text"]),
+        text=TextReductionConfig(*case["text"]),
         workers=workers,
         shuffle_buffer=SHUFFLE,
         pin_memory=False,

@@ -7,12 +7,11 @@ imports torch_xla, and only inside :class:`XlaBackend`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,60 +20,42 @@ import torch.distributed as dist
 from torch import nn
 
 from clipa_data.core.errors import ClipaError
+from clipa_train.backend_config import (
+    BACKEND_CHOICES,
+    BACKENDS,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    BackendConfig,
+    resolve_backend,
+    resolve_precision,
+    tpu_configured,
+)
 
-BACKENDS = ("auto", "cpu", "cuda", "xla")
-PRECISIONS = ("fp32", "bf16")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """Device, precision and input normalisation."""
-
-    name: str = "auto"
-    """auto (xla if a TPU is configured, else cuda if available, else cpu), cpu, cuda or xla."""
-    precision: str = "fp32"
-    """fp32, or bf16: bfloat16 autocast with fp32 master weights (CUDA, XLA; CPU works, slowly)."""
-    image_mean: tuple[float, float, float] = OPENAI_MEAN
-    """Per-channel mean (RGB, in [0, 1]) subtracted on the device; OpenAI CLIP's by default."""
-    image_std: tuple[float, float, float] = OPENAI_STD
-    """Per-channel standard deviation (RGB, in [0, 1]) divided on the device."""
-
-    def __post_init__(self) -> None:
-        if self.name not in BACKENDS:
-            raise ClipaError(f"unknown backend {self.name!r}; choose one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
-            raise ClipaError(
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ClipaError("image mean and std need three values each, std > 0")
-
-
-def tpu_configured() -> bool:
-    """Whether this host is set up for a TPU (PJRT_DEVICE=TPU, TPU env vars or /dev/accel*)."""
-    if os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
-        return True
-    if os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE"):
-        return True
-    return Path("/dev/accel0").exists()
-
-
-def resolve_backend(name: str) -> str:
-    """``--backend``: auto → xla if a TPU is configured, else cuda if available, else cpu."""
-    if name not in BACKENDS:
-        raise ClipaError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name != "auto":
-        return name
-    if tpu_configured():
-        return "xla"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+__all__ = [  # the registries and config live in backend_config (torch-free); re-exported here
+    "BACKENDS",
+    "BACKEND_CHOICES",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "PRECISIONS",
+    "PRECISION_CHOICES",
+    "Backend",
+    "BackendConfig",
+    "TorchBackend",
+    "XlaBackend",
+    "create_backend",
+    "launch",
+    "resolve_backend",
+    "resolve_precision",
+    "tpu_configured",
+]
 
 
 def create_backend(config: BackendConfig) -> Backend:
     """The backend for ``config.name`` (resolved), joined to the torchrun / PJRT process group."""
     name = resolve_backend(config.name)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, name))
     if name == "xla":
         return XlaBackend(config)
     if name == "cuda" and not torch.cuda.is_available():
@@ -135,9 +116,11 @@ class Backend:
         """End of one training step (XLA: cut and launch the graph)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the forward pass when precision is bf16."""
-        enabled = self.config.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        """Autocast for the forward pass to the precision's dtype (none for fp32)."""
+        dtype = PRECISION_CHOICES[self.config.precision].autocast
+        # A disabled region still names a dtype every device type accepts.
+        fast = getattr(torch, dtype or "bfloat16")
+        return torch.autocast(self.device.type, dtype=fast, enabled=dtype is not None)
 
     def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` host images → normalised float ``[B, 3, H, W]`` on the device."""

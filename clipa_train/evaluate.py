@@ -21,7 +21,7 @@ import torch
 from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import parse_message
-from clipa_data.core.text_reduction import priority_of_tag, syntax_mask, truncate
+from clipa_data.core.text_reduction import RankedWords, priority_of_tag, rank_words, text_mask
 from clipa_data.core.tfrecord import read_records
 from clipa_data.core.tokenizer import default_tokenizer
 from clipa_train import zeroshot
@@ -169,35 +169,43 @@ def image_batches(
 def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[str]], torch.Tensor]:
     """Token ids for prompts at the stage's text length, cached per prompt.
 
-    ``syntax`` tags prompts with the tagger that made the training sidecars (as CLIPA's
-    in-loop evaluation syntax-masks prompts); ``random``/``block`` evaluate deterministically
-    with truncation.
+    A mask that needs words (syntax) tags prompts with the tagger that made the training
+    sidecars (as CLIPA's in-loop evaluation syntax-masks prompts); one that draws at random
+    (random, block) evaluates deterministically with truncation.
     """
+    strategy = text_mask(mask)
+    if strategy.draws:
+        strategy = text_mask("truncate")
     tokenizer = default_tokenizer()
     cache: dict[str, np.ndarray] = {}
     tagger = None
-    if mask == "syntax":
+    if strategy.needs_words:
         if tagger_spec is None:
-            raise ClipaError("syntax-masked prompts need the tagger recorded in the sidecars")
+            raise ClipaError(f"{mask}-masked prompts need the tagger recorded in the sidecars")
         from clipa_data.core.taggers import load_tagger
 
         tagger = load_tagger(tagger_spec)
 
+    def words_of(prompts: list[str]) -> list[RankedWords | None]:
+        if tagger is None or not prompts:
+            return [None] * len(prompts)
+        ranked = []
+        for words in tagger.tag(prompts):
+            ids = [tokenizer.encode_word(word) for word, _ in words]
+            ranked.append(
+                rank_words(
+                    np.asarray([i for word in ids for i in word], dtype=np.int64),
+                    np.asarray([len(word) for word in ids], dtype=np.int64),
+                    np.asarray([priority_of_tag(tag) for _, tag in words]),
+                )
+            )
+        return ranked
+
     def encode(prompts: list[str]) -> torch.Tensor:
         missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in cache]
-        if missing and tagger is not None:
-            for prompt, words in zip(missing, tagger.tag(missing), strict=True):
-                ids = [tokenizer.encode_word(word) for word, _ in words]
-                cache[prompt] = syntax_mask(
-                    np.asarray(tokenizer.encode(prompt)),
-                    np.asarray([i for word in ids for i in word], dtype=np.int64),
-                    np.asarray([len(word) for word in ids]),
-                    np.asarray([priority_of_tag(tag) for _, tag in words]),
-                    length,
-                )
-        for prompt in missing:
-            if prompt not in cache:
-                cache[prompt] = truncate(np.asarray(tokenizer.encode(prompt)), length)
+        for prompt, words in zip(missing, words_of(missing), strict=True):
+            ids = np.asarray(tokenizer.encode(prompt), dtype=np.int64)
+            cache[prompt] = strategy.reduce(ids, length, None, words)
         return torch.from_numpy(np.stack([cache[prompt] for prompt in prompts]))
 
     return encode
@@ -212,7 +220,7 @@ class EvalSettings:
     text_length: int
     """Prompt token length (the model's context length during that stage)."""
     text_mask: str = "truncate"
-    """Prompt reduction: syntax, else truncation."""
+    """The stage's text mask; prompts use it when it draws nothing at random, else truncation."""
     crop: str = "center"
     """``center`` (shorter side + centre crop) or ``square`` resize."""
     batch_size: int = 256

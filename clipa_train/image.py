@@ -178,8 +178,9 @@ def _decode_pillow(data: bytes, min_width: int, min_height: int) -> np.ndarray:
         raise ImageError(f"not a decodable image ({type(error).__name__}: {error})") from None
 
 
-def image_size(data: bytes) -> tuple[int, int, bool]:
-    """(width, height, whether simplejpeg can decode it) from the header alone."""
+def header_dimensions(data: bytes) -> tuple[int, int, bool]:
+    """(width, height, whether simplejpeg can decode it) from the encoded header alone (a JPEG's
+    through simplejpeg, any other format's through Pillow): nothing is decoded."""
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         return width, height, True
@@ -197,7 +198,7 @@ def image_size(data: bytes) -> tuple[int, int, bool]:
 
 def decode_region(data: bytes, header: tuple[int, int, bool], box: Box, size: int) -> np.ndarray:
     """The box's pixels (RGB uint8 view), decoded at the smallest scale that keeps it >= ``size``
-    both ways; ``header`` is what ``image_size`` returned for ``data``."""
+    both ways; ``header`` is what ``header_dimensions`` returned for ``data``."""
     width, height, is_jpeg = header
     min_width, min_height = _scaled_minimum(width, height, box, size)
     if is_jpeg:
@@ -272,7 +273,7 @@ def transform_into(
 
     Returns whether Pillow decoded it (not a JPEG simplejpeg reads). Raises ``ImageError``.
     """
-    header = image_size(data)
+    header = header_dimensions(data)
     box = crop_box(header[0], header[1], config, rng)
     region = decode_region(data, header, box, config.size)
     resize_into(region, out)

@@ -93,7 +93,7 @@ class Loader:
             fields=config.fields,
             check_crc=config.check_crc,
             text_source=config.text_source,
-            need_sidecars=config.text.mask == "syntax",
+            need_sidecars=config.text.needs_sidecars,
         )
         self.steps_per_epoch = plan.steps_per_epoch(
             self.reader.split.num_records, config.batch_size, world, config.samples_per_epoch

@@ -5,21 +5,28 @@ of *all* ranks, gathered with gradient (``gather``: the backend's all-gather who
 the incoming gradients of every rank, i.e. a reduce-scatter). With gradients averaged over ranks
 afterwards (DDP, or ``reduce_gradients`` on XLA) this is exactly the gradient of the loss over
 the combined batch. Features are widened to fp32 first, so the logits never run in bf16.
+
+``LOSS_CHOICES`` at the end is the only list of loss names (options, validation and the model's
+logit init read it). torch is imported inside the functions that compute, so that list stays
+readable without torch (``clipa-train --help`` never imports it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from clipa_data.core.errors import ClipaError
-from clipa_train.backend import Backend
 
-Gather = Callable[[torch.Tensor], torch.Tensor]
-Rank = int | torch.Tensor  # a device scalar on XLA, so every replica traces the same graph
-LOSSES = ("contrastive", "sigmoid")
+if TYPE_CHECKING:
+    import torch
+
+    from clipa_train.backend import Backend
+
+Gather = Callable[["torch.Tensor"], "torch.Tensor"]
+Rank = Union[int, "torch.Tensor"]  # a device scalar on XLA: every replica traces one graph
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -28,6 +35,8 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """At least fp32 (bf16 features from autocast are widened; fp64 stays fp64)."""
+    import torch
+
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
@@ -40,6 +49,9 @@ class ContrastiveLoss:
         self.rank = rank
 
     def __call__(self, outputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         image = _wide(outputs["image_features"])
         text = _wide(outputs["text_features"])
         scale = _wide(outputs["logit_scale"]).exp()
@@ -64,6 +76,9 @@ class SigmoidLoss:
         self.rank = rank
 
     def __call__(self, outputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         if outputs["logit_bias"] is None:
             raise ClipaError(
                 "the sigmoid loss needs a model with a logit bias (build it with loss='sigmoid')"
@@ -85,13 +100,39 @@ class SigmoidLoss:
         return total / local
 
 
+@dataclass(frozen=True)
+class LossChoice:
+    """One ``--loss`` name: the loss and the model's logit init it trains best from."""
+
+    loss: Callable[[Gather, Rank], ContrastiveLoss | SigmoidLoss]
+    """Built with the backend's gather-with-grad and rank."""
+    init_logit_scale: float
+    """Initial log temperature of the model."""
+    init_logit_bias: float | None
+    """Initial logit bias (None: the model has no bias parameter)."""
+
+
+LOSS_CHOICES: dict[str, LossChoice] = {
+    "contrastive": LossChoice(ContrastiveLoss, math.log(1 / 0.07), None),
+    "sigmoid": LossChoice(SigmoidLoss, math.log(10.0), -10.0),
+}
+"""Loss name -> loss and logit init (CLIP: log(1/0.07), no bias; SigLIP: log 10, bias -10)."""
+
+LOSSES: tuple[str, ...] = tuple(LOSS_CHOICES)
+"""The loss names, in the order help texts list them."""
+
+
+def loss_choice(name: str) -> LossChoice:
+    """The registry entry called ``name``; a clear error for an unknown name."""
+    if name not in LOSS_CHOICES:
+        raise ClipaError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSS_CHOICES[name]
+
+
 def build_loss(name: str, backend: Backend | None = None) -> ContrastiveLoss | SigmoidLoss:
-    """``contrastive`` or ``sigmoid``, wired to ``backend``'s gather-with-grad and rank (no
-    backend: one process)."""
+    """The loss called ``name``, wired to ``backend``'s gather-with-grad and rank (no backend:
+    one process)."""
+    choice = loss_choice(name)
     gather = backend.all_gather_with_grad if backend is not None else _identity
     rank = backend.loss_rank if backend is not None else 0
-    if name == "contrastive":
-        return ContrastiveLoss(gather, rank)
-    if name == "sigmoid":
-        return SigmoidLoss(gather, rank)
-    raise ClipaError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return choice.loss(gather, rank)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.core.taggers import TaggerSpec
+from clipa_data.core.text_reduction import text_mask as text_mask_strategy
 from clipa_train.run_config import DEFAULT_MODEL, TrainConfig
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from clipa_train.loop import LoopConfig
     from clipa_train.model import ModelConfig
     from clipa_train.optim import OptimConfig
-    from clipa_train.reduce import PatchMaskConfig, TextConfig
+    from clipa_train.reduce import PatchMaskConfig, TextReductionConfig
 
 OFF_WHEN_NONE = frozenset({"resume_from", "tagger"})
 """``ResolvedStage`` fields where None means "off" (start fresh, prompts truncated), not unset."""
@@ -35,7 +36,7 @@ OFF_WHEN_NONE = frozenset({"resume_from", "tagger"})
 
 def needs_sidecars(text_mask: str) -> bool:
     """Whether a text mask reads the POS tags of ``clipa-data tag`` sidecars."""
-    return text_mask == "syntax"
+    return text_mask_strategy(text_mask).needs_words
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ResolvedStage:
     """Training image size, crop and augmentation."""
     patch_mask: PatchMaskConfig
     """Image token reduction, at the model's patch size."""
-    text: TextConfig
+    text: TextReductionConfig
     """Text token reduction and length."""
     optim: OptimConfig
     """Peak lr, step count, warm-up and AdamW settings."""
@@ -127,7 +128,7 @@ def _shared(cls: type, source: object, **given: Any):
 def _reduction(config: TrainConfig, model: ModelConfig):
     """(image, patch mask, text) configs at the model's sizes."""
     from clipa_train.image import ImageConfig
-    from clipa_train.reduce import PatchMaskConfig, TextConfig
+    from clipa_train.reduce import PatchMaskConfig, TextReductionConfig
 
     augment, reduction = config.augment, config.reduction
     image = ImageConfig(
@@ -141,7 +142,9 @@ def _reduction(config: TrainConfig, model: ModelConfig):
     patch_mask = PatchMaskConfig(
         reduction.image_mask, patch_size=model.vision.patch_size, ratio=reduction.mask_ratio
     )
-    text = TextConfig(reduction.text_mask or model.text.text_mask, model.text.context_length)
+    text = TextReductionConfig(
+        reduction.text_mask or model.text.text_mask, model.text.context_length
+    )
     return image, patch_mask, text
 
 

@@ -21,6 +21,10 @@ from typing import Annotated, Any
 from clipa_data.core.config_fields import Choices, Doc, field_specs
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
+from clipa_train.backend_config import BACKENDS, PRECISIONS
+from clipa_train.image_masks import IMAGE_MASKS
+from clipa_train.loss import LOSSES
+from clipa_train.model.pos_embed import POS_EMBEDS
 from clipa_train.recipes import (
     FINETUNE_LR_PER_256,
     PRETRAIN_LR_PER_256,
@@ -29,11 +33,6 @@ from clipa_train.recipes import (
 )
 
 STAGES = ("pretrain", "finetune")
-IMAGE_MASKS = ("resize", "random", "grid", "block")
-LOSSES = ("contrastive", "sigmoid")
-PRECISIONS = ("auto", "fp32", "bf16")
-BACKENDS = ("auto", "cpu", "cuda", "xla")
-POS_EMBEDS = ("sin_cos_2d", "learnable")
 
 
 DEFAULT_MODEL = "ViT-B-16-CL16"

@@ -33,7 +33,7 @@ from clipa_train import epoch_plan as plan
 from clipa_train import seeding
 from clipa_train.batch import BatchArrays, BatchShapes
 from clipa_train.image import ImageConfig, ImageError, transform_into
-from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextConfig, TextReducer
+from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextReducer, TextReductionConfig
 from clipa_train.shards import TEXT_SOURCES, Fields, Record, ShardReader, TextSource, Unreadable
 from clipa_train.shuffle import ShuffleOrder
 
@@ -53,7 +53,7 @@ class StreamConfig:
     """Image decode, crop and augmentation."""
     patch_mask: PatchMaskConfig = field(default_factory=PatchMaskConfig)
     """Image token reduction (``patch_keep``)."""
-    text: TextConfig = field(default_factory=TextConfig)
+    text: TextReductionConfig = field(default_factory=TextReductionConfig)
     """Text token reduction and length."""
     split: str = "train"
     """Split of the builder directory."""
@@ -99,9 +99,9 @@ class StreamConfig:
             raise ClipaError(
                 f"unknown text source {self.text_source!r}; choose one of {', '.join(TEXT_SOURCES)}"
             )
-        if self.text.mask == "syntax" and self.text_source == "caption":
+        if self.text.needs_sidecars and self.text_source == "caption":
             raise ClipaError(
-                "the syntax text mask reads POS tags from sidecars: use text source auto"
+                f"the {self.text.mask} text mask reads POS tags from sidecars: use text source auto"
             )
         PatchMasker(self.patch_mask, self.image.size)  # image size must fit the patch size
 

@@ -4,21 +4,20 @@ For tests, benchmarks and smoke runs only: batch ``i`` is a pure function of ``(
 rank takes its slice of the global batch, and ``state_dict``/``load_state_dict`` resume exactly.
 Images and captions share a hidden class (a colour and a class token) so a model can learn.
 
-The ``patch_keep`` masks here are simple stand-ins for the loader's reductions, with its shapes:
-``random`` keeps K of N patches; ``grid`` one random patch per 2×2 window (N/4); ``block`` one
-random rectangle of ``side × side`` patches, side = round(grid·√(1−ratio)).
+``patch_keep`` is drawn by the loader's own ``PatchMasker`` (any name of
+``clipa_train.image_masks.IMAGE_MASKS``), one numpy generator per row seeded with
+``(seed, batch index, row)`` (``mask_rng``), so its K and geometry are the loader's.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from clipa_data.core.errors import ClipaError
-
-MASKS = ("random", "grid", "block")
+from clipa_train.reduce import PatchMaskConfig, PatchMasker
 
 
 class SyntheticBatches:
@@ -44,15 +43,17 @@ class SyntheticBatches:
             raise ClipaError(
                 f"global batch size {batch_size} is not divisible by world size {world}"
             )
-        if mask is not None and mask not in MASKS:
-            raise ClipaError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
+        # PatchMaskConfig refuses an unknown mask name; None and "resize" give no patch_keep.
+        self.masker = PatchMasker(
+            PatchMaskConfig(mask or "resize", patch_size, mask_ratio), image_size
+        )
         if text_length < 3 or vocab_size < classes + 3:
             raise ClipaError(
                 "text length must be ≥ 3 and the vocabulary larger than the classes + 3"
             )
         self.batch_size, self.image_size, self.text_length = batch_size, image_size, text_length
         self.vocab_size, self.num_batches, self.mask = vocab_size, num_batches, mask
-        self.grid, self.mask_ratio, self.seed = image_size // patch_size, mask_ratio, seed
+        self.seed = seed
         self.rank, self.world, self.classes = rank, world, classes
         self.index = 0
 
@@ -104,27 +105,17 @@ class SyntheticBatches:
             "text": text,
             "key": [f"{index:06d}{row:06d}" for row in range(total)],
         }
-        if self.mask is not None:
-            batch["patch_keep"] = self._patch_keep(total, generator)
+        if self.masker.keep is not None:
+            batch["patch_keep"] = self.patch_keep(index, total)
         local = total // self.world
         rows = slice(self.rank * local, (self.rank + 1) * local)
         return {key: value[rows] for key, value in batch.items()}
 
-    def _patch_keep(self, total: int, generator: torch.Generator) -> torch.Tensor:
-        grid, n = self.grid, self.grid**2
-        if self.mask == "random":
-            keep = max(1, int(n * (1 - self.mask_ratio)))
-            order = torch.rand(total, n, generator=generator).argsort(dim=1)[:, :keep]
-        elif self.mask == "grid":
-            half = grid // 2
-            rows = torch.arange(half).repeat_interleave(half) * 2
-            cols = torch.arange(half).repeat(half) * 2
-            offset = torch.randint(2, (total, 2, half * half), generator=generator)
-            order = (rows + offset[:, 0]) * grid + cols + offset[:, 1]
-        else:
-            side = max(1, round(grid * math.sqrt(1 - self.mask_ratio)))
-            top = torch.randint(grid - side + 1, (total, 1), generator=generator)
-            left = torch.randint(grid - side + 1, (total, 1), generator=generator)
-            cells = torch.arange(side * side)
-            order = (top + cells // side) * grid + left + cells % side
-        return order.sort(dim=1).values.to(torch.int16)
+    def mask_rng(self, index: int, row: int) -> np.random.Generator:
+        """The generator that draws the mask of row ``row`` of global batch ``index``."""
+        return np.random.default_rng((self.seed, index, row))
+
+    def patch_keep(self, index: int, total: int) -> torch.Tensor:
+        """``int16 [total, K]``: the loader's masks for every row of global batch ``index``."""
+        rows = [self.masker.draw(self.mask_rng(index, row)) for row in range(total)]
+        return torch.from_numpy(np.stack(rows))

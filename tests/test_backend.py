@@ -76,3 +76,26 @@ def test_uint8_nhwc_is_normalised_on_the_device():
     )
     with pytest.raises(ClipaError, match=r"must be uint8 \[B, H, W, 3\]"):
         backend.to_device({"image": images.permute(0, 3, 1, 2), "text": text})
+
+
+def test_one_precision_list_and_auto_resolves_per_backend():
+    """One registry serves --precision and BackendConfig; auto is resolved when building."""
+    from clipa_train.backend import PRECISIONS
+    from clipa_train.backend_config import resolve_precision
+    from clipa_train.run_config import PRECISIONS as FLAG_PRECISIONS
+
+    assert PRECISIONS is FLAG_PRECISIONS and "auto" in PRECISIONS
+    assert [resolve_precision("auto", name) for name in ("cpu", "cuda", "xla")] == [
+        "fp32",
+        "bf16",
+        "bf16",
+    ]
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    backend = create_backend(BackendConfig(name="cpu", precision="auto"))
+    assert backend.config.precision == "fp32"
+    with backend.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    with create_backend(BackendConfig(name="cpu", precision="bf16")).autocast():
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ClipaError, match="unknown precision 'fp16'; choose one of auto, fp32"):
+        BackendConfig(precision="fp16")

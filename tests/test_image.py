@@ -24,13 +24,13 @@ def rng(seed=0):
 )
 def test_whole_image_decodes_at_the_smallest_dct_scale_covering_the_target(size, decoded):
     data = jpeg_bytes(256, 256, seed=1)
-    region = image.decode_region(data, image.image_size(data), Box(0, 0, 256, 256), size)
+    region = image.decode_region(data, image.header_dimensions(data), Box(0, 0, 256, 256), size)
     assert region.shape == (decoded, decoded, 3)
 
 
 def test_crop_region_keeps_enough_pixels():
     data = jpeg_bytes(256, 256, seed=1)
-    header = image.image_size(data)
+    header = image.header_dimensions(data)
     box = Box(100, 40, 150, 130)  # 130 px high crop for a 64 px target: 1/2 scale
     region = image.decode_region(data, header, box, 64)
     assert region.shape[:2] == (65, 75)

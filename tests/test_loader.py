@@ -19,7 +19,7 @@ from clipa_data.core.tfrecord import HEADER_SIZE
 from clipa_data.core.tokenizer import SOT
 from clipa_train.image import RECIPE_JITTER, ImageConfig
 from clipa_train.loader import Loader
-from clipa_train.reduce import PatchMaskConfig, TextConfig
+from clipa_train.reduce import PatchMaskConfig, TextReductionConfig
 from clipa_train.stream import StreamConfig
 
 SHARDS, PER_SHARD = 8, 6
@@ -49,7 +49,7 @@ def config(data, **changes):
         batch_size=3,
         image=ImageConfig(size=32),
         patch_mask=PatchMaskConfig("random", 16, 0.5),
-        text=TextConfig("syntax", 8),
+        text=TextReductionConfig("syntax", 8),
         workers=2,
         shuffle_buffer=4,
     )
@@ -80,7 +80,9 @@ def test_two_ranks_by_two_workers_see_every_record_once_per_epoch(builder):
 
 
 def test_batches_follow_the_contract(builder):
-    loader = Loader(config(builder, text=TextConfig("random", 8), workers=0), rank=0, world=1)
+    loader = Loader(
+        config(builder, text=TextReductionConfig("random", 8), workers=0), rank=0, world=1
+    )
     batch = next(iter(loader))
     assert set(batch) == {"image", "patch_keep", "text", "key"}
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 32, 32, 3)
@@ -110,7 +112,7 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(builder, stop_after):
         builder,
         image=ImageConfig(size=32, color_jitter=RECIPE_JITTER, grayscale_prob=0.2),
         patch_mask=PatchMaskConfig("block", 16, 0.5),
-        text=TextConfig("random", 6),
+        text=TextReductionConfig("random", 6),
         samples_per_epoch=57,
     )
     steps = Loader(augmented).steps_per_epoch  # 19 steps: 30 + 27 positions > 24 records each
@@ -168,7 +170,8 @@ def test_ranks_get_equal_steps_when_shards_are_uneven(tmp_path):
         start += size
     data = make_builder_dir(tmp_path, shards)
     loaders = [
-        Loader(config(data, text=TextConfig("truncate", 8)), rank=r, world=2) for r in range(2)
+        Loader(config(data, text=TextReductionConfig("truncate", 8)), rank=r, world=2)
+        for r in range(2)
     ]
     assert [len(loader) for loader in loaders] == [3, 3]  # 18 // (2 * 3)
     keys = [epoch_keys(loader) for loader in loaders]
@@ -195,7 +198,7 @@ def odd_records():
 def test_odd_images_are_decoded_and_a_broken_one_skipped_and_counted(tmp_path):
     data = make_builder_dir(tmp_path, [odd_records()])
     loader = Loader(
-        config(data, text=TextConfig("truncate", 8), batch_size=8, max_bad_fraction=0.2)
+        config(data, text=TextReductionConfig("truncate", 8), batch_size=8, max_bad_fraction=0.2)
     )
     (batch,) = list(loader.epoch_batches())
     assert loader.stats.bad_images == 1 and loader.stats.filled == 1
@@ -207,7 +210,9 @@ def test_odd_images_are_decoded_and_a_broken_one_skipped_and_counted(tmp_path):
 
 def test_too_many_bad_records_stop_the_run_with_the_record_named(tmp_path):
     data = make_builder_dir(tmp_path, [odd_records()])
-    loader = Loader(config(data, text=TextConfig("truncate", 8), batch_size=4, bad_grace=4))
+    loader = Loader(
+        config(data, text=TextReductionConfig("truncate", 8), batch_size=4, bad_grace=4)
+    )
     with pytest.raises(ClipaError, match=r"1 of the [48] records read by worker 0 .*key 'broken'"):
         list(loader.epoch_batches())
 
@@ -222,7 +227,7 @@ def test_a_fully_bad_batch_borrows_the_next_good_record(tmp_path):
             batch_size=1,
             workers=0,
             shuffle_buffer=1,
-            text=TextConfig("truncate", 8),
+            text=TextReductionConfig("truncate", 8),
             max_bad_fraction=0.5,
             bad_grace=4,
         )
@@ -285,7 +290,7 @@ def test_missing_sidecars_and_syntax_without_them(copy):
     shutil.rmtree(Path(copy) / "sidecars")
     with pytest.raises(ClipaError, match=rf"create them with: clipa-data tag {copy}"):
         Loader(config(copy))
-    loader = Loader(config(copy, text=TextConfig("block", 8), workers=0))
+    loader = Loader(config(copy, text=TextReductionConfig("block", 8), workers=0))
     assert not loader.reader.use_sidecars
     assert len(epoch_keys(loader)) == 48
 
@@ -323,9 +328,9 @@ def test_reading_never_imports_tensorflow_or_nltk(builder):
         "from clipa_train.loader import Loader\n"
         "from clipa_train.stream import StreamConfig\n"
         "from clipa_train.image import ImageConfig\n"
-        "from clipa_train.reduce import TextConfig\n"
+        "from clipa_train.reduce import TextReductionConfig\n"
         f"loader = Loader(StreamConfig(data={str(builder)!r}, batch_size=4, workers=0,\n"
-        "    image=ImageConfig(size=32), text=TextConfig('syntax', 8)))\n"
+        "    image=ImageConfig(size=32), text=TextReductionConfig('syntax', 8)))\n"
         "next(iter(loader))\n"
         "heavy = {'tensorflow', 'tensorflow_datasets', 'nltk', 'spacy'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -149,3 +149,15 @@ def test_a_rank_given_as_a_device_scalar_gives_the_same_losses():
             as_int = cls(gather, rank)(gather.outputs(scale, bias))
             as_tensor = cls(gather, torch.tensor(rank))(gather.outputs(scale, bias))
             torch.testing.assert_close(as_tensor, as_int, rtol=0, atol=0)
+
+
+def test_every_registered_loss_builds_and_sets_the_models_logit_init():
+    from clipa_train.loss import LOSS_CHOICES, LOSSES
+    from clipa_train.model import load_preset
+
+    assert LOSSES == tuple(LOSS_CHOICES) == ("contrastive", "sigmoid")
+    for name, choice in LOSS_CHOICES.items():
+        assert isinstance(build_loss(name), choice.loss)
+        config = load_preset("test-tiny").replace(loss=name)
+        assert config.init_logit_scale == choice.init_logit_scale
+        assert config.init_logit_bias == choice.init_logit_bias

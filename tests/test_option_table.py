@@ -53,9 +53,16 @@ def _hints(cls: type) -> dict[str, object]:
     from clipa_train.loop import LoopConfig
     from clipa_train.model import ModelConfig
     from clipa_train.optim import OptimConfig
-    from clipa_train.reduce import PatchMaskConfig, TextConfig
+    from clipa_train.reduce import PatchMaskConfig, TextReductionConfig
 
-    names = [ImageConfig, LoopConfig, ModelConfig, OptimConfig, PatchMaskConfig, TextConfig]
+    names = [
+        ImageConfig,
+        LoopConfig,
+        ModelConfig,
+        OptimConfig,
+        PatchMaskConfig,
+        TextReductionConfig,
+    ]
     return typing.get_type_hints(cls, localns={c.__name__: c for c in names})
 
 

@@ -10,7 +10,7 @@ from sidecars import write_sidecars
 from clipa_data.core import layout, sidecar, text_reduction
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import EOT, SOT, vocab_sha256
-from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextConfig, TextReducer
+from clipa_train.reduce import PatchMaskConfig, PatchMasker, TextReducer, TextReductionConfig
 
 SIZES = [(64, 16), (112, 16), (224, 16), (224, 14), (96, 16), (32, 16)]
 
@@ -75,7 +75,7 @@ def test_grid_keeps_one_patch_in_every_2x2_window(size, patch):
 )
 def test_block_keeps_one_contiguous_rectangle(size, patch, ratio, shape):
     masker, masks = draws("block", size, patch, ratio)
-    assert masker.block == shape and masker.keep == shape[0] * shape[1]
+    assert masker.strategy.shape == shape and masker.keep == shape[0] * shape[1]
     corners = set()
     for keep in masks:
         rows, cols = np.divmod(keep.astype(int), masker.grid)
@@ -118,7 +118,7 @@ def rows(tmp_path_factory):
 
 @pytest.mark.parametrize("mask", ["truncate", "random", "block"])
 def test_text_from_sidecar_equals_text_from_caption(rows, mask):
-    reduce = TextReducer(TextConfig(mask, 8))
+    reduce = TextReducer(TextReductionConfig(mask, 8))
     for row, caption in enumerate(CAPTIONS):
         from_sidecar = reduce(caption, rows, row, np.random.default_rng(row))
         from_caption = reduce(caption, None, 0, np.random.default_rng(row))
@@ -128,7 +128,7 @@ def test_text_from_sidecar_equals_text_from_caption(rows, mask):
 
 
 def test_syntax_keeps_nouns_first_in_text_order(rows):
-    reduce = TextReducer(TextConfig("syntax", 6))
+    reduce = TextReducer(TextReductionConfig("syntax", 6))
     ids = reduce(CAPTIONS[0], rows, 0, np.random.default_rng(0))
     assert (
         ids.tolist() == text_reduction.syntax_mask(rows.caption_ids(0), *rows.words(0), 6).tolist()
@@ -145,17 +145,17 @@ def test_syntax_keeps_nouns_first_in_text_order(rows):
 
 
 def test_random_text_mask_varies_with_the_generator(rows):
-    reduce = TextReducer(TextConfig("random", 6))
+    reduce = TextReducer(TextReductionConfig("random", 6))
     results = {tuple(reduce(CAPTIONS[0], rows, 0, np.random.default_rng(s))) for s in range(10)}
     assert len(results) > 1
 
 
 def test_syntax_without_sidecar_rows_is_refused():
     with pytest.raises(ClipaError, match="needs sidecars: run clipa-data tag"):
-        TextReducer(TextConfig("syntax", 8))("a cat", None, 0, np.random.default_rng(0))
+        TextReducer(TextReductionConfig("syntax", 8))("a cat", None, 0, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("changes", [{"mask": "shuffle"}, {"length": 2}])
 def test_bad_text_configs(changes):
     with pytest.raises(ClipaError):
-        TextConfig(**changes)
+        TextReductionConfig(**changes)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from clipa_data.core import text_reduction as tr
+from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import EOT, SOT
 
 IDS = np.array([11, 12, 13, 14, 15, 16])
@@ -98,9 +99,36 @@ def test_priority_table():
     ]
 
 
-def test_length_must_leave_room():
-    with pytest.raises(ValueError):
-        tr.check_length(2)
+def test_the_shared_lookup_reduces_like_the_functions():
+    """``reduce_text`` (loader, preview and prompts) gives what each strategy's function gives."""
+    caption, word_ids, lengths, priorities = (
+        IDS,
+        np.array([11, 12, 13, 14, 15, 16]),
+        [2, 1, 3],
+        [
+            4,
+            1,
+            2,
+        ],
+    )
+    direct = {
+        "truncate": lambda rng: tr.truncate(caption, 5),
+        "random": lambda rng: tr.random_mask(caption, 5, rng),
+        "block": lambda rng: tr.block_mask(caption, 5, rng),
+        "syntax": lambda rng: tr.syntax_mask(caption, word_ids, lengths, priorities, 5),
+    }
+    assert set(tr.TEXT_MASKS) == set(direct)
+    words = tr.rank_words(word_ids, lengths, priorities)
+    for name in tr.TEXT_MASKS:
+        out = tr.reduce_text(name, caption, 5, np.random.default_rng(3), words)
+        assert out.tolist() == direct[name](np.random.default_rng(3)).tolist()
+
+
+def test_the_lookup_refuses_unknown_names_and_syntax_without_words():
+    with pytest.raises(ClipaError, match="unknown text mask 'shuffle'; choose one of truncate"):
+        tr.reduce_text("shuffle", IDS, 5)
+    with pytest.raises(ClipaError, match="syntax text mask needs POS tags"):
+        tr.reduce_text("syntax", IDS, 5)
 
 
 def ranked(priorities, lengths):

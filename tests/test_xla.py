@@ -30,7 +30,7 @@ from clipa_train.loop import LoopConfig, apply_update, forward_backward, train  
 from clipa_train.loss import build_loss  # noqa: E402
 from clipa_train.model import build_model, load_preset  # noqa: E402
 from clipa_train.optim import OptimConfig, build_optimizer, learning_rate, set_learning_rate  # noqa: E402
-from clipa_train.reduce import PatchMaskConfig, TextConfig  # noqa: E402
+from clipa_train.reduce import PatchMaskConfig, TextReductionConfig  # noqa: E402
 from clipa_train.stream import StreamConfig  # noqa: E402
 from clipa_train.synthetic import SyntheticBatches  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_twenty_loader_steps_compile_at_most_three_graphs(case, builder, tmp_pat
             batch_size=BATCH,
             image=ImageConfig(size=image_size),
             patch_mask=PatchMaskConfig(image_mask, PATCH, 0.5),
-            text=TextConfig(text_mask, text_length),
+            text=TextReductionConfig(text_mask, text_length),
             workers=2,
             seed=1,
         )

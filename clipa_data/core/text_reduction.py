@@ -13,6 +13,9 @@ Examples with ``length = 6`` (4 kept ids) and a caption of 6 BPE ids ``a b c d e
                length = 5 (3 kept): nouns first (circles, grass), then adjectives (red); restored
                to text order -> SOT red circles grass EOT
 
+``TEXT_MASK_STRATEGIES`` at the end is the only list of text-mask names and the one lookup the
+loader, ``clipa-data preview`` and zero-shot prompts use (``reduce_text``).
+
 Syntax follows CLIPA/OpenCLIP's ``syntax_mask_tokenize``: per tagger word a priority NN*=1,
 JJ*=2, VB*=3, other=4; a *stable* sort keeps the ``length - 2`` best words (earlier words win
 ties, where the original's unstable ``np.argsort`` is numpy-version dependent); the kept words
@@ -21,14 +24,17 @@ are restored to text order, their BPE ids concatenated, cut to ``length - 2`` an
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import EOT, PAD, SOT
 
-TextMask = Literal["truncate", "random", "block", "syntax"]
-TEXT_MASKS: tuple[str, ...] = ("truncate", "random", "block", "syntax")
+RankedWords = tuple[np.ndarray, np.ndarray]
+"""A caption's tagger words for the syntax mask: (concatenated word ids, stable rank of the word
+each id belongs to), as ``SidecarRows.ranked_words`` and ``rank_words`` give them."""
 
 
 def priority_of_tag(tag: str) -> int:
@@ -40,13 +46,6 @@ def priority_of_tag(tag: str) -> int:
     if tag.startswith("VB"):
         return 3
     return 4
-
-
-def check_length(length: int) -> int:
-    """The context length must leave room for at least one token between SOT and EOT."""
-    if length < 3:
-        raise ValueError(f"text length must be at least 3 (SOT + 1 token + EOT), got {length}")
-    return length
 
 
 def wrap(body: np.ndarray, length: int) -> np.ndarray:
@@ -140,3 +139,72 @@ def syntax_mask_ranked(
     if len(caption_ids) <= keep:
         return wrap(caption_ids, length)
     return wrap(word_ids[id_ranks < keep], length)
+
+
+def rank_words(
+    word_ids: np.ndarray, word_lengths: np.ndarray, priorities: np.ndarray
+) -> RankedWords:
+    """One caption's tagger words (as ``syntax_mask`` takes them) ranked for the lookup."""
+    priorities = np.asarray(priorities)
+    ranks = stable_ranks(priorities, np.array([0, len(priorities)]))
+    return np.asarray(word_ids, dtype=np.int64), np.repeat(ranks, word_lengths)
+
+
+def _truncate(ids, length, rng, words) -> np.ndarray:
+    return truncate(ids, length)
+
+
+def _random(ids, length, rng, words) -> np.ndarray:
+    return random_mask(ids, length, rng)
+
+
+def _block(ids, length, rng, words) -> np.ndarray:
+    return block_mask(ids, length, rng)
+
+
+def _syntax(ids, length, rng, words) -> np.ndarray:
+    if words is None:
+        raise ClipaError("the syntax text mask needs POS tags: run clipa-data tag")
+    return syntax_mask_ranked(np.asarray(ids), *words, length)
+
+
+@dataclass(frozen=True)
+class TextMaskStrategy:
+    """One text reduction and what it needs."""
+
+    reduce: Callable[[np.ndarray, int, np.random.Generator | None, RankedWords | None], np.ndarray]
+    """(caption BPE ids, length, generator, ranked words or None) -> ``int64[length]``."""
+    needs_words: bool = False
+    """Whether it needs the tagger's words (the sidecars of ``clipa-data tag``)."""
+    draws: bool = False
+    """Whether it draws from the generator (zero-shot prompts then truncate, to stay fixed)."""
+
+
+TEXT_MASK_STRATEGIES: dict[str, TextMaskStrategy] = {
+    "truncate": TextMaskStrategy(_truncate),
+    "random": TextMaskStrategy(_random, draws=True),
+    "block": TextMaskStrategy(_block, draws=True),
+    "syntax": TextMaskStrategy(_syntax, needs_words=True),
+}
+"""Text-mask name -> strategy (see the module docstring for each)."""
+
+TEXT_MASKS: tuple[str, ...] = tuple(TEXT_MASK_STRATEGIES)
+"""The text-mask names, in the order help texts list them."""
+
+
+def text_mask(name: str) -> TextMaskStrategy:
+    """The strategy called ``name``; a clear error for an unknown name."""
+    if name not in TEXT_MASK_STRATEGIES:
+        raise ClipaError(f"unknown text mask {name!r}; choose one of {', '.join(TEXT_MASKS)}")
+    return TEXT_MASK_STRATEGIES[name]
+
+
+def reduce_text(
+    name: str,
+    ids: np.ndarray,
+    length: int,
+    rng: np.random.Generator | None = None,
+    words: RankedWords | None = None,
+) -> np.ndarray:
+    """``int64[length]`` of a caption's BPE ``ids`` under text mask ``name`` (``words``: syntax)."""
+    return text_mask(name).reduce(ids, length, rng, words)

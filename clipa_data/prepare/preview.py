@@ -49,7 +49,7 @@ class PreviewConfig:
     text_field: Annotated[str, Doc("Record feature holding the caption.")] = DEFAULT_TEXT_FIELD
 
     def __post_init__(self) -> None:
-        if self.text_mask not in tr.TEXT_MASKS:
+        if self.text_mask not in tr.TEXT_MASK_STRATEGIES:
             raise ClipaError(f"--text-mask must be one of {', '.join(tr.TEXT_MASKS)}")
         if self.text_length < 3:
             raise ClipaError(f"--text-length must be at least 3, got {self.text_length}")
@@ -90,10 +90,10 @@ def open_sidecar(
     """The shard's checked sidecar; None if absent (an error for the syntax mask)."""
     path = layout.sidecar_path(builder, shard.path)
     if not layout.exists(path):
-        if config.text_mask == "syntax":
+        if tr.text_mask(config.text_mask).needs_words:
             raise ClipaError(
-                f"the syntax mask needs sidecars and {path} is missing; create them with: "
-                f"clipa-data tag {builder}"
+                f"the {config.text_mask} mask needs sidecars and {path} is missing; create them "
+                f"with: clipa-data tag {builder}"
             )
         return None
     expected = SidecarExpectation(
@@ -113,18 +113,13 @@ def reduce(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """The caption's ids after the configured reduction."""
-    length = config.text_length
+    strategy = tr.text_mask(config.text_mask)
     if rows is not None:
         ids = rows.caption_ids(index)
     else:
         ids = np.asarray(default_tokenizer().encode(caption.text)[:MAX_CAPTION_TOKENS])
-    if config.text_mask == "syntax":
-        return tr.syntax_mask(ids, *rows.words(index), length)
-    if config.text_mask == "random":
-        return tr.random_mask(ids, length, rng)
-    if config.text_mask == "block":
-        return tr.block_mask(ids, length, rng)
-    return tr.truncate(ids, length)
+    words = rows.ranked_words(index) if strategy.needs_words and rows is not None else None
+    return strategy.reduce(ids, config.text_length, rng, words)
 
 
 def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:

@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from clipa_train.model.clip import CLIP
 from clipa_train.model.config import (
     ModelConfig,
-    TextConfig,
+    TextTowerConfig,
     VisionConfig,
     load_preset,
     preset_names,
 )
-from clipa_train.model.weights import load_openclip_weights, read_weights
+
+if TYPE_CHECKING:
+    from clipa_train.model.clip import CLIP
+
+_TORCH_MODULES = {
+    "CLIP": "clipa_train.model.clip",
+    "load_openclip_weights": "clipa_train.model.weights",
+    "read_weights": "clipa_train.model.weights",
+}
+"""Names imported on first use: the configs and registries of this package (presets, pos-embed
+names) are read by option parsing, which must not import torch."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCH_MODULES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_model(config: ModelConfig) -> CLIP:
     """A freshly initialised model (on the CPU, fp32)."""
+    from clipa_train.model.clip import CLIP
+
     return CLIP(config)
 
 
@@ -36,6 +56,8 @@ def create_model(
     )
     model = build_model(config)
     if pretrained is not None:
+        from clipa_train.model.weights import load_openclip_weights
+
         load_openclip_weights(model, pretrained)
     return model
 
@@ -43,7 +65,7 @@ def create_model(
 __all__ = [
     "CLIP",
     "ModelConfig",
-    "TextConfig",
+    "TextTowerConfig",
     "VisionConfig",
     "build_model",
     "create_model",

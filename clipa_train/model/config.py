@@ -1,9 +1,9 @@
 """Model configuration: frozen dataclasses and the JSON presets in ``presets/``.
 
-A preset is a small JSON file with ``embed_dim``, a ``vision`` and a ``text`` object (every field
-of :class:`VisionConfig` / :class:`TextConfig` must be present, nothing else is accepted) and an
-optional ``description``. Loading checks names and types and says which field of which file is
-wrong, so a typo never becomes a silently different model.
+A preset is a small JSON file with ``embed_dim``, a ``vision`` and a ``text`` object (every
+field of :class:`VisionConfig` / :class:`TextTowerConfig` must be present, nothing else is
+accepted) and an optional ``description``. Loading checks names and types and says which field
+of which file is wrong, so a typo never becomes a silently different model.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.text_reduction import TEXT_MASKS
+from clipa_train.loss import loss_choice
+from clipa_train.model.pos_embed import POS_EMBEDS
 
 POOLS = ("token", "gap")
-POS_EMBEDS = ("learnable", "sin_cos_2d")
-TEXT_MASKS = ("truncate", "random", "block", "syntax")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -51,7 +52,8 @@ class VisionConfig:
     """``token``: the class token's output; ``gap``: mean over all tokens *including* the class
     token, as CLIPA's PyTorch code (``pool_style='open_clip'``) does."""
     pos_embed: str
-    """``learnable`` (std width^-0.5) or ``sin_cos_2d`` (fixed MAE table, frozen, class row 0)."""
+    """A name of ``pos_embed.POS_EMBEDS``: ``learnable`` (std width^-0.5) or ``sin_cos_2d`` (fixed
+    MAE table, frozen, class row 0)."""
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "width", "layers", "heads"):
@@ -84,7 +86,7 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
-class TextConfig:
+class TextTowerConfig:
     """The causal text transformer."""
 
     context_length: int
@@ -101,7 +103,7 @@ class TextConfig:
     """Hidden width of each MLP as a multiple of ``width``."""
     text_mask: str
     """The text reduction the preset was trained with (a default for the loader; the model itself
-    does not use it): truncate, random, block or syntax."""
+    does not use it): a name of ``clipa_data.core.text_reduction.TEXT_MASKS``."""
 
     def __post_init__(self) -> None:
         for name in ("context_length", "vocab_size", "width", "heads", "layers"):
@@ -122,7 +124,7 @@ class ModelConfig:
     """Width of the joint image-text embedding (the projections' output)."""
     vision: VisionConfig
     """The image tower."""
-    text: TextConfig
+    text: TextTowerConfig
     """The text tower."""
     init_logit_scale: float = math.log(1 / 0.07)
     """Initial log temperature: log(1/0.07) for the contrastive loss, log(10) for SigLIP."""
@@ -142,7 +144,7 @@ class ModelConfig:
         loss: str | None = None,
     ) -> ModelConfig:
         """A copy with the per-stage overrides a command applies (None keeps the preset's value);
-        ``loss='sigmoid'`` sets the SigLIP logit scale/bias init, ``'contrastive'`` CLIP's."""
+        ``loss`` sets that loss's logit scale/bias init (``clipa_train.loss.LOSS_CHOICES``)."""
         vision = dataclasses.replace(
             self.vision,
             image_size=image_size or self.vision.image_size,
@@ -153,12 +155,12 @@ class ModelConfig:
             self.text, context_length=context_length or self.text.context_length
         )
         logit = {}
-        if loss == "sigmoid":
-            logit = {"init_logit_scale": math.log(10.0), "init_logit_bias": -10.0}
-        elif loss == "contrastive":
-            logit = {"init_logit_scale": math.log(1 / 0.07), "init_logit_bias": None}
-        elif loss is not None:
-            raise ClipaError(f"unknown loss {loss!r}; choose contrastive or sigmoid")
+        if loss is not None:
+            choice = loss_choice(loss)
+            logit = {
+                "init_logit_scale": choice.init_logit_scale,
+                "init_logit_bias": choice.init_logit_bias,
+            }
         return dataclasses.replace(self, vision=vision, text=text, **logit)
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,7 +274,7 @@ def _read_preset(name_or_path: str) -> tuple[str, str]:
 
 __all__ = [
     "ModelConfig",
-    "TextConfig",
+    "TextTowerConfig",
     "VisionConfig",
     "load_preset",
     "preset_names",

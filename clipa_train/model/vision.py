@@ -7,7 +7,7 @@ from torch import nn
 
 from clipa_data.core.errors import ClipaError
 from clipa_train.model.config import VisionConfig
-from clipa_train.model.pos_embed import sincos_2d
+from clipa_train.model.pos_embed import POS_EMBED_CHOICES
 from clipa_train.model.transformer import Transformer
 
 
@@ -27,13 +27,11 @@ class VisionTransformer(nn.Module):
         width, scale = config.width, config.width**-0.5
         self.conv1 = nn.Conv2d(3, width, config.patch_size, config.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        if config.pos_embed == "learnable":
-            self.positional_embedding = nn.Parameter(
-                scale * torch.randn(config.num_patches + 1, width)
-            )
-        else:  # fixed sin-cos: kept in the state dict like CLIPA's, never trained
-            table = sincos_2d(width, config.grid)
-            self.positional_embedding = nn.Parameter(table, requires_grad=False)
+        # A fixed table (sin_cos_2d) is a frozen parameter: kept in the state dict like CLIPA's.
+        choice = POS_EMBED_CHOICES[config.pos_embed]
+        self.positional_embedding = nn.Parameter(
+            choice.table(width, config.grid), requires_grad=choice.trainable
+        )
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(
             width, config.layers, config.heads, config.mlp_ratio, causal=False
