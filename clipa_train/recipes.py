@@ -28,7 +28,7 @@ class StageRecipe:
     text_length: int
     """Text context length L (SOT + L-2 tokens + EOT)."""
     text_mask: str
-    """Text reduction strategy: truncate, random, block or syntax."""
+    """Text reduction strategy: a name of ``text_reduction.TEXT_MASKS``."""
     global_batch: int
     """Samples per optimiser step over all devices."""
     lr: float
@@ -36,13 +36,13 @@ class StageRecipe:
     warmup_steps: int
     """Linear warm-up steps before the cosine decay."""
     pos_embed: str
-    """Image positional embedding: sin_cos_2d (frozen 2-D sin-cos) or learnable."""
+    """Image positional embedding: a name of ``pos_embed.POS_EMBEDS``."""
     epochs: float | None = None
     """Passes over the data (pre-training); exclusive with ``samples``."""
     samples: int | None = None
     """Samples seen in the stage (fine-tuning); exclusive with ``epochs``."""
     image_mask: str = "resize"
-    """Image reduction: resize (no mask), random, grid or block."""
+    """Image reduction: a name of ``image_masks.IMAGE_MASKS`` (resize: no mask)."""
     mask_ratio: float = 0.0
     """Share of patches dropped by the random/block masks."""
     precision: str = "bf16"

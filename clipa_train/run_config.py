@@ -78,11 +78,11 @@ class ModelOptions:
     ] = None
     pos_embed: Annotated[
         str | None,
-        Doc("Image positional embedding (sin_cos_2d: frozen); default: the preset's."),
+        Doc("Image positional embedding; default: the preset's."),
         Choices(POS_EMBEDS),
     ] = None
     loss: Annotated[
-        str, Doc("contrastive (CLIP InfoNCE) or sigmoid (SigLIP)."), Choices(LOSSES)
+        str, Doc("Training loss (contrastive: CLIP InfoNCE; sigmoid: SigLIP)."), Choices(LOSSES)
     ] = "contrastive"
     grad_checkpointing: Annotated[
         bool, Doc("Recompute each transformer block in the backward pass (less memory).")

@@ -38,20 +38,20 @@ def run_stage(config: TrainConfig) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def _precision(precision: str, backend_name: str) -> str:
-    if precision != "auto":
-        return precision
-    return "bf16" if backend_name in ("cuda", "xla") else "fp32"
-
-
 def stage_worker(index: int, stage: ResolvedStage) -> None:
     """Train on this process's device: build backend, model, loader, optimiser; run the loop.
     The backend is closed (process group destroyed) when the stage ends, also on an error."""
-    from clipa_train.backend import BackendConfig, create_backend, resolve_backend
+    from clipa_train.backend import (
+        BackendConfig,
+        create_backend,
+        resolve_backend,
+        resolve_precision,
+    )
 
     optim = stage.config.optim
     name = resolve_backend(optim.backend)
-    backend = create_backend(BackendConfig(name=name, precision=_precision(optim.precision, name)))
+    precision = resolve_precision(optim.precision, name)
+    backend = create_backend(BackendConfig(name=name, precision=precision))
     try:
         _train_on(stage, backend)
     finally:

@@ -52,7 +52,7 @@ from clipa_data.prepare.placement import (
     PlaceTask,
     place_shard,
 )
-from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
+from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
 from clipa_data.prepare.schema import Schema, merge
 from clipa_data.prepare.source_format import source_format
 from clipa_data.prepare.sources import Source, check_locations, find_sources, moved_sources
@@ -240,7 +240,7 @@ def inspect_sources(config: ConvertConfig, sources: Sequence[Source]) -> list[In
         )
         for source, stats_path in zip(sources, stats, strict=True)
     ]
-    plan = RunPlan("inspecting", config.workers, "records", config.show_progress)
+    plan = RunnerConfig("inspecting", config.workers, "records", config.show_progress)
     return map_shards(inspect_shard, tasks, plan, units_of=lambda result: result.records)
 
 
@@ -325,7 +325,7 @@ def place_all(config: ConvertConfig, staging: Path, manifest: ConvertManifest) -
     ]
     # Links and renames take microseconds: a pool would only add its start-up time.
     workers = config.workers if method in BYTE_COPYING_METHODS else 1
-    plan = RunPlan(f"placing ({method})", workers, "shards", config.show_progress)
+    plan = RunnerConfig(f"placing ({method})", workers, "shards", config.show_progress)
     return map_shards(place_shard, tasks, plan, units_of=lambda _: 1)
 
 

@@ -38,7 +38,7 @@ def default_workers() -> int:
 
 
 @dataclass(frozen=True)
-class RunPlan:
+class RunnerConfig:
     """How to run a per-shard function and how to show its progress."""
 
     description: str
@@ -55,7 +55,7 @@ class RunPlan:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
-def _progress(console: Console, plan: RunPlan) -> Progress:
+def _progress(console: Console, plan: RunnerConfig) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -73,7 +73,7 @@ def _progress(console: Console, plan: RunPlan) -> Progress:
 def map_shards(
     function: Callable[[Item], Result],
     items: Sequence[Item],
-    plan: RunPlan,
+    plan: RunnerConfig,
     units_of: Callable[[Result], int] = lambda _: 0,
     on_result: Callable[[Item, Result], None] | None = None,
 ) -> list[Result]:

@@ -18,7 +18,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.core.sidecar import SidecarExpectation, check_keys, load_sidecar, read_header
 from clipa_data.core.tokenizer import vocab_sha256
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, iter_captions
-from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
+from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def check_sidecars(config: CheckConfig) -> CheckReport:
         for split in splits
         for shard in layout.read_split(builder, split).shards
     ]
-    plan = RunPlan(
+    plan = RunnerConfig(
         description="checking",
         workers=config.workers,
         unit="records",

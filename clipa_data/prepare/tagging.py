@@ -40,7 +40,7 @@ from clipa_data.core.taggers import (
 from clipa_data.core.text_reduction import priority_of_tag
 from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
-from clipa_data.prepare.runner import RunPlan, default_workers, map_shards
+from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
     remove_temporaries(Path(layout.sidecar_dir(builder)))
     skipped = {} if config.overwrite else {job.shard: job for job in jobs if finished(job)}
     todo = [job for job in jobs if job.shard not in skipped]
-    plan = RunPlan(
+    plan = RunnerConfig(
         description="tagging",
         workers=config.workers,
         unit="captions",
