@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.registry import unknown_choice
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -62,7 +63,7 @@ PRECISIONS: tuple[str, ...] = tuple(PRECISION_CHOICES)
 
 def _check(kind: str, name: str, names: tuple[str, ...]) -> None:
     if name not in names:
-        raise ClipaError(f"unknown {kind} {name!r}; choose one of {', '.join(names)}")
+        raise unknown_choice(kind, name, names)
 
 
 @dataclass(frozen=True)

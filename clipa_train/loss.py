@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.registry import pick
 
 if TYPE_CHECKING:
     import torch
@@ -124,9 +125,7 @@ LOSSES: tuple[str, ...] = tuple(LOSS_CHOICES)
 
 def loss_choice(name: str) -> LossChoice:
     """The registry entry called ``name``; a clear error for an unknown name."""
-    if name not in LOSS_CHOICES:
-        raise ClipaError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSS_CHOICES[name]
+    return pick(LOSS_CHOICES, name, "loss")
 
 
 def build_loss(name: str, backend: Backend | None = None) -> ContrastiveLoss | SigmoidLoss:

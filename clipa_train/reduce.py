@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.registry import pick
 from clipa_data.core.sidecar import MAX_CAPTION_TOKENS, SidecarRows
 from clipa_data.core.text_reduction import text_mask
-from clipa_train.image_masks import IMAGE_MASK_STRATEGIES, IMAGE_MASKS, ImageMaskStrategy
+from clipa_train.image_masks import IMAGE_MASK_STRATEGIES, ImageMaskStrategy
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,7 @@ class PatchMaskConfig:
     """Fraction of patches dropped by ``random`` and ``block``, in [0, 1)."""
 
     def __post_init__(self) -> None:
-        if self.strategy not in IMAGE_MASK_STRATEGIES:
-            raise ClipaError(
-                f"unknown image mask {self.strategy!r}; choose one of {', '.join(IMAGE_MASKS)}"
-            )
+        pick(IMAGE_MASK_STRATEGIES, self.strategy, "image mask")
         if self.patch_size < 1:
             raise ClipaError(f"patch size must be positive, got {self.patch_size}")
         if not 0 <= self.ratio < 1:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.registry import pick
 from clipa_data.core.tokenizer import EOT, PAD, SOT
 
 RankedWords = tuple[np.ndarray, np.ndarray]
@@ -194,9 +195,7 @@ TEXT_MASKS: tuple[str, ...] = tuple(TEXT_MASK_STRATEGIES)
 
 def text_mask(name: str) -> TextMaskStrategy:
     """The strategy called ``name``; a clear error for an unknown name."""
-    if name not in TEXT_MASK_STRATEGIES:
-        raise ClipaError(f"unknown text mask {name!r}; choose one of {', '.join(TEXT_MASKS)}")
-    return TEXT_MASK_STRATEGIES[name]
+    return pick(TEXT_MASK_STRATEGIES, name, "text mask")
 
 
 def reduce_text(

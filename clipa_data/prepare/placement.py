@@ -25,10 +25,10 @@ from clipa_data.core.errors import ClipaError
 if TYPE_CHECKING:  # source_format imports this module for its methods
     from clipa_data.prepare.source_format import SourceFormat
 
-MODES = ("auto", "copy", "hardlink", "symlink", "move")
-"""``--mode`` choices; ``auto`` is hardlink on one filesystem, else copy."""
-FILE_METHODS = ("hardlink", "copy", "symlink", "move")
+FILE_METHODS = ("copy", "hardlink", "symlink", "move")
 """Methods that place the source file's own bytes (tfrecord shards)."""
+MODES = ("auto", *FILE_METHODS)
+"""``--mode`` choices; ``auto`` is hardlink on one filesystem, else copy."""
 ENCODE = "encode"
 """The method for webdataset shards: re-encoded to tfrecord (``--mode`` does not apply)."""
 BYTE_COPYING_METHODS = ("copy", ENCODE)
