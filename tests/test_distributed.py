@@ -16,7 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
+from builders import make_builder_dir, make_records
+from clipa_cli.train_app import app
+from typer.testing import CliRunner
 
+from clipa_data.demo import write_demo_validation
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.checkpoint import base_architecture, load_checkpoint
 from clipa_train.model import build_model, load_openclip_weights
@@ -136,3 +140,37 @@ def test_fsdp_follows_ddp_and_their_checkpoints_load_into_each_other_and_one_pro
     for key, value in reference["features"].items():
         torch.testing.assert_close(outputs[key], value, rtol=0, atol=1e-5)
     torch.testing.assert_close(encoded, reference["encoded"], rtol=0, atol=1e-5)
+
+
+def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
+    """The real command under torchrun (2 gloo processes, real loader, gradient checkpointing,
+    in-loop zero-shot, where every rank runs the sharded forward); its checkpoint then scores the
+    same in `clipa-train eval` in this process."""
+    data = make_builder_dir(tmp_path / "data", [make_records(24, start=i * 24) for i in range(2)])
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    zeroshot = ["--zeroshot", val.root, "--classnames", val.classnames_path]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", data,
+        "--out", tmp_path / "run", "--model", "clipa-tiny", "--image-size", 32,
+        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--samples", 32,
+        "--workers", 1, "--no-progress", "--sharding", "fsdp", "--grad-checkpointing", *zeroshot,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(part) for part in command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["zeroshot"]["n"] == 20
+
+    result = CliRunner().invoke(
+        app, [str(a) for a in ("eval", "--checkpoint", summary["checkpoint"], *zeroshot[2:],
+        "--imagenet-val", val.root, "--workers", 1, "--json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert (scores["top1"], scores["top5"]) == (
+        summary["zeroshot"]["top1"],
+        summary["zeroshot"]["top5"],
+    )
