@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from clipa_data.core.errors import ClipaError
+from clipa_train import sharding
 from clipa_train.backend_config import (
     BACKEND_CHOICES,
     BACKENDS,
@@ -56,6 +57,7 @@ def create_backend(config: BackendConfig) -> Backend:
     """The backend for ``config.name`` (resolved), joined to the torchrun / PJRT process group."""
     name = resolve_backend(config.name)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, name))
+    sharding.check_sharding(config.sharding, name, world=None)  # auto may have become xla
     if name == "xla":
         return XlaBackend(config)
     if name == "cuda" and not torch.cuda.is_available():
@@ -99,6 +101,11 @@ class Backend:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move ``model`` to the device and return the module the step calls."""
+        return model.to(self.device)
+
+    def shard_model(self, model: nn.Module) -> nn.Module:
+        """Shard ``model``'s parameters over ranks in place (FSDP), on the device; call it before
+        building the optimiser. Without sharding: the model, moved to the device."""
         return model.to(self.device)
 
     def checkpoint_function(self) -> Callable | None:
@@ -239,8 +246,23 @@ class TorchBackend(Backend):
             self._owns_group = True
         if dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        sharding.check_sharding(config.sharding, name, self.world)
+        self.fsdp = config.sharding == "fsdp"
+
+    def shard_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if not self.fsdp or sharding.is_sharded(model):
+            return model
+        return sharding.shard_model(model, self.device, self.world, self.config.precision)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.fsdp:  # fully_shard works in place: the model is the module the step calls
+            if not sharding.is_sharded(model):
+                raise ClipaError(
+                    "--sharding fsdp: the model was not sharded; call backend.shard_model(model) "
+                    "before building its optimiser"
+                )
+            return model
         model = model.to(self.device)
         if self.world == 1:
             return model
@@ -249,6 +271,10 @@ class TorchBackend(Backend):
 
     def all_gather_with_grad(self, x: torch.Tensor) -> torch.Tensor:
         return _GatherWithGrad.apply(x) if self.world > 1 else x
+
+    def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.fsdp:  # FSDP reduced the sharded gradients; the 0-d parameters stayed whole
+            sharding.sync_replicated(optimizer, self.world)
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         if self.world == 1:

@@ -75,6 +75,9 @@ class BackendConfig:
     precision: str = "fp32"
     """A name of ``PRECISIONS`` (see ``PRECISION_CHOICES``; bf16 also works on the CPU, slowly);
     ``create_backend`` resolves auto for the backend it builds."""
+    sharding: str = "ddp"
+    """A name of ``clipa_train.sharding.SHARDINGS``: ``ddp`` (a full model per rank) or ``fsdp``
+    (FSDP2 over the torchrun processes; refused on xla and in a single process)."""
     image_mean: tuple[float, float, float] = OPENAI_MEAN
     """Per-channel mean (RGB, in [0, 1]) subtracted on the device; OpenAI CLIP's by default."""
     image_std: tuple[float, float, float] = OPENAI_STD
@@ -83,6 +86,9 @@ class BackendConfig:
     def __post_init__(self) -> None:
         _check("backend", self.name, BACKENDS)
         _check("precision", self.precision, PRECISIONS)
+        from clipa_train.sharding import check_sharding  # it imports this module
+
+        check_sharding(self.sharding, self.name, world=None)
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ClipaError("image mean and std need three values each, std > 0")
 

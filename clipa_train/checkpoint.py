@@ -17,6 +17,7 @@ from torch import nn
 from clipa_data.core.atomic import atomic_writer, remove_temporaries
 from clipa_data.core.errors import ClipaError
 from clipa_train.backend import Backend
+from clipa_train.sharding import full_state, load_full_state
 
 FORMAT = "clipa-checkpoint"
 VERSION = 1
@@ -92,8 +93,10 @@ def save_checkpoint(
     keep: int = 0,
 ) -> Path:
     """Write the checkpoint after ``step`` steps. Every rank must call it (it gathers each rank's
-    stream and RNG state); rank 0 writes. ``keep`` > 0 deletes all but the newest ``keep``."""
+    stream and RNG state, and under FSDP one full state dict); rank 0 writes. ``keep`` > 0
+    deletes all but the newest ``keep``."""
     model = unwrap(model)
+    model_state, optimizer_state = full_state(model, optimizer)
     per_rank = backend.gather_objects({"stream": stream_state, "rng": backend.rng_state()})
     path = checkpoint_path(directory, step)
     if backend.is_main:
@@ -103,8 +106,8 @@ def save_checkpoint(
             "step": step,
             "world": backend.world,
             "architecture": model.config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "ranks": per_rank,
             "config": run_config or {},
         }
@@ -174,8 +177,7 @@ def restore_checkpoint(
             f"{source} was written for a different model ({'; '.join(differences[:3])}); "
             "resume with the same preset and sizes, or load it as pretrained weights"
         )
-    model.load_state_dict(payload["model"], strict=True)
-    optimizer.load_state_dict(payload["optimizer"])
+    load_full_state(model, optimizer, payload["model"], payload["optimizer"])
     ranks = payload["ranks"]
     mine = ranks[backend.rank] if len(ranks) == backend.world else ranks[0]
     backend.set_rng_state(mine["rng"])

@@ -154,8 +154,10 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.evaluate import open_zeroshot_set
     from clipa_train.loop import LoopConfig
     from clipa_train.optim import OptimConfig
+    from clipa_train.sharding import check_sharding, torchrun_world
     from clipa_train.shards import open_split
 
+    check_sharding(config.optim.sharding, config.optim.backend, torchrun_world())
     model = stage_model(config)
     image, patch_mask, text = _reduction(config, model)
     syntax = needs_sidecars(text.mask)

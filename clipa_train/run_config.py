@@ -31,6 +31,7 @@ from clipa_train.recipes import (
     RECIPE_NAMES,
     get_recipe,
 )
+from clipa_train.sharding import SHARDINGS
 
 STAGES = ("pretrain", "finetune")
 
@@ -183,6 +184,12 @@ class OptimOptions:
         Doc("auto: xla if a TPU is configured, else cuda if available, else cpu."),
         Choices(BACKENDS),
     ] = "auto"
+    sharding: Annotated[
+        str,
+        Doc("ddp: a full model per process; fsdp: FSDP2 shards parameters, gradients and AdamW "
+            "states over the torchrun processes (≥ 2; cpu/cuda, not xla)."),
+        Choices(SHARDINGS),
+    ] = "ddp"  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(
@@ -383,6 +390,7 @@ OPTIONS: dict[str, str] = {
     "grad_clip_norm": "optim.grad_clip_norm",
     "precision": "optim.precision",
     "backend": "optim.backend",
+    "sharding": "optim.sharding",
     "zeroshot": "evaluation.zeroshot",
     "classnames": "evaluation.classnames",
     "templates": "evaluation.templates",

@@ -51,7 +51,7 @@ def stage_worker(index: int, stage: ResolvedStage) -> None:
     optim = stage.config.optim
     name = resolve_backend(optim.backend)
     precision = resolve_precision(optim.precision, name)
-    backend = create_backend(BackendConfig(name=name, precision=precision))
+    backend = create_backend(BackendConfig(name=name, precision=precision, sharding=optim.sharding))
     try:
         _train_on(stage, backend)
     finally:
@@ -73,7 +73,7 @@ def _train_on(stage: ResolvedStage, backend) -> None:
     if config.model.from_checkpoint and stage.resume_from is None:
         load_openclip_weights(model, config.model.from_checkpoint)
     loader = build_loader(stage, backend.per_rank_batch(config.optim.batch_size), backend)
-    model.to(backend.device)
+    model = backend.shard_model(model)  # to the device; FSDP: before the optimiser sees it
     try:
         result = train(
             model=model,
@@ -122,8 +122,10 @@ def zeroshot_hook(stage: ResolvedStage, backend):
         open_zeroshot_set,
         prompt_encoder,
     )
+    from clipa_train.sharding import sharding_choice
 
-    if not backend.is_main:
+    # Under FSDP a forward is a collective: every rank evaluates, rank 0 logs.
+    if not backend.is_main and not sharding_choice(backend.config.sharding).gathers_in_forward:
         return lambda model, step: {}
     evaluation = stage.config.evaluation
     zset = open_zeroshot_set(evaluation.zeroshot, evaluation.classnames, evaluation.templates)

@@ -2,6 +2,8 @@
 
 Each rank takes its half of the same global batches. Rank 0 writes, for both losses, the global
 loss and the DDP-averaged gradients of one step, and the loop's losses and final weights.
+With ``fsdp`` as second argument it trains 10 steps under DDP and under FSDP (checkpoints at 5
+and 10), resumes each from the other's step-5 checkpoint, and writes the FSDP model's outputs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ GLOBAL_BATCH = 8
 OPTIM = OptimConfig(lr=2e-3, total_steps=4, warmup_steps=1)
 
 
-def batches(rank: int, world: int, mask: str | None = "random") -> SyntheticBatches:
+def batches(
+    rank: int, world: int, mask: str | None = "random", steps: int = OPTIM.total_steps
+) -> SyntheticBatches:
     return SyntheticBatches(
         batch_size=GLOBAL_BATCH,
         image_size=32,
@@ -35,7 +39,7 @@ def batches(rank: int, world: int, mask: str | None = "random") -> SyntheticBatc
         seed=5,
         rank=rank,
         world=world,
-        num_batches=OPTIM.total_steps,
+        num_batches=steps,
     )
 
 
@@ -73,6 +77,57 @@ def loop(backend, run_dir: Path):
     return model.state_dict()
 
 
+# Clipping on, so the gradient norm over DTensor and whole gradients is exercised too.
+SHARDED_OPTIM = OptimConfig(lr=2e-3, total_steps=10, warmup_steps=2, grad_clip_norm=1.0)
+
+
+def sharded_run(backend, run_dir: Path, resume_from: Path | None = None, checkpointing=False):
+    """10 steps (checkpoints at 5 and 10) of test-tiny; returns the model."""
+    torch.manual_seed(0)
+    model = backend.shard_model(build_model(load_preset("test-tiny")))
+    train(
+        model=model,
+        optimizer=build_optimizer(model, SHARDED_OPTIM),
+        optim_config=SHARDED_OPTIM,
+        loss_fn=build_loss("contrastive", backend),
+        batches=batches(backend.rank, backend.world, steps=SHARDED_OPTIM.total_steps),
+        backend=backend,
+        run_dir=run_dir,
+        config=LoopConfig(
+            log_every=1,
+            checkpoint_every=5,
+            keep_checkpoints=0,
+            grad_checkpointing=checkpointing,
+            progress=False,
+        ),
+        resume_from=resume_from,
+    )
+    return model
+
+
+def sharded_main(out: Path) -> None:
+    ddp = create_backend(BackendConfig(name="cpu"))
+    fsdp = create_backend(BackendConfig(name="cpu", sharding="fsdp"))
+    sharded_run(ddp, out / "ddp")
+    model = sharded_run(fsdp, out / "fsdp", checkpointing=True)
+    halfway = "checkpoints/step_00000005.pt"
+    sharded_run(fsdp, out / "fsdp_from_ddp", resume_from=out / "ddp" / halfway)
+    sharded_run(ddp, out / "ddp_from_fsdp", resume_from=out / "fsdp" / halfway)
+    batch = fsdp.to_device(batches(0, 1, mask=None).batch(0))  # the whole batch on every rank
+    model.eval()
+    with torch.no_grad():
+        outputs = model(batch["image"], batch["text"])
+        encoded = model.encode_image(batch["image"])  # a method the root's hooks also gather for
+    if fsdp.is_main:
+        torch.save(
+            {"features": {k: v for k, v in outputs.items() if k.endswith("features")},
+             "encoded": encoded, "world": fsdp.world},
+            out / "fsdp_outputs.pt",
+        )  # fmt: skip
+    fsdp.close()
+    ddp.close()
+
+
 def main(out: Path) -> None:
     backend = create_backend(BackendConfig(name="cpu"))
     backend.per_rank_batch(GLOBAL_BATCH)
@@ -93,4 +148,7 @@ def main(out: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["fsdp"]:
+        sharded_main(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

@@ -74,6 +74,15 @@ BAD_TRAINING = {
         ["has 3 class names but", "has 20 classes"],
     ),
     "resume auto without checkpoints": (["--resume", "auto"], ["no checkpoint"]),
+    "fsdp in one process": (
+        ["--sharding", "fsdp"],
+        ["--sharding fsdp needs at least 2 processes", "torchrun", "--sharding ddp"],
+    ),
+    "fsdp on xla": (
+        ["--sharding", "fsdp", "--backend", "xla"],
+        ["--sharding fsdp is for the torch backends", "use --sharding ddp with --backend xla"],
+    ),
+    "unknown sharding": (["--sharding", "zero3"], ["--sharding must be one of ddp, fsdp"]),
 }
 
 
