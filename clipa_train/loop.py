@@ -25,6 +25,7 @@ from torch import nn
 
 from clipa_data.core.errors import ClipaError
 from clipa_train import checkpoint as ckpt
+from clipa_train.accumulation import accumulate_forward_backward
 from clipa_train.backend import Backend
 from clipa_train.optim import (
     OptimConfig,
@@ -63,9 +64,12 @@ class LoopConfig:
     """Steps between checks whether any rank got SIGTERM/SIGINT (a collective when distributed)."""
     progress: bool = True
     """Show a rich progress line on rank 0."""
+    accum_steps: int = 1
+    """Micro-batches per optimiser step (exact accumulation, ``clipa_train.accumulation``); 1
+    runs each batch in one pass."""
 
     def __post_init__(self) -> None:
-        for name in ("log_every", "stop_check_every"):
+        for name in ("log_every", "stop_check_every", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ClipaError(f"{name} must be at least 1")
         for name in ("checkpoint_every", "keep_checkpoints", "eval_every"):
@@ -216,7 +220,12 @@ def train(
             lr = learning_rate(step, optim_config)
             set_learning_rate(optimizer, lr)
             batch = backend.to_device(host_batch)
-            loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+            if config.accum_steps > 1:
+                loss = accumulate_forward_backward(
+                    step_model, batch, loss_fn, backend, config.accum_steps
+                )
+            else:
+                loss, _ = forward_backward(step_model, batch, loss_fn, backend)
             apply_update(model, optimizer, optim_config, backend)
             watched = _watched(model, backend.mean_over_ranks(loss.detach()))
             backend.step_boundary()

@@ -183,6 +183,11 @@ class OptimOptions:
         Doc("auto: xla if a TPU is configured, else cuda if available, else cpu."),
         Choices(BACKENDS),
     ] = "auto"
+    accum_steps: Annotated[
+        int,
+        Doc("Micro-batches per optimiser step: each device runs batch/(devices × K) samples at "
+            "a time; loss and gradients stay those of the whole batch (exact accumulation)."),
+    ] = 1  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(
@@ -196,6 +201,15 @@ class OptimOptions:
                 (self.samples is None or self.samples > 0, "--samples must be positive"),
                 (self.lr is None or self.lr > 0, "--lr must be positive"),
                 (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be ≥ 0"),
+                (
+                    self.accum_steps >= 1,
+                    f"--accum-steps must be at least 1, got {self.accum_steps}",
+                ),
+                (
+                    self.accum_steps < 1 or self.batch_size % self.accum_steps == 0,
+                    f"--accum-steps {self.accum_steps} does not divide --batch-size "
+                    f"{self.batch_size}; use a divisor of the batch per device",
+                ),
             ]
         )
 
@@ -383,6 +397,7 @@ OPTIONS: dict[str, str] = {
     "grad_clip_norm": "optim.grad_clip_norm",
     "precision": "optim.precision",
     "backend": "optim.backend",
+    "accum_steps": "optim.accum_steps",
     "zeroshot": "evaluation.zeroshot",
     "classnames": "evaluation.classnames",
     "templates": "evaluation.templates",
