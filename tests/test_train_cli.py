@@ -74,6 +74,11 @@ BAD_TRAINING = {
         ["has 3 class names but", "has 20 classes"],
     ),
     "resume auto without checkpoints": (["--resume", "auto"], ["no checkpoint"]),
+    "accum steps not dividing the batch": (
+        ["--accum-steps", 3],
+        ["--accum-steps 3 does not divide --batch-size 8", "use a divisor"],
+    ),
+    "accum steps 0": (["--accum-steps", 0], ["--accum-steps must be at least 1"]),
 }
 
 
@@ -163,6 +168,21 @@ def test_sigterm_stop_then_resume_auto_continues_exactly(data, tmp_path):
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert summary["start_step"] == stopped["steps"] and summary["steps"] == 30
     assert losses(tmp_path / "stopped") == losses(tmp_path / "whole")  # bit-identical on CPU
+
+
+def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
+    """--accum-steps 2: two micro-batches of 4 per step through the real loader; the logged
+    losses are the one-pass run's (exact accumulation; fp32 CPU, within 1e-5)."""
+    more = ["--samples", 8 * 3, "--log-every", 1]
+    one = invoke(*tiny(data, tmp_path / "one", *more))
+    assert one.exit_code == 0, one.output
+    two = invoke(*tiny(data, tmp_path / "two", *more, "--accum-steps", 2))
+    assert two.exit_code == 0, two.output
+    resolved = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert resolved["options"]["accum_steps"] == 2 and resolved["derived"]["total_steps"] == 3
+    expected, got = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert got.keys() == expected.keys() == {1, 2, 3}
+    assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
 
 
 # --- clipa-train eval --------------------------------------------------------------------------
