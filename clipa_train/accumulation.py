@@ -51,6 +51,15 @@ def micro_batch_size(per_rank_batch: int, accum_steps: int, world: int = 1) -> i
     return per_rank_batch // accum_steps
 
 
+def fewest_micro_batches(per_rank_batch: int, micro_batch: int) -> int:
+    """``--accum-steps auto``: the fewest micro-batches, each of at most ``micro_batch`` samples,
+    that split ``per_rank_batch`` evenly (every micro-batch has the same shape)."""
+    if micro_batch < 1:
+        raise ClipaError(f"--micro-batch must be at least 1, got {micro_batch}")
+    least = -(-per_rank_batch // micro_batch)
+    return next(k for k in range(least, per_rank_batch + 1) if per_rank_batch % k == 0)
+
+
 def split_batch(
     batch: dict[str, torch.Tensor | None], accum_steps: int, world: int = 1
 ) -> list[dict[str, torch.Tensor | None]]:

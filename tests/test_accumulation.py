@@ -19,6 +19,7 @@ from test_loop import read_metrics, run, source
 from clipa_data.core.errors import ClipaError
 from clipa_train.accumulation import (
     accumulate_forward_backward,
+    fewest_micro_batches,
     micro_batch_size,
     split_batch,
 )
@@ -114,10 +115,28 @@ def test_accum_steps_that_do_not_split_the_batch():
     options = {"data": "d", "out": "o"}
     with pytest.raises(ClipaError, match=r"^--accum-steps 3 does not divide --batch-size 8;"):
         resolve("pretrain", {**options, "batch_size": 8, "accum_steps": 3})
-    with pytest.raises(ClipaError, match=r"^--accum-steps must be at least 1, got -1$"):
-        resolve("pretrain", {**options, "accum_steps": -1})
-    config = resolve("pretrain", {**options, "batch_size": 8, "accum_steps": 4})
+    for bad in (-1, 0, "many"):
+        with pytest.raises(
+            ClipaError, match=rf"^--accum-steps must be a whole number ≥ 1 or auto, got {bad}$"
+        ):
+            resolve("pretrain", {**options, "accum_steps": bad})
+    with pytest.raises(ClipaError, match=r"^--accum-steps auto needs --micro-batch N$"):
+        resolve("pretrain", {**options, "accum_steps": "auto"})
+    with pytest.raises(ClipaError, match=r"^--micro-batch must be at least 1, got 0$"):
+        resolve("pretrain", {**options, "accum_steps": "auto", "micro_batch": 0})
+    with pytest.raises(ClipaError, match=r"^--micro-batch is read only with --accum-steps auto"):
+        resolve("pretrain", {**options, "micro_batch": 4})
+    config = resolve("pretrain", {**options, "batch_size": 8, "accum_steps": "4"})  # as a flag
     assert config.optim.accum_steps == 4
+
+
+def test_accum_steps_auto_takes_the_fewest_micro_batches_that_fit():
+    assert [fewest_micro_batches(8, m) for m in (8, 5, 4, 3, 2, 1)] == [1, 2, 2, 4, 4, 8]
+    assert fewest_micro_batches(7, 2) == 7  # a prime batch: micro-batches of 1
+    assert LoopConfig(micro_batch=3).micro_batches(8) == 4
+    assert LoopConfig(accum_steps=2).micro_batches(8) == 2
+    with pytest.raises(ClipaError, match=r"^--micro-batch must be at least 1, got 0$"):
+        fewest_micro_batches(8, 0)
 
 
 def test_the_loop_refuses_a_batch_per_rank_it_cannot_split(tmp_path):

@@ -78,7 +78,11 @@ BAD_TRAINING = {
         ["--accum-steps", 3],
         ["--accum-steps 3 does not divide --batch-size 8", "use a divisor"],
     ),
-    "accum steps 0": (["--accum-steps", 0], ["--accum-steps must be at least 1"]),
+    "accum steps 0": (["--accum-steps", 0], ["--accum-steps must be a whole number ≥ 1 or auto"]),
+    "accum steps auto without micro batch": (
+        ["--accum-steps", "auto"],
+        ["--accum-steps auto needs --micro-batch N"],
+    ),
 }
 
 
@@ -171,18 +175,22 @@ def test_sigterm_stop_then_resume_auto_continues_exactly(data, tmp_path):
 
 
 def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
-    """--accum-steps 2: two micro-batches of 4 per step through the real loader; the logged
-    losses are the one-pass run's (exact accumulation; fp32 CPU, within 1e-5)."""
+    """--accum-steps 2 (two micro-batches of 4) and --accum-steps auto --micro-batch 3 (four of
+    2) through the real loader log the one-pass run's losses (exact accumulation; fp32 CPU,
+    within 1e-5)."""
     more = ["--samples", 8 * 3, "--log-every", 1]
     one = invoke(*tiny(data, tmp_path / "one", *more))
     assert one.exit_code == 0, one.output
-    two = invoke(*tiny(data, tmp_path / "two", *more, "--accum-steps", 2))
-    assert two.exit_code == 0, two.output
-    resolved = json.loads((tmp_path / "two" / "config.json").read_text())
-    assert resolved["options"]["accum_steps"] == 2 and resolved["derived"]["total_steps"] == 3
-    expected, got = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert got.keys() == expected.keys() == {1, 2, 3}
-    assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
+    expected = losses(tmp_path / "one")
+    assert expected.keys() == {1, 2, 3}
+    for name, flags in {"two": [2], "auto": ["auto", "--micro-batch", 3]}.items():
+        result = invoke(*tiny(data, tmp_path / name, *more, "--accum-steps", *flags))
+        assert result.exit_code == 0, result.output
+        options = json.loads((tmp_path / name / "config.json").read_text())["options"]
+        assert options["accum_steps"] == flags[0]
+        got = losses(tmp_path / name)
+        assert got.keys() == expected.keys()
+        assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
 
 
 # --- clipa-train eval --------------------------------------------------------------------------
