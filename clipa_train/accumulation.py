@@ -43,10 +43,12 @@ def micro_batch_size(per_rank_batch: int, accum_steps: int, world: int = 1) -> i
     if accum_steps < 1:
         raise ClipaError(f"--accum-steps must be at least 1, got {accum_steps}")
     if per_rank_batch % accum_steps:
-        over = f"--batch-size {per_rank_batch * world} over {world} processes"
+        over = (
+            f" (--batch-size {per_rank_batch * world} over {world} processes)" if world > 1 else ""
+        )
         raise ClipaError(
-            f"--accum-steps {accum_steps} does not divide the batch per rank {per_rank_batch} "
-            f"({over}); use a divisor of {per_rank_batch} or change --batch-size"
+            f"--accum-steps {accum_steps} does not divide the batch per rank {per_rank_batch}"
+            f"{over}; use a divisor of {per_rank_batch} or change --batch-size"
         )
     return per_rank_batch // accum_steps
 
