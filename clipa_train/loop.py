@@ -25,6 +25,7 @@ from torch import nn
 
 from clipa_data.core.errors import ClipaError
 from clipa_train import checkpoint as ckpt
+from clipa_train.accumulation import accumulate_forward_backward, fewest_micro_batches
 from clipa_train.backend import Backend
 from clipa_train.optim import (
     OptimConfig,
@@ -63,14 +64,28 @@ class LoopConfig:
     """Steps between checks whether any rank got SIGTERM/SIGINT (a collective when distributed)."""
     progress: bool = True
     """Show a rich progress line on rank 0."""
+    accum_steps: int = 1
+    """Micro-batches per optimiser step (exact accumulation, ``clipa_train.accumulation``); 1
+    runs each batch in one pass."""
+    micro_batch: int | None = None
+    """If set, replaces ``accum_steps``: the fewest micro-batches of at most this many samples
+    that split the batch per rank (``--accum-steps auto``)."""
 
     def __post_init__(self) -> None:
-        for name in ("log_every", "stop_check_every"):
+        for name in ("log_every", "stop_check_every", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ClipaError(f"{name} must be at least 1")
         for name in ("checkpoint_every", "keep_checkpoints", "eval_every"):
             if getattr(self, name) < 0:
                 raise ClipaError(f"{name} must be ≥ 0")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ClipaError("micro_batch must be at least 1")
+
+    def micro_batches(self, rows: int) -> int:
+        """Micro-batches per step for a batch of ``rows`` samples per rank."""
+        if self.micro_batch is None:
+            return self.accum_steps
+        return fewest_micro_batches(rows, self.micro_batch)
 
 
 @dataclass
@@ -216,7 +231,11 @@ def train(
             lr = learning_rate(step, optim_config)
             set_learning_rate(optimizer, lr)
             batch = backend.to_device(host_batch)
-            loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+            accum_steps = config.micro_batches(host_batch["text"].shape[0])
+            if accum_steps > 1:
+                loss = accumulate_forward_backward(step_model, batch, loss_fn, backend, accum_steps)
+            else:
+                loss, _ = forward_backward(step_model, batch, loss_fn, backend)
             apply_update(model, optimizer, optim_config, backend)
             watched = _watched(model, backend.mean_over_ranks(loss.detach()))
             backend.step_boundary()

@@ -173,6 +173,8 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     loop = _shared(
         LoopConfig, config.logging, eval_every=evaluation.every,
         grad_checkpointing=config.model.grad_checkpointing,
+        accum_steps=1 if config.optim.accum_steps == "auto" else config.optim.accum_steps,
+        micro_batch=config.optim.micro_batch,
         # Several processes agree to stop with a collective and a host sync; at log steps the
         # loop syncs anyway, so checking there keeps every other step asynchronous.
         stop_check_every=config.logging.log_every,

@@ -190,6 +190,17 @@ class OptimOptions:
             "states over the torchrun processes (≥ 2; cpu/cuda, not xla)."),
         Choices(SHARDINGS),
     ] = "ddp"  # fmt: skip
+    accum_steps: Annotated[
+        int | str,
+        Doc("Micro-batches per optimiser step: each device runs batch/(devices × K) samples at "
+            "a time; loss and gradients stay those of the whole batch (exact accumulation). "
+            "auto: the fewest that keep each micro-batch within --micro-batch."),
+    ] = 1  # fmt: skip
+    micro_batch: Annotated[
+        int | None,
+        Doc("With --accum-steps auto: the most samples one device runs at a time (what fits "
+            "in its memory)."),
+    ] = None  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(
@@ -203,6 +214,47 @@ class OptimOptions:
                 (self.samples is None or self.samples > 0, "--samples must be positive"),
                 (self.lr is None or self.lr > 0, "--lr must be positive"),
                 (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be ≥ 0"),
+            ]
+        )
+        self._check_accumulation()
+
+    def _check_accumulation(self) -> None:
+        """``accum_steps``: a positive divisor of the batch, or auto with ``micro_batch``
+        (a flag arrives as text: "4" becomes 4)."""
+        steps = self.accum_steps
+        if isinstance(steps, str) and steps.strip().isdigit():
+            steps = int(steps)
+            object.__setattr__(self, "accum_steps", steps)  # frozen: normalised once, here
+        if steps == "auto":
+            _require(
+                [
+                    (self.micro_batch is not None, "--accum-steps auto needs --micro-batch N"),
+                    (
+                        self.micro_batch is None or self.micro_batch >= 1,
+                        f"--micro-batch must be at least 1, got {self.micro_batch}",
+                    ),
+                ]
+            )
+            return
+        _require(
+            [
+                (
+                    isinstance(steps, int) and steps >= 1,
+                    f"--accum-steps must be a whole number ≥ 1 or auto, got {steps}",
+                ),
+                (
+                    self.micro_batch is None,
+                    "--micro-batch is read only with --accum-steps auto; give both or neither",
+                ),
+            ]
+        )
+        _require(
+            [
+                (
+                    self.batch_size % steps == 0,
+                    f"--accum-steps {steps} does not divide --batch-size {self.batch_size}; use "
+                    "a divisor of the batch per device",
+                )
             ]
         )
 
@@ -391,6 +443,8 @@ OPTIONS: dict[str, str] = {
     "precision": "optim.precision",
     "backend": "optim.backend",
     "sharding": "optim.sharding",
+    "accum_steps": "optim.accum_steps",
+    "micro_batch": "optim.micro_batch",
     "zeroshot": "evaluation.zeroshot",
     "classnames": "evaluation.classnames",
     "templates": "evaluation.templates",

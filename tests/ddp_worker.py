@@ -1,7 +1,9 @@
-"""Run under ``torchrun --nproc_per_node 2`` by test_distributed.py (not a test module itself).
+"""Run under ``torchrun --nproc_per_node 2`` by test_distributed.py and test_accumulation.py
+(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp]``.
 
 Each rank takes its half of the same global batches. Rank 0 writes, for both losses, the global
-loss and the DDP-averaged gradients of one step, and the loop's losses and final weights.
+loss and the DDP-averaged gradients of one step, and the loop's losses and final weights; with
+ACCUM_STEPS > 1 the step and the loop accumulate that many micro-batches per rank.
 With ``fsdp`` as second argument it trains 10 steps under DDP and under FSDP (checkpoints at 5
 and 10), resumes each from the other's step-5 checkpoint, and writes the FSDP model's outputs.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from clipa_data.core.errors import ClipaError
+from clipa_train.accumulation import accumulate_forward_backward
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.loop import LoopConfig, forward_backward, train
 from clipa_train.loss import build_loss
@@ -43,7 +46,7 @@ def batches(
     )
 
 
-def one_step(loss_name: str, backend) -> dict:
+def one_step(loss_name: str, backend, accum_steps: int = 1) -> dict:
     """Global loss and averaged gradients of one step on batch 0."""
     torch.manual_seed(0)
     config = load_preset("test-tiny").replace(loss=loss_name)
@@ -51,19 +54,22 @@ def one_step(loss_name: str, backend) -> dict:
     step_model = backend.prepare_model(model)
     loss_fn = build_loss(loss_name, backend)
     batch = backend.to_device(batches(backend.rank, backend.world).batch(0))
-    loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+    if accum_steps > 1:
+        loss = accumulate_forward_backward(step_model, batch, loss_fn, backend, accum_steps)
+    else:
+        loss, _ = forward_backward(step_model, batch, loss_fn, backend)
     return {
         "loss": backend.mean_over_ranks(loss.detach()),
         "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
     }
 
 
-def loop(backend, run_dir: Path):
+def loop(backend, run_dir: Path, accum_steps: int = 1):
     torch.manual_seed(0)
     model = build_model(load_preset("test-tiny"))
     optimizer = build_optimizer(model, OPTIM)
     loss_fn = build_loss("contrastive", backend)
-    config = LoopConfig(log_every=1, progress=False)
+    config = LoopConfig(log_every=1, progress=False, accum_steps=accum_steps)
     train(
         model=model,
         optimizer=optimizer,
@@ -128,7 +134,7 @@ def sharded_main(out: Path) -> None:
     ddp.close()
 
 
-def main(out: Path) -> None:
+def main(out: Path, accum_steps: int = 1) -> None:
     backend = create_backend(BackendConfig(name="cpu"))
     backend.per_rank_batch(GLOBAL_BATCH)
     try:
@@ -136,8 +142,8 @@ def main(out: Path) -> None:
         odd_batch_error = None
     except ClipaError as error:
         odd_batch_error = str(error)
-    results = {name: one_step(name, backend) for name in ("contrastive", "sigmoid")}
-    results["weights"] = loop(backend, out / "run")
+    results = {name: one_step(name, backend, accum_steps) for name in ("contrastive", "sigmoid")}
+    results["weights"] = loop(backend, out / "run", accum_steps)
     results["world"] = backend.world
     results["odd_batch_error"] = odd_batch_error
     if backend.is_main:
@@ -151,4 +157,4 @@ if __name__ == "__main__":
     if sys.argv[2:] == ["fsdp"]:
         sharded_main(Path(sys.argv[1]))
     else:
-        main(Path(sys.argv[1]))
+        main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1)

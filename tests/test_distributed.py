@@ -30,6 +30,12 @@ import ddp_worker
 
 
 def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path):
+    check_two_processes(tmp_path, accum_steps=1)
+
+
+def check_two_processes(tmp_path: Path, accum_steps: int) -> None:
+    """2 torchrun processes (each accumulating ``accum_steps`` micro-batches) against one process
+    with the combined batch in one pass: loss and gradients of a step, the loop's trajectory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -40,6 +46,7 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path):
         "2",
         str(Path(__file__).parent / "ddp_worker.py"),
         str(tmp_path / "ddp"),
+        str(accum_steps),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -75,19 +75,23 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path):
-    full, full_model = run(tmp_path / "full", source())
+@pytest.mark.parametrize("accum_steps", [1, 4])
+def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path, accum_steps):
+    """Also with 4 accumulated micro-batches per step: steps, stream and checkpoints count
+    optimiser steps, so the resumed run is bit-identical too."""
+    config = LoopConfig(log_every=1, progress=False, accum_steps=accum_steps)
+    full, full_model = run(tmp_path / "full", source(), config=config)
     assert full.step == STEPS and not full.stopped
 
     previous = signal.getsignal(signal.SIGTERM)
-    first, _ = run(tmp_path / "split", source(SignalAfter, at=5))
+    first, _ = run(tmp_path / "split", source(SignalAfter, at=5), config=config)
     assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
     assert first.stopped and first.step == 6  # the batch in flight is finished, then it stops
     assert first.checkpoint == latest_checkpoint(tmp_path / "split" / "checkpoints")
     assert first.checkpoint.name == "step_00000006.pt"
 
     resume = resolve_resume("auto", tmp_path / "split" / "checkpoints")
-    second, resumed_model = run(tmp_path / "split", source(), seed=99, resume=resume)
+    second, resumed_model = run(tmp_path / "split", source(), seed=99, resume=resume, config=config)
     assert (second.start_step, second.step, second.stopped) == (6, STEPS, False)
 
     uninterrupted = [

@@ -83,6 +83,15 @@ BAD_TRAINING = {
         ["--sharding fsdp is for the torch backends", "use --sharding ddp with --backend xla"],
     ),
     "unknown sharding": (["--sharding", "zero3"], ["--sharding must be one of ddp, fsdp"]),
+    "accum steps not dividing the batch": (
+        ["--accum-steps", 3],
+        ["--accum-steps 3 does not divide --batch-size 8", "use a divisor"],
+    ),
+    "accum steps 0": (["--accum-steps", 0], ["--accum-steps must be a whole number ≥ 1 or auto"]),
+    "accum steps auto without micro batch": (
+        ["--accum-steps", "auto"],
+        ["--accum-steps auto needs --micro-batch N"],
+    ),
 }
 
 
@@ -172,6 +181,25 @@ def test_sigterm_stop_then_resume_auto_continues_exactly(data, tmp_path):
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert summary["start_step"] == stopped["steps"] and summary["steps"] == 30
     assert losses(tmp_path / "stopped") == losses(tmp_path / "whole")  # bit-identical on CPU
+
+
+def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
+    """--accum-steps 2 (two micro-batches of 4) and --accum-steps auto --micro-batch 3 (four of
+    2) through the real loader log the one-pass run's losses (exact accumulation; fp32 CPU,
+    within 1e-5)."""
+    more = ["--samples", 8 * 3, "--log-every", 1]
+    one = invoke(*tiny(data, tmp_path / "one", *more))
+    assert one.exit_code == 0, one.output
+    expected = losses(tmp_path / "one")
+    assert expected.keys() == {1, 2, 3}
+    for name, flags in {"two": [2], "auto": ["auto", "--micro-batch", 3]}.items():
+        result = invoke(*tiny(data, tmp_path / name, *more, "--accum-steps", *flags))
+        assert result.exit_code == 0, result.output
+        options = json.loads((tmp_path / name / "config.json").read_text())["options"]
+        assert options["accum_steps"] == flags[0]
+        got = losses(tmp_path / name)
+        assert got.keys() == expected.keys()
+        assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
 
 
 # --- clipa-train eval --------------------------------------------------------------------------
