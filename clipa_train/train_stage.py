@@ -92,6 +92,7 @@ def _train_on(stage: ResolvedStage, backend) -> None:
         loader.close()
     if backend.is_main:
         write_json(run_dir / "summary.json", summarise(stage, result, loader, started))
+    backend.barrier()  # every rank's run_stage reads summary.json: wait until rank 0 wrote it
 
 
 def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
