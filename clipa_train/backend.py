@@ -56,7 +56,8 @@ __all__ = [  # the registries and config live in backend_config (torch-free); re
 def create_backend(config: BackendConfig) -> Backend:
     """The backend for ``config.name`` (resolved), joined to the torchrun / PJRT process group."""
     name = resolve_backend(config.name)
-    config = dataclasses.replace(config, precision=resolve_precision(config.precision, name))
+    precision = resolve_precision(config.precision, name)
+    config = dataclasses.replace(config, name=name, precision=precision)  # re-checks compile
     sharding.check_sharding(config.sharding, name, world=None)  # auto may have become xla
     if name == "xla":
         return XlaBackend(config)
@@ -184,6 +185,24 @@ class Backend:
         """Running number of graph compilations (XLA), None elsewhere."""
         return None
 
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """``model`` with its forward compiled when ``config.compile`` is on, else ``model``."""
+        if not self.config.compile:
+            return model
+        from clipa_train.compile import compile_model, graphs_compiled
+
+        self._graphs_before = graphs_compiled()  # dynamo counts per process, not per model
+        return compile_model(model, self.config.compiler)
+
+    def torch_compile_count(self) -> int | None:
+        """Graphs torch.compile built since :meth:`compiled` (None when not compiling)."""
+        before = getattr(self, "_graphs_before", None)
+        if before is None:
+            return None
+        from clipa_train.compile import graphs_compiled
+
+        return graphs_compiled() - before
+
     def rng_state(self) -> dict[str, Any]:
         """Host and device RNG states as tensors and plain values, so a checkpoint loads with
         ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
@@ -262,12 +281,12 @@ class TorchBackend(Backend):
                     "--sharding fsdp: the model was not sharded; call backend.shard_model(model) "
                     "before building its optimiser"
                 )
-            return model
+            return self.compiled(model)
         model = model.to(self.device)
-        if self.world == 1:
-            return model
-        ids = [self.local_rank] if self.name == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.world > 1:
+            ids = [self.local_rank] if self.name == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return self.compiled(model)  # after DDP, so DDP's buckets split the graph (torch's advice)
 
     def all_gather_with_grad(self, x: torch.Tensor) -> torch.Tensor:
         return _GatherWithGrad.apply(x) if self.world > 1 else x

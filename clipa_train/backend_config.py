@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import unknown_choice
+from clipa_train.compile import resolve_compile
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,6 +83,12 @@ class BackendConfig:
     """Per-channel mean (RGB, in [0, 1]) subtracted on the device; OpenAI CLIP's by default."""
     image_std: tuple[float, float, float] = OPENAI_STD
     """Per-channel standard deviation (RGB, in [0, 1]) divided on the device."""
+    compile: bool = False
+    """torch.compile the step's model forward (``--compile``, resolved by
+    ``clipa_train.compile.resolve_compile``); CPU and CUDA only."""
+    compiler: str = "inductor"
+    """The torch.compile backend when ``compile`` is on (``aot_eager`` / ``eager`` trace without
+    generating kernels: for debugging, and for tests on small CPUs)."""
 
     def __post_init__(self) -> None:
         _check("backend", self.name, BACKENDS)
@@ -89,6 +96,8 @@ class BackendConfig:
         from clipa_train.sharding import check_sharding  # it imports this module
 
         check_sharding(self.sharding, self.name, world=None)
+        if self.compile:
+            resolve_compile("on", self.name)  # refuses xla with the --compile error
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ClipaError("image mean and std need three values each, std > 0")
 

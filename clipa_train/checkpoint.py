@@ -77,8 +77,14 @@ def to_cpu(value: Any) -> Any:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
+    """The model inside torch.compile's and DDP's wrappers (or the model itself), so state
+    dicts never carry their ``_orig_mod.`` / ``module.`` prefixes."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None) if inner is None else inner
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def save_checkpoint(

@@ -242,7 +242,7 @@ def train(
             step += 1
             window.samples += host_batch["text"].shape[0] * backend.world
             if step % config.log_every == 0 or step == optim_config.total_steps:
-                record = window.record(step, lr, backend.to_host(watched), backend.compile_count())
+                record = window.record(step, lr, backend.to_host(watched), _compiles(backend))
                 log.write(record)
                 result.records.append(record)
                 bar(step, record)
@@ -303,7 +303,7 @@ class _Window:
     def __init__(self, step: int) -> None:
         self.start, self.step, self.samples, self.wait = time.perf_counter(), step, 0, 0.0
 
-    def record(self, step: int, lr: float, values: dict, compiles: int | None) -> dict[str, Any]:
+    def record(self, step: int, lr: float, values: dict, compiles: dict) -> dict[str, Any]:
         now = time.perf_counter()
         elapsed = max(now - self.start, 1e-9)
         record = {
@@ -312,11 +312,20 @@ class _Window:
             "lr": lr,
             "samples_per_s": self.samples / elapsed,
             "data_wait_share": self.wait / elapsed,
-            "xla_compiles": compiles,
+            **compiles,
             "time": time.time(),
         }
         self.start, self.step, self.samples, self.wait = now, step, 0, 0.0
         return record
+
+
+def _compiles(backend: Backend) -> dict[str, int | None]:
+    """Graphs compiled so far, in every metrics record: XLA's and torch.compile's (None: that
+    compiler is not in use); a count that grows after the first steps is a recompilation."""
+    return {
+        "xla_compiles": backend.compile_count(),
+        "torch_compiles": backend.torch_compile_count(),
+    }
 
 
 def _evaluate(
@@ -334,7 +343,7 @@ def _evaluate(
     model.train()
     if values:
         record = {"step": step, **{f"eval/{key}": value for key, value in values.items()}}
-        record["xla_compiles"] = backend.compile_count()  # evaluation compiles graphs too
+        record.update(_compiles(backend))  # evaluation compiles graphs too
         log.write(record)
         result.records.append(record)
     return step
@@ -374,8 +383,9 @@ def _status(record: dict) -> str:
         f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  scale {record['logit_scale']:.1f}  "
         f"{record['samples_per_s']:,.0f} samples/s  data wait {record['data_wait_share']:.0%}"
     )
-    if record["xla_compiles"] is not None:
-        status += f"  compiles {record['xla_compiles']}"
+    for key in ("xla_compiles", "torch_compiles"):
+        if record[key] is not None:
+            status += f"  compiles {record[key]}"
     return status
 
 

@@ -21,6 +21,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.core.taggers import TaggerSpec
 from clipa_data.core.text_reduction import text_mask as text_mask_strategy
+from clipa_train.backend_config import BackendConfig
 from clipa_train.run_config import DEFAULT_MODEL, TrainConfig
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class ResolvedStage:
     """Peak lr, step count, warm-up and AdamW settings."""
     loop: LoopConfig
     """Logging, checkpoint and evaluation intervals."""
+    backend: BackendConfig
+    """Device, precision, sharding and compilation, resolved (no auto left)."""
     builder: str
     """The resolved builder directory."""
     num_records: int
@@ -85,6 +88,7 @@ class ResolvedStage:
                 "lr": self.optim.lr,
                 "num_records": self.num_records,
                 "resume_from": self.resume_from,
+                "compile": self.backend.compile,
             },
             "model": self.model.to_dict(),
             "data": {"builder": self.builder, "split": self.config.run.split},
@@ -148,6 +152,26 @@ def _reduction(config: TrainConfig, model: ModelConfig):
     return image, patch_mask, text
 
 
+def _backend(config: TrainConfig) -> BackendConfig:
+    """The device, precision and ``--compile`` resolved (on with xla is refused here)."""
+    from clipa_train.backend_config import resolve_backend, resolve_precision
+    from clipa_train.compile import check_compiler, resolve_compile
+
+    optim = config.optim
+    name = resolve_backend(optim.backend)
+    compiled = resolve_compile(optim.compile, name)
+    if compiled:
+        check_compiler(optim.compile_backend)
+    precision = resolve_precision(optim.precision, name)
+    return BackendConfig(
+        name=name,
+        precision=precision,
+        sharding=optim.sharding,
+        compile=compiled,
+        compiler=optim.compile_backend,
+    )
+
+
 def resolve_stage(config: TrainConfig) -> ResolvedStage:
     """Fill every default and check every input; raises ``ClipaError`` before anything starts."""
     from clipa_train.checkpoint import resolve_resume
@@ -158,6 +182,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.shards import open_split
 
     check_sharding(config.optim.sharding, config.optim.backend, torchrun_world())
+    backend = _backend(config)
     model = stage_model(config)
     image, patch_mask, text = _reduction(config, model)
     syntax = needs_sidecars(text.mask)
@@ -188,6 +213,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         text=text,
         optim=optim,
         loop=loop,
+        backend=backend,
         builder=str(reader.builder),
         num_records=reader.split.num_records,
         resume_from=None if resume is None else str(resume),

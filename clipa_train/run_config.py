@@ -22,6 +22,7 @@ from clipa_data.core.config_fields import Choices, Doc, field_specs
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_train.backend_config import BACKENDS, PRECISIONS
+from clipa_train.compile import COMPILES
 from clipa_train.image_masks import IMAGE_MASKS
 from clipa_train.loss import LOSSES
 from clipa_train.model.pos_embed import POS_EMBEDS
@@ -201,6 +202,17 @@ class OptimOptions:
         Doc("With --accum-steps auto: the most samples one device runs at a time (what fits "
             "in its memory)."),
     ] = None  # fmt: skip
+    compile: Annotated[
+        str,
+        Doc("torch.compile the step's model forward once per stage (auto: on for CUDA, off for "
+            "CPU and XLA)."),
+        Choices(COMPILES),
+    ] = "auto"  # fmt: skip
+    compile_backend: Annotated[
+        str,
+        Doc("torch.compile backend used when compiling (aot_eager or eager: no generated "
+            "kernels, for debugging)."),
+    ] = "inductor"  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(
@@ -445,6 +457,8 @@ OPTIONS: dict[str, str] = {
     "sharding": "optim.sharding",
     "accum_steps": "optim.accum_steps",
     "micro_batch": "optim.micro_batch",
+    "compile": "optim.compile",
+    "compile_backend": "optim.compile_backend",
     "zeroshot": "evaluation.zeroshot",
     "classnames": "evaluation.classnames",
     "templates": "evaluation.templates",

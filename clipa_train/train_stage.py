@@ -41,17 +41,9 @@ def run_stage(config: TrainConfig) -> dict:
 def stage_worker(index: int, stage: ResolvedStage) -> None:
     """Train on this process's device: build backend, model, loader, optimiser; run the loop.
     The backend is closed (process group destroyed) when the stage ends, also on an error."""
-    from clipa_train.backend import (
-        BackendConfig,
-        create_backend,
-        resolve_backend,
-        resolve_precision,
-    )
+    from clipa_train.backend import create_backend
 
-    optim = stage.config.optim
-    name = resolve_backend(optim.backend)
-    precision = resolve_precision(optim.precision, name)
-    backend = create_backend(BackendConfig(name=name, precision=precision, sharding=optim.sharding))
+    backend = create_backend(stage.backend)
     try:
         _train_on(stage, backend)
     finally:
