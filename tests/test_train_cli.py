@@ -202,6 +202,23 @@ def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
         assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
 
 
+def test_compile_on_trains_without_recompiling_and_bad_compile_choices(data, tmp_path):
+    """--compile on (aot_eager: no kernel generation on this small CPU) compiles the step once."""
+    out = tmp_path / "run"
+    more = ["--samples", 8 * 4, "--log-every", 1, "--compile", "on"]
+    result = invoke(*tiny(data, out, *more, "--compile-backend", "aot_eager"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["derived"]["compile"] is True
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and len({r["torch_compiles"] for r in records}) == 1
+    assert records[0]["torch_compiles"] >= 1
+    bogus = invoke(*tiny(data, tmp_path / "bad", "--compile", "bogus"))
+    assert_one_line_error(bogus, "--compile must be one of auto, on, off")
+    xla = invoke(*tiny(data, tmp_path / "bad", "--compile", "on", "--backend", "xla"))
+    assert_one_line_error(xla, "--compile on does not apply to --backend xla", "--compile auto")
+    assert not (tmp_path / "bad").exists()
+
+
 # --- clipa-train eval --------------------------------------------------------------------------
 
 
