@@ -19,7 +19,7 @@ from clipa_train.checkpoint import load_checkpoint, restore_checkpoint, unwrap
 from clipa_train.compile import check_compiler, compile_model, graphs_compiled, resolve_compile
 from clipa_train.loop import LoopConfig, train
 from clipa_train.loss import build_loss
-from clipa_train.model import build_model, load_preset
+from clipa_train.model import build_model, load_openclip_weights, load_preset
 from clipa_train.optim import OptimConfig, build_optimizer
 from clipa_train.resolved_stage import resolve_stage
 from clipa_train.run_config import resolve
@@ -95,11 +95,20 @@ def test_compiled_training_compiles_once_matches_eager_and_checkpoints_the_plain
         assert torch.equal(trained, loaded), name
 
 
-def test_unwrap_strips_the_compiled_wrapper():
+def test_unwrap_strips_the_compiled_wrapper_and_prefixed_weights_load(tmp_path):
     model = build_model(load_preset("test-tiny"))
     wrapped = compile_model(model, "eager")
     assert any(key.startswith("_orig_mod.") for key in wrapped.state_dict())
     assert unwrap(wrapped) is model and unwrap(model) is model
+    # Weights saved from a compiled (and DDP-wrapped) model elsewhere, e.g. OpenCLIP runs.
+    prefixed = {f"_orig_mod.module.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"state_dict": prefixed}, tmp_path / "compiled.pt")
+    fresh = build_model(load_preset("test-tiny"))
+    load_openclip_weights(fresh, tmp_path / "compiled.pt")
+    for (name, saved), loaded in zip(
+        model.state_dict().items(), fresh.state_dict().values(), strict=True
+    ):
+        assert torch.equal(saved, loaded), name
 
 
 def test_the_count_sees_a_recompilation():

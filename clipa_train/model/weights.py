@@ -18,6 +18,8 @@ IMAGE_POS = "visual.positional_embedding"
 TEXT_POS = "positional_embedding"
 # Non-persistent in OpenCLIP, but older exports carried it; it is rebuilt, never loaded.
 IGNORED_SUFFIXES = ("attn_mask",)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""Key prefixes of DDP and torch.compile wrappers (in either order), stripped on load."""
 
 
 def read_weights(path: str | Path) -> StateDict:
@@ -40,7 +42,8 @@ def read_weights(path: str | Path) -> StateDict:
 
 
 def unwrap_state_dict(payload: object, source: str = "weights") -> StateDict:
-    """Accept a bare state dict, ``{'state_dict': sd}`` or ``{'model': sd}``; strip ``module.``."""
+    """Accept a bare state dict, ``{'state_dict': sd}`` or ``{'model': sd}``; strip the DDP and
+    torch.compile prefixes (``module.``, ``_orig_mod.``)."""
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):
             if isinstance(payload.get(key), dict):
@@ -51,10 +54,16 @@ def unwrap_state_dict(payload: object, source: str = "weights") -> StateDict:
     ):
         raise ClipaError(f"{source}: no state dict of tensors found")
     return {
-        key.removeprefix("module."): value
+        _plain_key(key): value
         for key, value in payload.items()
         if not key.endswith(IGNORED_SUFFIXES)
     }
+
+
+def _plain_key(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
 
 
 def resize_positional_embeddings(state: StateDict, model: nn.Module) -> StateDict:
