@@ -2,8 +2,8 @@
 counters, logged as ``torch_compiles``), and checkpoints the plain model; bad choices are refused.
 
 The compiled runs use the ``aot_eager`` backend: the real dynamo trace and AOTAutograd joint
-graph, without inductor's C++ kernel generation (minutes on this 2-core CPU for no extra check
-of our code).
+graph, without inductor's C++ kernel generation; the inductor run (what ``--compile on`` uses by
+default) takes a minute or more on a 2-core CPU and is marked slow.
 """
 
 from __future__ import annotations
@@ -65,8 +65,13 @@ def evaluate(model, step: int) -> dict[str, float]:
     return {"feature_norm": float(outputs["image_features"].norm())}
 
 
-def test_compiled_training_compiles_once_matches_eager_and_checkpoints_the_plain_model(tmp_path):
-    compiled = BackendConfig(name="cpu", compile=True, compiler="aot_eager")
+@pytest.mark.parametrize(
+    "compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
+)
+def test_compiled_training_compiles_once_matches_eager_and_checkpoints_the_plain_model(
+    tmp_path, compiler
+):
+    compiled = BackendConfig(name="cpu", compile=True, compiler=compiler)
     result, model = run(tmp_path / "compiled", compiled, evaluate)
     eager, _ = run(tmp_path / "eager", BackendConfig(name="cpu"))
 
@@ -76,7 +81,9 @@ def test_compiled_training_compiles_once_matches_eager_and_checkpoints_the_plain
     assert counts[0] >= 1 and set(counts) == {counts[0]}, f"recompiled after step 1: {counts}"
     assert all(r["torch_compiles"] is None for r in metrics(tmp_path / "eager"))
     losses = [r["loss"] for r in records if "loss" in r]
-    assert losses == pytest.approx([r["loss"] for r in eager.records], rel=1e-4, abs=1e-5)
+    # inductor fuses and reorders float sums: close to eager, not equal
+    tolerance = 1e-4 if compiler == "aot_eager" else 2e-3
+    assert losses == pytest.approx([r["loss"] for r in eager.records], rel=tolerance, abs=1e-5)
 
     payload = load_checkpoint(result.checkpoint)
     assert payload["step"] == STEPS
