@@ -1,5 +1,6 @@
 """``--compile``: a compiled step trains like the eager one, compiles once per stage (dynamo's
-counters, logged as ``torch_compiles``), and checkpoints the plain model; bad choices are refused.
+counters, logged as ``torch_compiles``), in one process and under DDP and FSDP on two, and
+checkpoints the plain model; bad choices are refused.
 
 The compiled runs use the ``aot_eager`` backend: the real dynamo trace and AOTAutograd joint
 graph, without inductor's C++ kernel generation; the inductor run (what ``--compile on`` uses by
@@ -9,6 +10,10 @@ default) takes a minute or more on a 2-core CPU and is marked slow.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +175,24 @@ def test_compile_on_with_xla_is_refused_when_the_stage_is_resolved(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(ClipaError, match="--compile must be one of auto, on, off"):
         resolve("pretrain", {**options, "compile": "bogus"})
+
+
+def test_compiled_ddp_and_fsdp_on_two_processes_compile_once_and_match_eager(tmp_path):
+    """Compiling after the DDP wrapper and after fully_shard: one set of graphs on the first step
+    (DDP buckets and FSDP hooks may split it), none later, and the eager run's losses."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(Path(__file__).parent / "compile_worker.py"), str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for sharding in ("ddp", "fsdp"):
+        eager, compiled = results[f"{sharding}/eager"], results[f"{sharding}/compiled"]
+        assert all(r["torch_compiles"] is None for r in eager)
+        counts = [r["torch_compiles"] for r in compiled]
+        assert counts[0] >= 1 and set(counts) == {counts[0]}, (sharding, counts)
+        assert [r["loss"] for r in compiled] == pytest.approx(
+            [r["loss"] for r in eager], rel=1e-4, abs=1e-5
+        ), sharding
