@@ -2,8 +2,8 @@
 
 The names are readable without torch (option parsing and ``--help`` import this module); torch
 is imported inside the functions that compile or count. CLIPA's token counts are fixed per
-stage, so a stage traces one graph (a few with DDP's bucket graph breaks) on its first step and
-never again: ``graphs_compiled`` lets the loop log the count (``torch_compiles`` in
+stage, so a stage traces one graph (a few where DDP buckets or FSDP hooks split it) on its first
+step and never again: ``graphs_compiled`` lets the loop log the count (``torch_compiles`` in
 ``metrics.jsonl``), and a count that grows after the first step is a recompilation bug.
 """
 
@@ -55,7 +55,7 @@ def check_compiler(name: str) -> None:
 
 
 def compile_model(model: nn.Module, compiler: str = "inductor") -> nn.Module:
-    """``model`` (bare or DDP-wrapped) with its forward compiled by the ``compiler`` backend.
+    """``model`` (bare, DDP-wrapped or FSDP-sharded) with its forward compiled by ``compiler``.
 
     Returns a wrapper that shares ``model``'s parameters: the loop keeps stepping, evaluating and
     checkpointing the bare model, so state dicts never see the wrapper's ``_orig_mod.`` prefix.
