@@ -1,8 +1,9 @@
 """Run under ``torchrun --nproc_per_node 2`` by test_compile.py (not a test module itself).
 
-Trains test-tiny for a few steps under DDP and under FSDP, each eager and compiled (aot_eager),
-on the same per-rank halves of the same global batches; rank 0 writes every run's losses and
-``torch_compiles`` records to ``results.json``.
+Trains test-tiny for a few steps under DDP and under FSDP, each eager, compiled (aot_eager) and
+compiled with 2 accumulated micro-batches (a no-grad and a grad graph, DDP's no_sync through the
+compiled wrapper), on the same per-rank halves of the same global batches; rank 0 writes every
+run's metrics records to ``results.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from clipa_train.optim import OptimConfig, build_optimizer
 OPTIM = OptimConfig(lr=2e-3, total_steps=6, warmup_steps=1)
 
 
-def run(sharding: str, compiled: bool, run_dir: Path) -> list[dict] | None:
+def run(sharding: str, compiled: bool, accum_steps: int, run_dir: Path) -> list[dict] | None:
     config = BackendConfig(name="cpu", sharding=sharding, compile=compiled, compiler="aot_eager")
     backend = create_backend(config)
     torch.manual_seed(0)
@@ -37,7 +38,7 @@ def run(sharding: str, compiled: bool, run_dir: Path) -> list[dict] | None:
         batches=batches(backend.rank, backend.world, steps=OPTIM.total_steps),
         backend=backend,
         run_dir=run_dir,
-        config=LoopConfig(log_every=1, progress=False),
+        config=LoopConfig(log_every=1, progress=False, accum_steps=accum_steps),
     )
     if not backend.is_main:
         return None
@@ -46,12 +47,11 @@ def run(sharding: str, compiled: bool, run_dir: Path) -> list[dict] | None:
 
 
 def main(out: Path) -> None:
+    variants = {"eager": (False, 1), "compiled": (True, 1), "compiled_accum": (True, 2)}
     results = {
-        f"{sharding}/{'compiled' if compiled else 'eager'}": run(
-            sharding, compiled, out / f"{sharding}-{compiled}"
-        )
+        f"{sharding}/{name}": run(sharding, compiled, accum, out / f"{sharding}-{name}")
         for sharding in ("ddp", "fsdp")
-        for compiled in (False, True)
+        for name, (compiled, accum) in variants.items()
     }
     if int(os.environ["RANK"]) == 0:
         (out / "results.json").write_text(json.dumps(results))

@@ -177,9 +177,10 @@ def test_compile_on_with_xla_is_refused_when_the_stage_is_resolved(tmp_path):
         resolve("pretrain", {**options, "compile": "bogus"})
 
 
-def test_compiled_ddp_and_fsdp_on_two_processes_compile_once_and_match_eager(tmp_path):
-    """Compiling after the DDP wrapper and after fully_shard: one set of graphs on the first step
-    (DDP buckets and FSDP hooks may split it), none later, and the eager run's losses."""
+def test_compiled_ddp_fsdp_and_accumulation_on_two_processes_compile_once_match_eager(tmp_path):
+    """Compiling after the DDP wrapper and after fully_shard, also with accumulation: one set of
+    graphs on the first step (DDP buckets and FSDP hooks may split it), none later, and the eager
+    run's losses."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(Path(__file__).parent / "compile_worker.py"), str(tmp_path),
@@ -189,10 +190,12 @@ def test_compiled_ddp_and_fsdp_on_two_processes_compile_once_and_match_eager(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     for sharding in ("ddp", "fsdp"):
-        eager, compiled = results[f"{sharding}/eager"], results[f"{sharding}/compiled"]
+        eager = results[f"{sharding}/eager"]
         assert all(r["torch_compiles"] is None for r in eager)
-        counts = [r["torch_compiles"] for r in compiled]
-        assert counts[0] >= 1 and set(counts) == {counts[0]}, (sharding, counts)
-        assert [r["loss"] for r in compiled] == pytest.approx(
-            [r["loss"] for r in eager], rel=1e-4, abs=1e-5
-        ), sharding
+        for variant in ("compiled", "compiled_accum"):  # accumulation is exact: the same losses
+            compiled = results[f"{sharding}/{variant}"]
+            counts = [r["torch_compiles"] for r in compiled]
+            assert counts[0] >= 1 and set(counts) == {counts[0]}, (sharding, variant, counts)
+            assert [r["loss"] for r in compiled] == pytest.approx(
+                [r["loss"] for r in eager], rel=1e-4, abs=1e-5
+            ), (sharding, variant)
