@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurements of the training step, in one call of about 6 minutes on one H100/H200:
-# the probe (bf16 matmul ceiling, SDPA backends on the step's attention shapes), bench_step's four
+# Issue 11's GPU measurements, in parts of at most about 6 minutes each on one H100/H200 (pick them
+# with GPU_CHECK_PARTS, default "train"; "train step" runs both in one call of ~10 minutes):
+#
+# train: benchmarks/bench_train_gpu.py, the real `clipa-train pretrain` (loader, syntax sidecars,
+# compiled ViT-B/16, batch 1024, 112 and 64 px) against the synthetic compiled step, writing
+# benchmarks/results/train_gpu.json. Its data comes packed: run `.venv/bin/python -m
+# benchmarks.bench_train_gpu --prepare` on the CPU machine and carry ".bench" (~20 MiB) and ".whl".
+#
+# step: the probe (bf16 matmul ceiling, SDPA backends on the step's attention shapes), bench_step's four
 # cases eager and compiled (with torch.profiler summaries), then the speed-up variants while the
 # time budget lasts, each under its own cap so that one slow compile cannot eat the run. Every
 # variant writes its raw figures after each case, and the merge writes
@@ -28,11 +35,25 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || echo "!! wheel install failed"
 fi
+mkdir -p /tmp/site
+ln -sfn "$PWD/cli" /tmp/site/clipa_cli # the package's import name (pyproject maps cli/ to it)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,memory.used \
   --format=csv
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 echo "cores: $(nproc)"
+
+PARTS=${GPU_CHECK_PARTS:-train}
+if [[ " $PARTS " == *" train "* ]]; then
+  echo "== train: bench_train_gpu (cap ${GPU_CHECK_TRAIN_S:-330} s)"
+  timeout -k 5 "${GPU_CHECK_TRAIN_S:-330}" "$PY" -m benchmarks.bench_train_gpu ${GPU_CHECK_TRAIN_ARGS:-} \
+    || echo "!! bench_train_gpu exit $?"
+  cp benchmarks/results/train_gpu.json "$OUT/" 2>/dev/null
+fi
+if [[ " $PARTS " != *" step "* ]]; then
+  echo "== done (parts: $PARTS)"
+  exit 0
+fi
 
 start=$SECONDS
 # bench <cap seconds> <bench_step arguments...>: run one measurement within the remaining budget.

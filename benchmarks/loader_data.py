@@ -222,19 +222,32 @@ def photo(rng: np.random.Generator, size: int = 256) -> bytes:
     return buffer.getvalue()
 
 
-def build(work: Path, *, shards: int, per_shard: int, seed: int = 0) -> Path:
-    """The cached builder directory (with sidecars) for these parameters."""
+def build(
+    work: Path, *, shards: int, per_shard: int, seed: int = 0, distinct_images: int = 0
+) -> Path:
+    """The cached builder directory (with sidecars) for these parameters.
+
+    ``distinct_images`` > 0 draws every record's JPEG from a pool of that many (captions stay
+    distinct): the loader decodes each record all the same, and an xz archive of the directory
+    shrinks to about the pool's size, so a large builder travels to a GPU host (see
+    ``bench_train_gpu``)."""
     sys.path.insert(0, str(TESTS))
     from builders import Record, make_builder_dir
     from sidecars import write_sidecars
 
-    root = work / f"loader-{shards}x{per_shard}-s{seed}"
+    pooled = f"-pool{distinct_images}" if distinct_images else ""
+    root = work / f"loader-{shards}x{per_shard}-s{seed}{pooled}"
     builder = root / "laionlike" / "1.0.0"
     if not (builder / "dataset_info.json").exists():
         rng = np.random.default_rng(seed)
+        pool = [photo(rng) for _ in range(distinct_images)]
+
+        def image() -> bytes:
+            return pool[int(rng.integers(len(pool)))] if pool else photo(rng)
+
         records = [
             [
-                Record(key=f"{s * per_shard + i:09d}", jpg=photo(rng), txt=caption(rng))
+                Record(key=f"{s * per_shard + i:09d}", jpg=image(), txt=caption(rng))
                 for i in range(per_shard)
             ]
             for s in range(shards)
