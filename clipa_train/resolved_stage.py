@@ -172,6 +172,15 @@ def _backend(config: TrainConfig) -> BackendConfig:
     )
 
 
+def _check_accumulation_per_rank(optim, world: int) -> None:
+    """A fixed ``--accum-steps`` must split each rank's share of the batch: refused here, before
+    the run directory is written, rather than at the first step (torchrun's world is known)."""
+    from clipa_train.accumulation import micro_batch_size
+
+    if optim.accum_steps != "auto" and world > 1 and optim.batch_size % world == 0:
+        micro_batch_size(optim.batch_size // world, optim.accum_steps, world)
+
+
 def resolve_stage(config: TrainConfig) -> ResolvedStage:
     """Fill every default and check every input; raises ``ClipaError`` before anything starts."""
     from clipa_train.checkpoint import resolve_resume
@@ -182,6 +191,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.shards import open_split
 
     check_sharding(config.optim.sharding, config.optim.backend, torchrun_world())
+    _check_accumulation_per_rank(config.optim, torchrun_world())
     backend = _backend(config)
     model = stage_model(config)
     image, patch_mask, text = _reduction(config, model)

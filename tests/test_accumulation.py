@@ -142,3 +142,20 @@ def test_accum_steps_auto_takes_the_fewest_micro_batches_that_fit():
 def test_the_loop_refuses_a_batch_per_rank_it_cannot_split(tmp_path):
     with pytest.raises(ClipaError, match="--accum-steps 3 does not divide the batch per rank 8"):
         run(tmp_path, source(), config=LoopConfig(progress=False, accum_steps=3))
+
+
+def test_accum_steps_not_splitting_the_batch_per_rank_is_refused_before_the_run(
+    tmp_path, monkeypatch
+):
+    from builders import make_builder_dir, make_records
+
+    from clipa_train.resolved_stage import resolve_stage
+
+    data = make_builder_dir(tmp_path / "data", [make_records(8)])
+    options = {"data": data, "out": tmp_path / "run", "model": "clipa-tiny", "image_size": 32,
+               "text_length": 8, "text_mask": "truncate", "batch_size": 8}  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; resolving starts no process
+    assert resolve_stage(resolve("pretrain", {**options, "accum_steps": 4})).config
+    with pytest.raises(ClipaError, match=r"^--accum-steps 8 does not divide the batch per rank 4"):
+        resolve_stage(resolve("pretrain", {**options, "accum_steps": 8}))
+    assert not (tmp_path / "run").exists()
