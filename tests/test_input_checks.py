@@ -15,6 +15,8 @@ import pytest
 from builders import make_builder_dir, make_records
 from clipa_cli.common import EXIT_BAD_INPUT
 
+from clipa_data.demo import write_demo_validation
+
 BIN = Path(sys.executable).parent
 
 
@@ -89,3 +91,22 @@ def test_a_config_value_of_the_wrong_type_is_one_line(builder, tmp_path, key, va
     done = run_cli("clipa-train", "pretrain", "--config", config)
     assert_one_error_line(done, str(config), expected)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.0])
+def test_eval_of_a_truncated_checkpoint_says_so(trained, tmp_path, kept):
+    """A checkpoint cut short (a copy that stopped, a full disk) is named as damaged with the
+    fix, not mistaken for weights without an architecture."""
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    damaged = tmp_path / trained.name
+    data = trained.read_bytes()
+    damaged.write_bytes(data[: int(len(data) * kept)])
+    done = run_cli(
+        "clipa-train", "eval", "--checkpoint", damaged, "--imagenet-val", val.root,
+        "--classnames", val.classnames_path, "--workers", 1,
+    )  # fmt: skip
+    line = assert_one_error_line(
+        done, f"checkpoint {damaged} is truncated or corrupt", "use an earlier checkpoint"
+    )
+    assert "holds no architecture" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", trained.name]
