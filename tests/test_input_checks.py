@@ -110,3 +110,123 @@ def test_eval_of_a_truncated_checkpoint_says_so(trained, tmp_path, kept):
     )
     assert "holds no architecture" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", trained.name]
+
+
+# --- clipa-data download: URL lists whose columns do not match the flags ----------------------
+
+ROWS = [
+    {"url": f"http://127.0.0.1:9/{i}.jpg", "caption": f"photo {i}", "NSFW": "UNLIKELY"}
+    for i in range(3)
+]
+
+
+def write_url_list(path: Path, rows: list[dict], fmt: str) -> Path:
+    """``rows`` as a real URL list of format ``fmt`` (csv, tsv, json, jsonl, parquet, ±.gz)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = fmt.removesuffix(".gz")
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return path
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        lines = [sep.join(rows[0]), *(sep.join(str(v) for v in row.values()) for row in rows)]
+        text = "\n".join(lines) + "\n"
+    elif kind == "json":
+        text = json.dumps(rows, indent=1)
+    else:
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
+    return path
+
+
+def img2dataset_columns(path: Path, fmt: str) -> list[str]:
+    """The columns img2dataset's reader sees in ``path`` (its own calls, img2dataset/reader.py)."""
+    import gzip
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as csv_pa
+    import pyarrow.json as json_pa
+
+    with open(path, "rb") as raw:
+        file = gzip.GzipFile(fileobj=raw) if fmt.endswith(".gz") else raw
+        kind = fmt.removesuffix(".gz")
+        if kind == "csv":
+            return csv_pa.read_csv(file).column_names
+        if kind == "tsv":
+            options = csv_pa.ParseOptions(delimiter="\t")
+            return csv_pa.read_csv(file, parse_options=options).column_names
+        if kind == "json":
+            return pa.Table.from_pandas(pd.read_json(file)).column_names
+        return json_pa.read_json(file).column_names
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz"])
+def test_url_list_columns_are_read_as_img2dataset_reads_them(tmp_path, fmt):
+    from clipa_data.prepare.url_list import header_columns
+
+    path = write_url_list(tmp_path / f"urls.{fmt}", ROWS, fmt)
+    assert header_columns(path, fmt) == img2dataset_columns(path, fmt) == list(ROWS[0])
+
+
+DOWNLOAD_CASES = {
+    "csv with the LAION defaults": (
+        "csv", [],
+        ["has no column 'URL', 'TEXT', 'similarity', 'LICENSE'",
+         "(columns found: url, caption, NSFW)", "pass --url-col url; --caption-col caption; "
+         "--save-additional-columns with columns it has"],
+    ),
+    "tsv.gz without the extra columns": (
+        "tsv.gz", ["--url-col", "url", "--caption-col", "caption"],
+        ["has no column 'similarity', 'LICENSE'", "--save-additional-columns"],
+    ),
+    "json with a wrong caption column": (
+        "json", ["--url-col", "url", "--caption-col", "TEXT", "--save-additional-columns", ""],
+        ["has no column 'TEXT'", "--caption-col caption"],
+    ),
+    "jsonl.gz with a wrong url column": (
+        "jsonl.gz", ["--url-col", "link", "--caption-col", "caption",
+                     "--save-additional-columns", "NSFW"],
+        ["has no column 'link'", "; pass --url-col url"],
+    ),
+    "parquet says the same": (
+        "parquet", ["--url-col", "url", "--caption-col", "caption"],
+        ["has no column 'similarity', 'LICENSE'", "(columns found: url, caption, NSFW)"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DOWNLOAD_CASES))
+def test_download_with_columns_the_url_list_lacks_fails_at_once(tmp_path, case):
+    fmt, flags, fragments = DOWNLOAD_CASES[case]
+    (tmp_path / "meta").mkdir()
+    urls = write_url_list(tmp_path / "meta" / f"urls.{fmt}", ROWS, fmt)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "meta").iterdir()}
+    out = tmp_path / "out"
+    done = run_cli(
+        "clipa-data", "download", urls, out, "--input-format", fmt, "--processes", 1, *flags,
+        timeout=60,
+    )  # fmt: skip
+    assert_one_error_line(done, str(urls), *fragments)
+    assert not out.exists(), "nothing (no _tmp/) may be written before the checks pass"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "meta").iterdir()} == before
+
+
+def test_download_checks_every_file_of_a_folder(tmp_path):
+    """A folder of CSVs whose second file lacks a column: that file is named."""
+    (tmp_path / "meta").mkdir()
+    write_url_list(tmp_path / "meta" / "a.csv", ROWS, "csv")
+    short = [{"url": row["url"], "caption": row["caption"]} for row in ROWS]
+    second = write_url_list(tmp_path / "meta" / "b.csv", short, "csv")
+    done = run_cli(
+        "clipa-data", "download", tmp_path / "meta", tmp_path / "out", "--input-format", "csv",
+        "--url-col", "url", "--caption-col", "caption", "--save-additional-columns", "NSFW",
+        timeout=60,
+    )  # fmt: skip
+    assert_one_error_line(done, f"{second} has no column 'NSFW'", "(columns found: url, caption)")
+    assert not (tmp_path / "out").exists()
