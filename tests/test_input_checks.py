@@ -230,3 +230,49 @@ def test_download_checks_every_file_of_a_folder(tmp_path):
     )  # fmt: skip
     assert_one_error_line(done, f"{second} has no column 'NSFW'", "(columns found: url, caption)")
     assert not (tmp_path / "out").exists()
+
+
+# --- --help shows every default ---------------------------------------------------------------
+
+
+def help_line(program: str, command: str, flag: str) -> str:
+    """The ``--help`` row of ``flag`` (wide enough that no row wraps)."""
+    env = {**os.environ, "COLUMNS": "300"}
+    done = subprocess.run(
+        [str(BIN / program), command, "--help"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if f" {flag} " in line]
+    assert len(rows) == 1, done.stdout
+    return rows[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "default"),
+    [
+        ("--batch-size", "256"),
+        ("--log-every", "10"),
+        ("--checkpoint-every", "1000"),
+        ("--workers", "2"),
+        ("--progress", "progress"),
+    ],
+)
+def test_training_help_shows_the_defaults(flag, default):
+    assert help_line("clipa-train", "pretrain", flag).count(f"[default: {default}]") == 1
+
+
+def test_workers_of_data_commands_name_one_default():
+    """Workers defaulting to every core say so once, with no stale number beside it."""
+    for command in ("tag", "convert"):
+        line = help_line("clipa-data", command, "--workers")
+        assert "(default: " in line and "[default:" not in line, line
+
+
+def test_an_untyped_default_does_not_contradict_the_recipe(tmp_path):
+    """Shown as defaults, the options still count as given only when typed: the recipe's batch
+    is taken, and typing the default against it is the usual one-line conflict."""
+    args = ["pretrain", "--recipe", "clipa-b16-i50-t16", "--data", tmp_path / "nope"]
+    args += ["--out", tmp_path / "run"]
+    assert_one_error_line(run_cli("clipa-train", *args), "nope does not exist")
+    typed = run_cli("clipa-train", *args, "--batch-size", 256)
+    assert_one_error_line(typed, "sets --batch-size 65536 for pretrain; drop --batch-size 256")
