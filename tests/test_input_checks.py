@@ -276,3 +276,30 @@ def test_an_untyped_default_does_not_contradict_the_recipe(tmp_path):
     assert_one_error_line(run_cli("clipa-train", *args), "nope does not exist")
     typed = run_cli("clipa-train", *args, "--batch-size", 256)
     assert_one_error_line(typed, "sets --batch-size 65536 for pretrain; drop --batch-size 256")
+
+
+def test_a_json_url_list_of_columns_is_read_like_pandas(tmp_path):
+    """pandas' default orientation ({column: {row: value}}) has its columns as the keys."""
+    from clipa_data.prepare.url_list import header_columns
+
+    columns = {name: {str(i): row[name] for i, row in enumerate(ROWS)} for name in ROWS[0]}
+    path = tmp_path / "urls.json"
+    path.write_text(json.dumps(columns))
+    seen = [c for c in img2dataset_columns(path, "json") if not c.startswith("__index_level")]
+    assert header_columns(path, "json") == seen == list(ROWS[0])  # (pandas adds its row index)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "message"),
+    [
+        ("csv.gz", b"not gzip", "is not a readable csv.gz file"),
+        ("jsonl", b'{"url": 1\n', "is not a readable jsonl file"),
+        ("json", b"[1, 2]", "a JSON URL list must hold records"),
+    ],
+)
+def test_an_unreadable_url_list_is_one_line(tmp_path, fmt, content, message):
+    path = tmp_path / f"urls.{fmt}"
+    path.write_bytes(content)
+    done = run_cli("clipa-data", "download", path, tmp_path / "out", "--input-format", fmt)
+    assert_one_error_line(done, str(path), message)
+    assert not (tmp_path / "out").exists()
