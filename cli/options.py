@@ -3,8 +3,9 @@
 Every command builds its options here (``config_options``) from the config it fills, so a
 field's help, type and choices are written once, beside the field
 (``clipa_data.core.config_fields``). Commands whose values are resolved in several layers
-(defaults < recipe < file < flags) ask for ``unset=True``: every option then defaults to None,
-meaning "not given".
+(defaults < recipe < file < flags) ask for ``unset=True``: ``--help`` still shows the field's
+default, but the command receives None, meaning "not given", for every option the user did not
+type (read from click's parameter source, so a typed value equal to the default still counts).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from typing import Any, Optional
 import typer
 
 from clipa_data.core.config_fields import FieldSpec, field_specs
+
+UNSET_MARK = "clipa_unset"
+"""Attribute set on the ``typer.Option`` of an ``unset`` option: ``command`` passes None for it
+when the user did not give it."""
+
+_CONTEXT = "clipa_typer_context"
+"""The parameter through which Typer hands ``command`` its context (never an option)."""
 
 _TYPER_KIND = {bool: bool, int: int, float: float, str: str, Path: Path, tuple: str}
 """The type Typer parses each field kind as (tuples arrive as text; the command parses them)."""
@@ -66,25 +74,24 @@ def option(
     if kind is bool and not bare:
         names = (f"{names[0]}/--no-{names[0][2:]}", *names[1:])
     has_default = spec.default is not dataclasses.MISSING
-    default = None if unset or repeated or not has_default else spec.default
+    default = None if repeated or not has_default else spec.default
     if kind is str and isinstance(default, tuple):
         default = ",".join(map(str, default))  # tuples arrive as comma-separated text
     if repeated:
         annotation: Any = Optional[list[kind]]  # noqa: UP045 - Typer needs the typing form at runtime
     else:
         annotation = Optional[kind] if (unset or spec.optional or default is None) else kind  # noqa: UP045 - Typer needs the typing form at runtime
+    info = typer.Option(
+        default,
+        *names,
+        help=help_of(spec, extra_help),
+        rich_help_panel=panel,
+        show_default=default is not None,
+        metavar=metavar,
+    )
+    setattr(info, UNSET_MARK, unset)
     return inspect.Parameter(
-        spec.name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(
-            default,
-            *names,
-            help=help_of(spec, extra_help),
-            rich_help_panel=panel,
-            show_default=not unset and default is not None,
-            metavar=metavar,
-        ),
-        annotation=annotation,
+        spec.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation
     )
 
 
@@ -167,9 +174,21 @@ def command(
 ) -> Callable[..., Any]:
     """``body(**options)`` as a Typer command whose signature is ``parameters``."""
 
+    parameters = list(parameters)
+    unset = [p.name for p in parameters if getattr(p.default, UNSET_MARK, False)]
+    if unset:  # Typer passes its context to a parameter annotated typer.Context
+        parameters.append(
+            inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        )
+
     def run(**options: Any) -> Any:
+        context = options.pop(_CONTEXT, None)
+        for name in unset if context is not None else ():
+            source = context.get_parameter_source(name)
+            if source is None or source.name == "DEFAULT":
+                options[name] = None  # shown as the default, read as "not given"
         return body(**options)
 
-    run.__signature__ = inspect.Signature(list(parameters))  # type: ignore[attr-defined]
+    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__doc__ = doc or body.__doc__
     return run

@@ -133,17 +133,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Checkpoints hold only tensors and plain values, so they load with ``weights_only=True``
     (no arbitrary code runs while reading a file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ClipaError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, bad pickle, EOF: several types
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        raise ClipaError(
-            f"checkpoint {path} is truncated or corrupt ({detail}); delete it and resume from an "
-            "earlier checkpoint"
-        ) from None
+    payload = _read(Path(path), fix="delete it and resume from an earlier checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ClipaError(
             f"{path} is not a clipa training checkpoint; to start from OpenCLIP/CLIPA weights "
@@ -195,14 +185,25 @@ def clean_directory(directory: Path) -> None:
     remove_temporaries(Path(directory))
 
 
-def checkpoint_architecture(path: str | Path) -> dict | None:
-    """The architecture stored in a clipa checkpoint; None for other weights (OpenCLIP/CLIPA)."""
+def _read(path: Path, fix: str) -> Any:
+    """``torch.load`` of ``path`` (tensors and plain values only), or one line naming the
+    file and ``fix``."""
+    if not path.is_file():
+        raise ClipaError(f"checkpoint {path} does not exist")
     try:
-        return load_checkpoint(Path(path))["architecture"]
-    except ClipaError:
-        if not Path(path).is_file():
-            raise
-        return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, bad pickle, EOF: several types
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ClipaError(f"checkpoint {path} is truncated or corrupt ({detail}); {fix}") from None
+
+
+def checkpoint_architecture(path: str | Path) -> dict | None:
+    """The architecture stored in a clipa checkpoint; None for other weights (OpenCLIP/CLIPA).
+    A file that cannot be read at all is damaged, whatever it held: that is the error."""
+    payload = _read(Path(path), fix="use an earlier checkpoint or copy this one again")
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload["architecture"]
+    return None
 
 
 def base_architecture(preset: str | None, weights: str | None, default: str):

@@ -14,6 +14,7 @@ table between the two. A ``None`` left after merging means "the model's" or "der
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -556,14 +557,84 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ClipaError(f"{path}: cannot parse config file ({error})") from None
     if not isinstance(values, dict):
         raise ClipaError(f"{path}: a config file must hold a mapping of option: value")
-    options = {str(key).replace("-", "_"): value for key, value in values.items()}
-    options = {("from_checkpoint" if k == "from" else k): v for k, v in options.items()}
-    unknown = sorted(set(options) - OPTION_NAMES)
+    keys = {str(key).replace("-", "_"): str(key) for key in values}
+    keys = {("from_checkpoint" if k == "from" else k): key for k, key in keys.items()}
+    unknown = sorted(set(keys) - OPTION_NAMES)
     if unknown:
         raise ClipaError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    if isinstance(options.get("color_jitter"), list):
-        options["color_jitter"] = tuple(options["color_jitter"])
+    options = {}
+    for name, key in keys.items():
+        try:
+            options[name] = coerce_option(name, values[key])
+        except (KeyError, TypeError, ValueError):
+            raise ClipaError(
+                f"{path}: {key} must be {_expected(name)}, got {values[key]!r}"
+            ) from None
     return options
+
+
+_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _tuple_length(name: str) -> int | None:
+    """How many items the tuple option ``name`` holds (``None``: any number)."""
+    group, _, attr = OPTIONS[name].rpartition(".")
+    owner = field_specs(TrainConfig)[group].kind if group else TrainConfig
+    hint = typing.get_type_hints(owner)[attr]
+    for arg in (hint, *typing.get_args(hint)):
+        items = typing.get_args(arg) if typing.get_origin(arg) is tuple else ()
+        if items and Ellipsis not in items:
+            return len(items)
+    return None
+
+
+def _expected(name: str) -> str:
+    """What the option ``name`` takes, in words (for the config-file error)."""
+    spec = option_spec(name)
+    if spec.kind is tuple:
+        length = _tuple_length(name)
+        what = f"a list of {length} numbers" if length else "a list of numbers"
+    else:
+        what = _KIND_WORDS.get(spec.kind, "text")
+    return what + (" or null" if spec.optional else "")
+
+
+def coerce_option(name: str, value: Any) -> Any:
+    """A config-file value as the type of option ``name``: YAML reads ``1e-3`` as text, JSON
+    may quote numbers, lists stand for tuples. Raises ``ValueError`` (or ``KeyError``,
+    ``TypeError``) when it cannot be."""
+    spec = option_spec(name)
+    if value is None or (spec.kind is tuple and str(value).lower() == "none"):
+        if spec.optional:
+            return None
+        raise ValueError(name)
+    if isinstance(value, bool) != (spec.kind is bool) and not isinstance(value, str):
+        raise ValueError(name)  # True is an int to Python, never a number to a user
+    if spec.kind is bool:
+        return value if isinstance(value, bool) else _BOOL_WORDS[value.lower()]
+    if spec.kind is int:
+        number = value if isinstance(value, int) else float(value)
+        if not float(number).is_integer():
+            raise ValueError(name)
+        return int(number)
+    if spec.kind is float:
+        return float(value)
+    if spec.kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        length = _tuple_length(name)
+        if not isinstance(items, list | tuple) or (length and len(items) != length):
+            raise ValueError(name)
+        if any(isinstance(item, bool) for item in items):
+            raise ValueError(name)
+        return tuple(float(item) for item in items)
+    if isinstance(value, int | float):
+        return str(value)  # accum_steps: 4 is read by its own check; split: 2019 is a name
+    if not isinstance(value, str):
+        raise ValueError(name)
+    return value
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 def recipe_options(name: str, stage: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from clipa_data.core.provenance import package_versions
 from clipa_data.prepare.runner import default_workers
 from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
+from clipa_data.prepare.url_list import check_columns, header_columns
 
 INPUT_FORMATS = (
     "parquet",
@@ -408,12 +409,20 @@ def _input_files(config: DownloadConfig) -> list[Path]:
     return [path]
 
 
+def wanted_columns(config: DownloadConfig) -> dict[str, str]:
+    """The input columns img2dataset will select, each with the flag that names it."""
+    wanted = {config.url_col: "--url-col"}
+    if config.caption_col:
+        wanted[config.caption_col] = "--caption-col"
+    for name in config.save_additional_columns:
+        wanted.setdefault(name, "--save-additional-columns")
+    return wanted
+
+
 def _parquet_rows(config: DownloadConfig, files: list[Path]) -> list[int]:
     """Row counts of the parquet inputs, after checking they have the configured columns."""
     import pyarrow.parquet as pq
 
-    wanted = [config.url_col, *([config.caption_col] if config.caption_col else [])]
-    wanted += list(config.save_additional_columns)
     rows = []
     for path in files:
         try:
@@ -423,15 +432,17 @@ def _parquet_rows(config: DownloadConfig, files: list[Path]) -> list[int]:
                 f"{path} is not a readable parquet file ({error}); fix the file or pass "
                 "--input-format with its real format"
             ) from None
-        columns = parquet.schema_arrow.names
-        for name in wanted:
-            if name not in columns:
-                raise ClipaError(
-                    f"{path} has no column {name!r} (columns: {', '.join(columns)}); set "
-                    "--url-col / --caption-col / --save-additional-columns to the real names"
-                )
+        check_columns(path, parquet.schema_arrow.names, wanted_columns(config))
         rows.append(parquet.metadata.num_rows)
     return rows
+
+
+def _check_columns(config: DownloadConfig, files: list[Path]) -> None:
+    """Text URL lists (CSV/TSV/JSON/JSON Lines): the header or first records hold the columns."""
+    for path in files:
+        columns = header_columns(path, config.input_format)
+        if columns is not None:
+            check_columns(path, columns, wanted_columns(config))
 
 
 def _check_output(config: DownloadConfig) -> None:
@@ -478,6 +489,8 @@ def check_inputs(config: DownloadConfig) -> range | None:
     """
     files = None if layout.is_url(config.url_list) else _input_files(config)
     rows = _parquet_rows(config, files) if files and config.input_format == "parquet" else None
+    if files and config.input_format != "parquet":
+        _check_columns(config, files)
     _check_output(config)
     if config.distributor == "pyspark" and importlib.util.find_spec("pyspark") is None:
         raise ClipaError("--distributor pyspark needs pyspark: pip install pyspark")
