@@ -57,7 +57,8 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
         if options.get(required) is None and from_file.get(required) is None:
             raise ClipaError(f"--{required} is required (on the command line or in --config)")
     summary = run_stage(resolve(stage, options, config_file))
-    print_summary(summary)
+    if summary is not None:  # None: a resumed run that had nothing left to do (said so)
+        print_summary(summary)
 
 
 def print_summary(summary: dict) -> None:
