@@ -26,7 +26,8 @@ PRETRAIN_HELP = "\n\n".join(
         "--recipe clipa-b16-i50-t16",
         "Options come from (lowest first) the stage defaults, --recipe, --config FILE and the "
         "flags; a flag that contradicts the recipe is an error. The run directory gets "
-        "config.json (resolved), metrics.jsonl, checkpoints/ and summary.json.",
+        "config.json (resolved), metrics.jsonl, checkpoints/ and summary.json; one that already "
+        "holds a run needs --resume auto (continue it) or --overwrite (move it aside, start over).",
         "Several GPUs: torchrun --nproc-per-node N $(which clipa-train) pretrain ...; "
         "TPU: --backend xla.",
     ]
