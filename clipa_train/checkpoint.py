@@ -55,8 +55,9 @@ def resolve_resume(resume: str | Path | None, directory: Path) -> Path | None:
         latest = latest_checkpoint(directory)
         if latest is None:
             raise ClipaError(
-                f"--resume auto: no checkpoint in {directory}; start without --resume or point "
-                "--resume at a checkpoint file"
+                f"--resume auto: no checkpoint in {directory}; start without --resume (with "
+                "--overwrite if the run directory holds a run) or point --resume at a checkpoint "
+                "file"
             )
         return latest
     path = Path(resume)

@@ -157,3 +157,16 @@ def test_resuming_from_an_earlier_checkpoint_keeps_the_summarys_checkpoint(data,
     assert Path(summary["checkpoint"]).is_file()
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["step_00000002.pt", "step_00000003.pt"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_names_overwrite(data, finished, tmp_path):
+    """What a run killed early leaves (config.json, an empty metrics.jsonl): --resume auto has
+    nothing to continue and says to start over with --overwrite."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(finished / "config.json", out / "config.json")
+    (out / "metrics.jsonl").write_text("")
+    before = snapshot(out)
+    done = clipa_train(*tiny("pretrain", data, out, "--resume", "auto"))
+    one_line(done, 2, "--resume auto: no checkpoint in", "--overwrite")
+    assert snapshot(out) == before
