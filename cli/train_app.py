@@ -26,7 +26,8 @@ PRETRAIN_HELP = "\n\n".join(
         "--recipe clipa-b16-i50-t16",
         "Options come from (lowest first) the stage defaults, --recipe, --config FILE and the "
         "flags; a flag that contradicts the recipe is an error. The run directory gets "
-        "config.json (resolved), metrics.jsonl, checkpoints/ and summary.json.",
+        "config.json (resolved), metrics.jsonl, checkpoints/ and summary.json; one that already "
+        "holds a run needs --resume auto (continue it) or --overwrite (move it aside, start over).",
         "Several GPUs: torchrun --nproc-per-node N $(which clipa-train) pretrain ...; "
         "TPU: --backend xla.",
     ]
@@ -57,7 +58,8 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
         if options.get(required) is None and from_file.get(required) is None:
             raise ClipaError(f"--{required} is required (on the command line or in --config)")
     summary = run_stage(resolve(stage, options, config_file))
-    print_summary(summary)
+    if summary is not None:  # None: a resumed run that had nothing left to do (said so)
+        print_summary(summary)
 
 
 def print_summary(summary: dict) -> None:

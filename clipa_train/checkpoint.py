@@ -55,8 +55,9 @@ def resolve_resume(resume: str | Path | None, directory: Path) -> Path | None:
         latest = latest_checkpoint(directory)
         if latest is None:
             raise ClipaError(
-                f"--resume auto: no checkpoint in {directory}; start without --resume or point "
-                "--resume at a checkpoint file"
+                f"--resume auto: no checkpoint in {directory}; start without --resume (with "
+                "--overwrite if the run directory holds a run) or point --resume at a checkpoint "
+                "file"
             )
         return latest
     path = Path(resume)
@@ -100,7 +101,7 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint after ``step`` steps. Every rank must call it (it gathers each rank's
     stream and RNG state, and under FSDP one full state dict); rank 0 writes. ``keep`` > 0
-    deletes all but the newest ``keep``."""
+    deletes all but the newest ``keep`` (``stale_checkpoints``)."""
     model = unwrap(model)
     model_state, optimizer_state = full_state(model, optimizer)
     per_rank = backend.gather_objects({"stream": stream_state, "rng": backend.rng_state()})
@@ -121,10 +122,19 @@ def save_checkpoint(
         with atomic_writer(path) as handle:
             torch.save(payload, handle)
         if keep > 0:
-            for _, old in list_checkpoints(directory)[:-keep]:
+            for old in stale_checkpoints(directory, path, keep):
                 old.unlink()
     backend.barrier()
     return path
+
+
+def stale_checkpoints(directory: Path, newest: Path, keep: int) -> list[Path]:
+    """What ``keep`` deletes after ``newest`` was written: all but ``newest`` and the ``keep`` - 1
+    before it. Never ``newest`` (the summary names it) nor a later step: a run resumed from an
+    earlier checkpoint finds later ones, and those are not the keep-newest rule's to delete."""
+    step = int(NAME.match(Path(newest).name).group(1))
+    earlier = [path for number, path in list_checkpoints(directory) if number < step]
+    return earlier[: max(len(earlier) - (keep - 1), 0)]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from clipa_data.core.atomic import write_json
 from clipa_data.core.errors import ClipaError
 from clipa_train import checkpoint as ckpt
 from clipa_train.accumulation import accumulate_forward_backward, fewest_micro_batches
@@ -196,11 +197,14 @@ def train(
     ``model`` is the bare CLIP (the backend moves it and wraps it for DDP); ``optimizer`` was built
     over its parameters once they were on the device (``build_optimizer``); ``batches`` yields
     contract batches for this rank. Checkpoints go to ``run_dir/checkpoints``, metrics to
-    ``run_dir/metrics.jsonl``.
+    ``run_dir/metrics.jsonl``, ``run_config`` (if given) to ``run_dir/config.json``.
     """
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
     step_model, step = _start(model, optimizer, batches, backend, config, directory, resume_from)
+    if backend.is_main and run_config is not None:
+        # Only now, with everything restored and checked: a run refused earlier leaves no trace.
+        write_json(run_dir / "config.json", run_config)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
     log = MetricsLog(run_dir, backend.is_main)
 

@@ -5,7 +5,8 @@
 checkpoint's architecture) gives the image size, text length, text mask and positional
 embedding; the training split gives the step count; the stage's defaults give the lr and the
 warm-up. It also turns every bad input (not a builder directory, syntax mask without sidecars,
-image size vs patch size, a bad zero-shot folder, ``--resume auto`` without checkpoints) into
+image size vs patch size, a bad zero-shot folder, ``--resume auto`` without checkpoints, an
+``--out`` that holds a run without ``--resume``/``--overwrite``: ``run_dir``) into
 one clear line before any device or worker process starts. The result, a ``ResolvedStage``,
 holds the component configs the workers build from (picklable, for spawned XLA processes).
 """
@@ -187,9 +188,11 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.evaluate import open_zeroshot_set
     from clipa_train.loop import LoopConfig
     from clipa_train.optim import OptimConfig
+    from clipa_train.run_dir import check_resume_step, check_run_dir
     from clipa_train.sharding import check_sharding, torchrun_world
     from clipa_train.shards import open_split
 
+    check_run_dir(config.run.out, config.logging.resume, config.logging.overwrite)
     check_sharding(config.optim.sharding, config.optim.backend, torchrun_world())
     _check_accumulation_per_rank(config.optim, torchrun_world())
     backend = _backend(config)
@@ -215,6 +218,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         stop_check_every=config.logging.log_every,
     )  # fmt: skip
     resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
+    check_resume_step(resume, total)  # past the stage's last step: refused here
     return ResolvedStage(
         config=config,
         model=model,

@@ -311,6 +311,11 @@ class LoggingOptions:
     resume: Annotated[
         str | None, Doc("auto (latest checkpoint in the run directory) or a checkpoint path.")
     ] = None
+    overwrite: Annotated[
+        bool,
+        Doc("Start over in a run directory that holds a run: the old run is moved to "
+            "RUN_DIR.old-<UTC time> (never deleted)."),
+    ] = False  # fmt: skip
     log_every: Annotated[
         int, Doc("Steps between metrics records (and checks whether any rank got a stop signal).")
     ] = 10
@@ -325,6 +330,10 @@ class LoggingOptions:
             [
                 (self.checkpoint_every >= 0, "step intervals must be ≥ 0"),
                 (self.log_every >= 1, "--log-every must be at least 1"),
+                (
+                    not (self.overwrite and self.resume),
+                    "--overwrite starts the run over and --resume continues it; give one of them",
+                ),
             ]
         )
 
@@ -466,6 +475,7 @@ OPTIONS: dict[str, str] = {
     "eval_every": "evaluation.every",
     "eval_batch_size": "evaluation.batch_size",
     "resume": "logging.resume",
+    "overwrite": "logging.overwrite",
     "log_every": "logging.log_every",
     "checkpoint_every": "logging.checkpoint_every",
     "keep_checkpoints": "logging.keep_checkpoints",

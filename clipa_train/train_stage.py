@@ -1,9 +1,9 @@
 """One training stage end to end: resolve and check everything, train, summarise.
 
 ``run_stage`` resolves the options once (``resolved_stage.resolve_stage``: every bad input
-becomes one clear line before any device or worker process starts), writes ``config.json`` and
-runs ``stage_worker`` once per device (PyTorch/XLA spawns one process per device; torchrun has
-already made one process per GPU).
+becomes one clear line before any device or worker process starts; the run-directory contract
+is ``run_dir``'s) and runs ``stage_worker`` once per device (PyTorch/XLA spawns one process per
+device; torchrun has already made one process per GPU).
 
 Run directory::
 
@@ -25,17 +25,36 @@ from clipa_train.resolved_stage import ResolvedStage, resolve_stage
 from clipa_train.run_config import TrainConfig
 
 
-def run_stage(config: TrainConfig) -> dict:
-    """Resolve, write ``config.json``, train on every local device; returns ``summary.json``."""
+def run_stage(config: TrainConfig) -> dict | None:
+    """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
+    returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
+    from clipa_train.run_dir import check_resume_step, move_aside
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", stage.to_json())
+    if check_resume_step(stage.resume_from, stage.optim.total_steps):
+        _note(
+            f"{run_dir}: the run already finished its {stage.optim.total_steps} steps "
+            f"({stage.resume_from}); nothing to do (for more steps give a larger --samples or "
+            "--epochs with --resume)"
+        )
+        return None
+    if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
+        moved = move_aside(run_dir)
+        if moved is not None:
+            _note(f"--overwrite: moved the earlier run in {run_dir} to {moved}")
+    # config.json is written by the loop once the model, optimiser and stream are restored:
+    # a run that fails a check in the worker (weights, resume checkpoint) leaves no trace.
     launch(stage_worker, config.optim.backend, (stage,))
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def _note(message: str) -> None:
+    """One console line on stderr (never wrapped), as the progress line is."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(message, markup=False, highlight=False)
 
 
 def stage_worker(index: int, stage: ResolvedStage) -> None:

@@ -1,0 +1,80 @@
+"""The run-directory contract: one run per directory, nothing lost, nothing written early.
+
+- ``--out`` that already holds a run (``RUN_FILES``) is refused unless ``--resume auto|PATH``
+  continues it or ``--overwrite`` moves it aside to ``RUN_DIR.old-<UTC time>`` (never deleted):
+  re-running into a finished run used to mix two runs' metrics, config and checkpoints.
+- ``check_run_dir`` and ``check_resume_step`` run inside ``resolve_stage``, so a refused run
+  changes nothing; the directory itself is written only once the model, optimiser and stream
+  are restored (the loop writes ``config.json``), so a run that fails its checks leaves none.
+- ``--resume`` of a run that already made all its steps does nothing (one line, exit 0); a
+  checkpoint past the stage's last step is refused, naming the step budget.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from clipa_data.core.errors import ClipaError
+
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+"""What a stage writes into its run directory; any of them present means it holds a run."""
+
+
+def run_files(out: Path) -> list[str]:
+    """The names of ``RUN_FILES`` present in ``out`` (empty: no run there)."""
+    out = Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
+
+
+def check_run_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse an ``--out`` that already holds a run unless ``--resume`` or ``--overwrite`` says
+    what to do with it (one line naming the directory and both fixes)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ClipaError(f"--out {out} is a file, not a run directory; choose another --out")
+    found = run_files(out)
+    if found and not resume and not overwrite:
+        raise ClipaError(
+            f"--out {out} already holds a run ({', '.join(found)}); continue it with --resume "
+            f"auto, or start over with --overwrite (moves it to {out}.old-<UTC time>)"
+        )
+
+
+def move_aside(out: str | Path) -> Path | None:
+    """``--overwrite``: rename the run in ``out`` to ``out.old-<UTC time>`` (a free name; never
+    deletes); returns the new name, or None when ``out`` holds no run."""
+    out = Path(out)
+    if not run_files(out):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, number = out.with_name(f"{out.name}.old-{stamp}"), 1
+    while target.exists():
+        number += 1
+        target = out.with_name(f"{out.name}.old-{stamp}-{number}")
+    out.rename(target)
+    return target
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint was written after: from its name ``step_NNNNNNNN.pt`` (no read),
+    else from the file."""
+    from clipa_train.checkpoint import NAME, load_checkpoint
+
+    match = NAME.match(Path(path).name)
+    return int(match.group(1)) if match else int(load_checkpoint(Path(path))["step"])
+
+
+def check_resume_step(resume: str | Path | None, total_steps: int) -> bool:
+    """Whether the run resumed from ``resume`` has already made all ``total_steps`` steps
+    (nothing to do). A checkpoint past the last step is refused: its schedule ended earlier."""
+    if resume is None:
+        return False
+    step = checkpoint_step(resume)
+    if step > total_steps:
+        raise ClipaError(
+            f"--resume {resume}: the checkpoint is at step {step} but this stage has only "
+            f"{total_steps} steps; give --samples or --epochs for more steps, or start a new run "
+            "(another --out, or --overwrite)"
+        )
+    return step == total_steps

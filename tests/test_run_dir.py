@@ -1,0 +1,172 @@
+"""The run-directory contract through the real ``clipa-train`` command (a subprocess, as a user
+runs it): a run directory that holds a run is refused unless ``--resume`` or ``--overwrite``
+says what to do, ``--overwrite`` moves the old run aside, a run that fails its checks writes
+nothing, a finished run resumed does nothing, and the summary's checkpoint always exists.
+Every refusal is one line with exit 2 and leaves every file's bytes as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import make_builder_dir, make_records
+
+PROGRAM = str(Path(sys.executable).parent / "clipa-train")
+
+
+def clipa_train(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [PROGRAM, *(str(arg) for arg in args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_line(done: subprocess.CompletedProcess, exit_code: int, *fragments: str) -> str:
+    """The command exited with ``exit_code`` and said exactly one stderr line holding every
+    fragment; returns the line."""
+    assert done.returncode == exit_code, done.stderr + done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def tiny(stage: str, data: Path, out: Path, *more: object) -> list[object]:
+    """Options of a clipa-tiny run of 2 steps (batch 8, 16 samples) on the builder ``data``."""
+    return [
+        stage, "--data", data, "--out", out, "--model", "clipa-tiny", "--image-size", 32,
+        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--samples", 16,
+        "--workers", 1, "--no-progress", *more,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run-dir")
+    return make_builder_dir(root / "data", [make_records(24, start=i * 24) for i in range(2)])
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory) -> Path:
+    """A finished 2-step run, a checkpoint every step and only the newest kept."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    done = clipa_train(
+        *tiny("pretrain", data, out, "--checkpoint-every", 1, "--keep-checkpoints", 1)
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_the_summary_names_the_one_checkpoint_kept(finished):
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["steps"] == 2 and Path(summary["checkpoint"]).is_file()
+    assert [p.name for p in (finished / "checkpoints").iterdir()] == ["step_00000002.pt"]
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_a_run_directory_that_holds_a_run_is_refused(data, finished, stage):
+    before = snapshot(finished)
+    weights = (
+        ["--from", finished / "checkpoints" / "step_00000002.pt"] if stage == "finetune" else []
+    )
+    done = clipa_train(*tiny(stage, data, finished, *weights))
+    one_line(
+        done, 2, f"--out {finished} already holds a run", "config.json", "--resume auto",
+        "--overwrite", f"{finished}.old-",
+    )  # fmt: skip
+    assert snapshot(finished) == before
+
+
+def test_overwrite_and_resume_together_are_refused(data, finished):
+    before = snapshot(finished)
+    done = clipa_train(*tiny("pretrain", data, finished, "--overwrite", "--resume", "auto"))
+    one_line(done, 2, "--overwrite starts the run over and --resume continues it")
+    assert snapshot(finished) == before
+
+
+def test_overwrite_moves_the_old_run_aside_and_starts_over(data, finished, tmp_path):
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    before = snapshot(out)
+    done = clipa_train(*tiny("pretrain", data, out, "--samples", 24, "--overwrite"))
+    line = one_line(done, 0, f"--overwrite: moved the earlier run in {out} to {out}.old-")
+    moved = Path(line.rsplit(" to ", 1)[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", moved.name]
+    assert snapshot(moved) == before  # nothing lost
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics] == [3]  # only the new run's (3 steps, logged at the end)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_a_run_that_fails_its_checks_writes_nothing(data, finished, tmp_path):
+    bad_option = clipa_train(*tiny("pretrain", data, tmp_path / "bad", "--image-size", 36))
+    one_line(bad_option, 2, "not a multiple of the patch size")
+    # Checked in the worker, after the options: unreadable weights for --from.
+    (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")
+    weights = ["--from", tmp_path / "weights.pt"]
+    bad_weights = clipa_train(*tiny("finetune", data, tmp_path / "ft", *weights))
+    one_line(bad_weights, 2, "weights.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]
+    # Resuming with another architecture is refused and leaves the run's config.json as it was.
+    before = snapshot(finished)
+    more = ["--samples", 24, "--image-size", 64, "--resume", "auto"]
+    other = clipa_train(*tiny("pretrain", data, finished, *more))
+    one_line(other, 2, "was written for a different model", "vision.image_size")
+    assert snapshot(finished) == before
+
+
+def test_resuming_a_finished_run_does_nothing(data, finished):
+    before = snapshot(finished)
+    done = clipa_train(*tiny("pretrain", data, finished, "--resume", "auto"))
+    one_line(done, 0, f"{finished}: the run already finished its 2 steps", "nothing to do")
+    assert done.stdout.strip() == ""
+    fewer = clipa_train(*tiny("pretrain", data, finished, "--samples", 8, "--resume", "auto"))
+    one_line(fewer, 2, "the checkpoint is at step 2 but this stage has only 1 steps", "--samples")
+    assert snapshot(finished) == before
+
+
+def test_resuming_from_an_earlier_checkpoint_keeps_the_summarys_checkpoint(data, tmp_path):
+    """Going back to step 1 of a 3-step run with --keep-checkpoints 1: the keep-newest cleanup
+    must neither delete the checkpoint just written (the summary names it) nor the later
+    step 3 of the first run."""
+    out = tmp_path / "run"
+    every = ["--checkpoint-every", 1, "--keep-checkpoints", 0]
+    first = clipa_train(*tiny("pretrain", data, out, "--samples", 24, *every))
+    assert first.returncode == 0, first.stderr
+    step_1 = out / "checkpoints" / "step_00000001.pt"
+    keep_1 = ["--checkpoint-every", 1, "--keep-checkpoints", 1, "--resume", step_1]
+    again = clipa_train(*tiny("pretrain", data, out, *keep_1))
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["start_step"] == 1 and summary["steps"] == 2
+    assert Path(summary["checkpoint"]).is_file()
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step_00000002.pt", "step_00000003.pt"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_names_overwrite(data, finished, tmp_path):
+    """What a run killed early leaves (config.json, an empty metrics.jsonl): --resume auto has
+    nothing to continue and says to start over with --overwrite."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(finished / "config.json", out / "config.json")
+    (out / "metrics.jsonl").write_text("")
+    before = snapshot(out)
+    done = clipa_train(*tiny("pretrain", data, out, "--resume", "auto"))
+    one_line(done, 2, "--resume auto: no checkpoint in", "--overwrite")
+    assert snapshot(out) == before
