@@ -60,8 +60,17 @@ def make_report(config: ReportConfig) -> Report:
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        page = _write(runs, fits, out)
     except OSError as error:
-        raise ClipaError(f"report: cannot create --out {out} ({error.strerror})") from None
+        raise ClipaError(
+            f"report: cannot write to --out {out} ({error.strerror or error}); "
+            "give a writable folder"
+        ) from None
+    return Report(page, tuple(note for run in runs for note in run.notes), tuple(fits))
+
+
+def _write(runs: list[RunRecords], fits: list[ScalingFit], out: Path) -> Path:
+    """The figures, ``fit.json`` (with fits) and the page; returns the page."""
     figures = [
         ("Loss and zero-shot top-1 against samples seen", _plot_progress(runs, "samples", out)),
         ("Loss and zero-shot top-1 against training FLOPs", _plot_progress(runs, "flops", out)),
@@ -71,10 +80,10 @@ def make_report(config: ReportConfig) -> Report:
         plot_scaling(fits, out / "scaling.png")
         figures.append(("Inverse scaling: error against compute, fitted", "scaling.png"))
         write_json(out / "fit.json", {"fits": [fit.to_json() for fit in fits]})
-    notes = tuple(note for run in runs for note in run.notes)
+    notes = [note for run in runs for note in run.notes]
     page = out / "index.html"
     page.write_text(_page(runs, figures, fits, notes), encoding="utf-8")
-    return Report(page, notes, tuple(fits))
+    return page
 
 
 def _pyplot():
@@ -119,6 +128,8 @@ def _plot_throughput(runs: list[RunRecords], out: Path) -> str:
     figure, (rate_axis, wait_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
         timed = [r for r in run.train if "time" in r]
+        if not timed:  # stopped before its first record
+            continue
         seconds = [r["time"] - timed[0]["time"] for r in timed]
         rate_axis.plot(seconds, [r["samples_per_s"] for r in timed], label=run.name)
         wait_axis.plot(seconds, [100 * r["data_wait_share"] for r in timed], label=run.name)

@@ -112,12 +112,29 @@ def test_a_partial_last_record_is_skipped_and_reported_once(runs, tmp_path):
     assert [r["step"] for r in records.train] == [1, 2, 3, 4]
 
 
+def test_a_run_stopped_before_its_first_record_still_reports(runs, tmp_path):
+    run = shutil.copytree(runs["a"], tmp_path / "early", ignore=shutil.ignore_patterns("*.pt"))
+    (run / "metrics.jsonl").write_text("")
+    (run / "summary.json").unlink()
+    result = invoke("report", runs["a"], run, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "<td>early</td><td>pretrain</td>" in (tmp_path / "report" / "index.html").read_text()
+    assert "0 (unfinished)" in (tmp_path / "report" / "index.html").read_text()
+
+
 def test_a_run_directory_without_metrics_is_one_line(runs, tmp_path):
     run = shutil.copytree(runs["a"], tmp_path / "empty", ignore=shutil.ignore_patterns("*.pt"))
     (run / "metrics.jsonl").unlink()
     result = invoke("report", run, "--out", tmp_path / "report")
     assert_one_line_error(result, str(run), "no metrics.jsonl")
     assert not (tmp_path / "report").exists()
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke("report", runs["a"], "--out", blocker / "report")
+    assert_one_line_error(result, f"cannot write to --out {blocker / 'report'}", "writable folder")
 
 
 def test_too_few_runs_for_a_fit_are_refused(runs, tmp_path):
