@@ -42,6 +42,7 @@ from benchmarks.common import RESULTS_DIR, print_table, write_result
 from clipa_data.core.atomic import write_json
 from clipa_data.core.provenance import machine_info
 from clipa_train.backend import BackendConfig, create_backend
+from clipa_train.flops import train_flops_per_sample
 from clipa_train.loop import apply_update, forward_backward
 from clipa_train.loss import build_loss
 from clipa_train.model import ModelConfig, build_model, load_preset
@@ -114,24 +115,6 @@ VARIANTS = {
     "compile_cudagraphs_cudnn_attention": Variant("reduce-overhead", sdpa="cudnn"),
     "compile_pure_bf16": Variant("default", pure_bf16=True),
 }
-
-
-def tower_macs(width: int, layers: int, tokens: int, mlp_ratio: float) -> float:
-    """Multiply-adds of one transformer tower's forward for one sample."""
-    per_block = tokens * (4 * width * width + 2 * width * int(width * mlp_ratio))
-    per_block += 2 * tokens * tokens * width  # QKᵀ and AV
-    return layers * per_block
-
-
-def train_flops_per_sample(config: ModelConfig, kept_patches: int, text_length: int) -> float:
-    """Analytic training FLOPs for one sample (3 × forward, 2 FLOPs per multiply-add)."""
-    vision, text = config.vision, config.text
-    macs = vision.num_patches * 3 * vision.patch_size**2 * vision.width  # patch embedding
-    macs += tower_macs(vision.width, vision.layers, kept_patches + 1, vision.mlp_ratio)
-    macs += vision.width * config.embed_dim
-    macs += tower_macs(text.width, text.layers, text_length, text.mlp_ratio)
-    macs += text.width * config.embed_dim
-    return 3 * 2 * macs
 
 
 def peak_flops(device_name: str) -> float | None:

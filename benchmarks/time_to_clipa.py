@@ -18,8 +18,8 @@ next to the paper's ~2 / 3 / 4 days on 8× A100.
 
 from __future__ import annotations
 
-from benchmarks.bench_step import train_flops_per_sample
 from benchmarks.common import load_result, print_table, write_result
+from clipa_train.flops import train_flops_per_sample
 from clipa_train.model.config import load_preset
 from clipa_train.recipes import LAION_400M_SAMPLES, RECIPE_NAMES, StageRecipe, get_recipe
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clipa_cli.common import make_app, reports_errors, stdout
+from clipa_cli.common import make_app, reports_errors, stderr, stdout
 from clipa_cli.options import command
-from clipa_cli.train_options import eval_options, train_command
+from clipa_cli.train_options import eval_options, report_options, train_command
+from rich.markup import escape
 from rich.table import Table
 
 from clipa_data.core.errors import ClipaError
@@ -105,6 +106,23 @@ def eval_body(as_json: bool = False, **options) -> None:
 
 
 app.command("eval")(reports_errors(command(eval_body, eval_options())))
+
+
+def report_body(runs: list[Path], out: Path, fit: bool) -> None:
+    """HTML report of run directories: loss and zero-shot against samples and FLOPs, throughput,
+    config differences; --fit adds the scaling-law fit. Example: clipa-train report runs/a
+    runs/b --out report/"""
+    from clipa_train.report import ReportConfig, make_report
+
+    report = make_report(ReportConfig(runs=tuple(str(r) for r in runs), out=str(out), fit=fit))
+    for note in report.notes:
+        stderr().print(f"warning: {escape(note)}")
+    for fit_result in report.fits:
+        stdout().print(escape(fit_result.describe()))
+    stdout().print(f"report: {escape(str(report.html))} (open it in a browser)")
+
+
+app.command("report")(reports_errors(command(report_body, report_options())))
 
 
 def main() -> None:

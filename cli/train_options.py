@@ -109,3 +109,24 @@ def eval_options() -> list[inspect.Parameter]:
     )
     required = {"checkpoint", "dataset"}
     return [_required(p) if p.name in required else p for p in parameters] + [as_json]
+
+
+def report_options() -> list[inspect.Parameter]:
+    """The arguments of ``clipa-train report``: RUN... and the ``ReportConfig`` options."""
+    from clipa_cli.options import help_of
+
+    from clipa_train.report import ReportConfig
+
+    runs = inspect.Parameter(
+        "runs",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Argument(
+            ...,
+            help=help_of(field_specs(ReportConfig)["runs"]),
+            metavar="RUN...",
+            show_default=False,
+        ),
+        annotation=list[Path],
+    )
+    out, fit = config_options(ReportConfig, ("out", "fit"), bare=("fit",))
+    return [runs, _required(out), fit]

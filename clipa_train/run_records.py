@@ -1,0 +1,187 @@
+"""Finished (or stopped) run directories read back: ``config.json``, ``metrics.jsonl`` and
+``summary.json``, with samples seen and analytic training FLOPs at every record.
+
+A run killed mid-write leaves a partial last line in ``metrics.jsonl``: it is skipped and named
+once in the run's ``notes`` (a resumed run appends after it, so an unreadable line can sit in the
+middle too; it is skipped the same way). A directory without ``metrics.jsonl`` or ``config.json``
+is one ``ClipaError``. Stages chained by ``--from`` (a fine-tune of an earlier run's checkpoint,
+both given) continue that run's samples and FLOPs, so a recipe's stages draw as one curve.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+
+from clipa_data.core.errors import ClipaError
+from clipa_train.flops import kept_patches, train_flops_per_sample
+from clipa_train.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """One run directory, read."""
+
+    path: Path
+    """The run directory (``--out`` of the stage)."""
+    config: dict
+    """``config.json``: resolved options, derived values and the model."""
+    summary: dict | None
+    """``summary.json``; None when the run never finished (killed, still running)."""
+    train: tuple[dict, ...]
+    """Training records (those with a loss), in file order."""
+    evals: tuple[dict, ...]
+    """Zero-shot records (those with ``eval/top1``), in file order."""
+    notes: tuple[str, ...]
+    """Problems read past, one line each (a skipped partial record)."""
+    start_samples: int = 0
+    """Samples the chained earlier stage saw before this run started (0 unless chained)."""
+    start_flops: float = 0.0
+    """Training FLOPs of the chained earlier stage before this run started."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def options(self) -> dict:
+        return self.config["options"]
+
+    @property
+    def stage(self) -> str:
+        return self.options["stage"]
+
+    @cached_property
+    def model(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.config["model"], source=f"{self.path}/config.json")
+
+    @property
+    def image_tokens(self) -> int:
+        """Patch tokens per image the vision tower ran on (after the image mask)."""
+        return kept_patches(self.model, self.options["image_mask"], self.options["mask_ratio"])
+
+    @property
+    def text_tokens(self) -> int:
+        return self.model.text.context_length
+
+    @property
+    def family(self) -> str:
+        """The model preset, or the architecture when the stage took it from a checkpoint."""
+        vision = self.model.vision
+        return (
+            self.options.get("model") or f"ViT w{vision.width} l{vision.layers}/{vision.patch_size}"
+        )
+
+    @cached_property
+    def flops_per_sample(self) -> float:
+        return train_flops_per_sample(self.model, self.image_tokens, self.text_tokens)
+
+    def samples(self, step: int) -> int:
+        """Samples seen by the end of ``step`` (counting a chained earlier stage)."""
+        return self.start_samples + step * self.options["batch_size"]
+
+    def flops(self, step: int) -> float:
+        """Training FLOPs spent by the end of ``step`` (counting a chained earlier stage)."""
+        return self.start_flops + step * self.options["batch_size"] * self.flops_per_sample
+
+    @property
+    def last_step(self) -> int:
+        return max((r["step"] for r in self.train), default=0)
+
+    @property
+    def final_top1(self) -> float | None:
+        return self.evals[-1]["eval/top1"] if self.evals else None
+
+
+def read_run(path: Path) -> RunRecords:
+    """One run directory; a ClipaError names a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ClipaError(f"{path}: not a directory; give run directories (--out of clipa-train)")
+    for needed in ("config.json", "metrics.jsonl"):
+        if not (path / needed).is_file():
+            raise ClipaError(
+                f"{path}: no {needed}, so not a clipa-train run directory; give the --out "
+                "directory of a pretrain or finetune run"
+            )
+    config = _read_json(path / "config.json")
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else None
+    records, notes = read_metrics(path / "metrics.jsonl")
+    return RunRecords(
+        path=path,
+        config=config,
+        summary=summary,
+        train=tuple(r for r in records if "loss" in r),
+        evals=tuple(r for r in records if "eval/top1" in r),
+        notes=tuple(notes),
+    )
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
+    """The records of a ``metrics.jsonl`` and one note naming any skipped lines."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records, skipped = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            skipped.append(number)
+    if not skipped:
+        return records, []
+    where = "the partial last line" if skipped == [len(lines)] else "unreadable lines"
+    listed = ", ".join(map(str, skipped))
+    return records, [f"{path}: skipped {where} {listed} (a record cut short by a stop mid-write)"]
+
+
+def read_runs(paths: list[Path]) -> list[RunRecords]:
+    """The runs in the order given; a stage started ``--from`` a checkpoint of an earlier run in
+    the list continues that run's samples and FLOPs."""
+    runs: list[RunRecords] = []
+    for path in paths:
+        run = read_run(path)
+        parent = _chained_parent(run, runs)
+        if parent is not None:
+            step = _checkpoint_step(run.options.get("from_checkpoint")) or parent.last_step
+            run = replace(run, start_samples=parent.samples(step), start_flops=parent.flops(step))
+        runs.append(run)
+    return runs
+
+
+def _chained_parent(run: RunRecords, earlier: list[RunRecords]) -> RunRecords | None:
+    source = run.options.get("from_checkpoint")
+    if not source:
+        return None
+    resolved = Path(source).resolve()
+    for candidate in reversed(earlier):
+        if resolved.is_relative_to(candidate.path.resolve()):
+            return candidate
+    return None
+
+
+def _checkpoint_step(source: str | None) -> int | None:
+    """The step in a ``step_00001234.pt`` checkpoint name (None for other names)."""
+    match = re.search(r"step_(\d+)", Path(source).name) if source else None
+    return int(match.group(1)) if match else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ClipaError(
+            f"{path}: unreadable ({error}); was the run directory copied whole?"
+        ) from None
+    if not isinstance(value, dict):
+        raise ClipaError(f"{path}: not a JSON object; was the run directory copied whole?")
+    return value

@@ -1,0 +1,256 @@
+"""``clipa-train report``: real tiny runs -> an HTML page whose figures all exist (and load in
+headless Chromium where it is installed); bad run directories are one line; the scaling-law fit
+recovers known constants and refuses too few points and mixed stages."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import make_builder_dir, make_records
+from cli_checks import assert_one_line_error
+from clipa_cli.train_app import app
+from sidecars import write_sidecars
+from typer.testing import CliRunner
+
+from clipa_data.demo import write_demo_validation
+from clipa_train.run_records import read_runs
+from clipa_train.scaling_fit import ScalingPoint, fit_power_law
+
+BATCH = 8
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two clipa-tiny pre-trainings (the second with a random image mask) and a fine-tune
+    chained to the first, each evaluated zero-shot at its end."""
+    root = tmp_path_factory.mktemp("report")
+    builder = make_builder_dir(root / "data", [make_records(24, start=i * 24) for i in range(2)])
+    write_sidecars(builder)
+    val = write_demo_validation(root / "eval", per_class=1, seed=0)
+    common = [
+        "--data", builder, "--image-size", 32, "--text-length", 8, "--batch-size", BATCH,
+        "--workers", 1, "--no-progress", "--log-every", 1, "--zeroshot", val.root,
+        "--classnames", val.classnames_path,
+    ]  # fmt: skip
+    made = {"a": root / "a", "b": root / "b", "ft": root / "ft"}
+    stages = {
+        "a": ["pretrain", "--model", "clipa-tiny", "--samples", 32],
+        "b": ["pretrain", "--model", "clipa-tiny", "--samples", 24, "--image-mask", "random"],
+        "ft": [
+            "finetune",
+            "--from",
+            made["a"] / "checkpoints" / "step_00000004.pt",
+            "--samples",
+            16,
+        ],
+    }
+    for name, stage in stages.items():
+        result = invoke(*stage, *common, "--out", made[name])
+        assert result.exit_code == 0, result.output
+    return made
+
+
+def referenced_assets(page: Path) -> list[str]:
+    return re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.read_text())
+
+
+def test_report_writes_the_page_and_every_figure_it_references(runs, tmp_path):
+    out = tmp_path / "report"
+    result = invoke("report", runs["a"], runs["b"], "--out", out)
+    assert result.exit_code == 0, result.output
+    page = out / "index.html"
+    assert f"report: {page}" in result.stdout
+    assets = referenced_assets(page)
+    assert len(assets) == 3
+    for asset in assets:  # relative, beside the page: opens with no server and no network
+        assert "://" not in asset and not asset.startswith("/"), asset
+        assert (out / asset).is_file() and (out / asset).stat().st_size > 1000, asset
+    text = page.read_text()
+    # The option that differs is highlighted in the second run's column; the first run's
+    # options are the baseline.
+    assert re.search(r"<td>image_mask</td><td>&quot;resize&quot;</td><td class=\"diff\">", text)
+    # Image tokens after the mask: 16 patches, random at ratio 0.5 keeps 8.
+    rows = re.findall(r"<tr><td>(a|b)</td><td>pretrain</td><td>clipa-tiny</td><td>(\d+)</td>", text)
+    assert rows == [("a", "16"), ("b", "8")]
+
+
+def test_a_chained_finetune_continues_samples_and_flops(runs):
+    pretrain, finetune = read_runs([runs["a"], runs["ft"]])
+    assert finetune.start_samples == pretrain.samples(4) == 4 * BATCH
+    assert finetune.start_flops == pytest.approx(pretrain.flops(4))
+    first = finetune.train[0]["step"]
+    assert finetune.samples(first) == 4 * BATCH + first * BATCH
+    # Alone, the fine-tune starts from zero.
+    assert read_runs([runs["ft"]])[0].start_samples == 0
+
+
+def test_a_partial_last_record_is_skipped_and_reported_once(runs, tmp_path):
+    run = shutil.copytree(runs["a"], tmp_path / "killed", ignore=shutil.ignore_patterns("*.pt"))
+    metrics = run / "metrics.jsonl"
+    complete = metrics.read_text().count("\n")
+    with metrics.open("a") as handle:
+        handle.write('{"step": 5, "loss": 2.3')  # killed mid-write: no closing brace, no newline
+    out = tmp_path / "report"
+    result = invoke("report", run, "--out", out)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert f"skipped the partial last line {complete + 1}" in warnings[0]
+    assert str(metrics) in warnings[0]
+    assert "skipped the partial last line" in (out / "index.html").read_text()
+    (records,) = read_runs([run])
+    assert [r["step"] for r in records.train] == [1, 2, 3, 4]
+
+
+def test_a_run_stopped_before_its_first_record_still_reports(runs, tmp_path):
+    run = shutil.copytree(runs["a"], tmp_path / "early", ignore=shutil.ignore_patterns("*.pt"))
+    (run / "metrics.jsonl").write_text("")
+    (run / "summary.json").unlink()
+    result = invoke("report", runs["a"], run, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "<td>early</td><td>pretrain</td>" in (tmp_path / "report" / "index.html").read_text()
+    assert "0 (unfinished)" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_a_run_directory_without_metrics_is_one_line(runs, tmp_path):
+    run = shutil.copytree(runs["a"], tmp_path / "empty", ignore=shutil.ignore_patterns("*.pt"))
+    (run / "metrics.jsonl").unlink()
+    result = invoke("report", run, "--out", tmp_path / "report")
+    assert_one_line_error(result, str(run), "no metrics.jsonl")
+    assert not (tmp_path / "report").exists()
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke("report", runs["a"], "--out", blocker / "report")
+    assert_one_line_error(result, f"cannot write to --out {blocker / 'report'}", "writable folder")
+
+
+def test_too_few_runs_for_a_fit_are_refused(runs, tmp_path):
+    # a and b differ in image tokens: two groups of one run each.
+    result = invoke("report", runs["a"], runs["b"], "--out", tmp_path / "report", "--fit")
+    assert_one_line_error(result, "clipa-tiny img16 txt8 has 1 run(s)", "3 parameters")
+
+
+def test_runs_of_different_stages_in_one_fit_are_refused(runs, tmp_path):
+    result = invoke("report", runs["a"], runs["ft"], "--out", tmp_path / "report", "--fit")
+    assert_one_line_error(result, "mix stages", "pretrain: a", "finetune: ft")
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_fit_recovers_known_constants_from_noisy_points():
+    """1 % multiplicative noise on 12 points over 6 decades of compute: α and E within 3 %,
+    A within 25 % (ln A trades off against α × ln C), each within 3 standard errors."""
+    a, alpha, e = 1.3e5, 0.35, 0.25
+    compute = np.geomspace(1e14, 1e20, 12)
+    noise = np.exp(np.random.default_rng(0).normal(0, 0.01, compute.size))
+    error = (a * compute**-alpha + e) * noise
+    points = tuple(
+        ScalingPoint(f"run{i}", "g", float(c), float(v))
+        for i, (c, v) in enumerate(zip(compute, error, strict=True))
+    )
+    fit = fit_power_law("g", "loss", points)
+    for got, se, want, tolerance in (
+        (fit.alpha, fit.alpha_se, alpha, 0.03),
+        (fit.e, fit.e_se, e, 0.03),
+        (fit.a, fit.a_se, a, 0.25),
+    ):
+        assert abs(got - want) <= tolerance * want, (got, want)
+        assert se > 0 and abs(got - want) <= 3 * se, (got, se, want)
+
+
+def synthetic_run(template: Path, out: Path, steps: int, top1: float) -> Path:
+    """A run directory with ``template``'s config and a metrics.jsonl ending at ``steps``."""
+    out.mkdir(parents=True)
+    shutil.copy(template / "config.json", out / "config.json")
+    records = [
+        {"step": steps, "loss": 1.0, "samples_per_s": 10.0, "data_wait_share": 0.1, "time": 1.0},
+        {"step": steps, "eval/top1": top1},
+    ]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out
+
+
+def test_report_fit_recovers_the_constants_of_exact_points(runs, tmp_path):
+    """Runs of one model and token length whose final zero-shot error follows the law exactly:
+    the constants come back within 0.1 %, printed and in fit.json, with the scaling figure."""
+    (template,) = read_runs([runs["a"]])
+    per_step = BATCH * template.flops_per_sample
+    a, alpha, e = 275.0, 0.3, 0.2
+    dirs = []
+    for steps in (10, 100, 1_000, 10_000, 100_000):
+        error = a * (steps * per_step) ** -alpha + e
+        dirs.append(synthetic_run(runs["a"], tmp_path / f"s{steps}", steps, 1 - error))
+    out = tmp_path / "report"
+    result = invoke("report", *dirs, "--out", out, "--fit")
+    assert result.exit_code == 0, result.output
+    assert "clipa-tiny img16 txt8: zero-shot error = A·C^-α + E" in result.stdout
+    (fit,) = json.loads((out / "fit.json").read_text())["fits"]
+    assert fit["alpha"] == pytest.approx(alpha, rel=1e-3)
+    assert fit["e"] == pytest.approx(e, rel=1e-3)
+    assert fit["a"] == pytest.approx(a, rel=1e-3)
+    assert len(fit["points"]) == 5
+    assert "scaling.png" in referenced_assets(out / "index.html")
+    assert (out / "scaling.png").stat().st_size > 1000
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  for (const image of document.images) image.setAttribute("data-width", image.naturalWidth);
+  document.body.setAttribute("data-probed", "yes");
+});
+</script></body>"""
+"""Records each image's decoded width into the DOM once the page has loaded (0: not loaded)."""
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="needs chromium or chromium-browser on PATH (Debian: apt-get install chromium, as "
+    ".ci/run does)",
+)
+def test_the_page_renders_in_headless_chromium_with_every_image_loaded(runs, tmp_path):
+    out = tmp_path / "report"
+    assert invoke("report", runs["a"], runs["b"], "--out", out).exit_code == 0
+    probe = out / "probe.html"
+    probe.write_text((out / "index.html").read_text().replace("</body>", PROBE))
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    screenshot = tmp_path / "report.png"
+    subprocess.run(
+        [*browser, f"--screenshot={screenshot}", "--window-size=1280,2400", probe.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert screenshot.stat().st_size > 10_000
+    dom = subprocess.run(
+        [*browser, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert 'data-probed="yes"' in dom
+    widths = re.findall(r'<img [^>]*data-width="(\d+)"', dom)
+    assert len(widths) == len(referenced_assets(out / "index.html")) == 3
+    assert all(int(width) > 0 for width in widths), widths
+
+
+def test_bench_step_and_reports_share_one_flops_formula():
+    from benchmarks import bench_step, time_to_clipa
+    from clipa_train import flops
+
+    assert bench_step.train_flops_per_sample is flops.train_flops_per_sample
+    assert time_to_clipa.train_flops_per_sample is flops.train_flops_per_sample
