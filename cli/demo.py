@@ -344,6 +344,7 @@ def report(run: DemoRun, times: list[tuple[str, float, str]], console: Console) 
         s.out / "loss_curve.png",
         title=curve_title(s.training),
     )
+    page = demo_report(run)
     write_json(
         s.out / "demo_summary.json",
         {
@@ -352,6 +353,7 @@ def report(run: DemoRun, times: list[tuple[str, float, str]], console: Console) 
             "training": run.trained,
             "zeroshot": run.final,
             "loss_curve": str(curve),
+            "report": str(page),
         },
     )
     console.print(training_table(run.trained, run.final))
@@ -362,6 +364,15 @@ def report(run: DemoRun, times: list[tuple[str, float, str]], console: Console) 
         f"{final['top1'] / final['chance']:.1f}x chance); loss curve: {curve}; "
         f"total {sum(t for _, t, _ in times):.0f} s"
     )
+    console.print(f"report of the training runs (open in a browser): {page}")
+
+
+def demo_report(run: DemoRun) -> Path:
+    """``clipa-train report`` over the demo's training stages, in ``OUT/report/``."""
+    from clipa_train.report import ReportConfig, make_report
+
+    runs = tuple(str(run.settings.runs_dir / stage) for stage in run.trained)
+    return make_report(ReportConfig(runs=runs, out=str(run.settings.out / "report"))).html
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,8 @@ def test_demo_runs_then_reuses(tmp_path):
     assert demo["training"]["pretrain"]["steps"] == 3 and demo["training"]["finetune"]["steps"] == 3
     assert demo["zeroshot"]["n"] == 400 and demo["zeroshot"]["chance"] == 0.05
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert demo["report"] == str(out / "report" / "index.html") and "report of the" in first.stdout
+    assert "<img" in (out / "report" / "index.html").read_text()
     assert json.loads((out / "eval.json").read_text())["top1"] == demo["zeroshot"]["top1"]
 
     again = run_demo(*small)
