@@ -27,6 +27,7 @@ from clipa_train.run_config import DEFAULT_MODEL, LoggingOptions, TrainConfig
 
 if TYPE_CHECKING:
     from clipa_train.image import ImageConfig
+    from clipa_train.loggers import LoggerConfig
     from clipa_train.loop import LoopConfig
     from clipa_train.model import ModelConfig
     from clipa_train.optim import OptimConfig
@@ -182,7 +183,7 @@ def _check_accumulation_per_rank(optim, world: int) -> None:
         micro_batch_size(optim.batch_size // world, optim.accum_steps, world)
 
 
-def _loggers(logging: LoggingOptions):
+def _loggers(logging: LoggingOptions) -> LoggerConfig:
     """``--log`` and the W&B options as the loop's ``LoggerConfig``."""
     from clipa_train.loggers import LoggerConfig, parse_loggers
 
