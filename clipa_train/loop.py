@@ -9,7 +9,6 @@ fetched only at log steps, after the boundary, so XLA keeps one graph per stage.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_train import checkpoint as ckpt
 from clipa_train.accumulation import accumulate_forward_backward, fewest_micro_batches
 from clipa_train.backend import Backend
+from clipa_train.loggers import LoggerConfig, Loggers, open_loggers
 from clipa_train.optim import (
     OptimConfig,
     check_optimizer_device,
@@ -71,6 +71,8 @@ class LoopConfig:
     micro_batch: int | None = None
     """If set, replaces ``accum_steps``: the fewest micro-batches of at most this many samples
     that split the batch per rank (``--accum-steps auto``)."""
+    loggers: LoggerConfig = field(default_factory=LoggerConfig)
+    """Where rank 0's metrics records go (``metrics.jsonl`` always; ``--log``)."""
 
     def __post_init__(self) -> None:
         for name in ("log_every", "stop_check_every", "accum_steps"):
@@ -132,27 +134,6 @@ class StopSignal:
             signal.signal(number, handler)
 
 
-class MetricsLog:
-    """Rank 0's ``metrics.jsonl`` (appended, one record per log step)."""
-
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.enabled, self.handle = enabled, None
-        if not enabled:
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
-
 def forward_backward(
     step_model: nn.Module, batch: dict, loss_fn: Callable, backend: Backend
 ) -> tuple[torch.Tensor, dict]:
@@ -206,7 +187,10 @@ def train(
         # Only now, with everything restored and checked: a run refused earlier leaves no trace.
         write_json(run_dir / "config.json", run_config)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
-    log = MetricsLog(run_dir, backend.is_main)
+    log = open_loggers(
+        run_dir, config.loggers, enabled=backend.is_main, hparams=run_config,
+        extra=lambda: _memory(backend),
+    )  # fmt: skip
 
     def save() -> Path:
         return ckpt.save_checkpoint(
@@ -332,11 +316,18 @@ def _compiles(backend: Backend) -> dict[str, int | None]:
     }
 
 
+def _memory(backend: Backend) -> dict[str, float]:
+    """Peak CUDA memory for the dashboards (metrics.jsonl keeps the loop's record as it was)."""
+    if backend.device.type != "cuda":
+        return {}
+    return {"cuda_max_memory_gib": torch.cuda.max_memory_allocated(backend.device) / 2**30}
+
+
 def _evaluate(
     evaluate: Evaluate,
     model: nn.Module,
     step: int,
-    log: MetricsLog,
+    log: Loggers,
     result: LoopResult,
     backend: Backend,
 ) -> int:

@@ -23,10 +23,11 @@ from clipa_data.core.provenance import package_versions
 from clipa_data.core.taggers import TaggerSpec
 from clipa_data.core.text_reduction import text_mask as text_mask_strategy
 from clipa_train.backend_config import BackendConfig
-from clipa_train.run_config import DEFAULT_MODEL, TrainConfig
+from clipa_train.run_config import DEFAULT_MODEL, LoggingOptions, TrainConfig
 
 if TYPE_CHECKING:
     from clipa_train.image import ImageConfig
+    from clipa_train.loggers import LoggerConfig
     from clipa_train.loop import LoopConfig
     from clipa_train.model import ModelConfig
     from clipa_train.optim import OptimConfig
@@ -182,6 +183,17 @@ def _check_accumulation_per_rank(optim, world: int) -> None:
         micro_batch_size(optim.batch_size // world, optim.accum_steps, world)
 
 
+def _loggers(logging: LoggingOptions) -> LoggerConfig:
+    """``--log`` and the W&B options as the loop's ``LoggerConfig``."""
+    from clipa_train.loggers import LoggerConfig, parse_loggers
+
+    tags = tuple(t.strip() for t in (logging.wandb_tags or "").split(",") if t.strip())
+    return LoggerConfig(
+        names=parse_loggers(logging.log), wandb_project=logging.wandb_project,
+        wandb_name=logging.wandb_name, wandb_tags=tags, wandb_id=logging.wandb_id,
+    )  # fmt: skip
+
+
 def resolve_stage(config: TrainConfig) -> ResolvedStage:
     """Fill every default and check every input; raises ``ClipaError`` before anything starts."""
     from clipa_train.checkpoint import resolve_resume
@@ -215,7 +227,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         micro_batch=config.optim.micro_batch,
         # Several processes agree to stop with a collective and a host sync; at log steps the
         # loop syncs anyway, so checking there keeps every other step asynchronous.
-        stop_check_every=config.logging.log_every,
+        stop_check_every=config.logging.log_every, loggers=_loggers(config.logging),
     )  # fmt: skip
     resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
     check_resume_step(resume, total)  # past the stage's last step: refused here

@@ -25,6 +25,7 @@ from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_train.backend_config import BACKENDS, PRECISIONS
 from clipa_train.compile import COMPILES
 from clipa_train.image_masks import IMAGE_MASKS
+from clipa_train.loggers import LOGGERS, parse_loggers
 from clipa_train.loss import LOSSES
 from clipa_train.model.pos_embed import POS_EMBEDS
 from clipa_train.recipes import (
@@ -324,8 +325,18 @@ class LoggingOptions:
     ] = 1000
     keep_checkpoints: Annotated[int, Doc("Newest checkpoints kept (0: all).")] = 2
     progress: Annotated[bool, Doc("Show a progress line.")] = True
+    log: Annotated[
+        str,
+        Doc(f"Loggers, comma-separated, from {', '.join(LOGGERS)} (jsonl, metrics.jsonl, is "
+            "always on; tensorboard: RUN_DIR/tb; wandb honours WANDB_MODE=offline)."),
+    ] = "jsonl"  # fmt: skip
+    wandb_project: Annotated[str, Doc("W&B project (--log wandb).")] = "clipa"
+    wandb_name: Annotated[str | None, Doc("W&B run name (default: the run directory name).")] = None
+    wandb_tags: Annotated[str | None, Doc("W&B tags, comma-separated.")] = None
+    wandb_id: Annotated[str | None, Doc("W&B run id to resume (default: a new W&B run).")] = None
 
     def __post_init__(self) -> None:
+        parse_loggers(self.log)  # an unknown name is refused before anything starts
         _require(
             [
                 (self.checkpoint_every >= 0, "step intervals must be ≥ 0"),
@@ -480,6 +491,11 @@ OPTIONS: dict[str, str] = {
     "checkpoint_every": "logging.checkpoint_every",
     "keep_checkpoints": "logging.keep_checkpoints",
     "progress": "logging.progress",
+    "log": "logging.log",
+    "wandb_project": "logging.wandb_project",
+    "wandb_name": "logging.wandb_name",
+    "wandb_tags": "logging.wandb_tags",
+    "wandb_id": "logging.wandb_id",
 }
 """Every option, by its flat name (flag ``--batch-size``, config-file key ``batch_size``), and
 the field of :class:`TrainConfig` that holds it (``group.field``; ``recipe`` is top-level)."""

@@ -1,0 +1,220 @@
+"""Where rank 0's metrics records go: ``metrics.jsonl`` always, TensorBoard and W&B on request.
+
+Each logger has one interface: ``start(hparams)`` (the resolved config as hyper-parameters),
+``log(step, scalars)`` and ``close()``. A logger that cannot start (library missing, directory
+not writable) costs one warning line and is left out; the run goes on with the others, because
+losing a dashboard must never lose a training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from clipa_data.core.errors import ClipaError
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+"""Every logger ``--log`` accepts (``jsonl``, the run's ``metrics.jsonl``, is always on)."""
+
+
+def parse_loggers(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """``"tensorboard,wandb"`` -> ``("jsonl", "tensorboard", "wandb")``; unknown names refused."""
+    if value is None:
+        names: list[str] = []
+    elif isinstance(value, str):
+        names = [name.strip() for name in value.split(",") if name.strip()]
+    else:
+        names = [str(name).strip() for name in value]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise ClipaError(
+            f"--log: unknown logger {', '.join(unknown)}; choose from {', '.join(LOGGERS)} "
+            "(comma-separated, e.g. --log tensorboard,wandb)"
+        )
+    return tuple(name for name in LOGGERS if name == "jsonl" or name in names)
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """Which loggers rank 0 writes to, and the W&B run they report as."""
+
+    names: tuple[str, ...] = ("jsonl",)
+    """Loggers in use (from :data:`LOGGERS`; ``jsonl`` always)."""
+    wandb_project: str = "clipa"
+    """W&B project the run is logged under."""
+    wandb_name: str | None = None
+    """W&B run name (``None``: the run directory's name)."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags of the run."""
+    wandb_id: str | None = None
+    """W&B run id to resume (``None``: a new W&B run)."""
+
+
+class Logger(Protocol):
+    """One destination of the metrics records."""
+
+    def start(self, hparams: dict[str, Any]) -> None: ...
+    def log(self, step: int, scalars: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """Rank 0's ``metrics.jsonl`` (appended, one record per log step, exactly as recorded)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.handle = run_dir, None
+
+    def start(self, hparams: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+
+    def log(self, step: int, scalars: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(scalars) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _numeric(scalars: dict[str, Any]) -> dict[str, float]:
+    """The plotted fields: numbers, not the step itself, the wall time or a ``None`` count."""
+    return {
+        key: float(value)
+        for key, value in scalars.items()
+        if key not in ("step", "time")
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    }
+
+
+class TensorBoardLogger:
+    """Event files in ``RUN_DIR/tb`` through ``torch.utils.tensorboard``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.directory, self.writer = run_dir / "tb", None
+
+    def start(self, hparams: dict[str, Any]) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # torch raises this when the tensorboard package is missing
+            raise LoggerUnavailable(
+                f"tensorboard is not installed ({error}); pip install tensorboard"
+            ) from error
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / ".write-check"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise LoggerUnavailable(
+                f"TensorBoard directory {self.directory} is not writable ({error.strerror})"
+            ) from error
+        self.writer = SummaryWriter(log_dir=str(self.directory))
+        self.writer.add_text("config", f"```\n{json.dumps(hparams, indent=2)}\n```", 0)
+
+    def log(self, step: int, scalars: dict[str, Any]) -> None:
+        for key, value in _numeric(scalars).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class WandbLogger:
+    """A W&B run (``WANDB_MODE=offline`` keeps it on disk: ``RUN_DIR/wandb``)."""
+
+    def __init__(self, run_dir: Path, config: LoggerConfig) -> None:
+        self.run_dir, self.config, self.run = run_dir, config, None
+
+    def start(self, hparams: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError as error:
+            raise LoggerUnavailable("wandb is not installed; pip install wandb") from error
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=self.config.wandb_project,
+            name=self.config.wandb_name or self.run_dir.resolve().name,
+            tags=list(self.config.wandb_tags) or None,
+            id=self.config.wandb_id,
+            resume="allow" if self.config.wandb_id else None,
+            # WANDB_DIR, when set, wins: the user chose where W&B keeps its files.
+            dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
+            config=hparams,
+        )
+
+    def log(self, step: int, scalars: dict[str, Any]) -> None:
+        self.run.log(_numeric(scalars), step=step)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+class LoggerUnavailable(Exception):
+    """A logger cannot start; the message is the one warning line the user sees."""
+
+
+class Loggers:
+    """Every started logger of rank 0; other ranks get an empty set (they log nothing)."""
+
+    def __init__(self, loggers: list[Logger], extra: Callable[[], dict[str, float]]) -> None:
+        self.loggers, self.extra = loggers, extra
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Send one metrics record (``record["step"]``) to every logger."""
+        extra = self.extra() if len(self.loggers) > 1 else {}
+        for logger in self.loggers:
+            # metrics.jsonl stays exactly the loop's record; the dashboards also get memory.
+            scalars = record if isinstance(logger, JsonlLogger) else {**record, **extra}
+            logger.log(record["step"], scalars)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def _build(name: str, run_dir: Path, config: LoggerConfig) -> Logger:
+    if name == "jsonl":
+        return JsonlLogger(run_dir)
+    if name == "tensorboard":
+        return TensorBoardLogger(run_dir)
+    return WandbLogger(run_dir, config)
+
+
+def open_loggers(
+    run_dir: Path,
+    config: LoggerConfig,
+    *,
+    enabled: bool,
+    hparams: dict[str, Any] | None = None,
+    extra: Callable[[], dict[str, float]] = dict,
+) -> Loggers:
+    """Start the loggers of ``config`` (``enabled``: rank 0); a failing one is one warning."""
+    if not enabled:
+        return Loggers([], extra)
+    started: list[Logger] = []
+    for name in config.names:
+        logger = _build(name, run_dir, config)
+        if name == "jsonl":  # the run's own record: its failure is the run's failure
+            logger.start(hparams or {})
+            started.append(logger)
+            continue
+        try:
+            logger.start(hparams or {})
+        except LoggerUnavailable as error:
+            print(f"warning: --log {name} is off: {error}", file=sys.stderr)
+            continue
+        except Exception as error:  # a dashboard's own failure must not end the run
+            print(f"warning: --log {name} is off: {type(error).__name__}: {error}", file=sys.stderr)
+            continue
+        started.append(logger)
+    return Loggers(started, extra)

@@ -1,0 +1,184 @@
+"""``--log tensorboard,wandb``: real 10-step CPU runs through ``clipa-train pretrain`` whose
+TensorBoard event files (read with TensorBoard's own reader) and W&B offline run (its ``.wandb``
+transaction log, parsed with W&B's own protobuf) hold the scalars of ``metrics.jsonl``; a logger
+that cannot start is one warning and the run completes; an unknown logger name is one error."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import make_builder_dir, make_records
+from cli_checks import assert_one_line_error
+from clipa_cli.train_app import app
+from typer.testing import CliRunner
+
+from clipa_data.demo import write_demo_validation
+
+pytest.importorskip("tensorboard")
+
+STEPS, LOG_EVERY, BATCH = 10, 2, 4
+TRAIN_TAGS = {"loss", "logit_scale", "lr", "samples_per_s", "data_wait_share"}
+EVAL_TAGS = {"eval/top1", "eval/top5"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loggers")
+    builder = make_builder_dir(root / "data", [make_records(STEPS * BATCH)])
+    val = write_demo_validation(root / "eval", per_class=1, seed=0)
+    return {"builder": builder, "eval": val.root, "classnames": val.classnames_path}
+
+
+def _options(data: dict[str, Path], out: Path, *more: object) -> list[str]:
+    options = [
+        "pretrain", "--data", data["builder"], "--out", out, "--model", "clipa-tiny",
+        "--image-size", 32, "--text-length", 8, "--text-mask", "truncate",
+        "--batch-size", BATCH, "--samples", STEPS * BATCH, "--log-every", LOG_EVERY,
+        "--workers", 1, "--no-progress", *more,
+    ]  # fmt: skip
+    return [str(option) for option in options]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp_path / "wandb-dir"),
+    }
+
+
+def _clipa_train(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "clipa-train"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _jsonl_scalars(run: Path) -> dict[str, dict[int, float]]:
+    """metrics.jsonl as {tag: {step: value}} (numeric fields only)."""
+    scalars: dict[str, dict[int, float]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if key not in ("step", "time") and isinstance(value, int | float):
+                scalars.setdefault(key, {})[record["step"]] = float(value)
+    return scalars
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory), size_guidance={"scalars": 0}).Reload()
+    return {
+        tag: {event.step: event.value for event in events.Scalars(tag)}
+        for tag in events.Tags()["scalars"]
+    }
+
+
+def _wandb_records(path: Path):
+    """The protobuf records of a ``.wandb`` file. W&B 0.31 no longer ships a Python reader
+    (``wandb.sdk.internal.datastore`` is gone), so this undoes its LevelDB-log framing: a 7-byte
+    ``:W&B`` header, then 32 KiB blocks of chunks (crc32, length, type: full/first/middle/last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, pos, pending = path.read_bytes(), 32768, 7, b""
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        chunk, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _wandb_scalars(path: Path) -> tuple[dict[str, dict[int, float]], object]:
+    """({tag: {step: value}} of the history records, the run record)."""
+    scalars: dict[str, dict[int, float]] = {}
+    run = None
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+        if kind != "history":
+            continue
+        items = {  # W&B stores "eval/top1" as the nested key ("eval", "top1")
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in record.history.item
+        }
+        for key, value in items.items():
+            if not key.startswith("_"):
+                scalars.setdefault(key, {})[items["_step"]] = float(value)
+    return scalars, run
+
+
+def test_tensorboard_and_wandb_offline_hold_the_metrics_of_metrics_jsonl(tmp_path, data):
+    run = tmp_path / "run"
+    more = ["--zeroshot", data["eval"], "--classnames", data["classnames"]]
+    more += ["--log", "tensorboard,wandb", "--wandb-tags", "tiny,test"]
+    done = _clipa_train(_options(data, run, *more), _env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    expected = _jsonl_scalars(run)
+    assert set(expected) >= TRAIN_TAGS | EVAL_TAGS
+    assert sorted(expected["loss"]) == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+
+    board = _tensorboard_scalars(run / "tb")
+    assert set(board) == set(expected)  # compile counts are None on CPU: in neither
+    for tag, values in expected.items():
+        assert board[tag] == pytest.approx(values, rel=1e-6), tag  # event files hold float32
+
+    folders = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1
+    logged, wandb_run = _wandb_scalars(next(folders[0].glob("run-*.wandb")))
+    assert logged == expected  # JSON in the history: exact
+    assert wandb_run.display_name == "run" and list(wandb_run.tags) == ["tiny", "test"]
+    assert wandb_run.project == "clipa"
+    assert {item.key for item in wandb_run.config.update} >= {"options", "model"}
+
+
+def test_unknown_logger_name_is_one_error_line(tmp_path, data):
+    result = CliRunner().invoke(app, _options(data, tmp_path / "run", "--log", "tensorboard,mlfow"))
+    assert_one_line_error(result, "--log", "unknown logger mlfow", "jsonl, tensorboard, wandb")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_tensorboard_directory_is_one_warning_and_the_run_completes(tmp_path, data):
+    run = tmp_path / "run"
+    run.mkdir()
+    # A file where the directory goes: not writable as a directory even for root (tests may
+    # run as root, where a read-only mode bit stops nothing).
+    (run / "tb").write_text("in the way")
+    done = _clipa_train(_options(data, run, "--log", "tensorboard"), _env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, done.stderr
+    assert "--log tensorboard" in warnings[0] and str(run / "tb") in warnings[0]
+    assert "not writable" in warnings[0]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == STEPS // LOG_EVERY
+
+
+def test_wandb_not_installed_is_one_warning_with_the_install_command(tmp_path, data):
+    run = tmp_path / "run"
+    # sys.modules[name] = None makes `import wandb` raise ImportError, as if it were absent.
+    script = (
+        "import sys; sys.modules['wandb'] = None; sys.argv[0] = 'clipa-train'; "
+        "from clipa_cli.train_app import main; main()"
+    )
+    command = [sys.executable, "-c", script, *_options(data, run, "--log", "wandb")]
+    done = subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, done.stderr
+    assert "wandb is not installed" in warnings[0] and "pip install wandb" in warnings[0]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == STEPS // LOG_EVERY
+    assert not (tmp_path / "wandb-dir").exists()
