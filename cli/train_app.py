@@ -60,6 +60,8 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
     summary = run_stage(resolve(stage, options, config_file))
     if summary is not None:  # None: a resumed run that had nothing left to do (said so)
         print_summary(summary)
+        if summary.get("interrupted"):
+            raise SystemExit(130)  # stopped at once by a second Ctrl-C: as a shell reports it
 
 
 def print_summary(summary: dict) -> None:

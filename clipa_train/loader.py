@@ -22,6 +22,7 @@ size, data) is refused; an end-of-epoch state loads under any settings.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,13 @@ class StreamStats:
             setattr(self, name, getattr(self, name) + meta[name])
         room = KEPT_MESSAGES - len(self.messages)
         self.messages.extend(meta["messages"][: max(0, room)])
+
+
+def ignore_interrupts(worker: int) -> None:
+    """Loader workers ignore Ctrl-C (a terminal sends it to the whole process group): the main
+    process finishes its step, saves and shuts them down, with no traceback from each worker.
+    SIGTERM is left as it is: shutting down terminates workers that do not stop in time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Loader:
@@ -147,6 +155,7 @@ class Loader:
                 persistent_workers=workers > 0,
                 prefetch_factor=self.config.prefetch if workers else None,
                 pin_memory=torch.cuda.is_available() if pin is None else pin,
+                worker_init_fn=ignore_interrupts,
             )
         return self._dataloader
 

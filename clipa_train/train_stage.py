@@ -169,6 +169,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "start_step": result.start_step,
         "total_steps": stage.optim.total_steps,
         "stopped": result.stopped,
+        "interrupted": result.interrupted,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
         "samples_per_s": sum(rates) / len(rates) if rates else None,
