@@ -29,7 +29,7 @@ def run_stage(config: TrainConfig) -> dict | None:
     """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
-    from clipa_train.run_dir import check_resume_step, move_aside
+    from clipa_train.run_dir import check_resume_step, checkpoint_step, move_aside
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
@@ -40,6 +40,8 @@ def run_stage(config: TrainConfig) -> dict | None:
             "--epochs with --resume)"
         )
         return None
+    if stage.resume_from is not None and int(os.environ.get("RANK", "0")) == 0:
+        _note(f"resuming from step {checkpoint_step(stage.resume_from)} ({stage.resume_from})")
     if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
         moved = move_aside(run_dir)
         if moved is not None:
@@ -82,7 +84,8 @@ def _train_on(stage: ResolvedStage, backend) -> None:
     torch.manual_seed(config.run.seed)  # the same initial weights on every rank
     model = build_model(stage.model)
     if config.model.from_checkpoint and stage.resume_from is None:
-        load_openclip_weights(model, config.model.from_checkpoint)
+        said = _note if backend.is_main else None
+        load_openclip_weights(model, config.model.from_checkpoint, report=said)
     loader = build_loader(stage, backend.per_rank_batch(config.optim.batch_size), backend)
     model = backend.shard_model(model)  # to the device; FSDP: before the optimiser sees it
     try:
@@ -152,7 +155,13 @@ def zeroshot_hook(stage: ResolvedStage, backend):
     )
 
     def hook(model, step: int) -> dict:
-        return evaluate_zeroshot(model, backend, zset, settings, encode)
+        result = evaluate_zeroshot(model, backend, zset, settings, encode)
+        if backend.is_main:
+            _note(
+                f"step {step}: zero-shot top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%} "
+                f"({result['n']} images, chance {result['chance']:.1%})"
+            )
+        return result
 
     return hook
 
