@@ -61,22 +61,31 @@ class StreamStats:
     batches: int = 0
     """Batches delivered."""
     bad_images: int = 0
-    """Records whose image did not decode."""
+    """Records whose image did not decode (each counted once, however many epochs read it)."""
     unreadable: int = 0
-    """Records that could not be read from their shard."""
+    """Records that could not be read from their shard (each counted once)."""
     filled: int = 0
     """Batch slots filled with a copy of another record because theirs was bad."""
     pillow: int = 0
     """Images decoded by Pillow because they were not JPEGs simplejpeg reads (e.g. PNG)."""
     messages: list[str] = field(default_factory=list)
-    """The first bad-record messages, naming shard and record."""
+    """The first bad-record messages, naming shard and record (each record once)."""
+    seen: set[str] = field(default_factory=set, repr=False)
+    """The bad records counted so far."""
 
     def add(self, meta: dict) -> None:
         self.batches += 1
-        for name in ("bad_images", "unreadable", "filled", "pillow"):
+        for name in ("filled", "pillow"):
             setattr(self, name, getattr(self, name) + meta[name])
-        room = KEPT_MESSAGES - len(self.messages)
-        self.messages.extend(meta["messages"][: max(0, room)])
+        new = set()
+        for kind, where in meta["bad"]:
+            if where not in self.seen:
+                self.seen.add(where)
+                new.add(where)
+                setattr(self, kind, getattr(self, kind) + 1)
+        # A message starts with its record's place ("record 5 ... of shard ...: reason").
+        fresh = [text for text in meta["messages"] if text.split(": ", 1)[0] in new]
+        self.messages.extend(fresh[: max(0, KEPT_MESSAGES - len(self.messages))])
 
 
 def ignore_interrupts(worker: int) -> None:

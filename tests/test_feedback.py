@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import make_builder_dir, make_records
+from builders import Record, make_builder_dir, make_records
 
 from clipa_data.demo import write_demo_validation
 
@@ -82,3 +82,15 @@ def test_a_fine_tune_at_another_size_says_it_resized_the_positional_embeddings(
     assert said == [
         "fine-tuning resized the image positional embeddings from 4x4 to 6x6 patches"
     ], done.stderr
+
+
+def test_a_bad_image_is_counted_once_over_epochs_and_named_on_the_console(tmp_path):
+    records = make_records(16)
+    records[5] = Record(key=records[5].key, jpg=b"not a jpeg", txt=records[5].txt)
+    builder = make_builder_dir(tmp_path / "data", [records])
+    out = tmp_path / "run"
+    done = clipa_train(*tiny("pretrain", builder, out, "--model", "clipa-tiny", "--samples", 48))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["stream"]["bad_images"] == 1, summary
+    assert len(summary["stream"]["messages"]) == 1, summary
+    assert "record 5 (key" in done.stdout and "bad images skipped" in done.stdout, done.stdout
