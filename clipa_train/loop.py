@@ -348,6 +348,10 @@ def _start(
         payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
     )
     batches.load_state_dict(stream)
+    if backend.is_main:  # only now: a checkpoint refused above is the one line said
+        Console(stderr=True, soft_wrap=True).print(
+            f"resuming from step {step} ({resume_from})", markup=False, highlight=False
+        )
     return step_model, step
 
 

@@ -29,7 +29,7 @@ def run_stage(config: TrainConfig) -> dict | None:
     """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
-    from clipa_train.run_dir import check_resume_step, checkpoint_step, move_aside
+    from clipa_train.run_dir import check_resume_step, move_aside
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
@@ -40,8 +40,6 @@ def run_stage(config: TrainConfig) -> dict | None:
             "--epochs with --resume)"
         )
         return None
-    if stage.resume_from is not None and int(os.environ.get("RANK", "0")) == 0:
-        _note(f"resuming from step {checkpoint_step(stage.resume_from)} ({stage.resume_from})")
     if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
         moved = move_aside(run_dir)
         if moved is not None:
