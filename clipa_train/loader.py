@@ -204,8 +204,12 @@ class Loader:
 
     def state_dict(self) -> dict:
         """Where the stream stands: resumable on every rank with the same settings."""
-        self._roll_over()
-        return {"format": STATE_FORMAT, "epoch": self.epoch, "step": self.step, **self._settings()}
+        # Not self._roll_over(): a checkpoint at the end of an epoch must not move the epoch
+        # under the generator still finishing it (it would read on from a spent iterator).
+        epoch, step = self.epoch, self.step
+        if step >= self.steps_per_epoch:
+            epoch, step = epoch + 1, 0
+        return {"format": STATE_FORMAT, "epoch": epoch, "step": step, **self._settings()}
 
     def _settings(self) -> dict:
         return {

@@ -116,3 +116,14 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(data, uninterrupted, 
     assert resumed.returncode == 0, resumed.stderr
     again = json.loads((out / "summary.json").read_text())
     assert again["steps"] == TOTAL and again["final_loss"] == uninterrupted["final_loss"]
+
+
+def test_a_checkpoint_at_the_end_of_an_epoch_does_not_break_the_next_epoch(tmp_path):
+    """Saving the stream's position at an epoch boundary once moved the loader to the next
+    epoch under the generator still finishing this one: 'loader workers stopped'."""
+    data = make_builder_dir(tmp_path / "data", [make_records(24, start=i * 24) for i in range(2)])
+    out = tmp_path / "run"
+    more = ["--samples", 96, "--checkpoint-every", 6]  # 6 steps an epoch, 2 epochs
+    done = run(*options(data, out, *[str(arg) for arg in more]))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 12
