@@ -61,6 +61,8 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
     summary = run_stage(resolve(stage, options, config_file))
     if summary is not None:  # None: a resumed run that had nothing left to do (said so)
         print_summary(summary)
+        if summary.get("interrupted"):
+            raise SystemExit(130)  # stopped at once by a second Ctrl-C: as a shell reports it
 
 
 def print_summary(summary: dict) -> None:
@@ -76,13 +78,21 @@ def print_summary(summary: dict) -> None:
         ("samples/s", f"{summary['samples_per_s']:,.0f}" if summary["samples_per_s"] else "n/a"),
         ("zero-shot top-1", f"{zeroshot['top1']:.1%} (chance {zeroshot['chance']:.1%})"
          if zeroshot else "not evaluated (--zeroshot DIR)"),
-        ("bad images skipped", str(summary["stream"]["bad_images"])),
+        ("bad images skipped", _bad_images(summary["stream"])),
         ("checkpoint", str(summary["checkpoint"])),
         ("summary", f"{summary['run_dir']}/summary.json"),
     ]  # fmt: skip
     for name, value in rows:
         table.add_row(name, value)
     stdout().print(table)
+
+
+def _bad_images(stream: dict, shown: int = 3) -> str:
+    """The count of bad images and the first messages (the rest are in summary.json)."""
+    lines = [str(stream["bad_images"]), *stream["messages"][:shown]]
+    if len(stream["messages"]) > shown:
+        lines.append("(more in summary.json)")
+    return "\n".join(lines)
 
 
 app.command("pretrain", help=PRETRAIN_HELP)(reports_errors(train_command("pretrain", run_training)))

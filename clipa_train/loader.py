@@ -22,6 +22,7 @@ size, data) is refused; an end-of-epoch state loads under any settings.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from dataclasses import dataclass, field
 
 import torch
@@ -60,22 +61,38 @@ class StreamStats:
     batches: int = 0
     """Batches delivered."""
     bad_images: int = 0
-    """Records whose image did not decode."""
+    """Records whose image did not decode (each counted once, however many epochs read it)."""
     unreadable: int = 0
-    """Records that could not be read from their shard."""
+    """Records that could not be read from their shard (each counted once)."""
     filled: int = 0
     """Batch slots filled with a copy of another record because theirs was bad."""
     pillow: int = 0
     """Images decoded by Pillow because they were not JPEGs simplejpeg reads (e.g. PNG)."""
     messages: list[str] = field(default_factory=list)
-    """The first bad-record messages, naming shard and record."""
+    """The first bad-record messages, naming shard and record (each record once)."""
+    seen: set[str] = field(default_factory=set, repr=False)
+    """The bad records counted so far."""
 
     def add(self, meta: dict) -> None:
         self.batches += 1
-        for name in ("bad_images", "unreadable", "filled", "pillow"):
+        for name in ("filled", "pillow"):
             setattr(self, name, getattr(self, name) + meta[name])
-        room = KEPT_MESSAGES - len(self.messages)
-        self.messages.extend(meta["messages"][: max(0, room)])
+        new = set()
+        for kind, where in meta["bad"]:
+            if where not in self.seen:
+                self.seen.add(where)
+                new.add(where)
+                setattr(self, kind, getattr(self, kind) + 1)
+        # A message starts with its record's place ("record 5 ... of shard ...: reason").
+        fresh = [text for text in meta["messages"] if text.split(": ", 1)[0] in new]
+        self.messages.extend(fresh[: max(0, KEPT_MESSAGES - len(self.messages))])
+
+
+def ignore_interrupts(worker: int) -> None:
+    """Loader workers ignore Ctrl-C (a terminal sends it to the whole process group): the main
+    process finishes its step, saves and shuts them down, with no traceback from each worker.
+    SIGTERM is left as it is: shutting down terminates workers that do not stop in time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Loader:
@@ -147,6 +164,7 @@ class Loader:
                 persistent_workers=workers > 0,
                 prefetch_factor=self.config.prefetch if workers else None,
                 pin_memory=torch.cuda.is_available() if pin is None else pin,
+                worker_init_fn=ignore_interrupts,
             )
         return self._dataloader
 
@@ -186,8 +204,12 @@ class Loader:
 
     def state_dict(self) -> dict:
         """Where the stream stands: resumable on every rank with the same settings."""
-        self._roll_over()
-        return {"format": STATE_FORMAT, "epoch": self.epoch, "step": self.step, **self._settings()}
+        # Not self._roll_over(): a checkpoint at the end of an epoch must not move the epoch
+        # under the generator still finishing it (it would read on from a spent iterator).
+        epoch, step = self.epoch, self.step
+        if step >= self.steps_per_epoch:
+            epoch, step = epoch + 1, 0
+        return {"format": STATE_FORMAT, "epoch": epoch, "step": step, **self._settings()}
 
     def _settings(self) -> dict:
         return {

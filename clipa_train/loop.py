@@ -9,6 +9,7 @@ fetched only at log steps, after the boundary, so XLA keeps one graph per stage.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -103,19 +104,32 @@ class LoopResult:
     """True when a signal stopped it before ``total_steps``."""
     checkpoint: Path | None
     """The last checkpoint written."""
+    interrupted: bool = False
+    """True when a second signal stopped it at once (exit 130)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: leave the loop at once (it saves the last finished step)."""
 
 
 class StopSignal:
     """Turns SIGTERM/SIGINT into a flag checked at step boundaries (preemptible TPU VMs).
 
-    A second SIGINT raises KeyboardInterrupt as usual. Handlers are restored on exit; off the main
-    thread (where Python cannot install handlers) it does nothing.
+    The first signal says at once (one line on stderr, when ``announce``) at which step the run
+    will stop; a second one sets ``now`` and, inside :meth:`interruptible` (waits for data,
+    evaluation), raises :class:`StopNow` at once. Elsewhere (the step's compute, which may have
+    half-updated the weights) it is noticed at the step's end. Handlers are restored on exit;
+    off the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.requested = False
+        self.now = False
+        self.next_check = 0
+        """The step boundary at which a stop requested now is noticed (kept by the loop)."""
+        self._announce, self._interruptible = announce, False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignal:
@@ -125,9 +139,34 @@ class StopSignal:
         return self
 
     def _handle(self, number: int, frame: object) -> None:
-        if self.requested and number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested = True
+            self._say(
+                f"{signal.Signals(number).name}: stopping after step {self.next_check} with a "
+                "checkpoint; Ctrl-C again to stop now"
+            )
+            return
+        if not self.now:
+            self.now = True
+            self._say("stopping now; saving the last finished step")
+        if self._interruptible:
+            raise StopNow
+
+    def _say(self, line: str) -> None:
+        # os.write, not print: a handler may run while the main thread is inside print.
+        if self._announce:
+            os.write(2, f"\n{line}\n".encode())
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A stretch where a second signal may raise (nothing half-done to lose)."""
+        if self.now:
+            raise StopNow
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():
@@ -207,44 +246,63 @@ def train(
     model.train()
     iterator = iter(batches)
     window = _Window(step)
-    evaluated_at = -1
-    with StopSignal() as stop, _progress(config, backend, optim_config.total_steps, step) as bar:
-        while step < optim_config.total_steps:
-            waited = time.perf_counter()
-            try:
-                host_batch = next(iterator)
-            except StopIteration:
-                break
-            window.wait += time.perf_counter() - waited
-            lr = learning_rate(step, optim_config)
-            set_learning_rate(optimizer, lr)
-            batch = backend.to_device(host_batch)
-            accum_steps = config.micro_batches(host_batch["text"].shape[0])
-            if accum_steps > 1:
-                loss = accumulate_forward_backward(step_model, batch, loss_fn, backend, accum_steps)
-            else:
-                loss, _ = forward_backward(step_model, batch, loss_fn, backend)
-            apply_update(model, optimizer, optim_config, backend)
-            watched = _watched(model, backend.mean_over_ranks(loss.detach()))
-            backend.step_boundary()
-            step += 1
-            window.samples += host_batch["text"].shape[0] * backend.world
-            if step % config.log_every == 0 or step == optim_config.total_steps:
-                record = window.record(step, lr, backend.to_host(watched), _compiles(backend))
-                log.write(record)
-                result.records.append(record)
-                bar(step, record)
-            if config.eval_every and evaluate is not None and step % config.eval_every == 0:
-                evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
-            if step % config.stop_check_every == 0 and backend.any_rank(stop.requested):
-                result.stopped = True
-                break
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                result.checkpoint = save()
-    if evaluate is not None and not result.stopped and evaluated_at != step:
-        _evaluate(evaluate, model, step, log, result, backend)
-    if result.checkpoint is None or ckpt.checkpoint_path(directory, step) != result.checkpoint:
-        result.checkpoint = save()
+    evaluated_at, cut = -1, False
+    with (
+        StopSignal(backend.is_main) as stop,
+        _progress(config, backend, optim_config.total_steps, step) as bar,
+    ):
+        try:
+            stop.next_check = _next_check(step, config, backend)
+            while step < optim_config.total_steps:
+                waited = time.perf_counter()
+                try:
+                    with stop.interruptible():
+                        host_batch = next(iterator)
+                except StopIteration:
+                    break
+                window.wait += time.perf_counter() - waited
+                lr = learning_rate(step, optim_config)
+                set_learning_rate(optimizer, lr)
+                batch = backend.to_device(host_batch)
+                accum_steps = config.micro_batches(host_batch["text"].shape[0])
+                if accum_steps > 1:
+                    loss = accumulate_forward_backward(
+                        step_model, batch, loss_fn, backend, accum_steps
+                    )
+                else:
+                    loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+                apply_update(model, optimizer, optim_config, backend)
+                watched = _watched(model, backend.mean_over_ranks(loss.detach()))
+                backend.step_boundary()
+                step += 1
+                window.samples += host_batch["text"].shape[0] * backend.world
+                if step % config.log_every == 0 or step == optim_config.total_steps:
+                    record = window.record(step, lr, backend.to_host(watched), _compiles(backend))
+                    log.write(record)
+                    result.records.append(record)
+                    bar(step, record)
+                if config.eval_every and evaluate is not None and step % config.eval_every == 0:
+                    with stop.interruptible():
+                        evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
+                if step == stop.next_check:
+                    if backend.any_rank(stop.requested):
+                        result.stopped = True
+                        break
+                    stop.next_check = _next_check(step, config, backend)
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    result.checkpoint = save()
+        except StopNow:
+            result.stopped = cut = True
+            model.train()  # an evaluation may have been cut short
+        result.interrupted = stop.now
+        if evaluate is not None and not result.stopped and evaluated_at != step:
+            _evaluate(evaluate, model, step, log, result, backend)
+        # After a second signal under several processes the other ranks may be inside a
+        # collective: saving (itself collective) could hang, so the last checkpoint stands.
+        if not (cut and backend.world > 1) and (
+            result.checkpoint is None or ckpt.checkpoint_path(directory, step) != result.checkpoint
+        ):
+            result.checkpoint = save()
     log.close()
     result.step = step
     return result
@@ -274,7 +332,20 @@ def _start(
         payload, model=model, optimizer=optimizer, backend=backend, source=str(resume_from)
     )
     batches.load_state_dict(stream)
+    if backend.is_main:  # only now: a checkpoint refused above is the one line said
+        Console(stderr=True, soft_wrap=True).print(
+            f"resuming from step {step} ({resume_from})", markup=False, highlight=False
+        )
     return step_model, step
+
+
+def _next_check(step: int, config: LoopConfig, backend: Backend) -> int:
+    """The step boundary after ``step`` at which the loop checks for a stop signal: the next one
+    on one process (a free flag read); under several processes, agreeing costs a collective and
+    a host sync, so only at the next multiple of ``stop_check_every`` (the log steps)."""
+    if backend.world == 1:
+        return step + 1
+    return (step // config.stop_check_every + 1) * config.stop_check_every
 
 
 def _watched(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -268,6 +268,7 @@ class WorkerEpoch:
         if isinstance(item, Unreadable):
             counts["unreadable"] += 1
             counts["messages"].append(f"{item.where()}: {item.reason}")
+            counts["bad"].append(("unreadable", item.where()))
             return False
         rng = self.random.at(position)
         try:
@@ -277,6 +278,7 @@ class WorkerEpoch:
         except ImageError as error:
             counts["bad_images"] += 1
             counts["messages"].append(f"{item.where()}: {error}")
+            counts["bad"].append(("bad_images", item.where()))
             return False
         keep = self.masker.draw(rng)
         if keep is not None:
@@ -287,7 +289,9 @@ class WorkerEpoch:
 
     def _batch(self, number: int) -> dict:
         arrays = BatchArrays(self.shapes, shared=self.shared)
-        counts = {"bad_images": 0, "unreadable": 0, "pillow": 0, "messages": []}
+        # "bad": (kind, record) of each bad record, so that the main process counts a record
+        # once however many epochs read it.
+        counts = {"bad_images": 0, "unreadable": 0, "pillow": 0, "messages": [], "bad": []}
         good = [self._fill(arrays, slot, *self._take(), counts) for slot in range(len(arrays.keys))]
         bad = good.count(False)
         self.read += len(good)
@@ -321,7 +325,7 @@ class WorkerEpoch:
 
     def _borrow(self, arrays: BatchArrays) -> bool:
         """Decode the first good record after this batch into slot 0 (it is not consumed)."""
-        ignored = {"bad_images": 0, "unreadable": 0, "pillow": 0, "messages": []}
+        ignored = {"bad_images": 0, "unreadable": 0, "pillow": 0, "messages": [], "bad": []}
         for distance in range(1, self.config.bad_grace + 1):
             if self._fill(arrays, 0, *self._peek(distance), ignored):
                 return True

@@ -82,7 +82,8 @@ def _train_on(stage: ResolvedStage, backend) -> None:
     torch.manual_seed(config.run.seed)  # the same initial weights on every rank
     model = build_model(stage.model)
     if config.model.from_checkpoint and stage.resume_from is None:
-        load_openclip_weights(model, config.model.from_checkpoint)
+        said = _note if backend.is_main else None
+        load_openclip_weights(model, config.model.from_checkpoint, report=said)
     loader = build_loader(stage, backend.per_rank_batch(config.optim.batch_size), backend)
     model = backend.shard_model(model)  # to the device; FSDP: before the optimiser sees it
     try:
@@ -152,7 +153,13 @@ def zeroshot_hook(stage: ResolvedStage, backend):
     )
 
     def hook(model, step: int) -> dict:
-        return evaluate_zeroshot(model, backend, zset, settings, encode)
+        result = evaluate_zeroshot(model, backend, zset, settings, encode)
+        if backend.is_main:
+            _note(
+                f"step {step}: zero-shot top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%} "
+                f"({result['n']} images, chance {result['chance']:.1%})"
+            )
+        return result
 
     return hook
 
@@ -169,6 +176,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "start_step": result.start_step,
         "total_steps": stage.optim.total_steps,
         "stopped": result.stopped,
+        "interrupted": result.interrupted,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
         "samples_per_s": sum(rates) / len(rates) if rates else None,

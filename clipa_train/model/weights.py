@@ -4,6 +4,7 @@ and text length: positional embeddings are resized, everything else must match e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -66,18 +67,32 @@ def _plain_key(key: str) -> str:
     return key
 
 
-def resize_positional_embeddings(state: StateDict, model: nn.Module) -> StateDict:
-    """A copy of ``state`` whose image and text positional embeddings have the model's sizes."""
+def resize_positional_embeddings(
+    state: StateDict, model: nn.Module, report: Callable[[str], None] | None = None
+) -> StateDict:
+    """A copy of ``state`` whose image and text positional embeddings have the model's sizes;
+    ``report`` (if given) gets one line per table resized."""
     state = dict(state)
     target = model.state_dict()
     for key in (IMAGE_POS, TEXT_POS):
         if key not in state or key not in target or state[key].shape[1:] != target[key].shape[1:]:
             continue  # absent or of another width: check_compatible reports it
+        state_rows = state[key].shape[0]
         if key == IMAGE_POS:
             state[key] = resize_image_pos_embed(state[key], model.config.vision.grid)
         else:
             state[key] = resize_text_pos_embed(state[key], target[key].shape[0])
+        if report is not None and state_rows != state[key].shape[0]:
+            report(f"fine-tuning resized the {_sizes(key, state_rows, state[key].shape[0])}")
     return state
+
+
+def _sizes(key: str, old: int, new: int) -> str:
+    """What a resizing of the ``key`` table from ``old`` to ``new`` rows means to a user."""
+    if key == IMAGE_POS:  # a class row, then a square grid of patches
+        before, after = round((old - 1) ** 0.5), round((new - 1) ** 0.5)
+        return f"image positional embeddings from {before}x{before} to {after}x{after} patches"
+    return f"text positional embeddings from {old} to {new} tokens"
 
 
 def check_compatible(state: StateDict, model: nn.Module, source: str) -> None:
@@ -104,18 +119,23 @@ def check_compatible(state: StateDict, model: nn.Module, source: str) -> None:
         )
 
 
-def load_openclip_weights(model: nn.Module, source: str | Path | StateDict) -> nn.Module:
+def load_openclip_weights(
+    model: nn.Module,
+    source: str | Path | StateDict,
+    report: Callable[[str], None] | None = None,
+) -> nn.Module:
     """Load OpenCLIP / CLIPA-v1 weights into ``model`` with ``strict=True``.
 
     ``source`` is a file path or an in-memory state dict. Image positional embeddings are resized
     bicubically (class row kept), text ones linearly, to the model's image size and context
-    length; any other difference is an error. Returns ``model``.
+    length (``report``, if given, gets a line for each); any other difference is an error.
+    Returns ``model``.
     """
     if isinstance(source, str | Path):
         name, state = str(source), read_weights(source)
     else:
         name, state = "state dict", unwrap_state_dict(source)
-    state = resize_positional_embeddings(state, model)
+    state = resize_positional_embeddings(state, model, report)
     check_compatible(state, model, name)
     model.load_state_dict(state, strict=True)
     return model

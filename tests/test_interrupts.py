@@ -1,0 +1,129 @@
+"""Ctrl-C and SIGTERM through the real ``clipa-train`` command (a subprocess in its own process
+group, signalled as a terminal signals it: every process of the group, loader workers too).
+
+The first signal prints one line at once and stops at the next step boundary (not the next log
+step) with a final checkpoint, and the run resumes exactly; a second one stops at once with exit
+130, a checkpoint of the last finished step and no traceback from the loop or its workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import make_builder_dir, make_records
+
+PROGRAM = str(Path(sys.executable).parent / "clipa-train")
+TOTAL = 60  # steps: batch 8, 480 samples
+
+
+def options(data: Path, out: Path, *more: object) -> list[str]:
+    """A clipa-tiny run of TOTAL steps, a checkpoint every 2 and one log record at the end."""
+    return [
+        str(arg)
+        for arg in (
+            "pretrain", "--data", data, "--out", out, "--model", "clipa-tiny", "--image-size",
+            32, "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--samples",
+            8 * TOTAL, "--workers", 1, "--no-progress", "--log-every", 1000,
+            "--checkpoint-every", 2, "--keep-checkpoints", 0, *more,
+        )
+    ]  # fmt: skip
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [PROGRAM, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([PROGRAM, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def signal_once_trained(process: subprocess.Popen, out: Path, *signals: signal.Signals):
+    """Wait for the step-2 checkpoint, then send ``signals``: SIGINT to the whole process group
+    (as a terminal's Ctrl-C), SIGTERM to the command's process (as ``kill`` and torchrun)."""
+    first = out / "checkpoints" / "step_00000002.pt"
+    deadline = time.monotonic() + 240
+    while not first.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.01)
+    for number in signals:
+        (os.killpg if number == signal.SIGINT else os.kill)(process.pid, number)
+        time.sleep(0.02)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("interrupts")
+    return make_builder_dir(
+        root / "data", [make_records(8 * TOTAL // 2, start=i * 8 * TOTAL // 2) for i in range(2)]
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    done = run(*options(data, out))
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_one_signal_stops_at_the_next_step_and_resumes_exactly(
+    number, data, uninterrupted, tmp_path
+):
+    out = tmp_path / "run"
+    code, _, stderr = signal_once_trained(start(*options(data, out)), out, number)
+    assert code == 0, stderr
+    said = [line for line in stderr.splitlines() if "stopping after step" in line]
+    assert len(said) == 1 and "Ctrl-C again to stop now" in said[0], stderr
+    assert "Traceback" not in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # The next step boundary, not the next log step (1000): a few steps past the checkpoint.
+    assert summary["stopped"] and 2 <= summary["steps"] < TOTAL, summary
+    assert f"stopping after step {summary['steps']}" in said[0]
+    assert Path(summary["checkpoint"]).name == f"step_{summary['steps']:08d}.pt"
+    resumed = run(*options(data, out, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps"] == TOTAL and again["final_loss"] == uninterrupted["final_loss"]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(data, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = signal_once_trained(
+        start(*options(data, out)), out, signal.SIGINT, signal.SIGINT
+    )
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "exited unexpectedly" not in stderr, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] and summary["steps"] < TOTAL
+    assert Path(summary["checkpoint"]).is_file()
+    resumed = run(*options(data, out, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps"] == TOTAL and again["final_loss"] == uninterrupted["final_loss"]
+
+
+def test_a_checkpoint_at_the_end_of_an_epoch_does_not_break_the_next_epoch(tmp_path):
+    """Saving the stream's position at an epoch boundary once moved the loader to the next
+    epoch under the generator still finishing this one: 'loader workers stopped'."""
+    data = make_builder_dir(tmp_path / "data", [make_records(24, start=i * 24) for i in range(2)])
+    out = tmp_path / "run"
+    more = ["--samples", 96, "--checkpoint-every", 6]  # 6 steps an epoch, 2 epochs
+    done = run(*options(data, out, *[str(arg) for arg in more]))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 12
