@@ -198,6 +198,55 @@ def apply_update(
     optimizer.zero_grad(set_to_none=True)
 
 
+def _open_run(run_dir: Path, run_config: dict | None, config: LoopConfig, backend: Backend):
+    """Write ``config.json`` (rank 0) and open the loggers. Called only once everything is
+    restored and checked, so a run refused earlier leaves no trace."""
+    if backend.is_main and run_config is not None:
+        write_json(run_dir / "config.json", run_config)
+    return open_loggers(
+        run_dir, config.loggers, enabled=backend.is_main, hparams=run_config,
+        extra=lambda: _memory(backend),
+    )  # fmt: skip
+
+
+def _log_record(record: dict, log, result: LoopResult, bar) -> None:
+    """One metrics record to the loggers, the result and the progress line."""
+    log.write(record)
+    result.records.append(record)
+    bar(record["step"], record)
+
+
+def _needs_final_checkpoint(result: LoopResult, cut: bool, backend: Backend, path: Path) -> bool:
+    """Whether the run must end by saving ``path`` (the current step's checkpoint)."""
+    # After a second signal under several processes the other ranks may be inside a
+    # collective: saving (itself collective) could hang, so the last checkpoint stands.
+    return not (cut and backend.world > 1) and result.checkpoint != path
+
+
+def _optimiser_step(
+    step_model: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    optim_config: OptimConfig,
+    loss_fn: Callable[[dict], torch.Tensor],
+    backend: Backend,
+    config: LoopConfig,
+    host_batch: dict,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step on ``host_batch`` (in micro-batches when the config says so); returns
+    the watched values (device tensors, fetched only at log steps)."""
+    batch = backend.to_device(host_batch)
+    accum_steps = config.micro_batches(host_batch["text"].shape[0])
+    if accum_steps > 1:
+        loss = accumulate_forward_backward(step_model, batch, loss_fn, backend, accum_steps)
+    else:
+        loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+    apply_update(model, optimizer, optim_config, backend)
+    watched = _watched(model, backend.mean_over_ranks(loss.detach()))
+    backend.step_boundary()
+    return watched
+
+
 def train(
     *,
     model: nn.Module,
@@ -222,26 +271,14 @@ def train(
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
     step_model, step = _start(model, optimizer, batches, backend, config, directory, resume_from)
-    if backend.is_main and run_config is not None:
-        # Only now, with everything restored and checked: a run refused earlier leaves no trace.
-        write_json(run_dir / "config.json", run_config)
+    log = _open_run(run_dir, run_config, config, backend)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
-    log = open_loggers(
-        run_dir, config.loggers, enabled=backend.is_main, hparams=run_config,
-        extra=lambda: _memory(backend),
-    )  # fmt: skip
 
     def save() -> Path:
         return ckpt.save_checkpoint(
-            directory,
-            step=step,
-            model=model,
-            optimizer=optimizer,
-            stream_state=batches.state_dict(),
-            backend=backend,
-            run_config=run_config,
-            keep=config.keep_checkpoints,
-        )
+            directory, step=step, model=model, optimizer=optimizer, backend=backend,
+            stream_state=batches.state_dict(), run_config=run_config, keep=config.keep_checkpoints,
+        )  # fmt: skip
 
     model.train()
     iterator = iter(batches)
@@ -263,24 +300,14 @@ def train(
                 window.wait += time.perf_counter() - waited
                 lr = learning_rate(step, optim_config)
                 set_learning_rate(optimizer, lr)
-                batch = backend.to_device(host_batch)
-                accum_steps = config.micro_batches(host_batch["text"].shape[0])
-                if accum_steps > 1:
-                    loss = accumulate_forward_backward(
-                        step_model, batch, loss_fn, backend, accum_steps
-                    )
-                else:
-                    loss, _ = forward_backward(step_model, batch, loss_fn, backend)
-                apply_update(model, optimizer, optim_config, backend)
-                watched = _watched(model, backend.mean_over_ranks(loss.detach()))
-                backend.step_boundary()
+                watched = _optimiser_step(
+                    step_model, model, optimizer, optim_config, loss_fn, backend, config, host_batch
+                )
                 step += 1
                 window.samples += host_batch["text"].shape[0] * backend.world
                 if step % config.log_every == 0 or step == optim_config.total_steps:
                     record = window.record(step, lr, backend.to_host(watched), _compiles(backend))
-                    log.write(record)
-                    result.records.append(record)
-                    bar(step, record)
+                    _log_record(record, log, result, bar)
                 if config.eval_every and evaluate is not None and step % config.eval_every == 0:
                     with stop.interruptible():
                         evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
@@ -297,11 +324,7 @@ def train(
         result.interrupted = stop.now
         if evaluate is not None and not result.stopped and evaluated_at != step:
             _evaluate(evaluate, model, step, log, result, backend)
-        # After a second signal under several processes the other ranks may be inside a
-        # collective: saving (itself collective) could hang, so the last checkpoint stands.
-        if not (cut and backend.world > 1) and (
-            result.checkpoint is None or ckpt.checkpoint_path(directory, step) != result.checkpoint
-        ):
+        if _needs_final_checkpoint(result, cut, backend, ckpt.checkpoint_path(directory, step)):
             result.checkpoint = save()
     log.close()
     result.step = step
