@@ -130,8 +130,15 @@ def sharded_main(out: Path) -> None:
              "encoded": encoded, "world": fsdp.world},
             out / "fsdp_outputs.pt",
         )  # fmt: skip
+    leave_together(fsdp)
     fsdp.close()
     ddp.close()
+
+
+def leave_together(backend) -> None:
+    """A barrier before the group is destroyed: gloo aborts a process ("terminate called without
+    an active exception") that destroys the group while its peer still saves results."""
+    backend.barrier()
 
 
 def main(out: Path, accum_steps: int = 1) -> None:
@@ -148,6 +155,7 @@ def main(out: Path, accum_steps: int = 1) -> None:
     results["odd_batch_error"] = odd_batch_error
     if backend.is_main:
         torch.save(results, out / "results.pt")
+    leave_together(backend)
     backend.close()
 
 
