@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clipa_train.eval_stage import EvalConfig
-from clipa_train.retrieval import RECALL_AT
+from clipa_train.retrieval_sets import RECALL_AT
 from clipa_train.retrieval_stage import RetrievalOptions
 
 

@@ -15,7 +15,7 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.eval_stage import EvalConfig
-from clipa_train.retrieval import RETRIEVAL_SETS
+from clipa_train.retrieval_sets import RETRIEVAL_SETS
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,21 @@ def evaluate_retrieval_checkpoint(
     from clipa_train.backend import BackendConfig, create_backend
     from clipa_train.eval_stage import _model
     from clipa_train.evaluate import prompt_encoder
-    from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval, open_retrieval_set
+    from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
+    from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
 
     rset = open_retrieval_set(
         options.annotations, options.images, options.retrieval, options.max_missing
     )
+    listed = len(rset.missing) + len(rset.images)
+    if listed != retrieval_spec(rset.name).test_images:
+        note(
+            f"{rset.annotations} lists {listed} test images, not the "
+            f"{retrieval_spec(rset.name).test_images} of the {rset.name} split the papers report"
+        )
     if rset.missing:
         note(
-            f"{len(rset.missing)} of {len(rset.missing) + len(rset.images)} images of "
+            f"{len(rset.missing)} of {listed} images of "
             f"{rset.annotations} are missing and skipped (e.g. {', '.join(rset.missing[:3])}); "
             "recall is over the rest"
         )

@@ -17,13 +17,8 @@ from typer.testing import CliRunner
 from clipa_data.core.errors import ClipaError
 from clipa_train.backend import BackendConfig, create_backend
 from clipa_train.model import build_model, load_preset
-from clipa_train.retrieval import (
-    RetrievalSettings,
-    evaluate_retrieval,
-    open_retrieval_set,
-    recall_at,
-    retrieval_spec,
-)
+from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval, recall_at
+from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
 
 CAPTIONS = 5
 
@@ -157,6 +152,15 @@ def test_the_registry_knows_coco_and_flickr30k():
         retrieval_spec("sbu")
 
 
+def test_the_registry_locates_a_set_under_a_data_root(tmp_path):
+    assert retrieval_spec("flickr30k").locate(tmp_path) is None
+    (tmp_path / "flickr30k").mkdir()
+    (tmp_path / "flickr30k" / "dataset_flickr30k.json").write_text("{}")
+    annotations, images = retrieval_spec("flickr30k").locate(tmp_path)
+    assert annotations == tmp_path / "flickr30k" / "dataset_flickr30k.json"
+    assert images == tmp_path / "flickr30k" / "flickr30k-images"
+
+
 # --- with a model ------------------------------------------------------------------------------
 
 
@@ -236,6 +240,7 @@ def test_cli_retrieval_prints_json_and_writes_eval_json(weights, tmp_path):
         recalls = [printed[f"{direction}_R@{k}"] for k in (1, 5, 10)]
         assert 0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1
     assert "1 of 12 images" in result.stderr and "missing and skipped" in result.stderr
+    assert "lists 12 test images, not the 5000" in result.stderr
 
     table = invoke(*args, "--max-missing", 0.1)
     assert table.exit_code == 0, table.output
