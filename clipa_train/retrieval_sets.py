@@ -122,13 +122,13 @@ def open_retrieval_set(
         raise ClipaError(f"{images}: image folder not found (the images of {annotations})")
     found, missing, captions, caption_image = [], [], [], []
     for entry in entries:
+        sentences = [s["raw"].strip() for s in entry["sentences"]][:captions_per_image]
+        if not sentences:
+            raise ClipaError(f"{annotations}: {entry['filename']} has no captions")
         path = _image_path(images, entry)
         if path is None:
             missing.append(str(Path(entry.get("filepath", "")) / entry["filename"]))
             continue
-        sentences = [s["raw"].strip() for s in entry["sentences"]][:captions_per_image]
-        if not sentences:
-            raise ClipaError(f"{annotations}: {entry['filename']} has no captions")
         captions += sentences
         caption_image += [len(found)] * len(sentences)
         found.append(str(path))

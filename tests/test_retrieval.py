@@ -123,6 +123,8 @@ def test_too_many_missing_images_fail_with_a_count_and_the_first_few(tmp_path):
     message = str(error.value)
     assert "5 of the 10 test images" in message and "\n" not in message
     assert "COCO_val2014_000000000002.jpg" in message and "000000000003" not in message
+    with pytest.raises(ClipaError, match="image folder not found"):
+        open_retrieval_set(annotations, tmp_path / "nope", "coco")
 
 
 @pytest.mark.parametrize(
@@ -132,6 +134,7 @@ def test_too_many_missing_images_fail_with_a_count_and_the_first_few(tmp_path):
         ('["a", "b"]', "no 'images' list"),
         ('{"images": [{"filename": "a.jpg", "split": "test"}]}', "images[0] lacks"),
         ('{"images": [{"filename": "a.jpg", "split": "train", "sentences": []}]}', "no images"),
+        ('{"images": [{"filename": "a.jpg", "split": "test", "sentences": []}]}', "no captions"),
     ],
 )
 def test_malformed_annotations_name_the_file(tmp_path, content, fragment):
@@ -259,4 +262,9 @@ def test_cli_retrieval_bad_input(weights, tmp_path):
     no_images = invoke("eval", "--checkpoint", weights, "--retrieval", "coco")
     assert_one_line_error(no_images, "--annotations FILE", "--images DIR")
     assert_one_line_error(invoke("eval", "--checkpoint", weights), "--imagenet-val DIR is required")
+    stray = invoke("eval", "--checkpoint", weights, "--imagenet-val", folder, "--images", folder)
+    assert_one_line_error(stray, "--annotations and --images go with --retrieval")
+    args = retrieval_args(weights, annotations, folder, tmp_path / "eval.json")
+    assert_one_line_error(invoke(*args, "--chunk-size", 0), "--chunk-size must be positive")
+    assert_one_line_error(invoke(*args, "--retrieval", "sbu"), "--retrieval", "coco, flickr30k")
     assert not (tmp_path / "eval.json").exists()
