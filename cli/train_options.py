@@ -100,14 +100,17 @@ def _required(parameter: inspect.Parameter) -> inspect.Parameter:
 
 def eval_options() -> list[inspect.Parameter]:
     """The options of ``clipa-train eval``: every ``EvalConfig`` field, plus ``--json``."""
+    from clipa_train.retrieval_stage import RetrievalOptions
+
     parameters = config_options(EvalConfig, flags={"dataset": "--imagenet-val"})
+    parameters += config_options(RetrievalOptions)
     as_json = inspect.Parameter(
         "as_json",
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(False, "--json", help="Print the result as one JSON object."),
         annotation=bool,
     )
-    required = {"checkpoint", "dataset"}
+    required = {"checkpoint"}  # --imagenet-val unless --retrieval (checked in eval_body)
     return [_required(p) if p.name in required else p for p in parameters] + [as_json]
 
 

@@ -26,10 +26,10 @@ class EvalConfig:
 
     checkpoint: Annotated[str, Doc("A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")]
     dataset: Annotated[
-        str,
+        str | None,
         Doc("ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
             "with --classnames any folder of class folders."),
-    ]  # fmt: skip
+    ] = None  # fmt: skip
     classnames: Annotated[
         str | None,
         Doc("Class names file for a non-ImageNet set (one per line, sorted folder order)."),
