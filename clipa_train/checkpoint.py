@@ -177,7 +177,10 @@ def restore_checkpoint(
     A checkpoint of another architecture is refused with the differing fields named.
     """
     model = unwrap(model)
-    differences = architecture_differences(payload["architecture"], model.config.to_dict())
+    # Read through ModelConfig so checkpoints of older clipa versions (fewer fields, old pool
+    # names) compare by what they build, not by how they spelled it.
+    saved = type(model.config).from_dict(payload["architecture"], source=source).to_dict()
+    differences = architecture_differences(saved, model.config.to_dict())
     if differences:
         raise ClipaError(
             f"{source} was written for a different model ({'; '.join(differences[:3])}); "

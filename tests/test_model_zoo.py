@@ -1,0 +1,330 @@
+"""The model zoo: the CLIPA-v2 switches, the OpenCLIP CLIPA presets built on the meta device with
+OpenCLIP's names, shapes and published parameter counts, and a tiny v2 model trained by the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from clipa_data.core.errors import ClipaError
+from clipa_train.backend import BackendConfig, create_backend
+from clipa_train.loop import LoopConfig, train
+from clipa_train.loss import build_loss
+from clipa_train.model import ModelConfig, build_model, load_preset
+from clipa_train.optim import OptimConfig, build_optimizer
+from clipa_train.synthetic import SyntheticBatches
+
+# OpenCLIP's own configs (mlfoundations/open_clip, src/open_clip/model_configs/<name>.json at
+# commit 89fb801f), the values that shape the state dict; absent keys take OpenCLIP's defaults
+# (CLIPVisionCfg: head_width 64, mlp_ratio 4.0, no_ln_pre False; CLIPTextCfg: mlp_ratio 4.0).
+V2_VISION = {"patch_size": 14, "no_ln_pre": True}
+V2_TEXT = {"context_length": 32, "vocab_size": 32000}
+OPENCLIP_CONFIGS = {
+    "ViT-L-14-CLIPA": (768, {"image_size": 224, "layers": 24, "width": 1024, **V2_VISION},
+                       {"width": 768, "heads": 12, "layers": 12, **V2_TEXT}),
+    "ViT-L-14-CLIPA-336": (768, {"image_size": 336, "layers": 24, "width": 1024, **V2_VISION},
+                           {"width": 768, "heads": 12, "layers": 12, **V2_TEXT}),
+    "ViT-H-14-CLIPA": (1024, {"image_size": 224, "layers": 32, "width": 1280, "head_width": 80,
+                              **V2_VISION},
+                       {"width": 1024, "heads": 16, "layers": 24, **V2_TEXT}),
+    "ViT-H-14-CLIPA-336": (1024, {"image_size": 336, "layers": 32, "width": 1280,
+                                  "head_width": 80, **V2_VISION},
+                           {"width": 1024, "heads": 16, "layers": 24, **V2_TEXT}),
+    "ViT-bigG-14-CLIPA": (1280, {"image_size": 224, "layers": 48, "width": 1664,
+                                 "head_width": 104, "mlp_ratio": 4.9231, **V2_VISION},
+                          {"width": 1280, "heads": 20, "layers": 32, **V2_TEXT}),
+    "ViT-bigG-14-CLIPA-336": (1280, {"image_size": 336, "layers": 48, "width": 1664,
+                                     "head_width": 104, "mlp_ratio": 4.9231, **V2_VISION},
+                              {"width": 1280, "heads": 20, "layers": 32, **V2_TEXT}),
+    "ViT-L-14": (768, {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14},
+                 {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12,
+                  "layers": 12}),
+    "ViT-H-14": (1024, {"image_size": 224, "layers": 32, "width": 1280, "head_width": 80,
+                        "patch_size": 14},
+                 {"context_length": 77, "vocab_size": 49408, "width": 1024, "heads": 16,
+                  "layers": 24}),
+}  # fmt: skip
+
+# Parameter counts in millions, total / image / text, as OpenCLIP publishes them in
+# docs/model_profile.csv (columns mparams, image_mparams, text_mparams; same commit).
+PUBLISHED_MPARAMS = {
+    "ViT-L-14-CLIPA": (414.21, 303.96, 110.25),
+    "ViT-L-14-CLIPA-336": (414.54, 304.29, 110.25),
+    "ViT-H-14-CLIPA": (968.24, 632.07, 336.16),
+    "ViT-H-14-CLIPA-336": (968.64, 632.48, 336.16),
+    "ViT-bigG-14-CLIPA": (2517.22, 1844.9, 672.32),
+    "ViT-bigG-14-CLIPA-336": (2517.76, 1845.44, 672.32),
+    "ViT-L-14": (427.62, 303.97, 123.65),
+    "ViT-H-14": (986.11, 632.08, 354.03),
+}
+
+
+def openclip_block(prefix: str, width: int, hidden: int) -> dict[str, list[int]]:
+    """One ``ResidualAttentionBlock`` of OpenCLIP's ``transformer.py``, names and shapes."""
+    shapes = {
+        "ln_1.weight": [width], "ln_1.bias": [width],
+        "attn.in_proj_weight": [3 * width, width], "attn.in_proj_bias": [3 * width],
+        "attn.out_proj.weight": [width, width], "attn.out_proj.bias": [width],
+        "ln_2.weight": [width], "ln_2.bias": [width],
+        "mlp.c_fc.weight": [hidden, width], "mlp.c_fc.bias": [hidden],
+        "mlp.c_proj.weight": [width, hidden], "mlp.c_proj.bias": [width],
+    }  # fmt: skip
+    return {prefix + key: shape for key, shape in shapes.items()}
+
+
+def openclip_state_shapes(embed: int, vision: dict, text: dict) -> dict[str, list[int]]:
+    """The state dict OpenCLIP's ``CLIP`` class builds from a model config (its rules: vision
+    MLP ``int(width * mlp_ratio)``, ``ln_pre`` an Identity under ``no_ln_pre``)."""
+    width, grid = vision["width"], vision["image_size"] // vision["patch_size"]
+    hidden = int(width * vision.get("mlp_ratio", 4.0))
+    patch = vision["patch_size"]
+    shapes = {
+        "visual.class_embedding": [width],
+        "visual.positional_embedding": [grid * grid + 1, width],
+        "visual.proj": [width, embed],
+        "visual.conv1.weight": [width, 3, patch, patch],
+        "visual.ln_post.weight": [width],
+        "visual.ln_post.bias": [width],
+    }
+    if not vision.get("no_ln_pre", False):
+        shapes |= {"visual.ln_pre.weight": [width], "visual.ln_pre.bias": [width]}
+    for i in range(vision["layers"]):
+        shapes |= openclip_block(f"visual.transformer.resblocks.{i}.", width, hidden)
+    text_width = text["width"]
+    shapes |= {
+        "token_embedding.weight": [text["vocab_size"], text_width],
+        "positional_embedding": [text["context_length"], text_width],
+        "ln_final.weight": [text_width],
+        "ln_final.bias": [text_width],
+        "text_projection": [text_width, embed],
+        "logit_scale": [],
+    }
+    for i in range(text["layers"]):
+        shapes |= openclip_block(f"transformer.resblocks.{i}.", text_width, 4 * text_width)
+    return shapes
+
+
+def meta_model(name: str):
+    with torch.device("meta"):
+        return build_model(load_preset(name))
+
+
+@pytest.mark.parametrize("name", sorted(OPENCLIP_CONFIGS))
+def test_preset_has_openclips_names_shapes_and_published_parameter_count(name):
+    model = meta_model(name)
+    embed, vision, text = OPENCLIP_CONFIGS[name]
+    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert shapes == openclip_state_shapes(embed, vision, text)
+    heads = vision["width"] // vision.get("head_width", 64)
+    assert model.config.vision.heads == heads
+    assert model.visual.transformer.resblocks[0].attn.heads == heads
+    total = sum(p.numel() for p in model.parameters())
+    image = sum(p.numel() for p in model.visual.parameters())
+    counted = tuple(round(n / 1e6, 2) for n in (total, image, total - image))
+    assert counted == PUBLISHED_MPARAMS[name]
+
+
+def test_bigg_head_width_and_mlp_ratio():
+    config = load_preset("ViT-bigG-14-CLIPA").vision
+    assert (config.width, config.heads, config.head_width) == (1664, 16, 104)
+    block = meta_model("ViT-bigG-14-CLIPA").visual.transformer.resblocks[0]
+    assert block.mlp.c_fc.out_features == 8192
+
+
+# ---- the switches on a tiny model -------------------------------------------------------------
+
+
+def tiny(**vision_and_text) -> ModelConfig:
+    """test-tiny with ``vision_x`` / ``text_x`` fields replaced."""
+    import dataclasses
+
+    base = load_preset("test-tiny")
+    vision = {k[7:]: v for k, v in vision_and_text.items() if k.startswith("vision_")}
+    text = {k[5:]: v for k, v in vision_and_text.items() if k.startswith("text_")}
+    return dataclasses.replace(
+        base,
+        vision=dataclasses.replace(base.vision, **vision),
+        text=dataclasses.replace(base.text, **text),
+    )
+
+
+def tokens_and_ln_post(model, images):
+    """(the blocks' output tokens, ln_post's input, the tower's output)."""
+    seen = {}
+    hooks = [
+        model.visual.transformer.register_forward_hook(lambda m, i, o: seen.update(tokens=o)),
+        model.visual.ln_post.register_forward_hook(lambda m, i, o: seen.update(ln_in=i[0])),
+    ]
+    out = model.visual(images)
+    for hook in hooks:
+        hook.remove()
+    return seen["tokens"], seen["ln_in"], out
+
+
+IMAGES = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_avg_pools_patch_tokens_only_then_ln_post():
+    torch.manual_seed(0)
+    model = build_model(tiny(vision_pool="avg", vision_final_ln_after_pool=True))
+    tokens, ln_in, _ = tokens_and_ln_post(model, IMAGES)
+    torch.testing.assert_close(ln_in, tokens[:, 1:].mean(dim=1))
+    assert not torch.allclose(ln_in, tokens.mean(dim=1))
+
+
+def test_final_ln_after_pool_off_normalises_every_token_first():
+    torch.manual_seed(0)
+    model = build_model(tiny(vision_pool="avg", vision_final_ln_after_pool=False))
+    tokens, ln_in, out = tokens_and_ln_post(model, IMAGES)
+    assert ln_in.shape == tokens.shape
+    expected = model.visual.ln_post(tokens)[:, 1:].mean(dim=1) @ model.visual.proj
+    torch.testing.assert_close(out, expected)
+    after = model.visual.ln_post(tokens[:, 1:].mean(dim=1)) @ model.visual.proj
+    assert not torch.allclose(out, after)
+
+
+def test_no_ln_pre_has_no_parameters_and_feeds_the_blocks_unnormalised():
+    torch.manual_seed(0)
+    model = build_model(tiny(vision_no_ln_pre=True))
+    assert not any(key.startswith("visual.ln_pre") for key in model.state_dict())
+    seen = {}
+    hook = model.visual.transformer.register_forward_pre_hook(lambda m, i: seen.update(x=i[0]))
+    model.visual(IMAGES)
+    hook.remove()
+    visual, position = model.visual, model.visual.positional_embedding
+    patches = visual.conv1(IMAGES).flatten(2).transpose(1, 2) + position[1:]
+    cls = (visual.class_embedding + position[0]).expand(3, 1, -1)
+    torch.testing.assert_close(seen["x"], torch.cat([cls, patches], dim=1))
+    assert "visual.ln_pre.weight" in build_model(tiny()).state_dict()
+
+
+def text_batch():
+    generator = torch.Generator().manual_seed(1)
+    text = torch.randint(1, 500, (3, 16), generator=generator)
+    text[:, 0], text[:, 6], text[:, 7:] = 510, 511, 0
+    return text
+
+
+def test_last_pooling_without_causal_mask_sees_the_whole_sequence():
+    torch.manual_seed(0)
+    model = build_model(tiny(text_pool="last", text_no_causal_mask=True))
+    text = text_batch()
+    seen = {}
+    hook = model.ln_final.register_forward_hook(lambda m, i, o: seen.update(x=o))
+    features = model.encode_text(text, normalize=False)
+    hook.remove()
+    torch.testing.assert_close(features, seen["x"][:, -1] @ model.text_projection)
+    later = text.clone()
+    later[:, 3] = 7  # bidirectional: a token before the pooled position still matters ...
+    assert not torch.allclose(model.encode_text(later), model.encode_text(text))
+    # ... and so does the first token when pooling at EOT without the causal mask
+    bidirectional = build_model(tiny(text_no_causal_mask=True))
+    after_eot = text.clone()
+    after_eot[:, 9] = 7
+    assert not torch.allclose(bidirectional.encode_text(after_eot), bidirectional.encode_text(text))
+    causal = build_model(tiny())
+    torch.testing.assert_close(causal.encode_text(after_eot), causal.encode_text(text))
+
+
+def test_gelu_tanh_switch_reaches_every_mlp():
+    torch.manual_seed(0)
+    exact = build_model(tiny())
+    torch.manual_seed(0)
+    approx = build_model(tiny(vision_gelu_approximate="tanh", text_gelu_approximate="tanh"))
+    gelus = [m for m in approx.modules() if isinstance(m, torch.nn.GELU)]
+    assert len(gelus) == 4 and all(g.approximate == "tanh" for g in gelus)
+    assert all(m.approximate == "none" for m in exact.modules() if isinstance(m, torch.nn.GELU))
+    difference = (approx.visual(IMAGES) - exact.visual(IMAGES)).abs().max()
+    assert 0 < difference < 1e-2
+
+
+def test_bad_switch_values_are_one_clear_error():
+    with pytest.raises(ClipaError, match=r"vision.pool must be one of \('tok', 'avg_all', 'avg'\)"):
+        tiny(vision_pool="gap_all")
+    with pytest.raises(ClipaError, match=r"text.pool must be one of \('argmax', 'last'\)"):
+        tiny(text_pool="first")
+    with pytest.raises(ClipaError, match=r"vision.gelu_approximate must be one of"):
+        tiny(vision_gelu_approximate="quick")
+
+
+def test_configs_of_older_clipa_versions_still_read():
+    """config.json / checkpoints written before the OpenCLIP names said token / gap; GAP then
+    always normalised after pooling, which is what they must still build."""
+    old = load_preset("test-tiny").to_dict()
+    old["vision"] = {
+        k: v for k, v in old["vision"].items() if k not in ("final_ln_after_pool", "no_ln_pre")
+    }
+    old["vision"]["pool"] = "gap"
+    config = ModelConfig.from_dict(old)
+    assert (config.vision.pool, config.vision.final_ln_after_pool) == ("avg_all", True)
+    old["vision"]["pool"] = "token"
+    assert ModelConfig.from_dict(old).vision.pool == "tok"
+
+
+# ---- a tiny model with every v2 switch, trained by the real loop ------------------------------
+
+
+def test_tiny_v2_model_trains_20_steps_through_the_loop(tmp_path):
+    config = load_preset("test-tiny-v2")
+    assert (config.vision.pool, config.vision.no_ln_pre, config.vision.final_ln_after_pool) == (
+        "avg",
+        True,
+        True,
+    )
+    assert (config.text.pool, config.text.no_causal_mask, config.vision.gelu_approximate) == (
+        "last",
+        True,
+        "tanh",
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    optim = OptimConfig(lr=2e-3, total_steps=20, warmup_steps=3, grad_clip_norm=1.0)
+    batches = SyntheticBatches(
+        batch_size=16, image_size=32, text_length=16, vocab_size=512, patch_size=8,
+        mask="random", mask_ratio=0.5, seed=3,
+    )  # fmt: skip
+    result = train(
+        model=model,
+        optimizer=build_optimizer(model, optim),
+        optim_config=optim,
+        loss_fn=build_loss("contrastive"),
+        batches=batches,
+        backend=create_backend(BackendConfig(name="cpu")),
+        run_dir=tmp_path,
+        config=LoopConfig(log_every=1, progress=False),
+        run_config={"preset": "test-tiny-v2"},
+    )
+    assert result.step == 20 and not result.stopped
+    records = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in records]
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) < sum(losses[:5])  # it learns the synthetic classes
+
+
+def test_checkpoint_of_an_older_clipa_version_resumes(tmp_path):
+    """A checkpoint written before the switches existed (pool 'gap', no new fields) resumes into
+    today's test-tiny: its architecture is read as the model it builds."""
+    from clipa_train.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+
+    backend = create_backend(BackendConfig(name="cpu"))
+    model = build_model(load_preset("test-tiny"))
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, total_steps=2, warmup_steps=0))
+    path = save_checkpoint(
+        tmp_path, step=1, model=model, optimizer=optimizer, stream_state={}, backend=backend
+    )
+    payload = load_checkpoint(path)
+    vision = payload["architecture"]["vision"]
+    for field in ("no_ln_pre", "final_ln_after_pool", "gelu_approximate"):
+        del vision[field]
+    vision["pool"] = "gap"
+    for field in ("pool", "no_causal_mask", "gelu_approximate"):
+        del payload["architecture"]["text"][field]
+    step, _ = restore_checkpoint(payload, model=model, optimizer=optimizer, backend=backend)
+    assert step == 1
+    payload["architecture"]["vision"]["pool"] = "token"  # GAP before, class token now: refused
+    with pytest.raises(ClipaError, match=r"vision.final_ln_after_pool: checkpoint False.*pool"):
+        restore_checkpoint(payload, model=model, optimizer=optimizer, backend=backend)
