@@ -328,3 +328,54 @@ def test_checkpoint_of_an_older_clipa_version_resumes(tmp_path):
     payload["architecture"]["vision"]["pool"] = "token"  # GAP before, class token now: refused
     with pytest.raises(ClipaError, match=r"vision.final_ln_after_pool: checkpoint False.*pool"):
         restore_checkpoint(payload, model=model, optimizer=optimizer, backend=backend)
+
+
+# ---- clipa-train models -----------------------------------------------------------------------
+
+# Forward GFLOPs per sample as OpenCLIP publishes them (docs/model_profile.csv, column gflops,
+# same commit as above): fvcore's count at the config's image size and context length.
+PUBLISHED_GFLOPS = {
+    "ViT-L-14-CLIPA": 167.5,
+    "ViT-L-14-CLIPA-336": 387.39,
+    "ViT-H-14-CLIPA": 354.02,
+    "ViT-H-14-CLIPA-336": 800.88,
+    "ViT-bigG-14-CLIPA": 1007.93,
+    "ViT-bigG-14-CLIPA-336": 2271.58,
+    "ViT-L-14": 175.33,
+    "ViT-H-14": 381.68,
+}
+
+
+def test_forward_gflops_equal_openclips_published_profile():
+    from clipa_train.model_zoo import forward_gflops
+
+    for name, published in PUBLISHED_GFLOPS.items():
+        assert round(forward_gflops(load_preset(name)), 2) == published, name
+
+
+def test_models_command_prints_every_preset_with_stage_sizes():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from clipa_train.model.config import preset_names
+
+    script = str(Path(sys.executable).parent / "clipa-train")
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [script, "models", "--sizes", "84/8,224/32"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("│")}
+    assert set(preset_names()) <= set(lines)
+    # name, image, patch, context, params, GFLOPs, @84/8, @224/32
+    cells = [cell.strip() for cell in lines["ViT-bigG-14-CLIPA-336"].split("│")[1:9]]
+    assert cells == ["ViT-bigG-14-CLIPA-336", "336", "14", "32", "2517.76M", "2271.58", "146.77",
+                     "1007.93"]  # fmt: skip
+    assert lines["ViT-B-16-CL16"].split("│")[7].strip() == "-"  # 84 px is not a multiple of 16
+    bad = subprocess.run([script, "models", "--sizes", "84x8"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: --sizes: '84x8' is not IMAGE/TEXT (positive integers, e.g. 224/32)"
+    ]
