@@ -379,3 +379,107 @@ def test_models_command_prints_every_preset_with_stage_sizes():
     assert bad.stderr.strip().splitlines() == [
         "error: --sizes: '84x8' is not IMAGE/TEXT (positive integers, e.g. 224/32)"
     ]
+
+
+# ---- OpenCLIP-format weights of the zoo -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(OPENCLIP_CONFIGS))
+def test_openclip_weights_are_recognised_as_their_preset(name):
+    from clipa_train.model.weights import matching_presets
+
+    assert matching_presets(meta_model(name).state_dict()) == [name]
+
+
+def test_v2_weights_into_a_classic_model_name_the_differing_switches():
+    """OpenCLIP's ViT-L-14-CLIPA weights (meta tensors: names and shapes only) into ViT-L-14."""
+    from clipa_train.model import load_openclip_weights
+
+    with pytest.raises(ClipaError) as caught:
+        load_openclip_weights(meta_model("ViT-L-14"), meta_model("ViT-L-14-CLIPA").state_dict())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("state dict was written for another architecture: 2 missing key(s)")
+    assert message.endswith(
+        "it matches preset ViT-L-14-CLIPA, which differs from this model in "
+        "text.no_causal_mask True (model False), text.pool 'last' (model 'argmax'), "
+        "text.vocab_size 32000 (model 49408), vision.final_ln_after_pool True (model False), "
+        "vision.no_ln_pre True (model False), vision.pool 'avg' (model 'tok'); "
+        "pass --model ViT-L-14-CLIPA"
+    )
+
+
+def test_one_clipa_variant_into_another_names_the_differences():
+    from clipa_train.model import load_openclip_weights
+
+    expected = (
+        r"matches preset ViT-H-14-CLIPA-336, which differs from this model in embed_dim 1024 "
+        r"\(model 768\), text.heads 16 \(model 12\).*vision.width 1280 \(model 1024\); "
+        r"pass --model ViT-H-14-CLIPA-336$"
+    )
+    with pytest.raises(ClipaError, match=expected):
+        load_openclip_weights(
+            meta_model("ViT-L-14-CLIPA"), meta_model("ViT-H-14-CLIPA-336").state_dict()
+        )
+
+
+def save_openclip_format(model, path):
+    """As OpenCLIP's training script saves: ``{"epoch", "state_dict"}`` with DDP's prefix."""
+    state = {f"module.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"epoch": 3, "name": "run", "state_dict": state}, path)
+
+
+def test_openclip_file_without_a_preset_loads_strict_into_the_matching_one(tmp_path):
+    from clipa_train.checkpoint import base_architecture
+    from clipa_train.model import load_openclip_weights
+
+    torch.manual_seed(1)
+    trained = build_model(load_preset("test-tiny-v2"))
+    path = tmp_path / "epoch_3.pt"
+    save_openclip_format(trained, path)
+    config = base_architecture(None, str(path), default="ViT-B-16-CL16")
+    assert config == load_preset("test-tiny-v2")
+    model = load_openclip_weights(build_model(config), path)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    bare = tmp_path / "bare.pt"
+    torch.save(trained.state_dict(), bare)  # a bare state dict is recognised as well
+    assert base_architecture(None, str(bare), default="ViT-B-16-CL16") == config
+
+
+def test_weights_matching_no_preset_need_model(tmp_path):
+    from clipa_train.checkpoint import base_architecture
+
+    path = tmp_path / "custom.pt"
+    torch.save(build_model(tiny(vision_width=64, vision_heads=4)).state_dict(), path)
+    expected = r"custom.pt holds no architecture .* matches no bundled preset; pass --model PRESET"
+    with pytest.raises(ClipaError, match=expected):
+        base_architecture(None, str(path), default="ViT-B-16-CL16")
+
+
+def test_eval_of_an_openclip_format_file_through_the_cli(tmp_path):
+    """``clipa-train eval --checkpoint`` with OpenCLIP-format weights and no --model: the
+    matching preset is built; with the wrong --model, one line names the switches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from clipa_data.demo import write_demo_validation
+
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    path = tmp_path / "weights" / "epoch_1.pt"
+    path.parent.mkdir()
+    torch.manual_seed(0)
+    save_openclip_format(build_model(load_preset("clipa-tiny")), path)
+    script = str(Path(sys.executable).parent / "clipa-train")
+    common = [script, "eval", "--checkpoint", str(path), "--imagenet-val", str(val.root),
+              "--classnames", str(val.classnames_path), "--workers", "0", "--json"]  # fmt: skip
+    done = subprocess.run(common, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["n"] == 20  # 20 classes, one image each
+    wrong = subprocess.run([*common, "--model", "test-tiny-v2"], capture_output=True, text=True)
+    assert wrong.returncode == 2
+    lines = wrong.stderr.strip().splitlines()
+    assert len(lines) == 1 and "it matches preset clipa-tiny, which differs" in lines[0]
+    assert "vision.no_ln_pre False (model True)" in lines[0]
+    assert lines[0].endswith("pass --model clipa-tiny")
