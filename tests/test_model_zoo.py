@@ -483,3 +483,36 @@ def test_eval_of_an_openclip_format_file_through_the_cli(tmp_path):
     assert len(lines) == 1 and "it matches preset clipa-tiny, which differs" in lines[0]
     assert "vision.no_ln_pre False (model True)" in lines[0]
     assert lines[0].endswith("pass --model clipa-tiny")
+
+
+@pytest.mark.xla
+def test_tiny_v2_model_trains_20_steps_on_xla_in_at_most_three_graphs(tmp_path):
+    """Every v2 switch on (``test-tiny-v2``) under PyTorch/XLA (``make test-xla``): the pooling
+    slices, the identity ln_pre, the bidirectional text and tanh GELU stay one static graph."""
+    pytest.importorskip("torch_xla")
+    backend = create_backend(BackendConfig(name="xla", precision="fp32"))
+    torch.manual_seed(0)
+    model = build_model(load_preset("test-tiny-v2")).to(backend.device)
+    optim = OptimConfig(lr=2e-3, total_steps=20, warmup_steps=3, grad_clip_norm=1.0)
+    batches = SyntheticBatches(
+        batch_size=16, image_size=32, text_length=16, vocab_size=512, patch_size=8,
+        mask="random", mask_ratio=0.5, seed=3, num_batches=20,
+    )  # fmt: skip
+    before = backend.compile_count()
+    result = train(
+        model=model,
+        optimizer=build_optimizer(model, optim),
+        optim_config=optim,
+        loss_fn=build_loss("contrastive", backend),
+        batches=batches,
+        backend=backend,
+        run_dir=tmp_path,
+        config=LoopConfig(log_every=5, progress=False),
+    )
+    records = result.records
+    assert result.step == 20 and [r["step"] for r in records] == [5, 10, 15, 20]
+    compiles = [r["xla_compiles"] for r in records]
+    assert compiles[-1] - before <= 3, compiles
+    assert compiles[-1] == compiles[0], "no compilation after the first steps"
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert records[-1]["loss"] < records[0]["loss"], [r["loss"] for r in records]
