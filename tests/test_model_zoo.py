@@ -516,3 +516,29 @@ def test_tiny_v2_model_trains_20_steps_on_xla_in_at_most_three_graphs(tmp_path):
     assert compiles[-1] == compiles[0], "no compilation after the first steps"
     assert all(math.isfinite(r["loss"]) for r in records)
     assert records[-1]["loss"] < records[0]["loss"], [r["loss"] for r in records]
+
+
+def test_finetune_from_an_openclip_format_file_without_model(tmp_path):
+    """``clipa-train finetune --from`` OpenCLIP-format weights and no --model: the run's model is
+    the matching preset at the stage's sizes, started from the file's weights (resized)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from builders import make_builder_dir, make_records
+
+    builder = make_builder_dir(tmp_path / "data", [make_records(16, start=0)])
+    torch.manual_seed(0)
+    save_openclip_format(build_model(load_preset("clipa-tiny")), tmp_path / "epoch_1.pt")
+    script = str(Path(sys.executable).parent / "clipa-train")
+    done = subprocess.run(
+        [script, "finetune", "--from", str(tmp_path / "epoch_1.pt"), "--data", str(builder),
+         "--out", str(tmp_path / "run"), "--image-size", "32", "--text-length", "8",
+         "--batch-size", "8", "--samples", "16", "--workers", "1", "--no-progress"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    expected = load_preset("clipa-tiny").replace(image_size=32, context_length=8).to_dict()
+    assert model == expected
+    assert "resized the image positional embeddings from 8x8 to 4x4 patches" in done.stderr
