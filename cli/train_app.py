@@ -146,6 +146,45 @@ def report_body(runs: list[Path], out: Path, fit: bool) -> None:
 app.command("report")(reports_errors(command(report_body, report_options())))
 
 
+def models_body(**options) -> None:
+    """Every bundled model preset: image size, patch, text context, parameters and forward
+    GFLOPs per sample (2 FLOPs per multiply-add, training costs 3x), at the preset's own size
+    and at each --sizes stage size. Example: clipa-train models --sizes 84/8,224/32,336/32"""
+    from clipa_train.model_zoo import ModelsConfig, model_rows
+
+    config = ModelsConfig(**options)
+    sizes = config.stage_sizes()
+    table = Table(title="model presets", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for column in ("image", "patch", "context", "params", "GFLOPs"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for image, text in sizes:
+        table.add_column(f"GFLOPs @{image}/{text}", justify="right", no_wrap=True)
+    for row in model_rows(config):
+        stage = ["-" if g is None else f"{g:.2f}" for g in row.stage_gflops]
+        table.add_row(
+            row.name,
+            str(row.image_size),
+            str(row.patch_size),
+            str(row.context_length),
+            f"{row.params / 1e6:.2f}M",
+            f"{row.gflops:.2f}",
+            *stage,
+        )
+    stdout().print(table)
+
+
+def _models_options():
+    from clipa_cli.options import config_options
+
+    from clipa_train.model_zoo import ModelsConfig
+
+    return config_options(ModelsConfig)
+
+
+app.command("models")(reports_errors(command(models_body, _models_options())))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

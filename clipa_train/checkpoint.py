@@ -177,7 +177,10 @@ def restore_checkpoint(
     A checkpoint of another architecture is refused with the differing fields named.
     """
     model = unwrap(model)
-    differences = architecture_differences(payload["architecture"], model.config.to_dict())
+    # Read through ModelConfig so checkpoints of older clipa versions (fewer fields, old pool
+    # names) compare by what they build, not by how they spelled it.
+    saved = type(model.config).from_dict(payload["architecture"], source=source).to_dict()
+    differences = architecture_differences(saved, model.config.to_dict())
     if differences:
         raise ClipaError(
             f"{source} was written for a different model ({'; '.join(differences[:3])}); "
@@ -219,7 +222,8 @@ def checkpoint_architecture(path: str | Path) -> dict | None:
 def base_architecture(preset: str | None, weights: str | None, default: str):
     """The ``ModelConfig`` a command starts from, before its per-stage overrides: ``preset`` if
     given, else the architecture stored in the clipa checkpoint ``weights``, else ``default``.
-    Weights that hold no architecture need a preset (an error naming the file otherwise)."""
+    Weights that hold no architecture (OpenCLIP format) take the bundled preset whose names and
+    shapes they have; none or several is an error naming the file and the fix."""
     from clipa_train.model import ModelConfig, load_preset
 
     if preset is not None:
@@ -227,8 +231,8 @@ def base_architecture(preset: str | None, weights: str | None, default: str):
     if weights is None:
         return load_preset(default)
     saved = checkpoint_architecture(weights)
-    if saved is None:
-        raise ClipaError(
-            f"{weights} holds no architecture (OpenCLIP/CLIPA weights); pass --model PRESET"
-        )
+    if saved is None:  # OpenCLIP-format weights: the one bundled preset with their shapes
+        from clipa_train.model.weights import recognise_preset
+
+        return recognise_preset(weights)
     return ModelConfig.from_dict(saved, source=weights)

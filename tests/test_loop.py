@@ -174,7 +174,7 @@ def test_truncated_checkpoint(tmp_path):
 def test_checkpoint_of_another_architecture(tmp_path):
     result, _ = run(tmp_path, source(num_batches=2))
     torch.manual_seed(0)
-    other = build_model(load_preset("test-tiny").replace(pool="token", context_length=8))
+    other = build_model(load_preset("test-tiny").replace(pool="tok", context_length=8))
     backend = create_backend(BackendConfig(name="cpu"))
     with pytest.raises(
         ClipaError, match=r"different model \(text.context_length: checkpoint 16, model 8"

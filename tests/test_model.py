@@ -91,10 +91,10 @@ def test_every_clipa_preset_and_clipa_tiny_load():
     h14 = load_preset("ViT-H-14-CL8-Syntax-GAP")
     assert (h14.vision.width // h14.vision.heads, h14.vision.pool, h14.text.context_length) == (
         80,
-        "gap",
+        "avg_all",
         8,
     )
-    assert load_preset("ViT-B-16-CL16").vision.pool == "token"
+    assert load_preset("ViT-B-16-CL16").vision.pool == "tok"
 
 
 def test_unknown_preset_is_one_clear_error():
@@ -162,14 +162,14 @@ def test_gap_averages_all_tokens_including_the_class_token():
     assert tokens.shape[1] == 17
     torch.testing.assert_close(pooled, tokens.mean(dim=1))
     assert not torch.allclose(pooled, tokens[:, 1:].mean(dim=1))
-    token_model = build_model(load_preset("test-tiny").replace(pool="token"))
+    token_model = build_model(load_preset("test-tiny").replace(pool="tok"))
     tokens, pooled = capture_pooling(token_model, images_and_text(model)[0])
     torch.testing.assert_close(pooled, tokens[:, 0])
 
 
 def test_patch_keep_gathers_after_the_position_embedding_and_keeps_the_class_token():
     torch.manual_seed(0)
-    model = build_model(load_preset("test-tiny").replace(pool="token"))
+    model = build_model(load_preset("test-tiny").replace(pool="tok"))
     images = images_and_text(model, batch=2)[0]
     everything = torch.arange(16, dtype=torch.int16).expand(2, 16)
     torch.testing.assert_close(model.visual(images, everything), model.visual(images))

@@ -1,4 +1,4 @@
-"""CLIP: the ViT image tower and a causal text transformer, with OpenCLIP's parameter names.
+"""CLIP: the ViT image tower and a text transformer, with OpenCLIP's parameter names.
 
 The text modules sit at the top level as in OpenCLIP's ``CLIP`` class (``token_embedding``,
 ``positional_embedding``, ``transformer``, ``ln_final``, ``text_projection``), the image tower
@@ -13,6 +13,7 @@ from torch import nn
 
 from clipa_data.core.errors import ClipaError
 from clipa_train.model.config import ModelConfig
+from clipa_train.model.pooling import TEXT_POOLS
 from clipa_train.model.transformer import CheckpointFunction, Transformer
 from clipa_train.model.vision import VisionTransformer
 
@@ -28,7 +29,12 @@ class CLIP(nn.Module):
         self.token_embedding = nn.Embedding(text.vocab_size, text.width)
         self.positional_embedding = nn.Parameter(torch.empty(text.context_length, text.width))
         self.transformer = Transformer(
-            text.width, text.layers, text.heads, text.mlp_ratio, causal=True
+            text.width,
+            text.layers,
+            text.heads,
+            text.mlp_ratio,
+            causal=not text.no_causal_mask,
+            gelu_approximate=text.gelu_approximate,
         )
         self.ln_final = nn.LayerNorm(text.width)
         self.text_projection = nn.Parameter(torch.empty(text.width, config.embed_dim))
@@ -60,7 +66,8 @@ class CLIP(nn.Module):
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Token ids ``[B, L]`` (SOT … EOT, zero-padded; L ≤ context length) → ``[B, embed]``.
 
-        Pools at the EOT position, found as the argmax of the ids (EOT is the largest id).
+        Pools as ``text.pool`` says: at the EOT position (the argmax of the ids, EOT being the
+        largest id) or at the batch's last position.
         """
         length = text.shape[1]
         if length > self.config.text.context_length:
@@ -72,7 +79,7 @@ class CLIP(nn.Module):
             self.token_embedding.weight.dtype
         )
         x = self.ln_final(self.transformer(x))
-        pooled = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+        pooled = TEXT_POOLS[self.config.text.pool](x, text)
         features = pooled @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 

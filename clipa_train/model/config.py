@@ -22,9 +22,20 @@ from typing import Any
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_train.loss import loss_choice
+from clipa_train.model.pooling import GELU_APPROXIMATIONS, TEXT_POOLS, VISION_POOLS
 from clipa_train.model.pos_embed import POS_EMBEDS
 
-POOLS = ("token", "gap")
+POOLS = tuple(VISION_POOLS)
+TEXT_POOL_NAMES = tuple(TEXT_POOLS)
+LEGACY_POOLS = {"token": ("tok", False), "gap": ("avg_all", True)}
+"""Vision pool names of clipa before the OpenCLIP names: old checkpoints and config.json files
+say ``token`` / ``gap`` (GAP always normalised after pooling) and are read as these."""
+
+
+def mlp_width(width: int, mlp_ratio: float) -> int:
+    """Hidden width of a block's MLP, truncated as OpenCLIP does (bigG: int(1664 × 4.9231) =
+    8192)."""
+    return int(width * mlp_ratio)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -45,15 +56,27 @@ class VisionConfig:
     layers: int
     """Number of residual attention blocks."""
     heads: int
-    """Attention heads; ``width`` must divide evenly (B/16: 12, L/16: 16, H/14: 16 of width 80)."""
+    """Attention heads; ``width`` must divide evenly (B/16: 12, L/16: 16, H/14: 16 of width 80,
+    bigG/14: 16 of width 104; OpenCLIP's configs give ``head_width`` instead)."""
     mlp_ratio: float
-    """Hidden width of each MLP as a multiple of ``width``."""
+    """Hidden width of each MLP as a multiple of ``width``, truncated (``mlp_width``; bigG:
+    4.9231 → 8192)."""
     pool: str
-    """``token``: the class token's output; ``gap``: mean over all tokens *including* the class
-    token, as CLIPA's PyTorch code (``pool_style='open_clip'``) does."""
+    """A name of ``pooling.VISION_POOLS`` (OpenCLIP's ``pool_type``): ``tok`` the class token's
+    output; ``avg_all`` the mean over all tokens *including* the class token (CLIPA-v1's GAP,
+    its PyTorch ``pool_style='open_clip'``); ``avg`` the mean over the patch tokens only
+    (CLIPA-v2)."""
     pos_embed: str
     """A name of ``pos_embed.POS_EMBEDS``: ``learnable`` (std width^-0.5) or ``sin_cos_2d`` (fixed
     MAE table, frozen, class row 0)."""
+    no_ln_pre: bool = False
+    """True: no LayerNorm before the blocks (CLIPA-v2, the JAX ViT); the model then has no
+    ``visual.ln_pre`` parameters (OpenCLIP's ``no_ln_pre``)."""
+    final_ln_after_pool: bool = False
+    """True: ``ln_post`` normalises the pooled vector (CLIPA-v1 GAP, CLIPA-v2); False: every
+    token before pooling (OpenCLIP's default; the same thing for ``tok``)."""
+    gelu_approximate: str = "none"
+    """The MLPs' GELU: ``none`` (exact) or ``tanh`` (``pooling.GELU_APPROXIMATIONS``)."""
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "width", "layers", "heads"):
@@ -67,6 +90,11 @@ class VisionConfig:
         _require(self.width % self.heads == 0, "vision.width must be divisible by vision.heads")
         _require(self.mlp_ratio > 0, "vision.mlp_ratio must be positive")
         _require(self.pool in POOLS, f"vision.pool must be one of {POOLS}, not {self.pool!r}")
+        _require(
+            self.gelu_approximate in GELU_APPROXIMATIONS,
+            f"vision.gelu_approximate must be one of {GELU_APPROXIMATIONS}, "
+            f"not {self.gelu_approximate!r}",
+        )
         _require(
             self.pos_embed in POS_EMBEDS,
             f"vision.pos_embed must be one of {POS_EMBEDS}, not {self.pos_embed!r}",
@@ -84,15 +112,21 @@ class VisionConfig:
         """Patch tokens per image (the class token not counted)."""
         return self.grid**2
 
+    @property
+    def head_width(self) -> int:
+        """Width of one attention head (OpenCLIP's configs give this; bigG: 1664 / 16 = 104)."""
+        return self.width // self.heads
+
 
 @dataclass(frozen=True)
 class TextTowerConfig:
-    """The causal text transformer."""
+    """The text transformer (causal unless ``no_causal_mask``)."""
 
     context_length: int
     """Positions in the positional embedding; batches may be shorter, never longer."""
     vocab_size: int
-    """Token-embedding rows (49,408 for the CLIP BPE); the EOT id must be the largest id used."""
+    """Token-embedding rows (49,408 for the CLIP BPE, 32,000 for CLIPA-v2's WordPiece); with
+    ``pool='argmax'`` the EOT id must be the largest id used."""
     width: int
     """Token width of the transformer."""
     heads: int
@@ -104,6 +138,14 @@ class TextTowerConfig:
     text_mask: str
     """The text reduction the preset was trained with (a default for the loader; the model itself
     does not use it): a name of ``clipa_data.core.text_reduction.TEXT_MASKS``."""
+    pool: str = "argmax"
+    """A name of ``pooling.TEXT_POOLS`` (OpenCLIP's ``pool_type``): ``argmax`` the EOT position
+    (CLIP BPE), ``last`` the batch's last position even if it is padding (CLIPA-v2)."""
+    no_causal_mask: bool = False
+    """True: every token attends to every other, padding included (CLIPA-v2, the JAX text
+    tower); False: causal attention as in CLIP."""
+    gelu_approximate: str = "none"
+    """The MLPs' GELU: ``none`` (exact) or ``tanh`` (``pooling.GELU_APPROXIMATIONS``)."""
 
     def __post_init__(self) -> None:
         for name in ("context_length", "vocab_size", "width", "heads", "layers"):
@@ -113,6 +155,15 @@ class TextTowerConfig:
         _require(
             self.text_mask in TEXT_MASKS,
             f"text.text_mask must be one of {TEXT_MASKS}, not {self.text_mask!r}",
+        )
+        _require(
+            self.pool in TEXT_POOL_NAMES,
+            f"text.pool must be one of {TEXT_POOL_NAMES}, not {self.pool!r}",
+        )
+        _require(
+            self.gelu_approximate in GELU_APPROXIMATIONS,
+            f"text.gelu_approximate must be one of {GELU_APPROXIMATIONS}, "
+            f"not {self.gelu_approximate!r}",
         )
 
 
@@ -169,8 +220,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model config") -> ModelConfig:
-        """Build from a dict, naming ``source`` and the field in every error."""
-        return _build(cls, data, source, prefix="")
+        """Build from a dict, naming ``source`` and the field in every error (the pool names of
+        older clipa versions, ``LEGACY_POOLS``, are read as today's)."""
+        return _build(cls, upgrade_legacy(data), source, prefix="")
+
+
+def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with a ``vision.pool`` of ``LEGACY_POOLS`` renamed (and its LayerNorm order)."""
+    vision = data.get("vision")
+    if not isinstance(vision, dict) or vision.get("pool") not in LEGACY_POOLS:
+        return data
+    pool, ln_after = LEGACY_POOLS[vision["pool"]]
+    vision = {"final_ln_after_pool": ln_after, **vision, "pool": pool}
+    return {**data, "vision": vision}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from clipa_train.model.config import mlp_width
+
 CheckpointFunction = Callable[..., torch.Tensor]
 
 
@@ -45,11 +47,13 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """x + attn(ln_1(x)), then x + mlp(ln_2(x)); exact GELU."""
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)); GELU exact or tanh (``gelu_approximate``)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, causal: bool) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, causal: bool, gelu_approximate: str
+    ) -> None:
         super().__init__()
-        hidden = int(width * mlp_ratio)
+        hidden = mlp_width(width, mlp_ratio)
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width)
@@ -57,7 +61,7 @@ class ResidualAttentionBlock(nn.Module):
             OrderedDict(
                 [
                     ("c_fc", nn.Linear(width, hidden)),
-                    ("gelu", nn.GELU()),
+                    ("gelu", nn.GELU(approximate=gelu_approximate)),
                     ("c_proj", nn.Linear(hidden, width)),
                 ]
             )
@@ -71,12 +75,21 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks (``resblocks.N``) with optional gradient checkpointing per block."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, causal: bool) -> None:
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float,
+        causal: bool,
+        gelu_approximate: str = "none",
+    ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, causal) for _ in range(layers)
+            ResidualAttentionBlock(width, heads, mlp_ratio, causal, gelu_approximate)
+            for _ in range(layers)
         )
         self.checkpoint_function: CheckpointFunction | None = None
 

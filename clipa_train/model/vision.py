@@ -7,13 +7,14 @@ from torch import nn
 
 from clipa_data.core.errors import ClipaError
 from clipa_train.model.config import VisionConfig
+from clipa_train.model.pooling import VISION_POOLS
 from clipa_train.model.pos_embed import POS_EMBED_CHOICES
 from clipa_train.model.transformer import Transformer
 
 
 class VisionTransformer(nn.Module):
-    """Patchify → class token → positional embedding → keep patches → ln_pre → blocks → pool →
-    ln_post → proj.
+    """Patchify → class token → positional embedding → keep patches → ln_pre (unless
+    ``no_ln_pre``) → blocks → pool and ln_post (in the order ``final_ln_after_pool`` says) → proj.
 
     ``patch_keep`` (``[B, K]`` patch indices in ``[0, N)``) selects patch tokens *after* the
     positional embedding is added, so every kept patch keeps its own position; the class token is
@@ -32,9 +33,15 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(
             choice.table(width, config.grid), requires_grad=choice.trainable
         )
-        self.ln_pre = nn.LayerNorm(width)
+        # Identity without parameters, as OpenCLIP's no_ln_pre: the state dict has no ln_pre.
+        self.ln_pre = nn.Identity() if config.no_ln_pre else nn.LayerNorm(width)
         self.transformer = Transformer(
-            width, config.layers, config.heads, config.mlp_ratio, causal=False
+            width,
+            config.layers,
+            config.heads,
+            config.mlp_ratio,
+            causal=False,
+            gelu_approximate=config.gelu_approximate,
         )
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
@@ -57,5 +64,7 @@ class VisionTransformer(nn.Module):
         cls = (self.class_embedding.to(x.dtype) + position[0]).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         x = self.transformer(self.ln_pre(x))
-        pooled = x.mean(dim=1) if self.config.pool == "gap" else x[:, 0]
-        return self.ln_post(pooled) @ self.proj
+        pool = VISION_POOLS[self.config.pool]
+        if self.config.final_ln_after_pool:
+            return self.ln_post(pool(x)) @ self.proj
+        return pool(self.ln_post(x)) @ self.proj

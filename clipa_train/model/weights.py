@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from clipa_data.core.errors import ClipaError
+from clipa_train.model.config import ModelConfig, load_preset, preset_names
 from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed
 
 StateDict = dict[str, torch.Tensor]
@@ -95,8 +96,11 @@ def _sizes(key: str, old: int, new: int) -> str:
     return f"text positional embeddings from {old} to {new} tokens"
 
 
-def check_compatible(state: StateDict, model: nn.Module, source: str) -> None:
-    """Raise one clear line when ``state`` was written for another architecture."""
+def check_compatible(
+    state: StateDict, model: nn.Module, source: str, as_written: StateDict | None = None
+) -> None:
+    """Raise one clear line when ``state`` was written for another architecture; the preset
+    it matches is found from ``as_written`` (the weights before resizing; default ``state``)."""
     target = model.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
@@ -115,8 +119,101 @@ def check_compatible(state: StateDict, model: nn.Module, source: str) -> None:
     if problems:
         raise ClipaError(
             f"{source} was written for another architecture: {', '.join(problems)}; "
-            "choose the preset it was trained with"
+            + preset_hint(state if as_written is None else as_written, model.config)
         )
+
+
+RESIZED_FIELDS = ("vision.image_size", "text.context_length")
+"""Fields weights may differ in (positional embeddings are resized on load)."""
+NOT_ARCHITECTURE = ("text.text_mask", "init_logit_scale")
+"""Fields that are a loader default or an initial value, not part of the architecture."""
+
+
+def preset_hint(state: StateDict, config: ModelConfig) -> str:
+    """The end of the error for weights of another architecture: which bundled preset they
+    match and the fields (the switches) in which that preset differs from the model."""
+    matches = matching_presets(state)
+    if not matches:
+        return "choose the preset it was trained with (no bundled preset matches it)"
+    if len(matches) > 1:
+        return f"it matches the presets {', '.join(matches)}; pass --model with one of them"
+    ours, theirs = _flat(config.to_dict()), _flat(load_preset(matches[0]).to_dict())
+    skip = (*RESIZED_FIELDS, *NOT_ARCHITECTURE)
+    differences = [
+        f"{key} {theirs.get(key)!r} (model {ours.get(key)!r})"
+        for key in sorted(set(ours) | set(theirs))
+        if key not in skip and ours.get(key) != theirs.get(key)
+    ]
+    return (
+        f"it matches preset {matches[0]}, which differs from this model in "
+        f"{', '.join(differences)}; pass --model {matches[0]}"
+    )
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def matching_presets(state: StateDict) -> list[str]:
+    """The bundled presets whose models have exactly ``state``'s names and shapes (checked on
+    the meta device), positional-embedding sizes aside; those at ``state``'s own image size and
+    context length are preferred (ViT-L-14-CLIPA vs ViT-L-14-CLIPA-336)."""
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    conv, tokens = shapes.get("visual.conv1.weight"), shapes.get("token_embedding.weight")
+    if conv is None or tokens is None or IMAGE_POS not in shapes or TEXT_POS not in shapes:
+        return []
+    grid = round((shapes[IMAGE_POS][0] - 1) ** 0.5)
+    exact, resized = [], []
+    for name in preset_names():
+        config = load_preset(name)
+        vision, text = config.vision, config.text
+        if conv != (vision.width, 3, vision.patch_size, vision.patch_size) or tokens != (
+            text.vocab_size,
+            text.width,
+        ):
+            continue  # cheap checks first: most presets never get built
+        try:
+            sized = config.replace(
+                image_size=grid * vision.patch_size, context_length=shapes[TEXT_POS][0]
+            )
+        except ClipaError:
+            continue
+        if _meta_shapes(sized) == shapes:
+            own = (vision.grid, text.context_length) == (grid, shapes[TEXT_POS][0])
+            (exact if own else resized).append(name)
+    return exact or resized
+
+
+def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the state dict ``config`` builds, without memory or init."""
+    from clipa_train.model.clip import CLIP
+
+    with torch.device("meta"):
+        model = CLIP(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def recognise_preset(path: str | Path) -> ModelConfig:
+    """The preset (at its own sizes) that the OpenCLIP-format weights in ``path`` were written
+    for, or one error naming the candidates and the fix."""
+    matches = matching_presets(read_weights(path))
+    if len(matches) == 1:
+        return load_preset(matches[0])
+    if not matches:
+        raise ClipaError(
+            f"{path} holds no architecture (OpenCLIP/CLIPA weights) and matches no bundled "
+            "preset; pass --model PRESET (a name or a preset .json)"
+        )
+    raise ClipaError(
+        f"{path} holds no architecture and matches the presets {', '.join(matches)}; "
+        "pass --model with the one it was trained with"
+    )
 
 
 def load_openclip_weights(
@@ -135,7 +232,7 @@ def load_openclip_weights(
         name, state = str(source), read_weights(source)
     else:
         name, state = "state dict", unwrap_state_dict(source)
-    state = resize_positional_embeddings(state, model, report)
-    check_compatible(state, model, name)
-    model.load_state_dict(state, strict=True)
+    resized = resize_positional_embeddings(state, model, report)
+    check_compatible(resized, model, name, as_written=state)
+    model.load_state_dict(resized, strict=True)
     return model
