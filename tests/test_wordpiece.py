@@ -155,6 +155,17 @@ def test_v2_syntax_mask_is_the_originals_noun_tokenize(vocab):
             assert reducer(caption, None, 0, rng).tolist() == expected, (caption, length)
 
 
+def test_zero_shot_prompts_use_the_wordpiece_syntax_mask(vocab):
+    from clipa_train.evaluate import prompt_encoder
+
+    library = library_tokenizers(vocab)["json"]
+    table = load_tokenizer(str(vocab["json"])).priorities()
+    prompts = [f"a photo of a {caption}" for caption in CAPTIONS]
+    encode = prompt_encoder(8, "syntax", None, tokenizer=str(vocab["json"]))
+    expected = [noun_tokenize(library, table, prompt, 8) for prompt in prompts]
+    assert encode(prompts).tolist() == expected
+
+
 def test_priority_table_is_tagged_once_and_cached_beside_the_vocabulary(vocab, tmp_path):
     from clipa_data.core.taggers import load_tagger, resolve_tagger
 
@@ -241,8 +252,11 @@ def test_a_tiny_model_trains_and_evaluates_with_wordpiece(data, vocab, tmp_path)
     out = tmp_path / "run"
     folder = vocab["txt"].parent
     result = invoke(train_app, *tiny(data["plain"], out, "--tokenizer", folder,
-                                     "--text-mask", "syntax"))  # fmt: skip
+                                     "--text-mask", "syntax", "--zeroshot", data["eval"],
+                                     "--classnames", data["classnames"]))  # fmt: skip
     assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["zeroshot"]["n"] == 20  # in-loop zero-shot, prompts syntax-masked (v2)
     options = json.loads((out / "config.json").read_text())["options"]
     assert options["tokenizer"] == str(folder) and options["text_mask"] == "syntax"
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
