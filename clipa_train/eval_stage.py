@@ -15,6 +15,7 @@ from typing import Annotated
 from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.tokenizer import CLIP_BPE
 from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 
 CROPS = ("center", "square")
@@ -53,6 +54,11 @@ class EvalConfig:
     out: Annotated[
         str | None, Doc("Where eval.json goes (default: the run directory of the checkpoint).")
     ] = None
+    tokenizer: Annotated[
+        str,
+        Doc("Prompt tokenizer: clip-bpe, or the local WordPiece tokenizer.json / vocab.txt (or "
+            "its folder) the model was trained with."),
+    ] = CLIP_BPE  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -61,6 +67,10 @@ class EvalConfig:
             raise ClipaError("--batch-size must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:
             raise ClipaError("--image-size must be positive")
+        if self.tokenizer != CLIP_BPE:
+            from clipa_data.core.tokenizer import load_tokenizer
+
+            load_tokenizer(self.tokenizer)  # a missing or bad vocabulary: one line, now
 
     def result_path(self) -> Path:
         """``eval.json``: ``--out``, else next to ``checkpoints/`` (the run dir), else beside it."""
@@ -102,9 +112,8 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         batch_size=config.batch_size,
         workers=config.workers,
     )
-    scores = evaluate_zeroshot(
-        model, backend, zset, settings, prompt_encoder(settings.text_length, "truncate")
-    )
+    prompts = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
+    scores = evaluate_zeroshot(model, backend, zset, settings, prompts)
     result = {
         **scores,
         "checkpoint": config.checkpoint,

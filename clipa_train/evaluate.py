@@ -23,7 +23,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import parse_message
 from clipa_data.core.text_reduction import RankedWords, priority_of_tag, rank_words, text_mask
 from clipa_data.core.tfrecord import read_records
-from clipa_data.core.tokenizer import default_tokenizer
+from clipa_data.core.tokenizer import CLIP_BPE, load_tokenizer
 from clipa_train import zeroshot
 from clipa_train.image import ImageConfig, ImageError, load_image
 
@@ -166,20 +166,24 @@ def image_batches(
     )
 
 
-def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[str]], torch.Tensor]:
+def prompt_encoder(
+    length: int, mask: str, tagger_spec=None, tokenizer: str = CLIP_BPE
+) -> Callable[[list[str]], torch.Tensor]:
     """Token ids for prompts at the stage's text length, cached per prompt.
 
     A mask that needs words (syntax) tags prompts with the tagger that made the training
-    sidecars (as CLIPA's in-loop evaluation syntax-masks prompts); one that draws at random
+    sidecars (as CLIPA's in-loop evaluation syntax-masks prompts), or, with a WordPiece
+    ``tokenizer``, ranks their words from its vocabulary's table; one that draws at random
     (random, block) evaluates deterministically with truncation.
     """
     strategy = text_mask(mask)
     if strategy.draws:
         strategy = text_mask("truncate")
-    tokenizer = default_tokenizer()
+    tokenizer = load_tokenizer(tokenizer)
+    own_words = strategy.needs_words and tokenizer.own_words()
     cache: dict[str, np.ndarray] = {}
     tagger = None
-    if strategy.needs_words:
+    if strategy.needs_words and not own_words:
         if tagger_spec is None:
             raise ClipaError(f"{mask}-masked prompts need the tagger recorded in the sidecars")
         from clipa_data.core.taggers import load_tagger
@@ -187,6 +191,8 @@ def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[s
         tagger = load_tagger(tagger_spec)
 
     def words_of(prompts: list[str]) -> list[RankedWords | None]:
+        if own_words:
+            return [tokenizer.ranked_words(prompt) for prompt in prompts]
         if tagger is None or not prompts:
             return [None] * len(prompts)
         ranked = []
@@ -205,7 +211,7 @@ def prompt_encoder(length: int, mask: str, tagger_spec=None) -> Callable[[list[s
         missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in cache]
         for prompt, words in zip(missing, words_of(missing), strict=True):
             ids = np.asarray(tokenizer.encode(prompt), dtype=np.int64)
-            cache[prompt] = strategy.reduce(ids, length, None, words)
+            cache[prompt] = strategy.reduce(ids, length, None, words, tokenizer.format)
         return torch.from_numpy(np.stack([cache[prompt] for prompt in prompts]))
 
     return encode

@@ -111,6 +111,7 @@ class Loader:
             check_crc=config.check_crc,
             text_source=config.text_source,
             need_sidecars=config.text.needs_sidecars,
+            tokenizer=config.text.tokenizer,
         )
         self.steps_per_epoch = plan.steps_per_epoch(
             self.reader.split.num_records, config.batch_size, world, config.samples_per_epoch

@@ -11,8 +11,9 @@ Text
 ----
 The CLIPA strategies of ``clipa_data.core.text_reduction`` (its ``TEXT_MASK_STRATEGIES``) give
 ``int64[length]``. Ids come from the shard's sidecar when the stream uses sidecars, else the
-caption is tokenised on the fly (not for a strategy that needs words, such as syntax: it needs
-the POS tags that ``clipa-data tag`` stores in sidecars).
+caption is tokenised on the fly (not for a strategy that needs words, such as syntax: with
+CLIP BPE it needs the POS tags that ``clipa-data tag`` stores in sidecars; a WordPiece tokenizer
+ranks a caption's words itself, from its vocabulary's priority table).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import pick
 from clipa_data.core.sidecar import MAX_CAPTION_TOKENS, SidecarRows
 from clipa_data.core.text_reduction import text_mask
+from clipa_data.core.tokenizer import CLIP_BPE, CLIP_FORMAT
 from clipa_train.image_masks import IMAGE_MASK_STRATEGIES, ImageMaskStrategy
 
 
@@ -79,6 +81,8 @@ class TextReductionConfig:
     """A text mask of ``clipa_data.core.text_reduction`` (``TEXT_MASKS``)."""
     length: int = 32
     """Tokens per row, SOT and EOT included (CLIPA pre-training: 8 or 16; fine-tuning: 32)."""
+    tokenizer: str = CLIP_BPE
+    """``--tokenizer``: ``clip-bpe`` or a WordPiece vocabulary file (``load_tokenizer``)."""
 
     def __post_init__(self) -> None:
         text_mask(self.mask)  # an unknown name is refused with the list of known ones
@@ -87,8 +91,9 @@ class TextReductionConfig:
 
     @property
     def needs_sidecars(self) -> bool:
-        """Whether the mask needs the tagger's words, which only sidecars hold (syntax)."""
-        return text_mask(self.mask).needs_words
+        """Whether the mask needs the tagger's words, which only sidecars hold (CLIP BPE syntax;
+        a WordPiece tokenizer ranks words itself)."""
+        return text_mask(self.mask).needs_words and self.tokenizer == CLIP_BPE
 
 
 class TextReducer:
@@ -99,13 +104,18 @@ class TextReducer:
         self.strategy = text_mask(config.mask)
         self._tokenizer = None
 
-    def caption_ids(self, caption: str) -> np.ndarray:
-        """BPE ids of a raw caption (capped as sidecars cap them)."""
+    @property
+    def tokenizer(self):
+        """The ``TextTokenizer``, loaded on first use (in the worker process)."""
         if self._tokenizer is None:
-            from clipa_data.core.tokenizer import default_tokenizer
+            from clipa_data.core.tokenizer import load_tokenizer
 
-            self._tokenizer = default_tokenizer()
-        ids = self._tokenizer.encode(caption)[:MAX_CAPTION_TOKENS]
+            self._tokenizer = load_tokenizer(self.config.tokenizer)
+        return self._tokenizer
+
+    def caption_ids(self, caption: str) -> np.ndarray:
+        """Ids of a raw caption (capped as sidecars cap them)."""
+        ids = self.tokenizer.encode(caption)[:MAX_CAPTION_TOKENS]
         return np.asarray(ids, dtype=np.int64)
 
     def __call__(
@@ -118,12 +128,15 @@ class TextReducer:
         """``int64[length]`` for the caption of sidecar row ``row`` (or ``caption`` without)."""
         needs_words = self.strategy.needs_words
         if rows is None:
-            if needs_words:
+            if self.config.needs_sidecars:
                 raise ClipaError(
                     f"the {self.config.mask} text mask needs sidecars: run clipa-data tag"
                 )
-            ids, words = self.caption_ids(caption), None
+            ids = self.caption_ids(caption)
+            words = self.tokenizer.ranked_words(caption) if needs_words else None
         else:
             ids = rows.caption_ids(row)
             words = rows.ranked_words(row) if needs_words else None
-        return self.strategy.reduce(ids, self.config.length, rng, words)
+        # CLIP BPE's frame needs no tokenizer: workers that read sidecar ids never build one.
+        fmt = CLIP_FORMAT if self.config.tokenizer == CLIP_BPE else self.tokenizer.format
+        return self.strategy.reduce(ids, self.config.length, rng, words, fmt)

@@ -149,9 +149,26 @@ def _reduction(config: TrainConfig, model: ModelConfig):
         reduction.image_mask, patch_size=model.vision.patch_size, ratio=reduction.mask_ratio
     )
     text = TextReductionConfig(
-        reduction.text_mask or model.text.text_mask, model.text.context_length
+        reduction.text_mask or model.text.text_mask,
+        model.text.context_length,
+        tokenizer=config.model.tokenizer,
     )
     return image, patch_mask, text
+
+
+def _check_tokenizer(text: TextReductionConfig, model: ModelConfig) -> None:
+    """``--tokenizer`` loads (a missing file: one line), its ids fit the model's vocabulary,
+    and a WordPiece syntax mask has its priority table before workers start."""
+    from clipa_data.core.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(text.tokenizer)
+    if tokenizer.vocab_size > model.text.vocab_size:
+        raise ClipaError(
+            f"--tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids but the model's text "
+            f"vocabulary has {model.text.vocab_size}; use a model with a larger vocabulary"
+        )
+    if text_mask_strategy(text.mask).needs_words and not text.needs_sidecars:
+        tokenizer.own_words()
 
 
 def _backend(config: TrainConfig) -> BackendConfig:
@@ -210,8 +227,12 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     backend = _backend(config)
     model = stage_model(config)
     image, patch_mask, text = _reduction(config, model)
-    syntax = needs_sidecars(text.mask)
-    reader = open_split(config.run.data, config.run.split, need_sidecars=syntax)
+    _check_tokenizer(text, model)
+    syntax = text.needs_sidecars
+    reader = open_split(
+        config.run.data, config.run.split, text_source=config.run.text_source,
+        need_sidecars=syntax, tokenizer=text.tokenizer,
+    )  # fmt: skip
     evaluation = config.evaluation
     if evaluation.zeroshot:
         open_zeroshot_set(evaluation.zeroshot, evaluation.classnames, evaluation.templates)

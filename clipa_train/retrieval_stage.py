@@ -105,7 +105,7 @@ def evaluate_retrieval_checkpoint(
         backend,
         rset,
         settings,
-        prompt_encoder(text_length, "truncate"),
+        prompt_encoder(text_length, "truncate", tokenizer=config.tokenizer),
         progress(total) if progress else lambda done: None,
     )
     result = {

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from clipa_data.core.config_fields import Choices, Doc, field_specs
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
+from clipa_data.core.tokenizer import CLIP_BPE
 from clipa_train.backend_config import BACKENDS, PRECISIONS
 from clipa_train.compile import COMPILES
 from clipa_train.image_masks import IMAGE_MASKS
@@ -35,6 +36,7 @@ from clipa_train.recipes import (
     get_recipe,
 )
 from clipa_train.sharding import SHARDINGS
+from clipa_train.shards import TEXT_SOURCES
 
 STAGES = ("pretrain", "finetune")
 
@@ -63,6 +65,12 @@ class RunOptions:
     workers: Annotated[int, Doc("Data-loading worker processes per device.")] = 2
     shuffle_buffer: Annotated[int, Doc("Records each loader worker holds for shuffling.")] = 8192
     seed: Annotated[int, Doc("Seed of model init, data order, crops and masks.")] = 0
+    text_source: Annotated[
+        str,
+        Doc("Caption ids from the sidecars of clipa-data tag (sidecar), tokenised from the "
+            "caption (caption), or auto: sidecars when the builder has them."),
+        Choices(TEXT_SOURCES),
+    ] = "auto"  # fmt: skip
 
     def __post_init__(self) -> None:
         _require([(self.workers >= 0, "--workers must be ≥ 0")])
@@ -91,6 +99,17 @@ class ModelOptions:
     grad_checkpointing: Annotated[
         bool, Doc("Recompute each transformer block in the backward pass (less memory).")
     ] = False
+    tokenizer: Annotated[
+        str,
+        Doc("Text tokenizer: clip-bpe, or a local WordPiece tokenizer.json / vocab.txt (or its "
+            "folder; nothing is downloaded) for CLIPA-v2 rows: [CLS] + L-1 wordpieces, no [SEP]."),
+    ] = CLIP_BPE  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.tokenizer != CLIP_BPE:
+            from clipa_data.core.tokenizer import load_tokenizer
+
+            load_tokenizer(self.tokenizer)  # a missing or bad vocabulary: one line, first
 
 
 @dataclass(frozen=True)
@@ -448,12 +467,14 @@ OPTIONS: dict[str, str] = {
     "workers": "run.workers",
     "shuffle_buffer": "run.shuffle_buffer",
     "seed": "run.seed",
+    "text_source": "run.text_source",
     "model": "model.name",
     "from_checkpoint": "model.from_checkpoint",
     "recipe": "recipe",
     "pos_embed": "model.pos_embed",
     "loss": "model.loss",
     "grad_checkpointing": "model.grad_checkpointing",
+    "tokenizer": "model.tokenizer",
     "image_size": "reduction.image_size",
     "image_mask": "reduction.image_mask",
     "mask_ratio": "reduction.mask_ratio",

@@ -26,7 +26,7 @@ from typing import BinaryIO, Literal
 from clipa_data.core import layout, sidecar, tfrecord
 from clipa_data.core.errors import ClipaError, CorruptShardError
 from clipa_data.core.example import bytes_value, parse_message
-from clipa_data.core.tokenizer import vocab_sha256
+from clipa_data.core.tokenizer import CLIP_BPE, load_tokenizer
 
 TextSource = Literal["auto", "sidecar", "caption"]
 TEXT_SOURCES: tuple[str, ...] = ("auto", "sidecar", "caption")
@@ -164,6 +164,8 @@ class ShardReader:
     """Verify every record's payload checksum (the length checksum is always checked)."""
     use_sidecars: bool
     """Attach each shard's sidecar rows to its records."""
+    tokenizer: str = CLIP_BPE
+    """``--tokenizer``: the sidecars must hold this tokenizer's ids."""
     _sidecars: OrderedDict = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False, hash=False
     )
@@ -231,11 +233,14 @@ class ShardReader:
 
 
 def _expectation(reader: ShardReader, shard: int) -> sidecar.SidecarExpectation:
+    tokenizer = load_tokenizer(reader.tokenizer)
     return sidecar.SidecarExpectation(
         shard=reader.shard_name(shard),
         num_records=reader.split.shards[shard].num_records,
-        vocab_sha256=vocab_sha256(),
+        vocab_sha256=tokenizer.sha256(),
         text_field=reader.fields.text,
+        tokenizer=tokenizer.name,
+        tokenizer_source=tokenizer.source,
     )
 
 
@@ -283,12 +288,14 @@ def open_split(
     check_crc: bool = False,
     text_source: TextSource = "auto",
     need_sidecars: bool = False,
+    tokenizer: str = CLIP_BPE,
 ) -> ShardReader:
     """Check a builder directory's split (and its sidecars) and return a reader for it.
 
     ``text_source``: ``sidecar`` requires sidecars, ``caption`` ignores them, ``auto`` uses them
     when the builder has a sidecar folder. ``need_sidecars`` (the syntax mask) refuses a
-    builder without sidecars, naming the command that makes them.
+    builder without sidecars, naming the command that makes them. Sidecars made by another
+    tokenizer than ``tokenizer`` (``--tokenizer``) are refused in one line.
     """
     builder = layout.resolve_builder_dir(builder)
     info = layout.read_split(builder, split)
@@ -305,7 +312,7 @@ def open_split(
             f"create them with: clipa-data tag {builder}"
         )
     use_sidecars = text_source != "caption" and has_sidecars
-    reader = ShardReader(str(builder), info, fields, check_crc, use_sidecars)
+    reader = ShardReader(str(builder), info, fields, check_crc, use_sidecars, tokenizer)
     if use_sidecars:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(functools.partial(check_sidecar, reader), range(len(info.shards))))

@@ -123,6 +123,7 @@ def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
         seed=run.seed,
         workers=run.workers,
         shuffle_buffer=run.shuffle_buffer,
+        text_source=run.text_source,
     )
     return Loader(stream, rank=backend.rank, world=backend.world)
 
@@ -142,8 +143,11 @@ def zeroshot_hook(stage: ResolvedStage, backend):
         return lambda model, step: {}
     evaluation = stage.config.evaluation
     zset = open_zeroshot_set(evaluation.zeroshot, evaluation.classnames, evaluation.templates)
-    prompt_mask = stage.text.mask if stage.tagger is not None else "truncate"
-    encode = prompt_encoder(stage.text.length, prompt_mask, stage.tagger)
+    # Without the sidecars' tagger here, CLIP BPE syntax prompts are truncated (WordPiece ranks
+    # its own words).
+    untagged = stage.text.needs_sidecars and stage.tagger is None
+    prompt_mask = "truncate" if untagged else stage.text.mask
+    encode = prompt_encoder(stage.text.length, prompt_mask, stage.tagger, stage.text.tokenizer)
     settings = EvalSettings(
         image_size=stage.image.size,
         text_length=stage.text.length,

@@ -24,9 +24,10 @@ Readers that apply the syntax mask to many rows use ``SidecarRows.ranked_words``
 ``text_reduction.syntax_mask_ranked``: the stable rank of every word is computed once per file
 (vectorised), so a row's selection is one comparison and one gather.
 
-The schema metadata records the tagger (name, version, model), the vocabulary's sha256, the text
-field, the package version, the shard file name and the caps. A reader checks metadata and row
-count before training starts (never mid-epoch).
+The schema metadata records the tagger (name, version, model), the tokenizer that made the ids
+(``clip-bpe``; sidecars written before it was recorded read as ``clip-bpe``) and its
+vocabulary's sha256, the text field, the package version, the shard file name and the caps. A
+reader checks metadata and row count before training starts (never mid-epoch).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from clipa_data.core import __version__, layout
 from clipa_data.core.atomic import atomic_writer
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import stable_ranks
+from clipa_data.core.tokenizer import CLIP_BPE
 
 MAX_CAPTION_TOKENS = 1024
 """Captions longer than this many BPE ids are cut (random/block masks then draw from these)."""
@@ -93,6 +95,8 @@ class SidecarInfo:
     """The example feature the captions were read from, e.g. ``txt``."""
     shard: str
     """File name of the tfrecord shard this sidecar belongs to."""
+    tokenizer: str = CLIP_BPE
+    """The tokenizer that made the ids (``TextTokenizer.name``; older sidecars: clip-bpe)."""
 
     def to_metadata(self) -> dict[bytes, bytes]:
         payload = {
@@ -108,6 +112,7 @@ class SidecarInfo:
     def from_metadata(cls, metadata: Mapping[bytes, bytes] | None, path: str) -> SidecarInfo:
         try:
             payload = json.loads(metadata[METADATA_KEY])
+            payload.setdefault("tokenizer", CLIP_BPE)  # written before the field existed
             return cls(**{name: payload[name] for name in cls.__dataclass_fields__})
         except (TypeError, KeyError, json.JSONDecodeError):
             raise ClipaError(
@@ -251,10 +256,21 @@ class SidecarExpectation:
     """sha256 of the vocabulary the reader tokenises with."""
     text_field: str
     """The caption field the reader expects, e.g. ``txt``."""
+    tokenizer: str = CLIP_BPE
+    """The reader's tokenizer (``TextTokenizer.name``) and, for messages, its vocabulary."""
+    tokenizer_source: str = CLIP_BPE
+    """Where the reader's vocabulary comes from (``--tokenizer``)."""
 
 
 def check_info(info: SidecarInfo, expected: SidecarExpectation, path: str) -> None:
     """Raise a one-line error if a sidecar was made with another vocabulary or text field."""
+    if info.tokenizer != expected.tokenizer:
+        raise ClipaError(
+            f"{path}: sidecar of shard {expected.shard} holds {info.tokenizer} ids but this run "
+            f"tokenises with {expected.tokenizer} ({expected.tokenizer_source}); pass "
+            "--text-source caption to tokenise the captions instead (the WordPiece syntax mask "
+            "needs no sidecars), or --tokenizer clip-bpe"
+        )
     if info.vocab_sha256 != expected.vocab_sha256:
         raise ClipaError(
             f"{path}: sidecar of shard {expected.shard} was written with another BPE vocabulary "

@@ -1,8 +1,10 @@
 """Text token reduction: the four CLIPA strategies as pure functions with a fixed output length.
 
 Every function returns ``int64[length]`` = SOT + at most ``length - 2`` kept BPE ids + EOT, then
-zero padding. Randomness comes only from the ``numpy.random.Generator`` argument. A caption whose
-BPE ids already fit (``len(ids) <= length - 2``) is returned unchanged by every strategy.
+zero padding, or in the tokenizer's other format (``fmt``: CLIPA-v2 WordPiece rows are ``[CLS]`` +
+at most ``length - 1`` ids, no end id; "``length - 2``" below is then ``length - 1``). Randomness
+comes only from the ``numpy.random.Generator`` argument. A caption whose BPE ids already fit
+(``len(ids) <= length - 2``) is returned unchanged by every strategy.
 
 Examples with ``length = 6`` (4 kept ids) and a caption of 6 BPE ids ``a b c d e f``::
 
@@ -20,6 +22,9 @@ Syntax follows CLIPA/OpenCLIP's ``syntax_mask_tokenize``: per tagger word a prio
 JJ*=2, VB*=3, other=4; a *stable* sort keeps the ``length - 2`` best words (earlier words win
 ties, where the original's unstable ``np.argsort`` is numpy-version dependent); the kept words
 are restored to text order, their BPE ids concatenated, cut to ``length - 2`` and wrapped.
+With a WordPiece tokenizer the same selection is CLIPA-v2's ``noun_tokenize``: its words are
+BERT basic words ranked by their first wordpiece's out-of-context priority, from the tokenizer
+itself (``TextTokenizer.ranked_words``, no sidecars).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import pick
-from clipa_data.core.tokenizer import EOT, PAD, SOT
+from clipa_data.core.tokenizer import CLIP_FORMAT, TextFormat
 
 RankedWords = tuple[np.ndarray, np.ndarray]
 """A caption's tagger words for the syntax mask: (concatenated word ids, stable rank of the word
@@ -49,39 +54,44 @@ def priority_of_tag(tag: str) -> int:
     return 4
 
 
-def wrap(body: np.ndarray, length: int) -> np.ndarray:
-    """SOT + body (at most length-2 ids) + EOT, zero-padded to ``length``."""
-    kept = body[: length - 2]
-    out = np.full(length, PAD, dtype=np.int64)
-    out[0] = SOT
+def wrap(body: np.ndarray, length: int, fmt: TextFormat = CLIP_FORMAT) -> np.ndarray:
+    """SOT + body (at most length-2 ids) + EOT, zero-padded to ``length`` (or ``fmt``'s frame)."""
+    kept = body[: fmt.keep(length)]
+    out = np.full(length, fmt.pad, dtype=np.int64)
+    out[0] = fmt.start
     out[1 : 1 + len(kept)] = kept
-    out[1 + len(kept)] = EOT
+    if fmt.end is not None:
+        out[1 + len(kept)] = fmt.end
     return out
 
 
-def truncate(ids: np.ndarray, length: int) -> np.ndarray:
+def truncate(ids: np.ndarray, length: int, fmt: TextFormat = CLIP_FORMAT) -> np.ndarray:
     """SOT + the first ``length - 2`` ids + EOT (OpenCLIP's default tokenization)."""
-    return wrap(np.asarray(ids), length)
+    return wrap(np.asarray(ids), length, fmt)
 
 
-def random_mask(ids: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+def random_mask(
+    ids: np.ndarray, length: int, rng: np.random.Generator, fmt: TextFormat = CLIP_FORMAT
+) -> np.ndarray:
     """Keep ``length - 2`` ids drawn uniformly without replacement, in their original order."""
     ids = np.asarray(ids)
-    keep = length - 2
+    keep = fmt.keep(length)
     if len(ids) <= keep:
-        return wrap(ids, length)
+        return wrap(ids, length, fmt)
     chosen = np.sort(rng.permutation(len(ids))[:keep])
-    return wrap(ids[chosen], length)
+    return wrap(ids[chosen], length, fmt)
 
 
-def block_mask(ids: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+def block_mask(
+    ids: np.ndarray, length: int, rng: np.random.Generator, fmt: TextFormat = CLIP_FORMAT
+) -> np.ndarray:
     """Keep ``length - 2`` consecutive ids starting at a uniformly random position."""
     ids = np.asarray(ids)
-    keep = length - 2
+    keep = fmt.keep(length)
     if len(ids) <= keep:
-        return wrap(ids, length)
+        return wrap(ids, length, fmt)
     start = int(rng.integers(0, len(ids) - keep + 1))
-    return wrap(ids[start : start + keep], length)
+    return wrap(ids[start : start + keep], length, fmt)
 
 
 def syntax_mask(
@@ -90,6 +100,7 @@ def syntax_mask(
     word_lengths: np.ndarray,
     priorities: np.ndarray,
     length: int,
+    fmt: TextFormat = CLIP_FORMAT,
 ) -> np.ndarray:
     """Keep the best ``length - 2`` words by POS priority (stable), in text order; deterministic.
 
@@ -98,16 +109,16 @@ def syntax_mask(
     them belong to word i, ``priorities[i]`` its priority (see ``priority_of_tag``).
     """
     caption_ids = np.asarray(caption_ids)
-    keep = length - 2
+    keep = fmt.keep(length)
     if len(caption_ids) <= keep:
-        return wrap(caption_ids, length)
+        return wrap(caption_ids, length, fmt)
     word_ids = np.asarray(word_ids)
     priorities = np.asarray(priorities)
     if len(priorities) <= keep:
-        return wrap(word_ids, length)
+        return wrap(word_ids, length, fmt)
     kept_words = np.zeros(len(priorities), dtype=bool)
     kept_words[np.argsort(priorities, kind="stable")[:keep]] = True
-    return wrap(word_ids[np.repeat(kept_words, word_lengths)], length)
+    return wrap(word_ids[np.repeat(kept_words, word_lengths)], length, fmt)
 
 
 def stable_ranks(priorities: np.ndarray, row_starts: np.ndarray) -> np.ndarray:
@@ -128,7 +139,11 @@ def stable_ranks(priorities: np.ndarray, row_starts: np.ndarray) -> np.ndarray:
 
 
 def syntax_mask_ranked(
-    caption_ids: np.ndarray, word_ids: np.ndarray, id_ranks: np.ndarray, length: int
+    caption_ids: np.ndarray,
+    word_ids: np.ndarray,
+    id_ranks: np.ndarray,
+    length: int,
+    fmt: TextFormat = CLIP_FORMAT,
 ) -> np.ndarray:
     """``syntax_mask`` with the ranks precomputed (``SidecarRows.ranked_words``): same output.
 
@@ -136,10 +151,10 @@ def syntax_mask_ranked(
     belongs to; keeping the ids whose word ranks below ``length - 2`` keeps the best words in
     text order.
     """
-    keep = length - 2
+    keep = fmt.keep(length)
     if len(caption_ids) <= keep:
-        return wrap(caption_ids, length)
-    return wrap(word_ids[id_ranks < keep], length)
+        return wrap(caption_ids, length, fmt)
+    return wrap(word_ids[id_ranks < keep], length, fmt)
 
 
 def rank_words(
@@ -151,32 +166,34 @@ def rank_words(
     return np.asarray(word_ids, dtype=np.int64), np.repeat(ranks, word_lengths)
 
 
-def _truncate(ids, length, rng, words) -> np.ndarray:
-    return truncate(ids, length)
+def _truncate(ids, length, rng, words, fmt=CLIP_FORMAT) -> np.ndarray:
+    return truncate(ids, length, fmt)
 
 
-def _random(ids, length, rng, words) -> np.ndarray:
-    return random_mask(ids, length, rng)
+def _random(ids, length, rng, words, fmt=CLIP_FORMAT) -> np.ndarray:
+    return random_mask(ids, length, rng, fmt)
 
 
-def _block(ids, length, rng, words) -> np.ndarray:
-    return block_mask(ids, length, rng)
+def _block(ids, length, rng, words, fmt=CLIP_FORMAT) -> np.ndarray:
+    return block_mask(ids, length, rng, fmt)
 
 
-def _syntax(ids, length, rng, words) -> np.ndarray:
+def _syntax(ids, length, rng, words, fmt=CLIP_FORMAT) -> np.ndarray:
     if words is None:
         raise ClipaError("the syntax text mask needs POS tags: run clipa-data tag")
-    return syntax_mask_ranked(np.asarray(ids), *words, length)
+    return syntax_mask_ranked(np.asarray(ids), *words, length, fmt)
 
 
 @dataclass(frozen=True)
 class TextMaskStrategy:
     """One text reduction and what it needs."""
 
-    reduce: Callable[[np.ndarray, int, np.random.Generator | None, RankedWords | None], np.ndarray]
-    """(caption BPE ids, length, generator, ranked words or None) -> ``int64[length]``."""
+    reduce: Callable[..., np.ndarray]
+    """(caption ids, length, generator, ranked words or None[, text format]) ->
+    ``int64[length]``."""
     needs_words: bool = False
-    """Whether it needs the tagger's words (the sidecars of ``clipa-data tag``)."""
+    """Whether it needs ranked words: CLIP BPE's from the sidecars of ``clipa-data tag``, a
+    WordPiece tokenizer's from its vocabulary's priority table (``ranked_words``)."""
     draws: bool = False
     """Whether it draws from the generator (zero-shot prompts then truncate, to stay fixed)."""
 
@@ -204,6 +221,7 @@ def reduce_text(
     length: int,
     rng: np.random.Generator | None = None,
     words: RankedWords | None = None,
+    fmt: TextFormat = CLIP_FORMAT,
 ) -> np.ndarray:
-    """``int64[length]`` of a caption's BPE ``ids`` under text mask ``name`` (``words``: syntax)."""
-    return text_mask(name).reduce(ids, length, rng, words)
+    """``int64[length]`` of a caption's ``ids`` under text mask ``name`` (``words``: syntax)."""
+    return text_mask(name).reduce(ids, length, rng, words, fmt)

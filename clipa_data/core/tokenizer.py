@@ -19,6 +19,10 @@ Speed, with ids unchanged (``tests/test_tokenizer.py`` proves identity on >10k v
   implementation below, which caches BPE per piece (instant's regex uses other Unicode tables,
   so characters added in later Unicode versions would split differently there);
 - ``encode_word`` caches whole words (the tagger's words repeat, Zipf-like).
+
+Every tokenizer (this one, ``clipa_data.core.wordpiece.WordPieceTokenizer``) offers the
+``TextTokenizer`` interface; ``load_tokenizer(spec)`` turns ``--tokenizer clip-bpe|PATH`` into
+one, and its ``format`` says how kept ids become a fixed-length row (``TextFormat``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ import hashlib
 import html
 import re
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import regex
 
@@ -51,6 +56,65 @@ NEEDS_FTFY = re.compile(r"[^\t\n\r\x20-\x25\x27-\x7e]")
 SPECIAL_TEXT = "_of_text>"
 """instant-clip-tokenizer turns ``<start_of_text>``/``<end_of_text>`` into special ids; we don't."""
 Backend = Literal["auto", "python", "instant"]
+CLIP_BPE = "clip-bpe"
+"""``--tokenizer`` name of this tokenizer (anything else is a path to a WordPiece vocabulary)."""
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How a tokenizer's kept ids become a fixed-length row: start id + ids [+ end id] + pad."""
+
+    start: int
+    """First id of every row: CLIP's SOT, BERT's ``[CLS]``."""
+    end: int | None
+    """Id after the kept ids (CLIP's EOT); None for CLIPA-v2's WordPiece rows (no ``[SEP]``)."""
+    pad: int = PAD
+    """Id of the padding after them (0 in both formats)."""
+
+    def keep(self, length: int) -> int:
+        """How many text ids a row of ``length`` holds: L-2 with an end id, else L-1."""
+        return length - 1 - (self.end is not None)
+
+
+CLIP_FORMAT = TextFormat(start=SOT, end=EOT)
+"""OpenCLIP's rows: SOT + at most L-2 BPE ids + EOT, zero-padded."""
+
+
+class TextTokenizer(Protocol):
+    """What the loader, the text masks, the sidecars and the zero-shot prompts need."""
+
+    name: str
+    """``clip-bpe`` or ``wordpiece`` (sidecars record it)."""
+    format: TextFormat
+    """How rows are framed."""
+    vocab_size: int
+    """Ids are below this (the model's text vocabulary must be at least this large)."""
+    source: str
+    """Where the vocabulary comes from (``clip-bpe`` or the file), for messages."""
+
+    def sha256(self) -> str:
+        """sha256 of the vocabulary file (sidecars record it)."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, no special ids."""
+        ...
+
+    def encode_word(self, word: str) -> tuple[int, ...]:
+        """``encode`` of one tagger word, cached."""
+        ...
+
+    def decode(self, ids) -> str:
+        """Text of ``ids`` with special and pad ids dropped."""
+        ...
+
+    def own_words(self) -> bool:
+        """Ready the syntax mask's words without sidecars (False: it needs the sidecars)."""
+        ...
+
+    def ranked_words(self, text: str):
+        """``text_reduction.RankedWords`` of ``text`` when ``own_words()``, else None."""
+        ...
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -112,6 +176,11 @@ class ClipTokenizer:
     ``backend``: ``python`` (pure-Python BPE, cached per piece), ``instant``
     (instant-clip-tokenizer; an error if it is missing) or ``auto`` (instant when installed).
     """
+
+    name = CLIP_BPE
+    source = CLIP_BPE
+    format = CLIP_FORMAT
+    vocab_size = VOCAB_SIZE
 
     def __init__(self, backend: Backend = "auto") -> None:
         vocabulary = vocab_bytes()
@@ -203,8 +272,29 @@ class ClipTokenizer:
         raw = bytearray(self.byte_decoder[c] for c in symbols)
         return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
+    def sha256(self) -> str:
+        """sha256 of the shipped merges file."""
+        return vocab_sha256()
+
+    def own_words(self) -> bool:
+        """CLIP BPE's syntax mask reads the tagger's words in context from the sidecars."""
+        return False
+
+    def ranked_words(self, text: str) -> None:
+        return None
+
 
 @functools.cache
 def default_tokenizer() -> ClipTokenizer:
     """A process-wide tokenizer (building one parses the 1.4 MB vocabulary: ~0.3 s)."""
     return ClipTokenizer()
+
+
+def load_tokenizer(spec: str = CLIP_BPE) -> TextTokenizer:
+    """``--tokenizer``: ``clip-bpe``, or a WordPiece ``tokenizer.json`` / ``vocab.txt`` (or the
+    folder holding one); a ``ClipaError`` naming where the file should be when it is not there."""
+    if spec == CLIP_BPE:
+        return default_tokenizer()
+    from clipa_data.core.wordpiece import load_wordpiece
+
+    return load_wordpiece(spec)

@@ -27,7 +27,7 @@ from clipa_data.core.sidecar import (
     compare_keys,
     load_sidecar,
 )
-from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
+from clipa_data.core.tokenizer import CLIP_BPE, TextTokenizer, load_tokenizer, vocab_sha256
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, iter_captions
 
 
@@ -47,6 +47,11 @@ class PreviewConfig:
         str | None, Doc("Split to read; None (not given) = the only split, or train.")
     ] = None
     text_field: Annotated[str, Doc("Record feature holding the caption.")] = DEFAULT_TEXT_FIELD
+    tokenizer: Annotated[
+        str,
+        Doc("clip-bpe, or a local WordPiece tokenizer.json / vocab.txt (or its folder): CLIPA-v2 "
+            "rows, [CLS] + L-1 wordpieces; its syntax mask needs no sidecars."),
+    ] = CLIP_BPE  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.text_mask not in tr.TEXT_MASK_STRATEGIES:
@@ -111,15 +116,20 @@ def reduce(
     rows: SidecarRows | None,
     index: int,
     rng: np.random.Generator,
+    tokenizer: TextTokenizer,
 ) -> np.ndarray:
     """The caption's ids after the configured reduction."""
     strategy = tr.text_mask(config.text_mask)
     if rows is not None:
         ids = rows.caption_ids(index)
     else:
-        ids = np.asarray(default_tokenizer().encode(caption.text)[:MAX_CAPTION_TOKENS])
-    words = rows.ranked_words(index) if strategy.needs_words and rows is not None else None
-    return strategy.reduce(ids, config.text_length, rng, words)
+        ids = np.asarray(tokenizer.encode(caption.text)[:MAX_CAPTION_TOKENS])
+    words = None
+    if strategy.needs_words and rows is not None:
+        words = rows.ranked_words(index)
+    elif strategy.needs_words:
+        words = tokenizer.ranked_words(caption.text)
+    return strategy.reduce(ids, config.text_length, rng, words, tokenizer.format)
 
 
 def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
@@ -127,12 +137,14 @@ def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
     builder = layout.resolve_builder_dir(config.builder_dir)
     split = layout.read_split(builder, choose_split(builder, config.split))
     rng = np.random.default_rng(config.seed)
-    tokenizer = default_tokenizer()
+    tokenizer = load_tokenizer(config.tokenizer)
+    # Sidecars hold CLIP BPE ids; a tokenizer that ranks its own words (WordPiece) reads captions.
+    own_words = tokenizer.own_words()
     left = config.n
     for shard in split.shards:
         if left == 0 or shard.num_records == 0:
             continue
-        rows = open_sidecar(builder, shard, config)
+        rows = None if own_words else open_sidecar(builder, shard, config)
         captions = list(itertools.islice(iter_captions(shard.path, config.text_field), left))
         if rows is not None:
             compare_keys(
@@ -142,7 +154,7 @@ def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
                 Path(shard.path).name,
             )
         for index, caption in enumerate(captions):
-            ids = reduce(config, caption, rows, index, rng)
+            ids = reduce(config, caption, rows, index, rng, tokenizer)
             yield PreviewRow(
                 key=caption.key,
                 caption=caption.text,
