@@ -100,10 +100,16 @@ app.command("finetune", help=FINETUNE_HELP)(reports_errors(train_command("finetu
 
 
 def eval_body(as_json: bool = False, **options) -> None:
-    """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders."""
-    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint
+    """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders;
+    with --suite paper --data-root DIR, every set of the paper's table found under DIR."""
+    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint, evaluate_suite
 
     config = EvalConfig(**options)
+    if config.suite is not None:
+        from clipa_cli.suite_output import print_suite
+
+        print_suite(evaluate_suite(config), config.result_path(), as_json)
+        return
     result = evaluate_checkpoint(config)
     if as_json:
         print(json.dumps(result))

@@ -104,10 +104,14 @@ def eval_options() -> list[inspect.Parameter]:
     as_json = inspect.Parameter(
         "as_json",
         inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(False, "--json", help="Print the result as one JSON object."),
+        default=typer.Option(
+            False,
+            "--json",
+            help="Print the result as one JSON object (with --suite: one line per set).",
+        ),
         annotation=bool,
     )
-    required = {"checkpoint", "dataset"}
+    required = {"checkpoint"}  # and --imagenet-val or --suite: EvalConfig says which
     return [_required(p) if p.name in required else p for p in parameters] + [as_json]
 
 

@@ -26,10 +26,10 @@ class EvalConfig:
 
     checkpoint: Annotated[str, Doc("A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")]
     dataset: Annotated[
-        str,
+        str | None,
         Doc("ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
             "with --classnames any folder of class folders."),
-    ]  # fmt: skip
+    ] = None  # fmt: skip
     classnames: Annotated[
         str | None,
         Doc("Class names file for a non-ImageNet set (one per line, sorted folder order)."),
@@ -53,6 +53,14 @@ class EvalConfig:
     out: Annotated[
         str | None, Doc("Where eval.json goes (default: the run directory of the checkpoint).")
     ] = None
+    suite: Annotated[
+        str | None,
+        Doc("Instead of one set, every set of a suite found under --data-root: paper "
+            "(ImageNet-1K, -V2, -A, -R, ObjectNet, -Sketch)."),
+    ] = None  # fmt: skip
+    data_root: Annotated[
+        str | None, Doc("Folder holding the suite's sets under their conventional names.")
+    ] = None
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -61,6 +69,16 @@ class EvalConfig:
             raise ClipaError("--batch-size must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:
             raise ClipaError("--image-size must be positive")
+        one_set, suite = self.dataset is not None, self.suite is not None
+        if one_set == suite:
+            raise ClipaError(
+                "give one set with --imagenet-val DIR or a suite with --suite paper --data-root DIR"
+                + (", not both" if one_set else "")
+            )
+        if suite and (self.data_root is None or self.classnames is not None):
+            raise ClipaError("--suite needs --data-root DIR (and takes no --classnames)")
+        if not suite and self.data_root is not None:
+            raise ClipaError("--data-root applies to --suite; for one set use --imagenet-val DIR")
 
     def result_path(self) -> Path:
         """``eval.json``: ``--out``, else next to ``checkpoints/`` (the run dir), else beside it."""
@@ -116,5 +134,34 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         "crop": config.crop,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    write_json(config.result_path(), result)
+    return result
+
+
+def evaluate_suite(config: EvalConfig, progress: bool = True) -> dict:
+    """Every set of ``config.suite`` found under ``config.data_root``; writes ``eval.json``.
+
+    Returns ``{"sets": {name: result}, "skipped": {name: why}, ...}`` with the settings used.
+    """
+    from clipa_train.backend import BackendConfig, create_backend
+    from clipa_train.eval_suite import SuiteModel, run_suite
+    from clipa_train.evaluate import EvalSettings, prompt_encoder
+
+    def load() -> SuiteModel:
+        model = _model(config)
+        backend = create_backend(BackendConfig(name=config.backend))
+        model.to(backend.device).eval()
+        settings = EvalSettings(
+            image_size=model.config.vision.image_size,
+            text_length=model.config.text.context_length,
+            crop=config.crop,
+            batch_size=config.batch_size,
+            workers=config.workers,
+        )
+        encode = prompt_encoder(settings.text_length, "truncate")
+        return SuiteModel(model, backend, settings, encode)
+
+    found = run_suite(config.suite, Path(config.data_root), load, config.templates, progress)
+    result = {"checkpoint": config.checkpoint, "suite": config.suite, **found}
     write_json(config.result_path(), result)
     return result

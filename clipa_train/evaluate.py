@@ -264,16 +264,23 @@ def evaluate_zeroshot(
     zset: ZeroShotSet,
     settings: EvalSettings,
     encode_prompts: Callable[[list[str]], torch.Tensor],
+    advance: Callable[[int], None] = lambda images: None,
 ) -> dict[str, float | int]:
-    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights)."""
+    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights).
+
+    ``advance(n)`` is told of each batch of ``n`` images as it is scored (a progress bar).
+    """
     with backend.autocast():
         classifier = zeroshot.build_classifier(
             model, zset.task, encode_prompts, backend.device, backend.step_boundary
         )
         image = ImageConfig(size=settings.image_size, crop=settings.crop)
-        batches = (
-            (backend.images_to_device(images), labels)
-            for images, labels in image_batches(zset, image, settings.batch_size, settings.workers)
-        )
-        result = zeroshot.score(model, classifier, batches, backend.step_boundary)
+        loader = image_batches(zset, image, settings.batch_size, settings.workers)
+
+        def batches():
+            for images, labels in loader:
+                yield backend.images_to_device(images), labels
+                advance(len(labels))  # after the batch was scored
+
+        result = zeroshot.score(model, classifier, batches(), backend.step_boundary)
     return {**result, "classes": len(zset.task.classnames), "chance": 1 / len(zset.task.classnames)}
