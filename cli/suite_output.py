@@ -30,7 +30,8 @@ def suite_table(result: dict) -> Table:
         title=f"{result['suite']} suite, zero-shot top-1 (%) — {escape(result['checkpoint'])}",
         title_justify="left",
     )
-    row, images = [], []
+    table.add_column("")
+    row, images = ["top-1"], ["[dim]images[/]"]
     for name, header, key in table_columns(result["suite"]):
         table.add_column(header, justify="right")
         found = result["sets"].get(name)
@@ -41,10 +42,13 @@ def suite_table(result: dict) -> Table:
     return table
 
 
+def note_skipped(name: str, why: str) -> None:
+    """An absent set, on stderr (as soon as the suite has looked for it)."""
+    stderr().print(f"skipped {name}: {escape(why)}")
+
+
 def print_suite(result: dict, out: Path, as_json: bool) -> None:
-    """Skipped sets on stderr; the table (or the JSON lines) on stdout."""
-    for name, why in result["skipped"].items():
-        stderr().print(f"skipped {name}: {escape(why)}")
+    """The table (or the JSON lines) on stdout."""
     if as_json:
         for line in suite_lines(result):
             print(json.dumps(line))

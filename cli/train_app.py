@@ -106,9 +106,10 @@ def eval_body(as_json: bool = False, **options) -> None:
 
     config = EvalConfig(**options)
     if config.suite is not None:
-        from clipa_cli.suite_output import print_suite
+        from clipa_cli.suite_output import note_skipped, print_suite
 
-        print_suite(evaluate_suite(config), config.result_path(), as_json)
+        result = evaluate_suite(config, note_skipped=note_skipped)
+        print_suite(result, config.result_path(), as_json)
         return
     result = evaluate_checkpoint(config)
     if as_json:

@@ -138,8 +138,12 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
     return result
 
 
-def evaluate_suite(config: EvalConfig, progress: bool = True) -> dict:
+def evaluate_suite(
+    config: EvalConfig, progress: bool = True, note_skipped=lambda name, why: None
+) -> dict:
     """Every set of ``config.suite`` found under ``config.data_root``; writes ``eval.json``.
+
+    ``note_skipped(name, why)`` hears of each absent set before the model is built.
 
     Returns ``{"sets": {name: result}, "skipped": {name: why}, ...}`` with the settings used.
     """
@@ -161,7 +165,8 @@ def evaluate_suite(config: EvalConfig, progress: bool = True) -> dict:
         encode = prompt_encoder(settings.text_length, "truncate")
         return SuiteModel(model, backend, settings, encode)
 
-    found = run_suite(config.suite, Path(config.data_root), load, config.templates, progress)
+    root = Path(config.data_root)
+    found = run_suite(config.suite, root, load, config.templates, progress, note_skipped)
     result = {"checkpoint": config.checkpoint, "suite": config.suite, **found}
     write_json(config.result_path(), result)
     return result

@@ -127,12 +127,14 @@ def run_suite(
     load: Callable[[], SuiteModel],
     templates: str | None = None,
     progress: bool = True,
+    note_skipped: Callable[[str, str], None] = lambda name, why: None,
 ) -> dict:
     """Evaluate every set of suite ``name`` found under ``root``.
 
     Returns the settings used, ``sets`` (name -> result) and ``skipped`` (name -> why).
 
-    ``load`` builds the model once, after every found set has been opened and checked.
+    ``load`` builds the model once, after every found set has been opened and checked;
+    ``note_skipped(name, why)`` hears of each absent set before that.
     """
     from rich.console import Console
     from rich.progress import (
@@ -145,6 +147,8 @@ def run_suite(
 
     entries = pick(SUITES, name, "suite")
     found, skipped = find_sets(entries, root, templates)
+    for skipped_name, why in skipped.items():
+        note_skipped(skipped_name, why)
     suite = load()
     results = {}
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
