@@ -177,3 +177,17 @@ def test_a_suite_set_with_missing_classes_fails_before_any_evaluation(weights, d
     result = invoke(*suite_args(weights, broken, tmp_path / "eval.json"))
     assert_one_line_error(result, "imagenet-r is missing 1 of its 200 class folders", "n12267677")
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_imagenet_as_a_tfds_builder_is_found_by_its_name(tmp_path):
+    """``DIR/imagenet2012/<version>`` (a TFDS data dir as ``--data-root``) is ImageNet-1K."""
+    from test_train_cli import write_imagenet_like
+
+    from clipa_train.eval_suite import PAPER, find_sets
+
+    write_imagenet_like(tmp_path, [(jpeg_bytes(40, 36, seed=1), 7), (jpeg_bytes(40, 36, 2), 9)])
+    found, skipped = find_sets(PAPER, tmp_path / "tfds", None)
+    [(entry, path, zset)] = found
+    assert entry.name == "imagenet1k" and path == tmp_path / "tfds" / "imagenet2012"
+    assert zset.kind == "tfds" and zset.num_images == 2 and len(zset.task.classnames) == 1000
+    assert list(skipped) == PAPER_ORDER[1:]
