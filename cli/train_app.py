@@ -101,19 +101,26 @@ app.command("finetune", help=FINETUNE_HELP)(reports_errors(train_command("finetu
 
 def eval_body(as_json: bool = False, **options) -> None:
     """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders;
-    with --retrieval coco|flickr30k, image-text Recall@1/5/10 on a Karpathy test split."""
+    with --suite paper --data-root DIR, every set of the paper's table found under DIR; with
+    --retrieval coco|flickr30k, image-text Recall@1/5/10 on a Karpathy test split."""
     from clipa_cli.retrieval_command import retrieval_body, split_retrieval_options
 
-    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint
+    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint, evaluate_suite
 
     retrieval = split_retrieval_options(options)
     config = EvalConfig(**options)
     if retrieval.retrieval is not None:
         return retrieval_body(config, retrieval, as_json)
+    if config.suite is not None:
+        from clipa_cli.suite_output import note_skipped, print_suite
+
+        result = evaluate_suite(config, note_skipped=note_skipped)
+        print_suite(result, config.result_path(), as_json)
+        return
     if config.dataset is None:
         raise ClipaError(
-            "--imagenet-val DIR is required (or --retrieval coco|flickr30k --annotations FILE "
-            "--images DIR)"
+            "give one set with --imagenet-val DIR or a suite with --suite paper --data-root DIR "
+            "(or --retrieval coco|flickr30k --annotations FILE --images DIR)"
         )
     result = evaluate_checkpoint(config)
     if as_json:

@@ -1,11 +1,12 @@
 """Zero-shot evaluation sets and the evaluation itself (in the training loop and standalone).
 
 A set is either an ImageFolder tree (``DIR`` or ``DIR/val``: one folder per class, sorted
-names = label order) or a TFDS builder directory with ``image`` + ``label`` features (e.g.
-``imagenet2012``, split ``validation``). Without ``--classnames`` a set must have ImageNet-1K's
-1000 classes (the shipped OpenAI class names and 80 templates are used); with it, the file gives
-one name per class in label order. Everything is checked when the set is opened, before any
-training starts.
+names = label order; folders named by numbers, as ImageNetV2's, sort by value) or a TFDS
+builder directory with ``image`` + ``label`` features (e.g. ``imagenet2012``, split
+``validation``). The ImageNet variants (V2, R, A, Sketch, ObjectNet) are opened by ``variants``.
+Without ``--classnames`` a set must have ImageNet-1K's 1000 classes (the shipped OpenAI class
+names and 80 templates are used); with it, the file gives one name per class in label order.
+Everything is checked when the set is opened, before any training starts.
 """
 
 from __future__ import annotations
@@ -70,22 +71,50 @@ def _task(source: str, classes: int, classnames: str | None, templates: str | No
     return task
 
 
-def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:
-    if (root / "val").is_dir():
-        root = root / "val"
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of ``root`` in label order, checked to be there.
+
+    Folders named by numbers (ImageNetV2's ``0`` … ``999``) are labels, not text: they sort by
+    value (as text ``10`` would come before ``2`` and shuffle the labels) and must be exactly
+    ``0`` … ``N-1``.
+    """
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not folders:
         raise ClipaError(
             f"{root} has no class folders; an eval folder holds one sub-folder of images per class"
         )
+    if not all(folder.name.isdigit() for folder in folders):
+        return sorted(folders)
+    folders.sort(key=lambda folder: int(folder.name))
+    numbers = {int(folder.name) for folder in folders}
+    missing = sorted(set(range(max(numbers) + 1)) - numbers)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ClipaError(
+            f"{root}: numbered class folders are the labels 0..{max(numbers)}, but "
+            f"{len(missing)} of them are missing ({shown}); restore the full download"
+        )
+    return folders
+
+
+def folder_units(root: Path, labels: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """``(image file, label)`` for the images of each folder ``root/NAME`` in ``labels``."""
     units = tuple(
         (str(path), label)
-        for label, folder in enumerate(folders)
-        for path in sorted(folder.iterdir())
+        for name, label in labels.items()
+        for path in sorted((root / name).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     )
     if not units:
-        raise ClipaError(f"{root} has {len(folders)} class folders but no images in them")
+        raise ClipaError(f"{root} has {len(labels)} class folders but no images in them")
+    return units
+
+
+def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:
+    if (root / "val").is_dir():
+        root = root / "val"
+    folders = class_folders(root)
+    units = folder_units(root, {folder.name: label for label, folder in enumerate(folders)})
     task = _task(str(root), len(folders), classnames, templates)
     return ZeroShotSet(str(root), "imagefolder", units, len(units), task)
 
@@ -241,16 +270,23 @@ def evaluate_zeroshot(
     zset: ZeroShotSet,
     settings: EvalSettings,
     encode_prompts: Callable[[list[str]], torch.Tensor],
+    advance: Callable[[int], None] = lambda images: None,
 ) -> dict[str, float | int]:
-    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights)."""
+    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights).
+
+    ``advance(n)`` is told of each batch of ``n`` images as it is scored (a progress bar).
+    """
     with backend.autocast():
         classifier = zeroshot.build_classifier(
             model, zset.task, encode_prompts, backend.device, backend.step_boundary
         )
         image = ImageConfig(size=settings.image_size, crop=settings.crop)
-        batches = (
-            (backend.images_to_device(images), labels)
-            for images, labels in image_batches(zset, image, settings.batch_size, settings.workers)
-        )
-        result = zeroshot.score(model, classifier, batches, backend.step_boundary)
+        loader = image_batches(zset, image, settings.batch_size, settings.workers)
+
+        def batches():
+            for images, labels in loader:
+                yield backend.images_to_device(images), labels
+                advance(len(labels))  # after the batch was scored
+
+        result = zeroshot.score(model, classifier, batches(), backend.step_boundary)
     return {**result, "classes": len(zset.task.classnames), "chance": 1 / len(zset.task.classnames)}
