@@ -24,6 +24,7 @@ from clipa_train.evaluate import (
     evaluate_zeroshot,
     open_zeroshot_set,
 )
+from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
 from clipa_train.variants import open_variant
 
 
@@ -76,6 +77,36 @@ def _zeroshot_entry(name: str, header: str, folders: tuple[str, ...]) -> SuiteEn
     )
 
 
+def _retrieval_entry(name: str, header: str) -> SuiteEntry:
+    """A Karpathy test split (``retrieval_sets``), found by its annotation file under the root."""
+    spec = retrieval_spec(name)
+
+    def open_set(annotations: Path, templates: str | None) -> Any:
+        # The annotation file sits `spec.annotations` below the root; the images beside it.
+        root = annotations.parents[len(Path(spec.annotations).parts) - 1]
+        return open_retrieval_set(annotations, root / spec.images, name)
+
+    def evaluate(rset: Any, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
+        from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
+
+        base = suite.settings
+        settings = RetrievalSettings(base.image_size, base.crop, base.batch_size, base.workers)
+        scores = evaluate_retrieval(
+            suite.model, suite.backend, rset, settings, suite.encode_prompts, advance
+        )
+        return {**scores, "n": scores["images"]}
+
+    columns = ((f"{header} I→T", "image_to_text_R@1"), (f"{header} T→I", "text_to_image_R@1"))
+    return SuiteEntry(
+        name,
+        (spec.annotations,),
+        open_set,
+        evaluate,
+        columns,
+        lambda rset: len(rset.images) + len(rset.captions),
+    )
+
+
 PAPER = (
     _zeroshot_entry("imagenet1k", "IN-1K", ("imagenet", "imagenet-1k", "imagenet2012")),
     _zeroshot_entry(
@@ -94,9 +125,12 @@ PAPER = (
     _zeroshot_entry(
         "imagenet-sketch", "IN-Sketch", ("imagenet-sketch/sketch", "imagenet-sketch", "sketch")
     ),
+    _retrieval_entry("coco", "COCO"),
+    _retrieval_entry("flickr30k", "Flickr"),
 )
-"""The paper's zero-shot columns, in its order (CLIP's robustness table: IN, V2, A, R, ObjectNet,
-Sketch). Retrieval (COCO, Flickr30k) joins as further entries."""
+"""The paper's columns, in its order: zero-shot top-1 as CLIP's robustness table (IN, V2, A, R,
+ObjectNet, Sketch), then image→text and text→image Recall@1 on the COCO 5k and Flickr30k 1k
+Karpathy test splits."""
 
 SUITES: dict[str, tuple[SuiteEntry, ...]] = {"paper": PAPER}
 """Every suite ``--suite`` names."""

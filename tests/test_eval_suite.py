@@ -28,6 +28,8 @@ PAPER_ORDER = [
     "imagenet-r",
     "objectnet",
     "imagenet-sketch",
+    "coco",
+    "flickr30k",
 ]
 
 
@@ -110,7 +112,7 @@ def test_suite_json_lines_follow_the_paper_order_and_match_eval_json(data_root, 
     saved = json.loads(out.read_text())
     assert saved["suite"] == "paper" and saved["image_size"] == 32
     assert set(saved["sets"]) == {"imagenet1k", "imagenetv2", "imagenet-r", "objectnet"}
-    assert set(saved["skipped"]) == {"imagenet-a", "imagenet-sketch"}
+    assert set(saved["skipped"]) == {"imagenet-a", "imagenet-sketch", "coco", "flickr30k"}
     for name, scores in saved["sets"].items():
         assert by_set[name] == scores
     expected = {
@@ -142,7 +144,7 @@ def test_a_suite_set_scores_as_the_same_set_evaluated_alone(
 def test_suite_table_has_the_paper_columns_in_order(weights, data_root, tmp_path):
     result = invoke(*suite_args(weights, data_root, tmp_path / "eval.json"))
     assert result.exit_code == 0, result.output
-    headers = ["IN-1K", "IN-V2", "IN-A", "IN-R", "ObjectNet", "IN-Sketch"]
+    headers = ["IN-1K", "IN-V2", "IN-A", "IN-R", "ObjectNet", "IN-Sketch", "COCO I→T", "Flickr T→I"]
     places = [result.stdout.index(header) for header in headers]
     assert places == sorted(places), result.stdout
     assert "—" in result.stdout and str(tmp_path / "eval.json") in result.stdout
@@ -191,3 +193,31 @@ def test_imagenet_as_a_tfds_builder_is_found_by_its_name(tmp_path):
     assert entry.name == "imagenet1k" and path == tmp_path / "tfds" / "imagenet2012"
     assert zset.kind == "tfds" and zset.num_images == 2 and len(zset.task.classnames) == 1000
     assert list(skipped) == PAPER_ORDER[1:]
+
+
+def test_suite_scores_coco_retrieval_as_eval_retrieval_does(weights, data_root, tmp_path):
+    """A Karpathy COCO split under the root joins the table: the same recalls as the standalone
+    ``eval --retrieval coco`` on the same files; Flickr30k, absent, is skipped and named."""
+    from test_retrieval import write_karpathy
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root / "imagenet", root / "imagenet")
+    annotations, images = write_karpathy(root / "coco", 6)
+    (images / "val2014").rename(root / "coco" / "val2014")  # COCO's layout: coco/val2014/*.jpg
+    common = ["--out", tmp_path / "suite.json", "--workers", 0, "--batch-size", 4, "--json"]
+    args = ["--suite", "paper", "--data-root", root, *common]
+    suite = invoke("eval", "--checkpoint", weights, *args)
+    assert suite.exit_code == 0, suite.output
+    lines = {line["set"]: line for line in map(json.loads, suite.stdout.splitlines())}
+    assert list(lines) == PAPER_ORDER
+    assert "not found" in lines["flickr30k"]["skipped"] and "imagenetv2" in lines
+    alone = invoke(
+        "eval", "--checkpoint", weights, "--retrieval", "coco", "--annotations", annotations,
+        "--images", root / "coco", "--out", tmp_path / "alone.json", "--workers", 0,
+        "--batch-size", 4, "--json",
+    )  # fmt: skip
+    assert alone.exit_code == 0, alone.output
+    standalone = json.loads(alone.stdout)
+    for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10", "captions"):
+        assert lines["coco"][key] == standalone[key]
+    assert lines["coco"]["images"] == 6 and lines["coco"]["captions"] == 30
