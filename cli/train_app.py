@@ -135,6 +135,16 @@ def report_body(runs: list[Path], out: Path, fit: bool) -> None:
 app.command("report")(reports_errors(command(report_body, report_options())))
 
 
+def _register_evaluation_tools() -> None:
+    """``export`` and ``probe`` (their bodies live in their own modules)."""
+    from clipa_cli.export_command import export_command
+
+    app.command("export")(export_command)
+
+
+_register_evaluation_tools()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
