@@ -9,26 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import write_checkpoint
 from cli_checks import assert_one_line_error
 from clipa_cli.train_app import app
 from test_model import OPENCLIP_KEYS
 from typer.testing import CliRunner
 
-from clipa_train.backend import BackendConfig, create_backend
-from clipa_train.checkpoint import load_checkpoint, save_checkpoint
+from clipa_train.checkpoint import load_checkpoint
 from clipa_train.export import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 from clipa_train.model import build_model, load_openclip_weights, load_preset
-
-
-def write_checkpoint(run: Path, loss: str | None = None, step: int = 3, **changes) -> Path:
-    """A real clipa checkpoint of test-tiny (``save_checkpoint`` with a CPU backend)."""
-    model = build_model(load_preset("test-tiny").replace(loss=loss, **changes))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    backend = create_backend(BackendConfig(name="cpu"))
-    return save_checkpoint(
-        run / "checkpoints", step=step, model=model, optimizer=optimizer, stream_state={},
-        backend=backend,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
