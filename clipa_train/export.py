@@ -173,8 +173,9 @@ def export_notes(architecture) -> tuple[str, ...]:
         return ()
     return (
         "gap pooling: clipa averages the class token in (as OpenCLIP < 2.23's "
-        "global_average_pool did); OpenCLIP >= 2.23's pool_type 'avg' leaves it out, so its "
-        "image features of this model differ slightly",
+        "global_average_pool did); OpenCLIP >= 2.23's pool_type 'avg' averages the patch "
+        "tokens only, so its image features of this model differ from clipa's (text features "
+        "are identical); evaluate GAP models with clipa-train eval for the paper's numbers",
     )
 
 
