@@ -184,11 +184,16 @@ def read_state(source: Path):
     against the architecture (built on the meta device: no memory, no init)."""
     import torch
 
-    from clipa_train.checkpoint import load_checkpoint
+    from clipa_train.checkpoint import FORMAT, _read
     from clipa_train.model import ModelConfig, build_model
     from clipa_train.model.weights import check_compatible, unwrap_state_dict
 
-    payload = load_checkpoint(source)
+    payload = _read(source, fix="export an earlier checkpoint or copy this one again")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ClipaError(
+            f"{source} is not a clipa checkpoint; OpenCLIP/CLIPA weights need no export (they "
+            "already have OpenCLIP's names)"
+        )
     architecture = ModelConfig.from_dict(payload["architecture"], source=str(source))
     state = {key: value.contiguous() for key, value in unwrap_state_dict(payload["model"]).items()}
     with torch.device("meta"):

@@ -128,14 +128,21 @@ def test_a_run_directory_names_its_newest_checkpoint(runs, tmp_path):
         ("folder-out", [], ["is a folder", "--format openclip-dir"]),
         ("file-out", ["--format", "openclip-dir"], ["is a file", "writes a folder"]),
         ("bad-format", ["--format", "onnx"], ["unknown export format 'onnx'", "openclip-dir"]),
+        ("openclip-weights", [], ["is not a clipa checkpoint", "need no export"]),
+        ("truncated", [], ["truncated or corrupt", "export an earlier checkpoint"]),
     ],
 )
 def test_export_bad_input(runs, tmp_path, where, extra, fragments):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file-out").write_text("")
-    source = {"empty": tmp_path / "empty", "missing": tmp_path / "nope.pt"}.get(
-        where, runs["contrastive"]
-    )
+    torch.save(source_state(runs["contrastive"]), tmp_path / "openclip-weights.pt")
+    (tmp_path / "truncated.pt").write_bytes(runs["contrastive"].read_bytes()[:1000])
+    source = {
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "nope.pt",
+        "openclip-weights": tmp_path / "openclip-weights.pt",
+        "truncated": tmp_path / "truncated.pt",
+    }.get(where, runs["contrastive"])
     out = {"folder-out": tmp_path / "empty", "file-out": tmp_path / "file-out"}.get(
         where, tmp_path / "out.pt"
     )
