@@ -44,8 +44,12 @@ class LinearHead:
 
     def top1(self, features: torch.Tensor, labels: torch.Tensor) -> float:
         """Share of ``labels`` the head predicts first."""
-        predicted = self.logits(features).argmax(dim=1).cpu()
-        return float((predicted == labels.cpu()).float().mean())
+        device = self.weight.device
+        correct = sum(
+            int((self.logits(part).argmax(dim=1) == part_labels.to(device)).sum())
+            for part, part_labels in zip(features.split(CHUNK), labels.split(CHUNK), strict=True)
+        )
+        return correct / max(len(labels), 1)
 
 
 def fit_head(
