@@ -192,6 +192,18 @@ def _models_options():
 app.command("models")(reports_errors(command(models_body, _models_options())))
 
 
+def _register_evaluation_tools() -> None:
+    """``export`` and ``probe`` (their bodies live in their own modules)."""
+    from clipa_cli.export_command import export_command
+    from clipa_cli.probe_command import probe_command
+
+    app.command("export")(export_command)
+    app.command("probe")(probe_command)
+
+
+_register_evaluation_tools()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
