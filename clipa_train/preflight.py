@@ -36,14 +36,15 @@ MAX_LEFT_OUT = 0.05
 """A larger share of records left out of every epoch by the last partial batch gets a warning."""
 
 
-def small_data_warnings(num_records: int, batch_size: int) -> list[str]:
+def small_data_warnings(num_records: int, batch_size: int, in_epochs: bool = True) -> list[str]:
     """One line per problem of an epoch of ``num_records`` records in batches of
-    ``batch_size`` (none when not even one batch fits: the loader refuses that)."""
+    ``batch_size`` (none when not even one batch fits: the loader refuses that). Short epochs
+    are only said when the stage's length is in epochs (``--samples`` sets it on purpose)."""
     steps = num_records // batch_size
     if steps < 1:
         return []
     lines = []
-    if steps < MIN_EPOCH_STEPS:
+    if steps < MIN_EPOCH_STEPS and in_epochs:
         lines.append(
             f"warning: an epoch of {num_records} records is {steps} step{'s' * (steps > 1)} of "
             f"--batch-size {batch_size} (under {MIN_EPOCH_STEPS}); a smaller --batch-size gives "

@@ -44,7 +44,8 @@ def run_stage(config: TrainConfig) -> dict | None:
         return None
     check_memory(stage, torchrun_world())  # a run that cannot fit is refused here, at once
     if int(os.environ.get("RANK", "0")) == 0:
-        for line in small_data_warnings(stage.num_records, config.optim.batch_size):
+        in_epochs = config.optim.samples is None
+        for line in small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs):
             _note(line)
     if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
         moved = move_aside(run_dir)

@@ -79,6 +79,7 @@ def test_small_data_warnings_thresholds():
     assert small_data_warnings(299, 300) == []  # not one batch: the loader refuses that
     (few,) = small_data_warnings(90, 10)  # 9 steps, nothing left out
     assert "9 steps" in few
+    assert small_data_warnings(90, 10, in_epochs=False) == []  # --samples sets the length
     assert small_data_warnings(1050, 100) == []  # 10 steps, 50 left out (4.8 %)
     (left,) = small_data_warnings(1099, 100)  # 10 steps, 99 left out (9 %)
     assert "leaves 99 of 1099 records (9%)" in left
