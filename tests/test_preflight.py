@@ -83,3 +83,33 @@ def test_small_data_warnings_thresholds():
     assert small_data_warnings(1050, 100) == []  # 10 steps, 50 left out (4.8 %)
     (left,) = small_data_warnings(1099, 100)  # 10 steps, 99 left out (9 %)
     assert "leaves 99 of 1099 records (9%)" in left
+
+
+def test_what_the_refusal_names_fits(builder, tmp_path, monkeypatch):
+    """The batch, the micro-batch and --grad-checkpointing named fit by the same estimate;
+    the run as given does not."""
+    import re
+
+    from clipa_data.core.errors import ClipaError
+    from clipa_train.memory_estimate import GIB, estimate_memory
+    from clipa_train.preflight import check_memory, stage_shape
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", "16G")
+    stage = resolve_stage(resolve("pretrain", {"data": str(builder), "out": str(tmp_path / "r")}))
+    with pytest.raises(ClipaError) as refused:
+        check_memory(stage, world=1)
+    line = str(refused.value)
+    batch = int(re.search(r"use --batch-size (\d+)", line).group(1))
+    micro = int(re.search(r"--micro-batch (\d+)", line).group(1))
+    assert batch == micro and batch % 8 == 0
+    assert estimate_memory(stage_shape(stage, 1)).total > 16 * GIB
+    assert estimate_memory(stage_shape(stage, 1, micro_batch=batch)).total <= 16 * GIB
+    assert estimate_memory(stage_shape(stage, 1, micro_batch=batch + 8)).total > 16 * GIB
+    assert estimate_memory(stage_shape(stage, 1, grad_checkpointing=True)).total <= 16 * GIB
+    off = resolve_stage(
+        resolve("pretrain", {"data": str(builder), "out": str(tmp_path / "r"),
+                             "memory_check": False})
+    )  # fmt: skip
+    assert check_memory(off, world=1) is None
