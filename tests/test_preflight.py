@@ -113,3 +113,15 @@ def test_what_the_refusal_names_fits(builder, tmp_path, monkeypatch):
                              "memory_check": False})
     )  # fmt: skip
     assert check_memory(off, world=1) is None
+
+
+def test_free_memory_is_read_from_the_host_unless_given(monkeypatch):
+    from clipa_train.preflight import available_memory
+
+    monkeypatch.delenv("CLIPA_MEMORY_AVAILABLE", raising=False)
+    total = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
+    free, source = available_memory("cpu")
+    assert 0 < free <= total and source in ("available RAM", "the container's free memory")
+    assert available_memory("xla") is None  # no free-memory figure before the devices start
+    monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", "3G")
+    assert available_memory("cuda") == (3 * 1024**3, "CLIPA_MEMORY_AVAILABLE")
