@@ -223,6 +223,11 @@ class OptimOptions:
         Doc("With --accum-steps auto: the most samples one device runs at a time (what fits "
             "in its memory)."),
     ] = None  # fmt: skip
+    memory_check: Annotated[
+        bool,
+        Doc("Refuse a run whose estimated peak memory exceeds the device's free memory, "
+            "naming a batch size, --grad-checkpointing or a smaller preset that fits."),
+    ] = True  # fmt: skip
     compile: Annotated[
         str,
         Doc("torch.compile the step's model forward once per stage (auto: on for CUDA, off for "
@@ -499,6 +504,7 @@ OPTIONS: dict[str, str] = {
     "sharding": "optim.sharding",
     "accum_steps": "optim.accum_steps",
     "micro_batch": "optim.micro_batch",
+    "memory_check": "optim.memory_check",
     "compile": "optim.compile",
     "compile_backend": "optim.compile_backend",
     "zeroshot": "evaluation.zeroshot",

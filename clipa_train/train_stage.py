@@ -29,7 +29,9 @@ def run_stage(config: TrainConfig) -> dict | None:
     """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
+    from clipa_train.preflight import check_memory, small_data_warnings
     from clipa_train.run_dir import check_resume_step, move_aside
+    from clipa_train.sharding import torchrun_world
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
@@ -40,6 +42,11 @@ def run_stage(config: TrainConfig) -> dict | None:
             "--epochs with --resume)"
         )
         return None
+    check_memory(stage, torchrun_world())  # a run that cannot fit is refused here, at once
+    if int(os.environ.get("RANK", "0")) == 0:
+        in_epochs = config.optim.samples is None
+        for line in small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs):
+            _note(line)
     if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
         moved = move_aside(run_dir)
         if moved is not None:
