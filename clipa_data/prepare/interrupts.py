@@ -9,6 +9,7 @@ raises :class:`StopNow` from the handler. The CLI turns both outcomes into exit 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -59,6 +60,25 @@ class ShardStop:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Hold SIGINT/SIGTERM back while worker processes start here.
+
+    A worker started by ``spawn`` is a new interpreter that takes a moment to reach its
+    initializer; a Ctrl-C to the process group in that moment would print its traceback. A
+    blocked signal mask is inherited through fork and exec, so the new worker never sees it,
+    and the parent receives a signal that arrived meanwhile as soon as the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ignore_stop_signals() -> None:

@@ -25,7 +25,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from clipa_data.prepare.interrupts import Interrupted, ShardStop, ignore_stop_signals
+from clipa_data.prepare.interrupts import (
+    Interrupted,
+    ShardStop,
+    ignore_stop_signals,
+    stop_signals_blocked,
+)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -154,7 +159,8 @@ def _run_pool(
                 following = next(queued, None)
                 if following is None:
                     break
-                pending[pool.submit(function, following[1])] = following[0]
+                with stop_signals_blocked():  # submit may start a worker process
+                    pending[pool.submit(function, following[1])] = following[0]
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
