@@ -104,6 +104,17 @@ def test_the_console_shows_one_progress_bar_and_img2dataset_writes_to_its_log(un
         assert line in log
 
 
+def test_convert_of_the_download_prints_no_tensorflow_start_up_lines(uninterrupted, tmp_path):
+    output, _ = uninterrupted
+    result = subprocess.run(
+        [DATA, "convert", str(output), str(tmp_path), "--name", "demo", "--no-progress"],
+        env=user_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for line in TENSORFLOW_NOISE:
+        assert line not in result.stdout + result.stderr
+
+
 def interrupt(metadata: Path, output: Path, signals: list[int]) -> subprocess.CompletedProcess:
     """Start a download, send ``signals`` to its process group (as a terminal does) once the
     first shard has finished; return what it printed and its exit code."""
