@@ -568,18 +568,19 @@ def _watch(child: subprocess.Popen, output: Path, resumed: set[int], total: int 
     with progress:
         while True:
             running = child.poll() is None
-            try:
-                shards = read_shard_stats(output) if output.is_dir() else []
-            except ClipaError:  # a stats file img2dataset is writing right now: next round
-                shards = []
-            for shard in shards:
-                if shard.shard not in resumed and shard.shard not in counted:
-                    counted[shard.shard] = shard.count
+            for path in output.glob("*_stats.json"):
+                shard = layout.raw_stats_shard_id(path)
+                if shard is None or shard in resumed or shard in counted:
+                    continue
+                try:  # only new files are read: a LAION download has tens of thousands
+                    counted[shard] = int(json.loads(path.read_text())["count"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # being written right now: next round
             rate = sum(counted.values()) / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=len(counted), rate=f"{rate:,.0f} samples/s")
             if not running:
                 return child.returncode
-            time.sleep(0.25)
+            time.sleep(0.5)
 
 
 def remove_unfinished_shards(config: DownloadConfig) -> list[Path]:
