@@ -705,10 +705,10 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
         },
     )
     if stopped:
+        left = f", {len(summary.unfinished_shards)} left" if expected is not None else ""
         raise Interrupted(
-            f"stopped: {len(finished)} shard(s) finished in {output}, "
-            f"{len(summary.unfinished_shards)} left; re-run the same command to resume "
-            "(finished shards are skipped)"
+            f"stopped: {len(finished)} shard(s) finished in {output}{left}; re-run the same "
+            "command to resume (finished shards are skipped)"
         )
     if summary.unfinished_shards:
         listed = ", ".join(str(i) for i in summary.unfinished_shards[:10])
