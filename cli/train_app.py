@@ -67,9 +67,9 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
 
 def print_summary(summary: dict) -> None:
     """The stage summary as a table."""
-    table = Table(title=f"{summary['stage']} summary", title_justify="left")
-    table.add_column("")
-    table.add_column("")
+    table = Table(title=f"{summary['stage']} summary", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
     zeroshot = summary.get("zeroshot") or {}
     rows = [
         ("steps", f"{summary['steps']} of {summary['total_steps']}"

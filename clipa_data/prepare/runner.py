@@ -25,6 +25,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from clipa_data.prepare.interrupts import (
+    Interrupted,
+    ShardStop,
+    ignore_stop_signals,
+    stop_signals_blocked,
+)
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -81,32 +88,53 @@ def map_shards(
 
     ``units_of(result)`` feeds the rate column (e.g. records or captions per second);
     ``on_result`` is called in the parent as each item finishes (for logging or manifests).
-    An exception in any item cancels the items not yet started and is re-raised here.
+    An exception in any item cancels the items not yet started and is re-raised here. The first
+    SIGINT/SIGTERM finishes the items in flight and raises ``Interrupted``; a second one ends
+    the workers at once (``StopNow``).
     """
+    return map_shards_timed(function, items, plan, units_of, on_result)[0]
+
+
+def map_shards_timed(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    plan: RunnerConfig,
+    units_of: Callable[[Result], int] = lambda _: 0,
+    on_result: Callable[[Item, Result], None] | None = None,
+) -> tuple[list[Result], float]:
+    """``map_shards``, plus the seconds its rate column divides by: from the start of the
+    progress bar (worker start-up included) to the last item's finish."""
     console = Console(stderr=True)
     results: dict[int, Result] = {}
     started = time.perf_counter()
-    units = 0
+    units, seconds = 0, 0.0
 
-    with _progress(console, plan) as progress:
+    with ShardStop() as stop, _progress(console, plan) as progress:
         task = progress.add_task(plan.description, total=len(items), rate="")
 
         def finish(index: int, result: Result) -> None:
-            nonlocal units
+            nonlocal units, seconds
             results[index] = result
             units += units_of(result)
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            rate = f"{units / elapsed:,.0f} {plan.unit}/s" if units else ""
+            seconds = max(time.perf_counter() - started, 1e-9)
+            rate = f"{units / seconds:,.0f} {plan.unit}/s" if units else ""
             progress.update(task, advance=1, rate=rate)
             if on_result is not None:
                 on_result(items[index], result)
 
         if plan.workers == 1 or len(items) <= 1:
             for index, item in enumerate(items):
+                if stop.requested:
+                    break
                 finish(index, function(item))
         else:
-            _run_pool(function, items, plan.workers, finish)
-    return [results[index] for index in range(len(items))]
+            _run_pool(function, items, plan.workers, finish, stop)
+    if len(results) < len(items):
+        raise Interrupted(
+            f"stopped after {len(results)} of {len(items)} shards ({plan.description}); "
+            "re-run the same command to resume"
+        )
+    return [results[index] for index in range(len(items))], seconds
 
 
 def _run_pool(
@@ -114,19 +142,43 @@ def _run_pool(
     items: Sequence[Item],
     workers: int,
     finish: Callable[[int, Result], None],
+    stop: ShardStop,
 ) -> None:
+    """Keep ``workers`` items in flight (no queue of started-but-waiting items, so a stop
+    request leaves exactly the running ones to finish)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
-        pending: dict[Future, int] = {
-            pool.submit(function, item): index for index, item in enumerate(items)
-        }
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = pending.pop(future)
-                    finish(index, future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+    workers = min(workers, len(items))
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=ignore_stop_signals
+    )
+    queued = iter(enumerate(items))
+    pending: dict[Future, int] = {}
+    try:
+        while True:
+            while not stop.requested and len(pending) < workers:
+                following = next(queued, None)
+                if following is None:
+                    break
+                with stop_signals_blocked():  # submit may start a worker process
+                    pending[pool.submit(function, following[1])] = following[0]
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(pending.pop(future), future.result())
+    except KeyboardInterrupt:
+        _end_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers of ``pool`` at once (a second Ctrl-C; they ignore SIGINT/SIGTERM)."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14+
+    if kill is not None:
+        kill()
+        return
+    # Before 3.14 the executor has no public way to end running workers.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()

@@ -40,7 +40,7 @@ from clipa_data.core.taggers import (
 from clipa_data.core.text_reduction import priority_of_tag
 from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
-from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
+from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards_timed
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,12 @@ class TagSummary:
     workers: int
     """Worker processes."""
     seconds: float
-    """Wall time of the whole run."""
+    """Wall time of the whole run (tagger resolution, resume checks and summary included)."""
     shards: tuple[ShardTagResult, ...]
     """Per shard, in split and shard order."""
+    tagging_seconds: float = 0.0
+    """From the start of the progress bar (worker start-up included) to the last shard's
+    finish: what the progress bar's captions/s divides by, so both show the same rate."""
 
     @property
     def tagged(self) -> list[ShardTagResult]:
@@ -140,7 +143,9 @@ class TagSummary:
 
     @property
     def captions_per_second(self) -> float:
-        return self.captions_tagged / self.seconds if self.seconds > 0 else 0.0
+        """The progress bar's final rate: captions over ``tagging_seconds``."""
+        seconds = self.tagging_seconds
+        return self.captions_tagged / seconds if seconds > 0 else 0.0
 
     def to_json(self) -> dict:
         return {
@@ -150,6 +155,7 @@ class TagSummary:
             "vocab_sha256": vocab_sha256(),
             "workers": self.workers,
             "seconds": round(self.seconds, 3),
+            "tagging_seconds": round(self.tagging_seconds, 3),
             "shards_tagged": len(self.tagged),
             "shards_skipped": len(self.shards) - len(self.tagged),
             "captions_tagged": self.captions_tagged,
@@ -265,7 +271,9 @@ def tag_builder(config: TagConfig) -> TagSummary:
         unit="captions",
         show_progress=config.show_progress,
     )
-    done = map_shards(tag_shard, todo, plan, units_of=lambda result: result.records)
+    done, tagging_seconds = map_shards_timed(
+        tag_shard, todo, plan, units_of=lambda result: result.records
+    )
     by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
     results = tuple(
         by_shard.get(job.shard)
@@ -279,6 +287,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
         workers=config.workers,
         seconds=time.perf_counter() - start,
         shards=results,
+        tagging_seconds=tagging_seconds,
     )
     write_json(Path(layout.tag_summary_path(builder)), summary.to_json())
     return summary
