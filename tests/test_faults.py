@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -277,3 +278,54 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_
     resumed = run(*options(data, out, *more, steps=12))
     assert resumed.returncode == 0, resumed.stderr
     assert summary_of(out)["start_step"] == 6 and summary_of(out)["steps"] == 12
+
+
+# --- soak: long runs interrupted at random steps --------------------------------------------------
+
+SOAK_STEPS = 200
+SOAK_HOWS = ("SIGINT", "SIGTERM", "worker")
+SOAK_STOPS = dict(
+    zip(SOAK_HOWS, random.Random(16).sample(range(10, SOAK_STEPS - 10), 3), strict=True)
+)
+"""Each way of stopping a run, and the (seeded, random) step after which it happens."""
+
+
+@pytest.fixture(scope="module")
+def soak_baseline(data, tmp_path_factory) -> dict[int, float]:
+    out = tmp_path_factory.mktemp("soak") / "whole"
+    done = run(*options(data, out, steps=SOAK_STEPS))
+    assert done.returncode == 0, done.stderr
+    return losses(out)
+
+
+def interrupt(process: subprocess.Popen, how: str) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it), SIGTERM to the
+    command (as ``kill`` and schedulers), or SIGKILL to one loader worker."""
+    if how == "SIGINT":
+        os.killpg(process.pid, signal.SIGINT)
+    elif how == "SIGTERM":
+        os.kill(process.pid, signal.SIGTERM)
+    else:
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        os.kill(int(workers[0]), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", list(SOAK_STOPS))
+def test_soak_a_run_stopped_at_a_random_step_resumes_to_the_same_losses(
+    how, data, soak_baseline, tmp_path
+):
+    out = tmp_path / "run"
+    process = start(*options(data, out, steps=SOAK_STEPS))
+    wait_for_step(process, out, SOAK_STOPS[how])
+    interrupt(process, how)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == (2 if how == "worker" else 0), stderr
+    assert "Traceback" not in stderr, stderr
+    stopped = summary_of(out)
+    assert stopped["stopped"] and SOAK_STOPS[how] <= stopped["steps"] < SOAK_STEPS, stopped
+    resumed = run(*options(data, out, "--resume", "auto", steps=SOAK_STEPS))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from step {stopped['steps']}" in resumed.stderr
+    assert summary_of(out)["steps"] == SOAK_STEPS
+    assert losses(out) == soak_baseline  # all 200 steps, bit for bit
