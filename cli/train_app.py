@@ -88,8 +88,13 @@ def print_summary(summary: dict) -> None:
 
 
 def _bad_images(stream: dict, shown: int = 3) -> str:
-    """The count of bad images and the first messages (the rest are in summary.json)."""
-    lines = [str(stream["bad_images"]), *stream["messages"][:shown]]
+    """The count of bad images (and of unreadable records, if any) and the first messages (the
+    rest are in summary.json)."""
+    unreadable = stream.get("unreadable") or 0
+    count = f"{stream['bad_images']}" + (
+        f" (and {unreadable} unreadable records)" * bool(unreadable)
+    )
+    lines = [count, *stream["messages"][:shown]]
     if len(stream["messages"]) > shown:
         lines.append("(more in summary.json)")
     return "\n".join(lines)

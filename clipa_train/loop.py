@@ -106,6 +106,9 @@ class LoopResult:
     """The last checkpoint written."""
     interrupted: bool = False
     """True when a second signal stopped it at once (exit 130)."""
+    failure: str | None = None
+    """Why the data stopped it (a loader worker died, too many bad records); it stopped with a
+    checkpoint of the last finished step, and the stage ends with this as its error."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
 
@@ -297,6 +300,9 @@ def train(
                         host_batch = next(iterator)
                 except StopIteration:
                     break
+                except ClipaError as error:  # between steps: the last one is whole, save it
+                    result.stopped, result.failure = True, str(error)
+                    break
                 window.wait += time.perf_counter() - waited
                 lr = learning_rate(step, optim_config)
                 set_learning_rate(optimizer, lr)
@@ -324,6 +330,7 @@ def train(
         result.interrupted = stop.now
         if evaluate is not None and not result.stopped and evaluated_at != step:
             _evaluate(evaluate, model, step, log, result, backend)
+        cut = cut or result.failure is not None  # other ranks may be waiting in a collective
         if _needs_final_checkpoint(result, cut, backend, ckpt.checkpoint_path(directory, step)):
             result.checkpoint = save()
     log.close()

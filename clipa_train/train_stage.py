@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
 from clipa_train.resolved_stage import ResolvedStage, resolve_stage
 from clipa_train.run_config import TrainConfig
 
@@ -111,6 +112,12 @@ def _train_on(stage: ResolvedStage, backend) -> None:
         loader.close()
     if backend.is_main:
         write_json(run_dir / "summary.json", summarise(stage, result, loader, started))
+    if result.failure is not None:  # the data stopped it: one error line, the way to go on
+        saved = "" if result.checkpoint is None else f" with checkpoint {result.checkpoint}"
+        raise ClipaError(
+            f"{result.failure}; the run stopped after step {result.step}{saved}: continue it "
+            "with --resume auto"
+        )
     backend.barrier()  # every rank's run_stage reads summary.json: wait until rank 0 wrote it
 
 
@@ -131,6 +138,9 @@ def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
         workers=run.workers,
         shuffle_buffer=run.shuffle_buffer,
         text_source=run.text_source,
+        samples_per_epoch=run.samples_per_epoch,
+        check_crc=run.check_crc,
+        max_bad_fraction=run.max_bad_fraction,
     )
     return Loader(stream, rank=backend.rank, world=backend.world)
 
@@ -188,6 +198,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "total_steps": stage.optim.total_steps,
         "stopped": result.stopped,
         "interrupted": result.interrupted,
+        "failure": result.failure,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
         "samples_per_s": sum(rates) / len(rates) if rates else None,
