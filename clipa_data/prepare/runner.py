@@ -1,8 +1,9 @@
-"""Map a per-shard function over shards: in this process or in a process pool, with progress.
+"""Map a per-shard function over shards: in this process, in a process pool or on Spark.
 
 Every offline stage (convert, tag) is a pure function of one shard, so parallelism and progress
 live here once. Workers are started with the ``spawn`` method: the parent may have imported
-TensorFlow or spaCy, which are not fork-safe.
+TensorFlow or spaCy, which are not fork-safe. ``distributor="pyspark"`` runs one Spark job per
+shard instead (``clipa_data.prepare.spark``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Annotated, Optional, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +25,30 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from clipa_data.core.config_fields import Choices, Doc
+
+DISTRIBUTORS = ("multiprocessing", "pyspark")
+"""Where per-shard work runs: a process pool on this machine, or Spark executors (the choices of
+``--distributor`` on download, convert and tag)."""
+
+DistributorField = Annotated[
+    str,
+    Doc(
+        "multiprocessing (a pool of --workers processes) or pyspark (one Spark job per shard on "
+        "the active SparkSession, or on one built with --spark-master, default local[WORKERS])."
+    ),
+    Choices(DISTRIBUTORS),
+]
+"""The ``distributor`` field of the convert and tag configs."""
+SparkMasterField = Annotated[
+    Optional[str],  # noqa: UP045 - evaluated at runtime by field_specs on Python 3.10
+    Doc(
+        "Master of the SparkSession built for --distributor pyspark when none is active, e.g. "
+        "local[2] or spark://host:7077 (local[N] becomes local[N,4]: 4 attempts per task)."
+    ),
+]
+"""The ``spark_master`` field of the convert and tag configs."""
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -49,10 +74,16 @@ class RunnerConfig:
     """Name of the unit counted by ``units_of`` for the rate column, e.g. ``captions``."""
     show_progress: bool = True
     """Draw a progress bar on stderr."""
+    distributor: str = "multiprocessing"
+    """One of ``DISTRIBUTORS``; ``pyspark`` ignores ``workers`` but for a new local session."""
+    spark_master: str | None = None
+    """Master of the SparkSession built when none is active (``local[2]``, ``spark://...``)."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.distributor not in DISTRIBUTORS:
+            raise ValueError(f"distributor must be one of {', '.join(DISTRIBUTORS)}")
 
 
 def _progress(console: Console, plan: RunnerConfig) -> Progress:
@@ -76,12 +107,14 @@ def map_shards(
     plan: RunnerConfig,
     units_of: Callable[[Result], int] = lambda _: 0,
     on_result: Callable[[Item, Result], None] | None = None,
+    name_of: Callable[[Item], str] = str,
 ) -> list[Result]:
     """Apply ``function`` to every item; return the results in input order.
 
     ``units_of(result)`` feeds the rate column (e.g. records or captions per second);
     ``on_result`` is called in the parent as each item finishes (for logging or manifests).
-    An exception in any item cancels the items not yet started and is re-raised here.
+    An exception in any item cancels the items not yet started and is re-raised here; on Spark
+    the other items finish first and the failed ones are named with ``name_of``.
     """
     console = Console(stderr=True)
     results: dict[int, Result] = {}
@@ -101,7 +134,9 @@ def map_shards(
             if on_result is not None:
                 on_result(items[index], result)
 
-        if plan.workers == 1 or len(items) <= 1:
+        if plan.distributor == "pyspark" and items:
+            _run_spark(function, items, plan, finish, name_of)
+        elif plan.workers == 1 or len(items) <= 1:
             for index, item in enumerate(items):
                 finish(index, function(item))
         else:
@@ -130,3 +165,16 @@ def _run_pool(
             for future in pending:
                 future.cancel()
             raise
+
+
+def _run_spark(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    plan: RunnerConfig,
+    finish: Callable[[int, Result], None],
+    name_of: Callable[[Item], str],
+) -> None:
+    from clipa_data.prepare import spark
+
+    context = spark.spark_context(plan.spark_master, plan.workers)
+    spark.run_on_spark(function, items, plan.description, context, finish, name_of)

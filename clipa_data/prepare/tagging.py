@@ -40,7 +40,14 @@ from clipa_data.core.taggers import (
 from clipa_data.core.text_reduction import priority_of_tag
 from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
-from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
+from clipa_data.prepare.runner import (
+    DISTRIBUTORS,
+    DistributorField,
+    RunnerConfig,
+    SparkMasterField,
+    default_workers,
+    map_shards,
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class TagConfig:
     overwrite: Annotated[bool, Doc("Re-tag shards that already have a sidecar.")] = False
     batch_size: Annotated[int, Doc("Captions per spaCy nlp.pipe batch.")] = DEFAULT_BATCH_SIZE
     show_progress: Annotated[bool, Doc("Show a progress bar (captions/s, on stderr).")] = True
+    distributor: DistributorField = "multiprocessing"
+    spark_master: SparkMasterField = None
 
     def __post_init__(self) -> None:
         if self.tagger not in TAGGER_CHOICES:
@@ -79,6 +88,8 @@ class TagConfig:
             raise ClipaError("--text-field must name a feature, e.g. txt")
         if self.batch_size < 1:
             raise ClipaError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.distributor not in DISTRIBUTORS:
+            raise ClipaError(f"--distributor must be one of {', '.join(DISTRIBUTORS)}")
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,8 @@ class TagSummary:
     """Wall time of the whole run."""
     shards: tuple[ShardTagResult, ...]
     """Per shard, in split and shard order."""
+    distributor: str = "multiprocessing"
+    """Where the shards were tagged (``multiprocessing`` or ``pyspark``)."""
 
     @property
     def tagged(self) -> list[ShardTagResult]:
@@ -149,6 +162,7 @@ class TagSummary:
             "text_field": self.text_field,
             "vocab_sha256": vocab_sha256(),
             "workers": self.workers,
+            "distributor": self.distributor,
             "seconds": round(self.seconds, 3),
             "shards_tagged": len(self.tagged),
             "shards_skipped": len(self.shards) - len(self.tagged),
@@ -264,8 +278,17 @@ def tag_builder(config: TagConfig) -> TagSummary:
         workers=config.workers,
         unit="captions",
         show_progress=config.show_progress,
+        distributor=config.distributor,
+        spark_master=config.spark_master,
     )
-    done = map_shards(tag_shard, todo, plan, units_of=lambda result: result.records)
+    done = map_shards(
+        tag_shard,
+        todo,
+        plan,
+        units_of=lambda result: result.records,
+        name_of=lambda job: Path(job.shard).name,
+    )
+    remove_temporaries(Path(layout.sidecar_dir(builder)))  # of workers killed mid-write
     by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
     results = tuple(
         by_shard.get(job.shard)
@@ -279,6 +302,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
         workers=config.workers,
         seconds=time.perf_counter() - start,
         shards=results,
+        distributor=config.distributor,
     )
     write_json(Path(layout.tag_summary_path(builder)), summary.to_json())
     return summary
