@@ -64,6 +64,7 @@ from clipa_data.prepare.schema import Schema, merge
 from clipa_data.prepare.source_format import source_format
 from clipa_data.prepare.sources import Source, check_locations, find_sources, moved_sources
 from clipa_data.prepare.staging import existing_conversion, prepare_staging
+from clipa_data.prepare.stores import local_path
 from clipa_data.prepare.tfds_metadata import Verification
 
 VERIFY_CHOICES = ("headers", "crc")
@@ -151,8 +152,8 @@ class ConvertConfig:
     spark_master: SparkMasterField = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "src", Path(self.src))
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "src", local_path(self.src, "SRC"))
+        object.__setattr__(self, "out", local_path(self.out, "OUT"))
         object.__setattr__(self, "drop_columns", tuple(self.drop_columns))
         layout.check_dataset_name(self.name)
         layout.check_split_name(self.split)

@@ -48,6 +48,7 @@ from clipa_data.prepare.runner import (
     default_workers,
     map_shards,
 )
+from clipa_data.prepare.stores import local_path
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ def shard_jobs(builder: str | Path, config: TagConfig, tagger: TaggerSpec) -> li
 def tag_builder(config: TagConfig) -> TagSummary:
     """Tag every shard of a builder directory that has no finished sidecar; write the summary."""
     start = time.perf_counter()
-    builder = layout.resolve_builder_dir(config.builder_dir)
+    builder = layout.resolve_builder_dir(local_path(config.builder_dir, "BUILDER_DIR"))
     if layout.is_url(builder):
         raise ClipaError(f"{builder}: tag writes sidecars next to the shards; use a local folder")
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
