@@ -9,15 +9,15 @@ in every worker. Call ``download`` under ``if __name__ == "__main__":``; an ungu
 raises ``ClipaError`` before any worker starts (instead of img2dataset's endless hang).
 
 Distributors: ``multiprocessing`` (default, one machine) or ``pyspark``. For pyspark, bring your
-own session: create the ``SparkSession`` (cluster master, executors) before calling
-``download``; img2dataset uses the active session, and otherwise starts a ``local[N]`` one.
+own session (create the ``SparkSession`` before calling ``download``) or name its master with
+``spark_master``; img2dataset uses the active session, and without either we start a local one
+whose Python workers run this interpreter (``clipa_data.prepare.spark``).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import importlib.util
 import inspect
 import json
 import math
@@ -44,8 +44,9 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
+from clipa_data.prepare import spark
 from clipa_data.prepare.interrupts import Interrupted, ShardStop
-from clipa_data.prepare.runner import default_workers
+from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
 from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
 from clipa_data.prepare.url_list import check_columns, header_columns
@@ -67,7 +68,6 @@ OUTPUT_FORMATS = tuple(SOURCE_FORMATS)
 """img2dataset output formats: the source formats ``clipa-data convert`` reads."""
 RESIZE_MODES = ("border", "keep_ratio", "keep_ratio_largest", "center_crop", "no")
 INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
-DISTRIBUTORS = ("multiprocessing", "pyspark")
 # img2dataset writes these itself (main.py arguments_validator).
 RESERVED_COLUMNS = frozenset(
     {"key", "caption", "url", "width", "height", "original_width", "original_height", "status"}
@@ -173,11 +173,18 @@ class DownloadConfig:
     distributor: Annotated[
         str,
         Doc(
-            "multiprocessing (this machine) or pyspark (uses the active SparkSession, or starts "
-            "a local one; bring your own cluster session from Python, see the README)."
+            "multiprocessing (this machine) or pyspark (uses the active SparkSession, or builds "
+            "one with --spark-master, default local[PROCESSES_COUNT]; see the README)."
         ),
         Choices(DISTRIBUTORS),
     ] = "multiprocessing"
+    spark_master: Annotated[
+        str | None,
+        Doc(
+            "Master of the SparkSession built for --distributor pyspark when none is active, "
+            "e.g. local[4] or spark://host:7077 (local[N] becomes local[N,4]: 4 attempts/task)."
+        ),
+    ] = None
     extra: Annotated[
         Mapping[str, Any],
         Doc("Any other img2dataset.download argument, by name."),
@@ -241,6 +248,7 @@ class DownloadConfig:
         """The keyword arguments for ``img2dataset.download``."""
         arguments = {name: getattr(self, name) for name in self.__dataclass_fields__}
         arguments.pop("extra")
+        arguments.pop("spark_master")  # ours: the session exists before img2dataset starts
         arguments["save_additional_columns"] = list(self.save_additional_columns) or None
         arguments.update(self.extra)
         return arguments
@@ -503,8 +511,8 @@ def check_inputs(config: DownloadConfig) -> range | None:
     if files and config.input_format != "parquet":
         _check_columns(config, files)
     _check_output(config)
-    if config.distributor == "pyspark" and importlib.util.find_spec("pyspark") is None:
-        raise ClipaError("--distributor pyspark needs pyspark: pip install pyspark")
+    if config.distributor == "pyspark":
+        spark.import_pyspark()
     if rows is None or config.incremental_mode == "extend":
         return None
     return range(sum(math.ceil(n / config.number_sample_per_shard) for n in rows))
@@ -678,7 +686,8 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
     elif config.distributor == "multiprocessing":
         total = len(set(expected) - resumed) if expected is not None else None
         stopped = _run_worker(config, resumed, total, show_progress)
-    else:
+    else:  # pyspark: img2dataset runs in this process, on this session
+        spark.spark_context(config.spark_master, config.processes_count)
         _run_img2dataset(config)
     wall_seconds = time.perf_counter() - started
 

@@ -1,8 +1,9 @@
-"""Map a per-shard function over shards: in this process or in a process pool, with progress.
+"""Map a per-shard function over shards: in this process, in a process pool or on Spark.
 
 Every offline stage (convert, tag) is a pure function of one shard, so parallelism and progress
 live here once. Workers are started with the ``spawn`` method: the parent may have imported
-TensorFlow or spaCy, which are not fork-safe.
+TensorFlow or spaCy, which are not fork-safe. ``distributor="pyspark"`` runs one Spark job per
+shard instead (``clipa_data.prepare.spark``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Annotated, Optional, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -25,12 +26,35 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.prepare.interrupts import (
     Interrupted,
     ShardStop,
     ignore_stop_signals,
     stop_signals_blocked,
 )
+
+DISTRIBUTORS = ("multiprocessing", "pyspark")
+"""Where per-shard work runs: a process pool on this machine, or Spark executors (the choices of
+``--distributor`` on download, convert and tag)."""
+
+DistributorField = Annotated[
+    str,
+    Doc(
+        "multiprocessing (a pool of --workers processes) or pyspark (one Spark job per shard on "
+        "the active SparkSession, or on one built with --spark-master, default local[WORKERS])."
+    ),
+    Choices(DISTRIBUTORS),
+]
+"""The ``distributor`` field of the convert and tag configs."""
+SparkMasterField = Annotated[
+    Optional[str],  # noqa: UP045 - evaluated at runtime by field_specs on Python 3.10
+    Doc(
+        "Master of the SparkSession built for --distributor pyspark when none is active, e.g. "
+        "local[2] or spark://host:7077 (local[N] becomes local[N,4]: 4 attempts per task)."
+    ),
+]
+"""The ``spark_master`` field of the convert and tag configs."""
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -56,10 +80,16 @@ class RunnerConfig:
     """Name of the unit counted by ``units_of`` for the rate column, e.g. ``captions``."""
     show_progress: bool = True
     """Draw a progress bar on stderr."""
+    distributor: str = "multiprocessing"
+    """One of ``DISTRIBUTORS``; ``pyspark`` ignores ``workers`` but for a new local session."""
+    spark_master: str | None = None
+    """Master of the SparkSession built when none is active (``local[2]``, ``spark://...``)."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.distributor not in DISTRIBUTORS:
+            raise ValueError(f"distributor must be one of {', '.join(DISTRIBUTORS)}")
 
 
 def _progress(console: Console, plan: RunnerConfig) -> Progress:
@@ -83,16 +113,18 @@ def map_shards(
     plan: RunnerConfig,
     units_of: Callable[[Result], int] = lambda _: 0,
     on_result: Callable[[Item, Result], None] | None = None,
+    name_of: Callable[[Item], str] = str,
 ) -> list[Result]:
     """Apply ``function`` to every item; return the results in input order.
 
     ``units_of(result)`` feeds the rate column (e.g. records or captions per second);
     ``on_result`` is called in the parent as each item finishes (for logging or manifests).
-    An exception in any item cancels the items not yet started and is re-raised here. The first
-    SIGINT/SIGTERM finishes the items in flight and raises ``Interrupted``; a second one ends
-    the workers at once (``StopNow``).
+    An exception in any item cancels the items not yet started and is re-raised here; on Spark
+    the other items finish first and the failed ones are named with ``name_of``. The first
+    SIGINT/SIGTERM finishes the items in flight (on Spark: the running jobs) and raises
+    ``Interrupted``; a second one ends the workers (cancels the Spark jobs) at once.
     """
-    return map_shards_timed(function, items, plan, units_of, on_result)[0]
+    return map_shards_timed(function, items, plan, units_of, on_result, name_of)[0]
 
 
 def map_shards_timed(
@@ -101,6 +133,7 @@ def map_shards_timed(
     plan: RunnerConfig,
     units_of: Callable[[Result], int] = lambda _: 0,
     on_result: Callable[[Item, Result], None] | None = None,
+    name_of: Callable[[Item], str] = str,
 ) -> tuple[list[Result], float]:
     """``map_shards``, plus the seconds its rate column divides by: from the start of the
     progress bar (worker start-up included) to the last item's finish."""
@@ -122,7 +155,9 @@ def map_shards_timed(
             if on_result is not None:
                 on_result(items[index], result)
 
-        if plan.workers == 1 or len(items) <= 1:
+        if plan.distributor == "pyspark" and items:
+            _run_spark(function, items, plan, finish, name_of, lambda: stop.requested)
+        elif plan.workers == 1 or len(items) <= 1:
             for index, item in enumerate(items):
                 if stop.requested:
                     break
@@ -182,3 +217,17 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
     # Before 3.14 the executor has no public way to end running workers.
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.kill()
+
+
+def _run_spark(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    plan: RunnerConfig,
+    finish: Callable[[int, Result], None],
+    name_of: Callable[[Item], str],
+    stop_requested: Callable[[], bool],
+) -> None:
+    from clipa_data.prepare import spark
+
+    context = spark.spark_context(plan.spark_master, plan.workers)
+    spark.run_on_spark(function, items, plan.description, context, finish, name_of, stop_requested)
