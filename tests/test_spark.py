@@ -36,7 +36,14 @@ pytestmark = pytest.mark.spark
 
 nltk_data_dir, nltk_env = nltk_data.nltk_data_dir, nltk_data.nltk_env
 runner = CliRunner()
-TIMING = {"seconds", "captions_per_second", "distributor", "workers", "builder_dir"}
+TIMING = {
+    "seconds",
+    "tagging_seconds",
+    "captions_per_second",
+    "distributor",
+    "workers",
+    "builder_dir",
+}
 
 
 @pytest.fixture(scope="module")
