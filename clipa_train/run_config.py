@@ -71,6 +71,13 @@ class RunOptions:
             "caption (caption), or auto: sidecars when the builder has them."),
         Choices(TEXT_SOURCES),
     ] = "auto"  # fmt: skip
+    reference_exact: Annotated[
+        bool,
+        Doc("Do what the original does where clipa takes a faster path (off: the fast paths): "
+            "syntax mask re-tokenises re-joined tagger words even when the caption fits, images "
+            "decode at full size with Pillow and resize bicubic, the zero-shot classifier is "
+            "built in fp32 without autocast."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
         _require([(self.workers >= 0, "--workers must be ≥ 0")])
@@ -468,6 +475,7 @@ OPTIONS: dict[str, str] = {
     "shuffle_buffer": "run.shuffle_buffer",
     "seed": "run.seed",
     "text_source": "run.text_source",
+    "reference_exact": "run.reference_exact",
     "model": "model.name",
     "from_checkpoint": "model.from_checkpoint",
     "recipe": "recipe",
