@@ -10,6 +10,8 @@ the original's way under the flag, and the flag through the real commands.
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import nltk_data
 import numpy as np
 import pytest
 import torch
-from builders import jpeg_bytes
+from builders import jpeg_bytes, make_builder_dir, make_records
 from PIL import Image
 from test_syntax_parity import captions, original_syntax_mask, tag_into_sidecars
 from test_zeroshot import fake_prompt_ids
@@ -154,3 +156,107 @@ def test_reference_classifier_is_built_in_fp32_without_autocast():
 
         plain = zeroshot.build_classifier(model, task, encode, torch.device("cpu"))
     assert torch.equal(exact, plain)
+
+
+# ---- the flag through the real commands -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """A spaCy-tagged builder whose first caption fits and is punctuated, and a 20-class folder."""
+    from sidecars import write_sidecars
+
+    from clipa_data.demo import write_demo_validation
+
+    root = tmp_path_factory.mktemp("reference-exact")
+    others = [f"A blue square on a striped background, stock photo {i}" for i in range(23)]
+    records = make_records(24, captions=[PUNCTUATED, *others])
+    builder = make_builder_dir(root / "data", [records])
+    write_sidecars(builder)
+    val = write_demo_validation(root / "eval", per_class=1, seed=0)
+    return {"builder": builder, "eval": val.root, "classnames": val.classnames_path}
+
+
+def first_losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def pretrain(data, out: Path, *more: object) -> subprocess.CompletedProcess:
+    args = [
+        "pretrain", "--data", data["builder"], "--out", out, "--model", "clipa-tiny",
+        "--image-size", 32, "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8,
+        "--samples", 8, "--workers", 1, "--log-every", 1, "--no-progress", *more,
+    ]  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "clipa-train"), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_flag_reaches_the_loader_and_the_evaluation_through_the_cli(data, tmp_path):
+    from clipa_cli.train_app import app
+    from typer.testing import CliRunner
+
+    zeroshot = ["--zeroshot", data["eval"], "--classnames", data["classnames"]]
+    exact = pretrain(data, tmp_path / "exact", "--reference-exact", *zeroshot)
+    assert exact.returncode == 0, exact.stderr
+    fast = pretrain(data, tmp_path / "fast")
+    assert fast.returncode == 0, fast.stderr
+    config = json.loads((tmp_path / "exact" / "config.json").read_text())
+    assert config["options"]["reference_exact"] is True
+    # Same seed, same records, text truncated alike: only the images differ (PIL bicubic).
+    assert first_losses(tmp_path / "exact") != first_losses(tmp_path / "fast")
+    summary = json.loads((tmp_path / "exact" / "summary.json").read_text())
+    assert summary["zeroshot"]["n"] == 20
+    checkpoint = next((tmp_path / "exact" / "checkpoints").glob("step_*.pt"))
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval", "--checkpoint", str(checkpoint), "--imagenet-val", str(data["eval"]),
+            "--classnames", str(data["classnames"]), "--out", str(tmp_path / "eval.json"),
+            "--workers", "0", "--reference-exact",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval.json").read_text())["reference_exact"] is True
+
+
+def test_the_flag_reaches_the_text_reducer_of_a_resolved_stage(data, tmp_path):
+    from clipa_train.reduce import TextReducer
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    options = {"data": str(data["builder"]), "out": str(tmp_path / "run"), "model": "clipa-tiny"}
+    options |= {"text_mask": "syntax", "text_length": 32, "reference_exact": True}
+    stage = resolve_stage(resolve("pretrain", options))
+    assert stage.image.reference_exact and stage.text.reference_exact
+    assert stage.text.needs_sidecars
+    plain = resolve_stage(resolve("pretrain", {**options, "reference_exact": None}))
+    assert not plain.image.reference_exact and not plain.text.reference_exact
+    from clipa_data.core import layout, sidecar
+
+    shard = layout.read_split(data["builder"], "train").shards[0]
+    rows = sidecar.SidecarRows(
+        sidecar.read_table(layout.sidecar_path(data["builder"], shard.path)), None
+    )
+    rng = np.random.default_rng(0)
+    exact = TextReducer(stage.text)(PUNCTUATED, rows, 0, rng)
+    own = TextReducer(plain.text)(PUNCTUATED, rows, 0, rng)
+    assert own.tolist() == tr.truncate(rows.caption_ids(0), 32).tolist() != exact.tolist()
+
+
+def test_preview_shows_the_reference_syntax_mask(data):
+    def preview(*more: str) -> list[dict]:
+        args = ["preview", str(data["builder"]), "--text-length", "32", "--n", "2", "--json"]
+        done = subprocess.run(
+            [str(BIN / "clipa-data"), *args, *more], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    fast, exact = preview(), preview("--reference-exact")
+    assert fast[0]["caption"] == PUNCTUATED
+    # spaCy's "do" + "n't" re-tokenise into other ids than the caption's own "don't".
+    assert "don 't" in fast[0]["text"] and "do n 't" in exact[0]["text"]
+    assert fast[0]["ids"] != exact[0]["ids"]
+    assert fast[1] == exact[1]  # where the re-join gives the same ids, nothing changes
