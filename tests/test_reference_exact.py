@@ -260,3 +260,28 @@ def test_preview_shows_the_reference_syntax_mask(data):
     assert "don 't" in fast[0]["text"] and "do n 't" in exact[0]["text"]
     assert fast[0]["ids"] != exact[0]["ids"]
     assert fast[1] == exact[1]  # where the re-join gives the same ids, nothing changes
+
+
+def test_retrieval_images_take_the_reference_path(tmp_path):
+    from test_retrieval import write_karpathy
+
+    from clipa_train.backend import BackendConfig, create_backend
+    from clipa_train.model import build_model, load_preset
+    from clipa_train.retrieval import RetrievalSettings, image_features
+    from clipa_train.retrieval_sets import open_retrieval_set
+
+    torch.manual_seed(0)
+    model = build_model(load_preset("test-tiny")).eval()
+    rset = open_retrieval_set(*write_karpathy(tmp_path, 4), "coco")
+    backend = create_backend(BackendConfig(name="cpu"))
+    exact = ImageConfig(32, "center", reference_exact=True)
+    pixels = torch.stack(
+        [torch.from_numpy(load_image(Path(p).read_bytes(), exact)) for p in rset.images]
+    )
+    with torch.no_grad():
+        expected = model.encode_image(backend.images_to_device(pixels), normalize=True)
+        settings = RetrievalSettings(32, workers=0, reference_exact=True)
+        ours = image_features(model, backend, rset, settings, lambda done: None)
+        settings = RetrievalSettings(32, workers=0)
+        fast = image_features(model, backend, rset, settings, lambda done: None)
+    assert torch.allclose(ours, expected, atol=1e-6) and not torch.allclose(fast, expected)
