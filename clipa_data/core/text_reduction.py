@@ -4,7 +4,8 @@ Every function returns ``int64[length]`` = SOT + at most ``length - 2`` kept BPE
 zero padding, or in the tokenizer's other format (``fmt``: CLIPA-v2 WordPiece rows are ``[CLS]`` +
 at most ``length - 1`` ids, no end id; "``length - 2``" below is then ``length - 1``). Randomness
 comes only from the ``numpy.random.Generator`` argument. A caption whose BPE ids already fit
-(``len(ids) <= length - 2``) is returned unchanged by every strategy.
+(``len(ids) <= length - 2``) is returned unchanged by every strategy (but the reference-exact
+syntax mask, below).
 
 Examples with ``length = 6`` (4 kept ids) and a caption of 6 BPE ids ``a b c d e f``::
 
