@@ -67,6 +67,11 @@ class EvalConfig:
     data_root: Annotated[
         str | None, Doc("Folder holding the suite's sets under their conventional names.")
     ] = None
+    reference_exact: Annotated[
+        bool,
+        Doc("As the original: images decoded at full size by Pillow and resized bicubic, the "
+            "classifier built in fp32 without autocast (off: the fast paths)."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -128,6 +133,7 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         crop=config.crop,
         batch_size=config.batch_size,
         workers=config.workers,
+        reference_exact=config.reference_exact,
     )
     prompts = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
     scores = evaluate_zeroshot(model, backend, zset, settings, prompts)
@@ -140,6 +146,7 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         "image_size": settings.image_size,
         "text_length": settings.text_length,
         "crop": config.crop,
+        "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(config.result_path(), result)

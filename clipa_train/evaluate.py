@@ -11,6 +11,7 @@ Everything is checked when the set is opened, before any training starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -196,18 +197,24 @@ def image_batches(
 
 
 def prompt_encoder(
-    length: int, mask: str, tagger_spec=None, tokenizer: str = CLIP_BPE
+    length: int,
+    mask: str,
+    tagger_spec=None,
+    tokenizer: str = CLIP_BPE,
+    reference_exact: bool = False,
 ) -> Callable[[list[str]], torch.Tensor]:
     """Token ids for prompts at the stage's text length, cached per prompt.
 
     A mask that needs words (syntax) tags prompts with the tagger that made the training
     sidecars (as CLIPA's in-loop evaluation syntax-masks prompts), or, with a WordPiece
     ``tokenizer``, ranks their words from its vocabulary's table; one that draws at random
-    (random, block) evaluates deterministically with truncation.
+    (random, block) evaluates deterministically with truncation. ``reference_exact``: the
+    mask's original procedure (``TextMaskStrategy.reducer``).
     """
     strategy = text_mask(mask)
     if strategy.draws:
         strategy = text_mask("truncate")
+    reduce_ids = strategy.reducer(reference_exact)
     tokenizer = load_tokenizer(tokenizer)
     own_words = strategy.needs_words and tokenizer.own_words()
     cache: dict[str, np.ndarray] = {}
@@ -240,7 +247,7 @@ def prompt_encoder(
         missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in cache]
         for prompt, words in zip(missing, words_of(missing), strict=True):
             ids = np.asarray(tokenizer.encode(prompt), dtype=np.int64)
-            cache[prompt] = strategy.reduce(ids, length, None, words, tokenizer.format)
+            cache[prompt] = reduce_ids(ids, length, None, words, tokenizer.format)
         return torch.from_numpy(np.stack([cache[prompt] for prompt in prompts]))
 
     return encode
@@ -262,6 +269,25 @@ class EvalSettings:
     """Images per batch."""
     workers: int = 2
     """Decoding worker processes."""
+    reference_exact: bool = False
+    """``--reference-exact``: images through the PIL bicubic path (``ImageConfig``) and the
+    classifier built in fp32 without autocast, as the original (``build_classifier``)."""
+
+
+def build_classifier(
+    model: torch.nn.Module,
+    backend,
+    task: zeroshot.ZeroShotTask,
+    encode_prompts: Callable[[list[str]], torch.Tensor],
+    settings: EvalSettings,
+) -> torch.Tensor:
+    """The zero-shot classifier from the current weights: under the backend's autocast (bf16
+    text forwards), or with ``settings.reference_exact`` in fp32 without autocast, as the
+    original's ``zero_shot_classifier`` (the weights are fp32 masters in every precision)."""
+    with contextlib.nullcontext() if settings.reference_exact else backend.autocast():
+        return zeroshot.build_classifier(
+            model, task, encode_prompts, backend.device, backend.step_boundary
+        )
 
 
 def evaluate_zeroshot(
@@ -276,11 +302,11 @@ def evaluate_zeroshot(
 
     ``advance(n)`` is told of each batch of ``n`` images as it is scored (a progress bar).
     """
+    classifier = build_classifier(model, backend, zset.task, encode_prompts, settings)
     with backend.autocast():
-        classifier = zeroshot.build_classifier(
-            model, zset.task, encode_prompts, backend.device, backend.step_boundary
+        image = ImageConfig(
+            size=settings.image_size, crop=settings.crop, reference_exact=settings.reference_exact
         )
-        image = ImageConfig(size=settings.image_size, crop=settings.crop)
         loader = image_batches(zset, image, settings.batch_size, settings.workers)
 
         def batches():

@@ -87,6 +87,13 @@ class RunOptions:
             "share of the records it read (at least 1000 counted); below it they are skipped "
             "and reported."),
     ] = 0.01  # fmt: skip
+    reference_exact: Annotated[
+        bool,
+        Doc("Do what the original does where clipa takes a faster path (off: the fast paths): "
+            "syntax mask re-tokenises re-joined tagger words even when the caption fits, images "
+            "decode at full size with Pillow and resize bicubic, the zero-shot classifier is "
+            "built in fp32 without autocast."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(
@@ -505,6 +512,7 @@ OPTIONS: dict[str, str] = {
     "samples_per_epoch": "run.samples_per_epoch",
     "check_crc": "run.check_crc",
     "max_bad_fraction": "run.max_bad_fraction",
+    "reference_exact": "run.reference_exact",
     "model": "model.name",
     "from_checkpoint": "model.from_checkpoint",
     "recipe": "recipe",

@@ -164,13 +164,17 @@ def zeroshot_hook(stage: ResolvedStage, backend):
     # its own words).
     untagged = stage.text.needs_sidecars and stage.tagger is None
     prompt_mask = "truncate" if untagged else stage.text.mask
-    encode = prompt_encoder(stage.text.length, prompt_mask, stage.tagger, stage.text.tokenizer)
+    encode = prompt_encoder(
+        stage.text.length, prompt_mask, stage.tagger, stage.text.tokenizer,
+        reference_exact=stage.text.reference_exact,
+    )  # fmt: skip
     settings = EvalSettings(
         image_size=stage.image.size,
         text_length=stage.text.length,
         text_mask=prompt_mask,
         batch_size=evaluation.batch_size,
         workers=min(2, stage.config.run.workers),
+        reference_exact=stage.image.reference_exact,
     )
 
     def hook(model, step: int) -> dict:
