@@ -294,16 +294,9 @@ def train(
         try:
             stop.next_check = _next_check(step, config, backend)
             while step < optim_config.total_steps:
-                waited = time.perf_counter()
-                try:
-                    with stop.interruptible():
-                        host_batch = next(iterator)
-                except StopIteration:
+                host_batch = _next_batch(iterator, stop, window, result)
+                if host_batch is None:
                     break
-                except ClipaError as error:  # between steps: the last one is whole, save it
-                    result.stopped, result.failure = True, str(error)
-                    break
-                window.wait += time.perf_counter() - waited
                 lr = learning_rate(step, optim_config)
                 set_learning_rate(optimizer, lr)
                 watched = _optimiser_step(
@@ -336,6 +329,22 @@ def train(
     log.close()
     result.step = step
     return result
+
+
+def _next_batch(iterator, stop: StopSignal, window: _Window, result: LoopResult) -> dict | None:
+    """The next host batch (its wait counted), or None at the end of the data or on a data fault
+    (recorded in ``result``: it comes between steps, so the last step is whole and is saved)."""
+    waited = time.perf_counter()
+    try:
+        with stop.interruptible():
+            batch = next(iterator)
+    except StopIteration:
+        return None
+    except ClipaError as error:
+        result.stopped, result.failure = True, str(error)
+        return None
+    window.wait += time.perf_counter() - waited
+    return batch
 
 
 def _start(
