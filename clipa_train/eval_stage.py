@@ -112,20 +112,15 @@ def _model(config: EvalConfig):
     return model
 
 
-def evaluate_checkpoint(config: EvalConfig) -> dict:
-    """Evaluate, write ``eval.json`` and return the result (``top1``, ``top5``, ``n``, ...)."""
+def _loaded(config: EvalConfig):
+    """The checkpoint's model on its backend in eval mode, the evaluation settings and the
+    prompt encoder (the model's context length, truncated) — what every eval set uses."""
     from clipa_train.backend import BackendConfig, create_backend
-    from clipa_train.evaluate import (
-        EvalSettings,
-        evaluate_zeroshot,
-        open_zeroshot_set,
-        prompt_encoder,
-    )
+    from clipa_train.eval_suite import SuiteModel
+    from clipa_train.evaluate import EvalSettings, prompt_encoder
 
-    zset = open_zeroshot_set(config.dataset, config.classnames, config.templates)
     model = _model(config)
     backend = create_backend(BackendConfig(name=config.backend))
-    started = time.perf_counter()
     model.to(backend.device).eval()
     settings = EvalSettings(
         image_size=model.config.vision.image_size,
@@ -135,8 +130,19 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         workers=config.workers,
         reference_exact=config.reference_exact,
     )
-    prompts = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
-    scores = evaluate_zeroshot(model, backend, zset, settings, prompts)
+    encode = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
+    return SuiteModel(model, backend, settings, encode)
+
+
+def evaluate_checkpoint(config: EvalConfig) -> dict:
+    """Evaluate, write ``eval.json`` and return the result (``top1``, ``top5``, ``n``, ...)."""
+    from clipa_train.evaluate import evaluate_zeroshot, open_zeroshot_set
+
+    zset = open_zeroshot_set(config.dataset, config.classnames, config.templates)
+    started = time.perf_counter()
+    loaded = _loaded(config)
+    settings = loaded.settings
+    scores = evaluate_zeroshot(loaded.model, loaded.backend, zset, settings, loaded.encode_prompts)
     result = {
         **scores,
         "checkpoint": config.checkpoint,
@@ -162,26 +168,17 @@ def evaluate_suite(
 
     Returns ``{"sets": {name: result}, "skipped": {name: why}, ...}`` with the settings used.
     """
-    from clipa_train.backend import BackendConfig, create_backend
-    from clipa_train.eval_suite import SuiteModel, run_suite
-    from clipa_train.evaluate import EvalSettings, prompt_encoder
-
-    def load() -> SuiteModel:
-        model = _model(config)
-        backend = create_backend(BackendConfig(name=config.backend))
-        model.to(backend.device).eval()
-        settings = EvalSettings(
-            image_size=model.config.vision.image_size,
-            text_length=model.config.text.context_length,
-            crop=config.crop,
-            batch_size=config.batch_size,
-            workers=config.workers,
-        )
-        encode = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
-        return SuiteModel(model, backend, settings, encode)
+    from clipa_train.eval_suite import run_suite
 
     root = Path(config.data_root)
-    found = run_suite(config.suite, root, load, config.templates, progress, note_skipped)
-    result = {"checkpoint": config.checkpoint, "suite": config.suite, **found}
+    found = run_suite(
+        config.suite, root, lambda: _loaded(config), config.templates, progress, note_skipped
+    )
+    result = {
+        "checkpoint": config.checkpoint,
+        "suite": config.suite,
+        "reference_exact": config.reference_exact,
+        **found,
+    }
     write_json(config.result_path(), result)
     return result

@@ -90,7 +90,13 @@ def _retrieval_entry(name: str, header: str) -> SuiteEntry:
         from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
 
         base = suite.settings
-        settings = RetrievalSettings(base.image_size, base.crop, base.batch_size, base.workers)
+        settings = RetrievalSettings(
+            image_size=base.image_size,
+            crop=base.crop,
+            batch_size=base.batch_size,
+            workers=base.workers,
+            reference_exact=base.reference_exact,
+        )
         scores = evaluate_retrieval(
             suite.model, suite.backend, rset, settings, suite.encode_prompts, advance
         )
