@@ -20,6 +20,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.demo import write_demo_validation
 from clipa_train.model import build_model, load_preset
 from clipa_train.model.clipa_weights import (
+    CLIPA_REPO_PRESETS,
     KEY_TABLE,
     clipa_repo_shapes,
     from_clipa_repo,
@@ -62,6 +63,26 @@ def test_v1_presets_keep_ln_pre_rows():
 def test_table_has_one_row_per_name():
     names = [row.clipa_repo for row in KEY_TABLE]
     assert len(names) == len(set(names)) == len({row.ours for row in KEY_TABLE})
+
+
+@pytest.mark.parametrize("name", sorted(CLIPA_REPO_PRESETS))
+def test_repository_presets_are_their_openclip_twin_with_tanh_gelu(name):
+    """``--model ViT-H-14-CL32-GAP-BigVision`` evaluates as the repository's scripts do; a file
+    without --model is still detected as the twin (the same tensors)."""
+    from clipa_train.model.weights import load_openclip_weights, matching_presets
+
+    twin = CLIPA_REPO_PRESETS[name]
+    ours, theirs = load_preset(name).to_dict(), load_preset(twin).to_dict()
+    assert [ours["vision"].pop("gelu_approximate"), ours["text"].pop("gelu_approximate")] == [
+        "tanh",
+        "tanh",
+    ]
+    del theirs["vision"]["gelu_approximate"], theirs["text"]["gelu_approximate"]
+    assert ours == theirs
+    with torch.device("meta"):
+        state = build_model(load_preset(twin)).state_dict()
+        load_openclip_weights(build_model(load_preset(name)), state)  # strict: no error
+    assert matching_presets(state) == [twin]
 
 
 # ---- files in the CLIPA repository's layout, through the CLI --------------------------------
@@ -161,6 +182,13 @@ def test_finetune_from_a_clipa_repo_file_through_the_cli(setup, tmp_path):
         states[kind] = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     for key, value in states["openclip"].items():
         assert torch.equal(states["repo"][key], value), key
+    # eval of the run's checkpoint, no --tokenizer: the vocabulary the run recorded is used
+    val = setup["val"]
+    checkpoint = max((tmp_path / "repo" / "checkpoints").glob("step_*.pt"))
+    done = run("eval", "--checkpoint", checkpoint, "--imagenet-val", val.root,
+               "--classnames", val.classnames_path, "--workers", 0, "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["n"] == 20
 
 
 # ---- bad input ----------------------------------------------------------------------------------

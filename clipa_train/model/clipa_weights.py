@@ -195,6 +195,15 @@ def clipa_repo_shapes(config: ModelConfig) -> dict[str, Shape]:
     return shapes
 
 
+CLIPA_REPO_PRESETS = {
+    "ViT-L-14-CL32-GAP-BigVision": "ViT-L-14-CLIPA",
+    "ViT-H-14-CL32-GAP-BigVision": "ViT-H-14-CLIPA",
+}
+"""Bundled presets named as the CLIPA repository's v2 configs, each its OpenCLIP twin with tanh
+GELU (what the repository evaluates its released files with). GELU has no parameters, so a file
+cannot say which it was meant for: detection picks the twin, ``--model`` picks these. The
+repository has no bigG config (bigG was released in OpenCLIP's format only) and no 336 px one
+(its scripts pass ``--force-image-size 336``: here ``--image-size 336``)."""
 OPENCLIP_EXTRAS = ("logit_bias",)
 """Names OpenCLIP (and clipa) models may hold that no CLIPA-repository model has (SigLIP's)."""
 REQUIRED = tuple(row.clipa_repo for row in KEY_TABLE if "{i}" not in row.clipa_repo)

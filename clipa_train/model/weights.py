@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 from clipa_data.core.errors import ClipaError
-from clipa_train.model.clipa_weights import check_known_keys, from_clipa_repo
+from clipa_train.model.clipa_weights import (
+    CLIPA_REPO_PRESETS,
+    check_known_keys,
+    from_clipa_repo,
+)
 from clipa_train.model.config import ModelConfig, load_preset, preset_names
 from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed
 
@@ -174,6 +178,8 @@ def matching_presets(state: StateDict) -> list[str]:
     grid = round((shapes[IMAGE_POS][0] - 1) ** 0.5)
     exact, resized = [], []
     for name in preset_names():
+        if name in CLIPA_REPO_PRESETS:
+            continue  # its OpenCLIP twin has the same tensors and is the one detected
         config = load_preset(name)
         vision, text = config.vision, config.text
         if conv != (vision.width, 3, vision.patch_size, vision.patch_size) or tokens != (
