@@ -55,10 +55,11 @@ class EvalConfig:
         str | None, Doc("Where eval.json goes (default: the run directory of the checkpoint).")
     ] = None
     tokenizer: Annotated[
-        str,
+        str | None,
         Doc("Prompt tokenizer: clip-bpe, or the local WordPiece tokenizer.json / vocab.txt (or "
-            "its folder) the model was trained with."),
-    ] = CLIP_BPE  # fmt: skip
+            "its folder) the model was trained with (default: a clipa checkpoint's own, else "
+            "clip-bpe; CLIPA-v2 weights need bert-base-uncased's)."),
+    ] = None  # fmt: skip
     suite: Annotated[
         str | None,
         Doc("Instead of one set, every set of a suite found under --data-root: paper "
@@ -80,7 +81,7 @@ class EvalConfig:
             raise ClipaError("--batch-size must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:
             raise ClipaError("--image-size must be positive")
-        if self.tokenizer != CLIP_BPE:
+        if self.tokenizer not in (None, CLIP_BPE):
             from clipa_data.core.tokenizer import load_tokenizer
 
             load_tokenizer(self.tokenizer)  # a missing or bad vocabulary: one line, now
@@ -112,6 +113,40 @@ def _model(config: EvalConfig):
     return model
 
 
+def prompt_tokenizer(config: EvalConfig, model) -> str:
+    """``--tokenizer``, else the one a clipa checkpoint was trained with, else CLIP BPE; its
+    ids must fit the model's text vocabulary (a CLIPA-v2 model has WordPiece's 32,000: CLIP
+    BPE's ids would index past it), or one line says which file to pass."""
+    from clipa_data.core.tokenizer import load_tokenizer
+
+    spec = config.tokenizer or _recorded_tokenizer(config.checkpoint) or CLIP_BPE
+    tokenizer = load_tokenizer(spec)
+    vocabulary = model.config.text.vocab_size
+    if tokenizer.vocab_size > vocabulary:
+        raise ClipaError(
+            f"--tokenizer {spec} has {tokenizer.vocab_size} ids but the model's text vocabulary "
+            f"has {vocabulary}: the model was trained with another tokenizer; pass --tokenizer "
+            "with its local tokenizer.json / vocab.txt (CLIPA-v2: bert-base-uncased's)"
+        )
+    return spec
+
+
+def _recorded_tokenizer(path: str) -> str | None:
+    """The ``--tokenizer`` a clipa checkpoint's run used; None for other weights (memory-mapped:
+    the tensors are not read)."""
+    import torch
+
+    from clipa_train.checkpoint import FORMAT
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format file: it has no run config to read either
+        return None
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload.get("config", {}).get("options", {}).get("tokenizer")
+    return None
+
+
 def _loaded(config: EvalConfig):
     """The checkpoint's model on its backend in eval mode, the evaluation settings and the
     prompt encoder (the model's context length, truncated) — what every eval set uses."""
@@ -130,7 +165,9 @@ def _loaded(config: EvalConfig):
         workers=config.workers,
         reference_exact=config.reference_exact,
     )
-    encode = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
+    encode = prompt_encoder(
+        settings.text_length, "truncate", tokenizer=prompt_tokenizer(config, model)
+    )
     return SuiteModel(model, backend, settings, encode)
 
 

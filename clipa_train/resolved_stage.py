@@ -167,7 +167,9 @@ def _check_tokenizer(text: TextReductionConfig, model: ModelConfig) -> None:
     if tokenizer.vocab_size > model.text.vocab_size:
         raise ClipaError(
             f"--tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids but the model's text "
-            f"vocabulary has {model.text.vocab_size}; use a model with a larger vocabulary"
+            f"vocabulary has {model.text.vocab_size}; pass --tokenizer with the model's own "
+            "local tokenizer.json / vocab.txt (CLIPA-v2: bert-base-uncased's) or use a model "
+            "with a larger vocabulary"
         )
     if text_mask_strategy(text.mask).needs_words and not text.needs_sidecars:
         tokenizer.own_words()

@@ -67,7 +67,7 @@ def evaluate_retrieval_checkpoint(
     once with the item count and returns the per-batch callback.
     """
     from clipa_train.backend import BackendConfig, create_backend
-    from clipa_train.eval_stage import _model
+    from clipa_train.eval_stage import _model, prompt_tokenizer
     from clipa_train.evaluate import prompt_encoder
     from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
     from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
@@ -106,7 +106,7 @@ def evaluate_retrieval_checkpoint(
         backend,
         rset,
         settings,
-        prompt_encoder(text_length, "truncate", tokenizer=config.tokenizer),
+        prompt_encoder(text_length, "truncate", tokenizer=prompt_tokenizer(config, model)),
         progress(total) if progress else lambda done: None,
     )
     result = {

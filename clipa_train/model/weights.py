@@ -11,6 +11,11 @@ import torch
 from torch import nn
 
 from clipa_data.core.errors import ClipaError
+from clipa_train.model.clipa_weights import (
+    CLIPA_REPO_PRESETS,
+    check_known_keys,
+    from_clipa_repo,
+)
 from clipa_train.model.config import ModelConfig, load_preset, preset_names
 from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed
 
@@ -26,7 +31,8 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 def read_weights(path: str | Path) -> StateDict:
     """The state dict in ``path``: a bare state dict, ``{'state_dict': ...}`` (OpenCLIP training
-    checkpoints) or a clipa checkpoint (``{'model': ...}``); a ``module.`` prefix is stripped."""
+    checkpoints and the CLIPA repository's files) or a clipa checkpoint (``{'model': ...}``); a
+    ``module.`` prefix is stripped, CLIPA-repository names mapped to ours (``clipa_weights``)."""
     path = Path(path)
     if not path.is_file():
         raise ClipaError(f"weights file {path} does not exist")
@@ -55,11 +61,12 @@ def unwrap_state_dict(payload: object, source: str = "weights") -> StateDict:
         isinstance(value, torch.Tensor) for value in payload.values()
     ):
         raise ClipaError(f"{source}: no state dict of tensors found")
-    return {
+    plain = {
         _plain_key(key): value
         for key, value in payload.items()
         if not key.endswith(IGNORED_SUFFIXES)
     }
+    return from_clipa_repo(plain)  # the CLIPA repository's own files: its names to ours
 
 
 def _plain_key(key: str) -> str:
@@ -171,6 +178,8 @@ def matching_presets(state: StateDict) -> list[str]:
     grid = round((shapes[IMAGE_POS][0] - 1) ** 0.5)
     exact, resized = [], []
     for name in preset_names():
+        if name in CLIPA_REPO_PRESETS:
+            continue  # its OpenCLIP twin has the same tensors and is the one detected
         config = load_preset(name)
         vision, text = config.vision, config.text
         if conv != (vision.width, 3, vision.patch_size, vision.patch_size) or tokens != (
@@ -200,9 +209,12 @@ def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def recognise_preset(path: str | Path) -> ModelConfig:
-    """The preset (at its own sizes) that the OpenCLIP-format weights in ``path`` were written
-    for, or one error naming the candidates and the fix."""
-    matches = matching_presets(read_weights(path))
+    """The preset (at its own sizes) that the OpenCLIP-format or CLIPA-repository weights in
+    ``path`` were written for, or one error naming the candidates (or the foreign keys) and the
+    fix."""
+    state = read_weights(path)
+    check_known_keys(state, str(path))
+    matches = matching_presets(state)
     if len(matches) == 1:
         return load_preset(matches[0])
     if not matches:
