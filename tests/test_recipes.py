@@ -172,3 +172,22 @@ def test_recipe_file(tmp_path):
 TINY_STAGE = {"stage": "pretrain", "model": "clipa-tiny", "image_size": 32, "text_length": 8,
               "text_mask": "truncate", "global_batch": 8, "lr": 1e-3, "warmup_steps": 1,
               "samples": 32, "pos_embed": "learnable"}  # fmt: skip
+
+
+def test_eval_normalises_as_the_training_run_did(tmp_path):
+    """A v2 run's checkpoint is evaluated with ImageNet mean/std (its config.json says so)."""
+    from clipa_train.backend_config import IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN
+    from clipa_train.eval_stage import EvalConfig
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000010.pt"
+    assert EvalConfig(checkpoint=str(checkpoint)).backend_config().image_mean == OPENAI_MEAN
+    checkpoint.parent.mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text(
+        json.dumps({"options": {"image_norm": "imagenet"}})
+    )
+    backend = EvalConfig(checkpoint=str(checkpoint)).backend_config()
+    assert (backend.image_mean, backend.image_std) == (IMAGENET_MEAN, IMAGENET_STD)
+    given = EvalConfig(checkpoint=str(checkpoint), image_norm="openai").backend_config()
+    assert given.image_mean == OPENAI_MEAN
+    with pytest.raises(ClipaError, match="--image-norm must be one of openai, imagenet"):
+        EvalConfig(checkpoint=str(checkpoint), image_norm="laion")
