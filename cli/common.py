@@ -16,6 +16,8 @@ from clipa_data.core.errors import ClipaError
 Command = TypeVar("Command", bound=Callable)
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+"""What a shell reports for a command stopped by Ctrl-C (128 + SIGINT)."""
 
 
 def stdout() -> Console:
@@ -35,7 +37,8 @@ def fail(message: str) -> NoReturn:
 
 
 def reports_errors(command: Command) -> Command:
-    """Turn ``ClipaError`` (bad input, failed checks) into one line and a non-zero exit."""
+    """Turn ``ClipaError`` (bad input, failed checks) into one line and a non-zero exit, and an
+    interrupt (Ctrl-C, SIGTERM) into one line and exit 130 instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -43,6 +46,11 @@ def reports_errors(command: Command) -> Command:
             return command(*args, **kwargs)
         except ClipaError as error:
             fail(str(error))
+        except KeyboardInterrupt as interrupt:
+            # A stage's Interrupted says what finished and how to resume; a bare Ctrl-C says
+            # nothing, and the stages write atomically, so there is nothing half-done to name.
+            stderr().print(f"[bold yellow]{escape(str(interrupt) or 'interrupted')}[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 

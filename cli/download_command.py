@@ -5,14 +5,17 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from clipa_cli.common import reports_errors, stdout
 from clipa_cli.options import command, config_arguments, config_options, config_values
 from clipa_cli.tables import download_table
 from rich.markup import escape
 
+from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
+from clipa_data.prepare.datasets import DATASETS, RECIPES, recipe
 from clipa_data.prepare.download import (
     POSITIONAL_ARGUMENTS,
     DownloadConfig,
@@ -27,7 +30,8 @@ HELP = (
     "A re-run skips the shards that finished (those with NNNNN_stats.json), so an interrupted "
     "download resumes where it stopped. Any other img2dataset argument goes through "
     "--i2d KEY=VALUE. Ends with a summary table and writes "
-    "OUTPUT_FOLDER/_clipa/download_summary.json."
+    "OUTPUT_FOLDER/_clipa/download_summary.json.\n\n"
+    "Datasets (--dataset NAME):\n\n" + "\n\n".join(f"{r.name}: {r.summary}." for r in RECIPES)
 )
 """The command's --help text (one line per paragraph: the app renders help as rich markup)."""
 
@@ -63,9 +67,31 @@ def parse_passthrough(pairs: list[str]) -> dict[str, Any]:
     return parsed
 
 
+@dataclass(frozen=True)
+class DownloadRequest:
+    """What ``clipa-data download`` takes besides ``DownloadConfig``."""
+
+    dataset: Annotated[
+        str,
+        Doc(
+            "Recipe (columns, image size, resize mode, saved columns) of the dataset whose "
+            "metadata URL_LIST holds; options given here override it."
+        ),
+        Choices(DATASETS),
+    ] = "laion400m"
+
+
+RECIPE_FIELDS = tuple(name for name in DATASETS["laion400m"].settings() if name != "extra")
+"""The options a recipe sets: "not given" on the command line means "the recipe's" (its extra
+img2dataset arguments merge with --i2d)."""
+
 OPTIONS = config_options(
     DownloadConfig,
-    [f.name for f in dataclasses.fields(DownloadConfig) if f.name not in POSITIONAL_ARGUMENTS],
+    [
+        f.name
+        for f in dataclasses.fields(DownloadConfig)
+        if f.name not in POSITIONAL_ARGUMENTS and f.name not in RECIPE_FIELDS
+    ],
     flags={
         "processes_count": ("--processes-count", "--processes"),
         "thread_count": ("--thread-count", "--threads"),
@@ -80,16 +106,38 @@ OPTIONS = config_options(
     repeated=("extra",),
     metavars={"extra": "KEY=VALUE"},
 )
+RECIPE_OPTIONS = config_options(
+    DownloadConfig,
+    RECIPE_FIELDS,
+    extra_help={
+        "save_additional_columns": 'Comma-separated; "" keeps none. Default: the --dataset '
+        "recipe's (LAION-400M's shown).",
+        **{
+            name: "Default: the --dataset recipe's (LAION-400M's shown)."
+            for name in RECIPE_FIELDS
+            if name != "save_additional_columns"
+        },
+    },
+    unset=True,
+)
+
+
+def recipe_values(dataset: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The config values: the recipe's, then every option the user gave."""
+    settings = recipe(dataset).settings()
+    given = {name: value for name, value in options.items() if value is not None}
+    values = {**settings, **config_values(DownloadConfig, given)}
+    if "caption_col" in given:
+        values["caption_col"] = given["caption_col"] or None  # "" stores no caption
+    values["extra"] = {**settings["extra"], **parse_passthrough(options["extra"] or [])}
+    return values
 
 
 @reports_errors
-def download_options(**options: Any) -> None:
+def download_options(dataset: str, **options: Any) -> None:
     """Download images with img2dataset (LAION-400M recipe by default); resumable."""
     # URL_LIST and OUTPUT_FOLDER stay strings: pathlib would turn gs://bucket into gs:/bucket.
-    values = config_values(DownloadConfig, options)
-    values["caption_col"] = values["caption_col"] or None
-    values["extra"] = parse_passthrough(options["extra"] or [])
-    config = DownloadConfig(**values)
+    config = DownloadConfig(**recipe_values(dataset, options))
     console = stdout()
     try:
         summary = download(config)
@@ -102,6 +150,12 @@ def download_options(**options: Any) -> None:
 
 
 download_command = command(
-    download_options, [*config_arguments(DownloadConfig, POSITIONAL_ARGUMENTS), *OPTIONS]
+    download_options,
+    [
+        *config_arguments(DownloadConfig, POSITIONAL_ARGUMENTS),
+        *config_options(DownloadRequest),
+        *RECIPE_OPTIONS,
+        *OPTIONS,
+    ],
 )
 """The ``clipa-data download`` command."""

@@ -66,8 +66,8 @@ def download_table(summary: DownloadSummary, top_errors: int = 5) -> Table:
 def convert_table(result: ConvertResult) -> Table:
     """A conversion: shards, records, bytes, features, what was left out, the verification."""
     table = Table(title=f"clipa-data convert: {result.status}", show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
+    table.add_column("what", style="bold")
+    table.add_column("value")
     seconds = ", ".join(f"{phase} {value:.1f}s" for phase, value in result.phases.items())
     rows = [
         ("builder directory", str(result.builder_dir)),
@@ -103,15 +103,17 @@ def bad_shards_table(bad_shards: Iterable[tuple[str, str]]) -> Table:
 
 def tag_table(summary: TagSummary) -> Table:
     """A tagging run: the tagger, shards tagged and skipped, captions and their rate."""
-    table = Table(title="clipa-data tag")
-    table.add_column("")
-    table.add_column("")
+    table = Table(title="clipa-data tag", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
     spec = summary.tagger
     table.add_row("tagger", escape(f"{spec.name} {spec.version} ({spec.model_id})"))
     table.add_row("shards tagged", f"{len(summary.tagged):,}")
     table.add_row("shards skipped (finished)", f"{len(summary.shards) - len(summary.tagged):,}")
     table.add_row("captions tagged", f"{summary.captions_tagged:,}")
-    table.add_row("captions/s", f"{summary.captions_per_second:,.0f} ({summary.workers} workers)")
+    rate = f"{summary.captions_per_second:,.0f} ({summary.workers} workers)"
+    table.add_row("captions/s", rate)  # the progress bar's final rate: the same measure
+    table.add_row("time", f"{summary.tagging_seconds:.1f} s tagging, {summary.seconds:.1f} s wall")
     table.add_row("sidecars", escape(str(layout.sidecar_dir(summary.builder_dir))))
     table.add_row("summary", escape(str(layout.tag_summary_path(summary.builder_dir))))
     return table

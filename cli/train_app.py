@@ -67,9 +67,9 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
 
 def print_summary(summary: dict) -> None:
     """The stage summary as a table."""
-    table = Table(title=f"{summary['stage']} summary", title_justify="left")
-    table.add_column("")
-    table.add_column("")
+    table = Table(title=f"{summary['stage']} summary", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
     zeroshot = summary.get("zeroshot") or {}
     rows = [
         ("steps", f"{summary['steps']} of {summary['total_steps']}"
@@ -88,8 +88,13 @@ def print_summary(summary: dict) -> None:
 
 
 def _bad_images(stream: dict, shown: int = 3) -> str:
-    """The count of bad images and the first messages (the rest are in summary.json)."""
-    lines = [str(stream["bad_images"]), *stream["messages"][:shown]]
+    """The count of bad images (and of unreadable records, if any) and the first messages (the
+    rest are in summary.json)."""
+    unreadable = stream.get("unreadable") or 0
+    count = f"{stream['bad_images']}" + (
+        f" (and {unreadable} unreadable records)" * bool(unreadable)
+    )
+    lines = [count, *stream["messages"][:shown]]
     if len(stream["messages"]) > shown:
         lines.append("(more in summary.json)")
     return "\n".join(lines)
@@ -111,19 +116,26 @@ _recipe_command()
 
 def eval_body(as_json: bool = False, **options) -> None:
     """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders;
-    with --retrieval coco|flickr30k, image-text Recall@1/5/10 on a Karpathy test split."""
+    with --suite paper --data-root DIR, every set of the paper's table found under DIR; with
+    --retrieval coco|flickr30k, image-text Recall@1/5/10 on a Karpathy test split."""
     from clipa_cli.retrieval_command import retrieval_body, split_retrieval_options
 
-    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint
+    from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint, evaluate_suite
 
     retrieval = split_retrieval_options(options)
     config = EvalConfig(**options)
     if retrieval.retrieval is not None:
         return retrieval_body(config, retrieval, as_json)
+    if config.suite is not None:
+        from clipa_cli.suite_output import note_skipped, print_suite
+
+        result = evaluate_suite(config, note_skipped=note_skipped)
+        print_suite(result, config.result_path(), as_json)
+        return
     if config.dataset is None:
         raise ClipaError(
-            "--imagenet-val DIR is required (or --retrieval coco|flickr30k --annotations FILE "
-            "--images DIR)"
+            "give one set with --imagenet-val DIR or a suite with --suite paper --data-root DIR "
+            "(or --retrieval coco|flickr30k --annotations FILE --images DIR)"
         )
     result = evaluate_checkpoint(config)
     if as_json:
@@ -193,6 +205,18 @@ def _models_options():
 
 
 app.command("models")(reports_errors(command(models_body, _models_options())))
+
+
+def _register_evaluation_tools() -> None:
+    """``export`` and ``probe`` (their bodies live in their own modules)."""
+    from clipa_cli.export_command import export_command
+    from clipa_cli.probe_command import probe_command
+
+    app.command("export")(export_command)
+    app.command("probe")(probe_command)
+
+
+_register_evaluation_tools()
 
 
 def main() -> None:

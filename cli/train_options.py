@@ -107,10 +107,14 @@ def eval_options() -> list[inspect.Parameter]:
     as_json = inspect.Parameter(
         "as_json",
         inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(False, "--json", help="Print the result as one JSON object."),
+        default=typer.Option(
+            False,
+            "--json",
+            help="Print the result as one JSON object (with --suite: one line per set).",
+        ),
         annotation=bool,
     )
-    required = {"checkpoint"}  # --imagenet-val unless --retrieval (checked in eval_body)
+    required = {"checkpoint"}  # and one of --imagenet-val, --suite, --retrieval: eval_body checks
     return [_required(p) if p.name in required else p for p in parameters] + [as_json]
 
 

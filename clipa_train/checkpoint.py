@@ -119,13 +119,28 @@ def save_checkpoint(
             "config": run_config or {},
         }
         payload = to_cpu(payload)  # on XLA this materialises the tensors: outside any step
-        with atomic_writer(path) as handle:
-            torch.save(payload, handle)
+        _write(path, payload)
         if keep > 0:
             for old in stale_checkpoints(directory, path, keep):
                 old.unlink()
     backend.barrier()
     return path
+
+
+def _write(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically, or fail with one line naming it: a full disk
+    (or a file-size limit) leaves no partial file and every earlier checkpoint as it was."""
+    try:
+        with atomic_writer(path) as handle:
+            torch.save(payload, handle)
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports ENOSPC as RuntimeError
+        earlier = [p for _, p in list_checkpoints(path.parent) if p != path]
+        kept = f"the latest intact one is {earlier[-1]}" if earlier else "no earlier one exists"
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ClipaError(
+            f"could not write checkpoint {path} ({detail}): is the disk full? Nothing was "
+            f"kept of it and {kept}; free space and continue with --resume auto"
+        ) from None
 
 
 def stale_checkpoints(directory: Path, newest: Path, keep: int) -> list[Path]:

@@ -67,6 +67,19 @@ class EvalConfig:
             "config.json beside checkpoints/; else openai)."),
         Choices(tuple(IMAGE_NORMS)),
     ] = None  # fmt: skip
+    suite: Annotated[
+        str | None,
+        Doc("Instead of one set, every set of a suite found under --data-root: paper "
+            "(ImageNet-1K, -V2, -A, -R, ObjectNet, -Sketch)."),
+    ] = None  # fmt: skip
+    data_root: Annotated[
+        str | None, Doc("Folder holding the suite's sets under their conventional names.")
+    ] = None
+    reference_exact: Annotated[
+        bool,
+        Doc("As the original: images decoded at full size by Pillow and resized bicubic, the "
+            "classifier built in fp32 without autocast (off: the fast paths)."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.image_norm is not None and self.image_norm not in IMAGE_NORMS:
@@ -81,6 +94,15 @@ class EvalConfig:
             from clipa_data.core.tokenizer import load_tokenizer
 
             load_tokenizer(self.tokenizer)  # a missing or bad vocabulary: one line, now
+        if self.dataset is not None and self.suite is not None:
+            raise ClipaError("give one set (--imagenet-val DIR) or a suite (--suite), not both")
+        if self.suite is not None and (self.data_root is None or self.classnames is not None):
+            raise ClipaError("--suite needs --data-root DIR (and takes no --classnames)")
+        if self.suite is None and self.data_root is not None:
+            raise ClipaError(
+                "--data-root goes with a suite: give one set with --imagenet-val DIR or a suite "
+                "with --suite paper --data-root DIR"
+            )
 
     def backend_config(self):
         """The device and the input normalisation the model was trained with."""
@@ -138,6 +160,7 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         crop=config.crop,
         batch_size=config.batch_size,
         workers=config.workers,
+        reference_exact=config.reference_exact,
     )
     prompts = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
     scores = evaluate_zeroshot(model, backend, zset, settings, prompts)
@@ -150,7 +173,42 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         "image_size": settings.image_size,
         "text_length": settings.text_length,
         "crop": config.crop,
+        "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    write_json(config.result_path(), result)
+    return result
+
+
+def evaluate_suite(
+    config: EvalConfig, progress: bool = True, note_skipped=lambda name, why: None
+) -> dict:
+    """Every set of ``config.suite`` found under ``config.data_root``; writes ``eval.json``.
+
+    ``note_skipped(name, why)`` hears of each absent set before the model is built.
+
+    Returns ``{"sets": {name: result}, "skipped": {name: why}, ...}`` with the settings used.
+    """
+    from clipa_train.backend import create_backend
+    from clipa_train.eval_suite import SuiteModel, run_suite
+    from clipa_train.evaluate import EvalSettings, prompt_encoder
+
+    def load() -> SuiteModel:
+        model = _model(config)
+        backend = create_backend(config.backend_config())
+        model.to(backend.device).eval()
+        settings = EvalSettings(
+            image_size=model.config.vision.image_size,
+            text_length=model.config.text.context_length,
+            crop=config.crop,
+            batch_size=config.batch_size,
+            workers=config.workers,
+        )
+        encode = prompt_encoder(settings.text_length, "truncate", tokenizer=config.tokenizer)
+        return SuiteModel(model, backend, settings, encode)
+
+    root = Path(config.data_root)
+    found = run_suite(config.suite, root, load, config.templates, progress, note_skipped)
+    result = {"checkpoint": config.checkpoint, "suite": config.suite, **found}
     write_json(config.result_path(), result)
     return result

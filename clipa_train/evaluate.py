@@ -1,15 +1,17 @@
 """Zero-shot evaluation sets and the evaluation itself (in the training loop and standalone).
 
 A set is either an ImageFolder tree (``DIR`` or ``DIR/val``: one folder per class, sorted
-names = label order) or a TFDS builder directory with ``image`` + ``label`` features (e.g.
-``imagenet2012``, split ``validation``). Without ``--classnames`` a set must have ImageNet-1K's
-1000 classes (the shipped OpenAI class names and 80 templates are used); with it, the file gives
-one name per class in label order. Everything is checked when the set is opened, before any
-training starts.
+names = label order; folders named by numbers, as ImageNetV2's, sort by value) or a TFDS
+builder directory with ``image`` + ``label`` features (e.g. ``imagenet2012``, split
+``validation``). The ImageNet variants (V2, R, A, Sketch, ObjectNet) are opened by ``variants``.
+Without ``--classnames`` a set must have ImageNet-1K's 1000 classes (the shipped OpenAI class
+names and 80 templates are used); with it, the file gives one name per class in label order.
+Everything is checked when the set is opened, before any training starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,22 +72,50 @@ def _task(source: str, classes: int, classnames: str | None, templates: str | No
     return task
 
 
-def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:
-    if (root / "val").is_dir():
-        root = root / "val"
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of ``root`` in label order, checked to be there.
+
+    Folders named by numbers (ImageNetV2's ``0`` … ``999``) are labels, not text: they sort by
+    value (as text ``10`` would come before ``2`` and shuffle the labels) and must be exactly
+    ``0`` … ``N-1``.
+    """
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not folders:
         raise ClipaError(
             f"{root} has no class folders; an eval folder holds one sub-folder of images per class"
         )
+    if not all(folder.name.isdigit() for folder in folders):
+        return sorted(folders)
+    folders.sort(key=lambda folder: int(folder.name))
+    numbers = {int(folder.name) for folder in folders}
+    missing = sorted(set(range(max(numbers) + 1)) - numbers)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ClipaError(
+            f"{root}: numbered class folders are the labels 0..{max(numbers)}, but "
+            f"{len(missing)} of them are missing ({shown}); restore the full download"
+        )
+    return folders
+
+
+def folder_units(root: Path, labels: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """``(image file, label)`` for the images of each folder ``root/NAME`` in ``labels``."""
     units = tuple(
         (str(path), label)
-        for label, folder in enumerate(folders)
-        for path in sorted(folder.iterdir())
+        for name, label in labels.items()
+        for path in sorted((root / name).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     )
     if not units:
-        raise ClipaError(f"{root} has {len(folders)} class folders but no images in them")
+        raise ClipaError(f"{root} has {len(labels)} class folders but no images in them")
+    return units
+
+
+def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:
+    if (root / "val").is_dir():
+        root = root / "val"
+    folders = class_folders(root)
+    units = folder_units(root, {folder.name: label for label, folder in enumerate(folders)})
     task = _task(str(root), len(folders), classnames, templates)
     return ZeroShotSet(str(root), "imagefolder", units, len(units), task)
 
@@ -167,18 +197,24 @@ def image_batches(
 
 
 def prompt_encoder(
-    length: int, mask: str, tagger_spec=None, tokenizer: str = CLIP_BPE
+    length: int,
+    mask: str,
+    tagger_spec=None,
+    tokenizer: str = CLIP_BPE,
+    reference_exact: bool = False,
 ) -> Callable[[list[str]], torch.Tensor]:
     """Token ids for prompts at the stage's text length, cached per prompt.
 
     A mask that needs words (syntax) tags prompts with the tagger that made the training
     sidecars (as CLIPA's in-loop evaluation syntax-masks prompts), or, with a WordPiece
     ``tokenizer``, ranks their words from its vocabulary's table; one that draws at random
-    (random, block) evaluates deterministically with truncation.
+    (random, block) evaluates deterministically with truncation. ``reference_exact``: the
+    mask's original procedure (``TextMaskStrategy.reducer``).
     """
     strategy = text_mask(mask)
     if strategy.draws:
         strategy = text_mask("truncate")
+    reduce_ids = strategy.reducer(reference_exact)
     tokenizer = load_tokenizer(tokenizer)
     own_words = strategy.needs_words and tokenizer.own_words()
     cache: dict[str, np.ndarray] = {}
@@ -211,7 +247,7 @@ def prompt_encoder(
         missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in cache]
         for prompt, words in zip(missing, words_of(missing), strict=True):
             ids = np.asarray(tokenizer.encode(prompt), dtype=np.int64)
-            cache[prompt] = strategy.reduce(ids, length, None, words, tokenizer.format)
+            cache[prompt] = reduce_ids(ids, length, None, words, tokenizer.format)
         return torch.from_numpy(np.stack([cache[prompt] for prompt in prompts]))
 
     return encode
@@ -233,6 +269,25 @@ class EvalSettings:
     """Images per batch."""
     workers: int = 2
     """Decoding worker processes."""
+    reference_exact: bool = False
+    """``--reference-exact``: images through the PIL bicubic path (``ImageConfig``) and the
+    classifier built in fp32 without autocast, as the original (``build_classifier``)."""
+
+
+def build_classifier(
+    model: torch.nn.Module,
+    backend,
+    task: zeroshot.ZeroShotTask,
+    encode_prompts: Callable[[list[str]], torch.Tensor],
+    settings: EvalSettings,
+) -> torch.Tensor:
+    """The zero-shot classifier from the current weights: under the backend's autocast (bf16
+    text forwards), or with ``settings.reference_exact`` in fp32 without autocast, as the
+    original's ``zero_shot_classifier`` (the weights are fp32 masters in every precision)."""
+    with contextlib.nullcontext() if settings.reference_exact else backend.autocast():
+        return zeroshot.build_classifier(
+            model, task, encode_prompts, backend.device, backend.step_boundary
+        )
 
 
 def evaluate_zeroshot(
@@ -241,16 +296,23 @@ def evaluate_zeroshot(
     zset: ZeroShotSet,
     settings: EvalSettings,
     encode_prompts: Callable[[list[str]], torch.Tensor],
+    advance: Callable[[int], None] = lambda images: None,
 ) -> dict[str, float | int]:
-    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights)."""
+    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights).
+
+    ``advance(n)`` is told of each batch of ``n`` images as it is scored (a progress bar).
+    """
+    classifier = build_classifier(model, backend, zset.task, encode_prompts, settings)
     with backend.autocast():
-        classifier = zeroshot.build_classifier(
-            model, zset.task, encode_prompts, backend.device, backend.step_boundary
+        image = ImageConfig(
+            size=settings.image_size, crop=settings.crop, reference_exact=settings.reference_exact
         )
-        image = ImageConfig(size=settings.image_size, crop=settings.crop)
-        batches = (
-            (backend.images_to_device(images), labels)
-            for images, labels in image_batches(zset, image, settings.batch_size, settings.workers)
-        )
-        result = zeroshot.score(model, classifier, batches, backend.step_boundary)
+        loader = image_batches(zset, image, settings.batch_size, settings.workers)
+
+        def batches():
+            for images, labels in loader:
+                yield backend.images_to_device(images), labels
+                advance(len(labels))  # after the batch was scored
+
+        result = zeroshot.score(model, classifier, batches(), backend.step_boundary)
     return {**result, "classes": len(zset.task.classnames), "chance": 1 / len(zset.task.classnames)}

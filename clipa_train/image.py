@@ -27,6 +27,14 @@ Anything simplejpeg cannot read (PNG, WebP, GIF, ... in the ``jpg`` field) goes 
 (``draft`` for JPEG, then RGB). Grayscale and CMYK JPEGs, 1x1 and 10,000x50 images all give a
 ``size x size`` RGB image. Bytes no decoder reads raise ``ImageError``.
 
+Reference-exact (``ImageConfig.reference_exact``, ``--reference-exact``): as OpenCLIP's PIL
+transforms, the whole image is decoded by Pillow at full size (no DCT scaling, no ``draft``)
+and resized with PIL's bicubic filter: ``random`` crops the box and resizes it (torchvision's
+``resized_crop``), ``center`` resizes the shorter side to ``size`` then centre-crops
+(``Resize`` + ``CenterCrop``), ``square`` resizes the whole image (``Resize((size, size))``).
+Slower (a full-size IDCT, a wide bicubic kernel); ``benchmarks/bench_reference_exact.py``
+measures by how much and how far the fast path's pixels are from these.
+
 Optional colour jitter and grayscale follow the L/H recipes (SimCLR strength 0.4: brightness,
 contrast, saturation 0.32, hue 0.08, applied with probability 0.8 in random order; grayscale
 with probability 0.2), computed on the small uint8 output.
@@ -79,6 +87,9 @@ class ImageConfig:
     """Probability of applying the colour jitter (when ``color_jitter`` is set)."""
     grayscale_prob: float = 0.0
     """Probability of turning the image gray (3 equal channels)."""
+    reference_exact: bool = False
+    """Decode at full size with Pillow and resize bicubic, as the original (module docstring),
+    instead of the DCT-scaled decode and area-style resize."""
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -266,17 +277,51 @@ def resize_into(region: np.ndarray, out: np.ndarray) -> None:
     cv2.resize(region, (size_x, size_y), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
+def reference_into(
+    out: np.ndarray, data: bytes, config: ImageConfig, rng: np.random.Generator | None
+) -> None:
+    """The original's PIL path into ``out``: a full Pillow decode, then a bicubic resize of the
+    crop box (``center``: shorter side to ``size``, then a centre crop, as torchvision's
+    ``Resize`` + ``CenterCrop``). The crop box draws what the fast path draws."""
+    from PIL import Image
+
+    size = config.size
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")
+    except Exception as error:  # Pillow raises many types for bad bytes; all mean "unusable"
+        raise ImageError(f"not a decodable image ({type(error).__name__}: {error})") from None
+    width, height = image.size
+    if config.crop == "center":
+        short, long = min(width, height), max(width, height)
+        # torchvision's Resize(int): the shorter side becomes size, the longer is truncated.
+        other = max(1, int(size * long / short))
+        new = (size, other) if width <= height else (other, size)
+        image = image.resize(new, Image.Resampling.BICUBIC)
+        left = round((new[0] - size) / 2.0)  # Python rounding, as torchvision
+        top = round((new[1] - size) / 2.0)
+        image = image.crop((left, top, left + size, top + size))
+    else:
+        box = crop_box(width, height, config, rng)
+        region = image.crop((box.x, box.y, box.x + box.width, box.y + box.height))
+        image = region.resize((size, size), Image.Resampling.BICUBIC)
+    out[...] = np.asarray(image)
+
+
 def transform_into(
     out: np.ndarray, data: bytes, config: ImageConfig, rng: np.random.Generator | None
 ) -> bool:
     """Decode and transform ``data`` into ``out`` (uint8 ``[size, size, 3]``).
 
-    Returns whether Pillow decoded it (not a JPEG simplejpeg reads). Raises ``ImageError``.
+    Returns whether it is not a JPEG simplejpeg reads (Pillow decodes it; with
+    ``reference_exact`` Pillow decodes every image). Raises ``ImageError``.
     """
     header = header_dimensions(data)
-    box = crop_box(header[0], header[1], config, rng)
-    region = decode_region(data, header, box, config.size)
-    resize_into(region, out)
+    if config.reference_exact:
+        reference_into(out, data, config, rng)
+    else:
+        box = crop_box(header[0], header[1], config, rng)
+        resize_into(decode_region(data, header, box, config.size), out)
     if config.color_jitter is not None or config.grayscale_prob > 0:
         if rng is None:
             raise ValueError("colour jitter and grayscale need a generator")

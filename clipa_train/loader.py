@@ -21,8 +21,13 @@ size, data) is refused; an end-of-epoch state loads under any settings.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +52,8 @@ FINGERPRINT = (
 )
 """State entries that must match to resume mid-epoch."""
 KEPT_MESSAGES = 20
+DEATH_WAIT_S = 2.0
+"""How long a failed wait for a batch looks for a dead worker before it re-raises as it is."""
 
 
 def as_is(batch: dict) -> dict:
@@ -95,6 +102,106 @@ def ignore_interrupts(worker: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class WorkerLost(ClipaError):
+    """A loader worker process died (killed by a signal, e.g. the kernel's out-of-memory killer):
+    the run stops with a checkpoint of its last finished step and resumes exactly."""
+
+
+def start_worker(pids, worker: int) -> None:
+    """Each worker's init: record its pid (so the main process can tell which one died and how)
+    and ignore Ctrl-C (``ignore_interrupts``)."""
+    pids[worker] = os.getpid()
+    ignore_interrupts(worker)
+
+
+def dead_workers(pids) -> list[str]:
+    """``worker W (pid P) was killed by SIGKILL`` for each worker that ended abnormally (its exit
+    status is read without reaping it: the DataLoader still owns the process)."""
+    dead: list[str] = []
+    if not hasattr(os, "waitid"):  # macOS: no way to look without reaping; PyTorch's error stands
+        return dead
+    for worker, pid in enumerate(pids):
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) if pid else None
+        except ChildProcessError:
+            continue
+        if info is None or (info.si_code == os.CLD_EXITED and info.si_status == 0):
+            continue
+        how = (
+            f"exited with status {info.si_status}"
+            if info.si_code == os.CLD_EXITED
+            else f"was killed by {signal.Signals(info.si_status).name}"
+        )
+        dead.append(f"loader worker {worker} (pid {pid}) {how}")
+    return dead
+
+
+class WorkerWatch:
+    """Notices a dead loader worker where the run can stop cleanly: while it waits for a batch.
+
+    PyTorch's SIGCHLD handler raises in whatever the main process is doing when a worker dies,
+    which can be the middle of an optimiser step (half-updated weights: no checkpoint could be
+    trusted). Installed over it (main thread only), the check runs only inside :meth:`waiting`,
+    where nothing is half-done; a death noticed earlier is raised when the wait starts. Whatever
+    a dead worker makes the wait raise (PyTorch's RuntimeError, a reset connection while a batch
+    was being received) becomes one ``WorkerLost`` naming the worker and how it ended.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.pids = multiprocessing.RawArray("q", max(1, workers))
+        """Each worker's pid, written by the worker itself (``start_worker``)."""
+        self._installed, self._previous = False, None
+        self._armed, self._pending = False, False
+
+    def install(self) -> None:
+        """Take over SIGCHLD (after the DataLoader installed its handler); idempotent."""
+        if not self._installed and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGCHLD, self._handle)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
+            self._installed = False
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self._armed:
+            self._check(number, frame)
+        else:
+            self._pending = True
+
+    def _check(self, number: int, frame: object) -> None:
+        self._pending = False
+        if callable(self._previous):
+            self._previous(number, frame)
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Inside: a worker's death raises ``WorkerLost``."""
+        try:
+            self._armed = True
+            if self._pending:
+                self._check(signal.SIGCHLD, None)
+            yield
+        except Exception as error:
+            self._armed = False  # PyTorch's handler must not raise again while we look
+            if isinstance(error, ClipaError):
+                raise
+            # A killed worker's connections close a moment before it can be waited for.
+            dead, deadline = dead_workers(self.pids), time.monotonic() + DEATH_WAIT_S
+            while not dead and time.monotonic() < deadline:
+                time.sleep(0.01)
+                dead = dead_workers(self.pids)
+            if not dead:
+                raise
+            raise WorkerLost(
+                f"{'; '.join(dead)} (the kernel's out-of-memory killer is a common cause: see "
+                "dmesg, or use fewer --workers)"
+            ) from None
+        finally:
+            self._armed = False
+
+
 class Loader:
     """A batch source: iterable, ``len()`` = steps per epoch, ``state_dict``/``load_state_dict``."""
 
@@ -133,6 +240,7 @@ class Loader:
             position=self._position,
         )
         self._dataloader: torch.utils.data.DataLoader | None = None
+        self._watch = WorkerWatch(config.workers)
 
     @property
     def shapes(self) -> BatchShapes:
@@ -165,7 +273,7 @@ class Loader:
                 persistent_workers=workers > 0,
                 prefetch_factor=self.config.prefetch if workers else None,
                 pin_memory=torch.cuda.is_available() if pin is None else pin,
-                worker_init_fn=ignore_interrupts,
+                worker_init_fn=functools.partial(start_worker, self._watch.pids),
             )
         return self._dataloader
 
@@ -184,12 +292,16 @@ class Loader:
         self._roll_over()
         self._position[0], self._position[1] = self.epoch, self.step
         order = plan.interleave([share.batches for share in self._shares(self.epoch)])
-        arrived = iter(self._loader())
+        with self._watch.waiting():
+            arrived = iter(self._loader())
+        if self.config.workers:
+            self._watch.install()
         waiting: dict[tuple[int, int], tuple[dict, dict]] = {}
         while self.step < self.steps_per_epoch:
             wanted = order[self.step]
             while wanted not in waiting:
-                batch = next(arrived, None)
+                with self._watch.waiting():
+                    batch = next(arrived, None)
                 if batch is None:
                     raise RuntimeError(
                         f"loader workers stopped before step {self.step} of epoch {self.epoch}"
@@ -251,3 +363,4 @@ class Loader:
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage-collected)."""
         self._dataloader = None
+        self._watch.uninstall()

@@ -106,6 +106,9 @@ class LoopResult:
     """The last checkpoint written."""
     interrupted: bool = False
     """True when a second signal stopped it at once (exit 130)."""
+    failure: str | None = None
+    """Why the data stopped it (a loader worker died, too many bad records); it stopped with a
+    checkpoint of the last finished step, and the stage ends with this as its error."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
 
@@ -291,13 +294,9 @@ def train(
         try:
             stop.next_check = _next_check(step, config, backend)
             while step < optim_config.total_steps:
-                waited = time.perf_counter()
-                try:
-                    with stop.interruptible():
-                        host_batch = next(iterator)
-                except StopIteration:
+                host_batch = _next_batch(iterator, stop, window, result)
+                if host_batch is None:
                     break
-                window.wait += time.perf_counter() - waited
                 lr = learning_rate(step, optim_config)
                 set_learning_rate(optimizer, lr)
                 watched = _optimiser_step(
@@ -324,11 +323,28 @@ def train(
         result.interrupted = stop.now
         if evaluate is not None and not result.stopped and evaluated_at != step:
             _evaluate(evaluate, model, step, log, result, backend)
+        cut = cut or result.failure is not None  # other ranks may be waiting in a collective
         if _needs_final_checkpoint(result, cut, backend, ckpt.checkpoint_path(directory, step)):
             result.checkpoint = save()
     log.close()
     result.step = step
     return result
+
+
+def _next_batch(iterator, stop: StopSignal, window: _Window, result: LoopResult) -> dict | None:
+    """The next host batch (its wait counted), or None at the end of the data or on a data fault
+    (recorded in ``result``: it comes between steps, so the last step is whole and is saved)."""
+    waited = time.perf_counter()
+    try:
+        with stop.interruptible():
+            batch = next(iterator)
+    except StopIteration:
+        return None
+    except ClipaError as error:
+        result.stopped, result.failure = True, str(error)
+        return None
+    window.wait += time.perf_counter() - waited
+    return batch
 
 
 def _start(

@@ -83,6 +83,9 @@ class TextReductionConfig:
     """Tokens per row, SOT and EOT included (CLIPA pre-training: 8 or 16; fine-tuning: 32)."""
     tokenizer: str = CLIP_BPE
     """``--tokenizer``: ``clip-bpe`` or a WordPiece vocabulary file (``load_tokenizer``)."""
+    reference_exact: bool = False
+    """``--reference-exact``: the mask's original procedure (syntax re-tokenises the re-joined
+    tagger words even when the caption fits; ``TextMaskStrategy.reducer``)."""
 
     def __post_init__(self) -> None:
         text_mask(self.mask)  # an unknown name is refused with the list of known ones
@@ -102,6 +105,7 @@ class TextReducer:
     def __init__(self, config: TextReductionConfig) -> None:
         self.config = config
         self.strategy = text_mask(config.mask)
+        self.reduce = self.strategy.reducer(config.reference_exact)
         self._tokenizer = None
 
     @property
@@ -139,4 +143,4 @@ class TextReducer:
             words = rows.ranked_words(row) if needs_words else None
         # CLIP BPE's frame needs no tokenizer: workers that read sidecar ids never build one.
         fmt = CLIP_FORMAT if self.config.tokenizer == CLIP_BPE else self.tokenizer.format
-        return self.strategy.reduce(ids, self.config.length, rng, words, fmt)
+        return self.reduce(ids, self.config.length, rng, words, fmt)

@@ -144,6 +144,7 @@ def _reduction(config: TrainConfig, model: ModelConfig):
         color_jitter=augment.color_jitter,
         color_jitter_prob=augment.color_jitter_prob,
         grayscale_prob=augment.grayscale_prob,
+        reference_exact=config.run.reference_exact,
     )
     patch_mask = PatchMaskConfig(
         reduction.image_mask, patch_size=model.vision.patch_size, ratio=reduction.mask_ratio
@@ -152,6 +153,7 @@ def _reduction(config: TrainConfig, model: ModelConfig):
         reduction.text_mask or model.text.text_mask,
         model.text.context_length,
         tokenizer=config.model.tokenizer,
+        reference_exact=config.run.reference_exact,
     )
     return image, patch_mask, text
 

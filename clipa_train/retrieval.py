@@ -49,12 +49,19 @@ class RetrievalSettings:
     """Image decoding worker processes."""
     chunk_size: int = 1024
     """Queries scored against all keys at once (bounds the similarity block's memory)."""
+    reference_exact: bool = False
+    """``--reference-exact``: images decoded at full size by Pillow and resized bicubic."""
 
 
 def image_features(model, backend, rset: RetrievalSet, settings: RetrievalSettings, progress):
     """L2-normalised image embeddings ``[images, D]`` in set order (workers may interleave)."""
     loader = torch.utils.data.DataLoader(
-        _Images(rset.images, ImageConfig(size=settings.image_size, crop=settings.crop)),
+        _Images(
+            rset.images,
+            ImageConfig(
+                settings.image_size, settings.crop, reference_exact=settings.reference_exact
+            ),
+        ),
         batch_size=settings.batch_size,
         num_workers=min(settings.workers, len(rset.images)),
         collate_fn=lambda items: (

@@ -97,6 +97,7 @@ def evaluate_retrieval_checkpoint(
         batch_size=config.batch_size,
         workers=config.workers,
         chunk_size=options.chunk_size,
+        reference_exact=config.reference_exact,
     )
     text_length = model.config.text.context_length
     total = len(rset.images) + len(rset.captions)
@@ -116,6 +117,7 @@ def evaluate_retrieval_checkpoint(
         "image_size": settings.image_size,
         "text_length": text_length,
         "crop": config.crop,
+        "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(config.result_path(), result)

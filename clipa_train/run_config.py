@@ -73,9 +73,44 @@ class RunOptions:
             "caption (caption), or auto: sidecars when the builder has them."),
         Choices(TEXT_SOURCES),
     ] = "auto"  # fmt: skip
+    samples_per_epoch: Annotated[
+        int | None,
+        Doc("Samples an epoch draws over all devices (default: the split's record count); "
+            "--epochs counts epochs of this size."),
+    ] = None  # fmt: skip
+    check_crc: Annotated[
+        bool,
+        Doc("Verify every record's payload checksum while reading (the length checksum is "
+            "always checked); a mismatch counts as an unreadable record."),
+    ] = False  # fmt: skip
+    max_bad_fraction: Annotated[
+        float,
+        Doc("Stop when a loader worker's unreadable records and undecodable images exceed this "
+            "share of the records it read (at least 1000 counted); below it they are skipped "
+            "and reported."),
+    ] = 0.01  # fmt: skip
+    reference_exact: Annotated[
+        bool,
+        Doc("Do what the original does where clipa takes a faster path (off: the fast paths): "
+            "syntax mask re-tokenises re-joined tagger words even when the caption fits, images "
+            "decode at full size with Pillow and resize bicubic, the zero-shot classifier is "
+            "built in fp32 without autocast."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
-        _require([(self.workers >= 0, "--workers must be ≥ 0")])
+        _require(
+            [
+                (self.workers >= 0, "--workers must be ≥ 0"),
+                (
+                    self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+                    "--samples-per-epoch must be at least 1",
+                ),
+                (
+                    0 <= self.max_bad_fraction < 1,
+                    "--max-bad-fraction must be at least 0 and below 1 (e.g. 0.01 for 1 %)",
+                ),
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -230,6 +265,11 @@ class OptimOptions:
         Doc("With --accum-steps auto: the most samples one device runs at a time (what fits "
             "in its memory)."),
     ] = None  # fmt: skip
+    memory_check: Annotated[
+        bool,
+        Doc("Refuse a run whose estimated peak memory exceeds the device's free memory, "
+            "naming a batch size, --grad-checkpointing or a smaller preset that fits."),
+    ] = True  # fmt: skip
     compile: Annotated[
         str,
         Doc("torch.compile the step's model forward once per stage (auto: on for CUDA, off for "
@@ -455,7 +495,8 @@ class TrainConfig:
     def total_steps(self, num_records: int) -> int:
         """Optimiser steps of the stage for a split of ``num_records`` records."""
         optim = self.optim
-        samples = optim.samples if optim.samples is not None else (optim.epochs or 1) * num_records
+        epoch = self.run.samples_per_epoch or num_records
+        samples = optim.samples if optim.samples is not None else (optim.epochs or 1) * epoch
         return max(1, int(samples // optim.batch_size))
 
     def warmup(self, total_steps: int) -> int:
@@ -478,6 +519,10 @@ OPTIONS: dict[str, str] = {
     "shuffle_buffer": "run.shuffle_buffer",
     "seed": "run.seed",
     "text_source": "run.text_source",
+    "samples_per_epoch": "run.samples_per_epoch",
+    "check_crc": "run.check_crc",
+    "max_bad_fraction": "run.max_bad_fraction",
+    "reference_exact": "run.reference_exact",
     "model": "model.name",
     "from_checkpoint": "model.from_checkpoint",
     "recipe": "recipe",
@@ -510,6 +555,7 @@ OPTIONS: dict[str, str] = {
     "sharding": "optim.sharding",
     "accum_steps": "optim.accum_steps",
     "micro_batch": "optim.micro_batch",
+    "memory_check": "optim.memory_check",
     "compile": "optim.compile",
     "compile_backend": "optim.compile_backend",
     "zeroshot": "evaluation.zeroshot",

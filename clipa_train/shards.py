@@ -108,13 +108,22 @@ def _skip(stream: BinaryIO, count: int) -> int:
 
 def _payloads(
     path: str, declared: int, start: int, check_crc: bool
-) -> Iterator[bytes | CorruptShardError]:
+) -> Iterator[bytes | ClipaError]:
     """Each declared record's bytes from ``start`` on, or the error that makes it unreadable.
 
     A payload checksum mismatch loses only that record (the framing is intact, reading goes on
-    after it); a broken header or a file that ends early loses every record from there on.
+    after it); a broken header, a file that ends early or a failed read loses every record from
+    there on, and a shard that cannot be opened (deleted or made unreadable during the run)
+    loses all of them: each is counted, never fatal by itself (``max_bad_fraction`` decides).
     """
-    with tfrecord.open_shard(path) as stream:
+    try:
+        stream = tfrecord.open_shard(path)
+    except OSError as error:
+        lost = ClipaError(f"{path}: cannot be opened ({error.strerror or error})")
+        for _ in range(start, declared):
+            yield lost
+        return
+    with stream:
         index = _skip(stream, start)
         broken: CorruptShardError | None = None
         if index < start:
@@ -140,6 +149,8 @@ def _payloads(
                     index += 1
                 else:
                     broken = located
+            except OSError as error:  # an I/O error under the reader: the rest is lost
+                broken = CorruptShardError(path, base, f"read failed ({error})")
         if broken is not None:
             for _ in range(index, declared):
                 yield broken
@@ -201,7 +212,7 @@ class ShardReader:
         rows = self.sidecar(shard)
         payloads = _payloads(info.path, info.num_records, start, self.check_crc)
         for index, payload in enumerate(payloads, start):
-            if isinstance(payload, CorruptShardError):
+            if isinstance(payload, ClipaError):
                 yield Unreadable(name, index, str(payload))
             else:
                 yield self._record(payload, name, index, rows)

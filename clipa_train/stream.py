@@ -299,8 +299,10 @@ class WorkerEpoch:
         if bad and self.bad > self.config.max_bad_fraction * max(self.read, self.config.bad_grace):
             raise ClipaError(
                 f"{self.bad} of the {self.read} records read by worker {self.worker} of rank "
-                f"{self.stream.rank} are unusable (more than "
-                f"{self.config.max_bad_fraction:.1%}); last: {counts['messages'][-1]}"
+                f"{self.stream.rank} are unusable: more than --max-bad-fraction "
+                f"{self.config.max_bad_fraction:g} allows (a share of at least "
+                f"{self.config.bad_grace} records); restore the data or raise "
+                f"--max-bad-fraction; last: {counts['messages'][-1]}"
             )
         if bad:
             self._fill_bad_slots(arrays, good)

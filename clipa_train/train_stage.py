@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from clipa_data.core.atomic import write_json
+from clipa_data.core.errors import ClipaError
 from clipa_train.resolved_stage import ResolvedStage, resolve_stage
 from clipa_train.run_config import TrainConfig
 
@@ -29,7 +30,9 @@ def run_stage(config: TrainConfig) -> dict | None:
     """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
+    from clipa_train.preflight import check_memory, small_data_warnings
     from clipa_train.run_dir import check_resume_step, move_aside
+    from clipa_train.sharding import torchrun_world
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
@@ -40,6 +43,11 @@ def run_stage(config: TrainConfig) -> dict | None:
             "--epochs with --resume)"
         )
         return None
+    check_memory(stage, torchrun_world())  # a run that cannot fit is refused here, at once
+    if int(os.environ.get("RANK", "0")) == 0:
+        in_epochs = config.optim.samples is None
+        for line in small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs):
+            _note(line)
     if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
         moved = move_aside(run_dir)
         if moved is not None:
@@ -104,6 +112,12 @@ def _train_on(stage: ResolvedStage, backend) -> None:
         loader.close()
     if backend.is_main:
         write_json(run_dir / "summary.json", summarise(stage, result, loader, started))
+    if result.failure is not None:  # the data stopped it: one error line, the way to go on
+        saved = "" if result.checkpoint is None else f" with checkpoint {result.checkpoint}"
+        raise ClipaError(
+            f"{result.failure}; the run stopped after step {result.step}{saved}: continue it "
+            "with --resume auto"
+        )
     backend.barrier()  # every rank's run_stage reads summary.json: wait until rank 0 wrote it
 
 
@@ -124,6 +138,9 @@ def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
         workers=run.workers,
         shuffle_buffer=run.shuffle_buffer,
         text_source=run.text_source,
+        samples_per_epoch=run.samples_per_epoch,
+        check_crc=run.check_crc,
+        max_bad_fraction=run.max_bad_fraction,
     )
     return Loader(stream, rank=backend.rank, world=backend.world)
 
@@ -147,13 +164,17 @@ def zeroshot_hook(stage: ResolvedStage, backend):
     # its own words).
     untagged = stage.text.needs_sidecars and stage.tagger is None
     prompt_mask = "truncate" if untagged else stage.text.mask
-    encode = prompt_encoder(stage.text.length, prompt_mask, stage.tagger, stage.text.tokenizer)
+    encode = prompt_encoder(
+        stage.text.length, prompt_mask, stage.tagger, stage.text.tokenizer,
+        reference_exact=stage.text.reference_exact,
+    )  # fmt: skip
     settings = EvalSettings(
         image_size=stage.image.size,
         text_length=stage.text.length,
         text_mask=prompt_mask,
         batch_size=evaluation.batch_size,
         workers=min(2, stage.config.run.workers),
+        reference_exact=stage.image.reference_exact,
     )
 
     def hook(model, step: int) -> dict:
@@ -181,6 +202,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "total_steps": stage.optim.total_steps,
         "stopped": result.stopped,
         "interrupted": result.interrupted,
+        "failure": result.failure,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
         "samples_per_s": sum(rates) / len(rates) if rates else None,

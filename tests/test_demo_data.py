@@ -234,6 +234,10 @@ def test_demo_runs_then_reuses(tmp_path):
     ]
     summary = json.loads((out / "raw" / "_clipa" / "download_summary.json").read_text())
     assert summary["summary"]["successes"] == 25
+    # img2dataset's own lines are in its log, not on the console (issue 16: one bar of ours).
+    for line in ("Starting the downloading", "bwm-ng", "worker  - success", "oneDNN"):
+        assert line not in first.stdout + first.stderr
+    assert "bwm-ng" in (out / "raw" / "_clipa" / "img2dataset.log").read_text()
     assert (out / "eval" / "classnames.txt").is_file()
     demo = json.loads((out / "demo_summary.json").read_text())
     assert [stage["stage"] for stage in demo["stages"]][-3:] == ["pretrain", "finetune", "eval"]

@@ -256,7 +256,7 @@ def test_truncated_shard_is_counted_or_stops_the_run(copy):
         f"of shard {path.name}" in m and "runs past the end" in m for m in loader.stats.messages
     )
     strict = Loader(config(copy, max_bad_fraction=0.01, bad_grace=10))
-    with pytest.raises(ClipaError, match=rf"unusable .*{path.name}"):
+    with pytest.raises(ClipaError, match=rf"unusable: .*{path.name}"):
         list(strict.epoch_batches())
 
 

@@ -261,7 +261,9 @@ def test_cli_retrieval_bad_input(weights, tmp_path):
     assert_one_line_error(invoke(*args), str(broken), "not readable JSON")
     no_images = invoke("eval", "--checkpoint", weights, "--retrieval", "coco")
     assert_one_line_error(no_images, "--annotations FILE", "--images DIR")
-    assert_one_line_error(invoke("eval", "--checkpoint", weights), "--imagenet-val DIR is required")
+    assert_one_line_error(
+        invoke("eval", "--checkpoint", weights), "give one set with --imagenet-val DIR"
+    )
     stray = invoke("eval", "--checkpoint", weights, "--imagenet-val", folder, "--images", folder)
     assert_one_line_error(stray, "--annotations and --images go with --retrieval")
     args = retrieval_args(weights, annotations, folder, tmp_path / "eval.json")

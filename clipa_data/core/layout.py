@@ -30,6 +30,7 @@ from clipa_data.core.errors import ClipaError
 RAW_SHARD_PATTERN = re.compile(r"^(?P<id>\d+)\.(?P<format>tfrecord|tar)$")
 CLIPA_SUBDIR = "_clipa"
 DOWNLOAD_SUMMARY = "download_summary.json"
+DOWNLOAD_LOG = "img2dataset.log"
 
 
 def raw_shard_id(path: str | Path) -> int | None:
@@ -76,6 +77,11 @@ def resume_breaking_json(output_folder: Path) -> list[Path]:
 def download_summary_path(output_folder: Path) -> Path:
     """Where ``clipa-data download`` writes its summary (a subfolder img2dataset never globs)."""
     return Path(output_folder) / CLIPA_SUBDIR / DOWNLOAD_SUMMARY
+
+
+def download_log_path(output_folder: Path) -> Path:
+    """Where ``clipa-data download`` keeps img2dataset's own output (the console gets one bar)."""
+    return Path(output_folder) / CLIPA_SUBDIR / DOWNLOAD_LOG
 
 
 def find_raw_shards(folder: Path) -> list[Path]:

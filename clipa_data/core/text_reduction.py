@@ -4,7 +4,8 @@ Every function returns ``int64[length]`` = SOT + at most ``length - 2`` kept BPE
 zero padding, or in the tokenizer's other format (``fmt``: CLIPA-v2 WordPiece rows are ``[CLS]`` +
 at most ``length - 1`` ids, no end id; "``length - 2``" below is then ``length - 1``). Randomness
 comes only from the ``numpy.random.Generator`` argument. A caption whose BPE ids already fit
-(``len(ids) <= length - 2``) is returned unchanged by every strategy.
+(``len(ids) <= length - 2``) is returned unchanged by every strategy (but the reference-exact
+syntax mask, below).
 
 Examples with ``length = 6`` (4 kept ids) and a caption of 6 BPE ids ``a b c d e f``::
 
@@ -25,6 +26,14 @@ are restored to text order, their BPE ids concatenated, cut to ``length - 2`` an
 With a WordPiece tokenizer the same selection is CLIPA-v2's ``noun_tokenize``: its words are
 BERT basic words ranked by their first wordpiece's out-of-context priority, from the tokenizer
 itself (``TextTokenizer.ranked_words``, no sidecars).
+
+Reference-exact (``--reference-exact``, ``TextMaskStrategy.reducer(True)``): the original
+re-joins the tagger's words and re-tokenises *every* caption, also one that fits, so a fitting
+caption's ids change where the tagger splits it ("don't" -> "do n't", ``"`` -> `````` / ``''``,
+"end." -> "end ."). ``syntax_mask_reference`` does that from the sidecar's word ids (each word
+encoded alone, which equals encoding the joined words; ``clipa_data.core.sidecar``); by default
+a fitting caption keeps its own ids (``syntax_mask``). WordPiece rows need no such path: CLIPA-v2
+truncates the caption's own wordpieces when its words fit.
 """
 
 from __future__ import annotations
@@ -121,6 +130,24 @@ def syntax_mask(
     return wrap(word_ids[np.repeat(kept_words, word_lengths)], length, fmt)
 
 
+def syntax_mask_reference(
+    caption_ids: np.ndarray,
+    word_ids: np.ndarray,
+    id_ranks: np.ndarray,
+    length: int,
+    fmt: TextFormat = CLIP_FORMAT,
+) -> np.ndarray:
+    """``syntax_mask_ranked`` as the original runs it: the kept words are re-joined and
+    re-tokenised even when the caption fits (the words' ids replace the caption's own ids).
+
+    Only CLIP BPE rows differ (``fmt`` with an end id); CLIPA-v2's WordPiece rows keep the
+    caption's ids when its words fit, as ``syntax_mask_ranked`` does.
+    """
+    if fmt.end is None:
+        return syntax_mask_ranked(caption_ids, word_ids, id_ranks, length, fmt)
+    return wrap(np.asarray(word_ids)[np.asarray(id_ranks) < fmt.keep(length)], length, fmt)
+
+
 def stable_ranks(priorities: np.ndarray, row_starts: np.ndarray) -> np.ndarray:
     """Per word, its position in its row's stable priority order (0 = kept first).
 
@@ -184,6 +211,12 @@ def _syntax(ids, length, rng, words, fmt=CLIP_FORMAT) -> np.ndarray:
     return syntax_mask_ranked(np.asarray(ids), *words, length, fmt)
 
 
+def _syntax_reference(ids, length, rng, words, fmt=CLIP_FORMAT) -> np.ndarray:
+    if words is None:
+        raise ClipaError("the syntax text mask needs POS tags: run clipa-data tag")
+    return syntax_mask_reference(np.asarray(ids), *words, length, fmt)
+
+
 @dataclass(frozen=True)
 class TextMaskStrategy:
     """One text reduction and what it needs."""
@@ -196,13 +229,20 @@ class TextMaskStrategy:
     WordPiece tokenizer's from its vocabulary's priority table (``ranked_words``)."""
     draws: bool = False
     """Whether it draws from the generator (zero-shot prompts then truncate, to stay fixed)."""
+    reference: Callable[..., np.ndarray] | None = None
+    """The original's exact procedure where it differs from ``reduce`` (same signature), used
+    under ``--reference-exact``; None: ``reduce`` already is."""
+
+    def reducer(self, reference_exact: bool = False) -> Callable[..., np.ndarray]:
+        """``reduce``, or with ``reference_exact`` the original's procedure (``reference``)."""
+        return (self.reference or self.reduce) if reference_exact else self.reduce
 
 
 TEXT_MASK_STRATEGIES: dict[str, TextMaskStrategy] = {
     "truncate": TextMaskStrategy(_truncate),
     "random": TextMaskStrategy(_random, draws=True),
     "block": TextMaskStrategy(_block, draws=True),
-    "syntax": TextMaskStrategy(_syntax, needs_words=True),
+    "syntax": TextMaskStrategy(_syntax, needs_words=True, reference=_syntax_reference),
 }
 """Text-mask name -> strategy (see the module docstring for each)."""
 
@@ -222,6 +262,8 @@ def reduce_text(
     rng: np.random.Generator | None = None,
     words: RankedWords | None = None,
     fmt: TextFormat = CLIP_FORMAT,
+    reference_exact: bool = False,
 ) -> np.ndarray:
-    """``int64[length]`` of a caption's ``ids`` under text mask ``name`` (``words``: syntax)."""
-    return text_mask(name).reduce(ids, length, rng, words, fmt)
+    """``int64[length]`` of a caption's ``ids`` under text mask ``name`` (``words``: syntax;
+    ``reference_exact``: the original's procedure, ``TextMaskStrategy.reducer``)."""
+    return text_mask(name).reducer(reference_exact)(ids, length, rng, words, fmt)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import write_json
+from clipa_data.core.atomic import remove_temporaries, write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
@@ -52,11 +52,19 @@ from clipa_data.prepare.placement import (
     PlaceTask,
     place_shard,
 )
-from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
+from clipa_data.prepare.runner import (
+    DISTRIBUTORS,
+    DistributorField,
+    RunnerConfig,
+    SparkMasterField,
+    default_workers,
+    map_shards,
+)
 from clipa_data.prepare.schema import Schema, merge
 from clipa_data.prepare.source_format import source_format
 from clipa_data.prepare.sources import Source, check_locations, find_sources, moved_sources
 from clipa_data.prepare.staging import existing_conversion, prepare_staging
+from clipa_data.prepare.stores import local_path
 from clipa_data.prepare.tfds_metadata import Verification
 
 VERIFY_CHOICES = ("headers", "crc")
@@ -140,10 +148,12 @@ class ConvertConfig:
         int, Doc("Worker processes for per-shard work (default: every core this process may use).")
     ] = field(default_factory=default_workers)
     show_progress: Annotated[bool, Doc("Show progress bars (on stderr).")] = True
+    distributor: DistributorField = "multiprocessing"
+    spark_master: SparkMasterField = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "src", Path(self.src))
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "src", local_path(self.src, "SRC"))
+        object.__setattr__(self, "out", local_path(self.out, "OUT"))
         object.__setattr__(self, "drop_columns", tuple(self.drop_columns))
         layout.check_dataset_name(self.name)
         layout.check_split_name(self.split)
@@ -156,6 +166,8 @@ class ConvertConfig:
             raise ClipaError("--schema-records must be 0 (every record) or a positive number")
         if self.workers < 1:
             raise ClipaError("--workers must be at least 1")
+        if self.distributor not in DISTRIBUTORS:
+            raise ClipaError(f"--distributor must be one of {', '.join(DISTRIBUTORS)}")
 
     def to_json(self) -> dict:
         """The options as JSON values (for the summary)."""
@@ -240,8 +252,21 @@ def inspect_sources(config: ConvertConfig, sources: Sequence[Source]) -> list[In
         )
         for source, stats_path in zip(sources, stats, strict=True)
     ]
-    plan = RunnerConfig("inspecting", config.workers, "records", config.show_progress)
-    return map_shards(inspect_shard, tasks, plan, units_of=lambda result: result.records)
+    plan = RunnerConfig(
+        "inspecting",
+        config.workers,
+        "records",
+        config.show_progress,
+        config.distributor,
+        config.spark_master,
+    )
+    return map_shards(
+        inspect_shard,
+        tasks,
+        plan,
+        units_of=lambda result: result.records,
+        name_of=lambda task: task.source,
+    )
 
 
 # --- 3. the plan (manifest) ---------------------------------------------------------------------
@@ -323,10 +348,19 @@ def place_all(config: ConvertConfig, staging: Path, manifest: ConvertManifest) -
         )
         for shard in manifest.shards
     ]
-    # Links and renames take microseconds: a pool would only add its start-up time.
-    workers = config.workers if method in BYTE_COPYING_METHODS else 1
-    plan = RunnerConfig(f"placing ({method})", workers, "shards", config.show_progress)
-    return map_shards(place_shard, tasks, plan, units_of=lambda _: 1)
+    # Links and renames take microseconds: a pool or Spark jobs would only add start-up time.
+    copies = method in BYTE_COPYING_METHODS
+    plan = RunnerConfig(
+        f"placing ({method})",
+        config.workers if copies else 1,
+        "shards",
+        config.show_progress,
+        config.distributor if copies else "multiprocessing",
+        config.spark_master,
+    )
+    return map_shards(
+        place_shard, tasks, plan, units_of=lambda _: 1, name_of=lambda task: Path(task.source).name
+    )
 
 
 # --- 5. the whole flow --------------------------------------------------------------------------
@@ -383,6 +417,7 @@ def _convert_into(
     resuming = prepare_staging(staging, plan, config.overwrite)
     placing = time.perf_counter()
     placed = place_all(config, staging, plan)
+    remove_temporaries(staging)  # of a copy whose worker died (Spark retried it elsewhere)
     placed_seconds = time.perf_counter() - placing
     manifest, metadata_seconds, verification = _finish(config, staging, plan, schema, placed)
     if final.exists():

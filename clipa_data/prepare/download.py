@@ -9,20 +9,25 @@ in every worker. Call ``download`` under ``if __name__ == "__main__":``; an ungu
 raises ``ClipaError`` before any worker starts (instead of img2dataset's endless hang).
 
 Distributors: ``multiprocessing`` (default, one machine) or ``pyspark``. For pyspark, bring your
-own session: create the ``SparkSession`` (cluster master, executors) before calling
-``download``; img2dataset uses the active session, and otherwise starts a ``local[N]`` one.
+own session (create the ``SparkSession`` before calling ``download``) or name its master with
+``spark_master``; img2dataset uses the active session, and without either we start a local one
+whose Python workers run this interpreter (``clipa_data.prepare.spark``).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import importlib.util
 import inspect
 import json
 import math
 import os
+import pickle
+import re
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -31,12 +36,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from clipa_data.core import layout
 from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
-from clipa_data.prepare.runner import default_workers
+from clipa_data.prepare import spark
+from clipa_data.prepare.interrupts import Interrupted, ShardStop
+from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
 from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
 from clipa_data.prepare.url_list import check_columns, header_columns
@@ -58,12 +68,13 @@ OUTPUT_FORMATS = tuple(SOURCE_FORMATS)
 """img2dataset output formats: the source formats ``clipa-data convert`` reads."""
 RESIZE_MODES = ("border", "keep_ratio", "keep_ratio_largest", "center_crop", "no")
 INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
-DISTRIBUTORS = ("multiprocessing", "pyspark")
 # img2dataset writes these itself (main.py arguments_validator).
 RESERVED_COLUMNS = frozenset(
     {"key", "caption", "url", "width", "height", "original_width", "original_height", "status"}
     | {"error_message", "exif", "md5", "sha256", "sha512"}
 )
+PARTIAL_SHARD_FILE = re.compile(r"^(?P<id>\d+)\.(tfrecord|tar|parquet)$")
+"""What img2dataset writes for a shard before its ``_stats.json`` (which marks it finished)."""
 # The CLI's positional arguments; every other field is the CLI option --<field-with-dashes>.
 POSITIONAL_ARGUMENTS = ("url_list", "output_folder")
 
@@ -162,11 +173,18 @@ class DownloadConfig:
     distributor: Annotated[
         str,
         Doc(
-            "multiprocessing (this machine) or pyspark (uses the active SparkSession, or starts "
-            "a local one; bring your own cluster session from Python, see the README)."
+            "multiprocessing (this machine) or pyspark (uses the active SparkSession, or builds "
+            "one with --spark-master, default local[PROCESSES_COUNT]; see the README)."
         ),
         Choices(DISTRIBUTORS),
     ] = "multiprocessing"
+    spark_master: Annotated[
+        str | None,
+        Doc(
+            "Master of the SparkSession built for --distributor pyspark when none is active, "
+            "e.g. local[4] or spark://host:7077 (local[N] becomes local[N,4]: 4 attempts/task)."
+        ),
+    ] = None
     extra: Annotated[
         Mapping[str, Any],
         Doc("Any other img2dataset.download argument, by name."),
@@ -230,6 +248,7 @@ class DownloadConfig:
         """The keyword arguments for ``img2dataset.download``."""
         arguments = {name: getattr(self, name) for name in self.__dataclass_fields__}
         arguments.pop("extra")
+        arguments.pop("spark_master")  # ours: the session exists before img2dataset starts
         arguments["save_additional_columns"] = list(self.save_additional_columns) or None
         arguments.update(self.extra)
         return arguments
@@ -492,8 +511,8 @@ def check_inputs(config: DownloadConfig) -> range | None:
     if files and config.input_format != "parquet":
         _check_columns(config, files)
     _check_output(config)
-    if config.distributor == "pyspark" and importlib.util.find_spec("pyspark") is None:
-        raise ClipaError("--distributor pyspark needs pyspark: pip install pyspark")
+    if config.distributor == "pyspark":
+        spark.import_pyspark()
     if rows is None or config.incremental_mode == "extend":
         return None
     return range(sum(math.ceil(n / config.number_sample_per_shard) for n in rows))
@@ -503,7 +522,8 @@ def check_inputs(config: DownloadConfig) -> range | None:
 
 
 def _run_img2dataset(config: DownloadConfig) -> None:
-    """Call img2dataset; a Ctrl-C stays an interrupt (img2dataset's handler would exit 0)."""
+    """Call img2dataset in this process (pyspark: it uses this process's SparkSession); a
+    Ctrl-C stays an interrupt (img2dataset's handler would exit 0)."""
     img2dataset = import_img2dataset()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT)
@@ -516,6 +536,113 @@ def _run_img2dataset(config: DownloadConfig) -> None:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
+
+
+def _start_worker(config: DownloadConfig, log: Any) -> subprocess.Popen:
+    """img2dataset in a child process (``download_worker``), its output into ``log``.
+
+    Its own session: a terminal's Ctrl-C reaches only us, and we pass on a stop request.
+    """
+    arguments = config.img2dataset_arguments()
+    if config.incremental_mode == "overwrite":
+        # img2dataset would delete the output folder, our open log in it: we cleared it before.
+        arguments["incremental_mode"] = "incremental"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "clipa_data.prepare.download_worker"],
+        stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    with child.stdin:  # type: ignore[union-attr]
+        child.stdin.write(pickle.dumps(arguments))  # type: ignore[union-attr]
+    return child
+
+
+def _progress(show: bool, total: int | None) -> tuple[Progress, Any]:
+    """Our one progress bar for the shards of this run (img2dataset's output goes to the log)."""
+    progress = Progress(
+        TextColumn("[bold]downloading"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=not show,
+    )  # fmt: skip
+    return progress, progress.add_task("downloading", total=total, rate="")
+
+
+def _watch(child: subprocess.Popen, output: Path, resumed: set[int], total: int | None, show: bool):
+    """Wait for the child, advancing the bar as shards get their ``_stats.json``."""
+    progress, task = _progress(show, total)
+    counted: dict[int, int] = {}
+    started = time.perf_counter()
+    with progress:
+        while True:
+            running = child.poll() is None
+            for path in output.glob("*_stats.json"):
+                shard = layout.raw_stats_shard_id(path)
+                if shard is None or shard in resumed or shard in counted:
+                    continue
+                try:  # only new files are read: a LAION download has tens of thousands
+                    counted[shard] = int(json.loads(path.read_text())["count"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # being written right now: next round
+            rate = sum(counted.values()) / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=len(counted), rate=f"{rate:,.0f} samples/s")
+            if not running:
+                return child.returncode
+            time.sleep(0.5)
+
+
+def remove_unfinished_shards(config: DownloadConfig) -> list[Path]:
+    """Delete what a killed img2dataset left half-written: the files of shards without
+    ``_stats.json`` (a re-run downloads them again) and its ``_tmp`` folder."""
+    output = Path(config.output_folder)
+    removed = []
+    for stats in output.glob("*_stats.json"):
+        try:
+            json.loads(stats.read_text())
+        except (OSError, ValueError):  # cut off while written: the shard is not finished
+            stats.unlink()
+            removed.append(stats)
+    finished = finished_shard_ids(output)
+    for path in output.iterdir() if output.is_dir() else []:
+        match = PARTIAL_SHARD_FILE.match(path.name)
+        if match and int(match["id"]) not in finished and path != Path(config.url_list):
+            path.unlink()
+            removed.append(path)
+    shutil.rmtree(output / "_tmp", ignore_errors=True)
+    return removed
+
+
+def _run_worker(config: DownloadConfig, resumed: set[int], total: int | None, show: bool) -> bool:
+    """img2dataset in a child process, watched; returns whether a stop was requested.
+
+    The first SIGINT/SIGTERM asks the child to finish its shards in flight; a second kills its
+    whole process group at once and removes the half-written shards (``StopNow``).
+    """
+    output = Path(config.output_folder)
+    if config.incremental_mode == "overwrite" and output.exists():
+        shutil.rmtree(output)
+    log_path = layout.download_log_path(output)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        child = _start_worker(config, log)
+        stop = ShardStop(on_first=lambda: child.send_signal(signal.SIGINT))
+        try:
+            with stop:
+                returncode = _watch(child, output, resumed, total, show)
+        except BaseException:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            remove_unfinished_shards(config)
+            raise
+    if returncode != 0 and not stop.requested:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        raise ClipaError(
+            f"img2dataset failed (exit {returncode}): {lines[-1] if lines else 'no output'}; "
+            f"its whole output is in {log_path}"
+        )
+    if stop.requested:
+        remove_unfinished_shards(config)
+    return stop.requested
 
 
 def _all_finished(config: DownloadConfig, expected: range | None, finished: set[int]) -> bool:
@@ -533,12 +660,16 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=repr))
 
 
-def download(config: DownloadConfig) -> DownloadSummary:
+def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSummary:
     """Run img2dataset with ``config``, then summarise the shards and write the summary JSON.
 
+    With the multiprocessing distributor img2dataset runs in a child process whose output goes
+    to ``_clipa/img2dataset.log``; the console shows one progress bar (``show_progress``).
     Raises ``ClipaError`` for bad input (before anything starts), for a call outside a
     ``__main__`` guard, and when shards remain unfinished (after writing the summary): re-run
-    the same call to retry them; finished shards are skipped.
+    the same call to retry them; finished shards are skipped. A first Ctrl-C/SIGTERM finishes
+    the shards in flight and raises ``Interrupted`` (after writing the summary); a second stops
+    at once (``StopNow``).
     """
     check_spawn_safe("clipa_data.prepare.download.download()")
     expected = check_inputs(config)
@@ -549,7 +680,14 @@ def download(config: DownloadConfig) -> DownloadSummary:
         else set()
     )
     started = time.perf_counter()
-    if not _all_finished(config, expected, resumed):
+    stopped = False
+    if _all_finished(config, expected, resumed):
+        pass
+    elif config.distributor == "multiprocessing":
+        total = len(set(expected) - resumed) if expected is not None else None
+        stopped = _run_worker(config, resumed, total, show_progress)
+    else:  # pyspark: img2dataset runs in this process, on this session
+        spark.spark_context(config.spark_master, config.processes_count)
         _run_img2dataset(config)
     wall_seconds = time.perf_counter() - started
 
@@ -575,12 +713,22 @@ def download(config: DownloadConfig) -> DownloadSummary:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
+    if stopped:
+        left = f", {len(summary.unfinished_shards)} left" if expected is not None else ""
+        raise Interrupted(
+            f"stopped: {len(finished)} shard(s) finished in {output}{left}; re-run the same "
+            "command to resume (finished shards are skipped)"
+        )
     if summary.unfinished_shards:
         listed = ", ".join(str(i) for i in summary.unfinished_shards[:10])
+        where = (
+            f"see img2dataset's log {layout.download_log_path(output)}"
+            if config.distributor == "multiprocessing"
+            else "see img2dataset's messages above"
+        )
         raise UnfinishedShardsError(
             f"{len(summary.unfinished_shards)} shard(s) did not finish in {output} ({listed}); "
-            "see img2dataset's messages above, then re-run the same command to retry them "
-            "(finished shards are skipped)",
+            f"{where}, then re-run the same command to retry them (finished shards are skipped)",
             summary,
         )
     return summary

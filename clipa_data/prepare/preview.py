@@ -52,6 +52,11 @@ class PreviewConfig:
         Doc("clip-bpe, or a local WordPiece tokenizer.json / vocab.txt (or its folder): CLIPA-v2 "
             "rows, [CLS] + L-1 wordpieces; its syntax mask needs no sidecars."),
     ] = CLIP_BPE  # fmt: skip
+    reference_exact: Annotated[
+        bool,
+        Doc("The original's syntax mask: re-join the tagger's words and re-tokenise even when "
+            "the caption fits (default: a fitting caption keeps its own ids)."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.text_mask not in tr.TEXT_MASK_STRATEGIES:
@@ -129,7 +134,8 @@ def reduce(
         words = rows.ranked_words(index)
     elif strategy.needs_words:
         words = tokenizer.ranked_words(caption.text)
-    return strategy.reduce(ids, config.text_length, rng, words, tokenizer.format)
+    reduce_ids = strategy.reducer(config.reference_exact)
+    return reduce_ids(ids, config.text_length, rng, words, tokenizer.format)
 
 
 def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:

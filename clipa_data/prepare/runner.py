@@ -1,8 +1,9 @@
-"""Map a per-shard function over shards: in this process or in a process pool, with progress.
+"""Map a per-shard function over shards: in this process, in a process pool or on Spark.
 
 Every offline stage (convert, tag) is a pure function of one shard, so parallelism and progress
 live here once. Workers are started with the ``spawn`` method: the parent may have imported
-TensorFlow or spaCy, which are not fork-safe.
+TensorFlow or spaCy, which are not fork-safe. ``distributor="pyspark"`` runs one Spark job per
+shard instead (``clipa_data.prepare.spark``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Annotated, Optional, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +25,36 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from clipa_data.core.config_fields import Choices, Doc
+from clipa_data.prepare.interrupts import (
+    Interrupted,
+    ShardStop,
+    ignore_stop_signals,
+    stop_signals_blocked,
+)
+
+DISTRIBUTORS = ("multiprocessing", "pyspark")
+"""Where per-shard work runs: a process pool on this machine, or Spark executors (the choices of
+``--distributor`` on download, convert and tag)."""
+
+DistributorField = Annotated[
+    str,
+    Doc(
+        "multiprocessing (a pool of --workers processes) or pyspark (one Spark job per shard on "
+        "the active SparkSession, or on one built with --spark-master, default local[WORKERS])."
+    ),
+    Choices(DISTRIBUTORS),
+]
+"""The ``distributor`` field of the convert and tag configs."""
+SparkMasterField = Annotated[
+    Optional[str],  # noqa: UP045 - evaluated at runtime by field_specs on Python 3.10
+    Doc(
+        "Master of the SparkSession built for --distributor pyspark when none is active, e.g. "
+        "local[2] or spark://host:7077 (local[N] becomes local[N,4]: 4 attempts per task)."
+    ),
+]
+"""The ``spark_master`` field of the convert and tag configs."""
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -49,10 +80,16 @@ class RunnerConfig:
     """Name of the unit counted by ``units_of`` for the rate column, e.g. ``captions``."""
     show_progress: bool = True
     """Draw a progress bar on stderr."""
+    distributor: str = "multiprocessing"
+    """One of ``DISTRIBUTORS``; ``pyspark`` ignores ``workers`` but for a new local session."""
+    spark_master: str | None = None
+    """Master of the SparkSession built when none is active (``local[2]``, ``spark://...``)."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.distributor not in DISTRIBUTORS:
+            raise ValueError(f"distributor must be one of {', '.join(DISTRIBUTORS)}")
 
 
 def _progress(console: Console, plan: RunnerConfig) -> Progress:
@@ -76,37 +113,63 @@ def map_shards(
     plan: RunnerConfig,
     units_of: Callable[[Result], int] = lambda _: 0,
     on_result: Callable[[Item, Result], None] | None = None,
+    name_of: Callable[[Item], str] = str,
 ) -> list[Result]:
     """Apply ``function`` to every item; return the results in input order.
 
     ``units_of(result)`` feeds the rate column (e.g. records or captions per second);
     ``on_result`` is called in the parent as each item finishes (for logging or manifests).
-    An exception in any item cancels the items not yet started and is re-raised here.
+    An exception in any item cancels the items not yet started and is re-raised here; on Spark
+    the other items finish first and the failed ones are named with ``name_of``. The first
+    SIGINT/SIGTERM finishes the items in flight (on Spark: the running jobs) and raises
+    ``Interrupted``; a second one ends the workers (cancels the Spark jobs) at once.
     """
+    return map_shards_timed(function, items, plan, units_of, on_result, name_of)[0]
+
+
+def map_shards_timed(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    plan: RunnerConfig,
+    units_of: Callable[[Result], int] = lambda _: 0,
+    on_result: Callable[[Item, Result], None] | None = None,
+    name_of: Callable[[Item], str] = str,
+) -> tuple[list[Result], float]:
+    """``map_shards``, plus the seconds its rate column divides by: from the start of the
+    progress bar (worker start-up included) to the last item's finish."""
     console = Console(stderr=True)
     results: dict[int, Result] = {}
     started = time.perf_counter()
-    units = 0
+    units, seconds = 0, 0.0
 
-    with _progress(console, plan) as progress:
+    with ShardStop() as stop, _progress(console, plan) as progress:
         task = progress.add_task(plan.description, total=len(items), rate="")
 
         def finish(index: int, result: Result) -> None:
-            nonlocal units
+            nonlocal units, seconds
             results[index] = result
             units += units_of(result)
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            rate = f"{units / elapsed:,.0f} {plan.unit}/s" if units else ""
+            seconds = max(time.perf_counter() - started, 1e-9)
+            rate = f"{units / seconds:,.0f} {plan.unit}/s" if units else ""
             progress.update(task, advance=1, rate=rate)
             if on_result is not None:
                 on_result(items[index], result)
 
-        if plan.workers == 1 or len(items) <= 1:
+        if plan.distributor == "pyspark" and items:
+            _run_spark(function, items, plan, finish, name_of, lambda: stop.requested)
+        elif plan.workers == 1 or len(items) <= 1:
             for index, item in enumerate(items):
+                if stop.requested:
+                    break
                 finish(index, function(item))
         else:
-            _run_pool(function, items, plan.workers, finish)
-    return [results[index] for index in range(len(items))]
+            _run_pool(function, items, plan.workers, finish, stop)
+    if len(results) < len(items):
+        raise Interrupted(
+            f"stopped after {len(results)} of {len(items)} shards ({plan.description}); "
+            "re-run the same command to resume"
+        )
+    return [results[index] for index in range(len(items))], seconds
 
 
 def _run_pool(
@@ -114,19 +177,57 @@ def _run_pool(
     items: Sequence[Item],
     workers: int,
     finish: Callable[[int, Result], None],
+    stop: ShardStop,
 ) -> None:
+    """Keep ``workers`` items in flight (no queue of started-but-waiting items, so a stop
+    request leaves exactly the running ones to finish)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
-        pending: dict[Future, int] = {
-            pool.submit(function, item): index for index, item in enumerate(items)
-        }
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = pending.pop(future)
-                    finish(index, future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+    workers = min(workers, len(items))
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=ignore_stop_signals
+    )
+    queued = iter(enumerate(items))
+    pending: dict[Future, int] = {}
+    try:
+        while True:
+            while not stop.requested and len(pending) < workers:
+                following = next(queued, None)
+                if following is None:
+                    break
+                with stop_signals_blocked():  # submit may start a worker process
+                    pending[pool.submit(function, following[1])] = following[0]
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(pending.pop(future), future.result())
+    except KeyboardInterrupt:
+        _end_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers of ``pool`` at once (a second Ctrl-C; they ignore SIGINT/SIGTERM)."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14+
+    if kill is not None:
+        kill()
+        return
+    # Before 3.14 the executor has no public way to end running workers.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+
+
+def _run_spark(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    plan: RunnerConfig,
+    finish: Callable[[int, Result], None],
+    name_of: Callable[[Item], str],
+    stop_requested: Callable[[], bool],
+) -> None:
+    from clipa_data.prepare import spark
+
+    context = spark.spark_context(plan.spark_master, plan.workers)
+    spark.run_on_spark(function, items, plan.description, context, finish, name_of, stop_requested)

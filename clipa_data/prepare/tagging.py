@@ -40,7 +40,15 @@ from clipa_data.core.taggers import (
 from clipa_data.core.text_reduction import priority_of_tag
 from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
-from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
+from clipa_data.prepare.runner import (
+    DISTRIBUTORS,
+    DistributorField,
+    RunnerConfig,
+    SparkMasterField,
+    default_workers,
+    map_shards_timed,
+)
+from clipa_data.prepare.stores import local_path
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class TagConfig:
     overwrite: Annotated[bool, Doc("Re-tag shards that already have a sidecar.")] = False
     batch_size: Annotated[int, Doc("Captions per spaCy nlp.pipe batch.")] = DEFAULT_BATCH_SIZE
     show_progress: Annotated[bool, Doc("Show a progress bar (captions/s, on stderr).")] = True
+    distributor: DistributorField = "multiprocessing"
+    spark_master: SparkMasterField = None
 
     def __post_init__(self) -> None:
         if self.tagger not in TAGGER_CHOICES:
@@ -79,6 +89,8 @@ class TagConfig:
             raise ClipaError("--text-field must name a feature, e.g. txt")
         if self.batch_size < 1:
             raise ClipaError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.distributor not in DISTRIBUTORS:
+            raise ClipaError(f"--distributor must be one of {', '.join(DISTRIBUTORS)}")
 
 
 @dataclass(frozen=True)
@@ -126,9 +138,14 @@ class TagSummary:
     workers: int
     """Worker processes."""
     seconds: float
-    """Wall time of the whole run."""
+    """Wall time of the whole run (tagger resolution, resume checks and summary included)."""
     shards: tuple[ShardTagResult, ...]
     """Per shard, in split and shard order."""
+    tagging_seconds: float = 0.0
+    """From the start of the progress bar (worker start-up included) to the last shard's
+    finish: what the progress bar's captions/s divides by, so both show the same rate."""
+    distributor: str = "multiprocessing"
+    """Where the shards were tagged (``multiprocessing`` or ``pyspark``)."""
 
     @property
     def tagged(self) -> list[ShardTagResult]:
@@ -140,7 +157,9 @@ class TagSummary:
 
     @property
     def captions_per_second(self) -> float:
-        return self.captions_tagged / self.seconds if self.seconds > 0 else 0.0
+        """The progress bar's final rate: captions over ``tagging_seconds``."""
+        seconds = self.tagging_seconds
+        return self.captions_tagged / seconds if seconds > 0 else 0.0
 
     def to_json(self) -> dict:
         return {
@@ -149,7 +168,9 @@ class TagSummary:
             "text_field": self.text_field,
             "vocab_sha256": vocab_sha256(),
             "workers": self.workers,
+            "distributor": self.distributor,
             "seconds": round(self.seconds, 3),
+            "tagging_seconds": round(self.tagging_seconds, 3),
             "shards_tagged": len(self.tagged),
             "shards_skipped": len(self.shards) - len(self.tagged),
             "captions_tagged": self.captions_tagged,
@@ -251,7 +272,7 @@ def shard_jobs(builder: str | Path, config: TagConfig, tagger: TaggerSpec) -> li
 def tag_builder(config: TagConfig) -> TagSummary:
     """Tag every shard of a builder directory that has no finished sidecar; write the summary."""
     start = time.perf_counter()
-    builder = layout.resolve_builder_dir(config.builder_dir)
+    builder = layout.resolve_builder_dir(local_path(config.builder_dir, "BUILDER_DIR"))
     if layout.is_url(builder):
         raise ClipaError(f"{builder}: tag writes sidecars next to the shards; use a local folder")
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
@@ -264,8 +285,17 @@ def tag_builder(config: TagConfig) -> TagSummary:
         workers=config.workers,
         unit="captions",
         show_progress=config.show_progress,
+        distributor=config.distributor,
+        spark_master=config.spark_master,
     )
-    done = map_shards(tag_shard, todo, plan, units_of=lambda result: result.records)
+    done, tagging_seconds = map_shards_timed(
+        tag_shard,
+        todo,
+        plan,
+        units_of=lambda result: result.records,
+        name_of=lambda job: Path(job.shard).name,
+    )
+    remove_temporaries(Path(layout.sidecar_dir(builder)))  # of workers killed mid-write
     by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
     results = tuple(
         by_shard.get(job.shard)
@@ -279,6 +309,8 @@ def tag_builder(config: TagConfig) -> TagSummary:
         workers=config.workers,
         seconds=time.perf_counter() - start,
         shards=results,
+        tagging_seconds=tagging_seconds,
+        distributor=config.distributor,
     )
     write_json(Path(layout.tag_summary_path(builder)), summary.to_json())
     return summary

@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
 from clipa_data.prepare.schema import Column, Schema, image_format
 
+TENSORFLOW_IO_PLUGIN_WARNINGS = (
+    "unable to load libtensorflow_io_plugins.so",
+    "file system plugins are not loaded",
+)
+"""The start of tensorflow_io's import warnings when its .so files do not match TF."""
 VERIFY_CHUNK = 512
 """Shards read per ``as_dataset`` call while verifying (keeps one read plan small)."""
 
@@ -29,13 +35,19 @@ def import_tensorflow() -> float:
 
     TF 2.21 prints oneDNN and absl start-up lines whatever TF_CPP_MIN_LOG_LEVEL says;
     TF_ENABLE_ONEDNN_OPTS=0 silences them (it only changes oneDNN math kernels, which
-    parsing records and decoding images do not use). Both only apply if not already set.
+    parsing records and decoding images do not use). Both only apply if not already set;
+    level 2 still prints TensorFlow's errors. tensorflow_io, when TFDS pulls it in, warns that
+    its plugins (built for another TF) do not load: those two warnings, and only those, are
+    dropped (TFDS reads local files through TF itself).
     """
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow  # noqa: F401
-    import tensorflow_datasets  # noqa: F401
+    with warnings.catch_warnings():
+        for message in TENSORFLOW_IO_PLUGIN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        import tensorflow  # noqa: F401
+        import tensorflow_datasets  # noqa: F401
 
     return time.perf_counter() - started
 

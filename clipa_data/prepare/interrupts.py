@@ -1,0 +1,88 @@
+"""Ctrl-C and SIGTERM in the offline stages: the first finishes the shards in flight, the second
+stops at once.
+
+Every stage writes a shard under a temporary name and renames it when complete, so stopping
+between shards loses nothing and a re-run resumes; stopping inside one loses only that shard's
+work. The first signal prints one line and asks the stage to start no new shard; the second
+raises :class:`StopNow` from the handler. The CLI turns both outcomes into exit 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FIRST_SIGNAL_LINE = "stopping after the current shard(s); Ctrl-C again to stop now"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stage stopped by a signal; the message says what finished and how to resume."""
+
+
+class StopNow(Interrupted):
+    """A second signal: the stage stops at once (shards in flight are abandoned, not kept)."""
+
+
+class ShardStop:
+    """Installs the two-step stop handlers while a stage maps its shards (main thread only).
+
+    ``requested`` turns True on the first SIGINT/SIGTERM; the stage checks it before starting
+    each shard. ``on_first`` runs in the handler after the line is printed (e.g. to pass the
+    request on to a child process). Off the main thread Python cannot install handlers, so
+    nothing changes there. Handlers are restored on exit.
+    """
+
+    def __init__(self, on_first: Any = None) -> None:
+        self.requested = False
+        self._on_first = on_first
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> ShardStop:
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.requested:
+            raise StopNow("stopped at once; re-run the same command to resume")
+        self.requested = True
+        # os.write, not print: the handler may run while the main thread is inside print.
+        os.write(2, f"\n{signal.Signals(number).name}: {FIRST_SIGNAL_LINE}\n".encode())
+        if self._on_first is not None:
+            self._on_first()
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Hold SIGINT/SIGTERM back while worker processes start here.
+
+    A worker started by ``spawn`` is a new interpreter that takes a moment to reach its
+    initializer; a Ctrl-C to the process group in that moment would print its traceback. A
+    blocked signal mask is inherited through fork and exec, so the new worker never sees it,
+    and the parent receives a signal that arrived meanwhile as soon as the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_stop_signals() -> None:
+    """Worker-process initializer: the terminal signals the whole process group, but the parent
+    decides (it finishes the shards in flight, or ends the workers on a second signal)."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)

@@ -1,0 +1,216 @@
+"""``clipa-train eval --suite paper --data-root DIR``: each set of the paper's table under DIR.
+
+A suite is a tuple of ``SuiteEntry`` rows in the table's column order; each row says where its
+set lives under ``--data-root`` (conventional folder names, the first found wins), how to open
+and check it, and how to evaluate it. Absent sets are skipped and reported; every found set is
+opened (and checked) before the model is built, so a broken download fails in seconds. Another
+kind of set (retrieval, say) is another row: an ``open`` and an ``evaluate`` function and the
+result keys its table columns show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipa_data.core.errors import ClipaError
+from clipa_data.core.registry import pick
+from clipa_train.evaluate import (
+    EvalSettings,
+    ZeroShotSet,
+    evaluate_zeroshot,
+    open_zeroshot_set,
+)
+from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
+from clipa_train.variants import open_variant
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    """What every set's evaluation gets: the model on its device and how to feed it."""
+
+    model: Any
+    """The CLIP model, in eval mode, on ``backend.device``."""
+    backend: Any
+    """The backend (device, autocast, image normalisation)."""
+    settings: EvalSettings
+    """Image size, text length, crop, batch size and workers."""
+    encode_prompts: Callable[[list[str]], Any]
+    """Prompt strings → token ids at the model's text length."""
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One set of a suite: where it lives, how it is opened and evaluated, what the table shows."""
+
+    name: str
+    """Key in ``eval.json`` and in the ``--json`` lines."""
+    folders: tuple[str, ...]
+    """Conventional places under ``--data-root``, tried in order; the first that exists wins."""
+    open: Callable[[Path, str | None], Any]
+    """``(found path, --templates or None) -> opened set``; raises ClipaError on a bad set."""
+    evaluate: Callable[[Any, SuiteModel, Callable[[int], None]], dict]
+    """``(opened set, model, advance(items)) -> result``: the metrics plus ``n``."""
+    columns: tuple[tuple[str, str], ...]
+    """Table columns as ``(header, result key)``, e.g. ``(("IN-1K", "top1"),)``."""
+    size: Callable[[Any], int]
+    """The opened set's item count (the progress bar's total)."""
+
+
+def _zeroshot_entry(name: str, header: str, folders: tuple[str, ...]) -> SuiteEntry:
+    def open_set(path: Path, templates: str | None) -> ZeroShotSet:
+        if name == "imagenet1k":
+            return open_zeroshot_set(path, templates=templates)
+        return open_variant(name, path, templates)
+
+    def evaluate(zset: ZeroShotSet, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
+        scores = evaluate_zeroshot(
+            suite.model, suite.backend, zset, suite.settings, suite.encode_prompts, advance
+        )
+        return {**scores, "task": zset.task.name, "templates": len(zset.task.templates)}
+
+    return SuiteEntry(
+        name, folders, open_set, evaluate, ((header, "top1"),), lambda zset: zset.num_images
+    )
+
+
+def _retrieval_entry(name: str, header: str) -> SuiteEntry:
+    """A Karpathy test split (``retrieval_sets``), found by its annotation file under the root."""
+    spec = retrieval_spec(name)
+
+    def open_set(annotations: Path, templates: str | None) -> Any:
+        # The annotation file sits `spec.annotations` below the root; the images beside it.
+        root = annotations.parents[len(Path(spec.annotations).parts) - 1]
+        return open_retrieval_set(annotations, root / spec.images, name)
+
+    def evaluate(rset: Any, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
+        from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
+
+        base = suite.settings
+        settings = RetrievalSettings(base.image_size, base.crop, base.batch_size, base.workers)
+        scores = evaluate_retrieval(
+            suite.model, suite.backend, rset, settings, suite.encode_prompts, advance
+        )
+        return {**scores, "n": scores["images"]}
+
+    columns = ((f"{header} I→T", "image_to_text_R@1"), (f"{header} T→I", "text_to_image_R@1"))
+    return SuiteEntry(
+        name,
+        (spec.annotations,),
+        open_set,
+        evaluate,
+        columns,
+        lambda rset: len(rset.images) + len(rset.captions),
+    )
+
+
+PAPER = (
+    _zeroshot_entry("imagenet1k", "IN-1K", ("imagenet", "imagenet-1k", "imagenet2012")),
+    _zeroshot_entry(
+        "imagenetv2",
+        "IN-V2",
+        (
+            "imagenetv2-matched-frequency-format-val",
+            "imagenetv2-matched-frequency/imagenetv2-matched-frequency-format-val",
+            "imagenetv2-matched-frequency",
+            "imagenetv2",
+        ),
+    ),
+    _zeroshot_entry("imagenet-a", "IN-A", ("imagenet-a",)),
+    _zeroshot_entry("imagenet-r", "IN-R", ("imagenet-r",)),
+    _zeroshot_entry("objectnet", "ObjectNet", ("objectnet", "objectnet-1.0")),
+    _zeroshot_entry(
+        "imagenet-sketch", "IN-Sketch", ("imagenet-sketch/sketch", "imagenet-sketch", "sketch")
+    ),
+    _retrieval_entry("coco", "COCO"),
+    _retrieval_entry("flickr30k", "Flickr"),
+)
+"""The paper's columns, in its order: zero-shot top-1 as CLIP's robustness table (IN, V2, A, R,
+ObjectNet, Sketch), then image→text and text→image Recall@1 on the COCO 5k and Flickr30k 1k
+Karpathy test splits."""
+
+SUITES: dict[str, tuple[SuiteEntry, ...]] = {"paper": PAPER}
+"""Every suite ``--suite`` names."""
+
+
+def find_sets(
+    entries: tuple[SuiteEntry, ...], root: Path, templates: str | None
+) -> tuple[list[tuple[SuiteEntry, Path, Any]], dict[str, str]]:
+    """The entries found under ``root``, opened and checked, and why the others were skipped."""
+    if not root.is_dir():
+        raise ClipaError(f"--data-root {root}: folder not found")
+    found, skipped = [], {}
+    for entry in entries:
+        path = next((root / folder for folder in entry.folders if (root / folder).exists()), None)
+        if path is None:
+            skipped[entry.name] = f"not found under {root} (looked for {', '.join(entry.folders)})"
+            continue
+        found.append((entry, path, entry.open(path, templates)))
+    if not found:
+        names = "; ".join(f"{entry.name}: {' or '.join(entry.folders)}" for entry in entries)
+        raise ClipaError(f"--data-root {root} holds none of the suite's sets (expected {names})")
+    return found, skipped
+
+
+def run_suite(
+    name: str,
+    root: Path,
+    load: Callable[[], SuiteModel],
+    templates: str | None = None,
+    progress: bool = True,
+    note_skipped: Callable[[str, str], None] = lambda name, why: None,
+) -> dict:
+    """Evaluate every set of suite ``name`` found under ``root``.
+
+    Returns the settings used, ``sets`` (name -> result) and ``skipped`` (name -> why).
+
+    ``load`` builds the model once, after every found set has been opened and checked;
+    ``note_skipped(name, why)`` hears of each absent set before that.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    entries = pick(SUITES, name, "suite")
+    found, skipped = find_sets(entries, root, templates)
+    for skipped_name, why in skipped.items():
+        note_skipped(skipped_name, why)
+    suite = load()
+    results = {}
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    bars = Progress(
+        *columns, TimeRemainingColumn(), console=Console(stderr=True), disable=not progress
+    )
+    with bars:
+        for entry, path, opened in found:
+            bar = bars.add_task(entry.name, total=entry.size(opened))
+            started = time.perf_counter()
+            result = entry.evaluate(opened, suite, lambda n, bar=bar: bars.advance(bar, n))
+            seconds = round(time.perf_counter() - started, 2)
+            results[entry.name] = {**result, "dataset": str(path), "seconds": seconds}
+    settings = suite.settings
+    return {
+        "data_root": str(root),
+        "image_size": settings.image_size,
+        "text_length": settings.text_length,
+        "crop": settings.crop,
+        "sets": results,
+        "skipped": skipped,
+    }
+
+
+def table_columns(name: str) -> list[tuple[str, str, str]]:
+    """``(set, header, result key)`` of every column of suite ``name``, in the paper's order."""
+    return [
+        (entry.name, header, key)
+        for entry in pick(SUITES, name, "suite")
+        for header, key in entry.columns
+    ]

@@ -1,0 +1,238 @@
+"""Checks run once before a training stage starts: will it fit, and will it learn anything.
+
+``check_memory`` compares the estimated peak memory (``memory_estimate``) of one training
+process with the free memory of its device and refuses a run that cannot fit with one line
+naming what would: a batch size (or ``--accum-steps auto --micro-batch N``, which keeps the
+batch), ``--grad-checkpointing``, or a smaller preset. ``--no-memory-check`` skips it.
+``small_data_warnings`` gives a line when an epoch is under 10 steps or when the whole batches
+of an epoch leave more than 5 % of the records out (only whole batches are drawn).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipa_data.core.errors import ClipaError
+from clipa_train.memory_estimate import (
+    AVAILABLE_ENV,
+    MemoryEstimate,
+    MemoryShape,
+    estimate_memory,
+    gib,
+    parameter_count,
+    parse_size,
+)
+
+if TYPE_CHECKING:
+    from clipa_train.model import ModelConfig
+    from clipa_train.resolved_stage import ResolvedStage
+
+MIN_EPOCH_STEPS = 10
+"""Fewer optimiser steps per epoch than this get a warning."""
+
+MAX_LEFT_OUT = 0.05
+"""A larger share of records left out of every epoch by the last partial batch gets a warning."""
+
+
+def small_data_warnings(num_records: int, batch_size: int, in_epochs: bool = True) -> list[str]:
+    """One line per problem of an epoch of ``num_records`` records in batches of
+    ``batch_size`` (none when not even one batch fits: the loader refuses that). Short epochs
+    are only said when the stage's length is in epochs (``--samples`` sets it on purpose)."""
+    steps = num_records // batch_size
+    if steps < 1:
+        return []
+    lines = []
+    if steps < MIN_EPOCH_STEPS and in_epochs:
+        lines.append(
+            f"warning: an epoch of {num_records} records is {steps} step{'s' * (steps > 1)} of "
+            f"--batch-size {batch_size} (under {MIN_EPOCH_STEPS}); a smaller --batch-size gives "
+            "more steps per epoch"
+        )
+    left = num_records - steps * batch_size
+    if left > MAX_LEFT_OUT * num_records:
+        lines.append(
+            f"warning: --batch-size {batch_size} leaves {left} of {num_records} records "
+            f"({left / num_records:.0%}) out of every epoch (only whole batches are drawn); "
+            f"a batch size that divides {num_records} more evenly leaves out fewer"
+        )
+    return lines
+
+
+def stage_shape(
+    stage: ResolvedStage,
+    world: int,
+    *,
+    micro_batch: int | None = None,
+    model: ModelConfig | None = None,
+    grad_checkpointing: bool | None = None,
+) -> MemoryShape:
+    """What one device of ``stage`` runs per step, with any of the three overridden."""
+    from clipa_train.accumulation import fewest_micro_batches
+    from clipa_train.image_masks import IMAGE_MASK_STRATEGIES
+
+    optim = stage.config.optim
+    model = model or stage.model
+    if micro_batch is None:
+        per_rank = max(1, optim.batch_size // world)
+        accum = optim.accum_steps
+        parts = fewest_micro_batches(per_rank, optim.micro_batch) if accum == "auto" else accum
+        micro_batch = max(1, per_rank // parts)
+    grid = model.vision.grid
+    keep = IMAGE_MASK_STRATEGIES[stage.patch_mask.strategy](grid, stage.patch_mask.ratio).keep
+    return MemoryShape(
+        model=model,
+        micro_batch=micro_batch,
+        image_tokens=(keep or grid * grid) + 1,  # + the class token
+        text_tokens=min(stage.text.length, model.text.context_length),
+        precision=stage.backend.precision,
+        grad_checkpointing=(
+            stage.config.model.grad_checkpointing
+            if grad_checkpointing is None
+            else grad_checkpointing
+        ),
+        shards=world if optim.sharding == "fsdp" else 1,
+        device=stage.backend.name,
+        workers=stage.config.run.workers,
+    )
+
+
+def available_memory(device: str) -> tuple[int, str] | None:
+    """(free bytes for this process's device, where the figure comes from); None when it
+    cannot be read (XLA, no /proc/meminfo)."""
+    given = os.environ.get(AVAILABLE_ENV)
+    if given:
+        return parse_size(given), AVAILABLE_ENV
+    if device == "cpu":
+        return _host_available()
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None  # the backend says so, in its own words
+        free, _ = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
+        return free, "free CUDA memory"
+    return None
+
+
+def _host_available() -> tuple[int, str] | None:
+    """MemAvailable, lowered to the cgroup's limit minus its usage when that is smaller."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+    if "MemAvailable" not in fields:
+        return None
+    available, source = int(fields["MemAvailable"].split()[0]) * 1024, "available RAM"
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        used = int((cgroup / "memory.current").read_text())
+    except (OSError, ValueError):
+        return available, source
+    if limit.isdigit() and int(limit) - used < available:
+        return int(limit) - used, "the container's free memory"
+    return available, source
+
+
+def check_memory(stage: ResolvedStage, world: int) -> MemoryEstimate | None:
+    """Refuse ``stage`` with one line when its estimated peak exceeds the free memory of its
+    device (several processes on one host's CPU share it); the estimate (None: not checked)."""
+    if not stage.config.optim.memory_check:
+        return None
+    shape = stage_shape(stage, world)
+    free = available_memory(shape.device)
+    if free is None:
+        return None
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if shape.device == "cpu" else 1
+    estimate = estimate_memory(shape)
+    if estimate.total * sharing <= free[0]:
+        return estimate
+    fits = lambda candidate: estimate_memory(candidate).total * sharing <= free[0]  # noqa: E731
+    raise ClipaError(_refusal(stage, world, shape, estimate, free, sharing, fits))
+
+
+def _refusal(stage, world, shape, estimate, free, sharing, fits) -> str:
+    """The one line: what was asked, what it needs, what is free, and what would fit."""
+    config = stage.config
+    name = config.model.name or ("the checkpoint's model" if config.model.from_checkpoint else "")
+    if not name:
+        from clipa_train.run_config import DEFAULT_MODEL
+
+        name = DEFAULT_MODEL
+    settings = [
+        f"{stage.image.size} px",
+        f"{shape.image_tokens} image + {shape.text_tokens} text tokens",
+        shape.precision,
+    ]
+    if shape.grad_checkpointing:
+        settings.append("grad checkpointing")
+    processes = f" × {sharing} processes" if sharing > 1 else ""
+    return (
+        f"{name} at --batch-size {config.optim.batch_size} ({', '.join(settings)}) needs about "
+        f"{gib(estimate.total)}{processes} on {shape.device} (activations "
+        f"{gib(estimate.activations)}) but {gib(free[0])} is free ({free[1]}); "
+        f"{_suggestions(stage, world, shape, fits)}, or --no-memory-check to try anyway"
+    )
+
+
+def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> str:
+    """``use --batch-size N (or ...), --grad-checkpointing or --model P`` for what fits."""
+    import dataclasses
+
+    optim = stage.config.optim
+    options = []
+    micro = next(
+        (m for m in range(shape.micro_batch - 1, 0, -1)
+         if fits(dataclasses.replace(shape, micro_batch=m))),
+        None,
+    )  # fmt: skip
+    if micro is not None and micro >= 16:
+        micro -= micro % 8  # a round number: the estimate is not that exact
+    if micro is not None and optim.accum_steps == "auto":
+        options.append(f"--micro-batch {micro}")
+    elif micro is not None:
+        per_step = world * optim.accum_steps
+        options.append(
+            f"--batch-size {micro * per_step} (or keep {optim.batch_size} with --accum-steps "
+            f"auto --micro-batch {micro})"
+        )
+    if not shape.grad_checkpointing:
+        checkpointed = dataclasses.replace(shape, grad_checkpointing=True)
+        if fits(checkpointed):
+            total = estimate_memory(checkpointed).total
+            options.append(f"--grad-checkpointing (about {gib(total)})")
+    preset = None if stage.config.model.from_checkpoint else _smaller_preset(shape, fits)
+    if preset is not None:
+        options.append(f"--model {preset}")
+    if not options:
+        return "nothing smaller fits on this device: use a machine with more memory"
+    return "use " + ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + options[-1]
+
+
+def _smaller_preset(shape: MemoryShape, fits) -> str | None:
+    """The largest bundled preset smaller than ``shape.model`` that fits at this batch, image
+    size (where its patch size divides it) and text length."""
+    import dataclasses
+
+    from clipa_train.model import load_preset, preset_names
+
+    current = parameter_count(shape.model)
+    candidates = []
+    for name in preset_names():
+        base = load_preset(name)
+        size = shape.model.vision.image_size
+        model = base.replace(
+            image_size=size if size % base.vision.patch_size == 0 else None,
+            context_length=max(shape.text_tokens, 3),
+        )
+        if model.text.vocab_size != shape.model.text.vocab_size:
+            continue  # another tokenizer (test-tiny's 512 ids): not a drop-in replacement
+        count = parameter_count(model)
+        scale = (model.vision.grid / shape.model.vision.grid) ** 2
+        tokens = max(2, round((shape.image_tokens - 1) * scale) + 1)
+        candidate = dataclasses.replace(shape, model=model, image_tokens=tokens)
+        if count < current and fits(candidate):
+            candidates.append((count, name))
+    return max(candidates)[1] if candidates else None

@@ -1,0 +1,356 @@
+"""``clipa-train probe``: linear-probe top-1 of a checkpoint's frozen image features.
+
+What CLIP_benchmark and the scaling-laws study report beside zero-shot: the image tower is
+frozen, its normalised features are extracted once per set (and cached on disk, keyed by the
+checkpoint file, the set's images and the image settings, so a second probe of the same
+checkpoint reuses them and says so), and a multinomial logistic-regression head is fitted on
+the training features in torch: full-batch L-BFGS on standardised features, the L2 strength
+chosen from ``L2_GRID`` by top-1 on a held-out part of the training set, then refitted on all of
+it and scored on the validation set. No scikit-learn.
+
+Sets are ImageFolder trees (``DIR`` or ``DIR/train`` / ``DIR/val``: one folder per class,
+sorted names = label order; train and val must have the same class folders) or TFDS builder
+directories with ``image`` + ``label`` (split ``train`` for training; ``validation``, ``val``
+or ``test`` for evaluation), read with ``clipa_train.evaluate``'s image pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+from clipa_data.core import layout
+from clipa_data.core.config_fields import Choices, Doc
+from clipa_data.core.errors import ClipaError
+from clipa_train.eval_stage import CROPS
+from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
+
+if TYPE_CHECKING:  # torch stays out of option parsing
+    import torch
+
+    from clipa_train.evaluate import ZeroShotSet
+
+L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""L2 strengths tried (per sample: the loss is the mean cross-entropy + l2/2·|W|²)."""
+CACHE_VERSION = 1
+"""Bumped when the cached features change meaning (part of every cache key)."""
+TRAIN_SPLITS = ("train",)
+VAL_SPLITS = ("validation", "val", "test")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Options of ``clipa-train probe``."""
+
+    checkpoint: Annotated[str, Doc("A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")]
+    train: Annotated[
+        str, Doc("Training set: ImageFolder tree (DIR or DIR/train) or TFDS builder (train split).")
+    ]
+    val: Annotated[
+        str, Doc("Evaluation set: ImageFolder tree (DIR or DIR/val) or TFDS builder (validation).")
+    ]
+    model: Annotated[
+        str | None, Doc("Preset to build when the weights hold no architecture (OpenCLIP).")
+    ] = None
+    image_size: Annotated[
+        int | None, Doc("Image side for the features (default: the checkpoint model's).")
+    ] = None
+    crop: Annotated[
+        str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
+    ] = "center"
+    batch_size: Annotated[int, Doc("Images per feature-extraction batch.")] = 256
+    workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
+    backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKENDS)] = "auto"
+    holdout: Annotated[
+        float, Doc("Share of the training set held out to choose the L2 strength.")
+    ] = 0.2
+    max_iter: Annotated[int, Doc("L-BFGS iterations per fit.")] = 200
+    seed: Annotated[int, Doc("Seed of the held-out split.")] = 0
+    cache_dir: Annotated[
+        str | None, Doc("Feature cache folder (default: probe_cache/ in the checkpoint's run dir).")
+    ] = None
+    out: Annotated[
+        str | None, Doc("Where probe.json goes (default: the run directory of the checkpoint).")
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
+        if self.batch_size < 1 or self.workers < 0 or self.max_iter < 1:
+            raise ClipaError("--batch-size and --max-iter must be positive and --workers ≥ 0")
+        if self.image_size is not None and self.image_size < 1:
+            raise ClipaError("--image-size must be positive")
+        if not 0 < self.holdout < 1:
+            raise ClipaError(f"--holdout must be between 0 and 1 (exclusive), not {self.holdout}")
+
+    def run_dir(self) -> Path:
+        """The checkpoint's run directory (the folder above ``checkpoints/``), else its folder."""
+        folder = Path(self.checkpoint).resolve().parent
+        return folder.parent if folder.name == "checkpoints" else folder
+
+    def result_path(self) -> Path:
+        """``probe.json``: ``--out``, else in the run directory."""
+        return Path(self.out) if self.out else self.run_dir() / "probe.json"
+
+    def cache_path(self) -> Path:
+        """The feature cache folder."""
+        return Path(self.cache_dir) if self.cache_dir else self.run_dir() / "probe_cache"
+
+
+# --- sets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """An opened probe set: the zero-shot set type (for ``evaluate.image_batches``) + its split."""
+
+    images: ZeroShotSet
+    """What ``evaluate.image_batches`` reads (its task holds the class names, no prompts)."""
+    split: str
+    """``folder`` for an ImageFolder, else the TFDS split read."""
+    classes: tuple[str, ...]
+    """Class names in label order (folder names, or ``0``…``N-1`` for TFDS)."""
+
+
+def _open_folder(root: Path, role: str) -> ProbeSet:
+    from clipa_train.evaluate import IMAGE_SUFFIXES, ZeroShotSet
+    from clipa_train.zeroshot import ZeroShotTask
+
+    if (root / role).is_dir():
+        root = root / role
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ClipaError(f"{root} has no class folders; a probe set holds one folder per class")
+    units = tuple(
+        (str(path), label)
+        for label, folder in enumerate(folders)
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not units:
+        raise ClipaError(f"{root} has {len(folders)} class folders but no images in them")
+    names = tuple(folder.name for folder in folders)
+    task = ZeroShotTask(root.name, names, ("{}",))
+    return ProbeSet(ZeroShotSet(str(root), "imagefolder", units, len(units), task), "folder", names)
+
+
+def _open_tfds(builder, role: str) -> ProbeSet:
+    from clipa_train.evaluate import ZeroShotSet
+    from clipa_train.zeroshot import ZeroShotTask
+
+    wanted = TRAIN_SPLITS if role == "train" else VAL_SPLITS
+    names = layout.split_names(builder)
+    split = next((name for name in wanted if name in names), None)
+    if split is None:
+        raise ClipaError(
+            f"{builder}: no {' / '.join(wanted)} split for --{role} (found: "
+            f"{', '.join(names) or 'none'})"
+        )
+    info = layout.read_split(builder, split)
+    if info.num_records == 0:
+        raise ClipaError(f"{builder}: split {split} has no images")
+    features = json.loads(layout.read_text(layout.join(builder, layout.FEATURES)))
+    label = features.get("featuresDict", {}).get("features", {}).get("label", {})
+    count = label.get("classLabel", {}).get("numClasses")
+    if count is None:
+        raise ClipaError(f"{builder}: no class-label feature 'label'; not a classification set")
+    classes = tuple(str(i) for i in range(int(count)))
+    units = tuple((shard.path, -1) for shard in info.shards if shard.num_records)
+    task = ZeroShotTask(f"{Path(str(builder)).parent.name}-{split}", classes, ("{}",))
+    return ProbeSet(
+        ZeroShotSet(str(builder), "tfds", units, info.num_records, task), split, classes
+    )
+
+
+def open_probe_set(path: str | Path, role: str) -> ProbeSet:
+    """Open ``--train`` (``role='train'``) or ``--val`` (``role='val'``)."""
+    if not layout.is_url(path) and not Path(path).exists():
+        raise ClipaError(f"--{role} {path}: no such folder")
+    if layout.is_url(path) or layout.find_builder_dirs(Path(path)):
+        return _open_tfds(layout.resolve_builder_dir(path), role)
+    return _open_folder(Path(path), role)
+
+
+def check_same_classes(train: ProbeSet, val: ProbeSet) -> None:
+    """Train and val must label the same classes the same way."""
+    if train.classes == val.classes:
+        return
+    only_train = sorted(set(train.classes) - set(val.classes))
+    only_val = sorted(set(val.classes) - set(train.classes))
+    detail = "; ".join(
+        part
+        for part in (
+            only_train and f"only in --train: {', '.join(only_train[:5])}",
+            only_val and f"only in --val: {', '.join(only_val[:5])}",
+        )
+        if part
+    )
+    raise ClipaError(
+        f"--train has {len(train.classes)} classes and --val {len(val.classes)}, not the same "
+        f"({detail or 'another order'}); give both sets the same class folders"
+    )
+
+
+# --- features and their cache ---------------------------------------------------------------
+
+
+def cache_key(checkpoint: Path, probe_set: ProbeSet, image_size: int, crop: str) -> str:
+    """16 hex digits naming what the features depend on: the checkpoint file (path, size,
+    modification time: re-reading gigabytes to hash them would cost more than the cache saves),
+    the set's images (source, split, every file or shard), the image side and crop."""
+    stat = checkpoint.stat()
+    zset = probe_set.images
+    described = {
+        "version": CACHE_VERSION,
+        "checkpoint": [str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns],
+        "set": [str(Path(str(zset.source)).resolve()), probe_set.split, zset.num_images],
+        "units": hashlib.sha256("\n".join(u for u, _ in zset.units).encode()).hexdigest(),
+        "image": [image_size, crop],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    """Features of one set and where they came from."""
+
+    features: torch.Tensor
+    """float32 ``[N, D]`` normalised image features (CPU)."""
+    labels: torch.Tensor
+    """int64 ``[N]``."""
+    path: Path
+    """The cache file."""
+    reused: bool
+    """True when read from the cache (the model did not run)."""
+
+
+def cached_features(path: Path, compute: Callable[[], tuple]) -> CachedFeatures:
+    """The features in ``path`` if it exists, else ``compute()``'s, written there atomically."""
+    import torch
+
+    from clipa_data.core.atomic import atomic_writer
+
+    if path.is_file():
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return CachedFeatures(payload["features"], payload["labels"], path, True)
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            pass
+    features, labels = compute()
+    with atomic_writer(path) as handle:
+        torch.save({"features": features, "labels": labels}, handle)
+    return CachedFeatures(features, labels, path, False)
+
+
+def extract_features(model, backend, probe_set: ProbeSet, image, batch_size: int, workers: int):
+    """Normalised image features and labels of every image of ``probe_set`` (CPU tensors)."""
+    import torch
+
+    from clipa_train.evaluate import image_batches
+
+    features, labels = [], []
+    with torch.inference_mode(), backend.autocast():
+        for images, batch_labels in image_batches(probe_set.images, image, batch_size, workers):
+            encoded = model.encode_image(backend.images_to_device(images), normalize=True)
+            features.append(encoded.float().cpu())
+            labels.append(batch_labels)
+            backend.step_boundary()
+    return torch.cat(features), torch.cat(labels)
+
+
+def _model(config: ProbeConfig):
+    from clipa_train.checkpoint import base_architecture
+    from clipa_train.model import build_model, load_openclip_weights
+
+    base = base_architecture(config.model, config.checkpoint, default=DEFAULT_MODEL)
+    model = build_model(base.replace(image_size=config.image_size))
+    load_openclip_weights(model, config.checkpoint)
+    return model.eval()
+
+
+# --- the probe --------------------------------------------------------------------------------
+
+
+def _image_size(config: ProbeConfig, checkpoint: Path) -> int:
+    """``--image-size``, else the checkpoint model's (read without building the model)."""
+    if config.image_size is not None:
+        return config.image_size
+    from clipa_train.checkpoint import base_architecture
+
+    return base_architecture(config.model, str(checkpoint), DEFAULT_MODEL).vision.image_size
+
+
+def probe_features(
+    config: ProbeConfig, checkpoint: Path, sets: dict[str, ProbeSet], backend, say
+) -> tuple[dict[str, CachedFeatures], int]:
+    """Each set's features from its cache file, or extracted (the model is built only then),
+    and the image side they were made at."""
+    from clipa_train.image import ImageConfig
+
+    image_size = _image_size(config, checkpoint)
+    image = ImageConfig(size=image_size, crop=config.crop)
+    model = None
+    found = {}
+    for role, probe_set in sets.items():
+        key = cache_key(checkpoint, probe_set, image_size, config.crop)
+        name = f"{role}-{Path(str(probe_set.images.source)).name}-{key}.pt"
+
+        def compute(probe_set=probe_set):
+            nonlocal model
+            model = model or _model(config).to(backend.device)
+            return extract_features(
+                model, backend, probe_set, image, config.batch_size, config.workers
+            )
+
+        found[role] = cached_features(config.cache_path() / name, compute)
+        state = "reused cache" if found[role].reused else "extracted, cached in"
+        say(f"{role} features ({probe_set.images.num_images} images): {state} {found[role].path}")
+    return found, image_size
+
+
+def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _: None) -> dict:
+    """Extract (or reuse) the features, fit the head, write ``probe.json``, return the result.
+    ``say`` gets one line per set about its feature cache."""
+    from clipa_data.core.atomic import write_json
+    from clipa_train.backend import BackendConfig, create_backend
+    from clipa_train.export import checkpoint_file
+    from clipa_train.logistic import fit_probe
+
+    checkpoint = checkpoint_file(config.checkpoint)
+    sets = {role: open_probe_set(getattr(config, role), role) for role in ("train", "val")}
+    check_same_classes(sets["train"], sets["val"])
+    started = time.perf_counter()
+    backend = create_backend(BackendConfig(name=config.backend))
+    found, image_size = probe_features(config, checkpoint, sets, backend, say)
+    classes = len(sets["train"].classes)
+    # L-BFGS runs where tensors are eager: the CPU or CUDA (an XLA backend fits on the CPU)
+    device = backend.device if backend.device.type in ("cpu", "cuda") else "cpu"
+    train, val = found["train"], found["val"]
+    fit = fit_probe(
+        train.features, train.labels, classes, L2_GRID,
+        config.holdout, config.seed, config.max_iter, device,
+    )  # fmt: skip
+    result = {
+        "top1": fit.head.top1(val.features, val.labels),
+        "l2": fit.l2,
+        "holdout_top1": {f"{l2:g}": top1 for l2, top1 in fit.holdout_top1.items()},
+        "n_train": int(train.labels.numel()),
+        "n_val": int(val.labels.numel()),
+        "classes": classes,
+        "chance": 1 / classes,
+        "feature_dim": int(train.features.shape[1]),
+        "checkpoint": str(checkpoint),
+        "train": sets["train"].images.source,
+        "val": sets["val"].images.source,
+        "image_size": image_size,
+        "crop": config.crop,
+        "cache": {role: {"path": str(f.path), "reused": f.reused} for role, f in found.items()},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(config.result_path(), result)
+    return result

@@ -1,0 +1,170 @@
+"""``clipa-train export``: the export holds the checkpoint's tensors under OpenCLIP's names, the
+safetensors file reads back with the ``safetensors`` library, the folder's
+``open_clip_config.json`` describes the architecture, and bad input is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoints import write_checkpoint
+from cli_checks import assert_one_line_error
+from clipa_cli.train_app import app
+from test_model import OPENCLIP_KEYS
+from typer.testing import CliRunner
+
+from clipa_train.checkpoint import load_checkpoint
+from clipa_train.export import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+from clipa_train.model import build_model, load_openclip_weights, load_preset
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export")
+    write_checkpoint(root / "contrastive", step=2)
+    return {
+        "contrastive": write_checkpoint(root / "contrastive", step=5),
+        "sigmoid": write_checkpoint(root / "sigmoid", loss="sigmoid", pool="tok"),
+    }
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def source_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(checkpoint)["model"]
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "sigmoid"])
+def test_openclip_export_is_the_checkpoints_state_dict_under_openclip_names(runs, tmp_path, loss):
+    out = tmp_path / "model.pt"
+    result = invoke("export", runs[loss], out, "--format", "openclip")
+    assert result.exit_code == 0, result.output
+    exported = torch.load(out, map_location="cpu", weights_only=True)
+    source = source_state(runs[loss])
+    assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in source.items()}
+    assert all(torch.equal(exported[key], source[key]) for key in source)
+    expected = {**OPENCLIP_KEYS, **({"logit_bias": []} if loss == "sigmoid" else {})}
+    assert {key: list(value.shape) for key, value in exported.items()} == expected
+    model = build_model(load_preset("test-tiny").replace(loss=loss))
+    load_openclip_weights(model, out)  # strict: every key, every shape
+
+
+@pytest.mark.parametrize("target", ["folder", "file.safetensors"])
+def test_safetensors_export_loads_with_safetensors_to_identical_tensors(runs, tmp_path, target):
+    from safetensors.torch import load_file
+
+    out = tmp_path / target
+    result = invoke("export", runs["sigmoid"], out, "--format", "safetensors")
+    assert result.exit_code == 0, result.output
+    weights = out / SAFE_WEIGHTS_NAME if target == "folder" else out
+    assert (out / CONFIG_NAME).is_file() == (target == "folder")
+    loaded = load_file(weights)
+    source = source_state(runs["sigmoid"])
+    assert loaded.keys() == source.keys()
+    for key, value in source.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+
+
+def test_openclip_dir_config_describes_the_architecture(runs, tmp_path):
+    out = tmp_path / "export"
+    result = invoke("export", runs["sigmoid"], out, "--format", "openclip-dir")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    config = json.loads((out / CONFIG_NAME).read_text())
+    model_cfg, preprocess = config["model_cfg"], config["preprocess_cfg"]
+    architecture = load_preset("test-tiny").replace(loss="sigmoid", pool="tok")
+    vision, text = architecture.vision, architecture.text
+    assert model_cfg["embed_dim"] == architecture.embed_dim
+    assert model_cfg["init_logit_bias"] == -10.0
+    assert model_cfg["vision_cfg"] == {
+        "image_size": vision.image_size,
+        "patch_size": vision.patch_size,
+        "width": vision.width,
+        "layers": vision.layers,
+        "head_width": vision.width // vision.heads,
+        "mlp_ratio": vision.mlp_ratio,
+        "pos_embed_type": "learnable",
+        "pool_type": "tok",
+        "final_ln_after_pool": vision.final_ln_after_pool,  # either way for the class token
+        "no_ln_pre": False,
+    }
+    assert model_cfg["text_cfg"] == {
+        "context_length": text.context_length,
+        "vocab_size": text.vocab_size,
+        "width": text.width,
+        "heads": text.heads,
+        "layers": text.layers,
+        "mlp_ratio": text.mlp_ratio,
+        "pool_type": "argmax",
+        "no_causal_mask": False,
+    }
+    assert preprocess["size"] == vision.image_size and preprocess["resize_mode"] == "shortest"
+    assert len(preprocess["mean"]) == len(preprocess["std"]) == 3
+    exported = torch.load(out / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    assert exported.keys() == source_state(runs["sigmoid"]).keys()
+
+
+def test_gap_pooling_is_exported_as_avg_with_a_note(runs, tmp_path):
+    result = invoke("export", runs["contrastive"], tmp_path / "gap", "--format", "openclip-dir")
+    assert result.exit_code == 0, result.output
+    vision_cfg = json.loads((tmp_path / "gap" / CONFIG_NAME).read_text())["model_cfg"]["vision_cfg"]
+    assert vision_cfg["pool_type"] == "avg" and vision_cfg["final_ln_after_pool"] is True
+    assert "class token" in result.stderr
+
+
+def test_v2_switches_reach_the_openclip_config_with_notes(tmp_path):
+    """test-tiny-v2: no ln_pre, patch-token mean then ln_post, bidirectional text pooled last;
+    its tanh GELU and non-CLIP vocabulary are what OpenCLIP's config cannot say (notes)."""
+    checkpoint = write_checkpoint(tmp_path / "v2", preset="test-tiny-v2")
+    result = invoke("export", checkpoint, tmp_path / "out", "--format", "openclip-dir")
+    assert result.exit_code == 0, result.output
+    model_cfg = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["model_cfg"]
+    vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    assert (vision_cfg["pool_type"], vision_cfg["final_ln_after_pool"]) == ("avg", True)
+    assert vision_cfg["no_ln_pre"] is True and vision_cfg["pos_embed_type"] == "sin_cos_2d"
+    assert (text_cfg["pool_type"], text_cfg["no_causal_mask"]) == ("last", True)
+    assert "tanh" in result.stderr and "hf_tokenizer_name" in result.stderr
+    exported = torch.load(tmp_path / "out" / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    assert "visual.ln_pre.weight" not in exported
+    assert exported.keys() == source_state(checkpoint).keys()
+
+
+def test_a_run_directory_names_its_newest_checkpoint(runs, tmp_path):
+    run = runs["contrastive"].parent.parent
+    result = invoke("export", run, tmp_path / "model.pt")
+    assert_one_line_error(result, "is a run directory", "step_00000005.pt")
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "extra", "fragments"),
+    [
+        ("empty", [], ["directory without checkpoints"]),
+        ("missing", [], ["does not exist"]),
+        ("folder-out", [], ["is a folder", "--format openclip-dir"]),
+        ("file-out", ["--format", "openclip-dir"], ["is a file", "writes a folder"]),
+        ("bad-format", ["--format", "onnx"], ["unknown export format 'onnx'", "openclip-dir"]),
+        ("openclip-weights", [], ["is not a clipa checkpoint", "need no export"]),
+        ("truncated", [], ["truncated or corrupt", "export an earlier checkpoint"]),
+    ],
+)
+def test_export_bad_input(runs, tmp_path, where, extra, fragments):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file-out").write_text("")
+    torch.save(source_state(runs["contrastive"]), tmp_path / "openclip-weights.pt")
+    (tmp_path / "truncated.pt").write_bytes(runs["contrastive"].read_bytes()[:1000])
+    source = {
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "nope.pt",
+        "openclip-weights": tmp_path / "openclip-weights.pt",
+        "truncated": tmp_path / "truncated.pt",
+    }.get(where, runs["contrastive"])
+    out = {"folder-out": tmp_path / "empty", "file-out": tmp_path / "file-out"}.get(
+        where, tmp_path / "out.pt"
+    )
+    result = invoke("export", source, out, *extra)
+    assert_one_line_error(result, *fragments)

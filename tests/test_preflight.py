@@ -1,0 +1,127 @@
+"""Before training, through the real CLI: a run that cannot fit in memory is refused at once
+with one line naming what fits; small data gets a warning per problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from builders import make_builder_dir, make_records
+from cli_checks import assert_one_line_error
+
+from clipa_train.preflight import small_data_warnings
+
+CLIPA_TRAIN = str(Path(sys.executable).parent / "clipa-train")
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory) -> Path:
+    """299 records in two shards (a user's own few hundred images)."""
+    root = tmp_path_factory.mktemp("preflight")
+    return make_builder_dir(root / "data", [make_records(150), make_records(149, start=150)])
+
+
+def clipa_train(*args: object, available: str | None = None):
+    env = dict(os.environ)
+    env.pop("CLIPA_MEMORY_AVAILABLE", None)
+    if available is not None:
+        env["CLIPA_MEMORY_AVAILABLE"] = available
+    done = subprocess.run(
+        [CLIPA_TRAIN, *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+    return types.SimpleNamespace(
+        exit_code=done.returncode, stderr=done.stderr, output=done.stdout + done.stderr
+    )
+
+
+def test_the_zero_option_pretrain_is_refused_with_what_fits(builder, tmp_path):
+    """ViT-B/16, 224 px, batch 256, fp32 on a 16 GiB machine: one line, exit 2, nothing written."""
+    out = tmp_path / "run"
+    result = clipa_train("pretrain", "--data", builder, "--out", out, available="16G")
+    line = assert_one_line_error(
+        result,
+        "ViT-B-16-CL16 at --batch-size 256",
+        "224 px, 197 image + 16 text tokens, fp32",
+        "but 16.0 GiB is free (CLIPA_MEMORY_AVAILABLE)",
+        "--grad-checkpointing (about",
+        "--model clipa-small",
+        "--no-memory-check",
+    )
+    assert "--batch-size " in line.split("use ", 1)[1] and "--micro-batch" in line
+    assert not out.exists()
+
+
+def test_no_memory_check_trains_and_small_data_warns(builder, tmp_path):
+    tiny = [
+        "pretrain", "--data", builder, "--model", "clipa-tiny", "--image-size", 32,
+        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 256, "--workers", 1,
+        "--no-progress",
+    ]  # fmt: skip
+    refused = clipa_train(*tiny, "--out", tmp_path / "refused", available="100M")
+    assert_one_line_error(refused, "but 0.1 GiB is free", "nothing smaller fits")
+    assert not (tmp_path / "refused").exists()
+
+    result = clipa_train(*tiny, "--out", tmp_path / "run", "--no-memory-check", available="100M")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == small_data_warnings(299, 256)
+    assert "an epoch of 299 records is 1 step of --batch-size 256 (under 10)" in warnings[0]
+    assert "leaves 43 of 299 records (14%) out of every epoch" in warnings[1]
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_small_data_warnings_thresholds():
+    assert small_data_warnings(1000, 10) == []  # 100 steps, nothing left out
+    assert small_data_warnings(299, 300) == []  # not one batch: the loader refuses that
+    (few,) = small_data_warnings(90, 10)  # 9 steps, nothing left out
+    assert "9 steps" in few
+    assert small_data_warnings(90, 10, in_epochs=False) == []  # --samples sets the length
+    assert small_data_warnings(1050, 100) == []  # 10 steps, 50 left out (4.8 %)
+    (left,) = small_data_warnings(1099, 100)  # 10 steps, 99 left out (9 %)
+    assert "leaves 99 of 1099 records (9%)" in left
+
+
+def test_what_the_refusal_names_fits(builder, tmp_path, monkeypatch):
+    """The batch, the micro-batch and --grad-checkpointing named fit by the same estimate;
+    the run as given does not."""
+    import re
+
+    from clipa_data.core.errors import ClipaError
+    from clipa_train.memory_estimate import GIB, estimate_memory
+    from clipa_train.preflight import check_memory, stage_shape
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", "16G")
+    stage = resolve_stage(resolve("pretrain", {"data": str(builder), "out": str(tmp_path / "r")}))
+    with pytest.raises(ClipaError) as refused:
+        check_memory(stage, world=1)
+    line = str(refused.value)
+    batch = int(re.search(r"use --batch-size (\d+)", line).group(1))
+    micro = int(re.search(r"--micro-batch (\d+)", line).group(1))
+    assert batch == micro and batch % 8 == 0
+    assert estimate_memory(stage_shape(stage, 1)).total > 16 * GIB
+    assert estimate_memory(stage_shape(stage, 1, micro_batch=batch)).total <= 16 * GIB
+    assert estimate_memory(stage_shape(stage, 1, micro_batch=batch + 8)).total > 16 * GIB
+    assert estimate_memory(stage_shape(stage, 1, grad_checkpointing=True)).total <= 16 * GIB
+    off = resolve_stage(
+        resolve("pretrain", {"data": str(builder), "out": str(tmp_path / "r"),
+                             "memory_check": False})
+    )  # fmt: skip
+    assert check_memory(off, world=1) is None
+
+
+def test_free_memory_is_read_from_the_host_unless_given(monkeypatch):
+    from clipa_train.preflight import available_memory
+
+    monkeypatch.delenv("CLIPA_MEMORY_AVAILABLE", raising=False)
+    total = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
+    free, source = available_memory("cpu")
+    assert 0 < free <= total and source in ("available RAM", "the container's free memory")
+    assert available_memory("xla") is None  # no free-memory figure before the devices start
+    monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", "3G")
+    assert available_memory("cuda") == (3 * 1024**3, "CLIPA_MEMORY_AVAILABLE")
