@@ -21,7 +21,7 @@ from __future__ import annotations
 from benchmarks.common import load_result, print_table, write_result
 from clipa_train.flops import train_flops_per_sample
 from clipa_train.model.config import load_preset
-from clipa_train.recipes import LAION_400M_SAMPLES, RECIPE_NAMES, StageRecipe, get_recipe
+from clipa_train.recipes import LAION_400M_SAMPLES, V1_RECIPE_NAMES, StageRecipe, get_recipe
 
 GPUS = 8
 CLUSTERS = {"8x A100-80GB": 312e12, "8x H100 SXM": 989e12}
@@ -59,7 +59,7 @@ def measured_mfu(step_gpu: dict, image_tokens: int) -> tuple[str, float]:
 def project(step_gpu: dict) -> dict[str, dict]:
     """Per recipe: each stage's samples, FLOPs, MFU used and days per cluster, and the totals."""
     projections = {}
-    for name in RECIPE_NAMES:
+    for name in V1_RECIPE_NAMES:  # the paper's days are the v1 recipes'
         recipe = get_recipe(name)
         stages = {}
         for stage_name, stage in (("pretrain", recipe.pretrain), ("finetune", recipe.finetune)):

@@ -104,6 +104,16 @@ app.command("pretrain", help=PRETRAIN_HELP)(reports_errors(train_command("pretra
 app.command("finetune", help=FINETUNE_HELP)(reports_errors(train_command("finetune", run_training)))
 
 
+def _recipe_command() -> None:
+    from clipa_cli.recipe_command import recipe_body, recipe_help, recipe_parameters
+
+    body = reports_errors(command(recipe_body, recipe_parameters()))
+    app.command("recipe", help=recipe_help())(body)
+
+
+_recipe_command()
+
+
 def eval_body(as_json: bool = False, **options) -> None:
     """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders;
     with --suite paper --data-root DIR, every set of the paper's table found under DIR; with

@@ -17,6 +17,15 @@ from clipa_train.compile import resolve_compile
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "openai": (OPENAI_MEAN, OPENAI_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+"""``--image-norm`` name -> (mean, std) of the input normalisation: OpenAI CLIP's (CLIPA-v1's
+PyTorch code) or ImageNet's (the CLIPA-v2 JAX configs, training and evaluation)."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ load. Prompts are truncated to the model's context length.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import CLIP_BPE
+from clipa_train.backend_config import IMAGE_NORMS
 from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 
 CROPS = ("center", "square")
@@ -60,6 +62,12 @@ class EvalConfig:
             "its folder) the model was trained with (default: a clipa checkpoint's own, else "
             "clip-bpe; CLIPA-v2 weights need bert-base-uncased's)."),
     ] = None  # fmt: skip
+    image_norm: Annotated[
+        str | None,
+        Doc("Input mean/std: openai or imagenet (default: the training run's, from the "
+            "config.json beside checkpoints/; else openai)."),
+        Choices(tuple(IMAGE_NORMS)),
+    ] = None  # fmt: skip
     suite: Annotated[
         str | None,
         Doc("Instead of one set, every set of a suite found under --data-root: paper "
@@ -75,6 +83,8 @@ class EvalConfig:
     ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.image_norm is not None and self.image_norm not in IMAGE_NORMS:
+            raise ClipaError(f"--image-norm must be one of {', '.join(IMAGE_NORMS)}")
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
         if self.batch_size < 1 or self.workers < 0:
@@ -94,6 +104,23 @@ class EvalConfig:
                 "--data-root goes with a suite: give one set with --imagenet-val DIR or a suite "
                 "with --suite paper --data-root DIR"
             )
+
+    def backend_config(self):
+        """The device and the input normalisation the model was trained with."""
+        from clipa_train.backend_config import BackendConfig
+
+        mean, std = IMAGE_NORMS[self.image_norm or self._trained_norm()]
+        return BackendConfig(name=self.backend, image_mean=mean, image_std=std)
+
+    def _trained_norm(self) -> str:
+        """``--image-norm`` of the run that wrote the checkpoint (a CLIPA-v2 recipe trains with
+        ImageNet's), read from its ``config.json``; ``openai`` when there is none."""
+        folder = Path(self.checkpoint).resolve().parent
+        run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.json"
+        try:
+            return json.loads(run_config.read_text())["options"].get("image_norm") or "openai"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "openai"
 
     def result_path(self) -> Path:
         """``eval.json``: ``--out``, else next to ``checkpoints/`` (the run dir), else beside it."""
@@ -150,12 +177,12 @@ def _recorded_tokenizer(path: str) -> str | None:
 def _loaded(config: EvalConfig):
     """The checkpoint's model on its backend in eval mode, the evaluation settings and the
     prompt encoder (the model's context length, truncated) — what every eval set uses."""
-    from clipa_train.backend import BackendConfig, create_backend
+    from clipa_train.backend import create_backend
     from clipa_train.eval_suite import SuiteModel
     from clipa_train.evaluate import EvalSettings, prompt_encoder
 
     model = _model(config)
-    backend = create_backend(BackendConfig(name=config.backend))
+    backend = create_backend(config.backend_config())
     model.to(backend.device).eval()
     settings = EvalSettings(
         image_size=model.config.vision.image_size,

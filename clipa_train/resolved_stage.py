@@ -177,7 +177,7 @@ def _check_tokenizer(text: TextReductionConfig, model: ModelConfig) -> None:
 
 def _backend(config: TrainConfig) -> BackendConfig:
     """The device, precision and ``--compile`` resolved (on with xla is refused here)."""
-    from clipa_train.backend_config import resolve_backend, resolve_precision
+    from clipa_train.backend_config import IMAGE_NORMS, resolve_backend, resolve_precision
     from clipa_train.compile import check_compiler, resolve_compile
 
     optim = config.optim
@@ -186,9 +186,12 @@ def _backend(config: TrainConfig) -> BackendConfig:
     if compiled:
         check_compiler(optim.compile_backend)
     precision = resolve_precision(optim.precision, name)
+    mean, std = IMAGE_NORMS[config.model.image_norm]
     return BackendConfig(
         name=name,
         precision=precision,
+        image_mean=mean,
+        image_std=std,
         sharding=optim.sharding,
         compile=compiled,
         compiler=optim.compile_backend,

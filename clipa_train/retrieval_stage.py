@@ -66,7 +66,7 @@ def evaluate_retrieval_checkpoint(
     ``note`` receives warnings (missing images skipped); ``progress(total, ...)`` is called
     once with the item count and returns the per-batch callback.
     """
-    from clipa_train.backend import BackendConfig, create_backend
+    from clipa_train.backend import create_backend
     from clipa_train.eval_stage import _model, prompt_tokenizer
     from clipa_train.evaluate import prompt_encoder
     from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
@@ -88,7 +88,7 @@ def evaluate_retrieval_checkpoint(
             "recall is over the rest"
         )
     model = _model(config)
-    backend = create_backend(BackendConfig(name=config.backend))
+    backend = create_backend(config.backend_config())
     started = time.perf_counter()
     model.to(backend.device).eval()
     settings = RetrievalSettings(

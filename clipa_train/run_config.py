@@ -23,7 +23,7 @@ from clipa_data.core.config_fields import Choices, Doc, field_specs
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_data.core.tokenizer import CLIP_BPE
-from clipa_train.backend_config import BACKENDS, PRECISIONS
+from clipa_train.backend_config import BACKENDS, IMAGE_NORMS, PRECISIONS
 from clipa_train.compile import COMPILES
 from clipa_train.image_masks import IMAGE_MASKS
 from clipa_train.loggers import LOGGERS, parse_loggers
@@ -33,7 +33,9 @@ from clipa_train.recipes import (
     FINETUNE_LR_PER_256,
     PRETRAIN_LR_PER_256,
     RECIPE_NAMES,
-    get_recipe,
+    WORDPIECE_VOCAB,
+    check_recipe_tokenizer,
+    stage_recipe,
 )
 from clipa_train.sharding import SHARDINGS
 from clipa_train.shards import TEXT_SOURCES
@@ -139,6 +141,11 @@ class ModelOptions:
         Doc("Text tokenizer: clip-bpe, or a local WordPiece tokenizer.json / vocab.txt (or its "
             "folder; nothing is downloaded) for CLIPA-v2 rows: [CLS] + L-1 wordpieces, no [SEP]."),
     ] = CLIP_BPE  # fmt: skip
+    image_norm: Annotated[
+        str,
+        Doc("Input mean/std: openai (CLIP's, CLIPA-v1) or imagenet (the CLIPA-v2 JAX configs)."),
+        Choices(tuple(IMAGE_NORMS)),
+    ] = "openai"
 
     def __post_init__(self) -> None:
         if self.tokenizer != CLIP_BPE:
@@ -419,7 +426,10 @@ class TrainConfig:
     run: Annotated[RunOptions, Doc("Data, run directory, data loading.")]
     recipe: Annotated[
         str | None,
-        Doc("A CLIPA recipe that fills in the paper's settings for this stage."),
+        Doc(
+            "A CLIPA recipe that fills in the paper's settings for this stage: NAME (its first "
+            "stage of this kind), NAME:STAGE, or a recipe .json/.yaml file."
+        ),
         Choices(RECIPE_NAMES),
     ] = None
     model: Annotated[ModelOptions, Doc("Model choice.")] = field(default_factory=ModelOptions)
@@ -520,6 +530,7 @@ OPTIONS: dict[str, str] = {
     "loss": "model.loss",
     "grad_checkpointing": "model.grad_checkpointing",
     "tokenizer": "model.tokenizer",
+    "image_norm": "model.image_norm",
     "image_size": "reduction.image_size",
     "image_mask": "reduction.image_mask",
     "mask_ratio": "reduction.mask_ratio",
@@ -731,13 +742,11 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": Fals
 
 
 def recipe_options(name: str, stage: str) -> dict[str, Any]:
-    """The settings a recipe fixes for ``stage``, keyed by option name."""
-    try:
-        recipe = get_recipe(name)
-    except KeyError as error:
-        raise ClipaError(str(error.args[0])) from None
-    values = getattr(recipe, stage).as_options()
-    options = {RECIPE_RENAMES.get(key, key): value for key, value in values.items()}
+    """The settings recipe ``name`` (``NAME[:STAGE]``) fixes for ``stage``, by option name."""
+    chosen = stage_recipe(name, stage)
+    options = {RECIPE_RENAMES.get(key, key): value for key, value in chosen.as_options().items()}
+    if chosen.tokenizer != WORDPIECE_VOCAB:
+        options["tokenizer"] = chosen.tokenizer  # a WordPiece path is the user's (checked)
     if options.get("color_jitter") is None:
         # The recipe's "no jitter" leaves the jitter probability meaningless; keep the default.
         options.pop("color_jitter_prob", None)
@@ -762,6 +771,7 @@ def resolve(
     name = given.get("recipe")
     if name:
         fixed = recipe_options(name, stage)
+        check_recipe_tokenizer(name, stage_recipe(name, stage), given.get("tokenizer"))
         for key, value in given.items():
             if key in fixed and not _same(value, fixed[key]):
                 raise ClipaError(

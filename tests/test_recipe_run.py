@@ -1,0 +1,194 @@
+"""``clipa-train recipe``: a two-stage tiny recipe runs end to end through the real command (a
+subprocess), is SIGTERM-killed after its first stage finished, and a re-run skips that stage and
+finishes the second from the first one's final checkpoint; a stage whose previous stage did not
+finish is refused with one line; ``--plan`` and ``--help`` list stages and recipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import make_builder_dir, make_records
+from cli_checks import assert_one_line_error
+from clipa_cli.train_app import app
+from typer.testing import CliRunner
+
+from clipa_train.recipe_run import stage_status
+from clipa_train.recipes import RECIPE_NAMES
+
+PROGRAM = str(Path(sys.executable).parent / "clipa-train")
+PRETRAIN_STEPS, FINETUNE_STEPS = 6, 40  # batch 8; the second stage outlasts the kill
+
+TINY = {
+    "name": "tiny-two-stage",
+    "description": "clipa-tiny at 32 px / 8 tokens, then 40 px / 16 tokens",
+    "stages": [
+        {"stage": "pretrain", "model": "clipa-tiny", "image_size": 32, "text_length": 8,
+         "text_mask": "truncate", "global_batch": 8, "lr": 1e-3, "warmup_steps": 1,
+         "samples": 8 * PRETRAIN_STEPS, "pos_embed": "sin_cos_2d", "precision": "fp32",
+         "grad_checkpointing": False},
+        {"stage": "finetune", "model": "clipa-tiny", "image_size": 40, "text_length": 16,
+         "text_mask": "truncate", "global_batch": 8, "lr": 1e-4, "warmup_steps": 2,
+         "samples": 8 * FINETUNE_STEPS, "pos_embed": "learnable", "precision": "fp32",
+         "grad_checkpointing": False, "image_mask": "random", "mask_ratio": 0.3},
+    ],
+}  # fmt: skip
+
+
+def command(recipe: Path, data: Path, out: Path, *more: object) -> list[str]:
+    return [
+        str(arg)
+        for arg in (
+            "recipe", recipe, "--data", data, "--out", out, "--workers", 1, "--no-progress",
+            "--log-every", 1000, "--checkpoint-every", 2, "--keep-checkpoints", 0, *more,
+        )
+    ]  # fmt: skip
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("recipe")
+    data = make_builder_dir(root / "data", [make_records(24, start=i * 24) for i in range(2)])
+    recipe = root / "tiny.json"
+    recipe.write_text(json.dumps(TINY))
+    return {"root": root, "data": data, "recipe": recipe}
+
+
+def start_killed(args: list[str], ready, what: str) -> str:
+    """Start ``clipa-train ARGS``, SIGTERM it (as ``kill`` does) once ``ready()``; its stderr."""
+    process = subprocess.Popen(
+        [PROGRAM, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not ready():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{what} did not happen in time"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    with_group_gone(process)
+    return stderr
+
+
+@pytest.fixture(scope="module")
+def killed_between_stages(setup) -> dict:
+    """The recipe run killed once its first stage finished, run again and killed inside its
+    second stage (after a checkpoint), then run again to the end."""
+    out = setup["root"] / "runs"
+    args = command(setup["recipe"], setup["data"], out)
+    first = start_killed(
+        args, lambda: stage_status(out / "pretrain").state == "finished", "the first stage"
+    )
+    between = {name: stage_status(out / name) for name in ("pretrain", "finetune")}
+    second_checkpoint = out / "finetune" / "checkpoints" / "step_00000002.pt"
+    second = start_killed(args, second_checkpoint.exists, "a second-stage checkpoint")
+    inside = stage_status(out / "finetune")
+    again = subprocess.run([PROGRAM, *args], env=ENV, capture_output=True, text=True, timeout=300)
+    return {
+        "out": out, "first": first, "between": between, "second": second, "inside": inside,
+        "again": again,
+    }  # fmt: skip
+
+
+def with_group_gone(process: subprocess.Popen) -> None:
+    """A kill before the loop's handler is installed may leave loader workers: end them."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_kill_between_stages_then_rerun_finishes_the_recipe(killed_between_stages):
+    run = killed_between_stages
+    out, between, again = run["out"], run["between"], run["again"]
+    assert between["pretrain"].state == "finished", run["first"]
+    assert between["finetune"].state != "finished", run["first"]
+    assert "stage 1/2 pretrain" in run["second"] and "already finished, skipped" in run["second"]
+    assert run["inside"].state == "unfinished" and run["inside"].steps < FINETUNE_STEPS
+    assert again.returncode == 0, again.stderr
+    assert "already finished, skipped" in again.stderr
+    # The unfinished second stage continued (--resume auto) from its own latest checkpoint.
+    assert f"finetune ({out / 'finetune'}): continuing, stopped at step" in again.stderr
+    pretrain, finetune = stage_status(out / "pretrain"), stage_status(out / "finetune")
+    assert (pretrain.state, pretrain.steps) == ("finished", PRETRAIN_STEPS)
+    assert (finetune.state, finetune.steps) == ("finished", FINETUNE_STEPS)
+    config = json.loads((out / "finetune" / "config.json").read_text())
+    # The second stage started from the first one's final checkpoint, at its own sizes.
+    assert Path(config["options"]["from_checkpoint"]) == pretrain.checkpoint
+    assert config["options"]["recipe"].endswith("tiny.json:finetune")
+    assert (config["options"]["image_size"], config["options"]["text_length"]) == (40, 16)
+    summary = json.loads((out / "finetune" / "summary.json").read_text())
+    assert summary["steps"] == summary["total_steps"] == FINETUNE_STEPS
+
+
+def test_a_finished_recipe_run_again_does_nothing(setup, killed_between_stages):
+    out = killed_between_stages["out"]
+    before = sorted(p.name for p in (out / "finetune" / "checkpoints").iterdir())
+    done = subprocess.run(
+        [PROGRAM, *command(setup["recipe"], setup["data"], out)], env=ENV, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("already finished, skipped") == 2, done.stderr
+    assert sorted(p.name for p in (out / "finetune" / "checkpoints").iterdir()) == before
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def test_a_stage_whose_previous_stage_did_not_finish_is_refused(setup, killed_between_stages):
+    empty = setup["root"] / "empty"
+    result = invoke(*command(setup["recipe"], setup["data"], empty, "--stage", "finetune"))
+    assert_one_line_error(
+        result, "stage finetune of recipe", "starts from stage pretrain", "not started",
+        "without --stage (or with --stage pretrain)",
+    )  # fmt: skip
+    # A real first stage stopped before its end: its final checkpoint is not there.
+    stopped = setup["root"] / "stopped"
+    shutil.copytree(killed_between_stages["out"] / "pretrain", stopped / "pretrain")
+    (stopped / "pretrain" / "checkpoints" / f"step_{PRETRAIN_STEPS:08d}.pt").unlink()
+    result = invoke(*command(setup["recipe"], setup["data"], stopped, "--stage", "finetune"))
+    assert_one_line_error(
+        result, "which has not finished (stopped at step "
+        f"{PRETRAIN_STEPS - 2} of {PRETRAIN_STEPS}", "--stage pretrain",
+    )  # fmt: skip
+    assert not (stopped / "finetune").exists()
+
+
+def test_plan_lists_each_stage_with_its_command_and_state(setup, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke(
+        *command(setup["recipe"], setup["data"], out, "--plan", "--set", "finetune.workers=3")
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert f"stage 1 pretrain -> {out / 'pretrain'} (not started)" in lines
+    pretrain_command = next(line for line in lines if "clipa-train pretrain" in line)
+    finetune_command = next(line for line in lines if "clipa-train finetune" in line)
+    assert "--from <the previous stage's final checkpoint>" in finetune_command
+    assert "--workers 3" in finetune_command and "--workers 1" in pretrain_command
+    assert not out.exists()  # a plan writes nothing
+
+
+def test_help_lists_every_recipe_and_bad_settings_are_one_line(setup, tmp_path):
+    result = invoke("recipe", "--help")
+    assert result.exit_code == 0
+    for name in RECIPE_NAMES:
+        assert name in result.stdout
+    base = command(setup["recipe"], setup["data"], tmp_path / "runs")
+    assert_one_line_error(invoke(*base, "--set", "ft.workers=2"), "has no stage 'ft'")
+    assert_one_line_error(invoke(*base, "--batch-size", 4), "sets --batch-size 8", "drop")
+    v2 = ["recipe", "clipa-v2-h14-84-224", "--data", setup["data"], "--out", tmp_path / "v2"]
+    assert_one_line_error(invoke(*v2), "give --tokenizer PATH", "nothing is downloaded")
