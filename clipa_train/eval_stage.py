@@ -113,14 +113,7 @@ class EvalConfig:
         return BackendConfig(name=self.backend, image_mean=mean, image_std=std)
 
     def _trained_norm(self) -> str:
-        """``--image-norm`` of the run that wrote the checkpoint (a CLIPA-v2 recipe trains with
-        ImageNet's), read from its ``config.json``; ``openai`` when there is none."""
-        folder = Path(self.checkpoint).resolve().parent
-        run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.json"
-        try:
-            return json.loads(run_config.read_text())["options"].get("image_norm") or "openai"
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return "openai"
+        return trained_image_norm(self.checkpoint)
 
     def result_path(self) -> Path:
         """``eval.json``: ``--out``, else next to ``checkpoints/`` (the run dir), else beside it."""
@@ -128,6 +121,17 @@ class EvalConfig:
             return Path(self.out)
         folder = Path(self.checkpoint).resolve().parent
         return (folder.parent if folder.name == "checkpoints" else folder) / "eval.json"
+
+
+def trained_image_norm(checkpoint: str | Path) -> str:
+    """``--image-norm`` of the run that wrote the checkpoint (a CLIPA-v2 recipe trains with
+    ImageNet's), read from its ``config.json``; ``openai`` when there is none."""
+    folder = Path(checkpoint).resolve().parent
+    run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.json"
+    try:
+        return json.loads(run_config.read_text())["options"].get("image_norm") or "openai"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "openai"
 
 
 def _model(config: EvalConfig):

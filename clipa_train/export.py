@@ -264,13 +264,16 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
 def export_checkpoint(config: ExportConfig) -> ExportResult:
     """Write the export of ``config.checkpoint``; returns what was written."""
     from clipa_data.core.atomic import write_json
+    from clipa_train.backend_config import IMAGE_NORMS
+    from clipa_train.eval_stage import trained_image_norm
 
     source = checkpoint_file(config.checkpoint)
     config_path, weights_path = _targets(config)
     state, architecture, payload = read_state(source)
     files = []
     if config_path is not None:
-        write_json(config_path, openclip_config(architecture))
+        norm = IMAGE_NORMS[trained_image_norm(source)]  # preprocess_cfg: what it trained on
+        write_json(config_path, openclip_config(architecture, *norm))
         files.append(str(config_path))
     metadata = {"format": "pt", "source": str(source), "step": str(payload.get("step", ""))}
     write_weights(weights_path, state, EXPORT_FORMATS[config.format].safetensors, metadata)

@@ -318,6 +318,8 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
     ``say`` gets one line per set about its feature cache."""
     from clipa_data.core.atomic import write_json
     from clipa_train.backend import BackendConfig, create_backend
+    from clipa_train.backend_config import IMAGE_NORMS
+    from clipa_train.eval_stage import trained_image_norm
     from clipa_train.export import checkpoint_file
     from clipa_train.logistic import fit_probe
 
@@ -325,7 +327,9 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
     sets = {role: open_probe_set(getattr(config, role), role) for role in ("train", "val")}
     check_same_classes(sets["train"], sets["val"])
     started = time.perf_counter()
-    backend = create_backend(BackendConfig(name=config.backend))
+    # The features are the trained model's only with the input normalisation it trained with.
+    mean, std = IMAGE_NORMS[trained_image_norm(checkpoint)]
+    backend = create_backend(BackendConfig(name=config.backend, image_mean=mean, image_std=std))
     found, image_size = probe_features(config, checkpoint, sets, backend, say)
     classes = len(sets["train"].classes)
     # L-BFGS runs where tensors are eager: the CPU or CUDA (an XLA backend fits on the CPU)

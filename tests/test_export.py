@@ -168,3 +168,18 @@ def test_export_bad_input(runs, tmp_path, where, extra, fragments):
     )
     result = invoke("export", source, out, *extra)
     assert_one_line_error(result, *fragments)
+
+
+def test_openclip_dir_preprocess_uses_the_runs_image_norm(tmp_path):
+    """A run trained with --image-norm imagenet (the CLIPA-v2 recipes) exports ImageNet's
+    mean/std in preprocess_cfg; the probe and eval read the same config.json."""
+    from clipa_train.backend_config import IMAGENET_MEAN, IMAGENET_STD
+
+    checkpoint = write_checkpoint(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(
+        json.dumps({"options": {"image_norm": "imagenet"}})
+    )
+    result = invoke("export", checkpoint, tmp_path / "out", "--format", "openclip-dir")
+    assert result.exit_code == 0, result.output
+    preprocess = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["preprocess_cfg"]
+    assert (preprocess["mean"], preprocess["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
