@@ -199,3 +199,15 @@ def test_tag_on_a_memory_builder_gives_the_plain_path_sidecars(tmp_path, bucket,
     assert fsspec.filesystem("memory").exists(f"{url[9:]}/sidecars/tag_summary.json")
     again = tag_builder(TagConfig(url, **options))
     assert [result.status for result in again.shards] == ["skipped", "skipped"]
+
+
+def test_the_cli_converts_to_a_store_and_refuses_links_there(tmp_path, bucket):
+    src = write_source(tmp_path / "raw", {0: 4, 1: 3})
+    plain = convert(ConvertConfig(src, tmp_path / "plain", **OPTIONS)).builder_dir
+    base = ["convert", str(src), f"memory:/{bucket[9:]}/cli", "--name", "demo", "--workers", "1"]
+    refused = runner.invoke(app, [*base, "--mode", "hardlink"])
+    assert refused.exit_code == 2, refused.output
+    assert "where shards can only be copied" in refused.output and not stored(bucket)
+    result = runner.invoke(app, [*base, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert stored(f"{bucket}/cli/demo/1.0.0") == files(plain)

@@ -14,6 +14,10 @@ Azure) have no rename, but a server-side copy of one object is atomic: the final
 complete or not at all. HDFS has an atomic rename and no server-side copy, so there the
 temporary is renamed instead (``ATOMIC_RENAME``). A killed run leaves at most temporary keys,
 which ``remove_temporaries`` clears (their names are ``atomic.is_temporary`` names).
+
+Workers (pool processes, Spark executors) publish their own shards, so every worker reaches the
+store with its own credentials. fsspec's ``memory://`` lives inside one process: it suits
+``--workers 1`` (the tests), not a pool.
 """
 
 from __future__ import annotations

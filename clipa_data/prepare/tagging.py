@@ -4,9 +4,9 @@ Per shard (one process-pool task): read the shard's records in order, tag the ra
 (``clipa_data.core.taggers``), BPE-encode the caption and every tagger word, and write
 ``sidecars/<shard>.arrow`` atomically, row i = record i (on an fsspec store: written locally,
 then published by ``stores``). A re-run skips shards whose sidecar is finished and valid; a
-sidecar that no longer matches (other vocabulary, text field, tagger or
-row count) stops the run naming the shard, unless ``overwrite`` re-tags it. The run ends with
-``sidecars/tag_summary.json``.
+sidecar that no longer matches (other vocabulary, text field, tagger or row count) stops the run
+naming the shard, unless ``overwrite`` re-tags it. The run ends with ``sidecars/tag_summary.json``
+(on a store: published last, after every sidecar).
 """
 
 from __future__ import annotations
