@@ -107,8 +107,13 @@ def test_convert_to_memory_gives_the_plain_path_bytes(tmp_path, bucket, output_f
     assert stored(bucket).keys() == {f"tfds/demo/1.0.0/{name}" for name in files(plain)}
     summary = fsspec.filesystem("memory").cat_file(f"/{bucket[9:]}/tfds/demo/1.0.0/{SUMMARY}")
     assert b'"status": "converted"' in summary
+    # Killed between the commit and dropping the plan: the re-run reuses it and drops the plan.
+    memory, root = fsspec.filesystem("memory"), bucket.removeprefix("memory://")
+    manifest = f"/{root}/tfds/demo/1.0.0/clipa_convert_manifest.json"
+    memory.copy(manifest, f"/{root}/tfds/demo/.1.0.0.partial/clipa_convert_manifest.json")
     again = convert(ConvertConfig(src, f"{bucket}/tfds", **OPTIONS))
     assert again.status == "up to date" and again.reused_shards == 3
+    assert not memory.exists(f"/{root}/tfds/demo/.1.0.0.partial/clipa_convert_manifest.json")
 
 
 SUMMARY = "clipa_convert_summary.json"
@@ -129,11 +134,14 @@ def fail_once(monkeypatch, method, shard):
     return failed
 
 
-@pytest.mark.parametrize("method", ["put_file", "copy"])
+@pytest.mark.parametrize(
+    ("method", "output_format"),
+    [("put_file", "tfrecord"), ("copy", "tfrecord"), ("copy", "webdataset")],
+)
 def test_a_failed_publish_leaves_no_final_key_and_a_rerun_completes(
-    tmp_path, bucket, monkeypatch, method
+    tmp_path, bucket, monkeypatch, method, output_format
 ):
-    src = write_source(tmp_path / "raw", {0: 4, 1: 3, 2: 2})
+    src = write_source(tmp_path / "raw", {0: 4, 1: 3, 2: 2}, output_format=output_format)
     plain = convert(ConvertConfig(src, tmp_path / "plain", **OPTIONS)).builder_dir
     out, shard = f"{bucket}/tfds", "demo-train.tfrecord-00001-of-00003"
     failed = fail_once(monkeypatch, method, shard)

@@ -76,6 +76,7 @@ def existing_conversion(
     """
     previous = read_manifest(final)
     if previous is not None and previous.identity() == plan.identity():
+        stores.remove_tree(staging)  # the plan of a run killed right after its commit
         return previous
     unfinished = read_manifest(staging)
     if previous is not None or (unfinished and unfinished.identity() != plan.identity()):
