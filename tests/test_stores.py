@@ -176,7 +176,7 @@ def test_the_manifest_is_published_after_every_shard(tmp_path, bucket, monkeypat
     assert published[commit + 1 :] == [SUMMARY]
 
 
-def test_a_store_takes_only_copies_and_keeps_other_conversions(tmp_path, bucket):
+def test_a_store_takes_only_copies_and_keeps_other_conversions(tmp_path, bucket, monkeypatch):
     src = write_source(tmp_path / "raw", {0: 4, 1: 3})
     for mode in ("hardlink", "symlink", "move"):
         with pytest.raises(ClipaError, match=rf"--mode {mode}: OUT {bucket}/t is an fsspec store"):
@@ -189,6 +189,13 @@ def test_a_store_takes_only_copies_and_keeps_other_conversions(tmp_path, bucket)
     replaced = convert(ConvertConfig(src, f"{bucket}/t", **other, overwrite=True))
     assert replaced.status == "converted"
     assert any("validation" in key for key in stored(replaced.builder_dir))
+    fail_once(monkeypatch, "copy", "tfrecord-00001")  # leaves an unfinished conversion in v
+    with pytest.raises(ClipaError, match="cannot write"):
+        convert(ConvertConfig(src, f"{bucket}/v", **OPTIONS))
+    with pytest.raises(ClipaError, match=r"holds an unfinished conversion \(different dataset"):
+        convert(ConvertConfig(src, f"{bucket}/v", **other))
+    convert(ConvertConfig(src, f"{bucket}/v", **other, overwrite=True))
+    assert not [key for key in stored(f"{bucket}/v") if "-train." in key or ".partial" in key]
     fsspec.filesystem("memory").pipe_file(f"/{bucket[9:]}/u/demo/1.0.0/notes.txt", b"mine")
     with pytest.raises(ClipaError, match=r"exists but was not written by clipa-data convert"):
         convert(ConvertConfig(src, f"{bucket}/u", **OPTIONS))
