@@ -135,18 +135,18 @@ def check_version(version: str) -> str:
     return version
 
 
-def builder_dir(out: Path, name: str, version: str) -> Path:
+def builder_dir(out: str | Path, name: str, version: str) -> str | Path:
     """``<out>/<name>/<version>``: the folder ``tfds.builder_from_directory`` loads."""
-    return Path(out) / check_dataset_name(name) / check_version(version)
+    return join(out, check_dataset_name(name), check_version(version))
 
 
-def staging_dir(out: Path, name: str, version: str) -> Path:
+def staging_dir(out: str | Path, name: str, version: str) -> str | Path:
     """``<out>/<name>/.<version>.partial``: where convert builds a builder dir before renaming it.
 
     Hidden and not ``X.Y.Z``, so TFDS never mistakes it for a version; a killed run leaves it
     behind and the next run resumes from it.
     """
-    return Path(out) / check_dataset_name(name) / f".{check_version(version)}{STAGING_SUFFIX}"
+    return join(out, check_dataset_name(name), f".{check_version(version)}{STAGING_SUFFIX}")
 
 
 def convert_manifest_path(builder: str | Path) -> str | Path:

@@ -16,7 +16,8 @@ One function, ``convert``, wires the steps; each step is a module of its own:
 
 Nothing is written before step 3, so bad input leaves OUT untouched; the final folder appears
 only verified and complete; a killed run re-run with the same options resumes from the staging
-folder and produces the same bytes.
+folder and produces the same bytes. An OUT on an fsspec store (``gs://``, ...) takes steps 4-5
+from ``store_convert`` instead: shards published one by one, the manifest last.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from pathlib import Path
 from typing import Annotated
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import remove_temporaries, write_json
+from clipa_data.core.atomic import remove_temporaries
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
-from clipa_data.prepare import tfds_metadata
+from clipa_data.prepare import store_convert, stores, tfds_metadata
 from clipa_data.prepare.inspection import Inspection, InspectTask, inspect_shard
 from clipa_data.prepare.manifest import (
     BadShard,
@@ -64,7 +65,7 @@ from clipa_data.prepare.schema import Schema, merge
 from clipa_data.prepare.source_format import source_format
 from clipa_data.prepare.sources import Source, check_locations, find_sources, moved_sources
 from clipa_data.prepare.staging import existing_conversion, prepare_staging
-from clipa_data.prepare.stores import local_path
+from clipa_data.prepare.stores import local_path, output_location
 from clipa_data.prepare.tfds_metadata import Verification
 
 VERIFY_CHOICES = ("headers", "crc")
@@ -83,7 +84,12 @@ class ConvertConfig:
         ),
     ]
     out: Annotated[
-        Path, Doc("Folder that receives NAME/VERSION/ (the TFDS builder); must not be inside SRC.")
+        Path,
+        Doc(
+            "Folder that receives NAME/VERSION/ (the TFDS builder); must not be inside SRC. "
+            "Or an fsspec URL (gs://, s3://, hdfs://; its fsspec package installed): shards "
+            "are staged locally and published one by one, the manifest last."
+        ),
     ]
     name: Annotated[
         str,
@@ -153,7 +159,9 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", local_path(self.src, "SRC"))
-        object.__setattr__(self, "out", local_path(self.out, "OUT"))
+        object.__setattr__(self, "out", output_location(self.out, "OUT"))
+        if layout.is_url(self.out):
+            store_convert.check_mode(self.mode, self.out)
         object.__setattr__(self, "drop_columns", tuple(self.drop_columns))
         layout.check_dataset_name(self.name)
         layout.check_split_name(self.split)
@@ -181,8 +189,8 @@ class ConvertConfig:
 class ConvertResult:
     """What a conversion did; ``to_json`` is the summary JSON."""
 
-    builder_dir: Path
-    """The finished builder directory."""
+    builder_dir: Path | str
+    """The finished builder directory (a URL on an fsspec store)."""
     status: str
     """``converted``, ``resumed`` (an interrupted run was finished) or ``up to date``."""
     source_shards: int
@@ -314,7 +322,9 @@ def build_manifest(
         dataset=DatasetName(name=config.name, version=config.version, split=config.split),
         source=SourceFolder(folder=str(config.src.resolve()), format=source.name),
         config=ConvertSettings(
-            method=source.placement_method(config.mode, config.src, config.out),
+            method=source.placement_method(
+                "copy" if layout.is_url(config.out) else config.mode, config.src, config.out
+            ),
             verify=config.verify,
             schema_records=config.schema_records,
             drop_columns=config.drop_columns,
@@ -376,18 +386,7 @@ def _finish(
     """Metadata, the final manifest and the TFDS check; returns the metadata seconds too."""
     started = time.perf_counter()
     manifest = plan.with_placed([result.num_bytes for result in placed])
-    tfds_metadata.write(
-        staging,
-        name=config.name,
-        version=config.version,
-        split=config.split,
-        shard_lengths=[shard.records for shard in manifest.shards],
-        num_bytes=manifest.num_bytes,
-        schema=schema,
-        description=(
-            f"img2dataset shards from {manifest.source.folder}, converted by clipa-data convert"
-        ),
-    )
+    tfds_metadata.write_for(staging, manifest, schema)
     write_manifest(staging, manifest)
     metadata_seconds = time.perf_counter() - started
     return manifest, metadata_seconds, verify_manifest(staging, manifest)
@@ -438,17 +437,22 @@ def convert(config: ConvertConfig) -> ConvertResult:
     inspections = inspect_sources(config, sources)
     inspected = time.perf_counter()
     plan, schema = build_manifest(config, sources, inspections)
-    stored = existing_conversion(final, plan, config.overwrite)
+    on_store = layout.is_url(final)
+    stored = (
+        store_convert.existing_conversion(final, staging, plan, config.overwrite)
+        if on_store
+        else existing_conversion(final, plan, config.overwrite)
+    )
     import_seconds = tfds_metadata.import_tensorflow()  # timed on its own: seconds, once
 
     if stored is not None:
         status, manifest, reused = "up to date", stored, len(stored.shards)
         phases = {"place": 0.0, "metadata": 0.0}
-        verification = verify_manifest(final, stored)
+        verify = store_convert.verify_published if on_store else verify_manifest
+        verification = verify(final, stored)
     else:
-        status, manifest, reused, phases, verification = _convert_into(
-            config, staging, final, plan, schema
-        )
+        into = store_convert.convert_into_store if on_store else _convert_into
+        status, manifest, reused, phases, verification = into(config, staging, final, plan, schema)
     result = ConvertResult(
         builder_dir=final,
         status=status,
@@ -471,5 +475,5 @@ def convert(config: ConvertConfig) -> ConvertResult:
         },
         options=config.to_json(),
     )
-    write_json(layout.convert_summary_path(final), result.to_json())
+    stores.write_json(layout.convert_summary_path(final), result.to_json())
     return result

@@ -40,15 +40,15 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_locations(src: Path, out: Path) -> None:
-    """SRC must be a folder with content; OUT must not be inside it."""
+def check_locations(src: Path, out: Path | str) -> None:
+    """SRC must be a folder with content; OUT (a local one) must not be inside it."""
     if not src.exists():
         raise ClipaError(f"{src} does not exist; pass the output folder of clipa-data download")
     if not src.is_dir():
         raise ClipaError(f"{src} is not a folder; pass the output folder of clipa-data download")
     if not any(src.iterdir()):
         raise ClipaError(f"{src} is empty; run clipa-data download into it first")
-    if _is_within(out.resolve(), src.resolve()):
+    if not layout.is_url(out) and _is_within(Path(out).resolve(), src.resolve()):
         raise ClipaError(
             f"OUT {out} is inside SRC {src}; img2dataset's resume reads every *.json in "
             f"SRC, so write the builder elsewhere, e.g. {src.resolve().parent / 'tfds'}"

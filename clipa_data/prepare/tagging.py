@@ -2,10 +2,11 @@
 
 Per shard (one process-pool task): read the shard's records in order, tag the raw captions
 (``clipa_data.core.taggers``), BPE-encode the caption and every tagger word, and write
-``sidecars/<shard>.arrow`` atomically, row i = record i. A re-run skips shards whose sidecar is
-finished and valid; a sidecar that no longer matches (other vocabulary, text field, tagger or
-row count) stops the run naming the shard, unless ``overwrite`` re-tags it. The run ends with
-``sidecars/tag_summary.json``.
+``sidecars/<shard>.arrow`` atomically, row i = record i (on an fsspec store: written locally,
+then published by ``stores``). A re-run skips shards whose sidecar is finished and valid; a
+sidecar that no longer matches (other vocabulary, text field, tagger or row count) stops the run
+naming the shard, unless ``overwrite`` re-tags it. The run ends with ``sidecars/tag_summary.json``
+(on a store: published last, after every sidecar).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Annotated
 import pyarrow as pa
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import remove_temporaries, write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
@@ -39,6 +39,7 @@ from clipa_data.core.taggers import (
 )
 from clipa_data.core.text_reduction import priority_of_tag
 from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
+from clipa_data.prepare import stores
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
 from clipa_data.prepare.runner import (
     DISTRIBUTORS,
@@ -48,7 +49,6 @@ from clipa_data.prepare.runner import (
     default_workers,
     map_shards_timed,
 )
-from clipa_data.prepare.stores import local_path
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,11 @@ class TagConfig:
 
     builder_dir: Annotated[
         str | Path,
-        Doc("TFDS builder directory from clipa-data convert (or a folder holding exactly one)."),
+        Doc(
+            "TFDS builder directory from clipa-data convert (or a folder holding exactly one), "
+            "or its fsspec URL (gs://, s3://, hdfs://): sidecars are staged locally, then "
+            "published."
+        ),
     ]
     tagger: Annotated[
         str,
@@ -222,7 +226,7 @@ def tag_shard(job: ShardJob) -> ShardTagResult:
         )
     tagged = load_tagger(job.tagger).tag([caption.text for caption in captions])
     table = build_table(captions, tagged, sidecar_info(job.tagger, job.text_field, job.shard))
-    write_sidecar(Path(job.sidecar), table)
+    stores.write_to(job.sidecar, lambda path: write_sidecar(path, table))
     return ShardTagResult(
         shard=Path(job.shard).name,
         status="tagged",
@@ -234,7 +238,7 @@ def tag_shard(job: ShardJob) -> ShardTagResult:
 
 def finished(job: ShardJob) -> bool:
     """Whether ``job``'s sidecar exists and is valid for this run; raises if it conflicts."""
-    if not Path(job.sidecar).exists():
+    if not layout.exists(job.sidecar):
         return False
     info, rows = read_header(job.sidecar)
     expected = sidecar_info(job.tagger, job.text_field, job.shard)
@@ -272,12 +276,10 @@ def shard_jobs(builder: str | Path, config: TagConfig, tagger: TaggerSpec) -> li
 def tag_builder(config: TagConfig) -> TagSummary:
     """Tag every shard of a builder directory that has no finished sidecar; write the summary."""
     start = time.perf_counter()
-    builder = layout.resolve_builder_dir(local_path(config.builder_dir, "BUILDER_DIR"))
-    if layout.is_url(builder):
-        raise ClipaError(f"{builder}: tag writes sidecars next to the shards; use a local folder")
+    builder = layout.resolve_builder_dir(stores.output_location(config.builder_dir, "BUILDER_DIR"))
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
     jobs = shard_jobs(builder, config, tagger)
-    remove_temporaries(Path(layout.sidecar_dir(builder)))
+    stores.remove_temporaries(layout.sidecar_dir(builder))
     skipped = {} if config.overwrite else {job.shard: job for job in jobs if finished(job)}
     todo = [job for job in jobs if job.shard not in skipped]
     plan = RunnerConfig(
@@ -295,7 +297,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
         units_of=lambda result: result.records,
         name_of=lambda job: Path(job.shard).name,
     )
-    remove_temporaries(Path(layout.sidecar_dir(builder)))  # of workers killed mid-write
+    stores.remove_temporaries(layout.sidecar_dir(builder))  # of workers killed mid-write
     by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
     results = tuple(
         by_shard.get(job.shard)
@@ -312,5 +314,5 @@ def tag_builder(config: TagConfig) -> TagSummary:
         tagging_seconds=tagging_seconds,
         distributor=config.distributor,
     )
-    write_json(Path(layout.tag_summary_path(builder)), summary.to_json())
+    stores.write_json(layout.tag_summary_path(builder), summary.to_json())
     return summary

@@ -16,10 +16,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
 from clipa_data.prepare.schema import Column, Schema, image_format
+
+if TYPE_CHECKING:
+    from clipa_data.prepare.manifest import ConvertManifest
 
 TENSORFLOW_IO_PLUGIN_WARNINGS = (
     "unable to load libtensorflow_io_plugins.so",
@@ -116,6 +120,22 @@ def write(
         filename_template=template,
         check_data=False,  # verify() below reads far more than TFDS's one-example check
         description=description,
+    )
+
+
+def write_for(builder: Path, manifest: ConvertManifest, schema: Schema) -> None:
+    """``write`` what convert's complete ``manifest`` declares (local folder or store staging)."""
+    write(
+        builder,
+        name=manifest.dataset.name,
+        version=manifest.dataset.version,
+        split=manifest.dataset.split,
+        shard_lengths=[shard.records for shard in manifest.shards],
+        num_bytes=manifest.num_bytes,
+        schema=schema,
+        description=(
+            f"img2dataset shards from {manifest.source.folder}, converted by clipa-data convert"
+        ),
     )
 
 
