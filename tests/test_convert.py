@@ -252,11 +252,12 @@ def test_different_conversion_in_out_needs_overwrite(src, tmp_path):
 
 def test_skip_bad_shards_leaves_them_out_and_reports_them(src, tmp_path):
     shard = src / "00001.tfrecord"
-    shard.write_bytes(shard.read_bytes()[:-7])
+    shard.write_bytes(shard.read_bytes()[:7])  # not one whole record to salvage
     result = convert(config(src, tmp_path / "out", skip_bad_shards=True))
-    assert result.shards == 2 and result.records == 11
+    assert result.shards == 2 and result.records == 11 and result.damaged_shards == ()
     ((source, problem),) = result.bad_shards
-    assert source == "00001.tfrecord" and "corrupt TFRecord at byte" in problem
+    assert source == "00001.tfrecord" and "corrupt TFRecord at byte 0" in problem
+    assert "no whole record before it" in problem
     manifest = json.loads((result.builder_dir / layout.CONVERT_MANIFEST).read_text())
     assert manifest["skipped_bad"] == [{"source": source, "problem": problem}]
     summary = json.loads((result.builder_dir / layout.CONVERT_SUMMARY).read_text())
