@@ -24,7 +24,7 @@ import pytest
 from img2dataset_shards import make_samples, write_shard
 
 from clipa_data.core import layout, tfrecord
-from clipa_data.prepare import webdataset
+from clipa_data.prepare import info, webdataset
 from clipa_data.prepare.manifest import read_manifest
 
 NAME = "salvage"
@@ -136,6 +136,12 @@ def test_tfrecord_shards_cut_short_or_with_a_bad_checksum(tmp_path):
         assert target.read_bytes() == (pristine / source).read_bytes()[: starts[source][records]]
     originals = [list(tfrecord.read_records(pristine / s))[:n] for s, n in kept]
     assert_tfds_reads(builder, originals)
+
+    provenance = info.provenance_section(info.load_builder(builder)).data
+    assert provenance["damaged_shards_salvaged"] == [
+        {"source": "00000.tfrecord", "records": 99, "lost": 1},
+        {"source": "00001.tfrecord", "records": 3, "lost": 3},
+    ]
 
     again = convert(src, out, "--skip-bad-shards", "--verify", "crc")
     assert again.returncode == 0, again.stderr
