@@ -22,12 +22,29 @@ OPTIONS = config_options(
 )
 
 
+def damaged_lines(result: ConvertResult) -> list[str]:
+    """One line per damaged shard: what was salvaged, what was lost, and the damage."""
+    lines = []
+    for shard in result.damaged_shards:
+        if shard.damage is None:
+            continue
+        lost = shard.damage.lost
+        lost = "an unknown number (no stats file)" if lost is None else f"{lost:,}"
+        lines.append(
+            f"damaged shard {shard.source}: salvaged {shard.records:,} records, lost {lost} "
+            f"({shard.damage.problem})"
+        )
+    return lines
+
+
 def print_summary(result: ConvertResult) -> None:
     """The summary table, then the shards left out and where to look next."""
     console = stdout()
     console.print(convert_table(result))
     if result.bad_shards:
         console.print(bad_shards_table(result.bad_shards))
+    for line in damaged_lines(result):
+        console.print(line, markup=False, highlight=False)
     console.print(f"summary: {layout.convert_summary_path(result.builder_dir)}")
     console.print(f"inspect: clipa-data info {result.builder_dir}")
 

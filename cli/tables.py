@@ -77,6 +77,7 @@ def convert_table(result: ConvertResult) -> Table:
         ("bytes", _size(result.num_bytes)),
         ("empty shards left out", f"{len(result.empty_shards):,}"),
         ("bad shards left out", f"{len(result.bad_shards):,}"),
+        ("damaged shards salvaged", f"{len(result.damaged_shards):,}"),
         ("features", ", ".join(f"{c.name}: {c.describe()}" for c in result.schema.columns)),
         ("columns dropped", ", ".join(result.schema.dropped) or "none"),
         (

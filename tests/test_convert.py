@@ -240,6 +240,33 @@ def test_interrupted_move_resumes(src, tmp_path, monkeypatch):
     assert convert(config(src, tmp_path / "out", mode="move")).status == "up to date"
 
 
+def test_salvaged_shard_is_copied_not_moved_and_resumes(src, tmp_path, monkeypatch):
+    damaged = src / "00000.tfrecord"
+    damaged.write_bytes(damaged.read_bytes()[:-7])  # its last record cut short
+    damaged_bytes = damaged.read_bytes()
+    real_place = convert_module.place_shard
+
+    def killed_after_the_damaged_one(task):
+        if Path(task.source).name != "00000.tfrecord":
+            raise KeyboardInterrupt
+        return real_place(task)
+
+    monkeypatch.setattr(convert_module, "place_shard", killed_after_the_damaged_one)
+    options = {"mode": "move", "skip_bad_shards": True}
+    with pytest.raises(KeyboardInterrupt):
+        convert(config(src, tmp_path / "out", **options))
+    monkeypatch.setattr(convert_module, "place_shard", real_place)
+
+    resumed = convert(config(src, tmp_path / "out", **options))
+    assert resumed.status == "resumed" and resumed.reused_shards == 1 and resumed.records == 14
+    (entry,) = resumed.damaged_shards
+    assert (entry.source, entry.records, entry.damage.lost) == ("00000.tfrecord", 4, 1)
+    assert damaged.read_bytes() == damaged_bytes  # the damaged source stays in SRC, unchanged
+    assert not (src / "00001.tfrecord").exists()  # intact shards were moved
+    assert len(tfds_records(resumed.builder_dir)) == 14
+    assert convert(config(src, tmp_path / "out", **options)).status == "up to date"
+
+
 def test_different_conversion_in_out_needs_overwrite(src, tmp_path):
     out = tmp_path / "out"
     convert(config(src, out))
@@ -252,11 +279,12 @@ def test_different_conversion_in_out_needs_overwrite(src, tmp_path):
 
 def test_skip_bad_shards_leaves_them_out_and_reports_them(src, tmp_path):
     shard = src / "00001.tfrecord"
-    shard.write_bytes(shard.read_bytes()[:-7])
+    shard.write_bytes(shard.read_bytes()[:7])  # not one whole record to salvage
     result = convert(config(src, tmp_path / "out", skip_bad_shards=True))
-    assert result.shards == 2 and result.records == 11
+    assert result.shards == 2 and result.records == 11 and result.damaged_shards == ()
     ((source, problem),) = result.bad_shards
-    assert source == "00001.tfrecord" and "corrupt TFRecord at byte" in problem
+    assert source == "00001.tfrecord" and "corrupt TFRecord at byte 0" in problem
+    assert "no whole record before it" in problem
     manifest = json.loads((result.builder_dir / layout.CONVERT_MANIFEST).read_text())
     assert manifest["skipped_bad"] == [{"source": source, "problem": problem}]
     summary = json.loads((result.builder_dir / layout.CONVERT_SUMMARY).read_text())

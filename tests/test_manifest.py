@@ -103,3 +103,19 @@ def test_unreadable_manifest_is_one_clear_line(tmp_path, text, fragment):
     message = str(raised.value)
     assert "\n" not in message and fragment in message
     assert message.endswith(f"remove {tmp_path}")
+
+
+def test_a_salvaged_shard_round_trips_typed():
+    data = finished_json()
+    damage = {
+        "problem": "00000.tar: corrupt tar archive at byte 512",
+        "intact_bytes": 512,
+        "lost": 2,
+    }
+    data["shards"][0]["damage"] = damage
+    manifest = ConvertManifest.from_json(data)
+    (entry,) = manifest.damaged
+    assert (entry.source, entry.records, entry.damage.lost) == ("00000.tar", 5, 2)
+    assert entry.damage.intact_bytes == 512
+    assert manifest.to_json() == data and "damage" not in manifest.to_json()["shards"][1]
+    assert manifest.difference(ConvertManifest.from_json(finished_json())) == "different shards"

@@ -82,3 +82,20 @@ def test_damaged_header_is_not_taken_for_the_end(shards, tmp_path):
     damaged.write_bytes(bytes(data))
     with pytest.raises(CorruptTarError, match=f"at byte {second.offset}"):
         webdataset.count_samples(damaged)
+
+
+def test_intact_samples_before_a_cut_keep_whole_samples_only(shards, tmp_path):
+    tar, _ = shards
+    members = [member for member, _ in webdataset.iter_members(tar, read_data=False)]
+    whole = list(webdataset.iter_examples(tar))
+    data = tar.read_bytes()
+    mid_member = members[-1].offset_data + members[-1].size // 2  # the last sample loses its json
+    after_members = members[-1].offset_data + -(-members[-1].size // 512) * 512  # no end blocks
+    for size, samples in ((mid_member, 6), (after_members, 7)):
+        cut = tmp_path / f"cut-{size}.tar"
+        cut.write_bytes(data[:size])
+        with pytest.raises(CorruptTarError) as damage:
+            webdataset.count_samples(cut)
+        count, end = webdataset.intact_samples(cut, damage.value.offset)
+        assert count == samples and end <= size
+        assert list(webdataset.iter_examples(cut, end)) == whole[:samples]

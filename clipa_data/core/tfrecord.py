@@ -53,11 +53,14 @@ class ShardScan:
     """File size in bytes."""
 
 
-def scan_shard(path: str | Path, *, check_data_crc: bool = False) -> ShardScan:
+def scan_shard(
+    path: str | Path, *, check_data_crc: bool = False, end: int | None = None
+) -> ShardScan:
     """Count the records of a local TFRecord file by walking its headers.
 
     Raises ``CorruptShardError`` naming the byte offset of the first bad record: a truncated
     header or payload, a length CRC mismatch, or (with ``check_data_crc``) a data CRC mismatch.
+    ``end`` stops the walk at that byte offset (the intact part of a damaged shard).
     """
     path = str(path)
     fd = os.open(path, os.O_RDONLY)
@@ -65,7 +68,8 @@ def scan_shard(path: str | Path, *, check_data_crc: bool = False) -> ShardScan:
         size = os.fstat(fd).st_size
         offset = 0
         records = 0
-        while offset < size:
+        stop = size if end is None else min(size, end)
+        while offset < stop:
             header = os.pread(fd, HEADER_SIZE, offset)
             if len(header) < HEADER_SIZE:
                 raise CorruptShardError(
@@ -74,8 +78,8 @@ def scan_shard(path: str | Path, *, check_data_crc: bool = False) -> ShardScan:
             length, length_crc = HEADER.unpack(header)
             if masked_crc32c(header[:8]) != length_crc:
                 raise CorruptShardError(path, offset, "length checksum mismatch")
-            end = offset + HEADER_SIZE + length + FOOTER_SIZE
-            if end > size:
+            record_end = offset + HEADER_SIZE + length + FOOTER_SIZE
+            if record_end > size:
                 raise CorruptShardError(
                     path, offset, f"record of {length} bytes runs past the end of the file"
                 )
@@ -84,7 +88,7 @@ def scan_shard(path: str | Path, *, check_data_crc: bool = False) -> ShardScan:
                 (data_crc,) = FOOTER.unpack(body[length:])
                 if masked_crc32c(body[:length]) != data_crc:
                     raise CorruptShardError(path, offset, "data checksum mismatch")
-            offset = end
+            offset = record_end
             records += 1
         return ShardScan(path=path, records=records, size=size)
     finally:
@@ -92,14 +96,19 @@ def scan_shard(path: str | Path, *, check_data_crc: bool = False) -> ShardScan:
 
 
 def iter_records(
-    stream: BinaryIO, *, name: str = "<stream>", check_data_crc: bool = False
+    stream: BinaryIO,
+    *,
+    name: str = "<stream>",
+    check_data_crc: bool = False,
+    end: int | None = None,
 ) -> Iterator[bytes]:
     """Yield the data of every record of an open binary stream (local file or fsspec file).
 
-    ``name`` is used in error messages. The length CRC is always checked.
+    ``name`` is used in error messages. The length CRC is always checked. ``end`` stops at that
+    byte offset (the intact part of a damaged shard: nothing after it is read).
     """
     offset = 0
-    while True:
+    while end is None or offset < end:
         header = stream.read(HEADER_SIZE)
         if not header:
             return
@@ -132,10 +141,12 @@ def open_shard(path: str | Path, buffer_size: int = 1 << 20) -> BinaryIO:
     return open(text, "rb", buffering=buffer_size)
 
 
-def read_records(path: str | Path, *, check_data_crc: bool = False) -> Iterator[bytes]:
-    """Yield the data of every record of the TFRecord file at ``path``."""
+def read_records(
+    path: str | Path, *, check_data_crc: bool = False, end: int | None = None
+) -> Iterator[bytes]:
+    """Yield the data of every record of the TFRecord file at ``path`` (up to byte ``end``)."""
     with open_shard(path) as stream:
-        yield from iter_records(stream, name=str(path), check_data_crc=check_data_crc)
+        yield from iter_records(stream, name=str(path), check_data_crc=check_data_crc, end=end)
 
 
 def write_records(stream: BinaryIO, records: Iterable[bytes]) -> int:

@@ -6,8 +6,9 @@ One function, ``convert``, wires the steps; each step is a module of its own:
    locations before touching anything;
 2. inspect every shard in a process pool (``inspection``): exact count from the record headers,
    CRCs, the ``*_stats.json`` cross-check and the feature schema of every record (``schema``);
-3. plan: drop empty shards, stop on (or skip) bad ones, number the rest contiguously and write
-   the plan as the manifest (``manifest``) of a hidden staging folder
+3. plan: drop empty shards, stop on (or skip) bad ones, keep the intact records of damaged ones
+   (with ``--skip-bad-shards``: every whole record before the damage, counted), number the
+   rest contiguously and write the plan as the manifest (``manifest``) of a hidden staging folder
    ``<out>/<name>/.<version>.partial`` (``staging``);
 4. place each shard under its TFDS name (``placement``: hardlink, copy, symlink, move, or
    re-encode, as the source format allows), skipping shards an interrupted run already placed;
@@ -139,8 +140,9 @@ class ConvertConfig:
     skip_bad_shards: Annotated[
         bool,
         Doc(
-            "Leave out corrupt, truncated or unfinished shards (listed in the summary and "
-            "manifest) instead of stopping at the first."
+            "Instead of stopping at the first bad shard: convert every whole record before "
+            "the damage of a corrupt or truncated shard, and leave out unfinished or "
+            "unreadable ones (salvaged and lost records per shard in the summary and manifest)."
         ),
     ] = False
     overwrite: Annotated[
@@ -209,6 +211,8 @@ class ConvertResult:
     """Source shards without records, left out."""
     bad_shards: tuple[tuple[str, str], ...]
     """(source, problem) of the shards left out by ``skip_bad_shards``."""
+    damaged_shards: tuple[ShardEntry, ...]
+    """Shards converted from the intact part of a damaged source (``ShardEntry.damage``)."""
     schema: Schema
     """The declared features."""
     verification: Verification
@@ -232,6 +236,16 @@ class ConvertResult:
             "reused_shards": self.reused_shards,
             "empty_shards": list(self.empty_shards),
             "bad_shards": [{"source": s, "problem": p} for s, p in self.bad_shards],
+            "damaged_shards": [
+                {
+                    "source": shard.source,
+                    "records_salvaged": shard.records,
+                    "records_lost": shard.damage.lost,
+                    "problem": shard.damage.problem,
+                }
+                for shard in self.damaged_shards
+                if shard.damage is not None
+            ],
             "features": self.schema.to_json(),
             "verification": {
                 "shards": self.verification.shards,
@@ -257,6 +271,7 @@ def inspect_sources(config: ConvertConfig, sources: Sequence[Source]) -> list[In
             require_stats=any_stats,
             check_data_crc=config.verify == "crc",
             schema_records=config.schema_records,
+            salvage=config.skip_bad_shards,
         )
         for source, stats_path in zip(sources, stats, strict=True)
     ]
@@ -306,6 +321,7 @@ def _entries(config: ConvertConfig, kept: Sequence[Inspection]) -> tuple[ShardEn
             source_mtime_ns=inspection.mtime_ns,
             stats_successes=inspection.stats_successes,
             first_key=inspection.schema.first_key,
+            damage=inspection.damage,
         )
         for index, inspection in enumerate(kept)
     )
@@ -355,6 +371,7 @@ def place_all(config: ConvertConfig, staging: Path, manifest: ConvertManifest) -
             source_format=shard_format,
             records=shard.records,
             num_bytes=shard.source_bytes,
+            intact_bytes=shard.damage.intact_bytes if shard.damage is not None else None,
         )
         for shard in manifest.shards
     ]
@@ -464,6 +481,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
         reused_shards=reused,
         empty_shards=manifest.dropped_empty,
         bad_shards=tuple((bad.source, bad.problem) for bad in manifest.skipped_bad),
+        damaged_shards=manifest.damaged,
         schema=schema,
         verification=verification,
         phases={

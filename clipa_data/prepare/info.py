@@ -154,6 +154,15 @@ def features_section(builder: Builder) -> Section:
     return Section("features", "features", ("feature", "type", "dtype", "shape"), rows, data)
 
 
+def _salvaged(damaged: list[dict]) -> str:
+    """``00003.tfrecord (99 kept, 1 lost)`` for each shard salvaged by --skip-bad-shards."""
+    shards = [
+        f"{d['source']} ({d['records']:,} kept, {'?' if d['lost'] is None else d['lost']} lost)"
+        for d in damaged
+    ]
+    return ", ".join(shards) or "none"
+
+
 def provenance_section(builder: Builder) -> Section:
     """Where the data came from, per the convert manifest."""
     manifest = builder.manifest
@@ -175,6 +184,11 @@ def provenance_section(builder: Builder) -> Section:
         "source_shards_converted": len(manifest.get("shards", [])),
         "empty_shards_left_out": manifest.get("dropped_empty", []),
         "bad_shards_left_out": manifest.get("skipped_bad", []),
+        "damaged_shards_salvaged": [
+            {"source": s["source"], "records": s["records"], "lost": s["damage"]["lost"]}
+            for s in manifest.get("shards", [])
+            if s.get("damage")
+        ],
         "versions": versions,
     }
     rows = (
@@ -188,6 +202,7 @@ def provenance_section(builder: Builder) -> Section:
             "bad shards left out",
             ", ".join(bad["source"] for bad in data["bad_shards_left_out"]) or "none",
         ),
+        ("damaged shards salvaged", _salvaged(data["damaged_shards_salvaged"])),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
     )
     return Section("provenance", "provenance (clipa-data convert)", ("", ""), rows, data)

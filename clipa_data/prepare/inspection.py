@@ -4,6 +4,11 @@
 count that disagrees with img2dataset's ``*_stats.json`` or a missing stats file comes back as
 ``Inspection.problem`` (one line naming the file and byte offset), so the parent can stop on the
 first one in shard order or, with ``--skip-bad-shards``, leave them all out and report them.
+
+With ``InspectTask.salvage`` (``--skip-bad-shards``) a damaged shard (cut short, a bad checksum,
+an unreadable tar member) is no problem but an ``Inspection.damage``: the records before the
+damage are whole (``SourceFormat.intact_part``), and they alone are counted and checked; the
+records lost are img2dataset's ``successes`` minus those.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import ClipaError, CorruptShardError
+from clipa_data.prepare.manifest import Damage
 from clipa_data.prepare.schema import ShardSchema, observe
 from clipa_data.prepare.source_format import SourceFormat
 
@@ -39,6 +45,8 @@ class InspectTask:
     """Also check the data CRC of every record (formats with ``data_checksums`` only)."""
     schema_records: int
     """Records to check the schema of; 0 means every record."""
+    salvage: bool = False
+    """Keep the whole records before a damage (``--skip-bad-shards``) instead of failing."""
 
     def __post_init__(self) -> None:
         if self.schema_records < 0:
@@ -63,6 +71,8 @@ class Inspection:
     """Schema facts of the inspected records (None for an empty or bad shard)."""
     problem: str | None
     """Why the shard cannot be converted (one line naming file and offset), else None."""
+    damage: Damage | None
+    """Of a damaged shard salvaged (``records`` are the whole ones before it), else None."""
     count_seconds: float
     """Time spent counting (and CRC-checking) the records."""
     schema_seconds: float
@@ -74,18 +84,55 @@ def _crc_while_reading(task: InspectTask) -> bool:
     return task.check_data_crc and task.schema_records == 0
 
 
-def count_records(task: InspectTask) -> int:
-    """Exact record count without reading the payloads (header walk); raises on corruption."""
+@dataclass(frozen=True)
+class _Read:
+    """What reading a shard found: its whole records and, for a damaged one, the damage."""
+
+    records: int
+    end: int | None
+    """Byte offset where the whole records end (None: the whole file)."""
+    damage: CorruptShardError | None
+
+
+def _salvaged(task: InspectTask, damage: CorruptShardError) -> _Read:
+    """The intact part before ``damage`` when salvaging; re-raises it otherwise."""
+    if not task.salvage:
+        raise damage
+    part = task.source_format.intact_part(task.path, damage)
+    return _Read(records=part.records, end=part.end, damage=damage)
+
+
+def count_records(task: InspectTask) -> _Read:
+    """Exact record count without reading the payloads (header walk); damage raises unless
+    salvaging."""
     crc = task.check_data_crc and not _crc_while_reading(task)
-    return task.source_format.count(task.path, check_data_crc=crc)
+    try:
+        return _Read(task.source_format.count(task.path, check_data_crc=crc), None, None)
+    except CorruptShardError as damage:
+        return _salvaged(task, damage)
 
 
-def examples(task: InspectTask) -> Iterator[bytes]:
-    """The shard's records as serialized Examples (tar samples re-encoded)."""
-    return task.source_format.examples(task.path, check_data_crc=_crc_while_reading(task))
+def examples(task: InspectTask, end: int | None = None) -> Iterator[bytes]:
+    """The shard's records as serialized Examples (tar samples re-encoded), up to ``end``."""
+    return task.source_format.examples(task.path, check_data_crc=_crc_while_reading(task), end=end)
 
 
-def _stats_problem(task: InspectTask, records: int) -> tuple[int | None, str | None]:
+def _schema(task: InspectTask, read: _Read) -> tuple[_Read, ShardSchema | None]:
+    """The schema facts of the records read; a damage found on the way (a data checksum, a tar
+    sample without an image) shortens what is salvaged, which is then read again."""
+    limit = task.schema_records or None
+    for _ in range(2):  # a damage in the intact part of a damage cannot happen: it was read
+        if not read.records:
+            return read, None
+        try:
+            return read, observe(itertools.islice(examples(task, read.end), limit), task.path)
+        except CorruptShardError as damage:
+            read = _salvaged(task, damage)
+    raise AssertionError("unreachable: the intact part was read without damage")
+
+
+def _stats_problem(task: InspectTask, read: _Read) -> tuple[int | None, str | None]:
+    records = read.records
     stats_name = Path(task.stats_path).name
     if not os.path.exists(task.stats_path):
         if task.require_stats:
@@ -99,13 +146,25 @@ def _stats_problem(task: InspectTask, records: int) -> tuple[int | None, str | N
             successes = int(json.load(handle)["successes"])
     except (ValueError, KeyError, TypeError) as error:
         return None, f"{task.stats_path}: not an img2dataset stats file ({error})"
-    if successes != records:
+    if successes != records and (read.damage is None or successes < records):
         return successes, (
             f"{task.path}: holds {records} records but {stats_name} reports {successes} "
             "successes; the shard changed after img2dataset wrote it; delete both and re-run "
             "clipa-data download to fetch it again"
         )
     return successes, None
+
+
+def _refetch(task: InspectTask) -> str:
+    stats_name = Path(task.stats_path).name
+    return f"delete it and {stats_name}, then re-run clipa-data download to fetch it again"
+
+
+def _damage(task: InspectTask, read: _Read, successes: int | None) -> Damage | None:
+    if read.damage is None:
+        return None
+    lost = None if successes is None else successes - read.records
+    return Damage(problem=f"{read.damage}", intact_bytes=read.end or 0, lost=lost)
 
 
 def inspect_shard(task: InspectTask) -> Inspection:
@@ -115,17 +174,17 @@ def inspect_shard(task: InspectTask) -> Inspection:
     try:
         stat = os.stat(task.path)
         num_bytes, mtime_ns = stat.st_size, stat.st_mtime_ns
-        records = count_records(task)
+        read = count_records(task)
         counted = time.perf_counter()
-        successes, problem = _stats_problem(task, records)
+        successes, problem = _stats_problem(task, read)
         schema = None
-        if problem is None and records:
-            limit = task.schema_records or None
-            schema = observe(itertools.islice(examples(task), limit))
+        if problem is None:
+            read, schema = _schema(task, read)
+            successes, problem = _stats_problem(task, read)  # the schema pass may find damage
+        if read.damage is not None and not read.records:
+            problem = f"{read.damage} (no whole record before it); {_refetch(task)}"
         finished = time.perf_counter()
     except (ClipaError, OSError) as error:
-        stats_name = Path(task.stats_path).name
-        refetch = f"delete it and {stats_name}, then re-run clipa-data download to fetch it again"
         return Inspection(
             source=task.source,
             records=0,
@@ -133,18 +192,20 @@ def inspect_shard(task: InspectTask) -> Inspection:
             mtime_ns=mtime_ns,
             stats_successes=None,
             schema=None,
-            problem=f"{error}; {refetch}",
+            problem=f"{error}; {_refetch(task)}",
+            damage=None,
             count_seconds=time.perf_counter() - started,
             schema_seconds=0.0,
         )
     return Inspection(
         source=task.source,
-        records=records,
+        records=read.records,
         num_bytes=num_bytes,
         mtime_ns=mtime_ns,
         stats_successes=successes,
-        schema=schema,
+        schema=None if problem else schema,
         problem=problem,
+        damage=None if problem else _damage(task, read, successes),
         count_seconds=counted - started,
         schema_seconds=finished - counted,
     )

@@ -63,10 +63,24 @@ class ConvertSettings:
     drop_columns: tuple[str, ...]
     """Columns left out of the declared features."""
     skip_bad_shards: bool
-    """Whether bad shards were left out instead of stopping."""
+    """Whether bad shards were left out (damaged ones: all but their intact records) instead
+    of stopping."""
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "drop_columns": list(self.drop_columns)}
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What ``--skip-bad-shards`` salvaged of a damaged shard: the whole records before it."""
+
+    problem: str
+    """The damage (one line naming the file and byte offset)."""
+    intact_bytes: int
+    """Bytes of the source before the damage: only these are read and converted."""
+    lost: int | None
+    """Records lost with the damage (img2dataset's ``successes`` minus those salvaged); None
+    when the shard has no stats file to tell."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ class ShardEntry:
     source: str
     """Source file name in SRC (``00003.tfrecord``)."""
     records: int
-    """Records in the shard."""
+    """Records in the shard (of a damaged source: those salvaged)."""
     source_bytes: int
     """Size of the source file when inspected."""
     source_mtime_ns: int
@@ -91,12 +105,21 @@ class ShardEntry:
     """Key of the first record (how verify tells shards apart), when records have keys."""
     bytes: int | None = None
     """Size of the placed target; None in the plan, before placement."""
+    damage: Damage | None = None
+    """A damaged source's salvage (its intact part was converted); None for an intact one."""
 
     def to_json(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)
         if self.bytes is None:
             del entry["bytes"]
+        if self.damage is None:  # manifests of intact sources read as before
+            del entry["damage"]
         return entry
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShardEntry:
+        damage = data.get("damage")
+        return cls(**{**data, "damage": Damage(**damage) if damage is not None else None})
 
 
 @dataclass(frozen=True)
@@ -136,6 +159,11 @@ class ConvertManifest:
     def records(self) -> int:
         """Records over all shards."""
         return sum(shard.records for shard in self.shards)
+
+    @property
+    def damaged(self) -> tuple[ShardEntry, ...]:
+        """The shards converted from the intact part of a damaged source."""
+        return tuple(shard for shard in self.shards if shard.damage is not None)
 
     @property
     def num_bytes(self) -> int | None:
@@ -178,7 +206,7 @@ class ConvertManifest:
             source=SourceFolder(**data["source"]),
             config=ConvertSettings(**{**config, "drop_columns": tuple(config["drop_columns"])}),
             schema=dict(data["schema"]),
-            shards=tuple(ShardEntry(**shard) for shard in data["shards"]),
+            shards=tuple(ShardEntry.from_json(shard) for shard in data["shards"]),
             dropped_empty=tuple(data["dropped_empty"]),
             skipped_bad=tuple(BadShard(**bad) for bad in data["skipped_bad"]),
             versions=dict(data["versions"]),

@@ -2,7 +2,10 @@
 
 Which methods apply is the source format's choice (``source_format.SourceFormat``): a tfrecord
 shard's own bytes are placed (``FILE_METHODS``), any other format is re-encoded (``ENCODE``) from
-the examples its format reads.
+the examples its format reads. Of a damaged source salvaged by ``--skip-bad-shards`` only the
+intact part is placed (``PlaceTask.intact_bytes``): a tfrecord shard's first bytes are copied
+(whatever the method: a link or a move would carry the damage), a webdataset shard's samples
+before the damage re-encoded; the damaged source stays where it is.
 
 Every method is atomic: the shard appears under its final name complete or not at all (a
 temporary sibling plus ``os.replace``, or a single ``os.rename``), so a killed run leaves only
@@ -78,6 +81,8 @@ class PlaceTask:
     """Records the target must hold."""
     num_bytes: int
     """Size of the source (equal to the target's for every method but ``encode``)."""
+    intact_bytes: int | None = None
+    """Of a damaged source: the bytes before the damage, the only ones placed; else None."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ def is_placed(task: PlaceTask) -> bool:
         return False
     if task.method == ENCODE:
         return tfrecord.scan_shard(target).records == task.records
+    if task.intact_bytes is not None:
+        return target.stat().st_size == task.intact_bytes
     if task.method == "hardlink":
         return os.path.samefile(task.source, target)
     return target.stat().st_size == task.num_bytes
@@ -116,6 +123,17 @@ def _copy(source: str, target: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def _copy_start(source: str, target: Path, num_bytes: int) -> None:
+    """Copy the first ``num_bytes`` of ``source`` (the intact part of a damaged shard)."""
+    with open(source, "rb") as reader, atomic_writer(target) as writer:
+        left = num_bytes
+        while left and (chunk := reader.read(min(left, 1 << 20))):
+            writer.write(chunk)
+            left -= len(chunk)
+        if left:  # raised inside the block: the target never appears
+            raise ClipaError(f"{source}: shorter than the {num_bytes} bytes inspected; it changed")
+
+
 def _link(source: str, target: Path, link) -> None:
     temporary = temporary_path(target)
     try:
@@ -128,7 +146,8 @@ def _link(source: str, target: Path, link) -> None:
 
 def _encode(task: PlaceTask, target: Path) -> None:
     with atomic_writer(target) as handle:
-        written = tfrecord.write_records(handle, task.source_format.examples(task.source))
+        examples = task.source_format.examples(task.source, end=task.intact_bytes)
+        written = tfrecord.write_records(handle, examples)
         if written != task.records:
             raise ClipaError(
                 f"{task.source}: re-encoded {written} records but counted {task.records}; "
@@ -145,7 +164,9 @@ def _move(source: str, target: Path) -> None:
 
 
 def _place(task: PlaceTask, target: Path) -> None:
-    if task.method == "copy":
+    if task.intact_bytes is not None and task.method != ENCODE:
+        _copy_start(task.source, target, task.intact_bytes)
+    elif task.method == "copy":
         _copy(task.source, target)
     elif task.method == "hardlink":
         _link(task.source, target, os.link)
@@ -163,7 +184,8 @@ def place_shard(task: PlaceTask) -> Placed:
     """Put one shard at ``task.target`` (skipped when an earlier run already did)."""
     target = Path(task.target)
     if is_placed(task):
-        if task.method == "move" and os.path.exists(task.source):
+        moved = task.method == "move" and task.intact_bytes is None  # a damaged source stays
+        if moved and os.path.exists(task.source):
             os.unlink(task.source)  # a cross-filesystem move killed after its copy
         return Placed(task.target, target.stat().st_size, reused=True)
     try:

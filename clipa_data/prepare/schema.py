@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import Kind, example_class, parse_message
@@ -166,11 +167,19 @@ class SchemaObserver:
             self._first_of_layout.append((names, here))
 
 
-def observe(records: Iterable[bytes]) -> ShardSchema:
-    """The schema facts of a shard's records (all of them, or as many as ``records`` yields)."""
+def observe(records: Iterable[bytes], source: str = "shard") -> ShardSchema:
+    """The schema facts of a shard's records (all of them, or as many as ``records`` yields);
+    ``source`` names the shard in the error for a record that does not parse."""
     observer = SchemaObserver()
     for raw in records:
-        observer.add(raw)
+        try:
+            observer.add(raw)
+        except DecodeError as error:  # damaged payload bytes under an intact framing
+            index = observer.result.records - 1
+            raise ClipaError(
+                f"{source}: record {index} is not a tf.train.Example ({error}): the shard is "
+                "damaged; --verify crc finds where"
+            ) from None
     return observer.result
 
 

@@ -3,9 +3,10 @@
 A ``SourceFormat`` knows what convert needs from a shard file and nothing else: its name (the
 ``--output-format`` of ``clipa-data download`` and ``source.format`` in the convert manifest),
 the file suffix img2dataset gives it, an exact record count, the records as serialized
-``tf.train.Example`` bytes, and how a shard reaches its TFDS name (``placement_method``: the
-bytes of a tfrecord shard already are TFDS's, so they are linked, copied or moved; any other
-format is re-encoded).
+``tf.train.Example`` bytes, the intact part of a damaged shard (``intact_part``: the whole
+records before the damage, which ``--skip-bad-shards`` salvages), and how a shard reaches its
+TFDS name (``placement_method``: the bytes of a tfrecord shard already are TFDS's, so they are
+linked, copied or moved; any other format is re-encoded).
 
 ``SOURCE_FORMATS`` is the only list of format names: download's output formats, convert's
 detection of a folder's shards, inspection and placement all read it. Adding a format is one
@@ -26,9 +27,19 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from clipa_data.core import tfrecord
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import ClipaError, CorruptShardError
 from clipa_data.prepare import webdataset
 from clipa_data.prepare.placement import ENCODE, FILE_METHODS, resolve_mode
+
+
+@dataclass(frozen=True)
+class IntactPart:
+    """The whole records of a damaged shard before its damage."""
+
+    records: int
+    """How many."""
+    end: int
+    """Byte offset where they end: reading stops there (``examples(..., end=end)``)."""
 
 
 class SourceFormat(ABC):
@@ -48,8 +59,15 @@ class SourceFormat(ABC):
         """Exact number of records, without decoding them; raises ``CorruptShardError``."""
 
     @abstractmethod
-    def examples(self, path: str | Path, *, check_data_crc: bool = False) -> Iterator[bytes]:
-        """Every record as serialized ``tf.train.Example`` bytes, in file order."""
+    def examples(
+        self, path: str | Path, *, check_data_crc: bool = False, end: int | None = None
+    ) -> Iterator[bytes]:
+        """Every record as serialized ``tf.train.Example`` bytes, in file order; with ``end``
+        (an ``IntactPart.end``) only those before that byte offset."""
+
+    @abstractmethod
+    def intact_part(self, path: str | Path, damage: CorruptShardError) -> IntactPart:
+        """The whole records before ``damage`` (an error this format raised for ``path``)."""
 
     @abstractmethod
     def placement_method(self, mode: str, src: Path, out: Path) -> str:
@@ -68,8 +86,15 @@ class TFRecordFormat(SourceFormat):
     def count(self, path: str | Path, *, check_data_crc: bool = False) -> int:
         return tfrecord.scan_shard(path, check_data_crc=check_data_crc).records
 
-    def examples(self, path: str | Path, *, check_data_crc: bool = False) -> Iterator[bytes]:
-        return tfrecord.read_records(path, check_data_crc=check_data_crc)
+    def examples(
+        self, path: str | Path, *, check_data_crc: bool = False, end: int | None = None
+    ) -> Iterator[bytes]:
+        return tfrecord.read_records(path, check_data_crc=check_data_crc, end=end)
+
+    def intact_part(self, path: str | Path, damage: CorruptShardError) -> IntactPart:
+        # The error names the start of the first bad record; every record before it is whole.
+        records = tfrecord.scan_shard(path, end=damage.offset).records
+        return IntactPart(records=records, end=damage.offset)
 
     def placement_method(self, mode: str, src: Path, out: Path) -> str:
         return resolve_mode(mode, src, out)
@@ -87,8 +112,14 @@ class WebDatasetFormat(SourceFormat):
     def count(self, path: str | Path, *, check_data_crc: bool = False) -> int:
         return webdataset.count_samples(path)  # a tar has no checksums to check
 
-    def examples(self, path: str | Path, *, check_data_crc: bool = False) -> Iterator[bytes]:
-        return webdataset.iter_examples(path)
+    def examples(
+        self, path: str | Path, *, check_data_crc: bool = False, end: int | None = None
+    ) -> Iterator[bytes]:
+        return webdataset.iter_examples(path, end)
+
+    def intact_part(self, path: str | Path, damage: CorruptShardError) -> IntactPart:
+        records, end = webdataset.intact_samples(path, damage.offset)
+        return IntactPart(records=records, end=end)
 
     def placement_method(self, mode: str, src: Path, out: Path) -> str:
         if mode not in ("auto", "copy"):

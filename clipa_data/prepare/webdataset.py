@@ -68,19 +68,23 @@ def _check_end(path: str, handle, end: int, size: int) -> None:
             raise CorruptTarError(path, end, "unreadable tar header")
 
 
-def iter_members(path: str | Path, *, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+def iter_members(
+    path: str | Path, *, read_data: bool, end: int | None = None
+) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
     """Yield ``(member, content)`` for every regular file; content is b'' unless ``read_data``.
 
     Without ``read_data`` only the 512-byte headers are read (the walk seeks past the data).
+    ``end`` stops before the header at that byte offset (the intact part of a damaged shard),
+    without the end-of-archive check.
     """
     path = str(path)
     size = os.path.getsize(path)
-    end = 0
+    position = 0  # where the next header starts: the end of the last member's data blocks
     with open(path, "rb") as handle, _open_archive(path, handle) as archive:
         try:
-            while (member := archive.next()) is not None:
+            while (end is None or position < end) and (member := archive.next()) is not None:
                 archive.members.clear()  # tarfile would keep every header in memory
-                end = member.offset_data + -(-member.size // BLOCK) * BLOCK
+                position = member.offset_data + -(-member.size // BLOCK) * BLOCK
                 if member.offset_data + member.size > size:
                     raise CorruptTarError(
                         path, member.offset, f"member {member.name} runs past the end of the file"
@@ -88,8 +92,9 @@ def iter_members(path: str | Path, *, read_data: bool) -> Iterator[tuple[tarfile
                 if member.isfile():
                     yield member, archive.extractfile(member).read() if read_data else b""
         except tarfile.ReadError as error:
-            raise CorruptTarError(path, end, f"unreadable tar archive ({error})") from None
-        _check_end(path, handle, end, size)
+            raise CorruptTarError(path, position, f"unreadable tar archive ({error})") from None
+        if end is None:
+            _check_end(path, handle, position, size)
 
 
 def _open_archive(path: str, handle) -> tarfile.TarFile:
@@ -99,10 +104,10 @@ def _open_archive(path: str, handle) -> tarfile.TarFile:
         raise CorruptTarError(path, 0, f"not a tar archive ({error})") from None
 
 
-def iter_samples(path: str | Path) -> Iterator[Sample]:
-    """Group consecutive members with the same key into samples."""
+def iter_samples(path: str | Path, end: int | None = None) -> Iterator[Sample]:
+    """Group consecutive members with the same key into samples (up to byte ``end``)."""
     current: Sample | None = None
-    for member, data in iter_members(path, read_data=True):
+    for member, data in iter_members(path, read_data=True, end=end):
         key, extension = _split_name(member.name)
         if current is None or key != current.key:
             if current is not None:
@@ -177,7 +182,31 @@ def to_example(sample: Sample, path: str | Path) -> bytes:
     return encode_example(features)
 
 
-def iter_examples(path: str | Path) -> Iterator[bytes]:
+def iter_examples(path: str | Path, end: int | None = None) -> Iterator[bytes]:
     """Every sample of a webdataset shard as tfrecord Example bytes, in archive order."""
-    for sample in iter_samples(path):
+    for sample in iter_samples(path, end):
         yield to_example(sample, path)
+
+
+def intact_samples(path: str | Path, damage: int) -> tuple[int, int]:
+    """``(samples, bytes)`` of the whole samples before the byte offset ``damage``.
+
+    Members are whole when their data ends before ``damage``; a sample is whole when a member
+    of another key follows it there, and the last one only when it has the same members as the
+    sample before it (img2dataset writes the same members for every sample of a shard): its
+    remaining members may have been cut off with the damage.
+    """
+    groups: list[tuple[str, set[str], int]] = []  # key, extensions, end of its last member
+    for member, _ in iter_members(path, read_data=False, end=damage):
+        stop = member.offset_data + -(-member.size // BLOCK) * BLOCK
+        if stop > damage:
+            break
+        key, extension = _split_name(member.name)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].add(extension)
+            groups[-1] = (key, groups[-1][1], stop)
+        else:
+            groups.append((key, {extension}, stop))
+    if groups and (len(groups) < 2 or groups[-1][1] != groups[-2][1]):
+        groups.pop()
+    return len(groups), groups[-1][2] if groups else 0
