@@ -20,6 +20,7 @@ from clipa_cli.data_app import app
 from img2dataset_shards import write_source
 from typer.testing import CliRunner
 
+from clipa_data.core import tfrecord
 from clipa_data.core.errors import ClipaError
 from clipa_data.prepare.convert import ConvertConfig, convert
 from clipa_data.prepare.stores import local_path, output_location
@@ -226,3 +227,20 @@ def test_the_cli_converts_to_a_store_and_refuses_links_there(tmp_path, bucket):
     result = runner.invoke(app, [*base, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert stored(f"{bucket}/cli/demo/1.0.0") == files(plain)
+
+
+def test_a_salvaged_shard_reaches_the_store_as_its_intact_part(tmp_path, bucket):
+    """--skip-bad-shards on a store: a shard cut short is published as its whole records only,
+    the same bytes as the plain-path salvage (not the damaged source file)."""
+    src = write_source(tmp_path / "raw", {0: 4, 1: 3})
+    damaged = sorted(src.glob("*.tfrecord"))[0]
+    whole = len(list(tfrecord.read_records(str(damaged))))
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    options = {**OPTIONS, "skip_bad_shards": True}
+    plain = convert(ConvertConfig(src, tmp_path / "plain", **options)).builder_dir
+    result = convert(ConvertConfig(src, f"{bucket}/tfds", **options))
+    assert stored(result.builder_dir) == files(plain)
+    salvaged = len(list(tfrecord.read_records(str(next(Path(plain).glob("*-00000-of-*"))))))
+    assert salvaged == whole - 1  # the last record was cut
+    again = convert(ConvertConfig(src, f"{bucket}/tfds", **options))
+    assert again.status == "up to date"

@@ -103,14 +103,14 @@ def _is_published(task: PlaceTask) -> bool:
         return False
     if task.method == ENCODE:
         return sum(1 for _ in tfrecord.read_records(task.target)) == task.records
-    return stored == task.num_bytes
+    return stored == (task.num_bytes if task.intact_bytes is None else task.intact_bytes)
 
 
 def publish_shard(task: PlaceTask) -> Placed:
     """Put one shard at its final key ``task.target`` (skipped when already there)."""
     if _is_published(task):
         return Placed(task.target, stores.size(task.target) or 0, reused=True)
-    if task.method == ENCODE:
+    if task.method == ENCODE or task.intact_bytes is not None:  # a salvage: its intact part
         with stores.staged(task.target) as local:
             staged = place_shard(dataclasses.replace(task, target=str(local)))
         return Placed(task.target, staged.num_bytes, reused=False)
@@ -130,6 +130,7 @@ def publish_all(config: ConvertConfig, final: str, manifest: ConvertManifest) ->
             source_format=shard_format,
             records=shard.records,
             num_bytes=shard.source_bytes,
+            intact_bytes=shard.damage.intact_bytes if shard.damage is not None else None,
         )
         for shard in manifest.shards
     ]
