@@ -134,8 +134,8 @@ class TextCache:
             self.note(f"{task.name}: zero-shot classifier read from {path}")
         else:
             classifier = build(task)
-            if path is not None:
-                self._write(path, task, classifier)
+            if path is not None and not self._write(path, task, classifier):
+                path = None
             where = f", cached in {path}" if path is not None else ""
             classes = len(task.classnames)
             self.note(f"{task.name}: zero-shot classifier built ({classes} classes{where})")
@@ -187,8 +187,9 @@ class TextCache:
             )
         return classifier.to(self.device)
 
-    def _write(self, path: Path, task: ZeroShotTask, classifier: torch.Tensor) -> None:
-        remove_temporaries(path.parent)  # left by an interrupted eval
+    def _write(self, path: Path, task: ZeroShotTask, classifier: torch.Tensor) -> bool:
+        """Write the entry; False (with a warning) where the folder takes no files: a cache is
+        worth no failed eval (read-only weights folders are common)."""
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -199,5 +200,14 @@ class TextCache:
             "templates": list(task.templates),
             "classifier": classifier.detach().cpu().contiguous(),
         }
-        with atomic_writer(path) as handle:
-            torch.save(payload, handle)
+        try:
+            remove_temporaries(path.parent)  # left by an interrupted eval
+            with atomic_writer(path) as handle:
+                torch.save(payload, handle)
+        except OSError as error:
+            self.note(
+                f"warning: zero-shot classifier not cached ({error}); pass --text-cache DIR "
+                "(a writable folder) or --no-text-cache"
+            )
+            return False
+        return True

@@ -212,3 +212,14 @@ def test_a_cache_entry_of_another_key_is_not_used(run, data_root, tmp_path):
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "its key is not this eval's" in rebuilt.stderr.replace("\n", "")
     assert torch.load(cached, weights_only=True)["key"]["size"] == saved["key"]["size"] - 1
+
+
+def test_a_cache_folder_that_takes_no_files_warns_and_the_eval_goes_on(run, data_root, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder\n")
+    result = eval_imagenet(run, data_root, tmp_path / "a.json", "--text-cache", taken)
+    assert result.exit_code == 0, result.output
+    err = result.stderr.replace("\n", "")
+    assert "warning: zero-shot classifier not cached" in err and "--no-text-cache" in err
+    assert "zero-shot classifier built (1000 classes)" in err
+    assert json.loads(result.stdout)["n"] == 4 and taken.read_text() == "not a folder\n"
