@@ -1,8 +1,8 @@
 """The zero-shot classifier cache of ``clipa-train eval`` (``clipa_train.text_cache``): a second
 eval of a checkpoint reads its classifier from ``zeroshot_cache/`` in the run directory and scores
 identically without running the text tower; a suite builds ImageNet's 1000-class classifier once
-for IN-1K, -V2 and -R; a cache made with another tokenizer is one error line; a corrupted cache
-file is rebuilt with a warning.
+for IN-1K, -V2, -Sketch and -R; a cache made with another tokenizer is one error line; a corrupted
+cache file is rebuilt with a warning.
 
 Everything runs through the real command on a real (very small) checkpoint and generated folders.
 """
@@ -51,7 +51,7 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    """ImageNet val, ImageNetV2 and ImageNet-R as downloaded, and a one-template file."""
+    """ImageNet val, ImageNetV2, ImageNet-R and -Sketch as downloaded; a one-template file."""
     root = tmp_path_factory.mktemp("data-root")
     data = variant_classes()
     write_layout(root / "imagenet" / "val", data["imagenet_wnids"], 4, seed=0)
@@ -59,6 +59,7 @@ def data_root(tmp_path_factory) -> Path:
         root / "imagenetv2-matched-frequency-format-val", [str(n) for n in range(1000)], 3, seed=10
     )
     write_layout(root / "imagenet-r", data["imagenet-r"], 3, seed=20)
+    write_layout(root / "imagenet-sketch" / "sketch", data["imagenet_wnids"], 3, seed=30)
     (root / "templates.txt").write_text("a photo of a {}.\n")
     return root
 
@@ -138,9 +139,10 @@ def test_a_suite_builds_the_1000_class_classifier_once(run, data_root, tmp_path)
     assert "imagenet1k: zero-shot classifier built (1000 classes" in err
     assert "imagenetv2: zero-shot classifier reused from this run" in err
     assert "imagenet-r: zero-shot classifier of its 200 classes taken from this run's 1000" in err
+    assert "imagenet-sketch: zero-shot classifier reused from this run" in err
     assert [path.name[:13] for path in cache.iterdir()] == ["1000-classes-"]
     lines = {line["set"]: line for line in map(json.loads, result.stdout.splitlines())}
-    assert lines["imagenet-r"]["classes"] == 200 and lines["imagenetv2"]["classes"] == 1000
+    assert lines["imagenet-r"]["classes"] == 200 and lines["imagenet-sketch"]["classes"] == 1000
     # ImageNet-R's columns taken from the 1000-class classifier score as its own 200-class one.
     only_r = tmp_path / "only-r"
     shutil.copytree(data_root / "imagenet-r", only_r / "imagenet-r")
