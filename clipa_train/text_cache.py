@@ -3,12 +3,13 @@
 Building ImageNet's 1000 × 80-prompt classifier is the slow text half of every ``clipa-train
 eval``; for fixed weights it never changes. A ``TextCache`` keeps each classifier of one eval run
 in memory (ImageNet-1K, -V2 and -Sketch share the 1000-class one; ImageNet-R and -A take its
-columns of their 200 classes, as ``variants`` scores them: the 1000-class logits restricted to
-their WordNet ids) and on disk, by default in ``zeroshot_cache/`` of the checkpoint's run
-directory, so the next eval of the same checkpoint skips the text tower.
+columns of their 200 classes: the 1000-class logits restricted to their WordNet ids, which is
+what ``variants`` scores them by) and on disk, by default in ``zeroshot_cache/`` of the
+checkpoint's run directory, so the next eval of the same checkpoint skips the text tower.
 
 The key (the file name's hash) is what makes the classifier given a model: the checkpoint file
-(resolved path, size, modification time: a rewritten file is another key), the text tower's
+(resolved path, size, modification time: a rewritten file is another key; hashing its bytes
+would read a multi-GB file on every eval, costing about what the cache saves), the text tower's
 architecture (``--model``, context length), how it was built (fp32 or the backend's autocast),
 the class names and the templates.
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from clipa_data.core.atomic import atomic_writer, remove_temporaries
+from clipa_data.core.atomic import atomic_writer
 from clipa_data.core.errors import ClipaError
 from clipa_train.zeroshot import ZeroShotTask
 
@@ -201,7 +202,7 @@ class TextCache:
             "classifier": classifier.detach().cpu().contiguous(),
         }
         try:
-            remove_temporaries(path.parent)  # left by an interrupted eval
+            # Leftover temporaries are not swept here: one may be another eval's, being written.
             with atomic_writer(path) as handle:
                 torch.save(payload, handle)
         except OSError as error:
