@@ -114,6 +114,11 @@ def _recipe_command() -> None:
 _recipe_command()
 
 
+def note_classifier(line: str) -> None:
+    """Where a zero-shot classifier came from (built, cached, reused), on stderr."""
+    stderr().print(escape(line), soft_wrap=True)
+
+
 def eval_body(as_json: bool = False, **options) -> None:
     """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders;
     with --suite paper --data-root DIR, every set of the paper's table found under DIR; with
@@ -129,7 +134,7 @@ def eval_body(as_json: bool = False, **options) -> None:
     if config.suite is not None:
         from clipa_cli.suite_output import note_skipped, print_suite
 
-        result = evaluate_suite(config, note_skipped=note_skipped)
+        result = evaluate_suite(config, note_skipped=note_skipped, note=note_classifier)
         print_suite(result, config.result_path(), as_json)
         return
     if config.dataset is None:
@@ -137,7 +142,7 @@ def eval_body(as_json: bool = False, **options) -> None:
             "give one set with --imagenet-val DIR or a suite with --suite paper --data-root DIR "
             "(or --retrieval coco|flickr30k --annotations FILE --images DIR)"
         )
-    result = evaluate_checkpoint(config)
+    result = evaluate_checkpoint(config, note=note_classifier)
     if as_json:
         print(json.dumps(result))
         return

@@ -102,7 +102,9 @@ def eval_options() -> list[inspect.Parameter]:
     """The options of ``clipa-train eval``: every ``EvalConfig`` field, plus ``--json``."""
     from clipa_train.retrieval_stage import RetrievalOptions
 
-    parameters = config_options(EvalConfig, flags={"dataset": "--imagenet-val"})
+    parameters = config_options(
+        EvalConfig, flags={"dataset": "--imagenet-val"}, bare=("no_text_cache",)
+    )
     parameters += config_options(RetrievalOptions)
     as_json = inspect.Parameter(
         "as_json",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -81,6 +82,16 @@ class EvalConfig:
         Doc("As the original: images decoded at full size by Pillow and resized bicubic, the "
             "classifier built in fp32 without autocast (off: the fast paths)."),
     ] = False  # fmt: skip
+    text_cache: Annotated[
+        str | None,
+        Doc("Folder of cached zero-shot classifiers, reused by the next eval of the same "
+            "checkpoint (default: zeroshot_cache/ in the checkpoint's run directory)."),
+    ] = None  # fmt: skip
+    no_text_cache: Annotated[
+        bool,
+        Doc("Neither read nor write cached zero-shot classifiers (a suite's sets still share "
+            "one)."),
+    ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.image_norm is not None and self.image_norm not in IMAGE_NORMS:
@@ -104,6 +115,8 @@ class EvalConfig:
                 "--data-root goes with a suite: give one set with --imagenet-val DIR or a suite "
                 "with --suite paper --data-root DIR"
             )
+        if self.no_text_cache and self.text_cache is not None:
+            raise ClipaError("--text-cache DIR or --no-text-cache, not both")
 
     def backend_config(self):
         """The device and the input normalisation the model was trained with."""
@@ -115,12 +128,24 @@ class EvalConfig:
     def _trained_norm(self) -> str:
         return trained_image_norm(self.checkpoint)
 
-    def result_path(self) -> Path:
-        """``eval.json``: ``--out``, else next to ``checkpoints/`` (the run dir), else beside it."""
-        if self.out:
-            return Path(self.out)
+    def run_folder(self) -> Path:
+        """The folder holding ``checkpoints/`` (the run dir), else the checkpoint's folder."""
         folder = Path(self.checkpoint).resolve().parent
-        return (folder.parent if folder.name == "checkpoints" else folder) / "eval.json"
+        return folder.parent if folder.name == "checkpoints" else folder
+
+    def result_path(self) -> Path:
+        """``eval.json``: ``--out``, else in ``run_folder()``."""
+        return Path(self.out) if self.out else self.run_folder() / "eval.json"
+
+    def text_cache_folder(self) -> Path | None:
+        """``--text-cache``, else ``zeroshot_cache/`` in ``run_folder()``; None: no disk cache."""
+        from clipa_train.text_cache import CACHE_FOLDER
+
+        if self.no_text_cache:
+            return None
+        if self.text_cache:
+            return Path(self.text_cache)
+        return self.run_folder() / CACHE_FOLDER
 
 
 def trained_image_norm(checkpoint: str | Path) -> str:
@@ -178,9 +203,11 @@ def _recorded_tokenizer(path: str) -> str | None:
     return None
 
 
-def _loaded(config: EvalConfig):
-    """The checkpoint's model on its backend in eval mode, the evaluation settings and the
-    prompt encoder (the model's context length, truncated) — what every eval set uses."""
+def _loaded(config: EvalConfig, note: Callable[[str], None] = lambda line: None):
+    """The checkpoint's model on its backend in eval mode, the evaluation settings, the
+    prompt encoder (the model's context length, truncated) and the zero-shot classifiers'
+    ``TextCache`` (``note`` hears where each came from) — what every eval set uses."""
+    from clipa_data.core.tokenizer import load_tokenizer
     from clipa_train.backend import create_backend
     from clipa_train.eval_suite import SuiteModel
     from clipa_train.evaluate import EvalSettings, prompt_encoder
@@ -196,21 +223,44 @@ def _loaded(config: EvalConfig):
         workers=config.workers,
         reference_exact=config.reference_exact,
     )
-    encode = prompt_encoder(
-        settings.text_length, "truncate", tokenizer=prompt_tokenizer(config, model)
+    spec = prompt_tokenizer(config, model)
+    encode = prompt_encoder(settings.text_length, "truncate", tokenizer=spec)
+    return SuiteModel(
+        model,
+        backend,
+        settings,
+        encode,
+        _text_cache(config, model, backend, load_tokenizer(spec), note),
     )
-    return SuiteModel(model, backend, settings, encode)
 
 
-def evaluate_checkpoint(config: EvalConfig) -> dict:
-    """Evaluate, write ``eval.json`` and return the result (``top1``, ``top5``, ``n``, ...)."""
+def _text_cache(config: EvalConfig, model, backend, tokenizer, note: Callable[[str], None]):
+    """One classifier per class list for all the run's sets, on disk per checkpoint."""
+    from clipa_train.text_cache import TextCache, model_key
+
+    key = model_key(config.checkpoint, model, backend, config.reference_exact)
+    return TextCache(config.text_cache_folder(), key, tokenizer, backend.device, note)
+
+
+def evaluate_checkpoint(
+    config: EvalConfig, note: Callable[[str], None] = lambda line: None
+) -> dict:
+    """Evaluate, write ``eval.json`` and return the result (``top1``, ``top5``, ``n``, ...);
+    ``note`` hears where the zero-shot classifier came from."""
     from clipa_train.evaluate import evaluate_zeroshot, open_zeroshot_set
 
     zset = open_zeroshot_set(config.dataset, config.classnames, config.templates)
     started = time.perf_counter()
-    loaded = _loaded(config)
+    loaded = _loaded(config, note)
     settings = loaded.settings
-    scores = evaluate_zeroshot(loaded.model, loaded.backend, zset, settings, loaded.encode_prompts)
+    scores = evaluate_zeroshot(
+        loaded.model,
+        loaded.backend,
+        zset,
+        settings,
+        loaded.encode_prompts,
+        text_cache=loaded.text_cache,
+    )
     result = {
         **scores,
         "checkpoint": config.checkpoint,
@@ -228,11 +278,15 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
 
 
 def evaluate_suite(
-    config: EvalConfig, progress: bool = True, note_skipped=lambda name, why: None
+    config: EvalConfig,
+    progress: bool = True,
+    note_skipped=lambda name, why: None,
+    note: Callable[[str], None] = lambda line: None,
 ) -> dict:
     """Every set of ``config.suite`` found under ``config.data_root``; writes ``eval.json``.
 
-    ``note_skipped(name, why)`` hears of each absent set before the model is built.
+    ``note_skipped(name, why)`` hears of each absent set before the model is built; ``note``
+    where each zero-shot classifier came from (the sets share one ``TextCache``).
 
     Returns ``{"sets": {name: result}, "skipped": {name: why}, ...}`` with the settings used.
     """
@@ -240,7 +294,7 @@ def evaluate_suite(
 
     root = Path(config.data_root)
     found = run_suite(
-        config.suite, root, lambda: _loaded(config), config.templates, progress, note_skipped
+        config.suite, root, lambda: _loaded(config, note), config.templates, progress, note_skipped
     )
     result = {
         "checkpoint": config.checkpoint,

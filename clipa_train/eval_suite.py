@@ -40,6 +40,9 @@ class SuiteModel:
     """Image size, text length, crop, batch size and workers."""
     encode_prompts: Callable[[list[str]], Any]
     """Prompt strings → token ids at the model's text length."""
+    text_cache: Any = None
+    """The run's ``text_cache.TextCache``: the sets' classifiers, built once (None: each set
+    builds its own)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,13 @@ def _zeroshot_entry(name: str, header: str, folders: tuple[str, ...]) -> SuiteEn
 
     def evaluate(zset: ZeroShotSet, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
         scores = evaluate_zeroshot(
-            suite.model, suite.backend, zset, suite.settings, suite.encode_prompts, advance
+            suite.model,
+            suite.backend,
+            zset,
+            suite.settings,
+            suite.encode_prompts,
+            advance,
+            suite.text_cache,
         )
         return {**scores, "task": zset.task.name, "templates": len(zset.task.templates)}
 

@@ -297,12 +297,18 @@ def evaluate_zeroshot(
     settings: EvalSettings,
     encode_prompts: Callable[[list[str]], torch.Tensor],
     advance: Callable[[int], None] = lambda images: None,
+    text_cache=None,
 ) -> dict[str, float | int]:
-    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights).
+    """Top-1/top-5 of ``model`` on ``zset`` (the classifier is rebuilt from the current weights,
+    or, for fixed weights, taken from a ``text_cache.TextCache``).
 
     ``advance(n)`` is told of each batch of ``n`` images as it is scored (a progress bar).
     """
-    classifier = build_classifier(model, backend, zset.task, encode_prompts, settings)
+
+    def build(task: zeroshot.ZeroShotTask) -> torch.Tensor:
+        return build_classifier(model, backend, task, encode_prompts, settings)
+
+    classifier = build(zset.task) if text_cache is None else text_cache.classifier(zset.task, build)
     with backend.autocast():
         image = ImageConfig(
             size=settings.image_size, crop=settings.crop, reference_exact=settings.reference_exact
