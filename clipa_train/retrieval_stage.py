@@ -55,6 +55,24 @@ class RetrievalOptions:
             raise ClipaError("--chunk-size must be positive and --max-missing within [0, 1]")
 
 
+def _refuse_zero_shot_options(config: EvalConfig) -> None:
+    """Options of the zero-shot sets mean nothing to retrieval: one line rather than ignored."""
+    zero_shot = {
+        "--imagenet-val": config.dataset,
+        "--classnames": config.classnames,
+        "--templates": config.templates,
+        "--suite": config.suite,
+        "--data-root": config.data_root,
+        "--text-cache": config.text_cache,
+        "--no-text-cache": config.no_text_cache,
+    }
+    given = [flag for flag, value in zero_shot.items() if value]
+    if given:
+        raise ClipaError(
+            f"{', '.join(given)}: zero-shot options, not for --retrieval (one kind per eval run)"
+        )
+
+
 def evaluate_retrieval_checkpoint(
     config: EvalConfig,
     options: RetrievalOptions,
@@ -72,6 +90,7 @@ def evaluate_retrieval_checkpoint(
     from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
     from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
 
+    _refuse_zero_shot_options(config)
     rset = open_retrieval_set(
         options.annotations, options.images, options.retrieval, options.max_missing
     )

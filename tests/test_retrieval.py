@@ -268,5 +268,7 @@ def test_cli_retrieval_bad_input(weights, tmp_path):
     assert_one_line_error(stray, "--annotations and --images go with --retrieval")
     args = retrieval_args(weights, annotations, folder, tmp_path / "eval.json")
     assert_one_line_error(invoke(*args, "--chunk-size", 0), "--chunk-size must be positive")
+    mixed = invoke(*args, "--no-text-cache", "--templates", folder)
+    assert_one_line_error(mixed, "--templates, --no-text-cache: zero-shot options")
     assert_one_line_error(invoke(*args, "--retrieval", "sbu"), "--retrieval", "coco, flickr30k")
     assert not (tmp_path / "eval.json").exists()
