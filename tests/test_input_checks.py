@@ -242,7 +242,8 @@ def help_line(program: str, command: str, flag: str) -> str:
         [str(BIN / program), command, "--help"], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if f" {flag} " in line]
+    # The option's own row starts with it (another row's help text may mention it).
+    rows = [line for line in done.stdout.splitlines() if line.lstrip("│ ").startswith(f"{flag} ")]
     assert len(rows) == 1, done.stdout
     return rows[0]
 
