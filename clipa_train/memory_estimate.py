@@ -11,9 +11,10 @@ fused kernel that keeps no ``L × L`` matrix, so attention adds nothing quadrati
 Under bf16 autocast the matmul outputs are bf16 and the residual stream and layer norms fp32.
 
 ``estimate_memory`` is pure arithmetic over the configs (no torch). Its constants were
-calibrated on the CPU against measured peaks (``ru_maxrss`` of real fp32 training steps of
-clipa-tiny and clipa-small, with and without checkpointing and masks; the estimate came within
-0.94-1.3 times the measured peak, ``tests/test_memory_estimate.py`` holds it to 0.75-1.5).
+calibrated on the CPU against measured peaks (the resident high-water mark, ``VmHWM``, of
+real fp32 training steps of clipa-tiny and clipa-small, with and without checkpointing and
+masks; the estimate came within 0.94-1.3 times the measured peak,
+``tests/test_memory_estimate.py`` holds it to 0.75-1.5).
 bf16 and CUDA use the same counts with bf16 sizes; they are not calibrated here.
 ``clipa_train.preflight.check_memory`` compares the estimate with the device's free memory.
 The estimate is a central one, not a bound: a run refused would not fit, a run let through

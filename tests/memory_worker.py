@@ -2,7 +2,7 @@
 
 Trains one configuration for two real steps on the CPU (the real model, AdamW, loss, loop,
 with synthetic batches) and prints one JSON line: the process's resident-memory high-water mark
-before the model was built and after the steps (``ru_maxrss``), in bytes.
+before the model was built and after the steps (``VmHWM``), in bytes.
 
     python memory_worker.py PRESET IMAGE_SIZE TEXT_LENGTH BATCH MASK GRAD_CHECKPOINTING RUN_DIR
 """
@@ -16,6 +16,18 @@ from pathlib import Path
 
 
 def peak_rss() -> int:
+    """This process's resident-memory high-water mark, in bytes.
+
+    ``VmHWM`` of /proc/self/status where there is one: ``ru_maxrss`` keeps the high-water mark
+    of the process image before ``exec`` (Linux copies the old mm's into it), so a worker
+    started by a large pytest process would report the parent's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
