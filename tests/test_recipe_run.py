@@ -49,7 +49,7 @@ def command(recipe: Path, data: Path, out: Path, *more: object) -> list[str]:
         str(arg)
         for arg in (
             "recipe", recipe, "--data", data, "--out", out, "--workers", 1, "--no-progress",
-            "--log-every", 1000, "--checkpoint-every", 2, "--keep-checkpoints", 0, *more,
+            "--log-every", 1000, "--checkpoint-every", 2, "--keep-checkpoints", 2, *more,
         )
     ]  # fmt: skip
 
@@ -93,8 +93,10 @@ def killed_between_stages(setup) -> dict:
         args, lambda: stage_status(out / "pretrain").state == "finished", "the first stage"
     )
     between = {name: stage_status(out / name) for name in ("pretrain", "finetune")}
-    second_checkpoint = out / "finetune" / "checkpoints" / "step_00000002.pt"
-    second = start_killed(args, second_checkpoint.exists, "a second-stage checkpoint")
+    second_checkpoints = out / "finetune" / "checkpoints"
+    second = start_killed(
+        args, lambda: any(second_checkpoints.glob("step_*.pt")), "a second-stage checkpoint"
+    )
     inside = stage_status(out / "finetune")
     again = subprocess.run([PROGRAM, *args], env=ENV, capture_output=True, text=True, timeout=300)
     return {
