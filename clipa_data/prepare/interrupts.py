@@ -17,6 +17,7 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FIRST_SIGNAL_LINE = "stopping after the current shard(s); Ctrl-C again to stop now"
+STOP_NOW_LINE = "stopped at once; re-run the same command to resume"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -40,6 +41,8 @@ class ShardStop:
         self.requested = False
         self._on_first = on_first
         self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._stop_pending = False
 
     def __enter__(self) -> ShardStop:
         if threading.current_thread() is threading.main_thread():
@@ -49,12 +52,34 @@ class ShardStop:
 
     def _handle(self, number: int, frame: object) -> None:
         if self.requested:
-            raise StopNow("stopped at once; re-run the same command to resume")
+            if self._deferring:
+                self._stop_pending = True
+                return
+            raise StopNow(STOP_NOW_LINE)
         self.requested = True
         # os.write, not print: the handler may run while the main thread is inside print.
         os.write(2, f"\n{signal.Signals(number).name}: {FIRST_SIGNAL_LINE}\n".encode())
         if self._on_first is not None:
             self._on_first()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold a second signal's stop until the block ends.
+
+        Python runs a signal handler in the main thread between any two bytecodes, whichever
+        thread the OS delivered the signal to (blocking it in the main thread does not help
+        while a progress-bar thread takes it). Raised between a pool starting a worker process
+        and recording it, the stop would orphan that worker: never killed, it outlives the
+        parent and prints a traceback when the pool's semaphores vanish under it.
+        """
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._stop_pending:
+                self._stop_pending = False
+                raise StopNow(STOP_NOW_LINE)
 
     def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():
@@ -68,8 +93,9 @@ def stop_signals_blocked():
 
     A worker started by ``spawn`` is a new interpreter that takes a moment to reach its
     initializer; a Ctrl-C to the process group in that moment would print its traceback. A
-    blocked signal mask is inherited through fork and exec, so the new worker never sees it,
-    and the parent receives a signal that arrived meanwhile as soon as the block ends.
+    blocked signal mask is inherited through fork and exec, so the new worker never sees it.
+    (The parent's own handler may still run meanwhile, through another thread: see
+    ``ShardStop.deferred``.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -194,7 +194,9 @@ def _run_pool(
                 following = next(queued, None)
                 if following is None:
                     break
-                with stop_signals_blocked():  # submit may start a worker process
+                # submit may start a worker process: the new process starts with the stop
+                # signals blocked, and a second Ctrl-C waits until the pool has recorded it.
+                with stop.deferred(), stop_signals_blocked():
                     pending[pool.submit(function, following[1])] = following[0]
             if not pending:
                 break
@@ -205,7 +207,20 @@ def _run_pool(
         _end_workers(pool)
         raise
     finally:
+        _shut_down(pool)
+
+
+def _shut_down(pool: ProcessPoolExecutor) -> None:
+    """Wait for the workers to exit. A second Ctrl-C while waiting (e.g. for a worker still
+    starting up after the first one stopped the submissions) ends them at once, and they are
+    reaped before the stop goes on: a worker left behind would outlive this process and print
+    a traceback when the pool's semaphores vanish under it."""
+    try:
         pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        _end_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
 
 def _end_workers(pool: ProcessPoolExecutor) -> None:
