@@ -106,6 +106,9 @@ class LoopResult:
     """The last checkpoint written."""
     interrupted: bool = False
     """True when a second signal stopped it at once (exit 130)."""
+    signalled: bool = False
+    """True when a stop signal arrived at all, also after the last step's check (the run
+    finished, but the user asked to stop: a recipe starts no next stage)."""
     failure: str | None = None
     """Why the data stopped it (a loader worker died, too many bad records); it stopped with a
     checkpoint of the last finished step, and the stage ends with this as its error."""
@@ -321,6 +324,10 @@ def train(
             result.stopped = cut = True
             model.train()  # an evaluation may have been cut short
         result.interrupted = stop.now
+        # Every rank agrees (the next stage must start everywhere or nowhere), except when a
+        # rank left the loop early and the others may be waiting in a collective.
+        signalled = stop.requested
+        result.signalled = signalled if cut or result.failure else backend.any_rank(signalled)
         if evaluate is not None and not result.stopped and evaluated_at != step:
             _evaluate(evaluate, model, step, log, result, backend)
         cut = cut or result.failure is not None  # other ranks may be waiting in a collective

@@ -266,6 +266,13 @@ def run_recipe(
                 "to continue it"
             )
             return False
+        if summary is not None and summary.get("signalled") and stage is not chosen[-1]:
+            # The signal came after the stage's last step: it finished, the recipe stops here.
+            note(
+                f"{label}: finished; stopped before the next stage (a signal): run the same "
+                "clipa-train recipe command again to go on"
+            )
+            return False
     return True
 
 

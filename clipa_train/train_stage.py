@@ -202,6 +202,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "total_steps": stage.optim.total_steps,
         "stopped": result.stopped,
         "interrupted": result.interrupted,
+        "signalled": result.signalled,
         "failure": result.failure,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,

@@ -81,12 +81,13 @@ def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path, ac
     optimiser steps, so the resumed run is bit-identical too."""
     config = LoopConfig(log_every=1, progress=False, accum_steps=accum_steps)
     full, full_model = run(tmp_path / "full", source(), config=config)
-    assert full.step == STEPS and not full.stopped
+    assert full.step == STEPS and not full.stopped and not full.signalled
 
     previous = signal.getsignal(signal.SIGTERM)
     first, _ = run(tmp_path / "split", source(SignalAfter, at=5), config=config)
     assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
     assert first.stopped and first.step == 6  # the batch in flight is finished, then it stops
+    assert first.signalled
     assert first.checkpoint == latest_checkpoint(tmp_path / "split" / "checkpoints")
     assert first.checkpoint.name == "step_00000006.pt"
 
@@ -106,6 +107,14 @@ def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path, ac
         full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_signal_during_the_last_step_finishes_the_run_and_says_it_was_signalled(tmp_path):
+    """The run is complete (a recipe's stage is finished), but the user asked to stop: the
+    result says so, and ``clipa-train recipe`` then starts no next stage."""
+    last, _ = run(tmp_path / "run", source(SignalAfter, at=STEPS - 1))
+    assert last.step == STEPS and last.signalled
+    assert last.checkpoint.name == f"step_{STEPS:08d}.pt"
 
 
 def test_metrics_records_and_checkpoint_contents(tmp_path):
