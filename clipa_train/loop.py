@@ -324,10 +324,7 @@ def train(
             result.stopped = cut = True
             model.train()  # an evaluation may have been cut short
         result.interrupted = stop.now
-        # Every rank agrees (the next stage must start everywhere or nowhere), except when a
-        # rank left the loop early and the others may be waiting in a collective.
-        signalled = stop.requested
-        result.signalled = signalled if cut or result.failure else backend.any_rank(signalled)
+        result.signalled = _signalled(stop, cut or result.failure is not None, backend)
         if evaluate is not None and not result.stopped and evaluated_at != step:
             _evaluate(evaluate, model, step, log, result, backend)
         cut = cut or result.failure is not None  # other ranks may be waiting in a collective
@@ -336,6 +333,12 @@ def train(
     log.close()
     result.step = step
     return result
+
+
+def _signalled(stop: StopSignal, cut: bool, backend: Backend) -> bool:
+    """Whether a stop signal arrived at all. Every rank agrees (a recipe's next stage starts
+    everywhere or nowhere), except after a cut: other ranks may be waiting in a collective."""
+    return stop.requested if cut else backend.any_rank(stop.requested)
 
 
 def _next_batch(iterator, stop: StopSignal, window: _Window, result: LoopResult) -> dict | None:
