@@ -3,10 +3,11 @@
 
 A run killed mid-write leaves a partial last line in ``metrics.jsonl``: it is skipped and named
 once in the run's ``notes`` (a resumed run appends after it, so an unreadable line can sit in the
-middle too; it is skipped the same way). A directory without ``metrics.jsonl`` or ``config.json``
-is one ``ClipaError``. Stages chained by ``--from`` (a fine-tune of an earlier run's checkpoint,
-both given) continue that run's samples and FLOPs, so a recipe's stages draw as one curve.
-Torch-free.
+middle too; it is skipped the same way). The records that a stopped attempt wrote past the
+checkpoint a resumed run started from are superseded by the re-run's and left out, with a note.
+A directory without ``metrics.jsonl`` or ``config.json`` is one ``ClipaError``. Stages chained
+by ``--from`` (a fine-tune of an earlier run's checkpoint, both given) continue that run's
+samples and FLOPs, so a recipe's stages draw as one curve. Torch-free.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ class RunRecords:
     summary: dict | None
     """``summary.json``; None when the run never finished (killed, still running)."""
     train: tuple[dict, ...]
-    """Training records (those with a loss), in file order."""
+    """Training records (those with a loss), in step order; of a step that a resumed run ran
+    again, only the re-run's record."""
     evals: tuple[dict, ...]
-    """Zero-shot records (those with ``eval/top1``), in file order."""
+    """Zero-shot records (those with ``eval/top1``), in step order, the same way."""
     notes: tuple[str, ...]
-    """Problems read past, one line each (a skipped partial record)."""
+    """Problems read past, one line each (a skipped partial record, superseded records)."""
     start_samples: int = 0
     """Samples the chained earlier stage saw before this run started (0 unless chained)."""
     start_flops: float = 0.0
@@ -111,14 +113,39 @@ def read_run(path: Path) -> RunRecords:
     config = _read_json(path / "config.json")
     summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else None
     records, notes = read_metrics(path / "metrics.jsonl")
+    train, replaced_train = latest_attempt([r for r in records if "loss" in r])
+    evals, replaced_evals = latest_attempt([r for r in records if "eval/top1" in r])
+    if replaced_train or replaced_evals:
+        notes.append(
+            f"{path}/metrics.jsonl: {replaced_train + replaced_evals} records of steps that a "
+            "resumed run ran again were replaced by the re-run's"
+        )
     return RunRecords(
         path=path,
         config=config,
         summary=summary,
-        train=tuple(r for r in records if "loss" in r),
-        evals=tuple(r for r in records if "eval/top1" in r),
+        train=tuple(train),
+        evals=tuple(evals),
         notes=tuple(notes),
     )
+
+
+def latest_attempt(records: list[dict]) -> tuple[list[dict], int]:
+    """One kind of record (steps rising within an attempt), with the records that a later
+    attempt superseded left out, and how many those were.
+
+    A run resumed from a checkpoint at step S appends from step S+1 on, after the records the
+    stopped attempt wrote past S: a step that does not rise marks such a resume, and the records
+    at or past it belong to the abandoned attempt.
+    """
+    kept: list[dict] = []
+    replaced = 0
+    for record in records:
+        while kept and kept[-1]["step"] >= record["step"]:
+            kept.pop()
+            replaced += 1
+        kept.append(record)
+    return kept, replaced
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:

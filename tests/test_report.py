@@ -112,6 +112,35 @@ def test_a_partial_last_record_is_skipped_and_reported_once(runs, tmp_path):
     assert [r["step"] for r in records.train] == [1, 2, 3, 4]
 
 
+def test_records_of_steps_a_resumed_run_ran_again_are_the_re_runs(runs, tmp_path):
+    options = json.loads((runs["a"] / "config.json").read_text())["options"]
+    run = tmp_path / "resumed"
+    common = [
+        "pretrain", "--model", "clipa-tiny", "--samples", 32, "--data", options["data"],
+        "--image-size", 32, "--text-length", 8, "--batch-size", BATCH, "--workers", 1,
+        "--no-progress", "--log-every", 1, "--zeroshot", options["zeroshot"],
+        "--classnames", options["classnames"], "--out", run, "--checkpoint-every", 2,
+    ]  # fmt: skip
+    assert invoke(*common).exit_code == 0
+    # As after a kill past step 2's checkpoint: steps 3 and 4 run again and are logged again.
+    resumed = invoke(*common, "--resume", run / "checkpoints" / "step_00000002.pt")
+    assert resumed.exit_code == 0, resumed.output
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 3, 4]
+    (records,) = read_runs([run])
+    assert [r["step"] for r in records.train] == [1, 2, 3, 4]
+    assert list(records.train[2:]) == [r for r in lines if "loss" in r][4:]  # the re-run's
+    assert [r["step"] for r in records.evals] == [4]
+    assert records.evals[0] == [r for r in lines if "eval/top1" in r][-1]
+    assert records.notes == (
+        f"{run}/metrics.jsonl: 3 records of steps that a resumed run ran again were replaced "
+        "by the re-run's",
+    )
+    result = invoke("report", run, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "were replaced by the re-run's" in result.stderr
+
+
 def test_a_run_stopped_before_its_first_record_still_reports(runs, tmp_path):
     run = shutil.copytree(runs["a"], tmp_path / "early", ignore=shutil.ignore_patterns("*.pt"))
     (run / "metrics.jsonl").write_text("")
