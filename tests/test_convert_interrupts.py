@@ -10,15 +10,13 @@ every shard before the signal, the source is made bigger and the test tried agai
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from ctrl_c import ctrl_c_when
 from test_convert_killed import (
     ATTEMPTS,
     NAME,
@@ -44,22 +42,8 @@ def interrupt_mid_way(src: Path, out: Path, signals: int) -> subprocess.Complete
     it got past placing before they arrived (or, for two, finished the shards in flight before
     the second)."""
     staging = layout.staging_dir(out, NAME, "1.0.0")
-    process = subprocess.Popen(
-        convert_command(src, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    while process.poll() is None and not placed_shards(staging):
-        time.sleep(0.001)
-    for _ in range(signals):
-        try:
-            os.killpg(process.pid, signal.SIGINT)
-        except ProcessLookupError:
-            break
-        time.sleep(0.005)
-    stdout, stderr = process.communicate(timeout=300)
-    if not (STOPPED if signals == 1 else STOPPED_AT_ONCE).search(stderr):
-        return None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result = ctrl_c_when(convert_command(src, out), lambda: bool(placed_shards(staging)), signals)
+    return result if (STOPPED if signals == 1 else STOPPED_AT_ONCE).search(result.stderr) else None
 
 
 def assert_resumes_to_the_uninterrupted_bytes(src: Path, out: Path, reference: Path) -> None:

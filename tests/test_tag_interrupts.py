@@ -14,15 +14,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nltk_data
 import pytest
 from builders import make_builder_dir, make_records
+from ctrl_c import ctrl_c_when
 
 from clipa_data.core import layout
 from clipa_data.prepare.interrupts import FIRST_SIGNAL_LINE, STOP_NOW_LINE
@@ -31,6 +30,7 @@ nltk_data_dir, nltk_env = nltk_data.nltk_data_dir, nltk_data.nltk_env
 DATA = str(Path(sys.executable).parent / "clipa-data")
 SHARDS, CAPTIONS_PER_SHARD, ATTEMPTS = 12, 40, 4
 STOPPED = re.compile(r"stopped after (\d+) of (\d+) shards \(tagging\)")
+STOP_NOW = re.compile(re.escape(STOP_NOW_LINE))
 
 
 def tag_command(builder: Path) -> list[str]:
@@ -56,22 +56,13 @@ def sidecars(builder: Path) -> dict[str, bytes]:
 def interrupt_mid_way(builder: Path, signals: int, env: dict) -> subprocess.CompletedProcess | None:
     """Send ``signals`` SIGINTs to tag's process group once a sidecar is written; None when
     every shard was tagged (or, for two, the shards in flight finished) before they arrived."""
-    process = subprocess.Popen(
-        tag_command(builder), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, env=env,
-    )  # fmt: skip
-    while process.poll() is None and not sidecars(builder):
-        time.sleep(0.001)
-    for _ in range(signals):
-        try:
-            os.killpg(process.pid, signal.SIGINT)
-        except ProcessLookupError:
-            break
-        time.sleep(0.005)
-    stdout, stderr = process.communicate(timeout=300)
-    if not (STOPPED if signals == 1 else re.compile(STOP_NOW_LINE)).search(stderr):
-        return None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    folder = Path(layout.sidecar_dir(builder))
+
+    def written() -> bool:  # names only: polled every millisecond
+        return any(folder.glob("*.arrow"))
+
+    result = ctrl_c_when(tag_command(builder), written, signals, env)
+    return result if (STOPPED if signals == 1 else STOP_NOW).search(result.stderr) else None
 
 
 def run_to_the_end(builder: Path, env: dict) -> subprocess.CompletedProcess:
