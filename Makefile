@@ -9,7 +9,7 @@ STAMP := $(VENV)/.clipa-installed
 XLA_STAMP := $(VENV_XLA)/.clipa-installed
 SPARK_STAMP := $(VENV)/.clipa-spark-installed
 
-.PHONY: setup test test-xla test-spark demo lint format bench clean
+.PHONY: setup setup-spark test test-xla test-spark demo lint format clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,8 @@ test: setup
 $(SPARK_STAMP): $(STAMP)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[all,spark]' 2> >(grep -v "is ignored: it is neither" >&2)
 	@touch $@
+
+setup-spark: $(SPARK_STAMP)
 
 test-spark: $(SPARK_STAMP)
 	$(PY) -c 'import pyspark'

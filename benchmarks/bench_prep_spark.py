@@ -146,7 +146,7 @@ def main() -> None:
         config={"workers": WORKERS, "rounds": args.rounds, "shards": shards,
                 "records_per_shard": per_shard, "tagger": SPACY, "convert": "copy, crc"},
         packages=PACKAGES,
-        command="make test-spark setup && .venv/bin/python -m benchmarks.bench_prep_spark",
+        command="make setup-spark && .venv/bin/python -m benchmarks.bench_prep_spark",
     )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ FLOPs are analytic (2 × multiply-adds of every matmul incl. attention and the p
 training step = 3 × forward), as in the performance notes.
 
     .venv/bin/python -m benchmarks.bench_step            # CPU here; ViT-B/16 bf16 on a GPU host
-    bash benchmarks/gpu_check.sh                          # every GPU variant, profile, merge
+    GPU_CHECK_PARTS=step bash benchmarks/gpu_check.sh    # every GPU variant, profile, merge
 """
 
 from __future__ import annotations
@@ -527,7 +527,7 @@ def merge(raw_dir: Path) -> Path:
             "variants": {run["label"]: run["config"] for run in runs},
         },
         packages=["torch", "numpy"],
-        command="bash benchmarks/gpu_check.sh",
+        command="GPU_CHECK_PARTS=step bash benchmarks/gpu_check.sh",
     )
     payload = json.loads(path.read_text())
     payload = {"device": device, "best_variant": best, **payload, "summary": summaries}

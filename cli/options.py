@@ -190,5 +190,12 @@ def command(
         return body(**options)
 
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    run.__doc__ = doc or body.__doc__
+    run.__doc__ = flowing(doc or body.__doc__ or "")
     return run
+
+
+def flowing(doc: str) -> str:
+    """``doc`` with each paragraph on one line: Typer's rich help keeps a docstring's line
+    breaks, which at other terminal widths cut sentences (and examples) mid-way."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)

@@ -20,7 +20,8 @@ class PreviewRequest:
     """How ``clipa-data preview`` prints, besides filling ``PreviewConfig``."""
 
     json_lines: Annotated[
-        bool, Doc("One JSON object per caption (key, caption, ids, text) instead of a table.")
+        bool,
+        Doc("One JSON object per caption (key, caption, source, ids, text) instead of a table."),
     ] = False
 
 

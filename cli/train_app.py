@@ -120,8 +120,9 @@ def note_classifier(line: str) -> None:
 
 
 def eval_body(as_json: bool = False, **options) -> None:
-    """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders;
-    with --suite paper --data-root DIR, every set of the paper's table found under DIR; with
+    """Zero-shot top-1/top-5 of a checkpoint on ImageNet-1K or any folder of class folders.
+
+    With --suite paper --data-root DIR, every set of the paper's table found under DIR; with
     --retrieval coco|flickr30k, image-text Recall@1/5/10 on a Karpathy test split."""
     from clipa_cli.retrieval_command import retrieval_body, split_retrieval_options
 
@@ -157,9 +158,12 @@ app.command("eval")(reports_errors(command(eval_body, eval_options())))
 
 
 def report_body(runs: list[Path], out: Path, fit: bool) -> None:
-    """HTML report of run directories: loss and zero-shot against samples and FLOPs, throughput,
-    config differences; --fit adds the scaling-law fit. Example: clipa-train report runs/a
-    runs/b --out report/"""
+    """HTML report of run directories (loss, zero-shot, throughput, config differences).
+
+    Loss and zero-shot accuracy against samples and FLOPs, throughput, config differences;
+    --fit adds the scaling-law fit.
+
+    Example: clipa-train report runs/a runs/b --out report/"""
     from clipa_train.report import ReportConfig, make_report
 
     report = make_report(ReportConfig(runs=tuple(str(r) for r in runs), out=str(out), fit=fit))
@@ -174,9 +178,12 @@ app.command("report")(reports_errors(command(report_body, report_options())))
 
 
 def models_body(**options) -> None:
-    """Every bundled model preset: image size, patch, text context, parameters and forward
-    GFLOPs per sample (2 FLOPs per multiply-add, training costs 3x), at the preset's own size
-    and at each --sizes stage size. Example: clipa-train models --sizes 84/8,224/32,336/32"""
+    """Every bundled model preset with its sizes, parameters and forward GFLOPs.
+
+    Image size, patch, text context, parameters and forward GFLOPs per sample (2 FLOPs per
+    multiply-add, training costs 3x), at the preset's own size and at each --sizes stage size.
+
+    Example: clipa-train models --sizes 84/8,224/32,336/32"""
     from clipa_train.model_zoo import ModelsConfig, model_rows
 
     config = ModelsConfig(**options)

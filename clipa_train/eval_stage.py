@@ -28,7 +28,13 @@ CROPS = ("center", "square")
 class EvalConfig:
     """Options of a standalone zero-shot evaluation."""
 
-    checkpoint: Annotated[str, Doc("A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")]
+    checkpoint: Annotated[
+        str,
+        Doc(
+            "A clipa checkpoint, or released OpenCLIP/CLIPA weights (the preset is found from "
+            "their parameter names and shapes; --model picks one)."
+        ),
+    ]
     dataset: Annotated[
         str | None,
         Doc("ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
@@ -72,7 +78,8 @@ class EvalConfig:
     suite: Annotated[
         str | None,
         Doc("Instead of one set, every set of a suite found under --data-root: paper "
-            "(ImageNet-1K, -V2, -A, -R, ObjectNet, -Sketch)."),
+            "(ImageNet-1K, -V2, -A, -R, ObjectNet, -Sketch zero-shot; COCO and Flickr30k "
+            "retrieval)."),
     ] = None  # fmt: skip
     data_root: Annotated[
         str | None, Doc("Folder holding the suite's sets under their conventional names.")

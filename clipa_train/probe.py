@@ -47,7 +47,13 @@ VAL_SPLITS = ("validation", "val", "test")
 class ProbeConfig:
     """Options of ``clipa-train probe``."""
 
-    checkpoint: Annotated[str, Doc("A clipa checkpoint (or OpenCLIP/CLIPA weights with --model).")]
+    checkpoint: Annotated[
+        str,
+        Doc(
+            "A clipa checkpoint, or released OpenCLIP/CLIPA weights (the preset is found from "
+            "their parameter names and shapes; --model picks one)."
+        ),
+    ]
     train: Annotated[
         str, Doc("Training set: ImageFolder tree (DIR or DIR/train) or TFDS builder (train split).")
     ]

@@ -127,7 +127,7 @@ class ModelOptions:
     ] = None
     pos_embed: Annotated[
         str | None,
-        Doc("Image positional embedding; default: the preset's."),
+        Doc("Image positional embedding; default: the preset's (finetune: learnable)."),
         Choices(POS_EMBEDS),
     ] = None
     loss: Annotated[
@@ -160,7 +160,10 @@ class ReductionOptions:
 
     image_size: Annotated[
         int | None,
-        Doc("Training image side in pixels, a multiple of the patch size (default: the preset's)."),
+        Doc(
+            "Training image side in pixels, a multiple of the patch size (default: the preset's; "
+            "finetune: 224)."
+        ),
     ] = None
     image_mask: Annotated[
         str, Doc("Image token reduction (resize: no mask)."), Choices(IMAGE_MASKS)
@@ -170,11 +173,15 @@ class ReductionOptions:
         Doc("Share of patches dropped by the random and block masks (grid always keeps 1 in 4)."),
     ] = 0.5
     text_length: Annotated[
-        int | None, Doc("Text context length L, SOT + L-2 tokens + EOT (default: the preset's).")
+        int | None,
+        Doc("Text context length L, SOT + L-2 tokens + EOT (default: the preset's; finetune: 32)."),
     ] = None
     text_mask: Annotated[
         str | None,
-        Doc("Text reduction (syntax needs clipa-data tag); default: the preset's."),
+        Doc(
+            "Text reduction (syntax needs clipa-data tag); default: the preset's "
+            "(finetune: truncate)."
+        ),
         Choices(TEXT_MASKS),
     ] = None
 

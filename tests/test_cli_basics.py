@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from clipa_data import __version__
 
 @pytest.mark.parametrize("program", ["clipa-data", "clipa-train"])
 def test_version_and_help(program):
-    bindir = __import__("pathlib").Path(sys.executable).parent
+    bindir = Path(sys.executable).parent
     version = subprocess.run(
         [bindir / program, "--version"], capture_output=True, text=True, check=True
     )
@@ -31,3 +33,16 @@ def test_train_cli_starts_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_help_paragraphs_flow_to_the_terminal_width():
+    """A docstring's line breaks do not reach the help: at 200 columns an example is one line."""
+    bindir = Path(sys.executable).parent
+    help_text = subprocess.run(
+        [bindir / "clipa-train", "report", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert "Example: clipa-train report runs/a runs/b --out report/" in help_text

@@ -90,8 +90,9 @@ RECIPES: tuple[DatasetRecipe, ...] = (
     DatasetRecipe(
         name="relaion2b-en",
         summary=(
-            "Re-LAION-2B-en research releases (Hugging Face laion/relaion2B-en-research or "
-            "-research-safe; LAION-2B-en with the flagged links removed); 256 px border"
+            "Re-LAION-2B-en research releases (about 2 B pairs; Hugging Face "
+            "laion/relaion2B-en-research or -research-safe; LAION-2B-en with the flagged links "
+            "removed); 256 px border"
         ),
         metadata="https://huggingface.co/datasets/laion/relaion2B-en-research-safe",
         samples="about 2 B (see the dataset card)",
@@ -103,7 +104,7 @@ RECIPES: tuple[DatasetRecipe, ...] = (
         name="laion2b-en",
         summary=(
             "LAION-2B-en as first released (2.32 B pairs; withdrawn by LAION in favour of "
-            "relaion2b-en, kept for existing copies); 256 px border, similarity/punsafe/"
+            "relaion2b-en, kept for existing copies); 256 px border, similarity/hash/punsafe/"
             "pwatermark kept"
         ),
         metadata="laion2B-en parquet files (no longer distributed by LAION)",
