@@ -150,6 +150,41 @@ def test_unfinished_shard_without_stats(src, tmp_path):
     assert_nothing_in(tmp_path / "out")
 
 
+def test_a_shard_gone_but_counted_by_its_stats_is_named_not_dropped(src, tmp_path):
+    (src / "00001.tfrecord").unlink()  # e.g. a half-finished copy of the download folder
+    assert_one_line_error(
+        run(src, tmp_path / "out"),
+        str(src / "00001.tfrecord"),
+        "is missing, but 00001_stats.json says img2dataset wrote 5 records",
+        "--skip-bad-shards",
+    )
+    assert_nothing_in(tmp_path / "out")
+    result = run(src, tmp_path / "out", "--skip-bad-shards")
+    assert result.exit_code == 0, result.output
+    summary = (tmp_path / "out" / "laion400m" / "1.0.0" / "clipa_convert_summary.json").read_text()
+    assert '"00001.tfrecord"' in summary and '"records": 7' in summary
+
+
+def test_a_stats_file_of_an_empty_shard_without_its_shard_is_fine(src, tmp_path):
+    (src / "00001.tfrecord").unlink()
+    stats = src / "00001_stats.json"
+    stats.write_text(stats.read_text().replace('"successes": 5', '"successes": 0'))
+    assert run(src, tmp_path / "out").exit_code == 0
+
+
+def test_a_truncated_shard_of_a_finished_conversion_is_not_up_to_date(src, tmp_path):
+    assert run(src, tmp_path / "out", "--mode", "copy").exit_code == 0  # not a link to SRC
+    shard = tmp_path / "out" / "laion400m" / "1.0.0" / "laion400m-train.tfrecord-00001-of-00003"
+    size = shard.stat().st_size
+    with open(shard, "r+b") as handle:
+        handle.truncate(size - 10)  # its first records still decode
+    assert_one_line_error(
+        run(src, tmp_path / "out", "--mode", "copy"),
+        f"shard {shard.name} is {size - 10} bytes",
+        f"says {size};",
+    )
+
+
 def test_out_holds_a_different_conversion(src, tmp_path):
     assert run(src, tmp_path / "out").exit_code == 0
     builder = tmp_path / "out" / "laion400m" / "1.0.0"

@@ -181,3 +181,25 @@ def test_webdataset_tar_cut_mid_member(tmp_path, shards):
     assert written == b"".join(tfrecord.frame(example) for example in expected)
     assert_tfds_reads(builder, [expected])
     assert sha256s(src) == before
+
+
+def test_a_record_that_does_not_parse_under_an_intact_framing_is_cut_there(tmp_path):
+    """Checksums that match bytes that are not an Example (written so): no --verify crc finds
+    it, the schema pass does, and only the records from it on are lost."""
+    pristine = tmp_path / "pristine"
+    write_shard(pristine, 0, make_samples(0, 6))
+    src = tmp_path / "raw"
+    shutil.copytree(pristine, src)
+    records = list(tfrecord.read_records(pristine / "00000.tfrecord"))
+    with open(src / "00000.tfrecord", "wb") as handle:
+        tfrecord.write_records(handle, [*records[:2], b"\xff\xff not an Example", *records[3:]])
+    out = tmp_path / "out"
+
+    refused = convert(src, out)
+    assert refused.returncode == 2 and "record 2 is not a tf.train.Example" in refused.stderr
+
+    done = convert(src, out, "--skip-bad-shards")
+    assert done.returncode == 0, done.stderr
+    assert "damaged shard 00000.tfrecord: salvaged 2 records, lost 4 (" in done.stdout
+    builder = layout.builder_dir(out, NAME, "1.0.0")
+    assert_tfds_reads(builder, [records[:2]])

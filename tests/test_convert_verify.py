@@ -137,6 +137,10 @@ DAMAGES = {
         truncate(40),
         [f"cannot read the first example of shard 1 ({shard_name(1)})", "truncated record"],
     ),
+    "a shard file cut inside its last record (its first still reads)": (
+        lambda b: os.truncate(b / shard_name(1), (b / shard_name(1)).stat().st_size - 10),
+        [f"shard {shard_name(1)} is ", "bytes but clipa_convert_manifest.json says"],
+    ),
     "the first image is not a JPEG": (
         rewrite_first_record(lambda f: f.update(jpg=("bytes", [b"<html>not found</html>"]))),
         [f"cannot read the first example of shard 1 ({shard_name(1)}): Unknown image file format"],

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nltk_data
 import numpy as np
 import pyarrow as pa
 import pytest
 from builders import Record, jpeg_bytes, make_builder_dir
+from cli_checks import assert_one_line_error
 from clipa_cli.data_app import app
 from typer.testing import CliRunner
 
-from clipa_data.core import layout, sidecar
+from clipa_data.core import layout, sidecar, tfrecord
 from clipa_data.core import text_reduction as tr
 from clipa_data.core.tokenizer import EOT, SOT, default_tokenizer, vocab_sha256
 from clipa_data.demo.synthetic_captions import hard_captions, laion_like_captions
@@ -182,6 +184,41 @@ def test_wrong_text_field_names_shard_and_record(builder, nltk_env):
     assert result.exit_code == 2
     assert "demo-train.tfrecord-00000-of-00003: record 0 has no feature 'caption'" in result.output
     assert "jpg, key, txt" in result.output
+
+
+def test_a_numeric_text_field_is_refused(tmp_path, nltk_env):
+    numbered = [
+        Record(
+            key="000000001", jpg=jpeg_bytes(8, 8, seed=1), txt="a", extra={"width": ("int64", [8])}
+        )
+    ]
+    built = make_builder_dir(tmp_path, [numbered])
+    result = cli("tag", built, "--text-field", "width", "--workers", "1", "--no-progress")
+    assert_one_line_error(result, "record 0's feature 'width' holds numbers (int64_list)")
+
+
+def test_a_shard_gone_from_the_builder_is_one_line_for_tag_check_and_preview(builder, nltk_env):
+    shard = Path(shard_paths(builder)[0])
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    shard.unlink()
+    for command in (
+        ["tag", "--overwrite", "--no-progress"],
+        ["tag", "--check", "--no-progress"],
+        ["preview"],
+    ):
+        result = cli(command[0], builder, *command[1:])
+        assert_one_line_error(result, str(shard), "cannot be read (No such file or directory)")
+
+
+def test_a_record_that_does_not_parse_is_named(builder, nltk_env):
+    shard = shard_paths(builder)[1]
+    kept = list(tfrecord.read_records(shard))
+    kept[2] = b"\xff\xff not a protobuf"
+    with open(shard, "wb") as handle:
+        tfrecord.write_records(handle, kept)  # intact framing, broken payload
+    result = cli("tag", builder, "--workers", "1", "--no-progress")
+    assert_one_line_error(result, f"{shard}: record 2 is not a tf.train.Example")
+    assert not layout.sidecar_path(builder, shard).exists()
 
 
 def rewrite(builder, shard_index, table):

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import parse_message
 from clipa_data.core.tfrecord import read_records
@@ -44,6 +46,12 @@ def _first_bytes(features, name: str, shard: str, index: int) -> bytes:
         raise ClipaError(
             f"{shard}: record {index} has no feature {name!r} (it has: {available}); {fix}"
         )
+    kind = features[name].WhichOneof("kind")
+    if kind not in (None, "bytes_list"):
+        raise ClipaError(
+            f"{shard}: record {index}'s feature {name!r} holds numbers ({kind}), not text; "
+            "pass the caption feature with --text-field"
+        )
     values = features[name].bytes_list.value
     return values[0] if values else b""
 
@@ -51,15 +59,25 @@ def _first_bytes(features, name: str, shard: str, index: int) -> bytes:
 def iter_captions(shard: str | Path, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[Caption]:
     """Yield the caption of every record of ``shard`` in record order.
 
-    A record without the text feature (a wrong ``--text-field``) or without a key is an error
-    naming the shard and record; an empty or absent value is an empty caption.
+    A record without the text feature (a wrong ``--text-field``, or one that holds numbers), without
+    a key, or that does not parse, and a shard that cannot be read, are errors naming the shard
+    (and record); an empty or absent value is an empty caption.
     """
     name = str(shard)
-    for index, raw in enumerate(read_records(shard)):
-        features = parse_message(raw).features.feature
-        key = _first_bytes(features, KEY_FIELD, name, index)
-        text = _first_bytes(features, text_field, name, index)
-        yield Caption(key=decode_text(key), text=decode_text(text))
+    fix = "restore the builder directory's shards (or re-run clipa-data convert into a new OUT)"
+    try:
+        for index, raw in enumerate(read_records(shard)):
+            try:
+                features = parse_message(raw).features.feature
+            except DecodeError as error:
+                raise ClipaError(
+                    f"{name}: record {index} is not a tf.train.Example ({error}); {fix}"
+                ) from None
+            key = _first_bytes(features, KEY_FIELD, name, index)
+            text = _first_bytes(features, text_field, name, index)
+            yield Caption(key=decode_text(key), text=decode_text(text))
+    except OSError as error:
+        raise ClipaError(f"{name} cannot be read ({error.strerror or error}); {fix}") from None
 
 
 def read_captions(shard: str | Path, text_field: str = DEFAULT_TEXT_FIELD) -> list[Caption]:

@@ -37,7 +37,7 @@ from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.prepare import store_convert, stores, tfds_metadata
-from clipa_data.prepare.inspection import Inspection, InspectTask, inspect_shard
+from clipa_data.prepare.inspection import Inspection, InspectTask, inspect_shard, missing_shards
 from clipa_data.prepare.manifest import (
     BadShard,
     ConvertManifest,
@@ -417,13 +417,21 @@ def verify_manifest(builder: Path, manifest: ConvertManifest) -> Verification:
             f"its shards were moved here out of {manifest.source.folder}; move them back "
             f"(see {layout.CONVERT_MANIFEST}), then delete {builder} and re-run clipa-data convert"
         )
-    return tfds_metadata.verify(
+    verification = tfds_metadata.verify(
         builder,
         split=manifest.dataset.split,
         shard_lengths=[shard.records for shard in manifest.shards],
         first_keys=[shard.first_key for shard in manifest.shards],
         fix=fix,
     )
+    for shard in manifest.shards:  # a shard cut after its first record still passes TFDS
+        size = (builder / shard.target).stat().st_size
+        if size != shard.bytes:
+            raise ClipaError(
+                f"{builder}: shard {shard.target} is {size} bytes but {layout.CONVERT_MANIFEST} "
+                f"says {shard.bytes}; {fix or f'delete {builder} and re-run clipa-data convert'}"
+            )
+    return verification
 
 
 def _convert_into(
@@ -452,6 +460,8 @@ def convert(config: ConvertConfig) -> ConvertResult:
     staging = layout.staging_dir(config.out, config.name, config.version)
     sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))
     inspections = inspect_sources(config, sources)
+    suffix = sources[0].source_format.suffix
+    inspections += missing_shards(config.src, [source.name for source in sources], suffix)
     inspected = time.perf_counter()
     plan, schema = build_manifest(config, sources, inspections)
     on_store = layout.is_url(final)

@@ -17,13 +17,14 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError, CorruptShardError
 from clipa_data.prepare.manifest import Damage
-from clipa_data.prepare.schema import ShardSchema, observe
+from clipa_data.prepare.schema import ShardSchema, UnparsableRecord, observe
 from clipa_data.prepare.source_format import SourceFormat
 
 
@@ -126,6 +127,13 @@ def _schema(task: InspectTask, read: _Read) -> tuple[_Read, ShardSchema | None]:
             return read, None
         try:
             return read, observe(itertools.islice(examples(task, read.end), limit), task.path)
+        except UnparsableRecord as unparsable:
+            if not task.salvage:
+                raise ClipaError(f"{unparsable}; --verify crc finds where") from None
+            damage = task.source_format.record_damage(
+                task.path, unparsable.index, unparsable.reason
+            )
+            read = _salvaged(task, damage)
         except CorruptShardError as damage:
             read = _salvaged(task, damage)
     raise AssertionError("unreachable: the intact part was read without damage")
@@ -165,6 +173,45 @@ def _damage(task: InspectTask, read: _Read, successes: int | None) -> Damage | N
         return None
     lost = None if successes is None else successes - read.records
     return Damage(problem=f"{read.damage}", intact_bytes=read.end or 0, lost=lost)
+
+
+def missing_shards(src: Path, present: Sequence[str], suffix: str) -> list[Inspection]:
+    """A bad-shard inspection for each ``NNNNN_stats.json`` in ``src`` that counts records but
+    whose shard is not among ``present`` (source names; a deleted or half-copied shard would
+    otherwise vanish from the conversion without a word). ``suffix``: the shards' format."""
+    ids = {layout.raw_shard_id(name) for name in present}
+    missing = []
+    for stats_path in sorted(src.glob("*_stats.json")):
+        shard_id = layout.raw_stats_shard_id(stats_path)
+        if shard_id is None or shard_id in ids:
+            continue
+        try:
+            successes = int(json.loads(stats_path.read_text())["successes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            successes = None  # unreadable: the shard may have held records, so it counts
+        if successes == 0:
+            continue  # nothing was downloaded into it: nothing is lost
+        name = f"{stats_path.name.split('_')[0]}{suffix}"
+        counted = "records" if successes is None else f"{successes} records"
+        missing.append(
+            Inspection(
+                source=name,
+                records=0,
+                num_bytes=0,
+                mtime_ns=0,
+                stats_successes=successes,
+                schema=None,
+                problem=(
+                    f"{src / name} is missing, but {stats_path.name} says img2dataset wrote "
+                    f"{counted} into it; restore the shard, or delete {stats_path.name} and "
+                    "re-run clipa-data download to fetch it again"
+                ),
+                damage=None,
+                count_seconds=0.0,
+                schema_seconds=0.0,
+            )
+        )
+    return missing
 
 
 def inspect_shard(task: InspectTask) -> Inspection:

@@ -167,19 +167,29 @@ class SchemaObserver:
             self._first_of_layout.append((names, here))
 
 
+class UnparsableRecord(ClipaError):
+    """A record whose payload is not a ``tf.train.Example`` (damage under an intact framing)."""
+
+    def __init__(self, source: str, index: int, reason: str) -> None:
+        super().__init__(source, index, reason)
+        self.source, self.index, self.reason = source, index, reason
+
+    def __str__(self) -> str:
+        return (
+            f"{self.source}: record {self.index} is not a tf.train.Example ({self.reason}): "
+            "the shard is damaged"
+        )
+
+
 def observe(records: Iterable[bytes], source: str = "shard") -> ShardSchema:
     """The schema facts of a shard's records (all of them, or as many as ``records`` yields);
-    ``source`` names the shard in the error for a record that does not parse."""
+    ``source`` names the shard in the ``UnparsableRecord`` error."""
     observer = SchemaObserver()
-    for raw in records:
+    for index, raw in enumerate(records):
         try:
             observer.add(raw)
         except DecodeError as error:  # damaged payload bytes under an intact framing
-            index = observer.result.records - 1
-            raise ClipaError(
-                f"{source}: record {index} is not a tf.train.Example ({error}): the shard is "
-                "damaged; --verify crc finds where"
-            ) from None
+            raise UnparsableRecord(source, index, str(error)) from None
     return observer.result
 
 

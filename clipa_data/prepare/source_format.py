@@ -19,6 +19,7 @@ as well as the registry name, so the ``tar`` spelling used so far keeps working.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class SourceFormat(ABC):
         """The whole records before ``damage`` (an error this format raised for ``path``)."""
 
     @abstractmethod
+    def record_damage(self, path: str | Path, index: int, reason: str) -> CorruptShardError:
+        """The damage of record ``index`` whose example does not parse, at its byte offset (so
+        that ``intact_part`` keeps the records before it)."""
+
+    @abstractmethod
     def placement_method(self, mode: str, src: Path, out: Path) -> str:
         """The placement method for ``--mode`` (one of ``placement_methods``)."""
 
@@ -96,6 +102,12 @@ class TFRecordFormat(SourceFormat):
         records = tfrecord.scan_shard(path, end=damage.offset).records
         return IntactPart(records=records, end=damage.offset)
 
+    def record_damage(self, path: str | Path, index: int, reason: str) -> CorruptShardError:
+        framing = tfrecord.HEADER_SIZE + tfrecord.FOOTER_SIZE
+        before = itertools.islice(tfrecord.read_records(path), index)
+        offset = sum(framing + len(data) for data in before)
+        return CorruptShardError(str(path), offset, f"record {index} is not a tf.train.Example")
+
     def placement_method(self, mode: str, src: Path, out: Path) -> str:
         return resolve_mode(mode, src, out)
 
@@ -120,6 +132,12 @@ class WebDatasetFormat(SourceFormat):
     def intact_part(self, path: str | Path, damage: CorruptShardError) -> IntactPart:
         records, end = webdataset.intact_samples(path, damage.offset)
         return IntactPart(records=records, end=end)
+
+    def record_damage(self, path: str | Path, index: int, reason: str) -> CorruptShardError:
+        sample = next(itertools.islice(webdataset.iter_samples(path), index, None))
+        return webdataset.CorruptTarError(
+            str(path), sample.offset, f"sample {sample.key}: {reason}"
+        )
 
     def placement_method(self, mode: str, src: Path, out: Path) -> str:
         if mode not in ("auto", "copy"):
