@@ -36,6 +36,7 @@ from clipa_train.optim import (
     learning_rate,
     set_learning_rate,
 )
+from clipa_train.run_dir import move_aside
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
 
@@ -74,6 +75,10 @@ class LoopConfig:
     that split the batch per rank (``--accum-steps auto``)."""
     loggers: LoggerConfig = field(default_factory=LoggerConfig)
     """Where rank 0's metrics records go (``metrics.jsonl`` always; ``--log``)."""
+    overwrite: bool = False
+    """``--overwrite``: rank 0 moves an earlier run in the run directory aside
+    (``run_dir.move_aside``) just before this run writes its first file, so that a run refused
+    by a check before that (weights, data, memory) leaves the earlier run where it was."""
 
     def __post_init__(self) -> None:
         for name in ("log_every", "stop_check_every", "accum_steps"):
@@ -207,6 +212,10 @@ def apply_update(
 def _open_run(run_dir: Path, run_config: dict | None, config: LoopConfig, backend: Backend):
     """Write ``config.json`` (rank 0) and open the loggers. Called only once everything is
     restored and checked, so a run refused earlier leaves no trace."""
+    if backend.is_main and config.overwrite:
+        moved = move_aside(run_dir)
+        if moved is not None:
+            os.write(2, f"--overwrite: moved the earlier run in {run_dir} to {moved}\n".encode())
     if backend.is_main and run_config is not None:
         write_json(run_dir / "config.json", run_config)
     return open_loggers(

@@ -36,22 +36,27 @@ MAX_LEFT_OUT = 0.05
 """A larger share of records left out of every epoch by the last partial batch gets a warning."""
 
 
-def small_data_warnings(num_records: int, batch_size: int, in_epochs: bool = True) -> list[str]:
-    """One line per problem of an epoch of ``num_records`` records in batches of
-    ``batch_size`` (none when not even one batch fits: the loader refuses that). Short epochs
-    are only said when the stage's length is in epochs (``--samples`` sets it on purpose)."""
-    steps = num_records // batch_size
+def small_data_warnings(
+    num_records: int, batch_size: int, in_epochs: bool = True, samples_per_epoch: int | None = None
+) -> list[str]:
+    """One line per problem of an epoch (``samples_per_epoch``, else ``num_records`` records) in
+    batches of ``batch_size`` (none when not even one batch fits: the loader refuses that).
+    Short epochs are only said when the stage's length is in epochs (``--samples`` sets it on
+    purpose); records left out only when an epoch is one pass over the records."""
+    epoch = samples_per_epoch or num_records
+    steps = epoch // batch_size
     if steps < 1:
         return []
     lines = []
     if steps < MIN_EPOCH_STEPS and in_epochs:
+        unit = "samples" if samples_per_epoch else "records"
         lines.append(
-            f"warning: an epoch of {num_records} records is {steps} step{'s' * (steps > 1)} of "
+            f"warning: an epoch of {epoch} {unit} is {steps} step{'s' * (steps > 1)} of "
             f"--batch-size {batch_size} (under {MIN_EPOCH_STEPS}); a smaller --batch-size gives "
             "more steps per epoch"
         )
     left = num_records - steps * batch_size
-    if left > MAX_LEFT_OUT * num_records:
+    if samples_per_epoch is None and left > MAX_LEFT_OUT * num_records:
         lines.append(
             f"warning: --batch-size {batch_size} leaves {left} of {num_records} records "
             f"({left / num_records:.0%}) out of every epoch (only whole batches are drawn); "

@@ -98,12 +98,15 @@ class ResolvedStage:
         }
 
 
-def stage_model(config: TrainConfig) -> ModelConfig:
-    """The stage's architecture: preset (or the checkpoint's) + this stage's overrides."""
+def stage_model(config: TrainConfig, resume: Path | None = None) -> ModelConfig:
+    """The stage's architecture: preset (or the checkpoint's) + this stage's overrides. A run
+    resumed from ``resume`` takes it from there, not from ``--from`` (whose weights the resume
+    replaces, so the file need not exist any more)."""
     from clipa_train.checkpoint import base_architecture
 
     model = config.model
-    base = base_architecture(model.name, model.from_checkpoint, default=DEFAULT_MODEL)
+    weights = model.from_checkpoint and (str(resume) if resume else model.from_checkpoint)
+    base = base_architecture(model.name, weights, default=DEFAULT_MODEL)
     return base.replace(
         image_size=config.reduction.image_size,
         context_length=config.reduction.text_length,
@@ -232,7 +235,8 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     check_sharding(config.optim.sharding, config.optim.backend, torchrun_world())
     _check_accumulation_per_rank(config.optim, torchrun_world())
     backend = _backend(config)
-    model = stage_model(config)
+    resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
+    model = stage_model(config, resume)
     image, patch_mask, text = _reduction(config, model)
     _check_tokenizer(text, model)
     syntax = text.needs_sidecars
@@ -257,7 +261,6 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         # loop syncs anyway, so checking there keeps every other step asynchronous.
         stop_check_every=config.logging.log_every, loggers=_loggers(config.logging),
     )  # fmt: skip
-    resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
     check_resume_step(resume, total)  # past the stage's last step: refused here
     return ResolvedStage(
         config=config,

@@ -101,6 +101,7 @@ class RunOptions:
         _require(
             [
                 (self.workers >= 0, "--workers must be ≥ 0"),
+                (self.seed >= 0, "--seed must be ≥ 0"),
                 (
                     self.samples_per_epoch is None or self.samples_per_epoch >= 1,
                     "--samples-per-epoch must be at least 1",
@@ -502,9 +503,12 @@ class TrainConfig:
     def total_steps(self, num_records: int) -> int:
         """Optimiser steps of the stage for a split of ``num_records`` records."""
         optim = self.optim
-        epoch = self.run.samples_per_epoch or num_records
-        samples = optim.samples if optim.samples is not None else (optim.epochs or 1) * epoch
-        return max(1, int(samples // optim.batch_size))
+        if optim.samples is not None:
+            return max(1, optim.samples // optim.batch_size)
+        # An epoch is the loader's: whole global batches of the epoch's samples (the remainder
+        # is not drawn), so E epochs end where the loader's epoch E ends.
+        epoch_steps = (self.run.samples_per_epoch or num_records) // optim.batch_size
+        return max(1, int((optim.epochs or 1) * epoch_steps))
 
     def warmup(self, total_steps: int) -> int:
         """The given warm-up, or the recipes' warm-up in samples capped at 10 % of the steps."""

@@ -31,7 +31,7 @@ def run_stage(config: TrainConfig) -> dict | None:
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
     from clipa_train.preflight import check_memory, small_data_warnings
-    from clipa_train.run_dir import check_resume_step, move_aside
+    from clipa_train.run_dir import check_resume_step
     from clipa_train.sharding import torchrun_world
 
     stage = resolve_stage(config)
@@ -46,14 +46,13 @@ def run_stage(config: TrainConfig) -> dict | None:
     check_memory(stage, torchrun_world())  # a run that cannot fit is refused here, at once
     if int(os.environ.get("RANK", "0")) == 0:
         in_epochs = config.optim.samples is None
-        for line in small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs):
+        epoch = config.run.samples_per_epoch
+        warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)
+        for line in warnings:
             _note(line)
-    if config.logging.overwrite and int(os.environ.get("RANK", "0")) == 0:
-        moved = move_aside(run_dir)
-        if moved is not None:
-            _note(f"--overwrite: moved the earlier run in {run_dir} to {moved}")
-    # config.json is written by the loop once the model, optimiser and stream are restored:
-    # a run that fails a check in the worker (weights, resume checkpoint) leaves no trace.
+    # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
+    # the model, optimiser and stream are restored: a run that fails a check in the worker
+    # (weights, resume checkpoint, data) leaves no trace and the earlier run in place.
     launch(stage_worker, config.optim.backend, (stage,))
     return json.loads((run_dir / "summary.json").read_text())
 

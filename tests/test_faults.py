@@ -173,6 +173,7 @@ def test_samples_per_epoch_and_check_crc_reach_the_loader(own_data, tmp_path):
             "--max-bad-fraction must be at least 0 and below 1 (e.g. 0.01 for 1 %)",
         ),
         ("--samples-per-epoch", "0", "--samples-per-epoch must be at least 1"),
+        ("--seed", "-1", "--seed must be ≥ 0"),
     ],
 )
 def test_bad_values_of_the_data_flags_are_one_line(flag, value, said, data, tmp_path):

@@ -83,6 +83,10 @@ def test_small_data_warnings_thresholds():
     assert small_data_warnings(1050, 100) == []  # 10 steps, 50 left out (4.8 %)
     (left,) = small_data_warnings(1099, 100)  # 10 steps, 99 left out (9 %)
     assert "leaves 99 of 1099 records (9%)" in left
+    # --samples-per-epoch: the epoch's steps count, and the records are read pass after pass
+    assert small_data_warnings(48, 20, samples_per_epoch=400) == []  # 20 steps, none left out
+    (short,) = small_data_warnings(1099, 100, samples_per_epoch=500)
+    assert "an epoch of 500 samples is 5 steps" in short
 
 
 def test_what_the_refusal_names_fits(builder, tmp_path, monkeypatch):

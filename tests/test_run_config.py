@@ -35,6 +35,17 @@ def test_learning_rate_rules_and_warmup():
     assert resolve("pretrain", {**BASE, "samples": 5120, "batch_size": 512}).total_steps(9) == 10
 
 
+def test_epochs_end_where_the_loaders_epoch_ends():
+    """An epoch is whole global batches (the loader draws no remainder): 3 epochs of 48 records
+    at batch 20 are 3 x 2 steps, not 48 x 3 // 20 = 7 (which spilled into a 4th epoch)."""
+    three = resolve("pretrain", {**BASE, "epochs": 3, "batch_size": 20})
+    assert three.total_steps(48) == 6
+    half = resolve("pretrain", {**BASE, "epochs": 0.5, "batch_size": 20})
+    assert half.total_steps(100) == 2  # half of an epoch of 5 steps, rounded down
+    per_epoch = {**BASE, "epochs": 2, "batch_size": 20, "samples_per_epoch": 400}
+    assert resolve("pretrain", per_epoch).total_steps(48) == 40
+
+
 def test_recipe_fills_in_and_conflicts_are_errors():
     config = resolve("pretrain", {**BASE, "recipe": "clipa-l16-i17-t16"})
     assert (

@@ -113,6 +113,26 @@ def test_overwrite_moves_the_old_run_aside_and_starts_over(data, finished, tmp_p
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
 
 
+def test_overwrite_refused_in_the_worker_leaves_the_earlier_run_in_place(data, finished, tmp_path):
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    before = snapshot(out)
+    (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")  # refused after the options
+    weights = ["--from", tmp_path / "weights.pt", "--overwrite"]
+    one_line(clipa_train(*tiny("finetune", data, out, *weights)), 2, "weights.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "weights.pt"]
+    assert snapshot(out) == before
+
+
+def test_overwrite_can_fine_tune_from_the_run_it_moves_aside(data, finished, tmp_path):
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    weights = ["--from", out / "checkpoints" / "step_00000002.pt", "--overwrite"]
+    done = clipa_train(*tiny("finetune", data, out, *weights))
+    line = one_line(done, 0, f"--overwrite: moved the earlier run in {out} to {out}.old-")
+    moved = Path(line.rsplit(" to ", 1)[1])
+    assert (moved / "checkpoints" / "step_00000002.pt").is_file()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
 def test_a_run_that_fails_its_checks_writes_nothing(data, finished, tmp_path):
     bad_option = clipa_train(*tiny("pretrain", data, tmp_path / "bad", "--image-size", 36))
     one_line(bad_option, 2, "not a multiple of the patch size")
@@ -128,6 +148,28 @@ def test_a_run_that_fails_its_checks_writes_nothing(data, finished, tmp_path):
     other = clipa_train(*tiny("pretrain", data, finished, *more))
     one_line(other, 2, "was written for a different model", "vision.image_size")
     assert snapshot(finished) == before
+
+
+def test_a_resumed_fine_tune_no_longer_needs_its_from_file(data, finished, tmp_path):
+    """The architecture comes from the checkpoint the run resumes from (no --model here)."""
+    weights = Path(shutil.copy(finished / "checkpoints" / "step_00000002.pt", tmp_path / "w.pt"))
+    out = tmp_path / "ft"
+    every = ["--from", weights, "--checkpoint-every", 1, "--keep-checkpoints", 0]
+    options = tiny("finetune", data, out, *every)
+    options[options.index("--model") : options.index("--model") + 2] = []
+    assert clipa_train(*options).returncode == 0
+    weights.unlink()
+    (out / "checkpoints" / "step_00000002.pt").unlink()
+    done = clipa_train(*options, "--resume", "auto")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_an_out_below_a_file_is_one_line(data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    done = clipa_train(*tiny("pretrain", data, tmp_path / "afile" / "run"))
+    one_line(done, 2, f"--out {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_resuming_a_finished_run_does_nothing(data, finished):
