@@ -185,6 +185,13 @@ def test_a_truncated_shard_of_a_finished_conversion_is_not_up_to_date(src, tmp_p
     )
 
 
+def test_an_out_below_a_file_is_refused_before_any_work(src, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(
+        run(src, tmp_path / "afile" / "out"), f"{tmp_path / 'afile'} is a file, not a folder"
+    )
+
+
 def test_out_holds_a_different_conversion(src, tmp_path):
     assert run(src, tmp_path / "out").exit_code == 0
     builder = tmp_path / "out" / "laion400m" / "1.0.0"

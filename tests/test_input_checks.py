@@ -296,6 +296,8 @@ def test_a_json_url_list_of_columns_is_read_like_pandas(tmp_path):
         ("csv.gz", b"not gzip", "is not a readable csv.gz file"),
         ("jsonl", b'{"url": 1\n', "is not a readable jsonl file"),
         ("json", b"[1, 2]", "a JSON URL list must hold records"),
+        # one JSON Lines record read as json: pandas cannot build a table of scalar columns
+        ("json", b'{"URL": "http://x/a.jpg", "TEXT": "c"}\n', "for one record per line pass"),
     ],
 )
 def test_an_unreadable_url_list_is_one_line(tmp_path, fmt, content, message):
@@ -304,3 +306,23 @@ def test_an_unreadable_url_list_is_one_line(tmp_path, fmt, content, message):
     done = run_cli("clipa-data", "download", path, tmp_path / "out", "--input-format", fmt)
     assert_one_error_line(done, str(path), message)
     assert not (tmp_path / "out").exists()
+
+
+def test_img2dataset_failing_is_said_by_its_first_exception():
+    """Its worker processes die of the first error with tracebacks of their own (e.g. a
+    SemLock FileNotFoundError); the line names the first."""
+    from clipa_data.prepare.download import first_error
+
+    log = """Starting the downloading of this file
+Traceback (most recent call last):
+  File "reader.py", line 102, in _save_to_arrow
+    df = pa.Table.from_pandas(pd.read_json(file))
+ValueError: If using all scalar values, you must pass an index
+Traceback (most recent call last):
+  File "spawn.py", line 132, in _main
+FileNotFoundError: [Errno 2] No such file or directory"""
+    assert first_error(log.splitlines()) == (
+        "ValueError: If using all scalar values, you must pass an index"
+    )
+    assert first_error(["downloaded 3 shards", "killed"]) == "killed"
+    assert first_error([]) == "no output"

@@ -210,6 +210,12 @@ def test_a_shard_gone_from_the_builder_is_one_line_for_tag_check_and_preview(bui
         assert_one_line_error(result, str(shard), "cannot be read (No such file or directory)")
 
 
+def test_a_file_where_the_sidecars_go_is_one_line(builder, nltk_env):
+    (builder / "sidecars").write_text("")
+    result = cli("tag", builder, "--workers", "1", "--no-progress")
+    assert_one_line_error(result, f"{builder / 'sidecars'} is a file, not a folder")
+
+
 def test_a_record_that_does_not_parse_is_named(builder, nltk_env):
     shard = shard_paths(builder)[1]
     kept = list(tfrecord.read_records(shard))

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from clipa_data.core.errors import ClipaError
+
 TEMP_MARKER = ".tmp-"
 
 
@@ -58,3 +60,19 @@ def remove_temporaries(folder: Path) -> list[Path]:
                 entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse in one line a ``folder`` (for ``what``) that cannot be created or written: it, or
+    its nearest existing parent, is a file or not writable."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise ClipaError(
+            f"{existing} is a file, not a folder, so {what} cannot go to {folder}; "
+            "move the file away or choose another folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ClipaError(
+            f"{existing} is not writable, so {what} cannot go to {folder}; "
+            "fix its permissions or choose another folder"
+        )

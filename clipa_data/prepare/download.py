@@ -637,12 +637,24 @@ def _run_worker(config: DownloadConfig, resumed: set[int], total: int | None, sh
     if returncode != 0 and not stop.requested:
         lines = log_path.read_text(errors="replace").strip().splitlines()
         raise ClipaError(
-            f"img2dataset failed (exit {returncode}): {lines[-1] if lines else 'no output'}; "
+            f"img2dataset failed (exit {returncode}): {first_error(lines)}; "
             f"its whole output is in {log_path}"
         )
     if stop.requested:
         remove_unfinished_shards(config)
     return stop.requested
+
+
+def first_error(lines: list[str]) -> str:
+    """The exception line of the first traceback in img2dataset's output (the later ones are
+    often its worker processes dying of the first), else its last line."""
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def _all_finished(config: DownloadConfig, expected: range | None, finished: set[int]) -> bool:

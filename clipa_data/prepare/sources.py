@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipa_data.core import layout
+from clipa_data.core.atomic import check_writable_folder
 from clipa_data.core.errors import ClipaError
 from clipa_data.prepare.manifest import read_manifest
 from clipa_data.prepare.source_format import (
@@ -48,6 +49,8 @@ def check_locations(src: Path, out: Path | str) -> None:
         raise ClipaError(f"{src} is not a folder; pass the output folder of clipa-data download")
     if not any(src.iterdir()):
         raise ClipaError(f"{src} is empty; run clipa-data download into it first")
+    if not layout.is_url(out):
+        check_writable_folder(Path(out), "the builder directory")
     if not layout.is_url(out) and _is_within(Path(out).resolve(), src.resolve()):
         raise ClipaError(
             f"OUT {out} is inside SRC {src}; img2dataset's resume reads every *.json in "

@@ -19,6 +19,7 @@ from typing import Annotated
 import pyarrow as pa
 
 from clipa_data.core import layout
+from clipa_data.core.atomic import check_writable_folder
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
@@ -279,6 +280,8 @@ def tag_builder(config: TagConfig) -> TagSummary:
     builder = layout.resolve_builder_dir(stores.output_location(config.builder_dir, "BUILDER_DIR"))
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
     jobs = shard_jobs(builder, config, tagger)
+    if not layout.is_url(builder):
+        check_writable_folder(Path(layout.sidecar_dir(builder)), "the sidecars")
     stores.remove_temporaries(layout.sidecar_dir(builder))
     skipped = {} if config.overwrite else {job.shard: job for job in jobs if finished(job)}
     todo = [job for job in jobs if job.shard not in skipped]

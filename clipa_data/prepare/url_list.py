@@ -74,8 +74,13 @@ def _json_columns(stream: io.TextIOBase, path: Path) -> list[str]:
     if head == "[":
         return _first_json_array_record(stream, path)
     if head == "{":
-        values = json.loads(head + stream.read())
-        return list(values)
+        columns = json.loads(head + stream.read())
+        if not all(isinstance(values, (list, dict)) for values in columns.values()):
+            raise ClipaError(
+                f"{path}: a JSON object must map each column to its values (a list, or "
+                "{row: value}); for one record per line pass --input-format jsonl"
+            )
+        return list(columns)
     raise ClipaError(f"{path}: not a JSON array or object; pass --input-format with its format")
 
 
