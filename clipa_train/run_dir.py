@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
+from clipa_data.core.atomic import check_writable_folder
 from clipa_data.core.errors import ClipaError
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
@@ -34,11 +34,7 @@ def check_run_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ClipaError(f"--out {out} is a file, not a run directory; choose another --out")
-    existing = next(folder for folder in (out, *out.parents) if folder.exists())
-    if not existing.is_dir():
-        raise ClipaError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ClipaError(f"--out {out}: {existing} is not writable; choose another --out")
+    check_writable_folder(out, "the run (--out)")
     found = run_files(out)
     if found and not resume and not overwrite:
         raise ClipaError(

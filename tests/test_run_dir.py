@@ -168,7 +168,7 @@ def test_a_resumed_fine_tune_no_longer_needs_its_from_file(data, finished, tmp_p
 def test_an_out_below_a_file_is_one_line(data, tmp_path):
     (tmp_path / "afile").write_text("x")
     done = clipa_train(*tiny("pretrain", data, tmp_path / "afile" / "run"))
-    one_line(done, 2, f"--out {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file")
+    one_line(done, 2, f"{tmp_path / 'afile'} is a file", f"go to {tmp_path / 'afile' / 'run'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
