@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from clipa_data.core.atomic import write_json
+from clipa_data.core.atomic import check_writable_folder, write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import CLIP_BPE
@@ -144,6 +144,18 @@ class EvalConfig:
         """``eval.json``: ``--out``, else in ``run_folder()``."""
         return Path(self.out) if self.out else self.run_folder() / "eval.json"
 
+    def check_result_folder(self) -> None:
+        """Refuse in one line, before any work, a result folder that cannot be written."""
+        check_writable_folder(self.result_path().parent, self.result_path().name)
+
+    def write_result(self, result: dict, note: Callable[[str], None]) -> None:
+        """Write ``result`` to ``result_path()``, saying so when it replaces an earlier result
+        (every evaluation of a run's checkpoints writes the same ``eval.json`` by default)."""
+        path = self.result_path()
+        if path.exists():
+            note(f"replaced the earlier result in {path} (--out FILE keeps results apart)")
+        write_json(path, result)
+
     def text_cache_folder(self) -> Path | None:
         """``--text-cache``, else ``zeroshot_cache/`` in ``run_folder()``; None: no disk cache."""
         from clipa_train.text_cache import CACHE_FOLDER
@@ -256,6 +268,7 @@ def evaluate_checkpoint(
     ``note`` hears where the zero-shot classifier came from."""
     from clipa_train.evaluate import evaluate_zeroshot, open_zeroshot_set
 
+    config.check_result_folder()
     zset = open_zeroshot_set(config.dataset, config.classnames, config.templates)
     started = time.perf_counter()
     loaded = _loaded(config, note)
@@ -280,7 +293,7 @@ def evaluate_checkpoint(
         "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json(config.result_path(), result)
+    config.write_result(result, note)
     return result
 
 
@@ -299,6 +312,7 @@ def evaluate_suite(
     """
     from clipa_train.eval_suite import run_suite
 
+    config.check_result_folder()
     root = Path(config.data_root)
     found = run_suite(
         config.suite, root, lambda: _loaded(config, note), config.templates, progress, note_skipped
@@ -309,5 +323,5 @@ def evaluate_suite(
         "reference_exact": config.reference_exact,
         **found,
     }
-    write_json(config.result_path(), result)
+    config.write_result(result, note)
     return result

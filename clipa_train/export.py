@@ -263,25 +263,33 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
 
 def export_checkpoint(config: ExportConfig) -> ExportResult:
     """Write the export of ``config.checkpoint``; returns what was written."""
-    from clipa_data.core.atomic import write_json
+    from clipa_data.core.atomic import check_writable_folder, write_json
     from clipa_train.backend_config import IMAGE_NORMS
     from clipa_train.eval_stage import trained_image_norm
 
     source = checkpoint_file(config.checkpoint)
     config_path, weights_path = _targets(config)
+    check_writable_folder(weights_path.parent, weights_path.name)
     state, architecture, payload = read_state(source)
     files = []
     if config_path is not None:
-        norm = IMAGE_NORMS[trained_image_norm(source)]  # preprocess_cfg: what it trained on
-        write_json(config_path, openclip_config(architecture, *norm))
+        mean_std = IMAGE_NORMS[trained_image_norm(source)]  # preprocess_cfg: what it trained on
+        write_json(config_path, openclip_config(architecture, *mean_std))
         files.append(str(config_path))
     metadata = {"format": "pt", "source": str(source), "step": str(payload.get("step", ""))}
     write_weights(weights_path, state, EXPORT_FORMATS[config.format].safetensors, metadata)
     files.append(str(weights_path))
+    norm = trained_image_norm(source)
+    unsaid_norm = (
+        (f"trained with --image-norm {norm}, which one weights file cannot carry: pass "
+         f"--image-norm {norm} to clipa-train eval and probe (--format openclip-dir keeps it)",)
+        if config_path is None and norm != "openai"
+        else ()
+    )  # fmt: skip
     return ExportResult(
         source=str(source),
         files=tuple(files),
         tensors=len(state),
         parameters=sum(value.numel() for value in state.values()),
-        notes=export_notes(architecture),
+        notes=export_notes(architecture) + unsaid_norm,
     )

@@ -205,10 +205,14 @@ def check_same_classes(train: ProbeSet, val: ProbeSet) -> None:
 # --- features and their cache ---------------------------------------------------------------
 
 
-def cache_key(checkpoint: Path, probe_set: ProbeSet, image_size: int, crop: str) -> str:
+def cache_key(
+    checkpoint: Path, probe_set: ProbeSet, image_size: int, crop: str, model: dict
+) -> str:
     """16 hex digits naming what the features depend on: the checkpoint file (path, size,
     modification time: re-reading gigabytes to hash them would cost more than the cache saves),
-    the set's images (source, split, every file or shard), the image side and crop."""
+    the set's images (source, split, every file or shard), the image side and crop, and
+    ``model`` (the architecture built, e.g. another ``--model`` over the same weights, the input
+    normalisation and the precision)."""
     stat = checkpoint.stat()
     zset = probe_set.images
     described = {
@@ -217,6 +221,7 @@ def cache_key(checkpoint: Path, probe_set: ProbeSet, image_size: int, crop: str)
         "set": [str(Path(str(zset.source)).resolve()), probe_set.split, zset.num_images],
         "units": hashlib.sha256("\n".join(u for u, _ in zset.units).encode()).hexdigest(),
         "image": [image_size, crop],
+        "model": model,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -282,28 +287,26 @@ def _model(config: ProbeConfig):
 # --- the probe --------------------------------------------------------------------------------
 
 
-def _image_size(config: ProbeConfig, checkpoint: Path) -> int:
-    """``--image-size``, else the checkpoint model's (read without building the model)."""
-    if config.image_size is not None:
-        return config.image_size
-    from clipa_train.checkpoint import base_architecture
-
-    return base_architecture(config.model, str(checkpoint), DEFAULT_MODEL).vision.image_size
-
-
 def probe_features(
     config: ProbeConfig, checkpoint: Path, sets: dict[str, ProbeSet], backend, say
 ) -> tuple[dict[str, CachedFeatures], int]:
     """Each set's features from its cache file, or extracted (the model is built only then),
     and the image side they were made at."""
+    from clipa_train.checkpoint import base_architecture
     from clipa_train.image import ImageConfig
 
-    image_size = _image_size(config, checkpoint)
+    architecture = base_architecture(config.model, str(checkpoint), DEFAULT_MODEL)
+    image_size = config.image_size or architecture.vision.image_size
     image = ImageConfig(size=image_size, crop=config.crop)
+    described = {
+        "architecture": architecture.to_dict(),
+        "norm": [list(backend.config.image_mean), list(backend.config.image_std)],
+        "precision": backend.config.precision,
+    }
     model = None
     found = {}
     for role, probe_set in sets.items():
-        key = cache_key(checkpoint, probe_set, image_size, config.crop)
+        key = cache_key(checkpoint, probe_set, image_size, config.crop, described)
         name = f"{role}-{Path(str(probe_set.images.source)).name}-{key}.pt"
 
         def compute(probe_set=probe_set):
@@ -322,7 +325,7 @@ def probe_features(
 def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _: None) -> dict:
     """Extract (or reuse) the features, fit the head, write ``probe.json``, return the result.
     ``say`` gets one line per set about its feature cache."""
-    from clipa_data.core.atomic import write_json
+    from clipa_data.core.atomic import check_writable_folder, write_json
     from clipa_train.backend import BackendConfig, create_backend
     from clipa_train.backend_config import IMAGE_NORMS
     from clipa_train.eval_stage import trained_image_norm
@@ -330,6 +333,8 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
     from clipa_train.logistic import fit_probe
 
     checkpoint = checkpoint_file(config.checkpoint)
+    check_writable_folder(config.result_path().parent, config.result_path().name)
+    check_writable_folder(config.cache_path(), "the feature cache")
     sets = {role: open_probe_set(getattr(config, role), role) for role in ("train", "val")}
     check_same_classes(sets["train"], sets["val"])
     started = time.perf_counter()

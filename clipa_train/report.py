@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from clipa_data.core.atomic import write_json
+from clipa_data.core.atomic import atomic_writer, write_json
 from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.run_records import RunRecords, read_runs
@@ -80,9 +80,13 @@ def _write(runs: list[RunRecords], fits: list[ScalingFit], out: Path) -> Path:
         plot_scaling(fits, out / "scaling.png")
         figures.append(("Inverse scaling: error against compute, fitted", "scaling.png"))
         write_json(out / "fit.json", {"fits": [fit.to_json() for fit in fits]})
+    else:  # an earlier report with --fit in this folder: its fit is not this report's
+        for stale in ("scaling.png", "fit.json"):
+            (out / stale).unlink(missing_ok=True)
     notes = [note for run in runs for note in run.notes]
     page = out / "index.html"
-    page.write_text(_page(runs, figures, fits, notes), encoding="utf-8")
+    with atomic_writer(page) as handle:
+        handle.write(_page(runs, figures, fits, notes).encode("utf-8"))
     return page
 
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.eval_stage import EvalConfig
@@ -91,6 +90,7 @@ def evaluate_retrieval_checkpoint(
     from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
 
     _refuse_zero_shot_options(config)
+    config.check_result_folder()
     rset = open_retrieval_set(
         options.annotations, options.images, options.retrieval, options.max_missing
     )
@@ -139,5 +139,5 @@ def evaluate_retrieval_checkpoint(
         "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json(config.result_path(), result)
+    config.write_result(result, note)
     return result

@@ -70,9 +70,15 @@ class ScalingFit:
         )
 
     def to_json(self) -> dict:
+        """The fit as JSON: a standard error that is not finite (3 points leave no degrees of
+        freedom) is null, since strict JSON has no Infinity or NaN."""
         fields = ("group", "metric", "a", "a_se", "alpha", "alpha_se", "e", "e_se")
+        values = {name: getattr(self, name) for name in fields}
         return {
-            **{name: getattr(self, name) for name in fields},
+            **{
+                k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in values.items()
+            },
             "points": [vars(point) for point in self.points],
         }
 
@@ -125,8 +131,13 @@ def fit_power_law(group: str, metric: str, points: tuple[ScalingPoint, ...]) -> 
     import numpy as np
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    if any(point.error <= 0 or point.compute <= 0 for point in points):
-        raise ClipaError(f"--fit: {group} has a run with error or compute ≤ 0; cannot fit logs")
+    for point in points:
+        if not (math.isfinite(point.error) and point.error > 0 and point.compute > 0):
+            raise ClipaError(
+                f"--fit: run {point.run} ({group}) has error {point.error} and compute "
+                f"{point.compute:g}; the fit takes logs of positive, finite values: leave the "
+                "run out of the fit"
+            )
     x = np.log([point.compute for point in points])
     y = np.log([point.error for point in points])
 

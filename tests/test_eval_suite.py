@@ -141,6 +141,26 @@ def test_a_suite_set_scores_as_the_same_set_evaluated_alone(
     assert {k: v2[k] for k in keys} == {k: single[k] for k in keys}
 
 
+def test_a_result_replaced_is_said_and_an_out_below_a_file_is_refused_first(
+    weights, data_root, tmp_path
+):
+    one_set = [
+        "eval", "--checkpoint", weights,
+        "--imagenet-val", data_root / "imagenetv2-matched-frequency-format-val",
+        "--templates", data_root / "templates.txt", "--workers", 0,
+    ]  # fmt: skip
+    out = tmp_path / "eval.json"
+    first = invoke(*one_set, "--out", out)
+    assert first.exit_code == 0 and "replaced" not in first.stderr, first.output
+    second = invoke(*one_set, "--out", out)
+    assert second.exit_code == 0, second.output
+    assert f"replaced the earlier result in {out}" in second.stderr
+    (tmp_path / "file").write_text("")
+    for mode in (["--suite", "paper", "--data-root", data_root], one_set[3:5]):
+        refused = invoke(*one_set[:3], *mode, "--out", tmp_path / "file" / "eval.json")
+        assert_one_line_error(refused, f"{tmp_path / 'file'} is a file, not a folder")
+
+
 def test_suite_table_has_the_paper_columns_in_order(weights, data_root, tmp_path):
     result = invoke(*suite_args(weights, data_root, tmp_path / "eval.json"))
     assert result.exit_code == 0, result.output

@@ -147,6 +147,7 @@ def test_a_run_directory_names_its_newest_checkpoint(runs, tmp_path):
         ("missing", [], ["does not exist"]),
         ("folder-out", [], ["is a folder", "--format openclip-dir"]),
         ("file-out", ["--format", "openclip-dir"], ["is a file", "writes a folder"]),
+        ("below-a-file", [], ["file-out is a file, not a folder", "out.pt"]),
         ("bad-format", ["--format", "onnx"], ["unknown export format 'onnx'", "openclip-dir"]),
         ("openclip-weights", [], ["is not a clipa checkpoint", "need no export"]),
         ("truncated", [], ["truncated or corrupt", "export an earlier checkpoint"]),
@@ -163,9 +164,11 @@ def test_export_bad_input(runs, tmp_path, where, extra, fragments):
         "openclip-weights": tmp_path / "openclip-weights.pt",
         "truncated": tmp_path / "truncated.pt",
     }.get(where, runs["contrastive"])
-    out = {"folder-out": tmp_path / "empty", "file-out": tmp_path / "file-out"}.get(
-        where, tmp_path / "out.pt"
-    )
+    out = {
+        "folder-out": tmp_path / "empty",
+        "file-out": tmp_path / "file-out",
+        "below-a-file": tmp_path / "file-out" / "out.pt",
+    }.get(where, tmp_path / "out.pt")
     result = invoke("export", source, out, *extra)
     assert_one_line_error(result, *fragments)
 
@@ -183,3 +186,26 @@ def test_openclip_dir_preprocess_uses_the_runs_image_norm(tmp_path):
     assert result.exit_code == 0, result.output
     preprocess = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["preprocess_cfg"]
     assert (preprocess["mean"], preprocess["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def test_an_export_of_a_short_token_run_is_rebuilt_at_its_own_sizes(tmp_path):
+    """Weights without an architecture are the bundled preset at the sizes of their positional
+    embeddings (here a 32 px / 8-token pre-training of clipa-tiny, not its 64 px / 32), so
+    clipa-train eval of the export is the trained model; a single file says which
+    --image-norm it needs."""
+    from clipa_train.checkpoint import base_architecture
+
+    checkpoint = write_checkpoint(
+        tmp_path / "run", preset="clipa-tiny", image_size=32, context_length=8
+    )
+    (tmp_path / "run" / "config.json").write_text(
+        json.dumps({"options": {"image_norm": "imagenet"}})
+    )
+    result = invoke("export", checkpoint, tmp_path / "model.pt")
+    assert result.exit_code == 0, result.output
+    assert "pass --image-norm imagenet to clipa-train eval" in result.output
+    rebuilt = base_architecture(None, str(tmp_path / "model.pt"), "clipa-tiny")
+    assert (rebuilt.vision.image_size, rebuilt.text.context_length) == (32, 8)
+    model = load_openclip_weights(build_model(rebuilt), tmp_path / "model.pt")
+    original = source_state(checkpoint)
+    assert all(torch.equal(model.state_dict()[key], original[key]) for key in original)

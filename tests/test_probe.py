@@ -164,6 +164,17 @@ def test_probe_end_to_end_then_the_feature_cache_is_reused(sets, tmp_path):
     assert third.exit_code == 0, third.output
     assert len(list(cache.iterdir())) == 4
 
+    # Another architecture over the same weights (here GAP instead of the class token): new
+    # features, not the first model's.
+    from clipa_train.checkpoint import base_architecture
+
+    other = base_architecture(None, str(sets["checkpoint"]), "clipa-tiny").to_dict()
+    other["vision"]["pool"] = "avg_all"
+    (tmp_path / "gap.json").write_text(json.dumps(other))
+    fourth = probe(*args, "--model", tmp_path / "gap.json", "--json")
+    assert fourth.exit_code == 0, fourth.output
+    assert "reused cache" not in fourth.stderr and len(list(cache.iterdir())) == 6
+
 
 def write_tfds(root: Path, splits: dict[str, list[tuple[bytes, int]]]) -> Path:
     """A TFDS classification builder (``image`` + ``label``) with the given splits."""
@@ -239,6 +250,8 @@ def test_a_tfds_builder_probes_like_the_same_images_in_folders(sets, tmp_path):
         ("missing train", [], ["--train", "no such folder"]),
         ("bad holdout", ["--holdout", "1.5"], ["--holdout must be between 0 and 1"]),
         ("run directory", [], ["is a run directory", "step_00000003.pt"]),
+        ("out below a file", [], ["is a file, not a folder", "probe.json"]),
+        ("cache below a file", [], ["is a file, not a folder", "the feature cache"]),
     ],
 )
 def test_probe_bad_input(sets, tmp_path, case, extra, fragments):
@@ -251,5 +264,9 @@ def test_probe_bad_input(sets, tmp_path, case, extra, fragments):
         train = tmp_path / "nope"
     elif case == "run directory":
         checkpoint = checkpoint.parent.parent
-    result = probe(checkpoint, train, val, "--cache-dir", tmp_path / "cache", *extra)
+    (tmp_path / "file").write_text("")
+    if case == "out below a file":
+        extra = ["--out", tmp_path / "file" / "probe.json"]
+    cache = tmp_path / ("file/cache" if case == "cache below a file" else "cache")
+    result = probe(checkpoint, train, val, "--cache-dir", cache, *extra)
     assert_one_line_error(result, *fragments)

@@ -234,6 +234,36 @@ def test_report_fit_recovers_the_constants_of_exact_points(runs, tmp_path):
     assert (out / "scaling.png").stat().st_size > 1000
 
 
+def test_a_three_run_fit_is_strict_json_and_a_later_report_drops_it(runs, tmp_path):
+    """3 points leave no degrees of freedom: the standard errors are null, not Infinity (which
+    strict parsers refuse); a report without --fit into the same folder removes the old fit."""
+    per_step = BATCH * read_runs([runs["a"]])[0].flops_per_sample
+    dirs = [
+        synthetic_run(
+            runs["a"], tmp_path / f"s{steps}", steps, 1 - (275 * (steps * per_step) ** -0.3 + 0.2)
+        )
+        for steps in (10, 1_000, 100_000)
+    ]
+    out = tmp_path / "report"
+    assert invoke("report", *dirs, "--out", out, "--fit").exit_code == 0
+    text = (out / "fit.json").read_text()
+    (fit,) = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in fit.json"))[
+        "fits"
+    ]
+    assert fit["a_se"] is None and fit["alpha_se"] is None
+    assert invoke("report", *dirs, "--out", out).exit_code == 0
+    assert not (out / "fit.json").exists() and not (out / "scaling.png").exists()
+    assert "scaling.png" not in referenced_assets(out / "index.html")
+
+
+def test_a_run_whose_loss_is_nan_is_named_by_the_fit(runs, tmp_path):
+    dirs = [synthetic_run(runs["a"], tmp_path / f"s{n}", n, 0.5) for n in (10, 100, 1_000)]
+    metrics = dirs[1] / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().replace('"eval/top1": 0.5', '"eval/top1": NaN'))
+    result = invoke("report", *dirs, "--out", tmp_path / "report", "--fit")
+    assert_one_line_error(result, f"run {dirs[1]}", "error nan", "leave the run out")
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 PROBE = """<script>

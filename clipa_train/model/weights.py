@@ -209,14 +209,19 @@ def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def recognise_preset(path: str | Path) -> ModelConfig:
-    """The preset (at its own sizes) that the OpenCLIP-format or CLIPA-repository weights in
-    ``path`` were written for, or one error naming the candidates (or the foreign keys) and the
-    fix."""
+    """The preset that the OpenCLIP-format or CLIPA-repository weights in ``path`` were written
+    for, at the image size and context length of their positional embeddings (an export of a
+    32 px / 8-token pre-training is that model, not the preset's 224 px / 77 tokens), or one
+    error naming the candidates (or the foreign keys) and the fix."""
     state = read_weights(path)
     check_known_keys(state, str(path))
     matches = matching_presets(state)
     if len(matches) == 1:
-        return load_preset(matches[0])
+        preset = load_preset(matches[0])
+        grid = round((state[IMAGE_POS].shape[0] - 1) ** 0.5)
+        return preset.replace(
+            image_size=grid * preset.vision.patch_size, context_length=state[TEXT_POS].shape[0]
+        )
     if not matches:
         raise ClipaError(
             f"{path} holds no architecture (OpenCLIP/CLIPA weights) and matches no bundled "
