@@ -11,6 +11,7 @@ from clipa_cli.options import command, config_arguments, config_options, config_
 from clipa_cli.tables import check_table, tag_table
 
 from clipa_data.core.config_fields import Doc
+from clipa_data.core.errors import ClipaError
 from clipa_data.prepare.sidecar_check import CheckConfig, check_sidecars
 from clipa_data.prepare.tagging import TagConfig, tag_builder
 
@@ -45,9 +46,30 @@ def tag_options(check: bool, **options: Any) -> None:
     """Tokenise and POS-tag every caption once into one Arrow sidecar per shard."""
     if check:
         checked = {f.name for f in dataclasses.fields(CheckConfig)}
+        ignored = _tagging_options_given(options, checked)
+        if ignored:
+            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+            raise ClipaError(
+                f"--check only reads the sidecars, so {flags} would do nothing; drop it"
+            )
         run_check(CheckConfig(**config_values(CheckConfig, {k: options[k] for k in checked})))
         return
     stdout().print(tag_table(tag_builder(TagConfig(**config_values(TagConfig, options)))))
+
+
+def _tagging_options_given(options: dict[str, Any], checked: set[str]) -> list[str]:
+    """The options of tagging (not of ``--check``) set to something other than their default."""
+    given = []
+    for field in dataclasses.fields(TagConfig):
+        if field.name in checked or field.name not in options or options[field.name] is None:
+            continue
+        default = (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING
+            else field.default
+        )  # fmt: skip
+        if options[field.name] != default:
+            given.append(field.name)
+    return given
 
 
 def run_check(config: CheckConfig) -> None:

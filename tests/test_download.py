@@ -191,6 +191,20 @@ def test_resume_with_another_shard_size_is_refused(tfrecord_run, tmp_path):
         download(changed)
 
 
+def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):
+    """A run stopped hard (second Ctrl-C, kill) leaves finished shards but no summary; the shard
+    size recorded before img2dataset started still refuses another one."""
+    from clipa_data.core import layout
+
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    layout.download_summary_path(output).unlink()
+    changed = dataclasses.replace(config, output_folder=str(output), number_sample_per_shard=20)
+    with pytest.raises(ClipaError, match="number_sample_per_shard=15"):
+        download(changed)
+
+
 # --- a shard that cannot be written -------------------------------------------------------------
 
 

@@ -198,6 +198,10 @@ DOWNLOAD_CASES = {
         "parquet", ["--url-col", "url", "--caption-col", "caption"],
         ["has no column 'similarity', 'LICENSE'", "(columns found: url, caption, NSFW)"],
     ),
+    "a DataComp recipe's face boxes": (
+        "parquet", ["--dataset", "datacomp-small", "--url-col", "url", "--caption-col", "caption"],
+        ["has no column 'uid', 'face_bboxes'", "; --i2d bbox_col with the column holding the face"],
+    ),
 }  # fmt: skip
 
 
@@ -215,6 +219,14 @@ def test_download_with_columns_the_url_list_lacks_fails_at_once(tmp_path, case):
     assert_one_error_line(done, str(urls), *fragments)
     assert not out.exists(), "nothing (no _tmp/) may be written before the checks pass"
     assert {p.name: p.read_bytes() for p in (tmp_path / "meta").iterdir()} == before
+
+
+def test_file_urls_are_checked_as_the_paths_they_name(tmp_path):
+    urls = write_url_list(tmp_path / "urls.parquet", ROWS, "parquet")
+    out = tmp_path / "out"
+    done = run_cli("clipa-data", "download", urls.as_uri(), out.as_uri(), timeout=60)
+    assert_one_error_line(done, str(urls), "has no column 'URL'", "pass --url-col url")
+    assert not out.exists()
 
 
 def test_download_checks_every_file_of_a_folder(tmp_path):

@@ -246,3 +246,24 @@ def test_a_shard_failing_every_attempt_is_named_and_the_rest_kept(spark, heavy, 
     summary = tag_builder(TagConfig(builder, tagger="nltk", workers=1, show_progress=False))
     assert [s.status for s in summary.shards] == ["skipped", "tagged", "skipped"]
     assert files(builder / "sidecars", skip=(layout.TAG_SUMMARY,)) == clean
+
+
+def test_a_first_stop_starts_no_shard_that_was_still_waiting(spark):
+    """A stop requested while the first shards run: they finish, and no driver thread starts a
+    waiting shard afterwards (each took its next one as soon as its last ended, before the main
+    thread could cancel the waiting ones)."""
+    from clipa_data.prepare.spark import run_on_spark
+
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()  # while the first two (of 2 driver threads) run
+    finished = []
+    run_on_spark(
+        lambda item: (time.sleep(2), item)[1],
+        list(range(6)),
+        "testing stop",
+        spark,
+        lambda index, result: finished.append(result),
+        str,
+        stop.is_set,
+    )
+    assert spark.defaultParallelism == 2 and sorted(finished) == [0, 1]

@@ -244,3 +244,14 @@ def test_a_salvaged_shard_reaches_the_store_as_its_intact_part(tmp_path, bucket)
     assert salvaged == whole - 1  # the last record was cut
     again = convert(ConvertConfig(src, f"{bucket}/tfds", **options))
     assert again.status == "up to date"
+
+
+def test_a_pool_cannot_write_to_memory_and_is_refused_before_any_work(bucket, tmp_path):
+    """memory:// lives in one process: shards written by pool workers would vanish, and the
+    manifest would then stand for a builder without them."""
+    src = write_source(tmp_path / "raw", {0: 3, 1: 2}, failures=0)
+    with pytest.raises(ClipaError, match=r"memory:// lives inside one process.*--workers 1"):
+        convert(ConvertConfig(src, bucket, **{**OPTIONS, "workers": 2}))
+    assert stored(bucket) == {}
+    with pytest.raises(ClipaError, match=r"BUILDER_DIR memory://.*--workers 1"):
+        tag_builder(TagConfig(f"{bucket}/demo/1.0.0", tagger="nltk", workers=2))

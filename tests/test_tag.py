@@ -210,6 +210,15 @@ def test_a_shard_gone_from_the_builder_is_one_line_for_tag_check_and_preview(bui
         assert_one_line_error(result, str(shard), "cannot be read (No such file or directory)")
 
 
+def test_check_reads_file_urls_and_refuses_tagging_options(builder, nltk_env):
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    checked = cli("tag", builder.as_uri(), "--check", "--no-progress")
+    assert checked.exit_code == 0, checked.output
+    assert "3 of 3 shards ok" in checked.output
+    ignored = cli("tag", builder, "--check", "--tagger", "spacy", "--overwrite", "--no-progress")
+    assert_one_line_error(ignored, "--tagger, --overwrite would do nothing")
+
+
 def test_a_file_where_the_sidecars_go_is_one_line(builder, nltk_env):
     (builder / "sidecars").write_text("")
     result = cli("tag", builder, "--workers", "1", "--no-progress")

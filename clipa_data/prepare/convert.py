@@ -456,6 +456,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
     """Convert ``config.src`` into a verified TFDS builder directory; see the module docstring."""
     started = time.perf_counter()
     check_locations(config.src, config.out)
+    stores.check_workers_reach(config.out, config.workers, config.distributor, "OUT")
     final = layout.builder_dir(config.out, config.name, config.version)
     staging = layout.staging_dir(config.out, config.name, config.version)
     sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))

@@ -44,7 +44,7 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
-from clipa_data.prepare import spark
+from clipa_data.prepare import spark, stores
 from clipa_data.prepare.interrupts import Interrupted, ShardStop
 from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
 from clipa_data.prepare.source_format import SOURCE_FORMATS
@@ -73,6 +73,11 @@ RESERVED_COLUMNS = frozenset(
     {"key", "caption", "url", "width", "height", "original_width", "original_height", "status"}
     | {"error_message", "exif", "md5", "sha256", "sha512"}
 )
+COLUMN_ARGUMENTS = ("bbox_col",)
+"""img2dataset arguments (through ``--i2d`` or a dataset recipe) whose value is an input column
+(DataComp's recipes blur faces from ``face_bboxes``)."""
+SHARDING_FILE = "sharding.json"
+"""In ``_clipa/``: the shard size of the run, written before img2dataset starts."""
 PARTIAL_SHARD_FILE = re.compile(r"^(?P<id>\d+)\.(tfrecord|tar|parquet)$")
 """What img2dataset writes for a shard before its ``_stats.json`` (which marks it finished)."""
 # The CLI's positional arguments; every other field is the CLI option --<field-with-dashes>.
@@ -191,8 +196,12 @@ class DownloadConfig:
     ] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url_list", str(self.url_list))
-        object.__setattr__(self, "output_folder", str(self.output_folder))
+        # A file:// URL is read as the local path it names, so that every check applies to it.
+        for name in ("url_list", "output_folder"):
+            location = str(getattr(self, name))
+            if location.startswith("file:"):
+                location = str(stores.local_path(location, name.replace("_", " ")))
+            object.__setattr__(self, name, location)
         object.__setattr__(self, "save_additional_columns", tuple(self.save_additional_columns))
         object.__setattr__(self, "extra", dict(self.extra))
         if not self.url_list:
@@ -435,6 +444,9 @@ def wanted_columns(config: DownloadConfig) -> dict[str, str]:
         wanted[config.caption_col] = "--caption-col"
     for name in config.save_additional_columns:
         wanted.setdefault(name, "--save-additional-columns")
+    for argument in COLUMN_ARGUMENTS:  # img2dataset arguments that name an input column
+        if config.extra.get(argument):
+            wanted.setdefault(str(config.extra[argument]), f"--i2d {argument}")
     return wanted
 
 
@@ -483,14 +495,39 @@ def _check_output(config: DownloadConfig) -> None:
         _check_same_sharding(config)
 
 
+def _sharding_path(output_folder: str | Path) -> Path:
+    """Where the shard size is recorded before img2dataset starts: a run stopped hard (a second
+    Ctrl-C, a kill) leaves finished shards but no summary."""
+    return Path(output_folder) / layout.CLIPA_SUBDIR / SHARDING_FILE
+
+
+def _record_sharding(config: DownloadConfig) -> None:
+    write_json(
+        _sharding_path(config.output_folder),
+        {"number_sample_per_shard": config.number_sample_per_shard},
+    )
+
+
+def _recorded_sharding(output_folder: str | Path) -> int | None:
+    """The shard size of the earlier run in ``output_folder`` (its record, else its summary)."""
+    summary = layout.download_summary_path(Path(output_folder))
+    for path, keys in ((_sharding_path(output_folder), ()), (summary, ("config",))):
+        try:
+            recorded = json.loads(path.read_text())
+            for key in keys:
+                recorded = recorded[key]
+            return int(recorded["number_sample_per_shard"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _check_same_sharding(config: DownloadConfig) -> None:
     """Resuming with another shard size silently mixes two shardings: refuse it."""
-    summary_path = layout.download_summary_path(Path(config.output_folder))
-    if not summary_path.is_file() or not finished_shard_ids(config.output_folder):
+    if not finished_shard_ids(config.output_folder):
         return
-    try:
-        previous = json.loads(summary_path.read_text())["config"]["number_sample_per_shard"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    previous = _recorded_sharding(config.output_folder)
+    if previous is None:
         return
     if previous != config.number_sample_per_shard and config.incremental_mode == "incremental":
         raise ClipaError(
@@ -623,6 +660,7 @@ def _run_worker(config: DownloadConfig, resumed: set[int], total: int | None, sh
         shutil.rmtree(output)
     log_path = layout.download_log_path(output)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _record_sharding(config)
     with open(log_path, "ab") as log:
         child = _start_worker(config, log)
         stop = ShardStop(on_first=lambda: child.send_signal(signal.SIGINT))
@@ -700,6 +738,8 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
         stopped = _run_worker(config, resumed, total, show_progress)
     else:  # pyspark: img2dataset runs in this process, on this session
         spark.spark_context(config.spark_master, config.processes_count)
+        if config.incremental_mode != "overwrite":  # img2dataset's overwrite clears the folder
+            _record_sharding(config)
         _run_img2dataset(config)
     wall_seconds = time.perf_counter() - started
 

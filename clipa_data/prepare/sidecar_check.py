@@ -17,6 +17,7 @@ from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.sidecar import SidecarExpectation, check_keys, load_sidecar, read_header
 from clipa_data.core.tokenizer import vocab_sha256
+from clipa_data.prepare import stores
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, iter_captions
 from clipa_data.prepare.runner import RunnerConfig, default_workers, map_shards
 
@@ -114,7 +115,7 @@ def check_shard(job: CheckJob) -> ShardCheck:
 
 def check_sidecars(config: CheckConfig) -> CheckReport:
     """Check every shard's sidecar; the report lists each shard's problem (if any)."""
-    builder = layout.resolve_builder_dir(config.builder_dir)
+    builder = layout.resolve_builder_dir(stores.output_location(config.builder_dir, "BUILDER_DIR"))
     splits = config.splits or tuple(layout.split_names(builder))
     jobs = [
         CheckJob(

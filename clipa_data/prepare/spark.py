@@ -111,8 +111,23 @@ def failure_line(error: BaseException) -> str:
     return lines[0][:400] if lines else type(error).__name__
 
 
-def _one_job(context: Any, group: str, label: str, function: Callable, item: Any) -> Any:
-    """Run ``function(item)`` as one single-task Spark job (in a driver thread)."""
+NOT_STARTED = object()
+"""What a job returns when a stop was requested before its driver thread reached it."""
+
+
+def _one_job(
+    context: Any,
+    group: str,
+    label: str,
+    function: Callable,
+    item: Any,
+    stop_requested: Callable[[], bool],
+) -> Any:
+    """Run ``function(item)`` as one single-task Spark job (in a driver thread), unless a stop
+    was requested meanwhile: a driver thread takes its next job as soon as one ends, before
+    the main thread has seen that one end and cancelled the jobs still waiting."""
+    if stop_requested():
+        return NOT_STARTED
     context.setJobGroup(group, label, interruptOnCancel=True)
     return context.parallelize([item], 1).map(function).collect()[0]
 
@@ -138,7 +153,13 @@ def run_on_spark(
     with ThreadPoolExecutor(threads, thread_name_prefix="clipa-spark") as pool:
         jobs: dict[Future, int] = {
             pool.submit(
-                _one_job, context, group, f"{description} {name_of(item)}", function, item
+                _one_job,
+                context,
+                group,
+                f"{description} {name_of(item)}",
+                function,
+                item,
+                stop_requested,
             ): index
             for index, item in enumerate(items)
         }
@@ -155,7 +176,8 @@ def run_on_spark(
                 except Exception as error:
                     failures[index] = failure_line(error)
                     continue
-                finish(index, result)
+                if result is not NOT_STARTED:
+                    finish(index, result)
         except BaseException:
             for job in jobs:
                 job.cancel()

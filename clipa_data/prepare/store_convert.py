@@ -191,8 +191,11 @@ def convert_into_store(
     placed_seconds = time.perf_counter() - placing
     started = time.perf_counter()
     manifest = plan.with_placed([result.num_bytes for result in placed])
+    # Checked before the commit: a shard missing now (e.g. written by a worker to its own
+    # memory:// store) must not stand behind a manifest that says the builder is complete.
+    verification = verify_published(final, manifest)
     _commit(final, staging, manifest, schema)
     phases = {"place": placed_seconds, "metadata": time.perf_counter() - started}
     reused = sum(result.reused for result in placed)
     status = "resumed" if resuming else "converted"
-    return status, manifest, reused, phases, verify_published(final, manifest)
+    return status, manifest, reused, phases, verification

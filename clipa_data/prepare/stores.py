@@ -78,6 +78,16 @@ def local_path(location: str | Path, what: str) -> Path:
     return Path("/" + match.group(2).lstrip("/"))
 
 
+def check_workers_reach(location: str | Path, workers: int, distributor: str, what: str) -> None:
+    """Refuse a ``memory://`` store for a pool or Spark: each worker would write to a store of
+    its own process, and the shards would vanish (one line with the fix)."""
+    if str(location).startswith("memory:") and (workers > 1 or distributor == "pyspark"):
+        raise ClipaError(
+            f"{what} {location}: fsspec's memory:// lives inside one process, so pool or Spark "
+            "workers cannot write to it; pass --workers 1 with the multiprocessing distributor"
+        )
+
+
 def output_location(location: str | Path, what: str) -> Path | str:
     """A local ``Path`` (plain path or ``file://``), or the URL of an fsspec store."""
     url = _store_url(location, what)

@@ -277,7 +277,9 @@ def shard_jobs(builder: str | Path, config: TagConfig, tagger: TaggerSpec) -> li
 def tag_builder(config: TagConfig) -> TagSummary:
     """Tag every shard of a builder directory that has no finished sidecar; write the summary."""
     start = time.perf_counter()
-    builder = layout.resolve_builder_dir(stores.output_location(config.builder_dir, "BUILDER_DIR"))
+    location = stores.output_location(config.builder_dir, "BUILDER_DIR")
+    stores.check_workers_reach(location, config.workers, config.distributor, "BUILDER_DIR")
+    builder = layout.resolve_builder_dir(location)
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
     jobs = shard_jobs(builder, config, tagger)
     if not layout.is_url(builder):

@@ -27,6 +27,7 @@ FLAG_HINTS = {
     "--url-col": "the column holding the image URLs",
     "--caption-col": 'the column holding the captions ("" for none)',
     "--save-additional-columns": 'columns it has, comma-separated ("" keeps none)',
+    "--i2d bbox_col": "the column holding the face boxes to blur (or a metadata file that has it)",
 }
 """What each column flag should be set to, for the error message."""
 USUAL_NAMES = {
