@@ -36,7 +36,7 @@ export_command = command(
     reports_errors(export_body),
     [
         *config_arguments(ExportConfig, ("checkpoint", "out"), metavars={"checkpoint": "CK"}),
-        *config_options(ExportConfig, ("format",)),
+        *config_options(ExportConfig, ("format", "overwrite")),
     ],
     doc=EXPORT_HELP,
 )

@@ -84,6 +84,7 @@ class ExportConfig:
         Doc("openclip: one .pt state dict; openclip-dir: config + .bin folder; safetensors."),
         Choices(FORMAT_NAMES),
     ] = "openclip"
+    overwrite: Annotated[bool, Doc("Replace an earlier export at OUT.")] = False
 
     def __post_init__(self) -> None:
         pick(EXPORT_FORMATS, self.format, "export format")
@@ -261,6 +262,16 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
     return None, out
 
 
+def _check_not_replacing(source: Path, targets: list[Path], overwrite: bool) -> None:
+    """Never write over the checkpoint being exported; another existing file only with
+    ``--overwrite`` (nothing is replaced without a word)."""
+    for target in targets:
+        if target.exists() and target.resolve() == source.resolve():
+            raise ClipaError(f"OUT {target} is the checkpoint being exported; give another OUT")
+        if target.exists() and not overwrite:
+            raise ClipaError(f"{target} already exists; pass --overwrite to replace it")
+
+
 def export_checkpoint(config: ExportConfig) -> ExportResult:
     """Write the export of ``config.checkpoint``; returns what was written."""
     from clipa_data.core.atomic import check_writable_folder, write_json
@@ -270,6 +281,7 @@ def export_checkpoint(config: ExportConfig) -> ExportResult:
     source = checkpoint_file(config.checkpoint)
     config_path, weights_path = _targets(config)
     check_writable_folder(weights_path.parent, weights_path.name)
+    _check_not_replacing(source, [p for p in (config_path, weights_path) if p], config.overwrite)
     state, architecture, payload = read_state(source)
     files = []
     if config_path is not None:

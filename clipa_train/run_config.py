@@ -14,6 +14,7 @@ table between the two. A ``None`` left after merging means "the model's" or "der
 from __future__ import annotations
 
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ class RunOptions:
         _require(
             [
                 (self.workers >= 0, "--workers must be ≥ 0"),
-                (self.seed >= 0, "--seed must be ≥ 0"),
+                (0 <= self.seed < 2**63, "--seed must be ≥ 0 and below 2**63"),
                 (
                     self.samples_per_epoch is None or self.samples_per_epoch >= 1,
                     "--samples-per-epoch must be at least 1",
@@ -298,9 +299,20 @@ class OptimOptions:
                     self.epochs is None or self.samples is None,
                     "give --epochs or --samples, not both",
                 ),
-                (self.epochs is None or self.epochs > 0, "--epochs must be positive"),
+                (
+                    self.epochs is None or 0 < self.epochs < math.inf,
+                    "--epochs must be positive and finite",
+                ),
                 (self.samples is None or self.samples > 0, "--samples must be positive"),
-                (self.lr is None or self.lr > 0, "--lr must be positive"),
+                (self.lr is None or 0 < self.lr < math.inf, "--lr must be positive and finite"),
+                (
+                    all(map(math.isfinite, (self.weight_decay, self.beta1, self.beta2, self.eps))),
+                    "--weight-decay, --beta1, --beta2 and --eps must be finite numbers",
+                ),
+                (
+                    self.grad_clip_norm is None or 0 < self.grad_clip_norm < math.inf,
+                    "--grad-clip-norm must be positive and finite",
+                ),
                 (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be ≥ 0"),
             ]
         )
@@ -373,7 +385,11 @@ class EvalOptions:
     def __post_init__(self) -> None:
         _require(
             [
-                (self.every >= 0, "step intervals must be ≥ 0"),
+                (self.every >= 0, "--eval-every must be ≥ 0"),
+                (
+                    self.batch_size >= 1,
+                    f"--eval-batch-size must be at least 1, got {self.batch_size}",
+                ),
                 (not (self.classnames and not self.zeroshot), "--classnames needs --zeroshot DIR"),
             ]
         )
@@ -413,7 +429,7 @@ class LoggingOptions:
         parse_loggers(self.log)  # an unknown name is refused before anything starts
         _require(
             [
-                (self.checkpoint_every >= 0, "step intervals must be ≥ 0"),
+                (self.checkpoint_every >= 0, "--checkpoint-every must be ≥ 0"),
                 (self.log_every >= 1, "--log-every must be at least 1"),
                 (
                     not (self.overwrite and self.resume),

@@ -209,3 +209,22 @@ def test_an_export_of_a_short_token_run_is_rebuilt_at_its_own_sizes(tmp_path):
     model = load_openclip_weights(build_model(rebuilt), tmp_path / "model.pt")
     original = source_state(checkpoint)
     assert all(torch.equal(model.state_dict()[key], original[key]) for key in original)
+
+
+def test_an_export_never_replaces_its_checkpoint_and_others_only_when_told(runs, tmp_path):
+    checkpoint = tmp_path / "step_00000005.pt"
+    checkpoint.write_bytes(runs["contrastive"].read_bytes())
+    before = checkpoint.read_bytes()
+    for more in ([], ["--overwrite"]):
+        itself = invoke("export", checkpoint, checkpoint, *more)
+        assert_one_line_error(itself, "is the checkpoint being exported")
+    assert checkpoint.read_bytes() == before
+    out = tmp_path / "model.pt"
+    assert invoke("export", checkpoint, out).exit_code == 0
+    again = invoke("export", checkpoint, out)
+    assert_one_line_error(again, f"{out} already exists", "--overwrite")
+    assert invoke("export", checkpoint, out, "--overwrite").exit_code == 0
+    folder = invoke("export", checkpoint, tmp_path / "dir", "--format", "openclip-dir")
+    assert folder.exit_code == 0, folder.output
+    refused = invoke("export", checkpoint, tmp_path / "dir", "--format", "openclip-dir")
+    assert_one_line_error(refused, "open_clip_config.json already exists")

@@ -173,7 +173,12 @@ def test_samples_per_epoch_and_check_crc_reach_the_loader(own_data, tmp_path):
             "--max-bad-fraction must be at least 0 and below 1 (e.g. 0.01 for 1 %)",
         ),
         ("--samples-per-epoch", "0", "--samples-per-epoch must be at least 1"),
-        ("--seed", "-1", "--seed must be ≥ 0"),
+        ("--seed", "-1", "--seed must be ≥ 0 and below 2**63"),
+        ("--seed", str(2**70), "--seed must be ≥ 0 and below 2**63"),
+        ("--lr", "inf", "--lr must be positive and finite"),
+        ("--eps", "nan", "--weight-decay, --beta1, --beta2 and --eps must be finite numbers"),
+        ("--grad-clip-norm", "nan", "--grad-clip-norm must be positive and finite"),
+        ("--eval-batch-size", "0", "--eval-batch-size must be at least 1, got 0"),
     ],
 )
 def test_bad_values_of_the_data_flags_are_one_line(flag, value, said, data, tmp_path):

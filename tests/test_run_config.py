@@ -35,6 +35,11 @@ def test_learning_rate_rules_and_warmup():
     assert resolve("pretrain", {**BASE, "samples": 5120, "batch_size": 512}).total_steps(9) == 10
 
 
+def test_infinite_epochs_are_refused():
+    with pytest.raises(ClipaError, match="--epochs must be positive and finite"):
+        resolve("pretrain", {**BASE, "epochs": float("inf")})
+
+
 def test_epochs_end_where_the_loaders_epoch_ends():
     """An epoch is whole global batches (the loader draws no remainder): 3 epochs of 48 records
     at batch 20 are 3 x 2 steps, not 48 x 3 // 20 = 7 (which spilled into a 4th epoch)."""

@@ -337,3 +337,7 @@ def test_info_shows_sidecar_coverage(builder, nltk_env):
     tables = cli("info", builder)
     assert tables.exit_code == 0
     assert "sidecars (clipa-data tag)" in tables.stdout and "3 of 3" in tables.stdout
+
+
+def test_preview_refuses_a_negative_seed(builder):
+    assert_one_line_error(cli("preview", builder, "--seed", "-1"), "--seed must be ≥ 0")

@@ -65,6 +65,8 @@ class PreviewConfig:
             raise ClipaError(f"--text-length must be at least 3, got {self.text_length}")
         if self.n < 1:
             raise ClipaError(f"--n must be at least 1, got {self.n}")
+        if not 0 <= self.seed < 2**63:
+            raise ClipaError(f"--seed must be ≥ 0 and below 2**63, got {self.seed}")
 
 
 @dataclass(frozen=True)
