@@ -8,6 +8,12 @@ PIP_FLAGS := -q --disable-pip-version-check
 STAMP := $(VENV)/.clipa-installed
 XLA_STAMP := $(VENV_XLA)/.clipa-installed
 SPARK_STAMP := $(VENV)/.clipa-spark-installed
+# The package index drops a large download now and then (a CI run once lost torch 2.9's 900 MB
+# wheel at 760 MB after pip's five resumes): pip resumes up to 20 times, and each install is
+# tried three times, 30 s apart, before the run fails on the network.
+RETRY := bash -c 'for try in 1 2 3; do "$$@" && exit 0; test $$try = 3 || { echo "pip: try $$try of 3 failed, retrying in 30 s" >&2; sleep 30; }; done; exit 1' retry
+PIP_INSTALL := -m pip install $(PIP_FLAGS) --resume-retries 20
+PIP_UPGRADE := -m pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
 
 .PHONY: setup setup-spark test test-xla test-spark demo lint format clean
 
@@ -16,8 +22,8 @@ setup: $(STAMP)
 # Re-installs only when the dependency declarations (or these recipes) change; otherwise a no-op.
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip setuptools wheel 2>/dev/null
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[all]' 2> >(grep -v "is ignored: it is neither" >&2)
+	$(RETRY) $(PY) $(PIP_UPGRADE) 2>/dev/null
+	$(RETRY) $(PY) $(PIP_INSTALL) -c constraints.txt -e '.[all]' 2> >(grep -v "is ignored: it is neither" >&2)
 	@touch $@
 
 test: setup
@@ -26,7 +32,7 @@ test: setup
 # pyspark (~320 MB) is only in the `spark` extra; its tests need Java 17+ (.ci/run installs it
 # where `java` is missing). The import check first: the Spark tests skip themselves without it.
 $(SPARK_STAMP): $(STAMP)
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[all,spark]' 2> >(grep -v "is ignored: it is neither" >&2)
+	$(RETRY) $(PY) $(PIP_INSTALL) -c constraints.txt -e '.[all,spark]' 2> >(grep -v "is ignored: it is neither" >&2)
 	@touch $@
 
 setup-spark: $(SPARK_STAMP)
@@ -40,8 +46,8 @@ test-spark: $(SPARK_STAMP)
 # in a child process: TensorFlow and torch_xla cannot share one, see tests/xla_data.py).
 $(XLA_STAMP): pyproject.toml constraints-xla.txt Makefile
 	@test -x $(VENV_XLA)/bin/python || $(PYTHON) -m venv $(VENV_XLA)
-	$(VENV_XLA)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip setuptools wheel 2>/dev/null
-	$(VENV_XLA)/bin/python -m pip install $(PIP_FLAGS) -c constraints-xla.txt torch-xla -e '.[all]' 2> >(grep -v "is ignored: it is neither" >&2)
+	$(RETRY) $(VENV_XLA)/bin/python $(PIP_UPGRADE) 2>/dev/null
+	$(RETRY) $(VENV_XLA)/bin/python $(PIP_INSTALL) -c constraints-xla.txt torch-xla -e '.[all]' 2> >(grep -v "is ignored: it is neither" >&2)
 	@touch $@
 
 # The import check first: the XLA tests skip themselves without torch_xla, which must not
