@@ -3,7 +3,8 @@
 ``check_memory`` compares the estimated peak memory (``memory_estimate``) of one training
 process with the free memory of its device and refuses a run that cannot fit with one line
 naming what would: a batch size (or ``--accum-steps auto --micro-batch N``, which keeps the
-batch), ``--grad-checkpointing``, or a smaller preset. ``--no-memory-check`` skips it.
+batch), fewer ``--workers`` (on the CPU), ``--grad-checkpointing``, or a smaller preset.
+``--no-memory-check`` skips it.
 ``small_data_warnings`` gives a line when an epoch is under 10 steps or when the whole batches
 of an epoch leave more than 5 % of the records out (only whole batches are drawn).
 """
@@ -183,16 +184,15 @@ def _refusal(stage, world, shape, estimate, free, sharing, fits) -> str:
 
 
 def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> str:
-    """``use --batch-size N (or ...), --grad-checkpointing or --model P`` for what fits."""
+    """``use --batch-size N (or ...), --workers W, --grad-checkpointing or --model P`` for
+    what fits."""
     import dataclasses
 
     optim = stage.config.optim
     options = []
-    micro = next(
-        (m for m in range(shape.micro_batch - 1, 0, -1)
-         if fits(dataclasses.replace(shape, micro_batch=m))),
-        None,
-    )  # fmt: skip
+    micro = _largest(
+        lambda m: fits(dataclasses.replace(shape, micro_batch=m)), shape.micro_batch - 1
+    )
     if micro is not None and micro >= 16:
         micro -= micro % 8  # a round number: the estimate is not that exact
     if micro is not None and optim.accum_steps == "auto":
@@ -203,6 +203,11 @@ def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> 
             f"--batch-size {micro * per_step} (or keep {optim.batch_size} with --accum-steps "
             f"auto --micro-batch {micro})"
         )
+    workers = _largest(lambda w: fits(dataclasses.replace(shape, workers=w)), shape.workers - 1)
+    if workers is None and shape.workers > 0 and fits(dataclasses.replace(shape, workers=0)):
+        workers = 0
+    if workers is not None:
+        options.append(f"--workers {workers}")
     if not shape.grad_checkpointing:
         checkpointed = dataclasses.replace(shape, grad_checkpointing=True)
         if fits(checkpointed):
@@ -214,6 +219,18 @@ def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> 
     if not options:
         return "nothing smaller fits on this device: use a machine with more memory"
     return "use " + ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + options[-1]
+
+
+def _largest(fits_at, high: int) -> int | None:
+    """The largest n in 1..``high`` with ``fits_at(n)`` (true up to some n, false above: memory
+    grows with n), by bisection: a --batch-size of a billion is refused at once."""
+    if high < 1 or not fits_at(1):
+        return None
+    low = 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits_at(middle) else (low, middle - 1)
+    return low
 
 
 def _smaller_preset(shape: MemoryShape, fits) -> str | None:

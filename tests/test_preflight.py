@@ -129,3 +129,46 @@ def test_free_memory_is_read_from_the_host_unless_given(monkeypatch):
     assert available_memory("xla") is None  # no free-memory figure before the devices start
     monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", "3G")
     assert available_memory("cuda") == (3 * 1024**3, "CLIPA_MEMORY_AVAILABLE")
+
+
+def _refusal_line(builder, tmp_path, monkeypatch, available: str, **options) -> str:
+    from clipa_data.core.errors import ClipaError
+    from clipa_train.preflight import check_memory
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", available)
+    given = {"data": str(builder), "out": str(tmp_path / "r"), "text_mask": "truncate", **options}
+    with pytest.raises(ClipaError) as refused:
+        check_memory(resolve_stage(resolve("pretrain", given)), world=1)
+    return str(refused.value)
+
+
+def test_a_huge_batch_is_refused_at_once(builder, tmp_path, monkeypatch):
+    """The fitting micro-batch is found by bisection, not by trying every size below 10**9."""
+    import time
+
+    started = time.monotonic()
+    line = _refusal_line(builder, tmp_path, monkeypatch, "16G", batch_size=10**9)
+    assert time.monotonic() - started < 30, "the suggestion search walked every batch size"
+    assert "use --batch-size 104 (or keep 1000000000 with --accum-steps auto" in line
+
+
+def test_too_many_loader_workers_are_named(builder, tmp_path, monkeypatch):
+    """64 loader workers on the host need more than 2 GiB however small the batch: the line
+    names the largest --workers that fits, which does."""
+    import re
+
+    from clipa_train.memory_estimate import GIB, estimate_memory
+    from clipa_train.preflight import stage_shape
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    options = {"model": "clipa-tiny", "image_size": 32, "batch_size": 64, "workers": 64}
+    line = _refusal_line(builder, tmp_path, monkeypatch, "2G", **options)
+    workers = int(re.search(r"use --workers (\d+),", line).group(1))
+    assert 0 < workers < 64 and "--batch-size" not in line.split("free")[1]
+    for count, fits in ((workers, True), (workers + 1, False)):
+        given = {"data": str(builder), "out": str(tmp_path / "r"), "text_mask": "truncate"}
+        stage = resolve_stage(resolve("pretrain", {**given, **options, "workers": count}))
+        assert (estimate_memory(stage_shape(stage, 1)).total <= 2 * GIB) is fits
