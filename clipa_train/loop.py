@@ -9,6 +9,7 @@ fetched only at log steps, after the boundary, so XLA keeps one graph per stage.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -116,7 +117,11 @@ class LoopResult:
     finished, but the user asked to stop: a recipe starts no next stage)."""
     failure: str | None = None
     """Why the data stopped it (a loader worker died, too many bad records); it stopped with a
-    checkpoint of the last finished step, and the stage ends with this as its error."""
+    checkpoint of the last finished step, and the stage ends with this as its error. Also set
+    when the loss diverged (``diverged``)."""
+    diverged: bool = False
+    """True when a logged loss was NaN or infinite: the run stopped at that log step without
+    saving the diverged weights (the last checkpoint is the one to go on from)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
 
@@ -233,6 +238,8 @@ def _log_record(record: dict, log, result: LoopResult, bar) -> None:
 
 def _needs_final_checkpoint(result: LoopResult, cut: bool, backend: Backend, path: Path) -> bool:
     """Whether the run must end by saving ``path`` (the current step's checkpoint)."""
+    if result.diverged:
+        return False  # NaN weights would be the checkpoint --resume auto picks
     # After a second signal under several processes the other ranks may be inside a
     # collective: saving (itself collective) could hang, so the last checkpoint stands.
     return not (cut and backend.world > 1) and result.checkpoint != path
@@ -298,7 +305,7 @@ def train(
     model.train()
     iterator = iter(batches)
     window = _Window(step)
-    evaluated_at, cut = -1, False
+    evaluated_at, cut, watched = -1, False, None
     with (
         StopSignal(backend.is_main) as stop,
         _progress(config, backend, optim_config.total_steps, step) as bar,
@@ -319,6 +326,8 @@ def train(
                 if step % config.log_every == 0 or step == optim_config.total_steps:
                     record = window.record(step, lr, backend.to_host(watched), _compiles(backend))
                     _log_record(record, log, result, bar)
+                    if _diverged(record, step, result):
+                        break
                 if config.eval_every and evaluate is not None and step % config.eval_every == 0:
                     with stop.interruptible():
                         evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
@@ -328,6 +337,8 @@ def train(
                         break
                     stop.next_check = _next_check(step, config, backend)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    if _diverged(backend.to_host(watched), step, result):
+                        break
                     result.checkpoint = save()
         except StopNow:
             result.stopped = cut = True
@@ -337,11 +348,33 @@ def train(
         if evaluate is not None and not result.stopped and evaluated_at != step:
             _evaluate(evaluate, model, step, log, result, backend)
         cut = cut or result.failure is not None  # other ranks may be waiting in a collective
-        if _needs_final_checkpoint(result, cut, backend, ckpt.checkpoint_path(directory, step)):
+        final = ckpt.checkpoint_path(directory, step)
+        if _needs_final_checkpoint(result, cut, backend, final) and _finite(
+            watched, step, result, backend
+        ):
             result.checkpoint = save()
     log.close()
     result.step = step
     return result
+
+
+def _diverged(values: dict[str, Any], step: int, result: LoopResult) -> bool:
+    """Whether the step's loss (the mean over ranks: every rank agrees) or the logit scale after
+    its update is NaN or infinite; if so, ``result`` says so and the loop stops before another
+    step or a checkpoint. Checked at log steps and before each save (fetching the watched
+    values is a device sync, which a checkpoint costs anyway)."""
+    for name, label in (("loss", "the loss"), ("logit_scale", "the logit scale")):
+        if not math.isfinite(values[name]):
+            result.stopped = result.diverged = True
+            result.failure = f"{label} is {values[name]} at step {step}"
+            return True
+    return False
+
+
+def _finite(watched: dict | None, step: int, result: LoopResult, backend: Backend) -> bool:
+    """Whether the last step's watched values (None: no step ran) are finite, for the final
+    save after a stop between log steps."""
+    return watched is None or not _diverged(backend.to_host(watched), step, result)
 
 
 def _signalled(stop: StopSignal, cut: bool, backend: Backend) -> bool:

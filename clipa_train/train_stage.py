@@ -111,6 +111,8 @@ def _train_on(stage: ResolvedStage, backend) -> None:
         loader.close()
     if backend.is_main:
         write_json(run_dir / "summary.json", summarise(stage, result, loader, started))
+    if result.diverged:
+        raise ClipaError(_divergence_line(result, stage.resume_from))
     if result.failure is not None:  # the data stopped it: one error line, the way to go on
         saved = "" if result.checkpoint is None else f" with checkpoint {result.checkpoint}"
         raise ClipaError(
@@ -118,6 +120,21 @@ def _train_on(stage: ResolvedStage, backend) -> None:
             "with --resume auto"
         )
     backend.barrier()  # every rank's run_stage reads summary.json: wait until rank 0 wrote it
+
+
+def _divergence_line(result, resume_from: str | None) -> str:
+    """The error of a run whose loss went NaN/inf: where it stands and how to go on."""
+    last = result.checkpoint or resume_from
+    start = (
+        f"--resume auto goes on from the last checkpoint ({last})"
+        if last is not None
+        else "no checkpoint was saved: start again"
+    )
+    return (
+        f"{result.failure}: training diverged and stopped (the diverged weights are not "
+        f"saved); {start} with a lower --lr, a --grad-clip-norm (e.g. 1.0) or more "
+        "--warmup-steps"
+    )
 
 
 def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
@@ -203,6 +220,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "interrupted": result.interrupted,
         "signalled": result.signalled,
         "failure": result.failure,
+        "diverged": result.diverged,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
         "samples_per_s": sum(rates) / len(rates) if rates else None,

@@ -354,3 +354,30 @@ def test_a_record_with_bad_image_bytes_is_skipped_and_reported(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stream"]["bad_images"] == 1 and "bad images skipped" in result.stdout
     assert os.path.getsize(out / "metrics.jsonl") > 0
+
+
+def test_a_diverged_run_stops_without_saving_nan_weights(data, tmp_path):
+    """--lr 1e6 turns the loss NaN at step 2: the run stops there with one line naming the last
+    checkpoint to go on from (step 1's, finite), saves nothing after it and exits non-zero."""
+    import torch
+
+    from clipa_train.checkpoint import list_checkpoints, load_checkpoint
+
+    blow_up = ["--samples", 8 * 20, "--lr", 1e6, "--warmup-steps", 0, "--text-mask", "truncate"]
+    out = tmp_path / "saved"
+    result = invoke(*tiny(data, out, *blow_up, "--log-every", 5, "--checkpoint-every", 1))
+    assert_one_line_error(
+        result, "the loss is nan at step 2: training diverged", "step_00000001.pt", "lower --lr"
+    )
+    ((step, saved),) = list_checkpoints(out / "checkpoints")
+    assert step == 1
+    weights = load_checkpoint(saved)["model"]
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["diverged"] and summary["steps"] == 2 and summary["stopped"]
+
+    logged = tmp_path / "logged"
+    result = invoke(*tiny(data, logged, *blow_up, "--log-every", 1))
+    assert_one_line_error(result, "at step 2: training diverged", "no checkpoint was saved")
+    assert not list_checkpoints(logged / "checkpoints")
+    assert list(losses(logged)) == [1, 2]  # the NaN record is logged
