@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 
 import typer
-from clipa_cli.common import stderr, stdout
+from clipa_cli.common import EXIT_INTERRUPTED, stderr, stdout
 from clipa_cli.options import config_arguments, config_options
 from clipa_cli.train_options import parse_jitter, training_options
 
@@ -89,6 +89,6 @@ def recipe_body(recipe: str, data: str, out: str, stage, settings, plan: bool, *
     def note(line: str) -> None:
         stderr().print(escape(line), soft_wrap=True)
 
-    run_recipe(config, note, report)
-    if summaries and summaries[-1].get("interrupted"):
-        raise SystemExit(130)  # stopped at once by a second Ctrl-C: as a shell reports it
+    finished = run_recipe(config, note, report)
+    if not finished and summaries and summaries[-1].get("signalled"):
+        raise SystemExit(EXIT_INTERRUPTED)  # as clipa-train pretrain/finetune: see train_app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clipa_cli.common import make_app, reports_errors, stderr, stdout
+from clipa_cli.common import EXIT_INTERRUPTED, make_app, reports_errors, stderr, stdout
 from clipa_cli.options import command
 from clipa_cli.train_options import eval_options, report_options, train_command
 from rich.markup import escape
@@ -61,8 +61,15 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
     summary = run_stage(resolve(stage, options, config_file))
     if summary is not None:  # None: a resumed run that had nothing left to do (said so)
         print_summary(summary)
-        if summary.get("interrupted"):
-            raise SystemExit(130)  # stopped at once by a second Ctrl-C: as a shell reports it
+        if stopped_by_signal(summary):
+            raise SystemExit(EXIT_INTERRUPTED)
+
+
+def stopped_by_signal(summary: dict) -> bool:
+    """Whether a signal (Ctrl-C, SIGTERM) stopped the stage before its last step: the command
+    then exits 130 as the data commands do, so ``pretrain && finetune`` goes no further (a
+    signal after the last step changes nothing: the stage finished)."""
+    return bool(summary.get("signalled") and summary.get("stopped"))
 
 
 def print_summary(summary: dict) -> None:

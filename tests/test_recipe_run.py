@@ -66,8 +66,9 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "data": data, "recipe": recipe}
 
 
-def start_killed(args: list[str], ready, what: str) -> str:
-    """Start ``clipa-train ARGS``, SIGTERM it (as ``kill`` does) once ``ready()``; its stderr."""
+def start_killed(args: list[str], ready, what: str) -> tuple[int, str]:
+    """Start ``clipa-train ARGS``, SIGTERM it (as ``kill`` does) once ``ready()``; its exit
+    code and stderr."""
     process = subprocess.Popen(
         [PROGRAM, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -80,7 +81,7 @@ def start_killed(args: list[str], ready, what: str) -> str:
     os.kill(process.pid, signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     with_group_gone(process)
-    return stderr
+    return process.returncode, stderr
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +90,19 @@ def killed_between_stages(setup) -> dict:
     second stage (after a checkpoint), then run again to the end."""
     out = setup["root"] / "runs"
     args = command(setup["recipe"], setup["data"], out)
-    first = start_killed(
+    _, first = start_killed(
         args, lambda: stage_status(out / "pretrain").state == "finished", "the first stage"
     )
     between = {name: stage_status(out / name) for name in ("pretrain", "finetune")}
     second_checkpoints = out / "finetune" / "checkpoints"
-    second = start_killed(
+    second_code, second = start_killed(
         args, lambda: any(second_checkpoints.glob("step_*.pt")), "a second-stage checkpoint"
     )
     inside = stage_status(out / "finetune")
     again = subprocess.run([PROGRAM, *args], env=ENV, capture_output=True, text=True, timeout=300)
     return {
         "out": out, "first": first, "between": between, "second": second, "inside": inside,
-        "again": again,
+        "again": again, "second_code": second_code,
     }  # fmt: skip
 
 
@@ -118,6 +119,7 @@ def test_kill_between_stages_then_rerun_finishes_the_recipe(killed_between_stage
     assert between["finetune"].state != "finished", run["first"]
     assert "stage 1/2 pretrain" in run["second"] and "already finished, skipped" in run["second"]
     assert run["inside"].state == "unfinished" and run["inside"].steps < FINETUNE_STEPS
+    assert run["second_code"] == 130, run["second"]  # stopped by the signal, not finished
     assert again.returncode == 0, again.stderr
     assert "already finished, skipped" in again.stderr
     # The unfinished second stage continued (--resume auto) from its own latest checkpoint.

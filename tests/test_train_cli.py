@@ -172,7 +172,7 @@ def test_sigterm_stop_then_resume_auto_continues_exactly(data, tmp_path):
         assert process.poll() is None and time.monotonic() < deadline, "run ended too early"
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
+    assert process.wait(timeout=120) == 130, process.stderr.read().decode()[-2000:]
     stopped = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert stopped["stopped"] and 3 <= stopped["steps"] < 30, stopped
 
