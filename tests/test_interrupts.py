@@ -127,3 +127,32 @@ def test_a_checkpoint_at_the_end_of_an_epoch_does_not_break_the_next_epoch(tmp_p
     done = run(*options(data, out, *[str(arg) for arg in more]))
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "summary.json").read_text())["steps"] == 12
+
+
+CTRL_C_DURING_IMPORT = """
+import builtins, os, signal, sys
+real_import = builtins.__import__
+
+def ctrl_c_at_typer(name, *args, **kwargs):  # a real SIGINT, while the app imports typer
+    if name == "typer":
+        builtins.__import__ = real_import
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+
+builtins.__import__ = ctrl_c_at_typer
+sys.argv = [{program!r}, "--help"]
+from clipa_cli.entry import {program}
+{program}()
+"""
+
+
+@pytest.mark.parametrize("program", ["data", "train"])
+def test_ctrl_c_while_the_command_starts_is_one_line(program):
+    """The apps take about half a second to import; a Ctrl-C then is one line and exit 130,
+    as later, not a KeyboardInterrupt traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_IMPORT.format(program=program)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted\n" and not done.stdout
