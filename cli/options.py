@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -183,6 +184,7 @@ def command(
 
     def run(**options: Any) -> Any:
         context = options.pop(_CONTEXT, None)
+        options = {name: home_expanded(value) for name, value in options.items()}
         for name in unset if context is not None else ():
             source = context.get_parameter_source(name)
             if source is None or source.name == "DEFAULT":
@@ -192,6 +194,17 @@ def command(
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__doc__ = flowing(doc or body.__doc__ or "")
     return run
+
+
+def home_expanded(value: Any) -> Any:
+    """``value`` (or each item of a list) with a leading ``~`` or ``~user`` expanded, as a shell
+    does for an unquoted word but not for ``--out=~/runs`` or ``--out '~/runs'``: without this
+    those make a folder named ``~`` in the current one."""
+    if isinstance(value, (str, Path)) and str(value).startswith("~"):
+        return type(value)(os.path.expanduser(value))
+    if isinstance(value, list):
+        return [home_expanded(item) for item in value]
+    return value
 
 
 def flowing(doc: str) -> str:

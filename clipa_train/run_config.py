@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -677,19 +678,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text()
     try:
         if path.suffix.lower() == ".json":
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=_mapping_once)
         else:
-            import yaml
-
-            values = yaml.safe_load(text)
+            values = _yaml_once(text)
     except (json.JSONDecodeError, ValueError) as error:
         raise ClipaError(f"{path}: cannot parse config file ({error})") from None
     except Exception as error:  # yaml.YAMLError has no common base we can import lazily
         raise ClipaError(f"{path}: cannot parse config file ({error})") from None
     if not isinstance(values, dict):
         raise ClipaError(f"{path}: a config file must hold a mapping of option: value")
-    keys = {str(key).replace("-", "_"): str(key) for key in values}
-    keys = {("from_checkpoint" if k == "from" else k): key for k, key in keys.items()}
+    keys: dict[str, str] = {}
+    for key in map(str, values):
+        name = key.replace("-", "_")
+        name = "from_checkpoint" if name == "from" else name
+        if name in keys:
+            raise ClipaError(f"{path}: {keys[name]} and {key} are the same option: keep one")
+        keys[name] = key
     unknown = sorted(set(keys) - OPTION_NAMES)
     if unknown:
         raise ClipaError(f"{path}: unknown option(s) {', '.join(unknown)}")
@@ -697,11 +701,39 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     for name, key in keys.items():
         try:
             options[name] = coerce_option(name, values[key])
+            if isinstance(options[name], str) and options[name].startswith("~"):
+                options[name] = os.path.expanduser(options[name])  # as on the command line
         except (KeyError, TypeError, ValueError):
             raise ClipaError(
                 f"{path}: {key} must be {_expected(name)}, got {values[key]!r}"
             ) from None
     return options
+
+
+def _mapping_once(pairs: list[tuple[Any, Any]]) -> dict:
+    """A mapping from ``pairs``; a key given twice is an error, not silently the last value."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    return dict(pairs)
+
+
+def _yaml_once(text: str) -> Any:
+    """``yaml.safe_load`` refusing a mapping key given twice (PyYAML keeps the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        merge = "tag:yaml.org,2002:merge"  # `<<: *base` then a key of its own overrides
+        pairs = [(loader.construct_object(key), None) for key, _ in node.value if key.tag != merge]
+        _mapping_once(pairs)
+        return loader.construct_mapping(node)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no Python objects
 
 
 _KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}

@@ -151,6 +151,41 @@ def test_config_file_gives_options_and_flags_override_it(data, tmp_path):
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003.pt"]
 
 
+def test_home_in_a_config_file_and_in_flag_equals_is_expanded(data, tmp_path, monkeypatch):
+    """``~`` in a config file's value and in ``--out=~/...`` (which no shell expands) is the
+    home folder, not a folder named ``~`` in the current one."""
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    shutil.copytree(data["tagged"].parent.parent, home / "tagged")
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: ~/tagged/demo/1.0.0\nmodel: clipa-tiny\nimage-size: 32\ntext_length: 8\n"
+        "batch-size: 8\nsamples: 8\nworkers: 1\nprogress: false\n"
+    )
+    result = invoke("pretrain", "--config", config, "--out=~/run")
+    assert result.exit_code == 0, result.output
+    assert (home / "run" / "summary.json").is_file() and not any(elsewhere.iterdir())
+    resolved = json.loads((home / "run" / "config.json").read_text())
+    assert resolved["options"]["data"] == str(home / "tagged" / "demo" / "1.0.0")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("twice.yaml", "lr: 0.1\nbatch-size: 8\nlr: 0.2\n", "lr given more than once"),
+        ("twice.json", '{"lr": 0.1, "lr": 0.2}', "lr given more than once"),
+        ("spelled.yaml", "text-mask: syntax\ntext_mask: truncate\n", "text-mask and text_mask"),
+    ],
+)
+def test_an_option_given_twice_in_a_config_file_is_refused(data, tmp_path, name, text, said):
+    config = tmp_path / name
+    config.write_text(text)
+    result = invoke("pretrain", "--config", config, "--data", data["tagged"], "--out", tmp_path)
+    assert_one_line_error(result, str(config), said)
+
+
 def losses(run: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}
