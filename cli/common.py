@@ -37,8 +37,9 @@ def fail(message: str) -> NoReturn:
 
 
 def reports_errors(command: Command) -> Command:
-    """Turn ``ClipaError`` (bad input, failed checks) into one line and a non-zero exit, and an
-    interrupt (Ctrl-C, SIGTERM) into one line and exit 130 instead of a traceback."""
+    """Turn ``ClipaError`` (bad input, failed checks) and an ``OSError`` about a path into one
+    line and a non-zero exit, and an interrupt (Ctrl-C, SIGTERM) into one line and exit 130
+    instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -46,6 +47,15 @@ def reports_errors(command: Command) -> Command:
             return command(*args, **kwargs)
         except ClipaError as error:
             fail(str(error))
+        except OSError as error:
+            if error.filename is None:
+                raise  # not about a path the user gave: a traceback shows where it came from
+            # A path the checks could not foresee (a folder under /proc, a disk that filled up,
+            # a mount gone read-only): the path and the system's reason, in one line.
+            fail(
+                f"{error.filename}: {error.strerror or error} (the operating system refused "
+                "it: check the path, its permissions and the free space)"
+            )
         except KeyboardInterrupt as interrupt:
             # A stage's Interrupted says what finished and how to resume; a bare Ctrl-C says
             # nothing, and the stages write atomically, so there is nothing half-done to name.

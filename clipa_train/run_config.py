@@ -432,6 +432,7 @@ class LoggingOptions:
             [
                 (self.checkpoint_every >= 0, "--checkpoint-every must be ≥ 0"),
                 (self.log_every >= 1, "--log-every must be at least 1"),
+                (self.keep_checkpoints >= 0, "--keep-checkpoints must be ≥ 0 (0 keeps all)"),
                 (
                     not (self.overwrite and self.resume),
                     "--overwrite starts the run over and --resume continues it; give one of them",

@@ -369,16 +369,16 @@ def test_cli_bad_passthrough(metadata, tmp_path, pair, message):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--output-format", "files", "output_format must be one of tfrecord, webdataset"),
-        ("--resize-mode", "stretch", "resize_mode must be one of"),
+        ("--output-format", "files", "--output-format must be one of tfrecord, webdataset"),
+        ("--resize-mode", "stretch", "--resize-mode must be one of"),
         ("--save-additional-columns", "NSFW,status", "may not use status"),
-        ("--distributor", "ray", "distributor must be one of multiprocessing, pyspark"),
-        ("--processes", "0", "processes_count must be at least 1"),
-        ("--image-size", "0", "image_size must be at least 1"),
-        ("--input-format", "xml", "input_format must be one of parquet"),
-        ("--incremental-mode", "append", "incremental_mode must be one of"),
-        ("--timeout", "0", "timeout > 0"),
-        ("--retries", "-1", "retries >= 0"),
+        ("--distributor", "ray", "--distributor must be one of multiprocessing, pyspark"),
+        ("--processes", "0", "--processes-count must be at least 1"),
+        ("--image-size", "0", "--image-size must be at least 1"),
+        ("--input-format", "xml", "--input-format must be one of parquet"),
+        ("--incremental-mode", "append", "--incremental-mode must be one of"),
+        ("--timeout", "0", "--timeout must be a positive number of seconds"),
+        ("--retries", "-1", "--retries must be ≥ 0"),
     ],
 )
 def test_cli_bad_settings(metadata, tmp_path, option, value, message):

@@ -74,6 +74,11 @@ BAD_TRAINING = {
         ["has 3 class names but", "has 20 classes"],
     ),
     "resume auto without checkpoints": (["--resume", "auto"], ["no checkpoint"]),
+    "keep checkpoints negative": (["--keep-checkpoints", -1], ["--keep-checkpoints must be ≥ 0"]),
+    "out where no folder can be made": (
+        ["--out", "/proc/clipa-no-such/run", "--samples", 80],  # --samples: no short-epoch note
+        ["/proc/clipa-no-such: No such file or directory", "the operating system refused it"],
+    ),
     "fsdp in one process": (
         ["--sharding", "fsdp"],
         ["--sharding fsdp needs at least 2 processes", "torchrun", "--sharding ddp"],

@@ -101,7 +101,12 @@ def import_img2dataset():
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ClipaError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise ClipaError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of the ``DownloadConfig`` field ``name``."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -215,11 +220,11 @@ class DownloadConfig:
         _check_choice("distributor", self.distributor, DISTRIBUTORS)
         for name in ("image_size", "processes_count", "thread_count", "number_sample_per_shard"):
             if getattr(self, name) < 1:
-                raise ClipaError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.retries < 0 or self.timeout <= 0:
-            raise ClipaError(
-                f"need retries >= 0 and timeout > 0; got {self.retries}, {self.timeout}"
-            )
+                raise ClipaError(f"{_flag(name)} must be at least 1; got {getattr(self, name)}")
+        if self.retries < 0:
+            raise ClipaError(f"--retries must be ≥ 0; got {self.retries}")
+        if self.timeout <= 0:
+            raise ClipaError(f"--timeout must be a positive number of seconds; got {self.timeout}")
         reserved = sorted(RESERVED_COLUMNS & set(self.save_additional_columns))
         if reserved:
             raise ClipaError(
