@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from typing import Any
 
 from clipa_cli.common import reports_errors, stdout
 from clipa_cli.options import command, config_arguments, config_options, config_values
 from clipa_cli.tables import bad_shards_table, convert_table
+from rich.markup import escape
 
 from clipa_data.core import layout
 from clipa_data.prepare.convert import ConvertConfig, ConvertResult, convert
@@ -46,7 +48,7 @@ def print_summary(result: ConvertResult) -> None:
     for line in damaged_lines(result):
         console.print(line, markup=False, highlight=False)
     console.print(f"summary: {layout.convert_summary_path(result.builder_dir)}")
-    console.print(f"inspect: clipa-data info {result.builder_dir}")
+    console.print(f"inspect: clipa-data info {escape(shlex.quote(str(result.builder_dir)))}")
 
 
 @reports_errors

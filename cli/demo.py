@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -277,6 +278,7 @@ def sample_records(raw_dir: Path, limit: int = 5) -> Table:
 def where_to_look(settings: DemoSettings) -> str:
     """How to inspect the result."""
     out = settings.out
+    builder = shlex.quote(str(settings.builder_dir))
     return "\n".join(
         [
             f"[bold]result[/] in {out}/:",
@@ -287,9 +289,8 @@ def where_to_look(settings: DemoSettings) -> str:
             f"  {settings.eval_dir}/   held-out zero-shot set: val/<class>/*.jpg, classnames.txt, "
             "templates.txt",
             "[bold]inspect[/]:",
-            f"  .venv/bin/clipa-data info {settings.builder_dir}",
-            f"  .venv/bin/clipa-data preview {settings.builder_dir} --text-mask syntax "
-            "--text-length 8 --n 5",
+            f"  .venv/bin/clipa-data info {builder}",
+            f"  .venv/bin/clipa-data preview {builder} --text-mask syntax --text-length 8 --n 5",
             f"  ls {settings.raw_dir} && cat {settings.raw_dir}/_clipa/download_summary.json",
             '  .venv/bin/python -c "from clipa_data.core.tfrecord import read_records; '
             "from clipa_data.core.example import decode_example; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -145,7 +146,7 @@ def download_options(dataset: str, **options: Any) -> None:
         console.print(download_table(error.summary))
         raise
     console.print(download_table(summary))
-    folder = escape(config.output_folder)
+    folder = escape(shlex.quote(config.output_folder))
     console.print(f"next: clipa-data convert {folder} OUT --name NAME --split train")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +304,7 @@ def _flag_text(key: str, value: Any) -> str:
         return option_flag(key) if value else f"--no-{option_flag(key)[2:]}"
     if isinstance(value, tuple):
         value = ",".join(str(item) for item in value)
-    return f"{option_flag(key)} {value}"
+    return f"{option_flag(key)} {shlex.quote(str(value))}"
 
 
 def plan_lines(config: RecipeRunConfig) -> list[str]:

@@ -156,6 +156,15 @@ def test_config_file_gives_options_and_flags_override_it(data, tmp_path):
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003.pt"]
 
 
+def test_the_tag_command_named_for_a_path_with_a_space_can_be_pasted(data, tmp_path):
+    import shlex
+
+    spaced = shutil.copytree(data["plain"].parent.parent, tmp_path / "my data") / "demo" / "1.0.0"
+    result = invoke(*tiny(data, tmp_path / "run"), "--data", spaced, "--text-mask", "syntax")
+    line = assert_one_line_error(result, "has no sidecars")
+    assert shlex.split(line.split("create them with: ")[1]) == ["clipa-data", "tag", str(spaced)]
+
+
 def test_home_in_a_config_file_and_in_flag_equals_is_expanded(data, tmp_path, monkeypatch):
     """``~`` in a config file's value and in ``--out=~/...`` (which no shell expands) is the
     home folder, not a folder named ``~`` in the current one."""

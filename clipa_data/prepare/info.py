@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -212,7 +213,8 @@ def sidecars_section(builder: Builder) -> Section:
     """Sidecar coverage of ``clipa-data tag``: shards with sidecars, rows, taggers, vocabulary."""
     data = coverage_of_splits(builder.path, builder.splits)
     if data["with_sidecar"] == 0 and not data["unreadable"]:
-        rows = (("sidecars", f"none; create them with: clipa-data tag {builder.path}"),)
+        command = f"clipa-data tag {shlex.quote(str(builder.path))}"
+        rows = (("sidecars", f"none; create them with: {command}"),)
         return Section("sidecars", "sidecars (clipa-data tag)", ("", ""), rows, data)
     vocabulary = "this tokenizer's" if data["vocab_matches"] else "ANOTHER vocabulary: re-tag"
     rows = (

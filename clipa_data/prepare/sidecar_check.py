@@ -7,6 +7,7 @@ Coverage only reads sidecar headers (metadata and row counts): cheap enough for 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ def check_shard(job: CheckJob) -> ShardCheck:
             name,
             job.num_records,
             f"{job.sidecar}: sidecar of shard {name} is missing; create it with: "
-            f"clipa-data tag {job.builder}",
+            f"clipa-data tag {shlex.quote(str(job.builder))}",
         )
     expected = SidecarExpectation(
         shard=name,
