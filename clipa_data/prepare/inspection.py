@@ -150,9 +150,8 @@ def _stats_problem(task: InspectTask, read: _Read) -> tuple[int | None, str | No
             )
         return None, None
     try:
-        with open(task.stats_path) as handle:
-            successes = int(json.load(handle)["successes"])
-    except (ValueError, KeyError, TypeError) as error:
+        successes = _stats_successes(task.stats_path)
+    except ValueError as error:
         return None, f"{task.stats_path}: not an img2dataset stats file ({error})"
     if successes != records and (read.damage is None or successes < records):
         return successes, (
@@ -161,6 +160,15 @@ def _stats_problem(task: InspectTask, read: _Read) -> tuple[int | None, str | No
             "clipa-data download to fetch it again"
         )
     return successes, None
+
+
+def _stats_successes(path: str | Path) -> int:
+    """``successes`` of an img2dataset stats file; ValueError when it holds no such count."""
+    with open(path) as handle:
+        try:
+            return int(json.load(handle)["successes"])
+        except (KeyError, TypeError) as error:  # another JSON document: say which key
+            raise ValueError(f"no successes count: {error!r}") from None
 
 
 def _refetch(task: InspectTask) -> str:
@@ -186,8 +194,8 @@ def missing_shards(src: Path, present: Sequence[str], suffix: str) -> list[Inspe
         if shard_id is None or shard_id in ids:
             continue
         try:
-            successes = int(json.loads(stats_path.read_text())["successes"])
-        except (OSError, ValueError, KeyError, TypeError):
+            successes = _stats_successes(stats_path)
+        except (OSError, ValueError):
             successes = None  # unreadable: the shard may have held records, so it counts
         if successes == 0:
             continue  # nothing was downloaded into it: nothing is lost
