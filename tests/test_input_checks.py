@@ -46,11 +46,12 @@ def builder(tmp_path_factory) -> Path:
 
 def tiny_config(path: Path, builder: Path, out: Path, **values: object) -> Path:
     """A YAML config of a clipa-tiny run, written as a user types it (``lr: 1e-3``)."""
-    lines = [
-        f"data: {builder}", f"out: {out}", "model: clipa-tiny", "image_size: 32",
-        "text_length: 8", "text_mask: truncate", "workers: 1", "progress: no",
-    ]  # fmt: skip
-    lines += [f"{key}: {value}" for key, value in values.items()]
+    base = {
+        "data": builder, "out": out, "model": "clipa-tiny", "image_size": 32,
+        "text_length": 8, "text_mask": "truncate", "workers": 1, "progress": "no",
+    }  # fmt: skip
+    # A config file may give each option once, so a value asked for replaces the base one.
+    lines = [f"{key}: {value}" for key, value in {**base, **values}.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
