@@ -120,8 +120,9 @@ class LoopResult:
     checkpoint of the last finished step, and the stage ends with this as its error. Also set
     when the loss diverged (``diverged``)."""
     diverged: bool = False
-    """True when a logged loss was NaN or infinite: the run stopped at that log step without
-    saving the diverged weights (the last checkpoint is the one to go on from)."""
+    """True when the loss, the logit scale or (checked before each save and evaluation) a weight
+    was NaN or infinite: the run stopped there without saving or evaluating the diverged
+    weights (the last checkpoint is the one to go on from)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
 
@@ -329,6 +330,8 @@ def train(
                     if _diverged(record, step, result):
                         break
                 if config.eval_every and evaluate is not None and step % config.eval_every == 0:
+                    if _weights_diverged(model, step, result, backend):
+                        break
                     with stop.interruptible():
                         evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
                 if step == stop.next_check:
@@ -337,7 +340,9 @@ def train(
                         break
                     stop.next_check = _next_check(step, config, backend)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    if _diverged(backend.to_host(watched), step, result):
+                    if _diverged(backend.to_host(watched), step, result) or _weights_diverged(
+                        model, step, result, backend
+                    ):
                         break
                     result.checkpoint = save()
         except StopNow:
@@ -345,12 +350,13 @@ def train(
             model.train()  # an evaluation may have been cut short
         result.interrupted = stop.now
         result.signalled = _signalled(stop, cut or result.failure is not None, backend)
-        if evaluate is not None and not result.stopped and evaluated_at != step:
+        wants_eval = evaluate is not None and not result.stopped and evaluated_at != step
+        if wants_eval and not _weights_diverged(model, step, result, backend):
             _evaluate(evaluate, model, step, log, result, backend)
         cut = cut or result.failure is not None  # other ranks may be waiting in a collective
         final = ckpt.checkpoint_path(directory, step)
         if _needs_final_checkpoint(result, cut, backend, final) and _finite(
-            watched, step, result, backend
+            model, watched, step, result, backend
         ):
             result.checkpoint = save()
     log.close()
@@ -371,10 +377,32 @@ def _diverged(values: dict[str, Any], step: int, result: LoopResult) -> bool:
     return False
 
 
-def _finite(watched: dict | None, step: int, result: LoopResult, backend: Backend) -> bool:
-    """Whether the last step's watched values (None: no step ran) are finite, for the final
-    save after a stop between log steps."""
-    return watched is None or not _diverged(backend.to_host(watched), step, result)
+def _finite(
+    model: nn.Module, watched: dict | None, step: int, result: LoopResult, backend: Backend
+) -> bool:
+    """Whether the last step's watched values (None: no step ran) and the weights are finite,
+    for the final save after a stop between log steps."""
+    if result.diverged:
+        return False
+    return watched is None or not (
+        _diverged(backend.to_host(watched), step, result)
+        or _weights_diverged(model, step, result, backend)
+    )
+
+
+def _weights_diverged(model: nn.Module, step: int, result: LoopResult, backend: Backend) -> bool:
+    """Whether any weight is NaN or infinite after the step's update (a finite loss is the loss
+    *before* the update, so it cannot vouch for the weights a checkpoint or an evaluation
+    would use). One reduction over this rank's parameters (its shards under FSDP), agreed over
+    ranks; run only before saves and evaluations."""
+    locals_ = [getattr(p, "to_local", lambda p=p: p)().detach() for p in model.parameters()]
+    total = torch.stack([p.float().abs().sum() for p in locals_ if p.numel()]).sum()
+    value = backend.to_host({"weights": backend.mean_over_ranks(total)})["weights"]
+    if math.isfinite(value):
+        return False
+    result.stopped = result.diverged = True
+    result.failure = f"the weights hold NaN or infinite values after step {step}"
+    return True
 
 
 def _signalled(stop: StopSignal, cut: bool, backend: Backend) -> bool:

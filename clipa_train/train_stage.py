@@ -126,13 +126,13 @@ def _divergence_line(result, resume_from: str | None) -> str:
     """The error of a run whose loss went NaN/inf: where it stands and how to go on."""
     last = result.checkpoint or resume_from
     start = (
-        f"--resume auto goes on from the last checkpoint ({last})"
+        f"go on from the last checkpoint ({last}) with --resume auto"
         if last is not None
-        else "no checkpoint was saved: start again"
+        else "no checkpoint was saved: start again with --overwrite"
     )
     return (
         f"{result.failure}: training diverged and stopped (the diverged weights are not "
-        f"saved); {start} with a lower --lr, a --grad-clip-norm (e.g. 1.0) or more "
+        f"saved); {start} and a lower --lr, a --grad-clip-norm (e.g. 1.0) or more "
         "--warmup-steps"
     )
 

@@ -198,3 +198,29 @@ def test_checkpoint_of_another_architecture(tmp_path):
             run_dir=tmp_path,
             resume_from=result.checkpoint,
         )
+
+
+def test_weights_that_went_nan_behind_a_finite_loss_are_neither_saved_nor_evaluated(tmp_path):
+    """The loss a step reports is the loss *before* its update: a NaN gradient in one weight
+    (here sqrt's at 0, in a term worth 0) leaves the loss and the logit scale finite while
+    that weight turns NaN. The check before the save and the evaluation catches it."""
+    torch.manual_seed(0)
+    model = build_model(load_preset("test-tiny"))
+    poisoned = model.text_projection
+    contrastive = build_loss("contrastive")
+
+    def loss_fn(outputs):  # value: the contrastive loss + 0; gradient of the term: NaN
+        return contrastive(outputs) + torch.sqrt(poisoned - poisoned).sum()
+
+    calls = []
+    no_clip = OptimConfig(lr=2e-3, total_steps=STEPS, warmup_steps=0)  # clipping spreads NaN
+    result = train(
+        model=model, optimizer=build_optimizer(model, no_clip), optim_config=no_clip,
+        loss_fn=loss_fn, batches=source(), backend=create_backend(BackendConfig(name="cpu")),
+        run_dir=tmp_path, config=LoopConfig(log_every=5, checkpoint_every=1, eval_every=1,
+        progress=False), evaluate=lambda model, step: calls.append(step) or {"top1": 0.0},
+    )  # fmt: skip
+    assert calls == [] and not list_checkpoints(tmp_path / "checkpoints")
+    assert result.diverged and result.step == 1 and result.checkpoint is None
+    assert "weights hold NaN or infinite values after step 1" in result.failure
+    assert torch.isnan(poisoned).any() and torch.isfinite(model.logit_scale).all()

@@ -427,6 +427,11 @@ def test_a_diverged_run_stops_without_saving_nan_weights(data, tmp_path):
 
     logged = tmp_path / "logged"
     result = invoke(*tiny(data, logged, *blow_up, "--log-every", 1))
-    assert_one_line_error(result, "at step 2: training diverged", "no checkpoint was saved")
+    assert_one_line_error(
+        result,
+        "at step 2: training diverged",
+        "no checkpoint was saved: start again with",
+        "--overwrite and a lower --lr",
+    )
     assert not list_checkpoints(logged / "checkpoints")
     assert list(losses(logged)) == [1, 2]  # the NaN record is logged
