@@ -386,6 +386,18 @@ def test_cli_bad_settings(metadata, tmp_path, option, value, message):
     assert result.exit_code == 2 and message in result.output
 
 
+def test_overwrite_refuses_a_folder_that_is_not_a_download(metadata, tmp_path):
+    """--incremental-mode overwrite deletes the folder: a typo'd path holding other files
+    (a home folder, a project) is refused before anything is touched."""
+    home = tmp_path / "home"
+    (home / "thesis").mkdir(parents=True)
+    (home / "thesis" / "draft.tex").write_text("years of work")
+    result = cli(str(metadata.path), str(home), "--incremental-mode", "overwrite")
+    assert result.exit_code == 2, result.output
+    assert f"--incremental-mode overwrite would delete {home}" in result.output
+    assert (home / "thesis" / "draft.tex").read_text() == "years of work"
+
+
 def test_cli_remote_output_folder_is_refused_not_mangled(metadata):
     result = cli(str(metadata.path), "gs://bucket/laion")
     assert result.exit_code == 2

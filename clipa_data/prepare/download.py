@@ -490,6 +490,8 @@ def _check_output(config: DownloadConfig) -> None:
         )
     if output.exists() and not output.is_dir():
         raise ClipaError(f"output folder {output} is a file; pass a folder path")
+    if config.incremental_mode == "overwrite":
+        _check_overwritable(output)
     if output.is_dir() and config.incremental_mode != "overwrite":
         breaking = layout.resume_breaking_json(output)
         if breaking:
@@ -498,6 +500,21 @@ def _check_output(config: DownloadConfig) -> None:
                 f"as a shard's stats); move it out of {output}"
             )
         _check_same_sharding(config)
+
+
+def _check_overwritable(output: Path) -> None:
+    """``--incremental-mode overwrite`` deletes the whole output folder: refuse a folder that
+    holds files but is not an earlier download's output (a typo such as ``--output-folder ~``
+    must not delete a home folder)."""
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if (output / layout.CLIPA_SUBDIR).is_dir() or any(output.glob("*_stats.json")):
+        return
+    raise ClipaError(
+        f"--incremental-mode overwrite would delete {output}, which holds files but is not a "
+        "clipa-data download output (no _clipa/ folder, no *_stats.json); pass the download's "
+        "own folder, or an empty or new one"
+    )
 
 
 def _sharding_path(output_folder: str | Path) -> Path:
