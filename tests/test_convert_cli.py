@@ -165,6 +165,34 @@ def test_a_shard_gone_but_counted_by_its_stats_is_named_not_dropped(src, tmp_pat
     assert '"00001.tfrecord"' in summary and '"records": 7' in summary
 
 
+def test_shards_a_stopped_download_never_started_are_named_not_dropped(src, tmp_path):
+    """A download stopped after shards 0-2 leaves no file at all for shards 3 and 4: only its
+    summary knows them. Convert names them (and converts without them on request)."""
+    from clipa_data.core.atomic import write_json
+    from clipa_data.core.layout import download_summary_path
+    from clipa_data.prepare.download import DownloadSummary, read_shard_stats
+
+    summary = DownloadSummary(
+        output_folder=str(src), output_format="tfrecord", shards=tuple(read_shard_stats(src)),
+        resumed_shards=(), unfinished_shards=(3, 4), wall_seconds=1.0,
+        summary_path=str(download_summary_path(src)),
+    )  # fmt: skip
+    write_json(download_summary_path(src), summary.to_json())
+    assert_one_line_error(
+        run(src, tmp_path / "out"),
+        str(src / "00003.tfrecord"),
+        "lists this shard as unfinished",
+        "re-run the same clipa-data download",
+        "--skip-bad-shards",
+    )
+    assert_nothing_in(tmp_path / "out")
+    result = run(src, tmp_path / "out", "--skip-bad-shards")
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "out" / "laion400m" / "1.0.0" / "clipa_convert_summary.json").read_text()
+    assert '"00003.tfrecord"' in written and '"00004.tfrecord"' in written
+    assert '"records": 12' in written
+
+
 def test_a_stats_file_of_an_empty_shard_without_its_shard_is_fine(src, tmp_path):
     (src / "00001.tfrecord").unlink()
     stats = src / "00001_stats.json"

@@ -37,7 +37,13 @@ from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.prepare import store_convert, stores, tfds_metadata
-from clipa_data.prepare.inspection import Inspection, InspectTask, inspect_shard, missing_shards
+from clipa_data.prepare.inspection import (
+    Inspection,
+    InspectTask,
+    inspect_shard,
+    missing_shards,
+    unfinished_shards,
+)
 from clipa_data.prepare.manifest import (
     BadShard,
     ConvertManifest,
@@ -462,7 +468,9 @@ def convert(config: ConvertConfig) -> ConvertResult:
     sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))
     inspections = inspect_sources(config, sources)
     suffix = sources[0].source_format.suffix
-    inspections += missing_shards(config.src, [source.name for source in sources], suffix)
+    present = [source.name for source in sources]
+    inspections += missing_shards(config.src, present, suffix)
+    inspections += unfinished_shards(config.src, present, suffix)
     inspected = time.perf_counter()
     plan, schema = build_manifest(config, sources, inspections)
     on_store = layout.is_url(final)

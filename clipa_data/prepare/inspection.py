@@ -222,6 +222,40 @@ def missing_shards(src: Path, present: Sequence[str], suffix: str) -> list[Inspe
     return missing
 
 
+def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[Inspection]:
+    """A bad-shard inspection for each shard that ``clipa-data download``'s summary in ``src``
+    lists as unfinished and that is still neither there nor counted by a stats file: a stopped
+    download leaves no file at all for the shards it never started, so without this a partial
+    download converts into a smaller dataset without a word."""
+    try:
+        summary = json.loads(layout.download_summary_path(src).read_text())
+        listed = [int(shard) for shard in summary.get("unfinished_shards", ())]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []  # no summary (img2dataset run by hand): the stats files are all there is
+    ids = {layout.raw_shard_id(name) for name in present}
+    counted = {layout.raw_stats_shard_id(path) for path in src.glob("*_stats.json")}
+    width = len(Path(present[0]).stem) if present else 5
+    return [
+        Inspection(
+            source=f"{shard:0{width}d}{suffix}",
+            records=0,
+            num_bytes=0,
+            mtime_ns=0,
+            stats_successes=None,
+            schema=None,
+            problem=(
+                f"{src / f'{shard:0{width}d}{suffix}'}: {layout.download_summary_path(src)} lists "
+                "this shard as unfinished (the download stopped before it); re-run the same "
+                "clipa-data download to finish it, or pass --skip-bad-shards to convert without it"
+            ),
+            damage=None,
+            count_seconds=0.0,
+            schema_seconds=0.0,
+        )
+        for shard in sorted(set(listed) - ids - counted)
+    ]
+
+
 def inspect_shard(task: InspectTask) -> Inspection:
     """Count, check and read the schema of one shard (runs in a worker process)."""
     started = time.perf_counter()
