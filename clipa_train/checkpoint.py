@@ -21,6 +21,10 @@ from clipa_train.sharding import full_state, load_full_state
 
 FORMAT = "clipa-checkpoint"
 VERSION = 1
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+"""How every ``torch.save`` file since PyTorch 1.6 begins (a zip archive)."""
+PICKLE_PROTOCOL_OPCODE = b"\x80"
+"""How older ``torch.save`` files (``_use_new_zipfile_serialization=False``) begin."""
 NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -218,11 +222,25 @@ def _read(path: Path, fix: str) -> Any:
     file and ``fix``."""
     if not path.is_file():
         raise ClipaError(f"checkpoint {path} does not exist")
+    head = _head(path)
+    if head and not head.startswith((TORCH_ZIP_MAGIC, PICKLE_PROTOCOL_OPCODE)):
+        raise ClipaError(
+            f"{path} is not a PyTorch checkpoint (torch.save writes a zip; this file begins "
+            f"{head!r}): did you mean a RUN_DIR/checkpoints/step_N.pt?"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, bad pickle, EOF: several types
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise ClipaError(f"checkpoint {path} is truncated or corrupt ({detail}); {fix}") from None
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of ``path``: a config or log passed by mistake is named as such by them
+    instead of "truncated" (and its owner is not told to delete it). Empty and cut-short
+    checkpoints keep torch's first bytes or none: those are damaged checkpoints."""
+    with path.open("rb") as handle:
+        return handle.read(8)
 
 
 def checkpoint_architecture(path: str | Path) -> dict | None:

@@ -178,6 +178,12 @@ def test_truncated_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ClipaError, match="is not a clipa training checkpoint"):
         run(tmp_path, source(), resume=foreign)
+    config = tmp_path / "config.json"  # the run's own config, passed by mistake
+    config.write_text('{"steps": 2}')
+    with pytest.raises(ClipaError, match=r"config\.json is not a PyTorch checkpoint") as refused:
+        run(tmp_path, source(), resume=config)
+    assert "delete" not in str(refused.value)
+    assert config.read_text() == '{"steps": 2}'
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
