@@ -97,7 +97,7 @@ class ExportResult:
     source: str
     """The checkpoint file read."""
     files: tuple[str, ...]
-    """The files written (weights last)."""
+    """The files written (weights first: a folder's config is written once they are whole)."""
     tensors: int
     """Tensors in the state dict."""
     parameters: int
@@ -262,6 +262,15 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
     return None, out
 
 
+def _other_format_weights(config_path: Path | None, weights_path: Path) -> Path | None:
+    """In an export folder, the weights file of the other folder format: an ``--overwrite``
+    in one format removes the other's, so the folder never holds weights of two checkpoints."""
+    if config_path is None:
+        return None
+    other = SAFE_WEIGHTS_NAME if weights_path.name == WEIGHTS_NAME else WEIGHTS_NAME
+    return weights_path.parent / other
+
+
 def _check_not_replacing(source: Path, targets: list[Path], overwrite: bool) -> None:
     """Never write over the checkpoint being exported; another existing file only with
     ``--overwrite`` (nothing is replaced without a word)."""
@@ -280,17 +289,24 @@ def export_checkpoint(config: ExportConfig) -> ExportResult:
 
     source = checkpoint_file(config.checkpoint)
     config_path, weights_path = _targets(config)
+    stale = _other_format_weights(config_path, weights_path)
     check_writable_folder(weights_path.parent, weights_path.name)
-    _check_not_replacing(source, [p for p in (config_path, weights_path) if p], config.overwrite)
+    targets = [p for p in (config_path, weights_path, stale) if p]
+    _check_not_replacing(source, targets, config.overwrite)
     state, architecture, payload = read_state(source)
-    files = []
+    if config_path is not None:
+        # Until the new weights are whole the folder holds no config, so a failed export never
+        # pairs a new config with an earlier export's weights (OpenCLIP needs the config).
+        config_path.unlink(missing_ok=True)
+    metadata = {"format": "pt", "source": str(source), "step": str(payload.get("step", ""))}
+    write_weights(weights_path, state, EXPORT_FORMATS[config.format].safetensors, metadata)
+    files = [str(weights_path)]
+    if stale is not None:
+        stale.unlink(missing_ok=True)  # an earlier export's: OpenCLIP could load it instead
     if config_path is not None:
         mean_std = IMAGE_NORMS[trained_image_norm(source)]  # preprocess_cfg: what it trained on
         write_json(config_path, openclip_config(architecture, *mean_std))
         files.append(str(config_path))
-    metadata = {"format": "pt", "source": str(source), "step": str(payload.get("step", ""))}
-    write_weights(weights_path, state, EXPORT_FORMATS[config.format].safetensors, metadata)
-    files.append(str(weights_path))
     norm = trained_image_norm(source)
     unsaid_norm = (
         (f"trained with --image-norm {norm}, which one weights file cannot carry: pass "

@@ -228,3 +228,17 @@ def test_an_export_never_replaces_its_checkpoint_and_others_only_when_told(runs,
     assert folder.exit_code == 0, folder.output
     refused = invoke("export", checkpoint, tmp_path / "dir", "--format", "openclip-dir")
     assert_one_line_error(refused, "open_clip_config.json already exists")
+
+
+def test_an_overwrite_in_the_other_folder_format_leaves_no_earlier_weights(runs, tmp_path):
+    """OpenCLIP's local-dir loader takes whichever weights file it finds first: a folder that
+    kept an earlier export's .bin beside the new .safetensors could load the wrong checkpoint."""
+    out = tmp_path / "dir"
+    first = invoke("export", runs["contrastive"], out, "--format", "openclip-dir")
+    assert first.exit_code == 0, first.output
+    refused = invoke("export", runs["sigmoid"], out, "--format", "safetensors")
+    assert_one_line_error(refused, "already exists", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    again = invoke("export", runs["sigmoid"], out, "--format", "safetensors", "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, SAFE_WEIGHTS_NAME]
