@@ -80,6 +80,7 @@ def _entries(annotations: Path) -> list[dict]:
         raise ClipaError(f"{annotations}: no 'images' list; {fix}")
     for number, entry in enumerate(entries):
         ok = isinstance(entry, dict) and isinstance(entry.get("filename"), str)
+        ok = ok and isinstance(entry.get("filepath") or "", str)  # null in some exports
         sentences = entry.get("sentences") if ok else None
         ok = (
             ok
@@ -89,7 +90,7 @@ def _entries(annotations: Path) -> list[dict]:
         if not ok:
             raise ClipaError(
                 f"{annotations}: images[{number}] lacks 'filename' or 'sentences' "
-                f"[{{'raw': ...}}]; {fix}"
+                f"[{{'raw': ...}}] (or its 'filepath' is not a folder name); {fix}"
             )
     return entries
 
@@ -97,8 +98,13 @@ def _entries(annotations: Path) -> list[dict]:
 def _image_path(images: Path, entry: dict) -> Path | None:
     """COCO's entries name a sub-folder (``val2014``); accept the files with or without it."""
     name = entry["filename"]
-    candidates = [images / entry.get("filepath", "") / name, images / name]
+    candidates = [images / _sub_folder(entry) / name, images / name]
     return next((path for path in candidates if path.is_file()), None)
+
+
+def _sub_folder(entry: dict) -> str:
+    """The entry's ``filepath`` (COCO: ``val2014``); Flickr30k's has none, some exports null."""
+    return entry.get("filepath") or ""
 
 
 def open_retrieval_set(
@@ -127,7 +133,7 @@ def open_retrieval_set(
             raise ClipaError(f"{annotations}: {entry['filename']} has no captions")
         path = _image_path(images, entry)
         if path is None:
-            missing.append(str(Path(entry.get("filepath", "")) / entry["filename"]))
+            missing.append(str(Path(_sub_folder(entry)) / entry["filename"]))
             continue
         captions += sentences
         caption_image += [len(found)] * len(sentences)

@@ -108,6 +108,20 @@ def test_open_reads_the_test_split_with_five_captions_per_image(tmp_path, coco):
     assert rset.captions[CAPTIONS] == "picture 1 caption 0"
 
 
+def test_a_null_filepath_means_the_image_folder_itself(tmp_path):
+    """Some Flickr30k exports write ``"filepath": null``: the images are in the folder itself."""
+    annotations, folder = write_karpathy(tmp_path, 3, coco=False)
+    data = json.loads(annotations.read_text())
+    for entry in data["images"]:
+        entry["filepath"] = None
+    annotations.write_text(json.dumps(data))
+    missing = folder / "1000.jpg"
+    missing.unlink()
+    rset = open_retrieval_set(annotations, folder, "flickr30k", max_missing_fraction=0.5)
+    assert [Path(path).name for path in rset.images] == ["1001.jpg", "1002.jpg"]
+    assert rset.missing == ("1000.jpg",)
+
+
 def test_a_few_missing_images_are_skipped_and_listed(tmp_path):
     annotations, folder = write_karpathy(tmp_path, 10, missing=1)
     rset = open_retrieval_set(annotations, folder, "coco", max_missing_fraction=0.1)
@@ -135,6 +149,7 @@ def test_too_many_missing_images_fail_with_a_count_and_the_first_few(tmp_path):
         ('{"images": [{"filename": "a.jpg", "split": "test"}]}', "images[0] lacks"),
         ('{"images": [{"filename": "a.jpg", "split": "train", "sentences": []}]}', "no images"),
         ('{"images": [{"filename": "a.jpg", "split": "test", "sentences": []}]}', "no captions"),
+        ('{"images": [{"filename": "a", "filepath": 3, "sentences": []}]}', "'filepath' is not"),
     ],
 )
 def test_malformed_annotations_name_the_file(tmp_path, content, fragment):
