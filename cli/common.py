@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from clipa_data import __version__
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import ClipaError, worker_message
 
 Command = TypeVar("Command", bound=Callable)
 
@@ -46,7 +46,7 @@ def reports_errors(command: Command) -> Command:
         try:
             return command(*args, **kwargs)
         except ClipaError as error:
-            fail(str(error))
+            fail(worker_message(error))
         except OSError as error:
             if error.filename is None:
                 raise  # not about a path the user gave: a traceback shows where it came from

@@ -113,6 +113,20 @@ def test_eval_of_a_truncated_checkpoint_says_so(trained, tmp_path, kept):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", trained.name]
 
 
+def test_an_image_that_does_not_decode_in_an_eval_worker_is_one_line(trained, tmp_path):
+    """torch re-raises a worker's error with the worker's traceback as its message; the user
+    gets the line it was raised with: the image and what is wrong with it."""
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    broken = sorted(val.image_dir.rglob("*.*"))[0]
+    broken.write_bytes(b"not an image")
+    done = run_cli(
+        "clipa-train", "eval", "--checkpoint", trained, "--imagenet-val", val.root,
+        "--classnames", val.classnames_path, "--workers", 1,
+    )  # fmt: skip
+    assert_one_error_line(done, str(broken), "does not decode")
+    assert "DataLoader worker" not in done.stderr
+
+
 # --- clipa-data download: URL lists whose columns do not match the flags ----------------------
 
 ROWS = [

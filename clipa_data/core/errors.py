@@ -18,3 +18,15 @@ class CorruptShardError(ClipaError):
 
     def __str__(self) -> str:
         return f"{self.path}: corrupt TFRecord at byte {self.offset}: {self.reason}"
+
+
+def worker_message(error: ClipaError) -> str:
+    """The message ``error`` was raised with, also when a torch ``DataLoader`` worker raised it:
+    torch re-raises it in the main process with the worker's whole traceback as its message
+    ("Caught ClipaError in DataLoader worker process 0. Original Traceback ..."), whose last
+    line ends with the original one. The user is owed that line, not the traceback."""
+    text = str(error)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last = text.rstrip("\n").rsplit("\n", 1)[-1]  # "clipa_data.core.errors.ClipaError: MESSAGE"
+    return last.split(": ", 1)[1] if ": " in last else last
