@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from clipa_data.core.atomic import check_writable_folder, write_json
+from clipa_data.core.atomic import check_writable_file, write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import CLIP_BPE
@@ -146,7 +146,7 @@ class EvalConfig:
 
     def check_result_folder(self) -> None:
         """Refuse in one line, before any work, a result folder that cannot be written."""
-        check_writable_folder(self.result_path().parent, self.result_path().name)
+        check_writable_file(self.result_path(), "--out" if self.out else "", "eval.json")
 
     def write_result(self, result: dict, note: Callable[[str], None]) -> None:
         """Write ``result`` to ``result_path()``, saying so when it replaces an earlier result

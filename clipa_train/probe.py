@@ -325,7 +325,7 @@ def probe_features(
 def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _: None) -> dict:
     """Extract (or reuse) the features, fit the head, write ``probe.json``, return the result.
     ``say`` gets one line per set about its feature cache."""
-    from clipa_data.core.atomic import check_writable_folder, write_json
+    from clipa_data.core.atomic import check_writable_file, check_writable_folder, write_json
     from clipa_train.backend import BackendConfig, create_backend
     from clipa_train.backend_config import IMAGE_NORMS
     from clipa_train.eval_stage import trained_image_norm
@@ -333,7 +333,7 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
     from clipa_train.logistic import fit_probe
 
     checkpoint = checkpoint_file(config.checkpoint)
-    check_writable_folder(config.result_path().parent, config.result_path().name)
+    check_writable_file(config.result_path(), "--out" if config.out else "", "probe.json")
     check_writable_folder(config.cache_path(), "the feature cache")
     sets = {role: open_probe_set(getattr(config, role), role) for role in ("train", "val")}
     check_same_classes(sets["train"], sets["val"])

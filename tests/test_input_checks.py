@@ -113,6 +113,16 @@ def test_eval_of_a_truncated_checkpoint_says_so(trained, tmp_path, kept):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", trained.name]
 
 
+def test_an_eval_out_that_is_a_folder_is_refused_before_any_work(trained, tmp_path):
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    done = run_cli(
+        "clipa-train", "eval", "--checkpoint", trained, "--imagenet-val", val.root,
+        "--classnames", val.classnames_path, "--out", tmp_path, "--text-cache", tmp_path / "tc",
+    )  # fmt: skip
+    assert_one_error_line(done, f"{tmp_path} is a folder", f"--out {tmp_path / 'eval.json'}")
+    assert not (tmp_path / "tc").exists()
+
+
 def test_an_image_that_does_not_decode_in_an_eval_worker_is_one_line(trained, tmp_path):
     """torch re-raises a worker's error with the worker's traceback as its message; the user
     gets the line it was raised with: the image and what is wrong with it."""

@@ -252,6 +252,7 @@ def test_a_tfds_builder_probes_like_the_same_images_in_folders(sets, tmp_path):
         ("run directory", [], ["is a run directory", "step_00000003.pt"]),
         ("out below a file", [], ["is a file, not a folder", "probe.json"]),
         ("cache below a file", [], ["is a file, not a folder", "the feature cache"]),
+        ("out a folder", [], ["is a folder where the result file goes", "probe.json"]),
     ],
 )
 def test_probe_bad_input(sets, tmp_path, case, extra, fragments):
@@ -267,6 +268,9 @@ def test_probe_bad_input(sets, tmp_path, case, extra, fragments):
     (tmp_path / "file").write_text("")
     if case == "out below a file":
         extra = ["--out", tmp_path / "file" / "probe.json"]
+    if case == "out a folder":
+        extra = ["--out", tmp_path]
     cache = tmp_path / ("file/cache" if case == "cache below a file" else "cache")
     result = probe(checkpoint, train, val, "--cache-dir", cache, *extra)
     assert_one_line_error(result, *fragments)
+    assert not cache.exists()  # refused before any feature was extracted

@@ -76,3 +76,14 @@ def check_writable_folder(folder: Path, what: str) -> None:
             f"{existing} is not writable, so {what} cannot go to {folder}; "
             "fix its permissions or choose another folder"
         )
+
+
+def check_writable_file(path: Path, option: str, name: str) -> None:
+    """Refuse in one line, before any work, a result file ``path`` (given with ``option``, or
+    "" for a default ``name``) that could not be written at the end: its folder cannot be, or a
+    folder already has its name."""
+    path = Path(path)
+    if path.is_dir():
+        fix = f"give a file name, e.g. {option} {path / name}" if option else "remove the folder"
+        raise ClipaError(f"{path} is a folder where the result file goes; {fix}")
+    check_writable_folder(path.parent, path.name)
