@@ -702,8 +702,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     for name, key in keys.items():
         try:
             options[name] = coerce_option(name, values[key])
-            if isinstance(options[name], str) and options[name].startswith("~"):
-                options[name] = os.path.expanduser(options[name])  # as on the command line
         except (KeyError, TypeError, ValueError):
             raise ClipaError(
                 f"{path}: {key} must be {_expected(name)}, got {values[key]!r}"
@@ -795,7 +793,9 @@ def coerce_option(name: str, value: Any) -> Any:
         return str(value)  # accum_steps: 4 is read by its own check; split: 2019 is a name
     if not isinstance(value, str):
         raise ValueError(name)
-    return value
+    # A shell expands ~ only in an unquoted word of its own: a config file's value and a
+    # recipe's --set STAGE.OPTION=~/x reach us unexpanded and would make a folder named "~".
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}

@@ -184,6 +184,10 @@ def test_plan_lists_each_stage_with_its_command_and_state(setup, tmp_path):
     assert "--from <the previous stage's final checkpoint>" in finetune_command
     assert "--workers 3" in finetune_command and "--workers 1" in pretrain_command
     assert not out.exists()  # a plan writes nothing
+    home = invoke(*command(setup["recipe"], setup["data"], out, "--plan", "--set",
+                           "finetune.classnames=~/names.txt"))  # fmt: skip
+    assert home.exit_code == 0, home.output
+    assert f"--classnames {Path.home() / 'names.txt'}" in home.stdout  # not a folder named ~
 
 
 def test_help_lists_every_recipe_and_bad_settings_are_one_line(setup, tmp_path):
