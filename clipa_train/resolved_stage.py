@@ -227,7 +227,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.evaluate import open_zeroshot_set
     from clipa_train.loop import LoopConfig
     from clipa_train.optim import OptimConfig
-    from clipa_train.run_dir import check_resume_step, check_run_dir
+    from clipa_train.run_dir import check_resume_batch_size, check_resume_step, check_run_dir
     from clipa_train.sharding import check_sharding, torchrun_world
     from clipa_train.shards import open_split
 
@@ -236,6 +236,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     _check_accumulation_per_rank(config.optim, torchrun_world())
     backend = _backend(config)
     resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
+    check_resume_batch_size(resume, config.optim.batch_size)
     model = stage_model(config, resume)
     image, patch_mask, text = _reduction(config, model)
     _check_tokenizer(text, model)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -80,3 +81,23 @@ def check_resume_step(resume: str | Path | None, total_steps: int) -> bool:
             "(another --out, or --overwrite)"
         )
     return step == total_steps
+
+
+def check_resume_batch_size(resume: Path | None, batch_size: int) -> None:
+    """Refuse to resume a run with another global batch size than it trained with (read from
+    its ``config.json``): its steps, learning-rate schedule and samples seen are counted in its
+    batches, so the resumed run would train neither run's number of samples, on a schedule bent
+    mid-way. A checkpoint without its run's config has nothing to compare with."""
+    if resume is None:
+        return
+    config = Path(resume).resolve().parent.parent / "config.json"
+    try:
+        saved = json.loads(config.read_text())["options"]["batch_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(saved, int) and saved != batch_size:
+        raise ClipaError(
+            f"--resume {resume}: the run trained with --batch-size {saved} (its {config}), this "
+            f"command gives {batch_size}; resume with --batch-size {saved} (--accum-steps fits "
+            f"it in less memory), or start a new run from its weights with --from {resume}"
+        )

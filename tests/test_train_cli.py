@@ -232,6 +232,22 @@ def test_sigterm_stop_then_resume_auto_continues_exactly(data, tmp_path):
     assert losses(tmp_path / "stopped") == losses(tmp_path / "whole")  # bit-identical on CPU
 
 
+def test_a_resume_with_another_batch_size_is_refused(data, tmp_path):
+    """Steps, schedule and samples seen are counted in the run's batches: a resume at another
+    --batch-size would train neither run's number of samples, so it is refused up front, also
+    at the end of an epoch (where the stream itself could go on: 48 records, 6 steps of 8)."""
+    first = invoke(*tiny(data, tmp_path / "run", "--samples", 48))
+    assert first.exit_code == 0, first.output
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    changed = tiny(data, tmp_path / "run", "--samples", 96, "--resume", "auto")
+    changed[changed.index("--batch-size") + 1] = 4
+    refused = invoke(*changed)
+    assert_one_line_error(refused, "trained with --batch-size 8", "resume with --batch-size 8")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    same = invoke(*tiny(data, tmp_path / "run", "--samples", 96, "--resume", "auto"))
+    assert same.exit_code == 0, same.output
+
+
 def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
     """--accum-steps 2 (two micro-batches of 4) and --accum-steps auto --micro-batch 3 (four of
     2) through the real loader log the one-pass run's losses (exact accumulation; fp32 CPU,
