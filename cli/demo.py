@@ -278,7 +278,8 @@ def sample_records(raw_dir: Path, limit: int = 5) -> Table:
 def where_to_look(settings: DemoSettings) -> str:
     """How to inspect the result."""
     out = settings.out
-    builder = shlex.quote(str(settings.builder_dir))
+    builder, raw = shlex.quote(str(settings.builder_dir)), shlex.quote(str(settings.raw_dir))
+    summary = shlex.quote(str(settings.raw_dir / "_clipa" / "download_summary.json"))
     return "\n".join(
         [
             f"[bold]result[/] in {out}/:",
@@ -291,11 +292,14 @@ def where_to_look(settings: DemoSettings) -> str:
             "[bold]inspect[/]:",
             f"  .venv/bin/clipa-data info {builder}",
             f"  .venv/bin/clipa-data preview {builder} --text-mask syntax --text-length 8 --n 5",
-            f"  ls {settings.raw_dir} && cat {settings.raw_dir}/_clipa/download_summary.json",
-            '  .venv/bin/python -c "from clipa_data.core.tfrecord import read_records; '
-            "from clipa_data.core.example import decode_example; "
-            f"r = next(read_records('{settings.raw_dir}/00000.tfrecord')); "
-            "print(decode_example(r)['txt'])\"",
+            f"  ls {raw} && cat {summary}",
+            "  .venv/bin/python -c "
+            + shlex.quote(
+                "from clipa_data.core.tfrecord import read_records; "
+                "from clipa_data.core.example import decode_example; "
+                f"r = next(read_records({json.dumps(str(settings.raw_dir / '00000.tfrecord'))})); "
+                'print(decode_example(r)["txt"])'
+            ),
         ]
     )
 

@@ -7,6 +7,7 @@ import colorsys
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -292,3 +293,25 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     done = run_demo("--out", str(tmp_path / "mine"))
     assert done.returncode == 2 and "was not written by the demo" in done.stderr
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_the_inspect_commands_run_as_printed_from_a_folder_with_a_space(tmp_path):
+    """The hints at the end of ``make demo`` are pasted into a shell: a path with a space (or a
+    quote) must stay one argument, and the Python one-liner must read the shard it names."""
+    from clipa_cli.demo import where_to_look
+
+    from clipa_data.core.example import encode_example
+    from clipa_data.core.tfrecord import write_records
+
+    settings = DemoSettings(out=tmp_path / "my demo's out")
+    (settings.raw_dir / "_clipa").mkdir(parents=True)
+    (settings.raw_dir / "_clipa" / "download_summary.json").write_text('{"ok": 1}')
+    with (settings.raw_dir / "00000.tfrecord").open("wb") as stream:
+        write_records(stream, [encode_example({"txt": ("bytes", [b"a red circle"])})])
+    lines = where_to_look(settings).splitlines()
+    listing = next(line for line in lines if line.strip().startswith("ls "))
+    one_liner = next(line for line in lines if "python -c" in line)
+    python = one_liner.strip().replace(".venv/bin/python", shlex.quote(sys.executable), 1)
+    for command, expected in ((listing, '{"ok": 1}'), (python, "a red circle")):
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+        assert done.returncode == 0 and expected in done.stdout, (command, done.stderr)
