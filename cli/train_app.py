@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from clipa_cli.common import EXIT_INTERRUPTED, make_app, reports_errors, stderr, stdout
@@ -60,7 +61,8 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
             raise ClipaError(f"--{required} is required (on the command line or in --config)")
     summary = run_stage(resolve(stage, options, config_file))
     if summary is not None:  # None: a resumed run that had nothing left to do (said so)
-        print_summary(summary)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one table, not one per rank
+            print_summary(summary)
         if stopped_by_signal(summary):
             raise SystemExit(EXIT_INTERRUPTED)
 

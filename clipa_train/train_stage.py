@@ -36,15 +36,17 @@ def run_stage(config: TrainConfig) -> dict | None:
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun: say things once
     if check_resume_step(stage.resume_from, stage.optim.total_steps):
-        _note(
-            f"{run_dir}: the run already finished its {stage.optim.total_steps} steps "
-            f"({stage.resume_from}); nothing to do (for more steps give a larger --samples or "
-            "--epochs with --resume)"
-        )
+        if first_rank:
+            _note(
+                f"{run_dir}: the run already finished its {stage.optim.total_steps} steps "
+                f"({stage.resume_from}); nothing to do (for more steps give a larger --samples "
+                "or --epochs with --resume)"
+            )
         return None
     check_memory(stage, torchrun_world())  # a run that cannot fit is refused here, at once
-    if int(os.environ.get("RANK", "0")) == 0:
+    if first_rank:
         in_epochs = config.optim.samples is None
         epoch = config.run.samples_per_epoch
         warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)

@@ -168,6 +168,7 @@ def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
         [str(part) for part in command], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("pretrain summary") == 1, done.stdout  # rank 0's table only
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["zeroshot"]["n"] == 20
 
