@@ -66,6 +66,19 @@ def small_data_warnings(
     return lines
 
 
+def warmup_warnings(given: int | None, total_steps: int) -> list[str]:
+    """A line when ``--warmup-steps`` (``given``) reaches past the stage's ``total_steps``: the
+    schedule caps it there, so the learning rate climbs to its peak at the last step and never
+    decays, which a warm-up copied from a longer run would do without a word."""
+    if given is None or given < total_steps:
+        return []
+    return [
+        f"warning: --warmup-steps {given} is not less than the stage's {total_steps} steps: "
+        "the learning rate warms up over all of them and never decays; give fewer "
+        "--warmup-steps or more --samples/--epochs"
+    ]
+
+
 def stage_shape(
     stage: ResolvedStage,
     world: int,

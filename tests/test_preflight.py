@@ -13,7 +13,7 @@ import pytest
 from builders import make_builder_dir, make_records
 from cli_checks import assert_one_line_error
 
-from clipa_train.preflight import small_data_warnings
+from clipa_train.preflight import small_data_warnings, warmup_warnings
 
 CLIPA_TRAIN = str(Path(sys.executable).parent / "clipa-train")
 
@@ -87,6 +87,20 @@ def test_small_data_warnings_thresholds():
     assert small_data_warnings(48, 20, samples_per_epoch=400) == []  # 20 steps, none left out
     (short,) = small_data_warnings(1099, 100, samples_per_epoch=500)
     assert "an epoch of 500 samples is 5 steps" in short
+
+
+def test_a_warm_up_as_long_as_the_stage_is_said(builder, tmp_path):
+    assert warmup_warnings(None, 10) == [] and warmup_warnings(9, 10) == []
+    tiny = [
+        "pretrain", "--data", builder, "--model", "clipa-tiny", "--image-size", 32,
+        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--workers", 1,
+        "--no-progress", "--samples", 24, "--warmup-steps", 50, "--out", tmp_path / "run",
+    ]  # fmt: skip
+    result = clipa_train(*tiny)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == warmup_warnings(50, 3)
+    assert "--warmup-steps 50 is not less than the stage's 3 steps" in warnings[0]
 
 
 def test_what_the_refusal_names_fits(builder, tmp_path, monkeypatch):
