@@ -392,6 +392,11 @@ class EvalOptions:
                     f"--eval-batch-size must be at least 1, got {self.batch_size}",
                 ),
                 (not (self.classnames and not self.zeroshot), "--classnames needs --zeroshot DIR"),
+                (not (self.templates and not self.zeroshot), "--templates needs --zeroshot DIR"),
+                (
+                    not (self.every and not self.zeroshot),
+                    f"--eval-every {self.every} needs --zeroshot DIR (the set it evaluates on)",
+                ),
             ]
         )
 

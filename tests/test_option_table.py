@@ -41,7 +41,8 @@ def test_every_option_maps_to_exactly_one_field_and_every_field_is_reachable():
 
 def test_every_option_is_a_flag_and_round_trips():
     assert [p.name for p in training_options()] == list(OPTIONS)
-    config = resolve("pretrain", {"data": "d", "out": "o", "eval_every": 7, "model": "m"})
+    given = {"data": "d", "out": "o", "eval_every": 7, "model": "m", "zeroshot": "z"}
+    config = resolve("pretrain", given)
     assert config.evaluation.every == 7 and config.model.name == "m"
     flat = config.to_json()
     assert flat.pop("stage") == "pretrain"

@@ -73,6 +73,8 @@ BAD_TRAINING = {
         ["--zeroshot", "{eval}", "--classnames", "{three_names}"],
         ["has 3 class names but", "has 20 classes"],
     ),
+    "eval every without a set": (["--eval-every", 2], ["--eval-every 2 needs --zeroshot DIR"]),
+    "templates without a set": (["--templates", "{three_names}"], ["--templates needs --zeroshot"]),
     "resume auto without checkpoints": (["--resume", "auto"], ["no checkpoint"]),
     "keep checkpoints negative": (["--keep-checkpoints", -1], ["--keep-checkpoints must be ≥ 0"]),
     "out where no folder can be made": (
