@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,7 +211,8 @@ def cache_key(
 ) -> str:
     """16 hex digits naming what the features depend on: the checkpoint file (path, size,
     modification time: re-reading gigabytes to hash them would cost more than the cache saves),
-    the set's images (source, split, every file or shard), the image side and crop, and
+    the set's images (source, split, every file or shard with its size and modification time:
+    an image replaced under the same name is new data), the image side and crop, and
     ``model`` (the architecture built, e.g. another ``--model`` over the same weights, the input
     normalisation and the precision)."""
     stat = checkpoint.stat()
@@ -219,11 +221,24 @@ def cache_key(
         "version": CACHE_VERSION,
         "checkpoint": [str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns],
         "set": [str(Path(str(zset.source)).resolve()), probe_set.split, zset.num_images],
-        "units": hashlib.sha256("\n".join(u for u, _ in zset.units).encode()).hexdigest(),
+        "units": _files_digest([unit for unit, _ in zset.units]),
         "image": [image_size, crop],
         "model": model,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _files_digest(paths: list[str]) -> str:
+    """sha256 of every path with its size and modification time (one stat each: cheap beside
+    decoding the images; a file that vanished counts as changed)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\tmissing\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -174,6 +175,21 @@ def test_probe_end_to_end_then_the_feature_cache_is_reused(sets, tmp_path):
     fourth = probe(*args, "--model", tmp_path / "gap.json", "--json")
     assert fourth.exit_code == 0, fourth.output
     assert "reused cache" not in fourth.stderr and len(list(cache.iterdir())) == 6
+
+
+def test_an_image_replaced_under_the_same_name_is_not_served_from_the_cache(sets, tmp_path):
+    colours = tmp_path / "colours"
+    shutil.copytree(sets["colours"], colours)
+    args = (sets["checkpoint"], colours, colours, "--cache-dir", tmp_path / "cache", "--json")
+    assert probe(*args).exit_code == 0
+    assert probe(*args).stderr.count("reused cache") == 2
+    image = sorted(path for path in colours.rglob("*") if path.is_file())[0]
+    image.write_bytes(colour_images(1, seed=99)[0][0])
+    again = probe(*args)
+    assert again.exit_code == 0, again.output
+    role = image.relative_to(colours).parts[0]  # the set (train or val) the image is in
+    lines = [line for line in again.stderr.splitlines() if line.startswith(("train", "val"))]
+    assert [line.split()[0] for line in lines if "reused cache" not in line] == [role], lines
 
 
 def write_tfds(root: Path, splits: dict[str, list[tuple[bytes, int]]]) -> Path:
