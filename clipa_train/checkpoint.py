@@ -65,9 +65,28 @@ def resolve_resume(resume: str | Path | None, directory: Path) -> Path | None:
             )
         return latest
     path = Path(resume)
+    refuse_folder(path, "resume from", "or --resume auto")
     if not path.is_file():
         raise ClipaError(f"--resume {path}: no such checkpoint file")
     return path
+
+
+def refuse_folder(path: Path, verb: str, other: str = "") -> None:
+    """A folder given where a checkpoint file goes (a run directory, its ``checkpoints/``) is
+    refused in one line naming its newest checkpoint, so the fix is one copy-paste away."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    newest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if newest is None:
+        raise ClipaError(
+            f"{path} is a directory without checkpoints; {verb} a checkpoint file "
+            f"(RUN/checkpoints/step_*.pt){' ' + other if other else ''}"
+        )
+    raise ClipaError(
+        f"{path} is a run directory, not a checkpoint file; {verb} one of its checkpoints, "
+        f"e.g. the newest: {newest}{' (' + other + ')' if other else ''}"
+    )
 
 
 def to_cpu(value: Any) -> Any:
@@ -220,6 +239,7 @@ def clean_directory(directory: Path) -> None:
 def _read(path: Path, fix: str) -> Any:
     """``torch.load`` of ``path`` (tensors and plain values only), or one line naming the
     file and ``fix``."""
+    refuse_folder(path, "use")
     if not path.is_file():
         raise ClipaError(f"checkpoint {path} does not exist")
     head = _head(path)

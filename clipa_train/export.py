@@ -106,26 +106,16 @@ class ExportResult:
     """Where OpenCLIP computes something slightly differently from clipa (said to the user)."""
 
 
-def checkpoint_file(path: str | Path) -> Path:
+def checkpoint_file(path: str | Path, verb: str = "use") -> Path:
     """``path`` if it is a file; a run directory (or its ``checkpoints/``) is refused with its
     newest checkpoint named, so the fix is one copy-paste away."""
-    from clipa_train.checkpoint import latest_checkpoint
+    from clipa_train.checkpoint import refuse_folder
 
     path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
+    refuse_folder(path, verb)
+    if not path.is_file():
         raise ClipaError(f"checkpoint {path} does not exist")
-    newest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-    if newest is None:
-        raise ClipaError(
-            f"{path} is a directory without checkpoints; export a checkpoint file "
-            "(RUN/checkpoints/step_*.pt)"
-        )
-    raise ClipaError(
-        f"{path} is a run directory, not a checkpoint file; export one of its checkpoints, "
-        f"e.g. the newest: {newest}"
-    )
+    return path
 
 
 def openclip_config(architecture, image_mean=None, image_std=None) -> dict:
@@ -287,7 +277,7 @@ def export_checkpoint(config: ExportConfig) -> ExportResult:
     from clipa_train.backend_config import IMAGE_NORMS
     from clipa_train.eval_stage import trained_image_norm
 
-    source = checkpoint_file(config.checkpoint)
+    source = checkpoint_file(config.checkpoint, "export")
     config_path, weights_path = _targets(config)
     stale = _other_format_weights(config_path, weights_path)
     check_writable_folder(weights_path.parent, weights_path.name)

@@ -406,6 +406,17 @@ def test_eval_of_a_missing_checkpoint(data, tmp_path):
     assert_one_line_error(result, "nope.pt")
 
 
+def test_a_run_directory_given_for_a_checkpoint_names_its_newest(data, checkpoint, tmp_path):
+    run_dir = Path(checkpoint).parent.parent
+    result = invoke(
+        "eval", "--checkpoint", run_dir, "--imagenet-val", data["eval"],
+        "--classnames", data["classnames"], "--out", tmp_path / "eval.json",
+    )  # fmt: skip
+    assert_one_line_error(result, f"{run_dir} is a run directory", f"newest: {checkpoint}")
+    resumed = invoke(*tiny(data, tmp_path / "run", "--resume", run_dir))
+    assert_one_line_error(resumed, "is a run directory", str(checkpoint), "--resume auto")
+
+
 def test_a_record_with_bad_image_bytes_is_skipped_and_reported(tmp_path):
     """Training on a shard with an undecodable image counts it in the summary."""
     records = make_records(16)
