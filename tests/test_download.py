@@ -191,6 +191,26 @@ def test_resume_with_another_shard_size_is_refused(tfrecord_run, tmp_path):
         download(changed)
 
 
+def test_resume_with_other_image_settings_is_refused(tfrecord_run, tmp_path):
+    """Shards of two image sizes in one folder would convert into one dataset without a word."""
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    before = sorted(p.name for p in output.iterdir())
+    changed = dataclasses.replace(
+        config,
+        output_folder=str(output),
+        image_size=config.image_size * 2,
+        resize_mode="center_crop",
+    )
+    with pytest.raises(ClipaError) as refused:
+        download(changed)
+    message = str(refused.value)
+    assert f"image_size={config.image_size}" in message and "resize_mode='border'" in message
+    assert f"image_size={config.image_size * 2}" in message and "another --output-folder" in message
+    assert sorted(p.name for p in output.iterdir()) == before
+
+
 def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):
     """A run stopped hard (second Ctrl-C, kill) leaves finished shards but no summary; the shard
     size recorded before img2dataset started still refuses another one."""

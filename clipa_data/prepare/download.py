@@ -500,6 +500,7 @@ def _check_output(config: DownloadConfig) -> None:
                 f"as a shard's stats); move it out of {output}"
             )
         _check_same_sharding(config)
+        _check_same_settings(config)
 
 
 def _check_overwritable(output: Path) -> None:
@@ -523,11 +524,54 @@ def _sharding_path(output_folder: str | Path) -> Path:
     return Path(output_folder) / layout.CLIPA_SUBDIR / SHARDING_FILE
 
 
+SHARD_CONTENT_SETTINGS = (
+    "url_list", "input_format", "url_col", "caption_col", "save_additional_columns",
+    "image_size", "resize_mode", "output_format",
+)  # fmt: skip
+"""The settings that decide what a shard holds: a resume with any of them changed would leave
+shards of two kinds in one folder (``extend`` mode adds shards from another URL list)."""
+
+
+def _content_settings(config: DownloadConfig) -> dict[str, Any]:
+    settings = {name: getattr(config, name) for name in SHARD_CONTENT_SETTINGS}
+    settings["save_additional_columns"] = list(config.save_additional_columns)
+    if not layout.is_url(config.url_list):  # the same list, however the path was spelled
+        settings["url_list"] = str(Path(config.url_list).resolve())
+    return settings
+
+
 def _record_sharding(config: DownloadConfig) -> None:
     write_json(
         _sharding_path(config.output_folder),
-        {"number_sample_per_shard": config.number_sample_per_shard},
+        {
+            "number_sample_per_shard": config.number_sample_per_shard,
+            "settings": _content_settings(config),
+        },
     )
+
+
+def _check_same_settings(config: DownloadConfig) -> None:
+    """Resuming with other image or column settings (or, except in ``extend`` mode, another
+    URL list) silently mixes two kinds of shards: refuse it, naming what changed."""
+    if not finished_shard_ids(config.output_folder):
+        return
+    try:
+        recorded = json.loads(_sharding_path(config.output_folder).read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an output of an older clipa: only its shard size is known
+    now = _content_settings(config)
+    names = [
+        n for n in SHARD_CONTENT_SETTINGS if config.incremental_mode != "extend" or n != "url_list"
+    ]
+    changed = [n for n in names if n in recorded and recorded[n] != now[n]]
+    if changed:
+        was = ", ".join(f"{n}={recorded[n]!r}" for n in changed)
+        given = ", ".join(f"{n}={now[n]!r}" for n in changed)
+        raise ClipaError(
+            f"{config.output_folder} was downloaded with {was}; resume with the same settings "
+            f"(got {given}), or download into another --output-folder (or use "
+            "--incremental-mode overwrite to start it again)"
+        )
 
 
 def _recorded_sharding(output_folder: str | Path) -> int | None:
