@@ -146,7 +146,8 @@ ROWS = [
 
 
 def write_url_list(path: Path, rows: list[dict], fmt: str) -> Path:
-    """``rows`` as a real URL list of format ``fmt`` (csv, tsv, json, jsonl, parquet, ±.gz)."""
+    """``rows`` as a real URL list of format ``fmt`` (csv, tsv, json, jsonl, txt, parquet,
+    ±.gz)."""
     import gzip
 
     import pyarrow as pa
@@ -162,6 +163,8 @@ def write_url_list(path: Path, rows: list[dict], fmt: str) -> Path:
         text = "\n".join(lines) + "\n"
     elif kind == "json":
         text = json.dumps(rows, indent=1)
+    elif kind == "txt":  # one URL a line: nothing else can be in it
+        text = "".join(row["url"] + "\n" for row in rows)
     else:
         text = "".join(json.dumps(row) + "\n" for row in rows)
     data = text.encode()
@@ -222,6 +225,11 @@ DOWNLOAD_CASES = {
     "parquet says the same": (
         "parquet", ["--url-col", "url", "--caption-col", "caption"],
         ["has no column 'similarity', 'LICENSE'", "(columns found: url, caption, NSFW)"],
+    ),
+    "txt asked for captions": (
+        "txt.gz", ["--url-col", "url"],
+        ["holds only URLs, one a line, so --caption-col TEXT and --save-additional-columns "
+         "NSFW,similarity,LICENSE cannot be read from it", "--caption-col ''"],
     ),
     "a DataComp recipe's face boxes": (
         "parquet", ["--dataset", "datacomp-small", "--url-col", "url", "--caption-col", "caption"],

@@ -603,12 +603,31 @@ def _check_same_sharding(config: DownloadConfig) -> None:
         )
 
 
+def _check_plain_text_columns(config: DownloadConfig) -> None:
+    """A ``txt`` list is one URL a line: img2dataset reads that one column and ignores the
+    caption and extra columns it was given, so the shards would hold images without captions
+    (useless for CLIP) without a word. Say so unless none were asked for."""
+    if config.input_format.removesuffix(".gz") != "txt":
+        return
+    asked = [f"--caption-col {config.caption_col}"] * bool(config.caption_col) + [
+        f"--save-additional-columns {','.join(config.save_additional_columns)}"
+    ] * bool(config.save_additional_columns)
+    if asked:
+        raise ClipaError(
+            f"--input-format {config.input_format} ({config.url_list}) holds only URLs, one a "
+            f"line, so {' and '.join(asked)} cannot be read from it; give a csv, tsv, jsonl or "
+            "parquet list with those columns, or pass --caption-col '' "
+            "--save-additional-columns '' to download images alone"
+        )
+
+
 def check_inputs(config: DownloadConfig) -> range | None:
     """Check what img2dataset would trip over mid-run; return the shard numbers it will write.
 
     The shard numbers are known only for local parquet input (row counts come from the
     footers) outside ``extend`` mode; otherwise None.
     """
+    _check_plain_text_columns(config)
     files = None if layout.is_url(config.url_list) else _input_files(config)
     rows = _parquet_rows(config, files) if files and config.input_format == "parquet" else None
     if files and config.input_format != "parquet":
