@@ -432,9 +432,17 @@ class LoggingOptions:
     wandb_id: Annotated[str | None, Doc("W&B run id to resume (default: a new W&B run).")] = None
 
     def __post_init__(self) -> None:
-        parse_loggers(self.log)  # an unknown name is refused before anything starts
+        loggers = parse_loggers(self.log)  # an unknown name is refused before anything starts
+        wandb_given = [
+            f"--wandb-{name}" for name in ("name", "tags", "id") if getattr(self, f"wandb_{name}")
+        ]
         _require(
             [
+                (
+                    "wandb" in loggers or not wandb_given,
+                    f"{', '.join(wandb_given)} without --log wandb would be ignored; add "
+                    "--log wandb (or --log tensorboard,wandb)",
+                ),
                 (self.checkpoint_every >= 0, "--checkpoint-every must be ≥ 0"),
                 (self.log_every >= 1, "--log-every must be at least 1"),
                 (self.keep_checkpoints >= 0, "--keep-checkpoints must be ≥ 0 (0 keeps all)"),

@@ -73,6 +73,10 @@ BAD_TRAINING = {
         ["--zeroshot", "{eval}", "--classnames", "{three_names}"],
         ["has 3 class names but", "has 20 classes"],
     ),
+    "wandb options without wandb": (
+        ["--wandb-id", "abc", "--wandb-tags", "x,y"],
+        ["--wandb-tags, --wandb-id without --log wandb would be ignored", "add --log wandb"],
+    ),
     "eval every without a set": (["--eval-every", 2], ["--eval-every 2 needs --zeroshot DIR"]),
     "templates without a set": (["--templates", "{three_names}"], ["--templates needs --zeroshot"]),
     "resume auto without checkpoints": (["--resume", "auto"], ["no checkpoint"]),
@@ -413,6 +417,11 @@ def test_a_run_directory_given_for_a_checkpoint_names_its_newest(data, checkpoin
         "--classnames", data["classnames"], "--out", tmp_path / "eval.json",
     )  # fmt: skip
     assert_one_line_error(result, f"{run_dir} is a run directory", f"newest: {checkpoint}")
+    with_model = invoke(
+        "eval", "--checkpoint", run_dir, "--model", "clipa-tiny", "--imagenet-val", data["eval"],
+        "--classnames", data["classnames"], "--out", tmp_path / "eval.json",
+    )  # fmt: skip
+    assert_one_line_error(with_model, f"{run_dir} is a run directory", f"newest: {checkpoint}")
     resumed = invoke(*tiny(data, tmp_path / "run", "--resume", run_dir))
     assert_one_line_error(resumed, "is a run directory", str(checkpoint), "--resume auto")
 

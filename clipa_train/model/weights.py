@@ -33,7 +33,10 @@ def read_weights(path: str | Path) -> StateDict:
     """The state dict in ``path``: a bare state dict, ``{'state_dict': ...}`` (OpenCLIP training
     checkpoints and the CLIPA repository's files) or a clipa checkpoint (``{'model': ...}``); a
     ``module.`` prefix is stripped, CLIPA-repository names mapped to ours (``clipa_weights``)."""
+    from clipa_train.checkpoint import refuse_folder
+
     path = Path(path)
+    refuse_folder(path, "use")  # a run directory: its newest checkpoint is named
     if not path.is_file():
         raise ClipaError(f"weights file {path} does not exist")
     try:
