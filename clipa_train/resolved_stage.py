@@ -82,6 +82,9 @@ class ResolvedStage:
             "lr": self.optim.lr,
             "warmup_steps": self.optim.warmup_steps,
         }
+        origin = self.config.model.from_checkpoint
+        if origin:  # absolute: clipa-train report chains the runs from any folder
+            resolved["from_checkpoint"] = str(Path(origin).resolve())
         return {
             "options": {**self.config.to_json(), **resolved},
             "derived": {
@@ -227,7 +230,12 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.evaluate import open_zeroshot_set
     from clipa_train.loop import LoopConfig
     from clipa_train.optim import OptimConfig
-    from clipa_train.run_dir import check_resume_batch_size, check_resume_step, check_run_dir
+    from clipa_train.run_dir import (
+        check_resume_batch_size,
+        check_resume_origin,
+        check_resume_step,
+        check_run_dir,
+    )
     from clipa_train.sharding import check_sharding, torchrun_world
     from clipa_train.shards import open_split
 
@@ -237,6 +245,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     backend = _backend(config)
     resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
     check_resume_batch_size(resume, config.optim.batch_size)
+    check_resume_origin(resume, config.model.from_checkpoint)
     model = stage_model(config, resume)
     image, patch_mask, text = _reduction(config, model)
     _check_tokenizer(text, model)

@@ -83,6 +83,17 @@ def check_resume_step(resume: str | Path | None, total_steps: int) -> bool:
     return step == total_steps
 
 
+def saved_options(resume: Path) -> tuple[Path, dict]:
+    """The ``config.json`` of the run that wrote checkpoint ``resume`` and its options (empty
+    when there is none or it cannot be read: then there is nothing to compare with)."""
+    config = Path(resume).resolve().parent.parent / "config.json"
+    try:
+        options = json.loads(config.read_text())["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return config, {}
+    return config, options if isinstance(options, dict) else {}
+
+
 def check_resume_batch_size(resume: Path | None, batch_size: int) -> None:
     """Refuse to resume a run with another global batch size than it trained with (read from
     its ``config.json``): its steps, learning-rate schedule and samples seen are counted in its
@@ -90,14 +101,29 @@ def check_resume_batch_size(resume: Path | None, batch_size: int) -> None:
     mid-way. A checkpoint without its run's config has nothing to compare with."""
     if resume is None:
         return
-    config = Path(resume).resolve().parent.parent / "config.json"
-    try:
-        saved = json.loads(config.read_text())["options"]["batch_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
+    config, options = saved_options(resume)
+    saved = options.get("batch_size")
     if isinstance(saved, int) and saved != batch_size:
         raise ClipaError(
             f"--resume {resume}: the run trained with --batch-size {saved} (its {config}), this "
             f"command gives {batch_size}; resume with --batch-size {saved} (--accum-steps fits "
             f"it in less memory), or start a new run from its weights with --from {resume}"
+        )
+
+
+def check_resume_origin(resume: Path | None, from_checkpoint: str | None) -> None:
+    """Refuse to resume a run with another ``--from`` than it started from: the resumed weights
+    are the run's own, so the new one would be ignored, yet ``config.json`` would record it
+    (and ``clipa-train report`` chain the run to the wrong parent)."""
+    if resume is None or not from_checkpoint:
+        return
+    config, options = saved_options(resume)
+    saved = options.get("from_checkpoint")
+    if not isinstance(saved, str) or not Path(saved).exists():
+        return  # an older run's relative path from another folder: nothing to compare
+    if not Path(from_checkpoint).exists() or not Path(saved).samefile(from_checkpoint):
+        raise ClipaError(
+            f"--resume {resume}: the run started --from {saved} (its {config}), this command "
+            f"gives --from {from_checkpoint}; resume with the same --from, or start a new run "
+            "(another --out) to fine-tune the other checkpoint"
         )

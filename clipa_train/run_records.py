@@ -191,9 +191,19 @@ def _chained_parent(run: RunRecords, earlier: list[RunRecords]) -> RunRecords | 
         return None
     resolved = Path(source).resolve()
     for candidate in reversed(earlier):
-        if resolved.is_relative_to(candidate.path.resolve()):
+        if resolved.is_relative_to(candidate.path.resolve()) or _names_run(source, candidate.path):
             return candidate
     return None
+
+
+def _names_run(source: str, run_dir: Path) -> bool:
+    """Whether checkpoint path ``source`` names ``run_dir`` by its trailing folders: older runs
+    recorded ``--from`` as typed (relative to wherever they were started), and a run directory
+    may since have moved, so ``rr/pretrain/checkpoints/step_2.pt`` matches ``.../rr/pretrain``."""
+    folder = Path(source).parent
+    folder = folder.parent if folder.name == "checkpoints" else folder
+    parts = tuple(part for part in folder.parts if part not in ("/", ".", ".."))
+    return bool(parts) and run_dir.resolve().parts[-len(parts) :] == parts
 
 
 def _checkpoint_step(source: str | None) -> int | None:

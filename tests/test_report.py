@@ -94,6 +94,22 @@ def test_a_chained_finetune_continues_samples_and_flops(runs):
     assert read_runs([runs["ft"]])[0].start_samples == 0
 
 
+def test_the_chain_holds_from_another_folder_and_for_moved_runs(runs, tmp_path):
+    """config.json records --from as an absolute path; a relative one (older runs: as typed,
+    from wherever the run was started) still names its run by the trailing folders."""
+    options = json.loads((runs["ft"] / "config.json").read_text())["options"]
+    assert options["from_checkpoint"] == str(runs["a"] / "checkpoints" / "step_00000004.pt")
+    moved = tmp_path / "elsewhere" / "rr"
+    for name in ("a", "ft"):
+        shutil.copytree(runs[name], moved / name, ignore=shutil.ignore_patterns("*.pt"))
+    config = moved / "ft" / "config.json"
+    saved = json.loads(config.read_text())
+    saved["options"]["from_checkpoint"] = "rr/a/checkpoints/step_00000004.pt"
+    config.write_text(json.dumps(saved))
+    pretrain, finetune = read_runs([moved / "a", moved / "ft"])
+    assert finetune.start_samples == pretrain.samples(4) == 4 * BATCH
+
+
 def test_a_partial_last_record_is_skipped_and_reported_once(runs, tmp_path):
     run = shutil.copytree(runs["a"], tmp_path / "killed", ignore=shutil.ignore_patterns("*.pt"))
     metrics = run / "metrics.jsonl"

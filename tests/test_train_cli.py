@@ -426,6 +426,25 @@ def test_a_run_directory_given_for_a_checkpoint_names_its_newest(data, checkpoin
     assert_one_line_error(resumed, "is a run directory", str(checkpoint), "--resume auto")
 
 
+def test_a_resume_with_another_from_is_refused(data, checkpoint, tmp_path):
+    """The resumed weights are the run's own: another --from would be ignored, yet recorded."""
+    other = tmp_path / "other.pt"
+    other.write_bytes(checkpoint.read_bytes())
+
+    def finetune(origin: Path, samples: int, *more: object):
+        command = tiny(data, tmp_path / "ft", "--samples", samples, "--from", origin, *more)
+        return invoke("finetune", *command[1:])
+
+    first = finetune(other, 16)
+    assert first.exit_code == 0, first.output
+    config = (tmp_path / "ft" / "config.json").read_text()
+    refused = finetune(checkpoint, 32, "--resume", "auto")
+    assert_one_line_error(refused, f"the run started --from {other}", f"--from {checkpoint}")
+    assert (tmp_path / "ft" / "config.json").read_text() == config
+    same = finetune(other, 32, "--resume", "auto")
+    assert same.exit_code == 0, same.output
+
+
 def test_a_record_with_bad_image_bytes_is_skipped_and_reported(tmp_path):
     """Training on a shard with an undecodable image counts it in the summary."""
     records = make_records(16)
