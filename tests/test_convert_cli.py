@@ -178,13 +178,14 @@ def test_shards_a_stopped_download_never_started_are_named_not_dropped(src, tmp_
         summary_path=str(download_summary_path(src)),
     )  # fmt: skip
     write_json(download_summary_path(src), summary.to_json())
-    assert_one_line_error(
+    line = assert_one_line_error(
         run(src, tmp_path / "out"),
         str(src / "00003.tfrecord"),
         "lists this shard as unfinished",
         "re-run the same clipa-data download",
         "--skip-bad-shards",
     )
+    assert line.count("--skip-bad-shards") == 1, line
     assert_nothing_in(tmp_path / "out")
     result = run(src, tmp_path / "out", "--skip-bad-shards")
     assert result.exit_code == 0, result.output

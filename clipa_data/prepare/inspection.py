@@ -246,7 +246,7 @@ def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[In
             problem=(
                 f"{src / f'{shard:0{width}d}{suffix}'}: {layout.download_summary_path(src)} lists "
                 "this shard as unfinished (the download stopped before it); re-run the same "
-                "clipa-data download to finish it, or pass --skip-bad-shards to convert without it"
+                "clipa-data download to finish it"
             ),
             damage=None,
             count_seconds=0.0,
