@@ -88,7 +88,7 @@ def convert_table(result: ConvertResult) -> Table:
         ("time", seconds),
     ]
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, escape(value))  # a folder named "o[v2]" is text, not markup
     return table
 
 
@@ -98,7 +98,7 @@ def bad_shards_table(bad_shards: Iterable[tuple[str, str]]) -> Table:
     table.add_column("source")
     table.add_column("problem")
     for source, problem in bad_shards:
-        table.add_row(source, problem)
+        table.add_row(escape(source), escape(problem))
     return table
 
 
@@ -155,6 +155,6 @@ def info_tables(result: Report) -> list[Table]:
         for index, column in enumerate(section.columns):
             table.add_column(column, style="bold" if index == 0 else None)
         for row in section.rows:
-            table.add_row(*row)
+            table.add_row(*(escape(str(cell)) for cell in row))  # paths, captions: not markup
         tables.append(table)
     return tables

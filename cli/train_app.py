@@ -92,7 +92,7 @@ def print_summary(summary: dict) -> None:
         ("summary", f"{summary['run_dir']}/summary.json"),
     ]  # fmt: skip
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, escape(value))  # paths and bad-image messages are text, not markup
     stdout().print(table)
 
 

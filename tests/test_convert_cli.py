@@ -29,6 +29,21 @@ def run(*args: str):
     return CliRunner().invoke(app, ["convert", *map(str, args), "--no-progress", "--workers", "1"])
 
 
+def test_bracketed_folder_names_are_printed_as_they_are(src, tmp_path):
+    """Paths are text, not Rich markup: "[dedup]" is kept and "[/x]" is no markup error."""
+    out = tmp_path / "tfds[dedup]" / "q[/x]"
+    wide = {"COLUMNS": "400"}  # every path on one line
+    args = ["convert", str(src), str(out), "--name", "demo", "--no-progress", "--workers", "1"]
+    result = CliRunner().invoke(app, args, env=wide)
+    assert result.exit_code == 0, result.output
+    builder = out / "demo" / "1.0.0"
+    assert f"summary: {builder / 'clipa_convert_summary.json'}" in result.stdout
+    assert f"│ {builder} " in result.stdout, result.stdout  # the builder directory row
+    info = CliRunner().invoke(app, ["info", str(builder)], env=wide)
+    assert info.exit_code == 0, info.output
+    assert f" {builder} " in info.stdout, info.stdout
+
+
 def assert_nothing_in(out: Path) -> None:
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
 
