@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import posixpath
-import shlex
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -263,7 +262,7 @@ def check_sidecar(reader: ShardReader, shard: int) -> None:
     if not layout.exists(path):
         raise ClipaError(
             f"{path}: sidecar of shard {expected.shard} is missing; create sidecars with: "
-            f"clipa-data tag {shlex.quote(str(reader.builder))}"
+            f"{layout.tag_command(reader.builder, reader.fields.text)}"
         )
     info, rows = sidecar.read_header(path)
     sidecar.check_info(info, expected, str(path))
@@ -321,7 +320,7 @@ def open_split(
         raise ClipaError(
             f"{builder} has no sidecars, which the "
             f"{'syntax text mask' if need_sidecars else 'sidecar text source'} needs; "
-            f"create them with: clipa-data tag {shlex.quote(str(builder))}"
+            f"create them with: {layout.tag_command(builder, fields.text)}"
         )
     use_sidecars = text_source != "caption" and has_sidecars
     reader = ShardReader(str(builder), info, fields, check_crc, use_sidecars, tokenizer)

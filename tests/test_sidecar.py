@@ -75,7 +75,7 @@ def test_row_count_mismatch_names_the_shard(tmp_path):
 def test_other_vocabulary_or_field(tmp_path):
     with pytest.raises(ClipaError, match="another BPE vocabulary"):
         sidecar.load_sidecar(write(tmp_path, vocab_sha256="0" * 64), expectation())
-    with pytest.raises(ClipaError, match=r"holds field 'caption'.*--text-field txt"):
+    with pytest.raises(ClipaError, match=r"holds field 'caption'.*--text-field txt --overwrite"):
         sidecar.load_sidecar(write(tmp_path, text_field="caption"), expectation())
 
 

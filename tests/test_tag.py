@@ -305,6 +305,9 @@ def test_preview_without_sidecars(builder):
     assert syntax.exit_code == 2
     assert "the syntax mask needs sidecars" in syntax.output
     assert f"clipa-data tag {builder}" in " ".join(syntax.output.split())
+    other_field = cli("preview", builder, "--text-mask", "syntax", "--text-field", "caption")
+    # the hint tags the field this preview reads, not the default one
+    assert f"clipa-data tag {builder} --text-field caption" in " ".join(other_field.output.split())
     for strategy in ["truncate", "random", "block"]:
         result = cli("preview", builder, "--text-mask", strategy, "--n", 3, "--json")
         assert result.exit_code == 0, result.output

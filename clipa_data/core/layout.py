@@ -200,6 +200,22 @@ SIDECAR_SUFFIX = ".arrow"
 TAG_SUMMARY = "tag_summary.json"
 
 
+DEFAULT_TEXT_FIELD = "txt"
+"""The record feature img2dataset writes captions to (``clipa-data tag --text-field``)."""
+
+
+def tag_command(builder: str | Path, text_field: str = DEFAULT_TEXT_FIELD, overwrite=False) -> str:
+    """The ``clipa-data tag`` command that (re-)creates ``builder``'s sidecars, quoted for a
+    shell: a non-default ``--text-field`` is carried, since a tag without it would tag another
+    field (and then be refused for the field it holds)."""
+    import shlex
+
+    command = f"clipa-data tag {shlex.quote(str(builder))}"
+    if text_field != DEFAULT_TEXT_FIELD:
+        command += f" --text-field {shlex.quote(text_field)}"
+    return command + " --overwrite" * bool(overwrite)
+
+
 def sidecar_dir(builder: str | Path) -> str | Path:
     """The folder holding the Arrow sidecars of a builder directory."""
     return join(builder, SIDECAR_SUBDIR)

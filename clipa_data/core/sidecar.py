@@ -36,6 +36,7 @@ import contextlib
 import functools
 import itertools
 import json
+import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,7 +280,8 @@ def check_info(info: SidecarInfo, expected: SidecarExpectation, path: str) -> No
     if info.text_field != expected.text_field:
         raise ClipaError(
             f"{path}: sidecar of shard {expected.shard} holds field {info.text_field!r}, "
-            f"expected {expected.text_field!r}; re-tag with --text-field {expected.text_field}"
+            f"expected {expected.text_field!r}; re-tag with: clipa-data tag BUILDER_DIR "
+            f"--text-field {shlex.quote(expected.text_field)} --overwrite"
         )
 
 

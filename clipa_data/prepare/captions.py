@@ -12,12 +12,13 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.example import parse_message
 from clipa_data.core.tfrecord import read_records
 
 KEY_FIELD = "key"
-DEFAULT_TEXT_FIELD = "txt"
+DEFAULT_TEXT_FIELD = layout.DEFAULT_TEXT_FIELD
 
 
 @dataclass(frozen=True)

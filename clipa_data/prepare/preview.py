@@ -9,7 +9,6 @@ ids, capped the same way).
 from __future__ import annotations
 
 import itertools
-import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ def open_sidecar(
         if tr.text_mask(config.text_mask).needs_words:
             raise ClipaError(
                 f"the {config.text_mask} mask needs sidecars and {path} is missing; create them "
-                f"with: clipa-data tag {shlex.quote(str(builder))}"
+                f"with: {layout.tag_command(builder, config.text_field)}"
             )
         return None
     expected = SidecarExpectation(

@@ -7,7 +7,6 @@ Coverage only reads sidecar headers (metadata and row counts): cheap enough for 
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +96,7 @@ def check_shard(job: CheckJob) -> ShardCheck:
             name,
             job.num_records,
             f"{job.sidecar}: sidecar of shard {name} is missing; create it with: "
-            f"clipa-data tag {shlex.quote(str(job.builder))}",
+            f"{layout.tag_command(job.builder, job.text_field)}",
         )
     expected = SidecarExpectation(
         shard=name,
