@@ -154,6 +154,10 @@ def test_rerun_skips_finished_and_overwrite_gives_same_bytes(builder, nltk_env):
     assert cli("tag", builder, "--overwrite", "--workers", "1", "--no-progress").exit_code == 0
     assert json.loads(layout.tag_summary_path(builder).read_text())["shards_tagged"] == 3
     assert sidecar_bytes(builder) == first
+    twice = ["--split", "train", "--split", "train", "--workers", "1", "--no-progress"]
+    assert cli("tag", builder, "--overwrite", *twice).exit_code == 0  # each shard once
+    assert json.loads(layout.tag_summary_path(builder).read_text())["shards_tagged"] == 3
+    assert "3 of 3 shards ok" in " ".join(cli("tag", builder, "--check", *twice).stdout.split())
 
 
 def test_existing_sidecar_from_another_tagger_is_not_overwritten(builder, nltk_env):

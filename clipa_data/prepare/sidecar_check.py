@@ -40,6 +40,8 @@ class CheckConfig:
     show_progress: Annotated[bool, Doc("Show a progress bar (on stderr).")] = True
 
     def __post_init__(self) -> None:
+        # --split train --split train: each shard once (twice, two workers wrote one sidecar)
+        object.__setattr__(self, "splits", tuple(dict.fromkeys(self.splits)))
         if self.workers < 1:
             raise ClipaError(f"--workers must be at least 1, got {self.workers}")
 

@@ -86,6 +86,8 @@ class TagConfig:
     spark_master: SparkMasterField = None
 
     def __post_init__(self) -> None:
+        # --split train --split train: each shard once (twice, two workers wrote one sidecar)
+        object.__setattr__(self, "splits", tuple(dict.fromkeys(self.splits)))
         if self.tagger not in TAGGER_CHOICES:
             raise ClipaError(f"--tagger must be one of {', '.join(TAGGER_CHOICES)}")
         if self.workers < 1:
