@@ -44,6 +44,17 @@ def test_bracketed_folder_names_are_printed_as_they_are(src, tmp_path):
     assert f" {builder} " in info.stdout, info.stdout
 
 
+def test_a_mode_that_cannot_apply_is_refused_before_any_shard_is_read(tmp_path):
+    """Inspecting reads every shard (hours at LAION scale): a --mode the source format cannot
+    take is refused first, here before the damaged shard the inspection would find."""
+    src = write_source(tmp_path / "wds", {0: 4, 1: 5}, output_format="webdataset", failures=0)
+    tar = src / "00001.tar"
+    tar.write_bytes(tar.read_bytes()[:700])
+    line = assert_one_line_error(run(src, tmp_path / "out", "--mode", "hardlink"))
+    assert "--mode hardlink does not apply" in line and "00001.tar" not in line, line
+    assert_nothing_in(tmp_path / "out")
+
+
 def assert_nothing_in(out: Path) -> None:
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
 

@@ -333,8 +333,19 @@ def _entries(config: ConvertConfig, kept: Sequence[Inspection]) -> tuple[ShardEn
     )
 
 
+def placement(config: ConvertConfig, sources: Sequence[Source]) -> str:
+    """How the shards will be placed (``--mode`` resolved), or one line saying why that mode
+    cannot be: asked before the inspection, which reads every shard (hours at LAION scale)."""
+    return sources[0].source_format.placement_method(
+        "copy" if layout.is_url(config.out) else config.mode, config.src, config.out
+    )
+
+
 def build_manifest(
-    config: ConvertConfig, sources: Sequence[Source], inspections: Sequence[Inspection]
+    config: ConvertConfig,
+    sources: Sequence[Source],
+    inspections: Sequence[Inspection],
+    method: str,
 ) -> tuple[ConvertManifest, Schema]:
     """The plan of the conversion (manifest without target bytes) and the declared schema."""
     kept = _kept(config, inspections)
@@ -344,9 +355,7 @@ def build_manifest(
         dataset=DatasetName(name=config.name, version=config.version, split=config.split),
         source=SourceFolder(folder=str(config.src.resolve()), format=source.name),
         config=ConvertSettings(
-            method=source.placement_method(
-                "copy" if layout.is_url(config.out) else config.mode, config.src, config.out
-            ),
+            method=method,
             verify=config.verify,
             schema_records=config.schema_records,
             drop_columns=config.drop_columns,
@@ -466,13 +475,14 @@ def convert(config: ConvertConfig) -> ConvertResult:
     final = layout.builder_dir(config.out, config.name, config.version)
     staging = layout.staging_dir(config.out, config.name, config.version)
     sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))
+    method = placement(config, sources)
     inspections = inspect_sources(config, sources)
     suffix = sources[0].source_format.suffix
     present = [source.name for source in sources]
     inspections += missing_shards(config.src, present, suffix)
     inspections += unfinished_shards(config.src, present, suffix)
     inspected = time.perf_counter()
-    plan, schema = build_manifest(config, sources, inspections)
+    plan, schema = build_manifest(config, sources, inspections, method)
     on_store = layout.is_url(final)
     stored = (
         store_convert.existing_conversion(final, staging, plan, config.overwrite)
