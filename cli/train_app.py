@@ -10,6 +10,7 @@ from clipa_cli.common import EXIT_INTERRUPTED, make_app, reports_errors, stderr,
 from clipa_cli.options import command
 from clipa_cli.train_options import eval_options, report_options, train_command
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from clipa_data.core.errors import ClipaError
@@ -214,7 +215,11 @@ def models_body(**options) -> None:
             f"{row.gflops:.2f}",
             *stage,
         )
-    stdout().print(table)
+    console = stdout()
+    if not console.is_terminal:  # a file or a pipe: every number whole, however wide the table
+        unbounded = console.options.update_width(10_000)
+        console.width = max(console.width, Measurement.get(console, unbounded, table).maximum)
+    console.print(table)
 
 
 def _models_options():
