@@ -186,9 +186,13 @@ def parse_settings(recipe: Recipe, settings: tuple[str, ...]) -> dict[str, dict[
     return per_stage
 
 
-def plan(config: RecipeRunConfig, check: bool = True) -> tuple[Recipe, list[PlannedStage]]:
+def plan(
+    config: RecipeRunConfig, check: bool = True, without_tokenizer: bool = False
+) -> tuple[Recipe, list[PlannedStage]]:
     """Every stage with its run directory and options; ``check``: each resolved (a later stage
-    with a stand-in ``--from``), so a contradiction with any stage is refused up front."""
+    with a stand-in ``--from``), so a contradiction with any stage is refused up front.
+    ``without_tokenizer`` (``--plan``): a WordPiece stage without ``--tokenizer`` is shown
+    unchecked, so the plan can say what a run still needs."""
     recipe, ref = load(config)
     per_stage = parse_settings(recipe, config.settings)
     if config.stage is not None:
@@ -202,11 +206,16 @@ def plan(config: RecipeRunConfig, check: bool = True) -> tuple[Recipe, list[Plan
             "data": config.data,
             "out": str(Path(config.out) / stage.name),
         }
-        if check:
+        unchecked = without_tokenizer and _lacks_tokenizer(stage, options)
+        if check and not unchecked:
             stand_in = {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if index else {}
             resolve(stage.stage, {**options, **stand_in})
         stages.append(PlannedStage(index, stage, Path(options["out"]), options))
     return recipe, stages
+
+
+def _lacks_tokenizer(stage: StageRecipe, options: dict) -> bool:
+    return stage.tokenizer != "clip-bpe" and options.get("tokenizer") is None
 
 
 def stage_flags(stage: PlannedStage, status: StageStatus, start_from: Path | None) -> dict:
@@ -290,7 +299,7 @@ def describe_stage(stage: PlannedStage, status: StageStatus) -> list[str]:
         for key, value in stage.recipe.as_options().items()
         if value is not None
     )
-    if stage.recipe.tokenizer != "clip-bpe" and "tokenizer" not in flags:
+    if _lacks_tokenizer(stage.recipe, flags):
         settings += ", tokenizer=<your local WordPiece vocabulary: give --tokenizer PATH>"
     return [
         f"stage {stage.index + 1} {stage.name} -> {stage.run_dir} ({status.describe()})",
@@ -309,7 +318,7 @@ def _flag_text(key: str, value: Any) -> str:
 
 def plan_lines(config: RecipeRunConfig) -> list[str]:
     """What ``--plan`` prints: the recipe, then each stage (state, command, settings)."""
-    recipe, stages = plan(config, check=False)  # shows what a run would need, e.g. --tokenizer
+    recipe, stages = plan(config, without_tokenizer=True)  # a contradiction is refused here too
     lines = [f"{recipe.name}: {recipe.description}"]
     for stage in stages:
         if config.stage in (None, stage.name):

@@ -185,6 +185,7 @@ def test_plan_lists_each_stage_with_its_command_and_state(setup, tmp_path):
     assert "--workers 3" in finetune_command and "--workers 1" in pretrain_command
     assert not out.exists()  # a plan writes nothing
     home = invoke(*command(setup["recipe"], setup["data"], out, "--plan", "--set",
+                           "finetune.zeroshot=~/val", "--set",
                            "finetune.classnames=~/names.txt"))  # fmt: skip
     assert home.exit_code == 0, home.output
     assert f"--classnames {Path.home() / 'names.txt'}" in home.stdout  # not a folder named ~
@@ -198,5 +199,9 @@ def test_help_lists_every_recipe_and_bad_settings_are_one_line(setup, tmp_path):
     base = command(setup["recipe"], setup["data"], tmp_path / "runs")
     assert_one_line_error(invoke(*base, "--set", "ft.workers=2"), "has no stage 'ft'")
     assert_one_line_error(invoke(*base, "--batch-size", 4), "sets --batch-size 8", "drop")
+    # --plan refuses the same contradiction (it printed a plan the run then refused)
+    assert_one_line_error(invoke(*base, "--batch-size", 4, "--plan"), "sets --batch-size 8")
     v2 = ["recipe", "clipa-v2-h14-84-224", "--data", setup["data"], "--out", tmp_path / "v2"]
     assert_one_line_error(invoke(*v2), "give --tokenizer PATH", "nothing is downloaded")
+    shown = invoke(*v2, "--plan")  # the plan still says what the run needs
+    assert shown.exit_code == 0 and "give --tokenizer PATH" in shown.stdout, shown.output
