@@ -65,6 +65,10 @@ def test_a_store_without_its_fsspec_package_is_one_line(tmp_path):
     result = runner.invoke(app, ["convert", str(tmp_path), "gs://bucket/laion"])
     assert result.exit_code == 2
     assert "gs:// filesystem needs its fsspec package" in result.output and "gcsfs" in result.output
+    for command in ("info", "preview"):  # they read builder directories on stores too
+        result = runner.invoke(app, [command, "gs://bucket/laion/1.0.0"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "gs:// filesystem needs its fsspec package" in result.output, result.output
     with pytest.raises(ClipaError, match=r"SRC memory://x: must be a local folder or a file://"):
         local_path("memory://x", "SRC")
     assert str(local_path("file:///tmp/x", "OUT")) == "/tmp/x"

@@ -219,6 +219,9 @@ def test_check_reads_file_urls_and_refuses_tagging_options(builder, nltk_env):
     checked = cli("tag", builder.as_uri(), "--check", "--no-progress")
     assert checked.exit_code == 0, checked.output
     assert "3 of 3 shards ok" in checked.output
+    for command in (["info"], ["preview", "--text-mask", "truncate", "--n", "1"]):
+        by_url = cli(*command[:1], builder.as_uri(), *command[1:])  # file:// as tag reads it
+        assert by_url.exit_code == 0, by_url.output
     ignored = cli("tag", builder, "--check", "--tagger", "spacy", "--overwrite", "--no-progress")
     assert_one_line_error(ignored, "--tagger, --overwrite would do nothing")
 

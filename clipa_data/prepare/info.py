@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
+from clipa_data.prepare import stores
 from clipa_data.prepare.sidecar_check import coverage_of_splits
 
 
@@ -65,7 +66,7 @@ def _read_json(path) -> dict | None:
 
 def load_builder(path) -> Builder:
     """Resolve ``path`` (OUT, OUT/NAME or the builder dir itself) and read its metadata."""
-    builder = layout.resolve_builder_dir(path)
+    builder = layout.resolve_builder_dir(stores.output_location(path, "BUILDER_DIR"))
     info = layout.read_dataset_info(builder)
     splits = tuple(layout.read_split(builder, name) for name in layout.split_names(builder))
     return Builder(

@@ -28,6 +28,7 @@ from clipa_data.core.sidecar import (
     load_sidecar,
 )
 from clipa_data.core.tokenizer import CLIP_BPE, TextTokenizer, load_tokenizer, vocab_sha256
+from clipa_data.prepare import stores
 from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, iter_captions
 
 
@@ -142,7 +143,7 @@ def reduce(
 
 def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
     """Yield the first ``config.n`` captions of the split with their reduced ids."""
-    builder = layout.resolve_builder_dir(config.builder_dir)
+    builder = layout.resolve_builder_dir(stores.output_location(config.builder_dir, "BUILDER_DIR"))
     split = layout.read_split(builder, choose_split(builder, config.split))
     rng = np.random.default_rng(config.seed)
     tokenizer = load_tokenizer(config.tokenizer)
