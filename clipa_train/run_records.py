@@ -44,10 +44,13 @@ class RunRecords:
     """Samples the chained earlier stage saw before this run started (0 unless chained)."""
     start_flops: float = 0.0
     """Training FLOPs of the chained earlier stage before this run started."""
+    label: str = ""
+    """How tables and legends name the run: its folder's trailing names, as many as tell it
+    from the other runs of the report (``a/pretrain`` beside ``b/pretrain``)."""
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
     @property
     def options(self) -> dict:
@@ -182,7 +185,21 @@ def read_runs(paths: list[Path]) -> list[RunRecords]:
             step = _checkpoint_step(run.options.get("from_checkpoint")) or parent.last_step
             run = replace(run, start_samples=parent.samples(step), start_flops=parent.flops(step))
         runs.append(run)
-    return runs
+    labels = unique_labels([run.path for run in runs])
+    return [replace(run, label=label) for run, label in zip(runs, labels, strict=True)]
+
+
+def unique_labels(paths: list[Path]) -> list[str]:
+    """For each path, its fewest trailing folder names that no other path ends with."""
+    parts = [Path(path).resolve().parts for path in paths]
+    labels = []
+    for index, own in enumerate(parts):
+        others = [other for number, other in enumerate(parts) if number != index]
+        depth = 1
+        while depth < len(own) and any(other[-depth:] == own[-depth:] for other in others):
+            depth += 1
+        labels.append(str(Path(*own[-depth:])))
+    return labels
 
 
 def _chained_parent(run: RunRecords, earlier: list[RunRecords]) -> RunRecords | None:

@@ -19,7 +19,7 @@ from sidecars import write_sidecars
 from typer.testing import CliRunner
 
 from clipa_data.demo import write_demo_validation
-from clipa_train.run_records import read_runs
+from clipa_train.run_records import read_runs, unique_labels
 from clipa_train.scaling_fit import ScalingPoint, fit_power_law
 
 BATCH = 8
@@ -329,3 +329,15 @@ def test_bench_step_and_reports_share_one_flops_formula():
 
     assert bench_step.train_flops_per_sample is flops.train_flops_per_sample
     assert time_to_clipa.train_flops_per_sample is flops.train_flops_per_sample
+
+
+def test_runs_of_the_same_folder_name_are_told_apart(runs, tmp_path):
+    """Two recipes' ``pretrain`` folders side by side: each labelled by enough of its path."""
+    for name in ("x", "y"):
+        shutil.copytree(
+            runs["a"], tmp_path / name / "pretrain", ignore=shutil.ignore_patterns("*.pt")
+        )
+    first, second = read_runs([tmp_path / "x" / "pretrain", tmp_path / "y" / "pretrain"])
+    assert (first.name, second.name) == ("x/pretrain", "y/pretrain")
+    assert read_runs([runs["a"]])[0].name == "a"  # alone: its folder name
+    assert unique_labels([Path("/r/a"), Path("/r/a")]) == ["/r/a", "/r/a"]  # the same run twice
