@@ -141,7 +141,8 @@ def _plot_throughput(runs: list[RunRecords], out: Path) -> str:
         ax.set_xlabel("wall time in the run (s)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-    rate_axis.legend(fontsize="small")
+    if rate_axis.get_legend_handles_labels()[0]:  # no run has a timed record: no legend
+        rate_axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(out / "throughput.png")
     plt.close(figure)

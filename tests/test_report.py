@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +342,13 @@ def test_runs_of_the_same_folder_name_are_told_apart(runs, tmp_path):
     assert (first.name, second.name) == ("x/pretrain", "y/pretrain")
     assert read_runs([runs["a"]])[0].name == "a"  # alone: its folder name
     assert unique_labels([Path("/r/a"), Path("/r/a")]) == ["/r/a", "/r/a"]  # the same run twice
+
+
+def test_a_run_without_records_reports_without_a_plotting_warning(runs, tmp_path):
+    run = shutil.copytree(runs["a"], tmp_path / "empty", ignore=shutil.ignore_patterns("*.pt"))
+    (run / "metrics.jsonl").write_text("")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke("report", run, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert not [str(w.message) for w in caught if "legend" in str(w.message)]
