@@ -55,6 +55,18 @@ def test_a_mode_that_cannot_apply_is_refused_before_any_shard_is_read(tmp_path):
     assert_nothing_in(tmp_path / "out")
 
 
+def test_info_on_an_unfinished_conversion_says_to_finish_it(src, tmp_path):
+    """A convert stopped before it published leaves only NAME/.VERSION.partial."""
+    from clipa_data.core import layout
+
+    out = tmp_path / "out"
+    staging = Path(layout.staging_dir(out, "demo", "1.0.0"))
+    staging.mkdir(parents=True)
+    for command in ("info", "tag"):
+        result = CliRunner().invoke(app, [command, str(out)])
+        assert_one_line_error(result, str(staging), "re-run the same clipa-data convert")
+
+
 def assert_nothing_in(out: Path) -> None:
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
 

@@ -319,6 +319,14 @@ def resolve_builder_dir(path: str | Path) -> str | Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
+        unfinished = sorted(path.glob(f"*{STAGING_SUFFIX}")) + sorted(
+            path.glob(f"*/*{STAGING_SUFFIX}")
+        )
+        if unfinished:  # a convert stopped before it published the builder directory
+            raise ClipaError(
+                f"{path} holds no builder directory yet, only the unfinished conversion "
+                f"{unfinished[0]}; re-run the same clipa-data convert command to finish it"
+            )
         raise ClipaError(
             f"{path} is not a builder directory (no {DATASET_INFO} in it or two levels below); "
             "create one with: clipa-data convert SRC OUT"
