@@ -25,6 +25,7 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -136,6 +137,30 @@ def dead_workers(pids) -> list[str]:
     return dead
 
 
+def reaped_workers(pids, error: BaseException) -> list[str]:
+    """``dead_workers`` for the workers PyTorch has already reaped (its ``is_alive`` check after
+    a failed wait does that, so their exit status is gone): each worker whose pid the error (or
+    an error it came from) names, with how it ended when PyTorch said so ("is killed by signal:
+    Killed")."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    said = " ".join(chain)
+    names = {signal.strsignal(number): number.name for number in signal.Signals}
+    killed = re.search(r"is killed by signal: ([^.]+)\.", said)
+    how = f"was killed by {names.get(killed.group(1), killed.group(1))}" if killed else "died"
+    dead = []
+    for worker, pid in enumerate(pids):
+        if not pid or not re.search(rf"\bpid(?:\(s\))? [\d, ]*\b{pid}\b", said):
+            continue
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped: it ended, and PyTorch's error names it
+            dead.append(f"loader worker {worker} (pid {pid}) {how}")
+    return dead
+
+
 class WorkerWatch:
     """Notices a dead loader worker where the run can stop cleanly: while it waits for a batch.
 
@@ -188,10 +213,11 @@ class WorkerWatch:
             if isinstance(error, ClipaError):
                 raise
             # A killed worker's connections close a moment before it can be waited for.
-            dead, deadline = dead_workers(self.pids), time.monotonic() + DEATH_WAIT_S
+            deadline = time.monotonic() + DEATH_WAIT_S
+            dead = dead_workers(self.pids) or reaped_workers(self.pids, error)
             while not dead and time.monotonic() < deadline:
                 time.sleep(0.01)
-                dead = dead_workers(self.pids)
+                dead = dead_workers(self.pids) or reaped_workers(self.pids, error)
             if not dead:
                 raise
             raise WorkerLost(

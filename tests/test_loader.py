@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 import shutil
+import signal
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -336,3 +340,28 @@ def test_reading_never_imports_tensorflow_or_nltk(builder):
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def _sleep() -> None:
+    time.sleep(60)
+
+
+def test_a_worker_pytorch_already_reaped_is_named_from_its_error():
+    """PyTorch's ``is_alive`` check reaps a killed worker before the loader can read its exit
+    status: the worker is then named from PyTorch's own messages, not lost in a traceback."""
+    from clipa_train.loader import reaped_workers
+
+    process = multiprocessing.get_context("fork").Process(target=_sleep)
+    process.start()
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()  # reaped, as DataLoader's is_alive() does
+    cause = RuntimeError(f"DataLoader worker (pid {process.pid}) is killed by signal: Killed. ")
+    try:
+        raise RuntimeError(
+            f"DataLoader worker (pid(s) {process.pid}) exited unexpectedly"
+        ) from cause
+    except RuntimeError as error:
+        named = reaped_workers([0, process.pid], error)
+        unrelated = reaped_workers([process.pid], RuntimeError("connection reset"))
+    assert named == [f"loader worker 1 (pid {process.pid}) was killed by SIGKILL"]
+    assert unrelated == []  # an error that names no worker stays as it is
