@@ -92,8 +92,14 @@ def test_empty_src(tmp_path):
 
 
 def test_src_without_shards(src, tmp_path):
-    for shard in src.glob("*.tfrecord"):
-        shard.unlink()
+    moved = run(src, tmp_path / "first", "--mode", "move")
+    assert moved.exit_code == 0, moved.output
+    # The shards went into the first builder directory; their stats files stayed behind.
+    again = run(src, tmp_path / "out")
+    assert_one_line_error(again, str(src), "3 shards' *_stats.json", "--mode move took them")
+    assert_nothing_in(tmp_path / "out")
+    for stats in src.glob("*_stats.json"):
+        stats.unlink()
     result = run(src, tmp_path / "out")
     assert_one_line_error(result, str(src), "holds no img2dataset shards", "00000.tfrecord")
     assert_nothing_in(tmp_path / "out")

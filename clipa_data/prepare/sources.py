@@ -89,6 +89,13 @@ def find_sources(src: Path, moved: Sequence[Source] = ()) -> list[Source]:
     found = [s for s in map(_source, layout.find_raw_shards(src)) if s is not None]
     present = {source.name for source in found}
     sources = found + [source for source in moved if source.name not in present]
+    stats = sorted(src.glob("*_stats.json")) if not sources else []
+    if stats:  # the download was here: its shards went elsewhere
+        raise ClipaError(
+            f"{src} holds {len(stats)} shards' *_stats.json but none of their shard files: "
+            "an earlier clipa-data convert --mode move took them into its builder directory "
+            "(use that one), or they were deleted (re-run the same clipa-data download)"
+        )
     if not sources:
         formats = " or ".join(SOURCE_FORMATS)
         raise ClipaError(
