@@ -206,8 +206,8 @@ def test_resume_with_other_image_settings_is_refused(tfrecord_run, tmp_path):
     with pytest.raises(ClipaError) as refused:
         download(changed)
     message = str(refused.value)
-    assert f"image_size={config.image_size}" in message and "resize_mode='border'" in message
-    assert f"image_size={config.image_size * 2}" in message and "another --output-folder" in message
+    assert f"--image-size {config.image_size}, --resize-mode border" in message
+    assert f"--image-size {config.image_size * 2}" in message and "another OUTPUT_FOLDER" in message
     assert sorted(p.name for p in output.iterdir()) == before
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -565,13 +566,21 @@ def _check_same_settings(config: DownloadConfig) -> None:
     ]
     changed = [n for n in names if n in recorded and recorded[n] != now[n]]
     if changed:
-        was = ", ".join(f"{n}={recorded[n]!r}" for n in changed)
-        given = ", ".join(f"{n}={now[n]!r}" for n in changed)
+        was = ", ".join(_as_flag(n, recorded[n]) for n in changed)
+        given = ", ".join(_as_flag(n, now[n]) for n in changed)
         raise ClipaError(
             f"{config.output_folder} was downloaded with {was}; resume with the same settings "
-            f"(got {given}), or download into another --output-folder (or use "
-            "--incremental-mode overwrite to start it again)"
+            f"(this command gives {given}), or download into another OUTPUT_FOLDER (or pass "
+            "--incremental-mode overwrite to start this one again)"
         )
+
+
+def _as_flag(name: str, value: Any) -> str:
+    """A download setting as the user gives it: ``--image-size 256``, ``URL_LIST urls.parquet``."""
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    shown = shlex.quote(str(value if value is not None else ""))
+    return f"URL_LIST {shown}" if name == "url_list" else f"--{name.replace('_', '-')} {shown}"
 
 
 def _recorded_sharding(output_folder: str | Path) -> int | None:
