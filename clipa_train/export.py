@@ -240,6 +240,12 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
     the other way round) is an error."""
     chosen = EXPORT_FORMATS[config.format]
     out = Path(config.out)
+    if out.suffix == ".safetensors" and not chosen.safetensors:  # a pickle under that name
+        raise ClipaError(
+            f"{out} ends in .safetensors but --format {config.format} writes "
+            f"{'a folder' if chosen.folder else 'a torch.save pickle'}; pass --format "
+            "safetensors (or give OUT another name)"
+        )
     if chosen.folder and not (chosen.safetensors and out.suffix == ".safetensors"):
         if out.is_file():
             raise ClipaError(f"{out} is a file; --format {config.format} writes a folder")

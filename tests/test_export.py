@@ -151,6 +151,8 @@ def test_a_run_directory_names_its_newest_checkpoint(runs, tmp_path):
         ("bad-format", ["--format", "onnx"], ["unknown export format 'onnx'", "openclip-dir"]),
         ("openclip-weights", [], ["is not a clipa checkpoint", "need no export"]),
         ("truncated", [], ["truncated or corrupt", "export an earlier checkpoint"]),
+        ("pickle-as-safetensors", [], ["ends in .safetensors", "--format safetensors"]),
+        ("dir-as-safetensors", ["--format", "openclip-dir"], ["writes a folder"]),
     ],
 )
 def test_export_bad_input(runs, tmp_path, where, extra, fragments):
@@ -168,9 +170,12 @@ def test_export_bad_input(runs, tmp_path, where, extra, fragments):
         "folder-out": tmp_path / "empty",
         "file-out": tmp_path / "file-out",
         "below-a-file": tmp_path / "file-out" / "out.pt",
+        "pickle-as-safetensors": tmp_path / "out.safetensors",
+        "dir-as-safetensors": tmp_path / "out.safetensors",
     }.get(where, tmp_path / "out.pt")
     result = invoke("export", source, out, *extra)
     assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_openclip_dir_preprocess_uses_the_runs_image_norm(tmp_path):
