@@ -352,6 +352,12 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
     check_writable_folder(config.cache_path(), "the feature cache")
     sets = {role: open_probe_set(getattr(config, role), role) for role in ("train", "val")}
     check_same_classes(sets["train"], sets["val"])
+    train_set, val_set = sets["train"], sets["val"]
+    if (train_set.images.source, train_set.split) == (val_set.images.source, val_set.split):
+        say(
+            f"warning: --train and --val are the same images ({train_set.images.source}): the "
+            "top-1 is measured on the images the head was fitted on"
+        )
     started = time.perf_counter()
     # The features are the trained model's only with the input normalisation it trained with.
     mean, std = IMAGE_NORMS[trained_image_norm(checkpoint)]
@@ -382,5 +388,7 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
         "cache": {role: {"path": str(f.path), "reused": f.reused} for role, f in found.items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if config.result_path().exists():  # every probe of a run's checkpoints writes one file
+        say(f"replaced the earlier result in {config.result_path()} (--out FILE keeps them apart)")
     write_json(config.result_path(), result)
     return result

@@ -156,6 +156,11 @@ def test_probe_end_to_end_then_the_feature_cache_is_reused(sets, tmp_path):
 
     second = probe(*args, "--out", out)  # the table this time
     assert second.exit_code == 0, second.output
+    assert f"replaced the earlier result in {out}" in " ".join(second.stderr.split())
+    assert "are the same images" not in second.stderr  # DIR/train and DIR/val were found
+    same = probe(sets["checkpoint"], sets["colours"] / "val", sets["colours"] / "val", "--json",
+                 "--cache-dir", tmp_path / "other-cache")  # fmt: skip
+    assert same.exit_code == 0 and "--train and --val are the same images" in same.stderr
     assert second.stderr.count("reused cache") == 2, second.stderr
     assert "top-1" in second.stdout and f"{result['top1']:.2%}" in second.stdout
     assert {path: path.stat().st_mtime_ns for path in cache.iterdir()} == written
