@@ -226,6 +226,9 @@ DOWNLOAD_CASES = {
         "parquet", ["--url-col", "url", "--caption-col", "caption"],
         ["has no column 'similarity', 'LICENSE'", "(columns found: url, caption, NSFW)"],
     ),
+    "tsv read as csv": (
+        "tsv", ["--input-format", "csv"], ["looks tab-separated", "pass --input-format tsv"],
+    ),
     "txt asked for captions": (
         "txt.gz", ["--url-col", "url"],
         ["holds only URLs, one a line, so --caption-col TEXT and --save-additional-columns "

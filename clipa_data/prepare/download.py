@@ -479,7 +479,21 @@ def _check_columns(config: DownloadConfig, files: list[Path]) -> None:
     for path in files:
         columns = header_columns(path, config.input_format)
         if columns is not None:
+            _check_separator(path, columns, config.input_format)
             check_columns(path, columns, wanted_columns(config))
+
+
+def _check_separator(path: Path, columns: list[str], input_format: str) -> None:
+    """A TSV read as CSV (or the other way round) has one column holding the whole header:
+    the fix is the format, not the column flags the column check would name."""
+    kind = input_format.removesuffix(".gz")
+    other = {"csv": ("\t", "tsv", "tab"), "tsv": (",", "csv", "comma")}.get(kind)
+    if other and len(columns) == 1 and other[0] in columns[0]:
+        gz = ".gz" if input_format.endswith(".gz") else ""
+        raise ClipaError(
+            f"{path} looks {other[2]}-separated (its header is one {kind} column: "
+            f"{columns[0][:80]!r}); pass --input-format {other[1]}{gz}"
+        )
 
 
 def _check_output(config: DownloadConfig) -> None:
