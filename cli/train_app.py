@@ -137,6 +137,7 @@ def eval_body(as_json: bool = False, **options) -> None:
     from clipa_cli.retrieval_command import retrieval_body, split_retrieval_options
 
     from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint, evaluate_suite
+    from clipa_train.retrieval_stage import RetrievalOptions
 
     retrieval = split_retrieval_options(options)
     config = EvalConfig(**options)
@@ -144,6 +145,18 @@ def eval_body(as_json: bool = False, **options) -> None:
         return retrieval_body(config, retrieval, as_json)
     if config.suite is not None:
         from clipa_cli.suite_output import note_skipped, print_suite
+
+        defaults = RetrievalOptions()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("max_missing", "chunk_size")
+            if getattr(retrieval, name) != getattr(defaults, name)
+        ]
+        if given:  # the suite's retrieval rows keep the paper's settings
+            raise ClipaError(
+                f"{' and '.join(given)} go with --retrieval coco|flickr30k; the suite's "
+                "retrieval rows use their defaults (evaluate one set alone to change them)"
+            )
 
         result = evaluate_suite(config, note_skipped=note_skipped, note=note_classifier)
         print_suite(result, config.result_path(), as_json)

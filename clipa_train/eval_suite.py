@@ -93,7 +93,11 @@ def _retrieval_entry(name: str, header: str) -> SuiteEntry:
     def open_set(annotations: Path, templates: str | None) -> Any:
         # The annotation file sits `spec.annotations` below the root; the images beside it.
         root = annotations.parents[len(Path(spec.annotations).parts) - 1]
-        return open_retrieval_set(annotations, root / spec.images, name)
+        images = root / spec.images
+        fix = (
+            f"put them in {images}, or evaluate {name} alone with --retrieval {name} --max-missing"
+        )
+        return open_retrieval_set(annotations, images, name, fix=fix)
 
     def evaluate(rset: Any, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
         from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval

@@ -114,8 +114,10 @@ def open_retrieval_set(
     max_missing_fraction: float = 0.01,
     split: str = "test",
     captions_per_image: int = 5,
+    fix: str = "point --images at the folder that holds them (or allow more with --max-missing)",
 ) -> RetrievalSet:
-    """Read the ``split`` of a Karpathy annotation file and find its images under ``images``.
+    """Read the ``split`` of a Karpathy annotation file and find its images under ``images``;
+    ``fix`` ends the error about missing images (what the caller's user can change).
 
     Missing images are counted: above ``max_missing_fraction`` of the split the set is refused
     (the error lists the first few); below it they are skipped and listed in ``missing``.
@@ -142,7 +144,7 @@ def open_retrieval_set(
         raise ClipaError(
             f"{images}: {len(missing)} of the {len(entries)} {split} images in {annotations} "
             f"are missing (allowed: {max_missing_fraction:.0%}), e.g. {', '.join(missing[:3])}; "
-            "point --images at the folder that holds them"
+            f"{fix}"
         )
     return RetrievalSet(
         name, str(annotations), tuple(found), tuple(captions), tuple(caption_image), tuple(missing)

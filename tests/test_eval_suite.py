@@ -180,6 +180,10 @@ def test_suite_table_has_the_paper_columns_in_order(weights, data_root, tmp_path
         (["--suite", "bogus", "--data-root", "{root}"], ["unknown suite 'bogus'", "paper"]),
         (["--suite", "paper", "--data-root", "{empty}"], ["holds none of the suite's sets"]),
         (["--suite", "paper", "--data-root", "{nope}"], ["--data-root", "folder not found"]),
+        (
+            ["--suite", "paper", "--data-root", "{root}", "--max-missing", "0.5"],
+            ["--max-missing go with --retrieval", "evaluate one set alone"],
+        ),
     ],
 )
 def test_suite_bad_options(weights, data_root, tmp_path, args, fragments):
@@ -241,3 +245,8 @@ def test_suite_scores_coco_retrieval_as_eval_retrieval_does(weights, data_root, 
     for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10", "captions"):
         assert lines["coco"][key] == standalone[key]
     assert lines["coco"]["images"] == 6 and lines["coco"]["captions"] == 30
+    # An image gone: the suite names where it looks (its rows take no --images)
+    next((root / "coco" / "val2014").iterdir()).unlink()
+    missing = invoke("eval", "--checkpoint", weights, *args)
+    assert_one_line_error(missing, f"put them in {root / 'coco'}", "--retrieval coco")
+    assert "--images at" not in missing.stderr
