@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from clipa_cli.common import EXIT_INTERRUPTED, make_app, reports_errors, stderr, stdout
@@ -50,6 +49,7 @@ FINETUNE_HELP = "\n\n".join(
 def run_training(stage: str, options: dict, config_file: Path | None) -> None:
     """Resolve the options, train, print the summary."""
     from clipa_train.run_config import resolve
+    from clipa_train.sharding import is_first_rank
     from clipa_train.train_stage import run_stage
 
     from_file = {}
@@ -62,7 +62,7 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
             raise ClipaError(f"--{required} is required (on the command line or in --config)")
     summary = run_stage(resolve(stage, options, config_file))
     if summary is not None:  # None: a resumed run that had nothing left to do (said so)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one table, not one per rank
+        if is_first_rank():
             print_summary(summary)
         if stopped_by_signal(summary):
             raise SystemExit(EXIT_INTERRUPTED)
@@ -124,8 +124,8 @@ def _recipe_command() -> None:
 _recipe_command()
 
 
-def note_classifier(line: str) -> None:
-    """Where a zero-shot classifier came from (built, cached, reused), on stderr."""
+def note_on_stderr(line: str) -> None:
+    """A note (where a classifier came from, images skipped), on stderr."""
     stderr().print(escape(line), soft_wrap=True)
 
 
@@ -137,7 +137,6 @@ def eval_body(as_json: bool = False, **options) -> None:
     from clipa_cli.retrieval_command import retrieval_body, split_retrieval_options
 
     from clipa_train.eval_stage import EvalConfig, evaluate_checkpoint, evaluate_suite
-    from clipa_train.retrieval_stage import RetrievalOptions
 
     retrieval = split_retrieval_options(options)
     config = EvalConfig(**options)
@@ -146,19 +145,13 @@ def eval_body(as_json: bool = False, **options) -> None:
     if config.suite is not None:
         from clipa_cli.suite_output import note_skipped, print_suite
 
-        defaults = RetrievalOptions()
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ("max_missing", "chunk_size")
-            if getattr(retrieval, name) != getattr(defaults, name)
-        ]
-        if given:  # the suite's retrieval rows keep the paper's settings
-            raise ClipaError(
-                f"{' and '.join(given)} go with --retrieval coco|flickr30k; the suite's "
-                "retrieval rows use their defaults (evaluate one set alone to change them)"
-            )
-
-        result = evaluate_suite(config, note_skipped=note_skipped, note=note_classifier)
+        result = evaluate_suite(
+            config,
+            note_skipped=note_skipped,
+            note=note_on_stderr,
+            max_missing=retrieval.max_missing,
+            chunk_size=retrieval.chunk_size,
+        )
         print_suite(result, config.result_path(), as_json)
         return
     if config.dataset is None:
@@ -166,7 +159,7 @@ def eval_body(as_json: bool = False, **options) -> None:
             "give one set with --imagenet-val DIR or a suite with --suite paper --data-root DIR "
             "(or --retrieval coco|flickr30k --annotations FILE --images DIR)"
         )
-    result = evaluate_checkpoint(config, note=note_classifier)
+    result = evaluate_checkpoint(config, note=note_on_stderr)
     if as_json:
         print(json.dumps(result))
         return

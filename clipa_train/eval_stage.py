@@ -302,20 +302,25 @@ def evaluate_suite(
     progress: bool = True,
     note_skipped=lambda name, why: None,
     note: Callable[[str], None] = lambda line: None,
+    max_missing: float = 0.01,
+    chunk_size: int = 1024,
 ) -> dict:
     """Every set of ``config.suite`` found under ``config.data_root``; writes ``eval.json``.
 
     ``note_skipped(name, why)`` hears of each absent set before the model is built; ``note``
-    where each zero-shot classifier came from (the sets share one ``TextCache``).
+    of each found set's warnings (retrieval images skipped) and where each zero-shot
+    classifier came from (the sets share one ``TextCache``). ``max_missing`` and
+    ``chunk_size`` go to the retrieval sets (``--max-missing``, ``--chunk-size``).
 
     Returns ``{"sets": {name: result}, "skipped": {name: why}, ...}`` with the settings used.
     """
-    from clipa_train.eval_suite import run_suite
+    from clipa_train.eval_suite import SetOptions, run_suite
 
     config.check_result_folder()
     root = Path(config.data_root)
+    options = SetOptions(config.templates, max_missing, chunk_size)
     found = run_suite(
-        config.suite, root, lambda: _loaded(config, note), config.templates, progress, note_skipped
+        config.suite, root, lambda: _loaded(config, note), options, progress, note_skipped, note
     )
     result = {
         "checkpoint": config.checkpoint,

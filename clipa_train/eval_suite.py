@@ -24,7 +24,7 @@ from clipa_train.evaluate import (
     evaluate_zeroshot,
     open_zeroshot_set,
 )
-from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
+from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec, retrieval_warnings
 from clipa_train.variants import open_variant
 
 
@@ -46,6 +46,18 @@ class SuiteModel:
 
 
 @dataclass(frozen=True)
+class SetOptions:
+    """What the command line sets for the suite's sets (each kind of set reads its own)."""
+
+    templates: str | None = None
+    """``--templates``: the zero-shot sets' prompt templates (None: each set's own)."""
+    max_missing: float = 0.01
+    """``--max-missing``: share of a retrieval split's images that may be missing (skipped)."""
+    chunk_size: int = 1024
+    """``--chunk-size``: retrieval queries scored against all keys at once."""
+
+
+@dataclass(frozen=True)
 class SuiteEntry:
     """One set of a suite: where it lives, how it is opened and evaluated, what the table shows."""
 
@@ -53,23 +65,27 @@ class SuiteEntry:
     """Key in ``eval.json`` and in the ``--json`` lines."""
     folders: tuple[str, ...]
     """Conventional places under ``--data-root``, tried in order; the first that exists wins."""
-    open: Callable[[Path, str | None], Any]
-    """``(found path, --templates or None) -> opened set``; raises ClipaError on a bad set."""
-    evaluate: Callable[[Any, SuiteModel, Callable[[int], None]], dict]
-    """``(opened set, model, advance(items)) -> result``: the metrics plus ``n``."""
+    open: Callable[[Path, SetOptions], Any]
+    """``(found path, options) -> opened set``; raises ClipaError on a bad set."""
+    evaluate: Callable[[Any, SuiteModel, SetOptions, Callable[[int], None]], dict]
+    """``(opened set, model, options, advance(items)) -> result``: the metrics plus ``n``."""
     columns: tuple[tuple[str, str], ...]
     """Table columns as ``(header, result key)``, e.g. ``(("IN-1K", "top1"),)``."""
     size: Callable[[Any], int]
     """The opened set's item count (the progress bar's total)."""
+    warnings: Callable[[Any], list[str]] = lambda opened: []
+    """What the user should know about an opened set (images skipped, say)."""
 
 
 def _zeroshot_entry(name: str, header: str, folders: tuple[str, ...]) -> SuiteEntry:
-    def open_set(path: Path, templates: str | None) -> ZeroShotSet:
+    def open_set(path: Path, options: SetOptions) -> ZeroShotSet:
         if name == "imagenet1k":
-            return open_zeroshot_set(path, templates=templates)
-        return open_variant(name, path, templates)
+            return open_zeroshot_set(path, templates=options.templates)
+        return open_variant(name, path, options.templates)
 
-    def evaluate(zset: ZeroShotSet, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
+    def evaluate(
+        zset: ZeroShotSet, suite: SuiteModel, options: SetOptions, advance: Callable[[int], None]
+    ) -> dict:
         scores = evaluate_zeroshot(
             suite.model,
             suite.backend,
@@ -90,16 +106,16 @@ def _retrieval_entry(name: str, header: str) -> SuiteEntry:
     """A Karpathy test split (``retrieval_sets``), found by its annotation file under the root."""
     spec = retrieval_spec(name)
 
-    def open_set(annotations: Path, templates: str | None) -> Any:
+    def open_set(annotations: Path, options: SetOptions) -> Any:
         # The annotation file sits `spec.annotations` below the root; the images beside it.
         root = annotations.parents[len(Path(spec.annotations).parts) - 1]
         images = root / spec.images
-        fix = (
-            f"put them in {images}, or evaluate {name} alone with --retrieval {name} --max-missing"
-        )
-        return open_retrieval_set(annotations, images, name, fix=fix)
+        fix = f"put them in {images} (or allow more with --max-missing)"
+        return open_retrieval_set(annotations, images, name, options.max_missing, fix=fix)
 
-    def evaluate(rset: Any, suite: SuiteModel, advance: Callable[[int], None]) -> dict:
+    def evaluate(
+        rset: Any, suite: SuiteModel, options: SetOptions, advance: Callable[[int], None]
+    ) -> dict:
         from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
 
         base = suite.settings
@@ -108,6 +124,7 @@ def _retrieval_entry(name: str, header: str) -> SuiteEntry:
             crop=base.crop,
             batch_size=base.batch_size,
             workers=base.workers,
+            chunk_size=options.chunk_size,
             reference_exact=base.reference_exact,
         )
         scores = evaluate_retrieval(
@@ -123,6 +140,7 @@ def _retrieval_entry(name: str, header: str) -> SuiteEntry:
         evaluate,
         columns,
         lambda rset: len(rset.images) + len(rset.captions),
+        retrieval_warnings,
     )
 
 
@@ -156,7 +174,7 @@ SUITES: dict[str, tuple[SuiteEntry, ...]] = {"paper": PAPER}
 
 
 def find_sets(
-    entries: tuple[SuiteEntry, ...], root: Path, templates: str | None
+    entries: tuple[SuiteEntry, ...], root: Path, options: SetOptions
 ) -> tuple[list[tuple[SuiteEntry, Path, Any]], dict[str, str]]:
     """The entries found under ``root``, opened and checked, and why the others were skipped."""
     if not root.is_dir():
@@ -167,7 +185,7 @@ def find_sets(
         if path is None:
             skipped[entry.name] = f"not found under {root} (looked for {', '.join(entry.folders)})"
             continue
-        found.append((entry, path, entry.open(path, templates)))
+        found.append((entry, path, entry.open(path, options)))
     if not found:
         names = "; ".join(f"{entry.name}: {' or '.join(entry.folders)}" for entry in entries)
         raise ClipaError(f"--data-root {root} holds none of the suite's sets (expected {names})")
@@ -178,16 +196,18 @@ def run_suite(
     name: str,
     root: Path,
     load: Callable[[], SuiteModel],
-    templates: str | None = None,
+    options: SetOptions = SetOptions(),
     progress: bool = True,
     note_skipped: Callable[[str, str], None] = lambda name, why: None,
+    note: Callable[[str], None] = lambda line: None,
 ) -> dict:
     """Evaluate every set of suite ``name`` found under ``root``.
 
     Returns the settings used, ``sets`` (name -> result) and ``skipped`` (name -> why).
 
     ``load`` builds the model once, after every found set has been opened and checked;
-    ``note_skipped(name, why)`` hears of each absent set before that.
+    ``note_skipped(name, why)`` hears of each absent set before that, ``note`` of each found
+    set's warnings (images skipped).
     """
     from rich.console import Console
     from rich.progress import (
@@ -199,9 +219,12 @@ def run_suite(
     )
 
     entries = pick(SUITES, name, "suite")
-    found, skipped = find_sets(entries, root, templates)
+    found, skipped = find_sets(entries, root, options)
     for skipped_name, why in skipped.items():
         note_skipped(skipped_name, why)
+    for entry, _, opened in found:
+        for line in entry.warnings(opened):
+            note(line)
     suite = load()
     results = {}
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -212,7 +235,8 @@ def run_suite(
         for entry, path, opened in found:
             bar = bars.add_task(entry.name, total=entry.size(opened))
             started = time.perf_counter()
-            result = entry.evaluate(opened, suite, lambda n, bar=bar: bars.advance(bar, n))
+            advance = lambda n, bar=bar: bars.advance(bar, n)  # noqa: E731
+            result = entry.evaluate(opened, suite, options, advance)
             seconds = round(time.perf_counter() - started, 2)
             results[entry.name] = {**result, "dataset": str(path), "seconds": seconds}
     settings = suite.settings

@@ -231,8 +231,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.loop import LoopConfig
     from clipa_train.optim import OptimConfig
     from clipa_train.run_dir import (
-        check_resume_batch_size,
-        check_resume_origin,
+        check_resume_settings,
         check_resume_step,
         check_run_dir,
     )
@@ -244,8 +243,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     _check_accumulation_per_rank(config.optim, torchrun_world())
     backend = _backend(config)
     resume = resolve_resume(config.logging.resume, Path(config.run.out) / "checkpoints")
-    check_resume_batch_size(resume, config.optim.batch_size)
-    check_resume_origin(resume, config.model.from_checkpoint)
+    check_resume_settings(resume, config.optim.batch_size, config.model.from_checkpoint)
     model = stage_model(config, resume)
     image, patch_mask, text = _reduction(config, model)
     _check_tokenizer(text, model)

@@ -149,3 +149,22 @@ def open_retrieval_set(
     return RetrievalSet(
         name, str(annotations), tuple(found), tuple(captions), tuple(caption_image), tuple(missing)
     )
+
+
+def retrieval_warnings(rset: RetrievalSet) -> list[str]:
+    """What a user should know before trusting an opened set's recalls: a split of another
+    size than the papers' (their numbers do not compare) and the images skipped."""
+    listed = len(rset.missing) + len(rset.images)
+    expected = retrieval_spec(rset.name).test_images
+    lines = []
+    if listed != expected:
+        lines.append(
+            f"{rset.annotations} lists {listed} test images, not the {expected} of the "
+            f"{rset.name} split the papers report"
+        )
+    if rset.missing:
+        lines.append(
+            f"{len(rset.missing)} of {listed} images of {rset.annotations} are missing and "
+            f"skipped (e.g. {', '.join(rset.missing[:3])}); recall is over the rest"
+        )
+    return lines

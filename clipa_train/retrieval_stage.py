@@ -87,25 +87,15 @@ def evaluate_retrieval_checkpoint(
     from clipa_train.eval_stage import _model, prompt_tokenizer
     from clipa_train.evaluate import prompt_encoder
     from clipa_train.retrieval import RetrievalSettings, evaluate_retrieval
-    from clipa_train.retrieval_sets import open_retrieval_set, retrieval_spec
+    from clipa_train.retrieval_sets import open_retrieval_set, retrieval_warnings
 
     _refuse_zero_shot_options(config)
     config.check_result_folder()
     rset = open_retrieval_set(
         options.annotations, options.images, options.retrieval, options.max_missing
     )
-    listed = len(rset.missing) + len(rset.images)
-    if listed != retrieval_spec(rset.name).test_images:
-        note(
-            f"{rset.annotations} lists {listed} test images, not the "
-            f"{retrieval_spec(rset.name).test_images} of the {rset.name} split the papers report"
-        )
-    if rset.missing:
-        note(
-            f"{len(rset.missing)} of {listed} images of "
-            f"{rset.annotations} are missing and skipped (e.g. {', '.join(rset.missing[:3])}); "
-            "recall is over the rest"
-        )
+    for line in retrieval_warnings(rset):
+        note(line)
     model = _model(config)
     backend = create_backend(config.backend_config())
     started = time.perf_counter()

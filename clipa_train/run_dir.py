@@ -94,15 +94,28 @@ def saved_options(resume: Path) -> tuple[Path, dict]:
     return config, options if isinstance(options, dict) else {}
 
 
-def check_resume_batch_size(resume: Path | None, batch_size: int) -> None:
-    """Refuse to resume a run with another global batch size than it trained with (read from
-    its ``config.json``): its steps, learning-rate schedule and samples seen are counted in its
-    batches, so the resumed run would train neither run's number of samples, on a schedule bent
-    mid-way. A checkpoint without its run's config has nothing to compare with."""
+def check_resume_settings(
+    resume: Path | None, batch_size: int, from_checkpoint: str | None
+) -> None:
+    """Refuse to resume a run with settings its ``config.json`` contradicts (a checkpoint
+    without its run's config has nothing to compare with):
+
+    - another global batch size: steps, learning-rate schedule and samples seen are counted in
+      the run's batches, so the resumed run would train neither run's number of samples, on a
+      schedule bent mid-way;
+    - another ``--from``: the resumed weights are the run's own, so the new one would be
+      ignored, yet ``config.json`` would record it (and ``clipa-train report`` chain the run to
+      the wrong parent).
+    """
     if resume is None:
         return
     config, options = saved_options(resume)
-    saved = options.get("batch_size")
+    _check_same_batch_size(resume, config, options.get("batch_size"), batch_size)
+    if from_checkpoint:
+        _check_same_origin(resume, config, options.get("from_checkpoint"), from_checkpoint)
+
+
+def _check_same_batch_size(resume: Path, config: Path, saved, batch_size: int) -> None:
     if isinstance(saved, int) and saved != batch_size:
         raise ClipaError(
             f"--resume {resume}: the run trained with --batch-size {saved} (its {config}), this "
@@ -111,14 +124,7 @@ def check_resume_batch_size(resume: Path | None, batch_size: int) -> None:
         )
 
 
-def check_resume_origin(resume: Path | None, from_checkpoint: str | None) -> None:
-    """Refuse to resume a run with another ``--from`` than it started from: the resumed weights
-    are the run's own, so the new one would be ignored, yet ``config.json`` would record it
-    (and ``clipa-train report`` chain the run to the wrong parent)."""
-    if resume is None or not from_checkpoint:
-        return
-    config, options = saved_options(resume)
-    saved = options.get("from_checkpoint")
+def _check_same_origin(resume: Path, config: Path, saved, from_checkpoint: str) -> None:
     if not isinstance(saved, str) or not Path(saved).exists():
         return  # an older run's relative path from another folder: nothing to compare
     if not Path(from_checkpoint).exists() or not Path(saved).samefile(from_checkpoint):

@@ -80,6 +80,12 @@ def torchrun_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_first_rank() -> bool:
+    """Whether this process is torchrun's rank 0 (or there is no torchrun): the one that prints
+    tables and notes, so a run says each thing once rather than once per rank."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def shard_model(model: nn.Module, device: torch.device, world: int, precision: str) -> nn.Module:
     """Apply ``fully_shard`` to every residual block of both towers, then to the root (which
     keeps embeddings, norms, projections and the logit scale), in place; returns ``model``.

@@ -16,7 +16,6 @@ Run directory::
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,11 +31,11 @@ def run_stage(config: TrainConfig) -> dict | None:
     from clipa_train.backend import launch
     from clipa_train.preflight import check_memory, small_data_warnings, warmup_warnings
     from clipa_train.run_dir import check_resume_step
-    from clipa_train.sharding import torchrun_world
+    from clipa_train.sharding import is_first_rank, torchrun_world
 
     stage = resolve_stage(config)
     run_dir = Path(config.run.out)
-    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun: say things once
+    first_rank = is_first_rank()
     if check_resume_step(stage.resume_from, stage.optim.total_steps):
         if first_rank:
             _note(

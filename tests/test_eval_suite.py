@@ -181,8 +181,8 @@ def test_suite_table_has_the_paper_columns_in_order(weights, data_root, tmp_path
         (["--suite", "paper", "--data-root", "{empty}"], ["holds none of the suite's sets"]),
         (["--suite", "paper", "--data-root", "{nope}"], ["--data-root", "folder not found"]),
         (
-            ["--suite", "paper", "--data-root", "{root}", "--max-missing", "0.5"],
-            ["--max-missing go with --retrieval", "evaluate one set alone"],
+            ["--suite", "paper", "--data-root", "{root}", "--max-missing", "2"],
+            ["--max-missing within [0, 1]"],
         ),
     ],
 )
@@ -209,10 +209,10 @@ def test_imagenet_as_a_tfds_builder_is_found_by_its_name(tmp_path):
     """``DIR/imagenet2012/<version>`` (a TFDS data dir as ``--data-root``) is ImageNet-1K."""
     from test_train_cli import write_imagenet_like
 
-    from clipa_train.eval_suite import PAPER, find_sets
+    from clipa_train.eval_suite import PAPER, SetOptions, find_sets
 
     write_imagenet_like(tmp_path, [(jpeg_bytes(40, 36, seed=1), 7), (jpeg_bytes(40, 36, 2), 9)])
-    found, skipped = find_sets(PAPER, tmp_path / "tfds", None)
+    found, skipped = find_sets(PAPER, tmp_path / "tfds", SetOptions())
     [(entry, path, zset)] = found
     assert entry.name == "imagenet1k" and path == tmp_path / "tfds" / "imagenet2012"
     assert zset.kind == "tfds" and zset.num_images == 2 and len(zset.task.classnames) == 1000
@@ -245,8 +245,27 @@ def test_suite_scores_coco_retrieval_as_eval_retrieval_does(weights, data_root, 
     for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10", "captions"):
         assert lines["coco"][key] == standalone[key]
     assert lines["coco"]["images"] == 6 and lines["coco"]["captions"] == 30
+    assert "lists 6 test images, not the 5000" in suite.stderr
     # An image gone: the suite names where it looks (its rows take no --images)
-    next((root / "coco" / "val2014").iterdir()).unlink()
+    gone = sorted((root / "coco" / "val2014").iterdir())[0]
+    gone.unlink()
     missing = invoke("eval", "--checkpoint", weights, *args)
-    assert_one_line_error(missing, f"put them in {root / 'coco'}", "--retrieval coco")
+    assert_one_line_error(missing, f"put them in {root / 'coco'}", "--max-missing")
     assert "--images at" not in missing.stderr
+    # --max-missing and --chunk-size reach the suite's retrieval rows, as they do alone
+    allowed = ["--max-missing", 0.2, "--chunk-size", 2]
+    skipping = invoke("eval", "--checkpoint", weights, *args, *allowed)
+    assert skipping.exit_code == 0, skipping.output
+    assert f"1 of 6 images of {annotations} are missing and skipped" in skipping.stderr
+    assert gone.name in skipping.stderr
+    lines = {line["set"]: line for line in map(json.loads, skipping.stdout.splitlines())}
+    alone = invoke(
+        "eval", "--checkpoint", weights, "--retrieval", "coco", "--annotations", annotations,
+        "--images", root / "coco", "--out", tmp_path / "alone.json", "--workers", 0,
+        "--batch-size", 4, "--json", *allowed,
+    )  # fmt: skip
+    assert alone.exit_code == 0, alone.output
+    standalone = json.loads(alone.stdout)
+    assert lines["coco"]["images"] == standalone["images"] == 5
+    for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10"):
+        assert lines["coco"][key] == standalone[key]
