@@ -211,6 +211,23 @@ def test_resume_with_other_image_settings_is_refused(tfrecord_run, tmp_path):
     assert sorted(p.name for p in output.iterdir()) == before
 
 
+def test_resume_with_other_i2d_shard_settings_is_refused(tfrecord_run, tmp_path):
+    """``--i2d`` arguments that change what a shard holds are settings like --image-size; those
+    that only change how the download runs (a W&B project, say) may differ on a resume."""
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    before = sorted(p.name for p in output.iterdir())
+    changed = dataclasses.replace(config, output_folder=str(output), extra={"encode_quality": 50})
+    with pytest.raises(ClipaError) as refused:
+        download(changed)
+    message = str(refused.value)
+    assert "was downloaded with no --i2d" in message and "gives --i2d encode_quality=50" in message
+    assert sorted(p.name for p in output.iterdir()) == before
+    runs_only = dataclasses.replace(config, output_folder=str(output), extra={"subjob_size": 7})
+    download(runs_only)  # finished shards are skipped: nothing to refuse
+
+
 def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):
     """A run stopped hard (second Ctrl-C, kill) leaves finished shards but no summary; the shard
     size recorded before img2dataset started still refuses another one."""

@@ -541,15 +541,25 @@ def _sharding_path(output_folder: str | Path) -> Path:
 
 SHARD_CONTENT_SETTINGS = (
     "url_list", "input_format", "url_col", "caption_col", "save_additional_columns",
-    "image_size", "resize_mode", "output_format",
+    "image_size", "resize_mode", "output_format", "extra",
 )  # fmt: skip
 """The settings that decide what a shard holds: a resume with any of them changed would leave
-shards of two kinds in one folder (``extend`` mode adds shards from another URL list)."""
+shards of two kinds in one folder (``extend`` mode adds shards from another URL list). ``extra``
+is the ``--i2d`` arguments but those in ``EXTRAS_OUTSIDE_SHARDS``."""
+
+EXTRAS_OUTSIDE_SHARDS = (
+    "enable_wandb", "wandb_project", "subjob_size", "max_shard_retry", "user_agent_token",
+)  # fmt: skip
+"""img2dataset arguments that change how a download runs or reports, not what its shards hold
+(encode quality, minimum size, bounding boxes … do): a resume may change them."""
 
 
 def _content_settings(config: DownloadConfig) -> dict[str, Any]:
     settings = {name: getattr(config, name) for name in SHARD_CONTENT_SETTINGS}
     settings["save_additional_columns"] = list(config.save_additional_columns)
+    in_shards = {k: v for k, v in config.extra.items() if k not in EXTRAS_OUTSIDE_SHARDS}
+    # As config.json will read it back (tuples as lists), so an unchanged value compares equal.
+    settings["extra"] = json.loads(json.dumps(dict(sorted(in_shards.items())), default=str))
     if not layout.is_url(config.url_list):  # the same list, however the path was spelled
         settings["url_list"] = str(Path(config.url_list).resolve())
     return settings
@@ -591,6 +601,9 @@ def _check_same_settings(config: DownloadConfig) -> None:
 
 def _as_flag(name: str, value: Any) -> str:
     """A download setting as the user gives it: ``--image-size 256``, ``URL_LIST urls.parquet``."""
+    if name == "extra":
+        pairs = [f"--i2d {shlex.quote(f'{key}={item}')}" for key, item in value.items()]
+        return " ".join(pairs) or "no --i2d"
     if isinstance(value, list):
         value = ",".join(map(str, value))
     shown = shlex.quote(str(value if value is not None else ""))
