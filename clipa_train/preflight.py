@@ -201,26 +201,19 @@ def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> 
     what fits."""
     import dataclasses
 
-    optim = stage.config.optim
     options = []
-    micro = _largest(
-        lambda m: fits(dataclasses.replace(shape, micro_batch=m)), shape.micro_batch - 1
-    )
-    if micro is not None and micro >= 16:
-        micro -= micro % 8  # a round number: the estimate is not that exact
-    if micro is not None and optim.accum_steps == "auto":
-        options.append(f"--micro-batch {micro}")
-    elif micro is not None:
-        per_step = world * optim.accum_steps
-        options.append(
-            f"--batch-size {micro * per_step} (or keep {optim.batch_size} with --accum-steps "
-            f"auto --micro-batch {micro})"
-        )
+    batch = _smaller_batch(stage, world, shape, fits)
+    if batch is not None:
+        options.append(batch)
     workers = _largest(lambda w: fits(dataclasses.replace(shape, workers=w)), shape.workers - 1)
     if workers is None and shape.workers > 0 and fits(dataclasses.replace(shape, workers=0)):
         workers = 0
     if workers is not None:
         options.append(f"--workers {workers}")
+    if batch is None and workers is None and shape.workers > 0:  # CPU: only both together fit
+        both = _smaller_batch(stage, world, dataclasses.replace(shape, workers=0), fits)
+        if both is not None:
+            options.append(f"{both} together with --workers 0")
     if not shape.grad_checkpointing:
         checkpointed = dataclasses.replace(shape, grad_checkpointing=True)
         if fits(checkpointed):
@@ -232,6 +225,27 @@ def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> 
     if not options:
         return "nothing smaller fits on this device: use a machine with more memory"
     return "use " + ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + options[-1]
+
+
+def _smaller_batch(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> str | None:
+    """``--batch-size N (or keep B with --accum-steps auto --micro-batch M)`` (or
+    ``--micro-batch M`` under ``--accum-steps auto``) for the largest micro-batch that fits."""
+    import dataclasses
+
+    optim = stage.config.optim
+    micro = _largest(
+        lambda m: fits(dataclasses.replace(shape, micro_batch=m)), shape.micro_batch - 1
+    )
+    if micro is None:
+        return None
+    if micro >= 16:
+        micro -= micro % 8  # a round number: the estimate is not that exact
+    if optim.accum_steps == "auto":
+        return f"--micro-batch {micro}"
+    return (
+        f"--batch-size {micro * world * optim.accum_steps} (or keep {optim.batch_size} with "
+        f"--accum-steps auto --micro-batch {micro})"
+    )
 
 
 def _largest(fits_at, high: int) -> int | None:

@@ -186,3 +186,25 @@ def test_too_many_loader_workers_are_named(builder, tmp_path, monkeypatch):
         given = {"data": str(builder), "out": str(tmp_path / "r"), "text_mask": "truncate"}
         stage = resolve_stage(resolve("pretrain", {**given, **options, "workers": count}))
         assert (estimate_memory(stage_shape(stage, 1)).total <= 2 * GIB) is fits
+
+
+def test_a_smaller_batch_with_no_workers_is_named_when_neither_alone_fits(
+    builder, tmp_path, monkeypatch
+):
+    """16 loader workers (4 GiB) do not fit in 3 GiB at any batch, nor does the batch with
+    fewer workers: the line names the batch that fits with --workers 0, which does."""
+    import re
+
+    from clipa_train.memory_estimate import GIB, estimate_memory
+    from clipa_train.preflight import stage_shape
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    options = {"model": "clipa-tiny", "image_size": 32, "batch_size": 2**16, "workers": 16}
+    line = _refusal_line(builder, tmp_path, monkeypatch, "3G", **options)
+    batch = int(re.search(r"--micro-batch (\d+)\) together with --workers 0", line).group(1))
+    given = {"data": str(builder), "out": str(tmp_path / "r"), "text_mask": "truncate"}
+    for count, micro, fits in ((0, batch, True), (16, 1, False), (0, 2**16, False)):
+        settings = {**given, **options, "workers": count, "batch_size": micro}
+        stage = resolve_stage(resolve("pretrain", settings))
+        assert (estimate_memory(stage_shape(stage, 1)).total <= 3 * GIB) is fits
