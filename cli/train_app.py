@@ -8,8 +8,8 @@ from pathlib import Path
 from clipa_cli.common import EXIT_INTERRUPTED, make_app, reports_errors, stderr, stdout
 from clipa_cli.options import command
 from clipa_cli.train_options import eval_options, report_options, train_command
+from clipa_cli.wide_table import print_wide_table
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
 from clipa_data.core.errors import ClipaError
@@ -204,28 +204,21 @@ def models_body(**options) -> None:
 
     config = ModelsConfig(**options)
     sizes = config.stage_sizes()
-    table = Table(title="model presets", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    for column in ("image", "patch", "context", "params", "GFLOPs"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for image, text in sizes:
-        table.add_column(f"GFLOPs @{image}/{text}", justify="right", no_wrap=True)
-    for row in model_rows(config):
-        stage = ["-" if g is None else f"{g:.2f}" for g in row.stage_gflops]
-        table.add_row(
+    headers = ["name", "image", "patch", "context", "params", "GFLOPs"]
+    headers += [f"GFLOPs @{image}/{text}" for image, text in sizes]
+    rows = [
+        [
             row.name,
             str(row.image_size),
             str(row.patch_size),
             str(row.context_length),
             f"{row.params / 1e6:.2f}M",
             f"{row.gflops:.2f}",
-            *stage,
-        )
-    console = stdout()
-    if not console.is_terminal:  # a file or a pipe: every number whole, however wide the table
-        unbounded = console.options.update_width(10_000)
-        console.width = max(console.width, Measurement.get(console, unbounded, table).maximum)
-    console.print(table)
+            *("-" if g is None else f"{g:.2f}" for g in row.stage_gflops),
+        ]
+        for row in model_rows(config)
+    ]
+    print_wide_table(stdout(), "model presets", headers, rows)
 
 
 def _models_options():

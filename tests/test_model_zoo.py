@@ -381,6 +381,30 @@ def test_models_command_prints_every_preset_with_stage_sizes():
     ]
 
 
+@pytest.mark.parametrize("width", [100, 60])
+def test_models_in_a_narrow_terminal_splits_the_table_and_cuts_no_number(width):
+    """A terminal narrower than the table gets several tables that fit, the name column in
+    each; every cell is whole (rich would otherwise cut them to ``…``)."""
+    import io
+
+    from clipa_cli.wide_table import print_wide_table
+    from rich.console import Console
+
+    headers = ["name", "image", "params", "GFLOPs @84/8", "GFLOPs @224/32", "GFLOPs @336/32"]
+    rows = [["ViT-bigG-14-CLIPA-336", "336", "2517.76M", "146.77", "1007.93", "2271.58"]]
+    rows.append(["test-tiny", "32", "0.08M", "-", "0.00", "0.01"])
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=width, color_system=None)
+    print_wide_table(console, "model presets", headers, rows)
+    lines = screen.getvalue().splitlines()
+    assert "…" not in screen.getvalue() and max(map(len, lines)) <= width
+    tables = [line for line in lines if line.startswith("model presets")]
+    assert (len(tables) > 1) is (width == 60)
+    cells = {cell.strip() for line in lines for cell in line.split("│")[1:-1]}
+    assert {*rows[0], *rows[1]} <= cells
+    assert sum(line.startswith("│ ViT-bigG-14-CLIPA-336 ") for line in lines) == len(tables)
+
+
 # ---- OpenCLIP-format weights of the zoo -------------------------------------------------------
 
 
