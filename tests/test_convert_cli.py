@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -218,10 +219,10 @@ def test_shards_a_stopped_download_never_started_are_named_not_dropped(src, tmp_
 
     summary = DownloadSummary(
         output_folder=str(src), output_format="tfrecord", shards=tuple(read_shard_stats(src)),
-        resumed_shards=(), unfinished_shards=(3, 4), wall_seconds=1.0,
-        summary_path=str(download_summary_path(src)),
+        resumed_shards=(), unfinished_shards=(3, 4), stopped=True, expected_shards=5,
+        wall_seconds=1.0, summary_path=str(download_summary_path(src)),
     )  # fmt: skip
-    write_json(download_summary_path(src), summary.to_json())
+    write_json(download_summary_path(src), {"summary": summary.to_json()})  # as download writes
     line = assert_one_line_error(
         run(src, tmp_path / "out"),
         str(src / "00003.tfrecord"),
@@ -236,6 +237,30 @@ def test_shards_a_stopped_download_never_started_are_named_not_dropped(src, tmp_
     written = (tmp_path / "out" / "laion400m" / "1.0.0" / "clipa_convert_summary.json").read_text()
     assert '"00003.tfrecord"' in written and '"00004.tfrecord"' in written
     assert '"records": 12' in written
+
+
+def test_a_download_stopped_in_a_list_of_unknown_size_names_the_next_shard(src, tmp_path):
+    """A CSV (not parquet) list has no known shard count: a download stopped after shards 0-2
+    lists no unfinished shard, yet 3 and later may be missing. Convert names shard 3."""
+    from clipa_data.core.atomic import write_json
+    from clipa_data.core.layout import download_summary_path
+    from clipa_data.prepare.download import DownloadSummary, read_shard_stats
+
+    summary = DownloadSummary(
+        output_folder=str(src), output_format="tfrecord", shards=tuple(read_shard_stats(src)),
+        resumed_shards=(), unfinished_shards=(), stopped=True, expected_shards=None,
+        wall_seconds=1.0, summary_path=str(download_summary_path(src)),
+    )  # fmt: skip
+    write_json(download_summary_path(src), {"summary": summary.to_json()})
+    assert_one_line_error(
+        run(src, tmp_path / "out"),
+        str(src / "00003.tfrecord"),
+        "stopped before the end of its URL list",
+        "re-run the same clipa-data download",
+    )
+    finished = dataclasses.replace(summary, stopped=False)  # ran to its end: nothing missing
+    write_json(download_summary_path(src), {"summary": finished.to_json()})
+    assert run(src, tmp_path / "out").exit_code == 0
 
 
 def test_a_stats_file_of_an_empty_shard_without_its_shard_is_fine(src, tmp_path):

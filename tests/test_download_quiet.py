@@ -115,6 +115,23 @@ def test_convert_of_the_download_prints_no_tensorflow_start_up_lines(uninterrupt
         assert line not in result.stdout + result.stderr
 
 
+def assert_convert_names_the_unfinished_shard(output: Path, into: Path, why: str) -> None:
+    """What a stopped download left converts into nothing: convert names the first shard it
+    lacks and why, so a partial download never becomes a smaller dataset without a word."""
+    result = subprocess.run(
+        [DATA, "convert", str(output), str(into), "--name", "demo", "--no-progress"],
+        env=user_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    finished = {layout.raw_stats_shard_id(p) for p in output.glob("*_stats.json")}
+    first_missing = min(set(range(ROWS // PER_SHARD)) - finished)
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert f"{output / f'{first_missing:05d}.tfrecord'}: " in lines[0], lines[0]
+    assert why in lines[0] and "re-run the same clipa-data download" in lines[0], lines[0]
+    assert not (into / "demo").exists()
+
+
 def interrupt(metadata: Path, output: Path, signals: list[int]) -> subprocess.CompletedProcess:
     """Start a download, send ``signals`` to its process group (as a terminal does) once the
     first shard has finished; return what it printed and its exit code."""
@@ -145,6 +162,7 @@ def test_a_first_ctrl_c_finishes_the_shards_in_flight_and_a_rerun_resumes(
     finished = sorted(output.glob("*_stats.json"))
     assert 1 <= len(finished) < ROWS // PER_SHARD, "the stop came too late to test anything"
     assert_no_half_written_shard(output)
+    assert_convert_names_the_unfinished_shard(output, tmp_path / "tfds", "lists this shard")
 
     resumed = run(metadata, output)
     assert resumed.returncode == 0, resumed.stderr
@@ -163,6 +181,7 @@ def test_sigterm_then_ctrl_c_stops_at_once_without_a_half_written_shard(
     assert "Traceback" not in stopped.stderr and "LoggerProcess" not in stopped.stderr
     assert_no_half_written_shard(output)
     assert len(list(output.glob("*_stats.json"))) < ROWS // PER_SHARD
+    assert_convert_names_the_unfinished_shard(output, tmp_path / "tfds", "did not finish")
 
     resumed = run(metadata, output)
     assert resumed.returncode == 0, resumed.stderr

@@ -31,6 +31,7 @@ RAW_SHARD_PATTERN = re.compile(r"^(?P<id>\d+)\.(?P<format>tfrecord|tar)$")
 CLIPA_SUBDIR = "_clipa"
 DOWNLOAD_SUMMARY = "download_summary.json"
 DOWNLOAD_LOG = "img2dataset.log"
+DOWNLOAD_START = "sharding.json"
 
 
 def raw_shard_id(path: str | Path) -> int | None:
@@ -77,6 +78,12 @@ def resume_breaking_json(output_folder: Path) -> list[Path]:
 def download_summary_path(output_folder: Path) -> Path:
     """Where ``clipa-data download`` writes its summary (a subfolder img2dataset never globs)."""
     return Path(output_folder) / CLIPA_SUBDIR / DOWNLOAD_SUMMARY
+
+
+def download_start_path(output_folder: Path) -> Path:
+    """Where ``clipa-data download`` records its shard size and settings before img2dataset
+    starts: with no summary beside it, the last run in the folder never finished."""
+    return Path(output_folder) / CLIPA_SUBDIR / DOWNLOAD_START
 
 
 def download_log_path(output_folder: Path) -> Path:

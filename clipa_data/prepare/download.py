@@ -77,7 +77,6 @@ RESERVED_COLUMNS = frozenset(
 COLUMN_ARGUMENTS = ("bbox_col",)
 """img2dataset arguments (through ``--i2d`` or a dataset recipe) whose value is an input column
 (DataComp's recipes blur faces from ``face_bboxes``)."""
-SHARDING_FILE = "sharding.json"
 """In ``_clipa/``: the shard size of the run, written before img2dataset starts."""
 PARTIAL_SHARD_FILE = re.compile(r"^(?P<id>\d+)\.(tfrecord|tar|parquet)$")
 """What img2dataset writes for a shard before its ``_stats.json`` (which marks it finished)."""
@@ -307,6 +306,11 @@ class DownloadSummary:
     unfinished_shards: tuple[int, ...]
     """Shards without ``_stats.json``: expected from the input (parquet) or, when that is
     unknown, those with a shard file."""
+    stopped: bool
+    """The run was stopped (Ctrl-C, SIGTERM) before img2dataset reached the end of the input."""
+    expected_shards: int | None
+    """Shards the input makes (parquet: from its row counts); None where its size is unknown,
+    so that a stopped run's never-started shards are in no list."""
     wall_seconds: float
     """Wall-clock time of this run, worker start-up included."""
     summary_path: str
@@ -366,6 +370,8 @@ class DownloadSummary:
             "error_kinds": dict(self.error_kinds()),
             "resumed_shards": list(self.resumed_shards),
             "unfinished_shards": list(self.unfinished_shards),
+            "stopped": self.stopped,
+            "expected_shards": self.expected_shards,
             "samples_this_run": self.samples_this_run,
             "wall_seconds": round(self.wall_seconds, 3),
             "samples_per_second": self.samples_per_second,
@@ -536,7 +542,7 @@ def _check_overwritable(output: Path) -> None:
 def _sharding_path(output_folder: str | Path) -> Path:
     """Where the shard size is recorded before img2dataset starts: a run stopped hard (a second
     Ctrl-C, a kill) leaves finished shards but no summary."""
-    return Path(output_folder) / layout.CLIPA_SUBDIR / SHARDING_FILE
+    return layout.download_start_path(Path(output_folder))
 
 
 SHARD_CONTENT_SETTINGS = (
@@ -566,6 +572,10 @@ def _content_settings(config: DownloadConfig) -> dict[str, Any]:
 
 
 def _record_sharding(config: DownloadConfig) -> None:
+    """Record the shard size and settings, and remove the earlier run's summary: a run killed
+    before it writes its own must not leave the earlier one describing the folder (``convert``
+    reads a start record without a summary as a download that did not finish)."""
+    layout.download_summary_path(Path(config.output_folder)).unlink(missing_ok=True)
     write_json(
         _sharding_path(config.output_folder),
         {
@@ -873,6 +883,8 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
         shards=tuple(shards),
         resumed_shards=tuple(sorted(resumed & finished)),
         unfinished_shards=tuple(sorted(unfinished - finished)),
+        stopped=stopped,
+        expected_shards=len(expected) if expected is not None else None,
         wall_seconds=wall_seconds,
         summary_path=str(layout.download_summary_path(output)),
     )

@@ -223,18 +223,22 @@ def missing_shards(src: Path, present: Sequence[str], suffix: str) -> list[Inspe
 
 
 def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[Inspection]:
-    """A bad-shard inspection for each shard that ``clipa-data download``'s summary in ``src``
-    lists as unfinished and that is still neither there nor counted by a stats file: a stopped
+    """A bad-shard inspection for each shard that the last ``clipa-data download`` in ``src``
+    did not finish and that is still neither there nor counted by a stats file: a stopped
     download leaves no file at all for the shards it never started, so without this a partial
-    download converts into a smaller dataset without a word."""
-    try:
-        summary = json.loads(layout.download_summary_path(src).read_text())
-        listed = [int(shard) for shard in summary.get("unfinished_shards", ())]
-    except (OSError, ValueError, TypeError, AttributeError):
-        return []  # no summary (img2dataset run by hand): the stats files are all there is
+    download converts into a smaller dataset without a word.
+
+    Its summary lists them when the input's size was known (parquet); a run stopped before the
+    end of an input of unknown size, or one that never wrote its summary (killed, failed, still
+    running), has the shard after the last one present named instead."""
     ids = {layout.raw_shard_id(name) for name in present}
     counted = {layout.raw_stats_shard_id(path) for path in src.glob("*_stats.json")}
     width = len(Path(present[0]).stem) if present else 5
+    listed, why = _unfinished_by_the_download(src)
+    if why is not None:
+        listed = [max(ids | counted, default=-1) + 1]
+    summary = layout.download_summary_path(src)
+    why = why or (f"{summary} lists this shard as unfinished (the download stopped before it)")
     return [
         Inspection(
             source=f"{shard:0{width}d}{suffix}",
@@ -244,9 +248,8 @@ def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[In
             stats_successes=None,
             schema=None,
             problem=(
-                f"{src / f'{shard:0{width}d}{suffix}'}: {layout.download_summary_path(src)} lists "
-                "this shard as unfinished (the download stopped before it); re-run the same "
-                "clipa-data download to finish it"
+                f"{src / f'{shard:0{width}d}{suffix}'}: {why}; re-run the same clipa-data "
+                "download to finish it"
             ),
             damage=None,
             count_seconds=0.0,
@@ -254,6 +257,32 @@ def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[In
         )
         for shard in sorted(set(listed) - ids - counted)
     ]
+
+
+def _unfinished_by_the_download(src: Path) -> tuple[list[int], str | None]:
+    """The shards the download's summary lists as unfinished, and why shards beyond the last
+    one present may be missing too (None: they are not)."""
+    summary_path = layout.download_summary_path(src)
+    try:
+        summary = json.loads(summary_path.read_text())["summary"]
+        listed = [int(shard) for shard in summary.get("unfinished_shards", ())]
+    except FileNotFoundError:
+        if layout.download_start_path(src).is_file():
+            return [], (
+                f"the last clipa-data download in {src} did not finish (it wrote "
+                f"{layout.download_start_path(src).name} when it started but no summary: it was "
+                "killed, failed, or is still running), so this shard and those after it may be "
+                "missing"
+            )
+        return [], None  # img2dataset run by hand: the stats files are all there is
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [], None  # an unreadable summary: nothing to go by
+    if summary.get("stopped") is True and summary.get("expected_shards", 0) is None:
+        return [], (
+            f"{summary_path} says the download was stopped before the end of its URL list, "
+            "whose size was unknown, so this shard and those after it may be missing"
+        )
+    return listed, None
 
 
 def inspect_shard(task: InspectTask) -> Inspection:
