@@ -228,6 +228,29 @@ def test_resume_with_other_i2d_shard_settings_is_refused(tfrecord_run, tmp_path)
     download(runs_only)  # finished shards are skipped: nothing to refuse
 
 
+def test_resume_after_a_file_joins_the_url_list_folder_is_refused(tfrecord_run, tmp_path):
+    """img2dataset numbers shards across a folder's files in name order: a file added before
+    the others would make the resume skip its rows and download the first file's again."""
+    from clipa_data.prepare.download import _record_sharding
+
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    folder = tmp_path / "urls"
+    folder.mkdir()
+    shutil.copy(config.url_list, folder / "part-00001.parquet")
+    from_folder = dataclasses.replace(config, output_folder=str(output), url_list=str(folder))
+    _record_sharding(from_folder)  # what the download from the folder recorded as it started
+    shutil.copy(config.url_list, folder / "part-00000.parquet")
+    with pytest.raises(ClipaError) as refused:
+        download(from_folder)
+    size = (folder / "part-00000.parquet").stat().st_size
+    message = str(refused.value)
+    assert "downloaded with URL_LIST files part-00000.parquet (none);" in message
+    assert f"gives URL_LIST files part-00000.parquet ({size:,} B))" in message
+    assert "part-00001" not in message  # unchanged files are not listed
+
+
 def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):
     """A run stopped hard (second Ctrl-C, kill) leaves finished shards but no summary; the shard
     size recorded before img2dataset started still refuses another one."""

@@ -547,11 +547,13 @@ def _sharding_path(output_folder: str | Path) -> Path:
 
 SHARD_CONTENT_SETTINGS = (
     "url_list", "input_format", "url_col", "caption_col", "save_additional_columns",
-    "image_size", "resize_mode", "output_format", "extra",
+    "image_size", "resize_mode", "output_format", "extra", "url_files",
 )  # fmt: skip
 """The settings that decide what a shard holds: a resume with any of them changed would leave
 shards of two kinds in one folder (``extend`` mode adds shards from another URL list). ``extra``
-is the ``--i2d`` arguments but those in ``EXTRAS_OUTSIDE_SHARDS``."""
+is the ``--i2d`` arguments but those in ``EXTRAS_OUTSIDE_SHARDS``; ``url_files`` the local URL
+list's files with their sizes (img2dataset numbers shards across them in name order, so a file
+added, removed or rewritten in a folder moves every shard after it)."""
 
 EXTRAS_OUTSIDE_SHARDS = (
     "enable_wandb", "wandb_project", "subjob_size", "max_shard_retry", "user_agent_token",
@@ -561,13 +563,15 @@ EXTRAS_OUTSIDE_SHARDS = (
 
 
 def _content_settings(config: DownloadConfig) -> dict[str, Any]:
-    settings = {name: getattr(config, name) for name in SHARD_CONTENT_SETTINGS}
+    settings = {name: getattr(config, name, None) for name in SHARD_CONTENT_SETTINGS}
     settings["save_additional_columns"] = list(config.save_additional_columns)
     in_shards = {k: v for k, v in config.extra.items() if k not in EXTRAS_OUTSIDE_SHARDS}
     # As config.json will read it back (tuples as lists), so an unchanged value compares equal.
     settings["extra"] = json.loads(json.dumps(dict(sorted(in_shards.items())), default=str))
     if not layout.is_url(config.url_list):  # the same list, however the path was spelled
         settings["url_list"] = str(Path(config.url_list).resolve())
+        files = _input_files(config)
+        settings["url_files"] = {path.name: path.stat().st_size for path in files}
     return settings
 
 
@@ -596,9 +600,17 @@ def _check_same_settings(config: DownloadConfig) -> None:
         return  # an output of an older clipa: only its shard size is known
     now = _content_settings(config)
     names = [
-        n for n in SHARD_CONTENT_SETTINGS if config.incremental_mode != "extend" or n != "url_list"
+        n
+        for n in SHARD_CONTENT_SETTINGS
+        if config.incremental_mode != "extend" or n not in ("url_list", "url_files")
     ]
     changed = [n for n in names if n in recorded and recorded[n] != now[n]]
+    if "url_files" in changed and recorded["url_files"] and now["url_files"]:
+        # Name only the files that differ: a folder may hold hundreds.
+        was_files, now_files = recorded["url_files"], now["url_files"]
+        differ = {k for k in {*was_files, *now_files} if was_files.get(k) != now_files.get(k)}
+        recorded = {**recorded, "url_files": _only(was_files, differ)}
+        now = {**now, "url_files": _only(now_files, differ)}
     if changed:
         was = ", ".join(_as_flag(n, recorded[n]) for n in changed)
         given = ", ".join(_as_flag(n, now[n]) for n in changed)
@@ -611,6 +623,8 @@ def _check_same_settings(config: DownloadConfig) -> None:
 
 def _as_flag(name: str, value: Any) -> str:
     """A download setting as the user gives it: ``--image-size 256``, ``URL_LIST urls.parquet``."""
+    if name == "url_files":
+        return _as_url_files(value)
     if name == "extra":
         pairs = [f"--i2d {shlex.quote(f'{key}={item}')}" for key, item in value.items()]
         return " ".join(pairs) or "no --i2d"
@@ -618,6 +632,23 @@ def _as_flag(name: str, value: Any) -> str:
         value = ",".join(map(str, value))
     shown = shlex.quote(str(value if value is not None else ""))
     return f"URL_LIST {shown}" if name == "url_list" else f"--{name.replace('_', '-')} {shown}"
+
+
+def _only(files: dict[str, int], names: set[str]) -> dict[str, int | None]:
+    """``files`` reduced to ``names``, None for a name it lacks."""
+    return {name: files.get(name) for name in sorted(names)}
+
+
+def _as_url_files(files: dict[str, int | None] | None) -> str:
+    """``URL_LIST files a.parquet (1,024 B), b.parquet (none)``: what a resume compares."""
+    if files is None:
+        return "a remote URL_LIST"
+    shown = [
+        f"{name} ({'none' if size is None else f'{size:,} B'})"
+        for name, size in list(files.items())[:4]
+    ]
+    more = f", … {len(files) - 4} more" if len(files) > 4 else ""
+    return f"URL_LIST files {', '.join(shown)}{more}"
 
 
 def _recorded_sharding(output_folder: str | Path) -> int | None:
