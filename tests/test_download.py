@@ -251,6 +251,35 @@ def test_resume_after_a_file_joins_the_url_list_folder_is_refused(tfrecord_run, 
     assert "part-00001" not in message  # unchanged files are not listed
 
 
+def test_extend_with_the_url_list_already_read_is_refused(tfrecord_run, tmp_path):
+    """``extend`` numbers new shards after the last one: with the list the folder was
+    downloaded from it downloads every row twice; after an extend run, an incremental resume
+    numbers from 0 and skips the earlier list's shards. Both are refused with what to do."""
+    from clipa_data.prepare.download import _check_extend_runs, _record_sharding, resume_advice
+
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    before = sorted(p.name for p in output.iterdir())
+    extend = dataclasses.replace(config, output_folder=str(output), incremental_mode="extend")
+    with pytest.raises(ClipaError, match="re-run with --incremental-mode incremental"):
+        download(extend)
+    assert sorted(p.name for p in output.iterdir()) == before
+    other = tmp_path / "other.parquet"
+    shutil.copy(config.url_list, other)
+    _check_extend_runs(dataclasses.replace(extend, url_list=str(other)))  # a new list: fine
+    _record_sharding(extend)  # as an extend run records it when it starts (shards 0-2 there)
+    assert "delete the shards it wrote, 00003 and later" in resume_advice(extend)
+    with pytest.raises(ClipaError, match=r"delete the shards it wrote \(00003 and later"):
+        download(extend)
+    resume = dataclasses.replace(extend, incremental_mode="incremental")
+    with pytest.raises(ClipaError, match="would number from shard 0"):
+        download(resume)
+    assert "--incremental-mode incremental" in resume_advice(
+        dataclasses.replace(extend, incremental_mode="overwrite")
+    )
+
+
 def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):
     """A run stopped hard (second Ctrl-C, kill) leaves finished shards but no summary; the shard
     size recorded before img2dataset started still refuses another one."""

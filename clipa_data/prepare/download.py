@@ -522,6 +522,7 @@ def _check_output(config: DownloadConfig) -> None:
             )
         _check_same_sharding(config)
         _check_same_settings(config)
+        _check_extend_runs(config)
 
 
 def _check_overwritable(output: Path) -> None:
@@ -585,7 +586,81 @@ def _record_sharding(config: DownloadConfig) -> None:
         {
             "number_sample_per_shard": config.number_sample_per_shard,
             "settings": _content_settings(config),
+            "incremental_mode": config.incremental_mode,
+            "first_shard": _first_new_shard(config),
         },
+    )
+
+
+def _first_new_shard(config: DownloadConfig) -> int:
+    """The first shard this run writes: after the last finished one in ``extend`` mode (as
+    img2dataset numbers them), else 0."""
+    if config.incremental_mode != "extend" or not Path(config.output_folder).is_dir():
+        return 0
+    return max(finished_shard_ids(config.output_folder), default=-1) + 1
+
+
+def resume_advice(config: DownloadConfig) -> str:
+    """How to finish a download that stopped: the same command, except where that would not
+    resume (``overwrite`` starts over; ``extend`` would add its URL list a second time)."""
+    if config.incremental_mode == "overwrite":
+        return "re-run it with --incremental-mode incremental to resume (finished shards are kept)"
+    if config.incremental_mode == "extend":
+        return (
+            "an extend run cannot resume (a re-run would add its URL list again): delete the "
+            f"shards it wrote, {_written_by_extend(_recorded_start(config.output_folder))} (each "
+            "with its _stats.json and .parquet), then run it again"
+        )
+    return "re-run the same command to resume (finished shards are skipped)"
+
+
+def _written_by_extend(recorded: dict) -> str:
+    first = recorded.get("first_shard")
+    return f"{first:05d} and later" if isinstance(first, int) else "those of that run"
+
+
+def _recorded_start(output_folder: str | Path) -> dict:
+    """What the last run in ``output_folder`` recorded as it started (empty: nothing)."""
+    try:
+        recorded = json.loads(_sharding_path(output_folder).read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _check_extend_runs(config: DownloadConfig) -> None:
+    """The URL list the folder's last run read, again: ``extend`` would download it twice, and
+    after an ``extend`` run ``incremental`` would number its shards from 0 (img2dataset's
+    resume) and skip those of the earlier lists instead."""
+    recorded = _recorded_start(config.output_folder)
+    settings = recorded.get("settings")
+    if config.incremental_mode == "overwrite" or not isinstance(settings, dict):
+        return
+    now = _content_settings(config)
+    if any(settings.get(name) != now[name] for name in ("url_list", "url_files")):
+        return
+    written = _written_by_extend(recorded)
+    last_extended = recorded.get("incremental_mode") == "extend"
+    if config.incremental_mode == "incremental" and last_extended:
+        raise ClipaError(
+            f"{config.output_folder}: its last run extended it with URL_LIST {config.url_list}, "
+            "which an incremental resume would number from shard 0 and so skip the earlier "
+            f"lists' shards instead; if that run stopped, delete the shards it wrote ({written}, "
+            "each with its _stats.json and .parquet) and extend again"
+        )
+    if config.incremental_mode != "extend":
+        return
+    if last_extended:
+        fix = (
+            f"if that run stopped, delete the shards it wrote ({written}, each with its "
+            "_stats.json and .parquet) and extend again"
+        )
+    else:
+        fix = "to finish a stopped download of it, re-run with --incremental-mode incremental"
+    raise ClipaError(
+        f"{config.output_folder} was last downloaded from URL_LIST {config.url_list} already; "
+        f"extending with it again would download its rows a second time: extend with a new URL "
+        f"list, or {fix}"
     )
 
 
@@ -932,8 +1007,7 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
     if stopped:
         left = f", {len(summary.unfinished_shards)} left" if expected is not None else ""
         raise Interrupted(
-            f"stopped: {len(finished)} shard(s) finished in {output}{left}; re-run the same "
-            "command to resume (finished shards are skipped)"
+            f"stopped: {len(finished)} shard(s) finished in {output}{left}; {resume_advice(config)}"
         )
     if summary.unfinished_shards:
         listed = ", ".join(str(i) for i in summary.unfinished_shards[:10])
@@ -944,7 +1018,7 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
         )
         raise UnfinishedShardsError(
             f"{len(summary.unfinished_shards)} shard(s) did not finish in {output} ({listed}); "
-            f"{where}, then re-run the same command to retry them (finished shards are skipped)",
+            f"{where}, then {resume_advice(config).replace(' to resume', ' to retry them')}",
             summary,
         )
     return summary
