@@ -277,6 +277,19 @@ def test_different_conversion_in_out_needs_overwrite(src, tmp_path):
     assert result.status == "converted" and result.shards == 4 and result.records == 18
 
 
+def test_a_conversion_with_other_options_names_them_and_the_tags_at_stake(src, tmp_path):
+    """The refusal says which option differs (not just 'different config') and that
+    --overwrite would take the builder's tag sidecars with it."""
+    out = tmp_path / "out"
+    first = convert(config(src, out))
+    (first.builder_dir / "sidecars").mkdir()
+    with pytest.raises(ClipaError) as refused:
+        convert(config(src, out, verify="crc"))
+    message = str(refused.value)
+    assert "different config: --verify headers → crc" in message, message
+    assert "re-run with its options" in message and "its sidecars/ tags included" in message
+
+
 def test_skip_bad_shards_leaves_them_out_and_reports_them(src, tmp_path):
     shard = src / "00001.tfrecord"
     shard.write_bytes(shard.read_bytes()[:7])  # not one whole record to salvage

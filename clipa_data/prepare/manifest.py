@@ -222,9 +222,40 @@ class ConvertManifest:
         return parts
 
     def difference(self, other: ConvertManifest) -> str:
-        """``different source, shards``: what sets ``other`` apart from this conversion."""
+        """``different source, shards``: what sets ``other`` apart from this conversion; a
+        different config names its settings (``--verify headers → crc``)."""
         mine, theirs = self.identity(), other.identity()
-        return "different " + ", ".join(key for key in IDENTITY_KEYS if mine[key] != theirs[key])
+        parts = []
+        for key in IDENTITY_KEYS:
+            if mine[key] == theirs[key]:
+                continue
+            if key != "config":
+                parts.append(key)
+                continue
+            settings = [
+                f"{SETTING_FLAGS.get(name, name)} {_shown(mine[key][name])} → "
+                f"{_shown(theirs[key][name])}"
+                for name in mine[key]
+                if mine[key][name] != theirs[key].get(name)
+            ]
+            parts.append(f"config: {'; '.join(settings)}" if settings else "config")
+        return "different " + ", ".join(parts)
+
+
+SETTING_FLAGS = {
+    "method": "placement",
+    "verify": "--verify",
+    "schema_records": "--schema-records",
+    "drop_columns": "--drop-column",
+    "skip_bad_shards": "--skip-bad-shards",
+}
+"""How a ``ConvertSettings`` field is named in a message (the flag that sets it)."""
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 def write_manifest(builder: Path, manifest: ConvertManifest) -> None:

@@ -44,9 +44,11 @@ def existing_conversion(
     if previous.identity() == manifest.identity():
         return previous
     if not overwrite:
+        tags = " (its sidecars/ tags included)" if (final / "sidecars").is_dir() else ""
         raise ClipaError(
             f"{final} already holds another conversion ({previous.difference(manifest)}); "
-            "pass --overwrite to replace it, or choose another --version or OUT"
+            f"re-run with its options, or pass --overwrite to replace it{tags}, or choose "
+            "another --version or OUT"
         )
     _refuse_to_discard_moved(final, previous)
     return None
