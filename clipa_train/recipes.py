@@ -407,6 +407,26 @@ def check_recipe_tokenizer(ref: str, stage: StageRecipe, given: str | None) -> N
         )
 
 
+def _stage_values(path: Path, number: int, stage: dict) -> dict:
+    """A recipe file's stage with each option-valued field read as its option's type, as a
+    ``--config`` file is (YAML reads ``1e-3`` as text); one line naming the file, stage and
+    field when a value cannot be."""
+    from clipa_train.run_config import OPTION_NAMES, RECIPE_RENAMES, coerce_option, expected_type
+
+    values = dict(stage)
+    for key, value in stage.items():
+        option = RECIPE_RENAMES.get(key, key)
+        if option not in OPTION_NAMES or option == "tokenizer":
+            continue  # stage, name: not options; tokenizer: a name or a path, kept as given
+        try:
+            values[key] = coerce_option(option, value)
+        except (KeyError, TypeError, ValueError):
+            raise ClipaError(
+                f"{path}: stage {number}: {key} must be {expected_type(option)}, got {value!r}"
+            ) from None
+    return values
+
+
 def load_recipe_file(path: str | Path) -> Recipe:
     """A recipe from a JSON or YAML file: ``name``, ``description``, ``stages`` (a list of
     ``StageRecipe`` fields each), optionally ``reported_top1``, ``data``, ``note``."""
@@ -423,7 +443,10 @@ def load_recipe_file(path: str | Path) -> Recipe:
     except Exception as error:  # json and yaml errors share no base we can import lazily
         raise ClipaError(f"{path}: cannot parse the recipe file ({error})") from None
     try:
-        stages = tuple(StageRecipe(**stage) for stage in values.pop("stages"))
+        stages = tuple(
+            StageRecipe(**_stage_values(path, number, stage))
+            for number, stage in enumerate(values.pop("stages"), 1)
+        )
         return Recipe(**{"name": str(path), "description": str(path), **values, "stages": stages})
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise ClipaError(

@@ -717,7 +717,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             options[name] = coerce_option(name, values[key])
         except (KeyError, TypeError, ValueError):
             raise ClipaError(
-                f"{path}: {key} must be {_expected(name)}, got {values[key]!r}"
+                f"{path}: {key} must be {expected_type(name)}, got {values[key]!r}"
             ) from None
     return options
 
@@ -763,7 +763,7 @@ def _tuple_length(name: str) -> int | None:
     return None
 
 
-def _expected(name: str) -> str:
+def expected_type(name: str) -> str:
     """What the option ``name`` takes, in words (for the config-file error)."""
     spec = option_spec(name)
     if spec.kind is tuple:

@@ -169,6 +169,33 @@ def test_recipe_file(tmp_path):
         load_recipe_file(path)
 
 
+def test_a_recipe_file_reads_values_as_config_files_do(tmp_path):
+    """YAML reads 1e-3 as text and a JSON file may quote numbers: a recipe file's values are
+    read as the options' types; one that cannot be is one line naming file, stage and field."""
+    path = tmp_path / "tiny.yaml"
+    text = "stages:\n- " + "\n  ".join(f"{k}: {v}" for k, v in TINY_STAGE.items())
+    path.write_text(
+        text.replace("lr: 0.001", "lr: 1e-3").replace("global_batch: 8", "global_batch: '8'")
+    )
+    assert "lr: 1e-3" in path.read_text()
+    (stage,) = load_recipe_file(path).stages
+    assert stage.lr == 1e-3 and stage.global_batch == 8 and stage.samples == 32
+    for key, value in (
+        ("global_batch", "8.5"),
+        ("image_size", "abc"),
+        ("grad_checkpointing", "maybe"),
+    ):
+        path.write_text(
+            f"{text}\n  {key}: {value}"
+            if key not in TINY_STAGE
+            else text.replace(f"{key}: {TINY_STAGE[key]}", f"{key}: {value}")
+        )
+        with pytest.raises(ClipaError) as refused:
+            load_recipe_file(path)
+        message = str(refused.value)
+        assert message.startswith(f"{path}: stage 1: {key} must be ") and value in message
+
+
 TINY_STAGE = {"stage": "pretrain", "model": "clipa-tiny", "image_size": 32, "text_length": 8,
               "text_mask": "truncate", "global_batch": 8, "lr": 1e-3, "warmup_steps": 1,
               "samples": 32, "pos_embed": "learnable"}  # fmt: skip
