@@ -247,6 +247,42 @@ def previous_checkpoint(recipe: Recipe, stages: list[PlannedStage], index: int) 
     return status.checkpoint
 
 
+WHAT_A_STAGE_TRAINS = (
+    "split", "seed", "text_source", "samples_per_epoch", "model", "pos_embed", "loss",
+    "image_norm", "image_size", "image_mask", "mask_ratio", "text_length", "text_mask",
+    "crop_scale_min", "color_jitter", "color_jitter_prob", "grayscale_prob", "batch_size",
+    "epochs", "samples", "lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps",
+    "grad_clip_norm", "precision",
+)  # fmt: skip
+"""Options that decide what a stage trains (not how fast, where to, or what it logs): a stage
+run with others is not the stage the recipe now describes. ``--data`` is left out: the same
+builder may be spelled another way from another folder."""
+
+
+def check_same_stage(stage: PlannedStage, flags: dict, label: str) -> None:
+    """Refuse to continue or skip a stage whose run trained with other settings than the
+    recipe (an edited file, another ``--set``/flag) now gives, naming them: a finished stage
+    would be kept as if it were the new one, an unfinished one changed mid-run."""
+    try:
+        recorded = json.loads((stage.run_dir / "config.json").read_text())["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # stopped before it wrote its config: nothing to compare with
+    now = resolve(stage.recipe.stage, flags).to_json()
+    changed = [
+        name
+        for name in WHAT_A_STAGE_TRAINS
+        if name in recorded and json.dumps(recorded[name]) != json.dumps(now[name])
+    ]
+    if changed:
+        was = ", ".join(f"{option_flag(n)} {recorded[n]}" for n in changed)
+        given = ", ".join(f"{option_flag(n)} {now[n]}" for n in changed)
+        raise ClipaError(
+            f"{label}: its run trained with {was}, the recipe now gives {given}; run the "
+            f"recipe as it was, or move {stage.run_dir} (and the stages after it) aside to "
+            "train the stage anew"
+        )
+
+
 def run_recipe(
     config: RecipeRunConfig,
     note: Callable[[str], None],
@@ -261,12 +297,18 @@ def run_recipe(
     for stage in chosen:
         status = stage_status(stage.run_dir)
         label = f"stage {stage.index + 1}/{len(stages)} {stage.name} ({stage.run_dir})"
-        if status.state == "finished":
+        finished = status.state == "finished"
+        start_from = None if finished else previous_checkpoint(recipe, stages, stage.index)
+        flags = stage_flags(stage, status, start_from)
+        if status.state != "new":
+            placeholder = finished and stage.index  # a finished stage's --from is not needed
+            stand_in = {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if placeholder else {}
+            check_same_stage(stage, {**flags, **stand_in}, label)
+        if finished:
             note(f"{label}: already finished, skipped ({status.checkpoint})")
             continue
-        start_from = previous_checkpoint(recipe, stages, stage.index)
         note(f"{label}: {'continuing, ' if status.state != 'new' else ''}{status.describe()}")
-        summary = run_stage(resolve(stage.recipe.stage, stage_flags(stage, status, start_from)))
+        summary = run_stage(resolve(stage.recipe.stage, flags))
         if summary is not None:
             on_summary(summary)
         after = stage_status(stage.run_dir)

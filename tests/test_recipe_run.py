@@ -152,6 +152,30 @@ def invoke(*args: object):
     return CliRunner().invoke(app, [str(arg) for arg in args])
 
 
+def test_a_stage_run_with_other_settings_is_neither_skipped_nor_continued(
+    setup, killed_between_stages
+):
+    """A finished stage is not kept, nor an unfinished one continued, when the recipe now
+    gives it other settings (an edited file, a --set): the line names them."""
+    run = setup["root"] / "changed"
+    shutil.copytree(killed_between_stages["out"], run)
+    edited = setup["root"] / "edited.json"
+    recipe = json.loads(Path(setup["recipe"]).read_text())
+    recipe["stages"][0]["lr"] = 0.5
+    edited.write_text(json.dumps(recipe))
+    result = invoke(*command(edited, setup["data"], run))
+    assert_one_line_error(
+        result, f"pretrain ({run / 'pretrain'}): its run trained with --lr ",
+        "the recipe now gives --lr 0.5", f"move {run / 'pretrain'}",
+    )  # fmt: skip
+    (run / "finetune" / "checkpoints" / f"step_{FINETUNE_STEPS:08d}.pt").unlink()
+    result = invoke(*command(setup["recipe"], setup["data"], run, "--set", "finetune.seed=5"))
+    *notes, last = result.stderr.strip().splitlines()  # after "pretrain: already finished"
+    assert result.exit_code != 0 and len(notes) == 1 and "already finished" in notes[0]
+    assert last.startswith("error: stage 2/2 finetune") and "gives --seed 5" in last, last
+    assert "its run trained with --seed 0" in last and "Traceback" not in result.output
+
+
 def test_a_stage_whose_previous_stage_did_not_finish_is_refused(setup, killed_between_stages):
     empty = setup["root"] / "empty"
     result = invoke(*command(setup["recipe"], setup["data"], empty, "--stage", "finetune"))
