@@ -71,8 +71,8 @@ class EvalConfig:
     ] = None  # fmt: skip
     image_norm: Annotated[
         str | None,
-        Doc("Input mean/std: openai or imagenet (default: the training run's, from the "
-            "config.json beside checkpoints/; else openai)."),
+        Doc("Input mean/std: openai or imagenet (default: the training run's, from its "
+            "config.json or the checkpoint itself; else openai)."),
         Choices(tuple(IMAGE_NORMS)),
     ] = None  # fmt: skip
     suite: Annotated[
@@ -169,13 +169,14 @@ class EvalConfig:
 
 def trained_image_norm(checkpoint: str | Path) -> str:
     """``--image-norm`` of the run that wrote the checkpoint (a CLIPA-v2 recipe trains with
-    ImageNet's), read from its ``config.json``; ``openai`` when there is none."""
+    ImageNet's), read from its ``config.json``, else from the checkpoint's own copy of its
+    options (a checkpoint copied out of its run); ``openai`` for other weights."""
     folder = Path(checkpoint).resolve().parent
     run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.json"
     try:
-        return json.loads(run_config.read_text())["options"].get("image_norm") or "openai"
+        return json.loads(run_config.read_text())["options"]["image_norm"] or "openai"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "openai"
+        return _recorded_option(str(checkpoint), "image_norm") or "openai"
 
 
 def _model(config: EvalConfig):
@@ -194,7 +195,7 @@ def prompt_tokenizer(config: EvalConfig, model) -> str:
     BPE's ids would index past it), or one line says which file to pass."""
     from clipa_data.core.tokenizer import load_tokenizer
 
-    spec = config.tokenizer or _recorded_tokenizer(config.checkpoint) or CLIP_BPE
+    spec = config.tokenizer or _recorded_option(config.checkpoint, "tokenizer") or CLIP_BPE
     tokenizer = load_tokenizer(spec)
     vocabulary = model.config.text.vocab_size
     if tokenizer.vocab_size > vocabulary:
@@ -206,9 +207,9 @@ def prompt_tokenizer(config: EvalConfig, model) -> str:
     return spec
 
 
-def _recorded_tokenizer(path: str) -> str | None:
-    """The ``--tokenizer`` a clipa checkpoint's run used; None for other weights (memory-mapped:
-    the tensors are not read)."""
+def _recorded_option(path: str, name: str) -> str | None:
+    """Option ``name`` (``tokenizer``, ``image_norm``) as a clipa checkpoint's run gave it;
+    None for other weights (memory-mapped: the tensors are not read)."""
     import torch
 
     from clipa_train.checkpoint import FORMAT
@@ -218,7 +219,7 @@ def _recorded_tokenizer(path: str) -> str | None:
     except Exception:  # not a zip-format file: it has no run config to read either
         return None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return payload.get("config", {}).get("options", {}).get("tokenizer")
+        return payload.get("config", {}).get("options", {}).get(name)
     return None
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 from clipa_data.core import layout
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
+from clipa_train.backend_config import IMAGE_NORMS
 from clipa_train.eval_stage import CROPS
 from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 
@@ -70,6 +71,12 @@ class ProbeConfig:
     crop: Annotated[
         str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
     ] = "center"
+    image_norm: Annotated[
+        str | None,
+        Doc("Input mean/std: openai or imagenet (default: the training run's, from its "
+            "config.json or the checkpoint itself; else openai)."),
+        Choices(tuple(IMAGE_NORMS)),
+    ] = None  # fmt: skip
     batch_size: Annotated[int, Doc("Images per feature-extraction batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
     backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKENDS)] = "auto"
@@ -88,6 +95,8 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
+        if self.image_norm is not None and self.image_norm not in IMAGE_NORMS:
+            raise ClipaError(f"--image-norm must be one of {', '.join(IMAGE_NORMS)}")
         if self.batch_size < 1 or self.workers < 0 or self.max_iter < 1:
             raise ClipaError("--batch-size and --max-iter must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:
@@ -342,7 +351,6 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
     ``say`` gets one line per set about its feature cache."""
     from clipa_data.core.atomic import check_writable_file, check_writable_folder, write_json
     from clipa_train.backend import BackendConfig, create_backend
-    from clipa_train.backend_config import IMAGE_NORMS
     from clipa_train.eval_stage import trained_image_norm
     from clipa_train.export import checkpoint_file
     from clipa_train.logistic import fit_probe
@@ -360,7 +368,7 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
         )
     started = time.perf_counter()
     # The features are the trained model's only with the input normalisation it trained with.
-    mean, std = IMAGE_NORMS[trained_image_norm(checkpoint)]
+    mean, std = IMAGE_NORMS[config.image_norm or trained_image_norm(checkpoint)]
     backend = create_backend(BackendConfig(name=config.backend, image_mean=mean, image_std=std))
     found, image_size = probe_features(config, checkpoint, sets, backend, say)
     classes = len(sets["train"].classes)

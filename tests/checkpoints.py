@@ -17,6 +17,7 @@ def write_checkpoint(
     step: int = 3,
     seed: int = 0,
     preset: str = "test-tiny",
+    run_config: dict | None = None,
     **changes,
 ) -> Path:
     """``save_checkpoint`` of a freshly initialised preset (seeded) with a CPU backend."""
@@ -26,5 +27,5 @@ def write_checkpoint(
     backend = create_backend(BackendConfig(name="cpu"))
     return save_checkpoint(
         run / "checkpoints", step=step, model=model, optimizer=optimizer, stream_state={},
-        backend=backend,
+        backend=backend, run_config=run_config,
     )  # fmt: skip

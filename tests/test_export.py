@@ -193,6 +193,34 @@ def test_openclip_dir_preprocess_uses_the_runs_image_norm(tmp_path):
     assert (preprocess["mean"], preprocess["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
+def test_a_checkpoint_copied_out_of_its_run_keeps_its_image_norm(tmp_path):
+    """Without the run's config.json beside it, the checkpoint's own copy of its options says
+    how its inputs were normalised: export, eval and probe use it; probe takes --image-norm."""
+    import shutil
+
+    from clipa_data.core.errors import ClipaError
+    from clipa_train.backend_config import IMAGENET_MEAN, OPENAI_MEAN
+    from clipa_train.eval_stage import EvalConfig
+    from clipa_train.probe import ProbeConfig
+
+    options = {"options": {"image_norm": "imagenet"}}
+    checkpoint = write_checkpoint(tmp_path / "run", run_config=options)
+    alone = tmp_path / "alone" / checkpoint.name
+    alone.parent.mkdir()
+    shutil.copy(checkpoint, alone)
+    result = invoke("export", alone, tmp_path / "out", "--format", "openclip-dir")
+    assert result.exit_code == 0, result.output
+    preprocess = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["preprocess_cfg"]
+    assert preprocess["mean"] == list(IMAGENET_MEAN)
+    assert EvalConfig(checkpoint=str(alone)).backend_config().image_mean == IMAGENET_MEAN
+    bare = write_checkpoint(tmp_path / "bare")  # a run config without the option: openai's
+    assert EvalConfig(checkpoint=str(bare)).backend_config().image_mean == OPENAI_MEAN
+    given = ProbeConfig(checkpoint=str(alone), train="t", val="v", image_norm="openai")
+    assert given.image_norm == "openai"
+    with pytest.raises(ClipaError, match="--image-norm must be one of openai, imagenet"):
+        ProbeConfig(checkpoint=str(alone), train="t", val="v", image_norm="laion")
+
+
 def test_an_export_of_a_short_token_run_is_rebuilt_at_its_own_sizes(tmp_path):
     """Weights without an architecture are the bundled preset at the sizes of their positional
     embeddings (here a 32 px / 8-token pre-training of clipa-tiny, not its 64 px / 32), so
