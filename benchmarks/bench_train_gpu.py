@@ -97,9 +97,10 @@ def train_command(builder: Path, out: Path, image_size: int, args) -> list[str]:
         "--data": builder, "--out": out, "--model": args.preset, "--image-size": image_size,
         "--text-length": TEXT_LENGTH, "--text-mask": "syntax", "--batch-size": args.batch,
         "--samples": args.batch * args.steps, "--workers": args.workers,
-        "--log-every": args.log_every, "--compile": args.compile,
-        "--compile-backend": args.dynamo_backend, "--precision": args.precision,
+        "--log-every": args.log_every, "--compile": args.compile, "--precision": args.precision,
     }  # fmt: skip
+    if args.compile == "on":  # a backend without compiling is refused (it would be ignored)
+        options["--compile-backend"] = args.dynamo_backend
     flat = [str(part) for pair in options.items() for part in pair]
     return [sys.executable, "-c", entry, "pretrain", *flat, "--no-progress"]
 

@@ -136,3 +136,6 @@ IMAGE_MASK_STRATEGIES: dict[str, Callable[[int, float], ImageMaskStrategy]] = {
 
 IMAGE_MASKS: tuple[str, ...] = tuple(IMAGE_MASK_STRATEGIES)
 """The image-mask names, in the order help texts list them."""
+
+RATIO_MASKS: tuple[str, ...] = ("random", "block")
+"""The masks ``--mask-ratio`` sets (resize keeps every patch, grid always 1 in 4)."""

@@ -27,7 +27,7 @@ from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_data.core.tokenizer import CLIP_BPE
 from clipa_train.backend_config import BACKENDS, IMAGE_NORMS, PRECISIONS
 from clipa_train.compile import COMPILES
-from clipa_train.image_masks import IMAGE_MASKS
+from clipa_train.image_masks import IMAGE_MASKS, RATIO_MASKS
 from clipa_train.loggers import LOGGERS, parse_loggers
 from clipa_train.loss import LOSSES
 from clipa_train.model.pos_embed import POS_EMBEDS
@@ -840,6 +840,11 @@ def resolve(
     """Merge defaults, recipe, config file and the flags given explicitly (non-None)."""
     given = read_config_file(config_file) if config_file else {}
     given.update({key: value for key, value in flags.items() if value is not None})
+    for key, value in given.items():
+        if isinstance(value, str) and not value.strip():
+            # `--resume "$(ls ... | tail -1)"` with nothing found: not "no option given"
+            # (it would train from scratch), nor "." (--out "" would write into this folder).
+            raise ClipaError(f"{option_flag(key)} is empty; give a value or leave it out")
     values: dict[str, Any] = dict(STAGE_DEFAULTS[stage].options)
     name = given.get("recipe")
     if name:
@@ -853,4 +858,26 @@ def resolve(
                 )
         values.update(fixed)
     values.update(given)
-    return TrainConfig.from_options(stage, values)
+    config = TrainConfig.from_options(stage, values)
+    _refuse_ignored(given, config)
+    return config
+
+
+IGNORED_UNLESS: tuple[tuple[str, Any, str], ...] = (
+    ("mask_ratio", lambda c: c.reduction.image_mask in RATIO_MASKS,
+     f"--image-mask {' or '.join(RATIO_MASKS)}"),
+    ("color_jitter_prob", lambda c: c.augment.color_jitter is not None, "--color-jitter"),
+    ("compile_backend", lambda c: c.optim.compile != "off", "--compile auto or on"),
+    ("wandb_project", lambda c: "wandb" in parse_loggers(c.logging.log), "--log wandb"),
+)  # fmt: skip
+"""Options that mean something only beside another: given alone they would be ignored."""
+
+
+def _refuse_ignored(given: dict[str, Any], config: TrainConfig) -> None:
+    """One line for an option given explicitly (flag or config file) that would be ignored."""
+    for name, applies, needs in IGNORED_UNLESS:
+        if name in given and not applies(config):
+            raise ClipaError(
+                f"{option_flag(name)} {given[name]} would be ignored without {needs}; add it, "
+                f"or drop {option_flag(name)}"
+            )

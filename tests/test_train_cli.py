@@ -78,6 +78,25 @@ BAD_TRAINING = {
         ["--wandb-tags, --wandb-id without --log wandb would be ignored", "add --log wandb"],
     ),
     "eval every without a set": (["--eval-every", 2], ["--eval-every 2 needs --zeroshot DIR"]),
+    "empty resume": (["--resume", ""], ["--resume is empty; give a value or leave it out"]),
+    "empty from": (["--from", ""], ["--from is empty"]),
+    "empty out": (["--out", " "], ["--out is empty"]),
+    "mask ratio without a ratio mask": (
+        ["--image-mask", "grid", "--mask-ratio", 0.3],
+        ["--mask-ratio 0.3 would be ignored without --image-mask random or block"],
+    ),
+    "jitter probability without jitter": (
+        ["--color-jitter-prob", 0.5],
+        ["--color-jitter-prob 0.5 would be ignored without --color-jitter"],
+    ),
+    "compile backend without compiling": (
+        ["--compile", "off", "--compile-backend", "eager"],
+        ["--compile-backend eager would be ignored without --compile auto or on"],
+    ),
+    "wandb project without wandb": (
+        ["--wandb-project", "x"],
+        ["--wandb-project x would be ignored without --log wandb"],
+    ),
     "templates without a set": (["--templates", "{three_names}"], ["--templates needs --zeroshot"]),
     "resume auto without checkpoints": (["--resume", "auto"], ["no checkpoint"]),
     "keep checkpoints negative": (["--keep-checkpoints", -1], ["--keep-checkpoints must be ≥ 0"]),
