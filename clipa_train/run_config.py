@@ -826,6 +826,22 @@ def recipe_options(name: str, stage: str) -> dict[str, Any]:
     return options
 
 
+def _recipe_setting(fixed: dict[str, Any], key: str) -> str:
+    """``sets --image-size 112``; for a setting the recipe leaves unset, what it does instead
+    (``trains for --epochs 6`` where ``--samples`` was given) or ``sets no --color-jitter``."""
+    other = {"samples": "epochs", "epochs": "samples"}.get(key)
+    if fixed[key] is None and other and fixed.get(other) is not None:
+        return f"sets the stage's length with {option_flag(other)} {_as_given(fixed[other])}"
+    if fixed[key] is None:
+        return f"sets no {option_flag(key)}"
+    return f"sets {option_flag(key)} {_as_given(fixed[key])}"
+
+
+def _as_given(value: Any) -> str:
+    """A value as a flag takes it: ``0.4,0.4,0.4,0.1`` for a tuple."""
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return float(a) == float(b)
@@ -853,8 +869,8 @@ def resolve(
         for key, value in given.items():
             if key in fixed and not _same(value, fixed[key]):
                 raise ClipaError(
-                    f"--recipe {name} sets {option_flag(key)} {fixed[key]} for {stage}; "
-                    f"drop {option_flag(key)} {value} or the recipe"
+                    f"--recipe {name} {_recipe_setting(fixed, key)} for {stage}; "
+                    f"drop {option_flag(key)} {_as_given(value)} or the recipe"
                 )
         values.update(fixed)
     values.update(given)

@@ -158,6 +158,22 @@ def test_v2_recipe_sets_the_imagenet_normalisation(tmp_path):
         resolve("pretrain", {**options, "recipe": "clipa-b16-i50-t16"})
 
 
+def test_a_flag_against_a_setting_the_recipe_leaves_unset_says_what_it_does_instead():
+    """The recipe trains its pre-training for 6 epochs and sets no colour jitter: the line
+    says so, not "sets --samples None"."""
+    options = {"data": "d", "out": "o", "recipe": "clipa-b16-i50-t16"}
+    with pytest.raises(ClipaError) as refused:
+        resolve("pretrain", {**options, "samples": 1000})
+    assert "sets the stage's length with --epochs 6 for pretrain; drop --samples 1000" in str(
+        refused.value
+    )
+    with pytest.raises(ClipaError) as refused:
+        resolve("pretrain", {**options, "color_jitter": (0.1, 0.1, 0.1, 0.1)})
+    assert "sets no --color-jitter for pretrain; drop --color-jitter 0.1,0.1,0.1,0.1" in str(
+        refused.value
+    )
+
+
 def test_recipe_file(tmp_path):
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps({"stages": [TINY_STAGE, {**TINY_STAGE, "stage": "finetune"}]}))
