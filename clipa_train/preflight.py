@@ -219,7 +219,8 @@ def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> 
         if fits(checkpointed):
             total = estimate_memory(checkpointed).total
             options.append(f"--grad-checkpointing (about {gib(total)})")
-    preset = None if stage.config.model.from_checkpoint else _smaller_preset(shape, fits)
+    fixed_model = stage.config.model.from_checkpoint or stage.config.recipe  # not the user's
+    preset = None if fixed_model else _smaller_preset(shape, fits)
     if preset is not None:
         options.append(f"--model {preset}")
     if not options:
@@ -242,6 +243,8 @@ def _smaller_batch(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -
         micro -= micro % 8  # a round number: the estimate is not that exact
     if optim.accum_steps == "auto":
         return f"--micro-batch {micro}"
+    if stage.config.recipe:  # the recipe fixes the global batch: only accumulation fits it
+        return f"--accum-steps auto --micro-batch {micro}"
     return (
         f"--batch-size {micro * world * optim.accum_steps} (or keep {optim.batch_size} with "
         f"--accum-steps auto --micro-batch {micro})"

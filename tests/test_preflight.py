@@ -208,3 +208,23 @@ def test_a_smaller_batch_with_no_workers_is_named_when_neither_alone_fits(
         settings = {**given, **options, "workers": count, "batch_size": micro}
         stage = resolve_stage(resolve("pretrain", settings))
         assert (estimate_memory(stage_shape(stage, 1)).total <= 3 * GIB) is fits
+
+
+def test_under_a_recipe_the_refusal_names_only_what_the_recipe_allows(
+    builder, tmp_path, monkeypatch
+):
+    """The recipe fixes the global batch and the model: the line names accumulation (which
+    keeps the batch), never another --batch-size or --model the recipe would refuse."""
+    from clipa_data.core.errors import ClipaError
+    from clipa_train.preflight import check_memory
+    from clipa_train.resolved_stage import resolve_stage
+    from clipa_train.run_config import resolve
+
+    monkeypatch.setenv("CLIPA_MEMORY_AVAILABLE", "16G")
+    given = {"data": str(builder), "out": str(tmp_path / "r"), "recipe": "clipa-b16-i50-t16"}
+    with pytest.raises(ClipaError) as refused:
+        check_memory(resolve_stage(resolve("pretrain", given)), world=1)
+    line = str(refused.value)
+    assert "use --accum-steps auto --micro-batch " in line, line
+    suggestions = line.split(" free ")[1]
+    assert "--batch-size" not in suggestions and "--model" not in suggestions, line
