@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from clipa_data.core.atomic import check_writable_file, write_json
+from clipa_data.core.atomic import check_writable_file, result_file, write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import CLIP_BPE
@@ -141,8 +141,8 @@ class EvalConfig:
         return folder.parent if folder.name == "checkpoints" else folder
 
     def result_path(self) -> Path:
-        """``eval.json``: ``--out``, else in ``run_folder()``."""
-        return Path(self.out) if self.out else self.run_folder() / "eval.json"
+        """``eval.json``: ``--out`` (a folder when it ends with /), else in ``run_folder()``."""
+        return result_file(self.out, "eval.json") if self.out else self.run_folder() / "eval.json"
 
     def check_result_folder(self) -> None:
         """Refuse in one line, before any work, a result folder that cannot be written."""

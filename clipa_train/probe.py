@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from clipa_data.core import layout
+from clipa_data.core.atomic import result_file
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.backend_config import IMAGE_NORMS
@@ -110,8 +111,8 @@ class ProbeConfig:
         return folder.parent if folder.name == "checkpoints" else folder
 
     def result_path(self) -> Path:
-        """``probe.json``: ``--out``, else in the run directory."""
-        return Path(self.out) if self.out else self.run_dir() / "probe.json"
+        """``probe.json``: ``--out`` (a folder when it ends with /), else in the run directory."""
+        return result_file(self.out, "probe.json") if self.out else self.run_dir() / "probe.json"
 
     def cache_path(self) -> Path:
         """The feature cache folder."""

@@ -155,6 +155,15 @@ def test_a_result_replaced_is_said_and_an_out_below_a_file_is_refused_first(
     second = invoke(*one_set, "--out", out)
     assert second.exit_code == 0, second.output
     assert f"replaced the earlier result in {out}" in second.stderr
+    folder = invoke(*one_set, "--out", f"{tmp_path / 'new'}/")  # a folder, made if need be
+    assert folder.exit_code == 0, folder.output
+    written = json.loads((tmp_path / "new" / "eval.json").read_text())
+    earlier = json.loads(out.read_text())
+    assert (written["top1"], written["n"]) == (earlier["top1"], earlier["n"])
+    from clipa_train.probe import ProbeConfig  # probe reads --out the same way
+
+    probe = ProbeConfig(checkpoint="c.pt", train="t", val="v", out=f"{tmp_path / 'p'}/")
+    assert probe.result_path() == tmp_path / "p" / "probe.json"
     (tmp_path / "file").write_text("")
     for mode in (["--suite", "paper", "--data-root", data_root], one_set[3:5]):
         refused = invoke(*one_set[:3], *mode, "--out", tmp_path / "file" / "eval.json")

@@ -78,6 +78,12 @@ def check_writable_folder(folder: Path, what: str) -> None:
         )
 
 
+def result_file(out: str, name: str) -> Path:
+    """The result file an ``--out`` names: ``out`` itself, or ``out/name`` when it ends with a
+    separator (``--out results/``: a folder, however ``Path`` would drop the slash)."""
+    return Path(out) / name if out.endswith(("/", os.sep)) else Path(out)
+
+
 def check_writable_file(path: Path, option: str, name: str) -> None:
     """Refuse in one line, before any work, a result file ``path`` (given with ``option``, or
     "" for a default ``name``) that could not be written at the end: its folder cannot be, or a
