@@ -257,6 +257,25 @@ def test_download_with_columns_the_url_list_lacks_fails_at_once(tmp_path, case):
     assert {p.name: p.read_bytes() for p in (tmp_path / "meta").iterdir()} == before
 
 
+def test_an_empty_url_list_and_a_spaced_header_are_named_as_such(tmp_path):
+    """An empty CSV has no columns to choose from: it is said to be empty. A header written
+    "url, caption" has a column " caption": the fix names it, quoted as the shell needs."""
+    from clipa_data.core.errors import ClipaError
+    from clipa_data.prepare.url_list import check_columns, header_columns
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    wanted = {"url": "--url-col", "caption": "--caption-col"}
+    with pytest.raises(ClipaError, match=r"empty.csv is empty \(no header line"):
+        check_columns(empty, header_columns(empty, "csv"), wanted)
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("url, caption\nhttp://127.0.0.1/a.jpg, a cat\n")
+    with pytest.raises(ClipaError) as refused:
+        check_columns(spaced, header_columns(spaced, "csv"), wanted)
+    assert "has no column 'caption'" in str(refused.value)
+    assert "pass --caption-col ' caption'" in str(refused.value)
+
+
 def test_file_urls_are_checked_as_the_paths_they_name(tmp_path):
     urls = write_url_list(tmp_path / "urls.parquet", ROWS, "parquet")
     out = tmp_path / "out"

@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import json
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -124,13 +125,19 @@ def check_columns(path: Path, columns: list[str], wanted: Mapping[str, str]) -> 
     missing = [name for name in wanted if name not in columns]
     if not missing:
         return
-    lowered = {column.lower(): column for column in columns}
+    if not columns:
+        raise ClipaError(
+            f"{path} is empty (no header line naming its columns, no rows); give a URL list "
+            "with a header line and one row per image"
+        )
+    # "url, caption" has a column " caption": match names however they are cased or spaced.
+    lowered = {column.strip().lower(): column for column in columns}
     fixes = []
     for flag in dict.fromkeys(wanted[name] for name in missing):
-        names = [name.lower() for name in missing if wanted[name] == flag]
+        names = [name.strip().lower() for name in missing if wanted[name] == flag]
         usual = [lowered[n] for n in (*names, *USUAL_NAMES.get(flag, ())) if n in lowered]
         if flag in USUAL_NAMES and usual:
-            fixes.append(f"{flag} {usual[0]}")
+            fixes.append(f"{flag} {shlex.quote(usual[0])}")
         else:
             fixes.append(f"{flag} with {FLAG_HINTS[flag]}")
     found = ", ".join(columns) if columns else "none"
