@@ -131,7 +131,7 @@ def _plot_throughput(runs: list[RunRecords], out: Path) -> str:
     plt = _pyplot()
     figure, (rate_axis, wait_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
-        timed = [r for r in run.train if "time" in r]
+        timed = [r for r in run.train if {"time", "samples_per_s", "data_wait_share"} <= set(r)]
         if not timed:  # stopped before its first record
             continue
         seconds = [r["time"] - timed[0]["time"] for r in timed]
@@ -156,8 +156,8 @@ def summary_rows(runs: list[RunRecords]) -> list[list[str]]:
          "training FLOPs", "final loss", "zero-shot top-1", "mean samples/s", "mean data wait"],
     ]  # fmt: skip
     for run in runs:
-        rates = [r["samples_per_s"] for r in run.train]
-        waits = [r["data_wait_share"] for r in run.train]
+        rates = [r["samples_per_s"] for r in run.train if "samples_per_s" in r]
+        waits = [r["data_wait_share"] for r in run.train if "data_wait_share" in r]
         rows.append(
             [
                 run.name,

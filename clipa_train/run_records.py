@@ -114,6 +114,7 @@ def read_run(path: Path) -> RunRecords:
                 "directory of a pretrain or finetune run"
             )
     config = _read_json(path / "config.json")
+    _check_run_config(path / "config.json", config)
     summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else None
     records, notes = read_metrics(path / "metrics.jsonl")
     train, replaced_train = latest_attempt([r for r in records if "loss" in r])
@@ -227,6 +228,24 @@ def _checkpoint_step(source: str | None) -> int | None:
     """The step in a ``step_00001234.pt`` checkpoint name (None for other names)."""
     match = re.search(r"step_(\d+)", Path(source).name) if source else None
     return int(match.group(1)) if match else None
+
+
+RUN_CONFIG_OPTIONS = ("stage", "batch_size", "image_mask", "mask_ratio")
+"""The ``config.json`` options a report reads (besides the model)."""
+
+
+def _check_run_config(path: Path, config: dict) -> None:
+    """A ``config.json`` the report can read: its options and model, or one line."""
+    options = config.get("options")
+    lacking = [] if isinstance(options, dict) else ["options"]
+    lacking += [] if isinstance(config.get("model"), dict) else ["model"]
+    if not lacking:
+        lacking = [f"options.{name}" for name in RUN_CONFIG_OPTIONS if name not in options]
+    if lacking:
+        raise ClipaError(
+            f"{path}: no {', '.join(lacking)}, so not the config.json of a clipa-train run; "
+            "give run directories as clipa-train pretrain/finetune wrote them"
+        )
 
 
 def _read_json(path: Path) -> dict:

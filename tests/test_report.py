@@ -176,6 +176,24 @@ def test_a_run_directory_without_metrics_is_one_line(runs, tmp_path):
     assert not (tmp_path / "report").exists()
 
 
+def test_a_config_without_options_and_records_without_rates_are_read_past(runs, tmp_path):
+    """A config.json that is not a run's is one line naming it; train records without a
+    rate (written by hand, or by another tool) leave the rate columns, not a traceback."""
+    run = shutil.copytree(runs["a"], tmp_path / "odd", ignore=shutil.ignore_patterns("*.pt"))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "options": None}))
+    result = invoke("report", run, "--out", tmp_path / "report")
+    assert_one_line_error(result, f"{run / 'config.json'}: no options", "not the config.json")
+    (run / "config.json").write_text(json.dumps(config))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    bare = [{k: v for k, v in r.items() if k not in ("samples_per_s", "data_wait_share")}
+            for r in records]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bare))
+    result = invoke("report", run, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "<td>odd</td><td>pretrain</td>" in (tmp_path / "report" / "index.html").read_text()
+
+
 def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
