@@ -182,6 +182,35 @@ def test_rerun_of_a_finished_download_touches_nothing(tfrecord_run, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in output.iterdir() if p.is_file()} == before
 
 
+def test_rerun_of_a_finished_download_of_a_csv_list_starts_nothing(tfrecord_run, tmp_path):
+    """A CSV list's shard count is unknown before img2dataset reads it; the last run's summary
+    (not stopped, nothing unfinished) says it went through the list: img2dataset, seconds of
+    start-up, is not started again."""
+    from clipa_data.core import layout
+    from clipa_data.prepare.download import _record_sharding
+
+    config, first = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    urls = tmp_path / "urls.csv"
+    pq.read_table(config.url_list).to_pandas().to_csv(urls, index=False)
+    as_csv = dataclasses.replace(
+        config, output_folder=str(output), url_list=str(urls), input_format="csv"
+    )
+    summary = layout.download_summary_path(output)
+    written = summary.read_bytes()
+    _record_sharding(as_csv)  # as if the download had been made from the CSV list
+    summary.write_bytes(written)
+    log = layout.download_log_path(output)
+    before = log.read_bytes()
+
+    rerun = download(as_csv)
+
+    assert log.read_bytes() == before, "img2dataset was started again"
+    assert rerun.resumed_shards == (0, 1, 2) and rerun.samples_this_run == 0
+    assert rerun.successes == first.successes
+
+
 def test_resume_with_another_shard_size_is_refused(tfrecord_run, tmp_path):
     config, _ = tfrecord_run
     output = tmp_path / "raw"

@@ -943,6 +943,26 @@ def _all_finished(config: DownloadConfig, expected: range | None, finished: set[
     )
 
 
+def _finished_before(config: DownloadConfig, finished: set[int]) -> bool:
+    """Whether the last run in the folder went through its whole URL list (its summary: not
+    stopped, no unfinished shard) and the same shards are still finished: with the settings and
+    list unchanged (checked before), a resume has nothing left to do. For a list of unknown
+    size (not parquet) this is the only way to know it without starting img2dataset."""
+    if config.incremental_mode != "incremental" or not finished:
+        return False
+    try:
+        last = json.loads(layout.download_summary_path(Path(config.output_folder)).read_text())
+        summary = last["summary"]
+        shards = {int(shard["shard"]) for shard in summary["per_shard"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (
+        summary.get("stopped") is False
+        and not summary.get("unfinished_shards")
+        and (shards == finished)
+    )
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=repr))
 
@@ -968,7 +988,7 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
     )
     started = time.perf_counter()
     stopped = False
-    if _all_finished(config, expected, resumed):
+    if _all_finished(config, expected, resumed) or _finished_before(config, resumed):
         pass
     elif config.distributor == "multiprocessing":
         total = len(set(expected) - resumed) if expected is not None else None
