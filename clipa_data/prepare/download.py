@@ -77,7 +77,6 @@ RESERVED_COLUMNS = frozenset(
 COLUMN_ARGUMENTS = ("bbox_col",)
 """img2dataset arguments (through ``--i2d`` or a dataset recipe) whose value is an input column
 (DataComp's recipes blur faces from ``face_bboxes``)."""
-"""In ``_clipa/``: the shard size of the run, written before img2dataset starts."""
 PARTIAL_SHARD_FILE = re.compile(r"^(?P<id>\d+)\.(tfrecord|tar|parquet)$")
 """What img2dataset writes for a shard before its ``_stats.json`` (which marks it finished)."""
 # The CLI's positional arguments; every other field is the CLI option --<field-with-dashes>.
@@ -947,8 +946,9 @@ def _finished_before(config: DownloadConfig, finished: set[int]) -> bool:
     """Whether the last run in the folder went through its whole URL list (its summary: not
     stopped, no unfinished shard) and the same shards are still finished: with the settings and
     list unchanged (checked before), a resume has nothing left to do. For a list of unknown
-    size (not parquet) this is the only way to know it without starting img2dataset."""
-    if config.incremental_mode != "incremental" or not finished:
+    size (not parquet) this is the only way to know it without starting img2dataset. A remote
+    list may have grown under the same name: img2dataset reads it again."""
+    if config.incremental_mode != "incremental" or not finished or layout.is_url(config.url_list):
         return False
     try:
         last = json.loads(layout.download_summary_path(Path(config.output_folder)).read_text())
