@@ -126,7 +126,8 @@ BAD_TRAINING = {
 
 
 @pytest.mark.parametrize("case", list(BAD_TRAINING))
-def test_bad_training_input_stops_before_training(data, tmp_path, case):
+def test_bad_training_input_stops_before_training(data, tmp_path, case, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out (" ") that got through would land here
     (tmp_path / "empty").mkdir()
     (tmp_path / "hollow" / "red_circle").mkdir(parents=True)
     (tmp_path / "three_names.txt").write_text("a\nb\nc\n")
@@ -137,6 +138,7 @@ def test_bad_training_input_stops_before_training(data, tmp_path, case):
     out = tmp_path / "run"
     assert_one_line_error(invoke(*tiny(data, out), *flags), *fragments)
     assert not out.exists(), "nothing may be written before the checks pass"
+    assert not (tmp_path / " ").exists()
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
