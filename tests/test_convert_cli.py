@@ -241,9 +241,10 @@ def test_shards_a_stopped_download_never_started_are_named_not_dropped(src, tmp_
 
 def test_a_download_stopped_in_a_list_of_unknown_size_names_the_next_shard(src, tmp_path):
     """A CSV (not parquet) list has no known shard count: a download stopped after shards 0-2
-    lists no unfinished shard, yet 3 and later may be missing. Convert names shard 3."""
+    lists no unfinished shard, yet 3 and later may be missing. Convert names shard 3, and how
+    to finish the download (an extend run cannot simply be re-run)."""
     from clipa_data.core.atomic import write_json
-    from clipa_data.core.layout import download_summary_path
+    from clipa_data.core.layout import download_start_path, download_summary_path
     from clipa_data.prepare.download import DownloadSummary, read_shard_stats
 
     summary = DownloadSummary(
@@ -258,6 +259,16 @@ def test_a_download_stopped_in_a_list_of_unknown_size_names_the_next_shard(src, 
         "stopped before the end of its URL list",
         "re-run the same clipa-data download",
     )
+    # The stopped run extended the download from shard 2: re-running it would add its list again
+    start = {"incremental_mode": "extend", "first_shard": 2, "number_sample_per_shard": 4}
+    write_json(download_start_path(src), start)
+    assert_one_line_error(
+        run(src, tmp_path / "out"), "an extend run cannot resume",
+        "delete the shards it wrote, 00002 and later",
+    )  # fmt: skip
+    write_json(download_start_path(src), {**start, "first_shard": 0})  # extended an empty one
+    assert_one_line_error(run(src, tmp_path / "out"), "--incremental-mode incremental to resume")
+    download_start_path(src).unlink()
     finished = dataclasses.replace(summary, stopped=False)  # ran to its end: nothing missing
     write_json(download_summary_path(src), {"summary": finished.to_json()})
     assert run(src, tmp_path / "out").exit_code == 0

@@ -307,6 +307,13 @@ def test_extend_with_the_url_list_already_read_is_refused(tfrecord_run, tmp_path
     assert "--incremental-mode incremental" in resume_advice(
         dataclasses.replace(extend, incremental_mode="overwrite")
     )
+    # An extend into an empty folder numbered its shards from 0, as an incremental run does:
+    # the incremental re-run resumes it.
+    fresh = dataclasses.replace(extend, output_folder=str(tmp_path / "fresh"))
+    _record_sharding(fresh)
+    shutil.copy(output / "00000_stats.json", tmp_path / "fresh")  # one shard finished
+    _check_extend_runs(dataclasses.replace(fresh, incremental_mode="incremental"))
+    assert "re-run it with --incremental-mode incremental" in resume_advice(fresh)
 
 
 def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):

@@ -45,7 +45,8 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
-from clipa_data.prepare import spark, stores
+from clipa_data.prepare import download_start, spark, stores
+from clipa_data.prepare.download_start import read_start
 from clipa_data.prepare.interrupts import Interrupted, ShardStop
 from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
 from clipa_data.prepare.source_format import SOURCE_FORMATS
@@ -600,47 +601,24 @@ def _first_new_shard(config: DownloadConfig) -> int:
 
 
 def resume_advice(config: DownloadConfig) -> str:
-    """How to finish a download that stopped: the same command, except where that would not
-    resume (``overwrite`` starts over; ``extend`` would add its URL list a second time)."""
-    if config.incremental_mode == "overwrite":
-        return "re-run it with --incremental-mode incremental to resume (finished shards are kept)"
-    if config.incremental_mode == "extend":
-        return (
-            "an extend run cannot resume (a re-run would add its URL list again): delete the "
-            f"shards it wrote, {_written_by_extend(_recorded_start(config.output_folder))} (each "
-            "with its _stats.json and .parquet), then run it again"
-        )
-    return "re-run the same command to resume (finished shards are skipped)"
-
-
-def _written_by_extend(recorded: dict) -> str:
-    first = recorded.get("first_shard")
-    return f"{first:05d} and later" if isinstance(first, int) else "those of that run"
-
-
-def _recorded_start(output_folder: str | Path) -> dict:
-    """What the last run in ``output_folder`` recorded as it started (empty: nothing)."""
-    try:
-        recorded = json.loads(_sharding_path(output_folder).read_text())
-    except (OSError, ValueError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
+    """How to finish this download if it stops (see ``download_start.resume_advice``)."""
+    return download_start.resume_advice(config.incremental_mode, read_start(config.output_folder))
 
 
 def _check_extend_runs(config: DownloadConfig) -> None:
     """The URL list the folder's last run read, again: ``extend`` would download it twice, and
     after an ``extend`` run ``incremental`` would number its shards from 0 (img2dataset's
     resume) and skip those of the earlier lists instead."""
-    recorded = _recorded_start(config.output_folder)
+    recorded = read_start(config.output_folder)
     settings = recorded.get("settings")
     if config.incremental_mode == "overwrite" or not isinstance(settings, dict):
         return
     now = _content_settings(config)
     if any(settings.get(name) != now[name] for name in ("url_list", "url_files")):
         return
-    written = _written_by_extend(recorded)
-    last_extended = recorded.get("incremental_mode") == "extend"
-    if config.incremental_mode == "incremental" and last_extended:
+    first = download_start.extended_from(recorded)
+    written = f"{first:05d} and later" if first is not None else ""
+    if config.incremental_mode == "incremental" and first is not None:
         raise ClipaError(
             f"{config.output_folder}: its last run extended it with URL_LIST {config.url_list}, "
             "which an incremental resume would number from shard 0 and so skip the earlier "
@@ -649,7 +627,7 @@ def _check_extend_runs(config: DownloadConfig) -> None:
         )
     if config.incremental_mode != "extend":
         return
-    if last_extended:
+    if first is not None:
         fix = (
             f"if that run stopped, delete the shards it wrote ({written}, each with its "
             "_stats.json and .parquet) and extend again"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError, CorruptShardError
+from clipa_data.prepare.download_start import read_start, resume_advice
 from clipa_data.prepare.manifest import Damage
 from clipa_data.prepare.schema import ShardSchema, UnparsableRecord, observe
 from clipa_data.prepare.source_format import SourceFormat
@@ -238,7 +239,8 @@ def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[In
     if why is not None:
         listed = [max(ids | counted, default=-1) + 1]
     summary = layout.download_summary_path(src)
-    why = why or (f"{summary} lists this shard as unfinished (the download stopped before it)")
+    why = why or f"{summary} lists this shard as unfinished (the download stopped before it)"
+    fix = _how_to_finish(src)
     return [
         Inspection(
             source=f"{shard:0{width}d}{suffix}",
@@ -247,16 +249,23 @@ def unfinished_shards(src: Path, present: Sequence[str], suffix: str) -> list[In
             mtime_ns=0,
             stats_successes=None,
             schema=None,
-            problem=(
-                f"{src / f'{shard:0{width}d}{suffix}'}: {why}; re-run the same clipa-data "
-                "download to finish it"
-            ),
+            problem=f"{src / f'{shard:0{width}d}{suffix}'}: {why}; {fix}",
             damage=None,
             count_seconds=0.0,
             schema_seconds=0.0,
         )
         for shard in sorted(set(listed) - ids - counted)
     ]
+
+
+def _how_to_finish(src: Path) -> str:
+    """How to finish the stopped download of ``src``: the same command, unless it was one that
+    would not resume (an extend run, an overwrite)."""
+    recorded = read_start(src)
+    mode = recorded.get("incremental_mode", "incremental")
+    if mode == "incremental":
+        return "re-run the same clipa-data download to finish it"
+    return f"to finish the clipa-data download, {resume_advice(mode, recorded)}"
 
 
 def _unfinished_by_the_download(src: Path) -> tuple[list[int], str | None]:
@@ -280,7 +289,8 @@ def _unfinished_by_the_download(src: Path) -> tuple[list[int], str | None]:
     if summary.get("stopped") is True and summary.get("expected_shards", 0) is None:
         return [], (
             f"{summary_path} says the download was stopped before the end of its URL list, "
-            "whose size was unknown, so this shard and those after it may be missing"
+            "whose shards were not counted beforehand, so this shard and those after it may be "
+            "missing"
         )
     return listed, None
 
