@@ -32,6 +32,7 @@ from clipa_train.run_config import (
     coerce_option,
     option_flag,
     resolve,
+    same_value,
 )
 from clipa_train.run_dir import run_files
 
@@ -264,14 +265,17 @@ def check_same_stage(stage: PlannedStage, flags: dict, label: str) -> None:
     recipe (an edited file, another ``--set``/flag) now gives, naming them: a finished stage
     would be kept as if it were the new one, an unfinished one changed mid-run."""
     try:
-        recorded = json.loads((stage.run_dir / "config.json").read_text())["options"]
+        saved = json.loads((stage.run_dir / "config.json").read_text())
+        # Options whose defaults the run worked out (a warm-up capped at the stage's steps)
+        # are compared as they were given.
+        recorded = {**saved["options"], **saved["given"]}
     except (OSError, ValueError, KeyError, TypeError):
-        return  # stopped before it wrote its config: nothing to compare with
+        return  # stopped before it wrote its config, or an older clipa's: nothing to go by
     now = resolve(stage.recipe.stage, flags).to_json()
     changed = [
         name
         for name in WHAT_A_STAGE_TRAINS
-        if name in recorded and json.dumps(recorded[name]) != json.dumps(now[name])
+        if name in recorded and not same_value(recorded[name], now[name])
     ]
     if changed:
         was = ", ".join(f"{option_flag(n)} {recorded[n]}" for n in changed)
@@ -300,7 +304,7 @@ def run_recipe(
         finished = status.state == "finished"
         start_from = None if finished else previous_checkpoint(recipe, stages, stage.index)
         flags = stage_flags(stage, status, start_from)
-        if status.state != "new":
+        if status.checkpoint is not None:  # one without a checkpoint starts over anyway
             placeholder = finished and stage.index  # a finished stage's --from is not needed
             stand_in = {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if placeholder else {}
             check_same_stage(stage, {**flags, **stand_in}, label)

@@ -85,8 +85,12 @@ class ResolvedStage:
         origin = self.config.model.from_checkpoint
         if origin:  # absolute: clipa-train report chains the runs from any folder
             resolved["from_checkpoint"] = str(Path(origin).resolve())
+        given = self.config.to_json()
         return {
-            "options": {**self.config.to_json(), **resolved},
+            "options": {**given, **resolved},
+            # What those options were before their defaults were worked out (a recipe's warm-up
+            # capped at the stage's steps, say): a re-run compares what it is given with these.
+            "given": {name: given.get(name) for name in resolved},
             "derived": {
                 "total_steps": self.optim.total_steps,
                 "warmup_steps": self.optim.warmup_steps,

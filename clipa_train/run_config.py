@@ -842,11 +842,12 @@ def _as_given(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two option values are the same (1 and 1.0, a list and a tuple are)."""
     if isinstance(a, int | float) and isinstance(b, int | float):
         return float(a) == float(b)
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -867,7 +868,7 @@ def resolve(
         fixed = recipe_options(name, stage)
         check_recipe_tokenizer(name, stage_recipe(name, stage), given.get("tokenizer"))
         for key, value in given.items():
-            if key in fixed and not _same(value, fixed[key]):
+            if key in fixed and not same_value(value, fixed[key]):
                 raise ClipaError(
                     f"--recipe {name} {_recipe_setting(fixed, key)} for {stage}; "
                     f"drop {option_flag(key)} {_as_given(value)} or the recipe"

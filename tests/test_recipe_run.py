@@ -176,6 +176,25 @@ def test_a_stage_run_with_other_settings_is_neither_skipped_nor_continued(
     assert "its run trained with --seed 0" in last and "Traceback" not in result.output
 
 
+def test_a_re_run_compares_the_settings_as_given_not_as_worked_out(setup, killed_between_stages):
+    """config.json records worked-out values (a warm-up capped at the stage's steps, a preset's
+    image size): the unchanged recipe run again skips its finished stages, and a stage stopped
+    before its first checkpoint starts over with new settings rather than being refused."""
+    run = setup["root"] / "as-given"
+    shutil.copytree(killed_between_stages["out"], run)
+    config = json.loads((run / "pretrain" / "config.json").read_text())
+    config["options"]["warmup_steps"] = 0  # as a warm-up longer than the stage was capped
+    (run / "pretrain" / "config.json").write_text(json.dumps(config))
+    again = invoke(*command(setup["recipe"], setup["data"], run))
+    assert again.exit_code == 0, again.output
+    assert again.stderr.count("already finished, skipped") == 2, again.stderr
+    shutil.rmtree(run / "finetune" / "checkpoints")  # stopped before its first checkpoint
+    (run / "finetune" / "checkpoints").mkdir()
+    seeded = invoke(*command(setup["recipe"], setup["data"], run, "--set", "finetune.seed=3"))
+    assert seeded.exit_code == 0, seeded.output
+    assert json.loads((run / "finetune" / "config.json").read_text())["options"]["seed"] == 3
+
+
 def test_a_stage_whose_previous_stage_did_not_finish_is_refused(setup, killed_between_stages):
     empty = setup["root"] / "empty"
     result = invoke(*command(setup["recipe"], setup["data"], empty, "--stage", "finetune"))
