@@ -214,7 +214,7 @@ def _suggestions(stage: ResolvedStage, world: int, shape: MemoryShape, fits) -> 
         both = _smaller_batch(stage, world, dataclasses.replace(shape, workers=0), fits)
         if both is not None:
             options.append(f"{both} together with --workers 0")
-    if not shape.grad_checkpointing:
+    if not shape.grad_checkpointing and not stage.config.recipe:  # a recipe sets it
         checkpointed = dataclasses.replace(shape, grad_checkpointing=True)
         if fits(checkpointed):
             total = estimate_memory(checkpointed).total

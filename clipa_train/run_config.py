@@ -876,25 +876,40 @@ def resolve(
         values.update(fixed)
     values.update(given)
     config = TrainConfig.from_options(stage, values)
-    _refuse_ignored(given, config)
+    _refuse_ignored(stage, given, fixed if name else {}, config)
     return config
 
 
-IGNORED_UNLESS: tuple[tuple[str, Any, str], ...] = (
-    ("mask_ratio", lambda c: c.reduction.image_mask in RATIO_MASKS,
+IGNORED_UNLESS: tuple[tuple[str, Any, str, str], ...] = (
+    ("mask_ratio", lambda c: c.reduction.image_mask in RATIO_MASKS, "image_mask",
      f"--image-mask {' or '.join(RATIO_MASKS)}"),
-    ("color_jitter_prob", lambda c: c.augment.color_jitter is not None, "--color-jitter"),
-    ("compile_backend", lambda c: c.optim.compile != "off", "--compile auto or on"),
-    ("wandb_project", lambda c: "wandb" in parse_loggers(c.logging.log), "--log wandb"),
+    ("color_jitter_prob", lambda c: c.augment.color_jitter is not None, "color_jitter",
+     "--color-jitter"),
+    ("compile_backend", lambda c: c.optim.compile != "off", "compile", "--compile auto or on"),
+    ("wandb_project", lambda c: "wandb" in parse_loggers(c.logging.log), "log", "--log wandb"),
 )  # fmt: skip
-"""Options that mean something only beside another: given alone they would be ignored."""
+"""Options that mean something only beside another (option, whether it applies, the other
+option, what it needs): given alone they would be ignored."""
 
 
-def _refuse_ignored(given: dict[str, Any], config: TrainConfig) -> None:
-    """One line for an option given explicitly (flag or config file) that would be ignored."""
-    for name, applies, needs in IGNORED_UNLESS:
-        if name in given and not applies(config):
-            raise ClipaError(
-                f"{option_flag(name)} {given[name]} would be ignored without {needs}; add it, "
-                f"or drop {option_flag(name)}"
-            )
+def _refuse_ignored(
+    stage: str, given: dict[str, Any], fixed: dict[str, Any], config: TrainConfig
+) -> None:
+    """One line for an option given explicitly (flag or config file) that would be ignored;
+    one that only repeats its default or the recipe's value changes nothing and passes."""
+    for name, applies, other, needs in IGNORED_UNLESS:
+        if name not in given or applies(config):
+            continue
+        default = fixed.get(
+            name, STAGE_DEFAULTS[stage].options.get(name, option_spec(name).default)
+        )
+        if same_value(given[name], default):
+            continue
+        fix = (
+            f"drop {option_flag(name)} (--recipe {given['recipe']} fixes {option_flag(other)})"
+            if other in fixed
+            else f"add it, or drop {option_flag(name)}"
+        )
+        raise ClipaError(
+            f"{option_flag(name)} {_as_given(given[name])} would be ignored without {needs}; {fix}"
+        )

@@ -228,3 +228,22 @@ def test_under_a_recipe_the_refusal_names_only_what_the_recipe_allows(
     assert "use --accum-steps auto --micro-batch " in line, line
     suggestions = line.split(" free ")[1]
     assert "--batch-size" not in suggestions and "--model" not in suggestions, line
+    # A recipe file that turns gradient checkpointing off fixes that too: not suggested
+    import json
+
+    from clipa_train.recipes import stage_recipe
+
+    stage = {**stage_recipe("clipa-b16-i50-t16", "pretrain").__dict__, "grad_checkpointing": False}
+    stage["global_batch"] = 1024  # small enough that checkpointing alone would fit
+    stage["color_jitter"] = None
+    (tmp_path / "r.json").write_text(json.dumps({"stages": [stage]}))
+    with pytest.raises(ClipaError) as refused:
+        check_memory(
+            resolve_stage(resolve("pretrain", {**given, "recipe": str(tmp_path / "r.json")})),
+            world=1,
+        )
+    line = str(refused.value)
+    assert (
+        "--accum-steps auto --micro-batch " in line
+        and "--grad-checkpointing" not in line.split(" free ")[1]
+    ), line

@@ -112,3 +112,19 @@ def test_bad_options(changes, message):
 def test_finetune_needs_a_checkpoint():
     with pytest.raises(ClipaError, match="finetune needs --from"):
         resolve("finetune", BASE)
+
+
+def test_an_option_that_would_be_ignored_is_refused_unless_it_changes_nothing():
+    """--mask-ratio without a ratio mask is refused; repeating its default, or a recipe's own
+    value, changes nothing and passes. Under a recipe that fixes the other option the fix is
+    to drop the flag, not to add what the recipe refuses."""
+    with pytest.raises(ClipaError, match=r"--mask-ratio 0\.3 would be ignored without --image"):
+        resolve("pretrain", {**BASE, "mask_ratio": 0.3})
+    resolve("pretrain", {**BASE, "compile": "off", "compile_backend": "inductor"})  # default
+    recipe = {**BASE, "recipe": "clipa-b16-i50-t16"}
+    resolve("pretrain", {**recipe, "mask_ratio": 0.0})  # the recipe's own value
+    with pytest.raises(ClipaError) as refused:
+        resolve("pretrain", {**recipe, "color_jitter_prob": 0.5})
+    assert str(refused.value).endswith(
+        "drop --color-jitter-prob (--recipe clipa-b16-i50-t16 fixes --color-jitter)"
+    )
