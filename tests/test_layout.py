@@ -74,6 +74,23 @@ def test_not_a_builder_dir(tmp_path):
         layout.resolve_builder_dir(tmp_path / "nope")
 
 
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"splits": {"train": {"name": "train", "num_examples": 3}}, "dataset_name": "hf"},
+        [],
+        None,
+        {"name": "x", "splits": ["train"]},
+    ],
+)
+def test_a_dataset_info_that_is_not_tfds_is_one_line(tmp_path, info):
+    """A Hugging Face datasets folder also has a dataset_info.json, of another shape: one line
+    saying so, not a TypeError from deep inside (info, tag, preview and training read it)."""
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(ClipaError, match=r"not a TFDS dataset_info.json .*clipa-data convert"):
+        layout.split_names(tmp_path)
+
+
 def test_ambiguous_builder_dirs(tmp_path):
     write_info(tmp_path / "a" / "1.0.0", [1])
     write_info(tmp_path / "b" / "1.0.0", [1])

@@ -346,7 +346,7 @@ def read_dataset_info(builder: str | Path) -> dict:
     """The parsed ``dataset_info.json`` of a builder directory."""
     info_path = join(builder, DATASET_INFO)
     try:
-        return json.loads(read_text(info_path))
+        info = json.loads(read_text(info_path))
     except FileNotFoundError:
         raise ClipaError(
             f"{builder} is not a builder directory: {DATASET_INFO} is missing; "
@@ -354,6 +354,18 @@ def read_dataset_info(builder: str | Path) -> dict:
         ) from None
     except json.JSONDecodeError as error:
         raise ClipaError(f"{info_path}: not valid JSON ({error})") from None
+    splits = info.get("splits", []) if isinstance(info, dict) else None
+    if not (
+        isinstance(info.get("name") if isinstance(info, dict) else None, str)
+        and isinstance(splits, list)
+        and all(isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in splits)
+    ):
+        raise ClipaError(
+            f"{info_path}: not a TFDS dataset_info.json (it needs a name and a list of splits; "
+            "a Hugging Face datasets folder has another one); convert the data into a builder "
+            "directory with: clipa-data convert SRC OUT"
+        )
+    return info
 
 
 def read_split(builder: str | Path, split: str) -> SplitInfo:
