@@ -71,7 +71,10 @@ class JsonlLogger:
 
     def start(self, hparams: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        path = self.run_dir / "metrics.jsonl"
+        self.handle = open(path, "a")  # noqa: SIM115 - closed in close()
+        if _ends_mid_line(path):  # a killed run's partial record: end it, or it eats our first
+            self.handle.write("\n")
 
     def log(self, step: int, scalars: dict[str, Any]) -> None:
         self.handle.write(json.dumps(scalars) + "\n")
@@ -80,6 +83,16 @@ class JsonlLogger:
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether ``path`` is non-empty and its last byte is not a newline."""
+    with open(path, "rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        if stream.tell() == 0:
+            return False
+        stream.seek(-1, os.SEEK_END)
+        return stream.read(1) != b"\n"
 
 
 def _numeric(scalars: dict[str, Any]) -> dict[str, float]:

@@ -182,3 +182,24 @@ def test_wandb_not_installed_is_one_warning_with_the_install_command(tmp_path, d
     assert "wandb is not installed" in warnings[0] and "pip install wandb" in warnings[0]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == STEPS // LOG_EVERY
     assert not (tmp_path / "wandb-dir").exists()
+
+
+def test_a_resume_after_a_partial_last_record_starts_its_records_on_a_new_line(tmp_path):
+    """A killed run can leave metrics.jsonl ending mid-record; the resumed run's first record
+    goes on its own line (appended to the partial one, both would be unreadable)."""
+    from clipa_train.loggers import JsonlLogger
+    from clipa_train.run_records import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    logger = JsonlLogger(tmp_path)
+    logger.start({})
+    logger.log(2, {"step": 2, "loss": 1.5})
+    logger.close()
+    records, notes = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2] and records[1]["loss"] == 1.5
+    assert len(notes) == 1 and "2" in notes[0]  # the partial line, skipped and named
+    again = JsonlLogger(tmp_path)  # a file that ends with a newline gets no empty line
+    again.start({})
+    again.close()
+    assert path.read_text().endswith('"loss": 1.5}\n')
