@@ -165,7 +165,7 @@ def summary_rows(runs: list[RunRecords]) -> list[list[str]]:
                 run.family,
                 str(run.image_tokens),
                 str(run.text_tokens),
-                str(run.last_step) + ("" if run.summary else " (unfinished)"),
+                str(run.last_step) + ("" if run.finished else " (unfinished)"),
                 f"{run.samples(run.last_step):,}",
                 f"{run.flops(run.last_step):.3g}",
                 f"{run.train[-1]['loss']:.4f}" if run.train else "n/a",

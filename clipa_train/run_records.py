@@ -98,6 +98,20 @@ class RunRecords:
         return max((r["step"] for r in self.train), default=0)
 
     @property
+    def finished(self) -> bool:
+        """Whether the run made all its steps: a ``summary.json`` of a run that was not
+        stopped, at its last step, and no later record (a resumed attempt still running keeps
+        the earlier attempt's summary until it ends)."""
+        summary = self.summary or {}
+        steps = summary.get("steps")
+        return (
+            isinstance(steps, int)
+            and steps == summary.get("total_steps")
+            and not any(summary.get(flag) for flag in ("stopped", "diverged", "failure"))
+            and self.last_step <= steps
+        )
+
+    @property
     def final_top1(self) -> float | None:
         return self.evals[-1]["eval/top1"] if self.evals else None
 

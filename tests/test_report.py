@@ -168,6 +168,26 @@ def test_a_run_stopped_before_its_first_record_still_reports(runs, tmp_path):
     assert "0 (unfinished)" in (tmp_path / "report" / "index.html").read_text()
 
 
+def test_a_stopped_run_and_a_resumed_one_still_running_are_unfinished(runs, tmp_path):
+    """summary.json is written by a stopped run too, and a resumed attempt keeps the earlier
+    one's until it ends: neither makes a run finished in the table."""
+    stopped = shutil.copytree(
+        runs["a"], tmp_path / "stopped", ignore=shutil.ignore_patterns("*.pt")
+    )
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["steps"] == summary["total_steps"]
+    (stopped / "summary.json").write_text(json.dumps({**summary, "stopped": True}))
+    running = shutil.copytree(
+        runs["a"], tmp_path / "running", ignore=shutil.ignore_patterns("*.pt")
+    )
+    last = json.loads((running / "metrics.jsonl").read_text().splitlines()[-1])
+    (running / "summary.json").write_text(json.dumps({**summary, "steps": last["step"] - 1}))
+    result = invoke("report", runs["a"], stopped, running, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("(unfinished)") == 2, page
+
+
 def test_a_run_directory_without_metrics_is_one_line(runs, tmp_path):
     run = shutil.copytree(runs["a"], tmp_path / "empty", ignore=shutil.ignore_patterns("*.pt"))
     (run / "metrics.jsonl").unlink()
