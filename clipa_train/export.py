@@ -20,6 +20,7 @@ options without them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -250,10 +251,10 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
         if out.is_file():
             raise ClipaError(f"{out} is a file; --format {config.format} writes a folder")
         return out / CONFIG_NAME, out / (SAFE_WEIGHTS_NAME if chosen.safetensors else WEIGHTS_NAME)
-    if out.is_dir():
+    if out.is_dir() or str(config.out).endswith(("/", os.sep)):  # "newdir/": a folder too
         raise ClipaError(
-            f"{out} is a folder; --format {config.format} writes one file (give OUT.pt, or use "
-            "--format openclip-dir)"
+            f"{config.out} is a folder; --format {config.format} writes one file (give OUT.pt, "
+            "or use --format openclip-dir)"
         )
     return None, out
 

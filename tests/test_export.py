@@ -146,6 +146,7 @@ def test_a_run_directory_names_its_newest_checkpoint(runs, tmp_path):
         ("empty", [], ["directory without checkpoints"]),
         ("missing", [], ["does not exist"]),
         ("folder-out", [], ["is a folder", "--format openclip-dir"]),
+        ("new-folder-out", [], ["new/ is a folder", "--format openclip-dir"]),
         ("file-out", ["--format", "openclip-dir"], ["is a file", "writes a folder"]),
         ("below-a-file", [], ["file-out is a file, not a folder", "out.pt"]),
         ("bad-format", ["--format", "onnx"], ["unknown export format 'onnx'", "openclip-dir"]),
@@ -168,6 +169,7 @@ def test_export_bad_input(runs, tmp_path, where, extra, fragments):
     }.get(where, runs["contrastive"])
     out = {
         "folder-out": tmp_path / "empty",
+        "new-folder-out": f"{tmp_path / 'new'}/",
         "file-out": tmp_path / "file-out",
         "below-a-file": tmp_path / "file-out" / "out.pt",
         "pickle-as-safetensors": tmp_path / "out.safetensors",
@@ -175,7 +177,7 @@ def test_export_bad_input(runs, tmp_path, where, extra, fragments):
     }.get(where, tmp_path / "out.pt")
     result = invoke("export", source, out, *extra)
     assert_one_line_error(result, *fragments)
-    assert not (tmp_path / "out.safetensors").exists()
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "new").exists()
 
 
 def test_openclip_dir_preprocess_uses_the_runs_image_norm(tmp_path):
