@@ -112,3 +112,32 @@ def test_ctrl_c_stops_after_the_shards_in_flight_or_at_once_and_resumes(
     summary = json.loads(Path(layout.tag_summary_path(builder)).read_text())
     assert summary["shards_skipped"] == len(done)  # resumed: the finished ones not tagged again
     assert summary["shards_tagged"] == SHARDS - len(done)
+    if signals == 1:
+        assert_an_overwrite_stopped_mid_way_resumes(builder, sidecars(reference), env)
+
+
+def assert_an_overwrite_stopped_mid_way_resumes(builder: Path, want: dict, env: dict) -> None:
+    """``tag --overwrite`` stopped mid-way, run again, re-tags only the shards it had not
+    re-tagged yet (not all of them again): the stopped run's mark says which are its own."""
+    from clipa_data.prepare.tagging import OVERWRITE_MARK
+
+    folder = Path(layout.sidecar_dir(builder))
+    mark = folder / OVERWRITE_MARK
+
+    def retagged() -> bool:
+        since = mark.stat().st_mtime_ns if mark.exists() else None
+        return since is not None and any(
+            p.stat().st_mtime_ns >= since for p in folder.glob("*.arrow")
+        )
+
+    command = [*tag_command(builder), "--overwrite"]
+    stopped = ctrl_c_when(command, retagged, 1, env)
+    match = STOPPED.search(stopped.stderr)
+    if match is None:  # every shard re-tagged before the signal: nothing left to resume
+        return
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(Path(layout.tag_summary_path(builder)).read_text())
+    assert summary["shards_skipped"] == int(match[1]) >= 1, (stopped.stderr, summary)
+    assert summary["shards_tagged"] == SHARDS - int(match[1])
+    assert sidecars(builder) == want and not mark.exists()

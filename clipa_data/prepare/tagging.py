@@ -11,6 +11,7 @@ naming the shard, unless ``overwrite`` re-tags it. The run ends with ``sidecars/
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -241,17 +242,9 @@ def tag_shard(job: ShardJob) -> ShardTagResult:
 
 def finished(job: ShardJob) -> bool:
     """Whether ``job``'s sidecar exists and is valid for this run; raises if it conflicts."""
-    if not layout.exists(job.sidecar):
+    conflicts = _conflicts(job)
+    if conflicts is None:
         return False
-    info, rows = read_header(job.sidecar)
-    expected = sidecar_info(job.tagger, job.text_field, job.shard)
-    conflicts = [
-        f"{name} {getattr(info, name)!r} (this run: {getattr(expected, name)!r})"
-        for name in ("vocab_sha256", "text_field", "tagger", "tagger_model", "shard")
-        if getattr(info, name) != getattr(expected, name)
-    ]
-    if rows != job.num_records:
-        conflicts.append(f"{rows} rows for {job.num_records} records")
     if conflicts:
         raise ClipaError(
             f"{job.sidecar}: existing sidecar of shard {Path(job.shard).name} does not match "
@@ -276,6 +269,47 @@ def shard_jobs(builder: str | Path, config: TagConfig, tagger: TaggerSpec) -> li
     ]
 
 
+def _conflicts(job: ShardJob) -> list[str] | None:
+    """How ``job``'s existing sidecar differs from what this run writes (empty: it does not);
+    None when there is no sidecar."""
+    if not layout.exists(job.sidecar):
+        return None
+    info, rows = read_header(job.sidecar)
+    expected = sidecar_info(job.tagger, job.text_field, job.shard)
+    conflicts = [
+        f"{name} {getattr(info, name)!r} (this run: {getattr(expected, name)!r})"
+        for name in ("vocab_sha256", "text_field", "tagger", "tagger_model", "shard")
+        if getattr(info, name) != getattr(expected, name)
+    ]
+    if rows != job.num_records:
+        conflicts.append(f"{rows} rows for {job.num_records} records")
+    return conflicts
+
+
+OVERWRITE_MARK = "tag_overwrite_started.json"
+"""In ``sidecars/``: written when an ``--overwrite`` run starts, removed when it ends. A re-run
+finds the sidecars the stopped one re-tagged (newer than the mark, with this run's settings)
+and skips them, so ``--overwrite`` resumes like any other run."""
+
+
+def _retagged_by_a_stopped_overwrite(builder, jobs: list[ShardJob]) -> dict[str, ShardJob]:
+    """Under ``--overwrite``: the sidecars a stopped ``--overwrite`` run with these settings
+    already wrote (none on a store: no modification times to go by); marks this run's start."""
+    if layout.is_url(builder):
+        return {}
+    mark = Path(layout.sidecar_dir(builder)) / OVERWRITE_MARK
+    if not mark.is_file():
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        return {}
+    since = mark.stat().st_mtime_ns
+    return {
+        job.shard: job
+        for job in jobs
+        if _conflicts(job) == [] and Path(job.sidecar).stat().st_mtime_ns >= since
+    }
+
+
 def tag_builder(config: TagConfig) -> TagSummary:
     """Tag every shard of a builder directory that has no finished sidecar; write the summary."""
     start = time.perf_counter()
@@ -287,7 +321,10 @@ def tag_builder(config: TagConfig) -> TagSummary:
     if not layout.is_url(builder):
         check_writable_folder(Path(layout.sidecar_dir(builder)), "the sidecars")
     stores.remove_temporaries(layout.sidecar_dir(builder))
-    skipped = {} if config.overwrite else {job.shard: job for job in jobs if finished(job)}
+    if config.overwrite:
+        skipped = _retagged_by_a_stopped_overwrite(builder, jobs)
+    else:
+        skipped = {job.shard: job for job in jobs if finished(job)}
     todo = [job for job in jobs if job.shard not in skipped]
     plan = RunnerConfig(
         description="tagging",
@@ -305,6 +342,8 @@ def tag_builder(config: TagConfig) -> TagSummary:
         name_of=lambda job: Path(job.shard).name,
     )
     stores.remove_temporaries(layout.sidecar_dir(builder))  # of workers killed mid-write
+    if config.overwrite and not layout.is_url(builder):  # every shard re-tagged: done
+        (Path(layout.sidecar_dir(builder)) / OVERWRITE_MARK).unlink(missing_ok=True)
     by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
     results = tuple(
         by_shard.get(job.shard)
