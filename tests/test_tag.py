@@ -169,6 +169,21 @@ def test_existing_sidecar_from_another_tagger_is_not_overwritten(builder, nltk_e
     assert "--overwrite" in result.output
 
 
+def test_check_names_sidecars_of_another_tagger_than_the_rest(builder, nltk_env, tmp_path):
+    """Two taggers' sidecars in one builder pass each shard's own check, yet the syntax mask
+    would rank words of some captions by one tagger, others by another: --check says so."""
+    other = shutil.copytree(builder, tmp_path / "other")
+    assert cli("tag", other, *SPACY, "--workers", "1", "--no-progress").exit_code == 0
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    first = shard_paths(builder)[0]
+    shutil.copy(layout.sidecar_path(other, Path(first).name), layout.sidecar_path(builder, first))
+    check = cli("tag", builder, "--check", "--workers", "1", "--no-progress")
+    assert check.exit_code == 2, check.output
+    line = " ".join(check.output.split())
+    assert f"sidecar of shard {Path(first).name} was tagged by spacy" in line, line
+    assert "most shards by nltk" in line and "--overwrite --tagger nltk" in line, line
+
+
 def test_spacy_tagging_and_coverage(builder):
     before = sidecar_coverage(builder)
     assert (before["shards"], before["with_sidecar"], before["rows"]) == (3, 0, 0)

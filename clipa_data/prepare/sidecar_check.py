@@ -8,7 +8,7 @@ Coverage only reads sidecar headers (metadata and row counts): cheap enough for 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -67,6 +67,8 @@ class ShardCheck:
     """Records the shard declares."""
     problem: str = ""
     """Empty when the sidecar matches; else one line naming the shard and the fix."""
+    tagger: str = ""
+    """The tagger and model that wrote the sidecar (empty without one)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,34 @@ def check_shard(job: CheckJob) -> ShardCheck:
         check_keys(rows, keys, job.sidecar, name)
     except ClipaError as error:
         return ShardCheck(name, job.num_records, str(error))
-    return ShardCheck(name, job.num_records)
+    info, _ = read_header(job.sidecar)
+    return ShardCheck(name, job.num_records, tagger=f"{info.tagger} {info.tagger_model}".strip())
+
+
+def one_tagger(checks: list[ShardCheck], builder: str, text_field: str) -> list[ShardCheck]:
+    """``checks`` with a problem for each sidecar not written by the tagger most shards have:
+    the syntax mask would rank the words of some captions by one tagger, others by another."""
+    counts: dict[str, int] = {}
+    for check in checks:
+        if check.tagger:
+            counts[check.tagger] = counts.get(check.tagger, 0) + 1
+    if len(counts) < 2:
+        return checks
+    main = max(counts, key=counts.get)
+    name, _, model = main.partition(" ")
+    fix = f"{layout.tag_command(builder, text_field, overwrite=True)} --tagger {name}"
+    fix += f" --spacy-model {model}" if name == "spacy" and model else ""
+    return [
+        replace(
+            check,
+            problem=f"sidecar of shard {check.shard} was tagged by {check.tagger}, most shards by "
+            f"{main}: one builder's captions must be ranked by one tagger; re-tag them all with: "
+            f"{fix}",
+        )
+        if check.tagger and check.tagger != main
+        else check
+        for check in checks
+    ]
 
 
 def check_sidecars(config: CheckConfig) -> CheckReport:
@@ -137,7 +166,8 @@ def check_sidecars(config: CheckConfig) -> CheckReport:
         show_progress=config.show_progress,
     )
     results = map_shards(check_shard, jobs, plan, units_of=lambda result: result.records)
-    return CheckReport(builder_dir=str(builder), shards=tuple(results))
+    checked = one_tagger(results, str(builder), config.text_field)
+    return CheckReport(builder_dir=str(builder), shards=tuple(checked))
 
 
 def sidecar_coverage(builder_dir: str | Path) -> dict:
