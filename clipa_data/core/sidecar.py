@@ -36,6 +36,7 @@ import contextlib
 import functools
 import itertools
 import json
+import posixpath
 import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -278,9 +279,12 @@ def check_info(info: SidecarInfo, expected: SidecarExpectation, path: str) -> No
             f"(sha256 {info.vocab_sha256[:12]}…); re-create it with clipa-data tag --overwrite"
         )
     if info.text_field != expected.text_field:
+        builder = posixpath.dirname(posixpath.dirname(str(path)))  # BUILDER/sidecars/NAME.arrow
         raise ClipaError(
             f"{path}: sidecar of shard {expected.shard} holds field {info.text_field!r}, "
-            f"expected {expected.text_field!r}; re-tag with: clipa-data tag BUILDER_DIR "
+            f"expected {expected.text_field!r}; pass --text-field "
+            f"{shlex.quote(info.text_field)} (the field the sidecars were tagged from), or "
+            f"re-tag from {expected.text_field!r} with: clipa-data tag {shlex.quote(builder)} "
             f"--text-field {shlex.quote(expected.text_field)} --overwrite"
         )
 
