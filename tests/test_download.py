@@ -260,6 +260,7 @@ def test_resume_with_other_i2d_shard_settings_is_refused(tfrecord_run, tmp_path)
 def test_resume_after_a_file_joins_the_url_list_folder_is_refused(tfrecord_run, tmp_path):
     """img2dataset numbers shards across a folder's files in name order: a file added before
     the others would make the resume skip its rows and download the first file's again."""
+    from clipa_data.core import layout
     from clipa_data.prepare.download import _record_sharding
 
     config, _ = tfrecord_run
@@ -269,7 +270,10 @@ def test_resume_after_a_file_joins_the_url_list_folder_is_refused(tfrecord_run, 
     folder.mkdir()
     shutil.copy(config.url_list, folder / "part-00001.parquet")
     from_folder = dataclasses.replace(config, output_folder=str(output), url_list=str(folder))
+    summary = layout.download_summary_path(output)
+    finished_run = summary.read_bytes()
     _record_sharding(from_folder)  # what the download from the folder recorded as it started
+    summary.write_bytes(finished_run)  # ... and its summary when it ended
     shutil.copy(config.url_list, folder / "part-00000.parquet")
     with pytest.raises(ClipaError) as refused:
         download(from_folder)
@@ -278,6 +282,13 @@ def test_resume_after_a_file_joins_the_url_list_folder_is_refused(tfrecord_run, 
     assert "downloaded with URL_LIST files part-00000.parquet (none);" in message
     assert f"gives URL_LIST files part-00000.parquet ({size:,} B))" in message
     assert "part-00001" not in message  # unchanged files are not listed
+    # A file that sorts after the others only adds shards after theirs: a resume downloads it
+    from clipa_data.prepare.download import _check_same_settings, _finished_before
+
+    (folder / "part-00000.parquet").unlink()
+    shutil.copy(config.url_list, folder / "part-00002.parquet")
+    _check_same_settings(from_folder)
+    assert not _finished_before(from_folder, {0, 1, 2})  # and it is not skipped as finished
 
 
 def test_extend_with_the_url_list_already_read_is_refused(tfrecord_run, tmp_path):

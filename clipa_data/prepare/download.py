@@ -657,6 +657,8 @@ def _check_same_settings(config: DownloadConfig) -> None:
         if config.incremental_mode != "extend" or n not in ("url_list", "url_files")
     ]
     changed = [n for n in names if n in recorded and recorded[n] != now[n]]
+    if "url_files" in changed and _appended(recorded["url_files"], now["url_files"]):
+        changed.remove("url_files")  # new files after the others: new shards after the others
     if "url_files" in changed and recorded["url_files"] and now["url_files"]:
         # Name only the files that differ: a folder may hold hundreds.
         was_files, now_files = recorded["url_files"], now["url_files"]
@@ -684,6 +686,15 @@ def _as_flag(name: str, value: Any) -> str:
         value = ",".join(map(str, value))
     shown = shlex.quote(str(value if value is not None else ""))
     return f"URL_LIST {shown}" if name == "url_list" else f"--{name.replace('_', '-')} {shown}"
+
+
+def _appended(was: dict[str, int] | None, now: dict[str, int] | None) -> bool:
+    """Whether the URL-list folder only gained files that sort after all of its earlier ones,
+    which are unchanged: img2dataset numbers their shards after the earlier files' shards, so
+    the finished shards stay what they were and a resume downloads the new ones."""
+    if not was or not now or any(now.get(name) != size for name, size in was.items()):
+        return False
+    return all(name > max(was) for name in now.keys() - was.keys())
 
 
 def _only(files: dict[str, int], names: set[str]) -> dict[str, int | None]:
@@ -932,7 +943,10 @@ def _finished_before(config: DownloadConfig, finished: set[int]) -> bool:
         last = json.loads(layout.download_summary_path(Path(config.output_folder)).read_text())
         summary = last["summary"]
         shards = {int(shard["shard"]) for shard in summary["per_shard"]}
+        files = read_start(config.output_folder)["settings"]["url_files"]
     except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if files != _content_settings(config)["url_files"]:  # files added to the folder since
         return False
     return (
         summary.get("stopped") is False
