@@ -552,9 +552,11 @@ SHARD_CONTENT_SETTINGS = (
 )  # fmt: skip
 """The settings that decide what a shard holds: a resume with any of them changed would leave
 shards of two kinds in one folder (``extend`` mode adds shards from another URL list). ``extra``
-is the ``--i2d`` arguments but those in ``EXTRAS_OUTSIDE_SHARDS``; ``url_files`` the local URL
-list's files with their sizes (img2dataset numbers shards across them in name order, so a file
-added, removed or rewritten in a folder moves every shard after it)."""
+is the ``--i2d`` arguments but those in ``EXTRAS_OUTSIDE_SHARDS``; ``url_files`` the names of
+the local URL list's files (img2dataset numbers shards across them in name order, so a file
+removed from a folder, or added before others, moves every shard after it). Their contents are
+not compared: a list written again with other URLs for the same images (the demo serves them on
+a new port each run) is the same list."""
 
 EXTRAS_OUTSIDE_SHARDS = (
     "enable_wandb", "wandb_project", "subjob_size", "max_shard_retry", "user_agent_token",
@@ -572,7 +574,7 @@ def _content_settings(config: DownloadConfig) -> dict[str, Any]:
     if not layout.is_url(config.url_list):  # the same list, however the path was spelled
         settings["url_list"] = str(Path(config.url_list).resolve())
         files = _input_files(config)
-        settings["url_files"] = {path.name: path.stat().st_size for path in files}
+        settings["url_files"] = [path.name for path in files]
     return settings
 
 
@@ -661,8 +663,8 @@ def _check_same_settings(config: DownloadConfig) -> None:
         changed.remove("url_files")  # new files after the others: new shards after the others
     if "url_files" in changed and recorded["url_files"] and now["url_files"]:
         # Name only the files that differ: a folder may hold hundreds.
-        was_files, now_files = recorded["url_files"], now["url_files"]
-        differ = {k for k in {*was_files, *now_files} if was_files.get(k) != now_files.get(k)}
+        was_files, now_files = set(recorded["url_files"]), set(now["url_files"])
+        differ = was_files ^ now_files
         recorded = {**recorded, "url_files": _only(was_files, differ)}
         now = {**now, "url_files": _only(now_files, differ)}
     if changed:
@@ -688,30 +690,27 @@ def _as_flag(name: str, value: Any) -> str:
     return f"URL_LIST {shown}" if name == "url_list" else f"--{name.replace('_', '-')} {shown}"
 
 
-def _appended(was: dict[str, int] | None, now: dict[str, int] | None) -> bool:
-    """Whether the URL-list folder only gained files that sort after all of its earlier ones,
-    which are unchanged: img2dataset numbers their shards after the earlier files' shards, so
-    the finished shards stay what they were and a resume downloads the new ones."""
-    if not was or not now or any(now.get(name) != size for name, size in was.items()):
+def _appended(was: list[str] | None, now: list[str] | None) -> bool:
+    """Whether the URL-list folder only gained files that sort after all of its earlier ones:
+    img2dataset numbers their shards after the earlier files' shards, so the finished shards
+    stay what they were and a resume downloads the new ones."""
+    if not was or not now or not set(was) <= set(now):
         return False
-    return all(name > max(was) for name in now.keys() - was.keys())
+    return all(name > max(was) for name in set(now) - set(was))
 
 
-def _only(files: dict[str, int], names: set[str]) -> dict[str, int | None]:
-    """``files`` reduced to ``names``, None for a name it lacks."""
-    return {name: files.get(name) for name in sorted(names)}
+def _only(files: set[str], names: set[str]) -> dict[str, bool]:
+    """Whether each of ``names`` is among ``files``."""
+    return {name: name in files for name in sorted(names)}
 
 
-def _as_url_files(files: dict[str, int | None] | None) -> str:
-    """``URL_LIST files a.parquet (1,024 B), b.parquet (none)``: what a resume compares."""
+def _as_url_files(files: dict[str, bool] | None) -> str:
+    """``URL_LIST files a.parquet (absent), b.parquet (present)``: what a resume compares."""
     if files is None:
         return "a remote URL_LIST"
-    shown = [
-        f"{name} ({'none' if size is None else f'{size:,} B'})"
-        for name, size in list(files.items())[:4]
-    ]
-    more = f", … {len(files) - 4} more" if len(files) > 4 else ""
-    return f"URL_LIST files {', '.join(shown)}{more}"
+    shown = [f"{name} ({'present' if there else 'absent'})" for name, there in files.items()]
+    more = f", … {len(shown) - 4} more" if len(shown) > 4 else ""
+    return f"URL_LIST files {', '.join(shown[:4])}{more}"
 
 
 def _recorded_sharding(output_folder: str | Path) -> int | None:
