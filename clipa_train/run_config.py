@@ -828,7 +828,8 @@ def recipe_options(name: str, stage: str) -> dict[str, Any]:
 
 def _recipe_setting(fixed: dict[str, Any], key: str) -> str:
     """``sets --image-size 112``; for a setting the recipe leaves unset, what it does instead
-    (``trains for --epochs 6`` where ``--samples`` was given) or ``sets no --color-jitter``."""
+    (``sets the stage's length with --epochs 6`` where ``--samples`` was given) or
+    ``sets no --color-jitter``."""
     other = {"samples": "epochs", "epochs": "samples"}.get(key)
     if fixed[key] is None and other and fixed.get(other) is not None:
         return f"sets the stage's length with {option_flag(other)} {_as_given(fixed[other])}"
