@@ -24,6 +24,22 @@ from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 CROPS = ("center", "square")
 
 
+ImageNormOption = Annotated[
+    str | None,
+    Doc("Input mean/std: openai or imagenet (default: the training run's, from its "
+        "config.json or the checkpoint itself; else openai)."),
+    Choices(tuple(IMAGE_NORMS)),
+]  # fmt: skip
+"""``--image-norm`` of eval and probe: the features are the trained model's only with the
+input normalisation it trained with."""
+
+
+def check_image_norm(value: str | None) -> None:
+    """One line for an ``--image-norm`` that is not a known normalisation."""
+    if value is not None and value not in IMAGE_NORMS:
+        raise ClipaError(f"--image-norm must be one of {', '.join(IMAGE_NORMS)}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Options of a standalone zero-shot evaluation."""
@@ -69,12 +85,7 @@ class EvalConfig:
             "its folder) the model was trained with (default: a clipa checkpoint's own, else "
             "clip-bpe; CLIPA-v2 weights need bert-base-uncased's)."),
     ] = None  # fmt: skip
-    image_norm: Annotated[
-        str | None,
-        Doc("Input mean/std: openai or imagenet (default: the training run's, from its "
-            "config.json or the checkpoint itself; else openai)."),
-        Choices(tuple(IMAGE_NORMS)),
-    ] = None  # fmt: skip
+    image_norm: ImageNormOption = None
     suite: Annotated[
         str | None,
         Doc("Instead of one set, every set of a suite found under --data-root: paper "
@@ -101,8 +112,7 @@ class EvalConfig:
     ] = False  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.image_norm is not None and self.image_norm not in IMAGE_NORMS:
-            raise ClipaError(f"--image-norm must be one of {', '.join(IMAGE_NORMS)}")
+        check_image_norm(self.image_norm)
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
         if self.batch_size < 1 or self.workers < 0:

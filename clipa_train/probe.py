@@ -30,7 +30,7 @@ from clipa_data.core.atomic import result_file
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.backend_config import IMAGE_NORMS
-from clipa_train.eval_stage import CROPS
+from clipa_train.eval_stage import CROPS, ImageNormOption, check_image_norm
 from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch stays out of option parsing
@@ -72,12 +72,7 @@ class ProbeConfig:
     crop: Annotated[
         str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
     ] = "center"
-    image_norm: Annotated[
-        str | None,
-        Doc("Input mean/std: openai or imagenet (default: the training run's, from its "
-            "config.json or the checkpoint itself; else openai)."),
-        Choices(tuple(IMAGE_NORMS)),
-    ] = None  # fmt: skip
+    image_norm: ImageNormOption = None
     batch_size: Annotated[int, Doc("Images per feature-extraction batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
     backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKENDS)] = "auto"
@@ -96,8 +91,7 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
-        if self.image_norm is not None and self.image_norm not in IMAGE_NORMS:
-            raise ClipaError(f"--image-norm must be one of {', '.join(IMAGE_NORMS)}")
+        check_image_norm(self.image_norm)
         if self.batch_size < 1 or self.workers < 0 or self.max_iter < 1:
             raise ClipaError("--batch-size and --max-iter must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:
