@@ -648,9 +648,8 @@ def _check_same_settings(config: DownloadConfig) -> None:
     URL list) silently mixes two kinds of shards: refuse it, naming what changed."""
     if not finished_shard_ids(config.output_folder):
         return
-    try:
-        recorded = json.loads(_sharding_path(config.output_folder).read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = read_start(config.output_folder).get("settings")
+    if not isinstance(recorded, dict):
         return  # an output of an older clipa: only its shard size is known
     now = _content_settings(config)
     names = [
@@ -938,12 +937,11 @@ def _finished_before(config: DownloadConfig, finished: set[int]) -> bool:
     list may have grown under the same name: img2dataset reads it again."""
     if config.incremental_mode != "incremental" or not finished or layout.is_url(config.url_list):
         return False
+    summary = download_start.read_summary(config.output_folder)
     try:
-        last = json.loads(layout.download_summary_path(Path(config.output_folder)).read_text())
-        summary = last["summary"]
         shards = {int(shard["shard"]) for shard in summary["per_shard"]}
         files = read_start(config.output_folder)["settings"]["url_files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # no summary, or an older clipa's
         return False
     if files != _content_settings(config)["url_files"]:  # files added to the folder since
         return False

@@ -22,6 +22,18 @@ def read_start(output_folder: str | Path) -> dict:
     return recorded if isinstance(recorded, dict) else {}
 
 
+def read_summary(output_folder: str | Path) -> dict | None:
+    """The ``summary`` part of the last run's ``download_summary.json`` (as ``download``
+    writes it: ``{"summary": ..., "config": ...}``); None when there is none or it is unreadable.
+    One reader, so that resume and convert never disagree with the writer about its layout."""
+    try:
+        last = json.loads(layout.download_summary_path(Path(output_folder)).read_text())
+        summary = last["summary"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def extended_from(recorded: dict) -> int | None:
     """The first shard the recorded run wrote when it extended a download (img2dataset numbers
     an extend run's shards after the last finished one); None for any other run, and for an

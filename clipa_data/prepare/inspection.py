@@ -23,7 +23,7 @@ from pathlib import Path
 
 from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError, CorruptShardError
-from clipa_data.prepare.download_start import read_start, resume_advice
+from clipa_data.prepare.download_start import read_start, read_summary, resume_advice
 from clipa_data.prepare.manifest import Damage
 from clipa_data.prepare.schema import ShardSchema, UnparsableRecord, observe
 from clipa_data.prepare.source_format import SourceFormat
@@ -272,10 +272,8 @@ def _unfinished_by_the_download(src: Path) -> tuple[list[int], str | None]:
     """The shards the download's summary lists as unfinished, and why shards beyond the last
     one present may be missing too (None: they are not)."""
     summary_path = layout.download_summary_path(src)
-    try:
-        summary = json.loads(summary_path.read_text())["summary"]
-        listed = [int(shard) for shard in summary.get("unfinished_shards", ())]
-    except FileNotFoundError:
+    summary = read_summary(src)
+    if summary is None and not summary_path.is_file():
         if layout.download_start_path(src).is_file():
             return [], (
                 f"the last clipa-data download in {src} did not finish (it wrote "
@@ -284,7 +282,9 @@ def _unfinished_by_the_download(src: Path) -> tuple[list[int], str | None]:
                 "missing"
             )
         return [], None  # img2dataset run by hand: the stats files are all there is
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    try:
+        listed = [int(shard) for shard in summary.get("unfinished_shards", ())]
+    except (AttributeError, ValueError, TypeError):
         return [], None  # an unreadable summary: nothing to go by
     if summary.get("stopped") is True and summary.get("expected_shards", 0) is None:
         return [], (
