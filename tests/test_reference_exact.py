@@ -262,6 +262,17 @@ def test_preview_shows_the_reference_syntax_mask(data):
     assert fast[1] == exact[1]  # where the re-join gives the same ids, nothing changes
 
 
+@pytest.mark.parametrize("mask", ["truncate", "random", "block"])
+def test_preview_refuses_the_flag_where_it_changes_nothing(mask):
+    from clipa_data.core.errors import ClipaError
+    from clipa_data.prepare.preview import PreviewConfig
+
+    with pytest.raises(ClipaError, match=f"nothing in a preview of the {mask} mask.*drop --ref"):
+        PreviewConfig(builder_dir="b", text_mask=mask, reference_exact=True)
+    PreviewConfig(builder_dir="b", text_mask=mask)
+    PreviewConfig(builder_dir="b", text_mask="syntax", reference_exact=True)
+
+
 def test_retrieval_images_take_the_reference_path(tmp_path):
     from test_retrieval import write_karpathy
 

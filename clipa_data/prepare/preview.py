@@ -68,6 +68,15 @@ class PreviewConfig:
             raise ClipaError(f"--n must be at least 1, got {self.n}")
         if not 0 <= self.seed < 2**63:
             raise ClipaError(f"--seed must be ≥ 0 and below 2**63, got {self.seed}")
+        if self.reference_exact and tr.text_mask(self.text_mask).reference is None:
+            # Training's --reference-exact also changes the image path; a preview shows text
+            # only, so the flag would change nothing the user could see.
+            with_one = [name for name, mask in tr.TEXT_MASK_STRATEGIES.items() if mask.reference]
+            raise ClipaError(
+                f"--reference-exact changes nothing in a preview of the {self.text_mask} mask "
+                f"(its procedure already is the original's; only {', '.join(with_one)} has "
+                "another): drop --reference-exact"
+            )
 
 
 @dataclass(frozen=True)
