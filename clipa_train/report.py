@@ -35,7 +35,7 @@ class ReportConfig:
     ]
     out: Annotated[str, Doc("Folder for index.html and its figures (created).")]
     fit: Annotated[
-        bool, Doc("Fit error = A·C^-α + E per model and token length (3+ runs per group).")
+        bool, Doc("Fit error = A·C^-α + E per model and token length (3+ finished runs per group).")
     ] = False
 
 

@@ -97,12 +97,26 @@ def scaling_points(runs: list[RunRecords]) -> tuple[str, list[ScalingPoint]]:
     zeroshot = all(run.evals for run in runs)
     points = []
     for run in runs:
+        _check_finished(run)
         error = 1.0 - run.final_top1 if zeroshot else (run.train[-1]["loss"] if run.train else None)
         if error is None:
             raise ClipaError(f"--fit: {run.path} has no training records to fit")
         group = f"{run.family} img{run.image_tokens} txt{run.text_tokens}"
         points.append(ScalingPoint(str(run.path), group, run.flops(run.last_step), error))
     return ("zero-shot error" if zeroshot else "loss"), points
+
+
+def _check_finished(run: RunRecords) -> None:
+    """Refuse a run that did not make all its steps: its last loss and evaluation are
+    mid-schedule (the learning rate had not decayed), not the end of a run of that compute."""
+    if run.finished:
+        return
+    total = (run.summary or {}).get("total_steps")
+    where = f"stopped at step {run.last_step}" + (f" of {total}" if total else "")
+    raise ClipaError(
+        f"--fit: {run.path} is unfinished ({where}): its last figures are mid-schedule, not a "
+        "finished run's; finish it (its command again with --resume auto) or leave it out"
+    )
 
 
 def fit_groups(runs: list[RunRecords]) -> list[ScalingFit]:

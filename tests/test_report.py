@@ -263,6 +263,7 @@ def synthetic_run(template: Path, out: Path, steps: int, top1: float) -> Path:
         {"step": steps, "eval/top1": top1},
     ]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "summary.json").write_text(json.dumps({"steps": steps, "total_steps": steps}))
     return out
 
 
@@ -317,6 +318,22 @@ def test_a_run_whose_loss_is_nan_is_named_by_the_fit(runs, tmp_path):
     metrics.write_text(metrics.read_text().replace('"eval/top1": 0.5', '"eval/top1": NaN'))
     result = invoke("report", *dirs, "--out", tmp_path / "report", "--fit")
     assert_one_line_error(result, f"run {dirs[1]}", "error nan", "leave the run out")
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_an_unfinished_run_is_refused_by_the_fit(runs, tmp_path, how):
+    """A stopped run's last loss is mid-schedule: as a point of the fit it would sit above the
+    curve of finished runs of that compute."""
+    dirs = [synthetic_run(runs["a"], tmp_path / f"s{n}", n, 0.5) for n in (10, 100, 1_000)]
+    summary = dirs[1] / "summary.json"
+    if how == "stopped":
+        summary.write_text(json.dumps({"steps": 100, "total_steps": 400, "stopped": True}))
+    else:  # killed: no summary at all
+        summary.unlink()
+    result = invoke("report", *dirs, "--out", tmp_path / "report", "--fit")
+    where = "stopped at step 100" + (" of 400" if how == "stopped" else "")
+    assert_one_line_error(result, f"{dirs[1]} is unfinished ({where})", "--resume auto")
+    assert invoke("report", *dirs, "--out", tmp_path / "report").exit_code == 0
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
