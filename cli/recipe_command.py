@@ -8,7 +8,7 @@ import inspect
 import typer
 from clipa_cli.common import EXIT_INTERRUPTED, stderr, stdout
 from clipa_cli.options import config_arguments, config_options
-from clipa_cli.train_options import parse_jitter, training_options
+from clipa_cli.train_options import CONFIG_FILE, parse_jitter, training_options
 
 from clipa_train.recipe_run import MANAGED, RecipeRunConfig
 from clipa_train.recipes import RECIPE_NAMES, get_recipe
@@ -25,7 +25,8 @@ def recipe_help() -> str:
             "OUT/<stage>, each after the first starting --from the previous stage's final "
             "checkpoint. Run it again to continue: finished stages are skipped, an unfinished "
             "one resumes. Other training flags apply to every stage (a flag the recipe fixes "
-            "must agree with it); --set STAGE.OPTION=VALUE applies to one stage.",
+            "must agree with it), and so do the options of a --config file (flags override it); "
+            "--set STAGE.OPTION=VALUE applies to one stage.",
             "Example: clipa-train recipe clipa-v2-h14-84-224 --data out/datacomp/1.0.0 --out "
             "runs/h14 --tokenizer vocab/bert-base-uncased --accum-steps auto --micro-batch 256 "
             "--plan",
@@ -60,10 +61,12 @@ def recipe_parameters() -> list[inspect.Parameter]:
         annotation=bool,
     )
     passed_on = [p for p in training_options() if p.name not in MANAGED]
-    return [name, *own, plan, *passed_on]
+    return [name, *own, plan, *passed_on, CONFIG_FILE]
 
 
-def recipe_body(recipe: str, data: str, out: str, stage, settings, plan: bool, **flags) -> None:
+def recipe_body(
+    recipe: str, data: str, out: str, stage, settings, plan: bool, config, **flags
+) -> None:
     """Run (or with --plan, list) the recipe's stages."""
     from clipa_cli.train_app import print_summary
     from rich.markup import escape
@@ -74,7 +77,7 @@ def recipe_body(recipe: str, data: str, out: str, stage, settings, plan: bool, *
     given = tuple((key, value) for key, value in flags.items() if value is not None)
     config = RecipeRunConfig(
         recipe=recipe, data=data, out=out, stage=stage, options=given,
-        settings=tuple(settings or ()),
+        settings=tuple(settings or ()), config_file=None if config is None else str(config),
     )  # fmt: skip
     if plan:
         for line in plan_lines(config):

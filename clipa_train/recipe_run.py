@@ -64,6 +64,11 @@ class RecipeRunConfig:
         tuple[str, ...],
         Doc("An option for one stage only, e.g. finetune.accum_steps=8 (repeat for more)."),
     ] = ()
+    config_file: Annotated[
+        str | None,
+        Doc("YAML or JSON file of training options for every stage, as --config of pretrain "
+            "(the flags in ``options`` override it)."),
+    ] = None  # fmt: skip
 
     def __post_init__(self) -> None:
         for name, _ in self.options:
@@ -71,6 +76,19 @@ class RecipeRunConfig:
                 raise ClipaError(
                     f"{option_flag(name)} is set per stage by clipa-train recipe; drop it"
                 )
+
+    def every_stage(self) -> dict[str, Any]:
+        """The options for every stage: the config file's, then the flags over them."""
+        from clipa_train.run_config import read_config_file
+
+        from_file = read_config_file(self.config_file) if self.config_file else {}
+        for name in from_file:
+            if name in MANAGED:
+                raise ClipaError(
+                    f"{self.config_file}: {name} is set per stage by clipa-train recipe; "
+                    "remove it from the file"
+                )
+        return {**from_file, **dict(self.options)}
 
 
 @dataclass(frozen=True)
@@ -196,12 +214,13 @@ def plan(
     unchecked, so the plan can say what a run still needs."""
     recipe, ref = load(config)
     per_stage = parse_settings(recipe, config.settings)
+    every_stage = config.every_stage()
     if config.stage is not None:
         recipe.stage_named(config.stage)
     stages = []
     for index, stage in enumerate(recipe.stages):
         options = {
-            **dict(config.options),
+            **every_stage,
             **per_stage.get(stage.name, {}),
             "recipe": f"{ref}:{stage.name}",
             "data": config.data,

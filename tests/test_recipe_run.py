@@ -234,6 +234,31 @@ def test_plan_lists_each_stage_with_its_command_and_state(setup, tmp_path):
     assert f"--classnames {Path.home() / 'names.txt'}" in home.stdout  # not a folder named ~
 
 
+def test_a_config_file_gives_every_stage_its_options_under_the_flags(setup, tmp_path):
+    out = tmp_path / "runs"
+    config = tmp_path / "common.yaml"
+    config.write_text("workers: 3\nlog-every: 7\n")
+    base = command(setup["recipe"], setup["data"], out, "--plan", "--config", config)
+    result = invoke(*base, "--set", "finetune.workers=2")
+    assert result.exit_code == 0, result.output
+    pretrain, finetune = (
+        next(line for line in result.stdout.splitlines() if f"clipa-train {stage}" in line)
+        for stage in ("pretrain", "finetune")
+    )
+    # --workers 1 and --log-every 1000 of command() are flags: they override the file.
+    assert "--workers 1" in pretrain and "--log-every 1000" in pretrain
+    assert "--workers 2" in finetune
+    config.write_text("workers: 3\nkeep-checkpoints: 5\n")
+    assert "--keep-checkpoints 5" not in invoke(*base).stdout  # a flag of command() wins
+    config.write_text("seed: 4\n")
+    assert "--seed 4" in invoke(*base).stdout
+    config.write_text("batch-size: 4\n")  # the recipe fixes it, as for a flag
+    assert_one_line_error(invoke(*base), "sets --batch-size 8", "drop")
+    config.write_text("out: elsewhere\n")
+    assert_one_line_error(invoke(*base), f"{config}: out is set per stage", "remove it")
+    assert not out.exists()
+
+
 def test_help_lists_every_recipe_and_bad_settings_are_one_line(setup, tmp_path):
     result = invoke("recipe", "--help")
     assert result.exit_code == 0
