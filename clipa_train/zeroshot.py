@@ -103,8 +103,11 @@ class TopK:
     """Running top-1/top-5 counts."""
 
     correct1: int = 0
+    """Samples whose label is the top logit."""
     correct5: int = 0
+    """Samples whose label is among the five top logits (all of them with fewer classes)."""
     count: int = 0
+    """Samples counted."""
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         k = min(5, logits.shape[1])

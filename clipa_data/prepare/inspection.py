@@ -91,9 +91,11 @@ class _Read:
     """What reading a shard found: its whole records and, for a damaged one, the damage."""
 
     records: int
+    """Whole records read before the end or the damage."""
     end: int | None
     """Byte offset where the whole records end (None: the whole file)."""
     damage: CorruptShardError | None
+    """What ended the read early (a salvaged damaged shard); None: the shard is whole."""
 
 
 def _salvaged(task: InspectTask, damage: CorruptShardError) -> _Read:

@@ -51,10 +51,15 @@ class CheckJob:
     """One shard and its sidecar (sent to a worker)."""
 
     builder: str
+    """The builder directory (the sidecar's tokenizer vocabulary is checked against it)."""
     shard: str
+    """The shard's path, as the split's metadata names it."""
     sidecar: str
+    """The shard's sidecar path (``layout.sidecar_path``)."""
     num_records: int
+    """Records the split's metadata gives the shard: the sidecar must hold as many rows."""
     text_field: str
+    """The record feature the sidecar must have been tagged from."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,9 @@ class CheckReport:
     """Every shard's verdict."""
 
     builder_dir: str
+    """The builder directory checked."""
     shards: tuple[ShardCheck, ...]
+    """One verdict per shard, in split and shard order."""
 
     @property
     def problems(self) -> list[ShardCheck]:
