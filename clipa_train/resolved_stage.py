@@ -240,7 +240,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         check_run_dir,
     )
     from clipa_train.sharding import check_sharding, torchrun_world
-    from clipa_train.shards import open_split
+    from clipa_train.shards import Fields, open_split
 
     check_run_dir(config.run.out, config.logging.resume, config.logging.overwrite)
     check_sharding(config.optim.sharding, config.optim.backend, torchrun_world())
@@ -253,8 +253,8 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     _check_tokenizer(text, model)
     syntax = text.needs_sidecars
     reader = open_split(
-        config.run.data, config.run.split, text_source=config.run.text_source,
-        need_sidecars=syntax, tokenizer=text.tokenizer,
+        config.run.data, config.run.split, fields=Fields(text=config.run.text_field),
+        text_source=config.run.text_source, need_sidecars=syntax, tokenizer=text.tokenizer,
     )  # fmt: skip
     evaluation = config.evaluation
     if evaluation.zeroshot:

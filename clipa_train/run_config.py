@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from clipa_data.core.config_fields import Choices, Doc, field_specs
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.layout import DEFAULT_TEXT_FIELD
 from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_data.core.tokenizer import CLIP_BPE
 from clipa_train.backend_config import BACKENDS, IMAGE_NORMS, PRECISIONS
@@ -75,6 +76,11 @@ class RunOptions:
             "caption (caption), or auto: sidecars when the builder has them."),
         Choices(TEXT_SOURCES),
     ] = "auto"  # fmt: skip
+    text_field: Annotated[
+        str,
+        Doc("Record feature holding the caption (img2dataset's txt); sidecars must have been "
+            "tagged from the same one (clipa-data tag --text-field)."),
+    ] = DEFAULT_TEXT_FIELD  # fmt: skip
     samples_per_epoch: Annotated[
         int | None,
         Doc("Samples an epoch draws over all devices (default: the split's record count); "
@@ -104,6 +110,7 @@ class RunOptions:
             [
                 (self.workers >= 0, "--workers must be ≥ 0"),
                 (0 <= self.seed < 2**63, "--seed must be ≥ 0 and below 2**63"),
+                (bool(self.text_field.strip()), "--text-field must name a record feature"),
                 (
                     self.samples_per_epoch is None or self.samples_per_epoch >= 1,
                     "--samples-per-epoch must be at least 1",
@@ -561,6 +568,7 @@ OPTIONS: dict[str, str] = {
     "shuffle_buffer": "run.shuffle_buffer",
     "seed": "run.seed",
     "text_source": "run.text_source",
+    "text_field": "run.text_field",
     "samples_per_epoch": "run.samples_per_epoch",
     "check_crc": "run.check_crc",
     "max_bad_fraction": "run.max_bad_fraction",

@@ -234,6 +234,15 @@ class ShardReader:
                 f"{rows.keys[index]!r} but record {index} of shard {name} has key {key!r}; "
                 "re-create the sidecars with clipa-data tag --overwrite"
             )
+        if self.fields.text not in message.features.feature:
+            # Not an unreadable record to skip: a builder without captions (downloaded without
+            # a caption column) or another caption feature would train on empty captions.
+            available = ", ".join(sorted(message.features.feature)) or "none"
+            raise ClipaError(
+                f"{name}: record {index} (key {key!r}) has no caption feature "
+                f"{self.fields.text!r} (it has: {available}); pass the caption feature with "
+                "--text-field, or download the data with a caption column"
+            )
         caption = (bytes_value(message, self.fields.text) or b"").decode("utf-8", "replace")
         return Record(name, index, key, image, caption, rows)
 

@@ -142,6 +142,7 @@ def _divergence_line(result, resume_from: str | None) -> str:
 def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
     """The stage's streaming loader for this rank."""
     from clipa_train.loader import Loader
+    from clipa_train.shards import Fields
     from clipa_train.stream import StreamConfig
 
     run = stage.config.run
@@ -156,6 +157,7 @@ def build_loader(stage: ResolvedStage, per_rank_batch: int, backend):
         workers=run.workers,
         shuffle_buffer=run.shuffle_buffer,
         text_source=run.text_source,
+        fields=Fields(text=run.text_field),
         samples_per_epoch=run.samples_per_epoch,
         check_crc=run.check_crc,
         max_bad_fraction=run.max_bad_fraction,

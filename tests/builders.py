@@ -24,15 +24,14 @@ class Record:
 
     key: str
     jpg: bytes
-    txt: str
+    txt: str | None
+    """The caption; None: no ``txt`` feature (img2dataset without a caption column)."""
     extra: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        features = {
-            "key": ("bytes", [self.key.encode()]),
-            "jpg": ("bytes", [self.jpg]),
-            "txt": ("bytes", [self.txt.encode()]),
-        }
+        features = {"key": ("bytes", [self.key.encode()]), "jpg": ("bytes", [self.jpg])}
+        if self.txt is not None:
+            features["txt"] = ("bytes", [self.txt.encode()])
         features.update(self.extra)
         return encode_example(features)
 

@@ -483,6 +483,44 @@ def test_a_record_with_bad_image_bytes_is_skipped_and_reported(tmp_path):
     assert os.path.getsize(out / "metrics.jsonl") > 0
 
 
+def test_captions_under_another_feature_need_text_field(tmp_path):
+    """A builder whose captions are not in ``txt`` (none at all: downloaded without a caption
+    column) is refused naming the record, not trained on empty captions; --text-field reads
+    them, also from sidecars tagged from that feature."""
+    from sidecars import SPACY_MODEL
+
+    from clipa_data.prepare.tagging import TagConfig, tag_builder
+
+    records = [
+        Record(r.key, r.jpg, None, extra={"caption": ("bytes", [r.txt.encode()])})
+        for r in make_records(16)
+    ]
+    builder = make_builder_dir(tmp_path / "data", [records])
+    common = [
+        "pretrain", "--data", builder, "--model", "clipa-tiny", "--image-size", 32,
+        "--text-length", 8, "--batch-size", 8, "--workers", 1, "--no-progress", "--samples", 16,
+    ]  # fmt: skip
+    result = invoke(*common, "--out", tmp_path / "a", "--text-mask", "truncate")
+    assert_one_line_error(
+        result, "record 0 (key '000000000') has no caption feature 'txt'",
+        "(it has: caption, jpg, key)", "pass the caption feature with --text-field",
+    )  # fmt: skip
+    result = invoke(*common, "--out", tmp_path / "b", "--text-mask", "truncate",
+                    "--text-field", "caption")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tag_builder(
+        TagConfig(builder_dir=builder, tagger="spacy", spacy_model=SPACY_MODEL,
+                  text_field="caption", workers=1, show_progress=False)
+    )  # fmt: skip
+    result = invoke(*common, "--out", tmp_path / "c", "--text-mask", "syntax")
+    assert_one_line_error(result, "holds field 'caption', expected 'txt'", "--text-field caption")
+    result = invoke(*common, "--out", tmp_path / "d", "--text-mask", "syntax",
+                    "--text-field", "caption")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["options"]["text_field"] == "caption"
+
+
 def test_a_diverged_run_stops_without_saving_nan_weights(data, tmp_path):
     """--lr 1e6 turns the loss NaN at step 2: the run stops there with one line naming the last
     checkpoint to go on from (step 1's, finite), saves nothing after it and exits non-zero."""
