@@ -5,6 +5,7 @@ thing and the fix, with a non-zero exit and nothing left behind.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -360,7 +361,22 @@ def test_a_json_url_list_of_columns_is_read_like_pandas(tmp_path):
 @pytest.mark.parametrize(
     ("fmt", "content", "message"),
     [
-        ("csv.gz", b"not gzip", "is not a readable csv.gz file"),
+        (
+            "csv.gz",
+            b"not gzip",
+            "is not gzip-compressed, but --input-format csv.gz "
+            "decompresses it (img2dataset would fail on it): pass --input-format csv",
+        ),
+        # gzip named like a plain list: img2dataset reads by --input-format, not by the name
+        (
+            "csv",
+            gzip.compress(b"url,caption\nhttp://x/a.jpg,c\n"),
+            "is gzip-compressed, but "
+            "--input-format csv reads it as plain text (img2dataset would fail on it): pass "
+            "--input-format csv.gz",
+        ),
+        ("txt", gzip.compress(b"http://x/a.jpg\n"), "pass --input-format txt.gz"),
+        ("csv.gz", gzip.compress(b"\x00\xff"), "is not a readable csv.gz file"),
         ("jsonl", b'{"url": 1\n', "is not a readable jsonl file"),
         ("json", b"[1, 2]", "a JSON URL list must hold records"),
         # one JSON Lines record read as json: pandas cannot build a table of scalar columns
@@ -370,7 +386,8 @@ def test_a_json_url_list_of_columns_is_read_like_pandas(tmp_path):
 def test_an_unreadable_url_list_is_one_line(tmp_path, fmt, content, message):
     path = tmp_path / f"urls.{fmt}"
     path.write_bytes(content)
-    done = run_cli("clipa-data", "download", path, tmp_path / "out", "--input-format", fmt)
+    flags = ["--caption-col", "", "--save-additional-columns", ""] if fmt == "txt" else []
+    done = run_cli("clipa-data", "download", path, tmp_path / "out", "--input-format", fmt, *flags)
     assert_one_error_line(done, str(path), message)
     assert not (tmp_path / "out").exists()
 

@@ -38,9 +38,30 @@ USUAL_NAMES = {
 """Column names URL lists commonly use, suggested (any case) when the configured one is absent."""
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    """The file as text (gunzipped for ``.gz``; a UTF-8 byte-order mark is dropped)."""
-    if path.name.endswith(".gz"):
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _check_compression(path: Path, input_format: str) -> None:
+    """img2dataset decompresses a list exactly when its ``--input-format`` ends in ``.gz``,
+    whatever the file's name: a mismatch fails inside img2dataset after it started."""
+    with path.open("rb") as handle:
+        gzipped = handle.read(2) == GZIP_MAGIC
+    kind = input_format.removesuffix(".gz")
+    if gzipped and input_format == kind:
+        raise ClipaError(
+            f"{path} is gzip-compressed, but --input-format {input_format} reads it as plain "
+            f"text (img2dataset would fail on it): pass --input-format {kind}.gz"
+        )
+    if not gzipped and input_format != kind:
+        raise ClipaError(
+            f"{path} is not gzip-compressed, but --input-format {input_format} decompresses it "
+            f"(img2dataset would fail on it): pass --input-format {kind}"
+        )
+
+
+def _open_text(path: Path, input_format: str) -> io.TextIOBase:
+    """The file as text (gunzipped for a ``.gz`` format; a UTF-8 byte-order mark is dropped)."""
+    if input_format.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
     return path.open(encoding="utf-8-sig", newline="")
 
@@ -101,10 +122,11 @@ def _jsonl_columns(stream: io.TextIOBase) -> list[str]:
 def header_columns(path: Path, input_format: str) -> list[str] | None:
     """The columns of the URL list ``path`` (None for plain text: one URL a line)."""
     kind = input_format.removesuffix(".gz")
-    if kind == "txt":
-        return None
     try:
-        with _open_text(path) as stream:
+        _check_compression(path, input_format)
+        if kind == "txt":
+            return None
+        with _open_text(path, input_format) as stream:
             if kind in ("csv", "tsv"):
                 reader = csv.reader(stream, delimiter="," if kind == "csv" else "\t")
                 return next(reader, [])
