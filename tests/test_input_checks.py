@@ -370,13 +370,13 @@ def test_a_json_url_list_of_columns_is_read_like_pandas(tmp_path):
         # gzip named like a plain list: img2dataset reads by --input-format, not by the name
         (
             "csv",
-            gzip.compress(b"url,caption\nhttp://x/a.jpg,c\n"),
+            gzip.compress(b"url,caption\nhttp://x/a.jpg,c\n", mtime=0),
             "is gzip-compressed, but "
             "--input-format csv reads it as plain text (img2dataset would fail on it): pass "
             "--input-format csv.gz",
         ),
-        ("txt", gzip.compress(b"http://x/a.jpg\n"), "pass --input-format txt.gz"),
-        ("csv.gz", gzip.compress(b"\x00\xff"), "is not a readable csv.gz file"),
+        ("txt", gzip.compress(b"http://x/a.jpg\n", mtime=0), "pass --input-format txt.gz"),
+        ("csv.gz", gzip.compress(b"\x00\xff", mtime=0), "is not a readable csv.gz file"),
         ("jsonl", b'{"url": 1\n', "is not a readable jsonl file"),
         ("json", b"[1, 2]", "a JSON URL list must hold records"),
         # one JSON Lines record read as json: pandas cannot build a table of scalar columns
