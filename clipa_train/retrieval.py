@@ -101,8 +101,10 @@ def recall_at(
 ) -> dict[str, float]:
     """Image→text and text→image Recall@k, ``chunk_size`` queries against all keys at a time.
 
-    A query's rank is the number of wrong keys scoring strictly above its best right key (an
-    image has several right captions); Recall@k is the share of queries ranked below k.
+    A query's rank is the number of wrong keys scoring at least as high as its best right key
+    (an image has several right captions); Recall@k is the share of queries ranked below k.
+    Ties count against the query, whatever the order of the keys: a model that maps every image
+    (or caption) to one point scores no recall, not full recall.
     """
     if chunk_size < 1:
         raise ClipaError(f"retrieval chunk size must be positive, got {chunk_size}")
@@ -113,11 +115,12 @@ def recall_at(
         ids = torch.arange(start, start + len(scores), device=scores.device)
         right = caption_image[None, :] == ids[:, None]
         best = scores.masked_fill(~right, float("-inf")).amax(dim=1, keepdim=True)
-        image_ranks.append(((scores > best) & ~right).sum(dim=1))
+        image_ranks.append(((scores >= best) & ~right).sum(dim=1))
     for start in range(0, len(text_emb), chunk_size):
         scores = text_emb[start : start + chunk_size] @ image_emb.T
         own = caption_image[start : start + len(scores), None]
-        text_ranks.append((scores > scores.gather(1, own)).sum(dim=1))
+        wrong = torch.arange(scores.shape[1], device=scores.device)[None, :] != own
+        text_ranks.append(((scores >= scores.gather(1, own)) & wrong).sum(dim=1))
     by_image, by_text = torch.cat(image_ranks), torch.cat(text_ranks)
     result = {}
     for k in ks:

@@ -71,6 +71,21 @@ def test_recall_of_perfect_and_reversed_embeddings():
         recall_at(image_emb, image_emb, torch.arange(12), chunk_size=0)
 
 
+def test_ties_count_against_the_query():
+    """A collapsed model (every embedding the same point) ties every key: no recall, where
+    counting only strictly higher wrong keys gave it 100 %."""
+    caption_image = torch.arange(12).repeat_interleave(CAPTIONS)
+    collapsed = recall_at(torch.ones(12, 4), torch.ones(60, 4), caption_image, chunk_size=5)
+    assert set(collapsed.values()) == {0.0}, collapsed
+    # One wrong caption tying with image 0's best right one: image 0 ranks second, not first.
+    image_emb = torch.eye(12)
+    text_emb = image_emb[caption_image].clone()
+    text_emb[CAPTIONS] = image_emb[0]  # a caption of image 1 that reads like image 0
+    tied = recall_at(image_emb, text_emb, caption_image, chunk_size=5)
+    assert tied["image_to_text_R@1"] == pytest.approx(11 / 12)
+    assert tied["image_to_text_R@5"] == 1.0
+
+
 # --- sets on disk ------------------------------------------------------------------------------
 
 
