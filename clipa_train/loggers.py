@@ -58,7 +58,7 @@ class LoggerConfig:
 class Logger(Protocol):
     """One destination of the metrics records."""
 
-    def start(self, hparams: dict[str, Any]) -> None: ...
+    def start(self, hparams: dict[str, Any], start_step: int = 0) -> None: ...
     def log(self, step: int, scalars: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
@@ -69,7 +69,7 @@ class JsonlLogger:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.handle = run_dir, None
 
-    def start(self, hparams: dict[str, Any]) -> None:
+    def start(self, hparams: dict[str, Any], start_step: int = 0) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "metrics.jsonl"
         self.handle = open(path, "a")  # noqa: SIM115 - closed in close()
@@ -112,7 +112,7 @@ class TensorBoardLogger:
     def __init__(self, run_dir: Path) -> None:
         self.directory, self.writer = run_dir / "tb", None
 
-    def start(self, hparams: dict[str, Any]) -> None:
+    def start(self, hparams: dict[str, Any], start_step: int = 0) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:  # torch raises this when the tensorboard package is missing
@@ -128,7 +128,11 @@ class TensorBoardLogger:
             raise LoggerUnavailable(
                 f"TensorBoard directory {self.directory} is not writable ({error.strerror})"
             ) from error
-        self.writer = SummaryWriter(log_dir=str(self.directory))
+        # A run resumed from the checkpoint of step S logs S+1 on again: purge the stopped
+        # attempt's events from there, or every curve doubles back (metrics.jsonl keeps them,
+        # and readers take the re-run's records).
+        purge = start_step + 1 if start_step else None
+        self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=purge)
         self.writer.add_text("config", f"```\n{json.dumps(hparams, indent=2)}\n```", 0)
 
     def log(self, step: int, scalars: dict[str, Any]) -> None:
@@ -147,7 +151,7 @@ class WandbLogger:
     def __init__(self, run_dir: Path, config: LoggerConfig) -> None:
         self.run_dir, self.config, self.run = run_dir, config, None
 
-    def start(self, hparams: dict[str, Any]) -> None:
+    def start(self, hparams: dict[str, Any], start_step: int = 0) -> None:
         try:
             import wandb
         except ImportError as error:
@@ -210,19 +214,21 @@ def open_loggers(
     enabled: bool,
     hparams: dict[str, Any] | None = None,
     extra: Callable[[], dict[str, float]] = dict,
+    start_step: int = 0,
 ) -> Loggers:
-    """Start the loggers of ``config`` (``enabled``: rank 0); a failing one is one warning."""
+    """Start the loggers of ``config`` (``enabled``: rank 0); a failing one is one warning.
+    ``start_step``: the step a resumed run continues from (0: a new run)."""
     if not enabled:
         return Loggers([], extra)
     started: list[Logger] = []
     for name in config.names:
         logger = _build(name, run_dir, config)
         if name == "jsonl":  # the run's own record: its failure is the run's failure
-            logger.start(hparams or {})
+            logger.start(hparams or {}, start_step)
             started.append(logger)
             continue
         try:
-            logger.start(hparams or {})
+            logger.start(hparams or {}, start_step)
         except LoggerUnavailable as error:
             print(f"warning: --log {name} is off: {error}", file=sys.stderr)
             continue

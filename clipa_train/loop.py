@@ -215,7 +215,9 @@ def apply_update(
     optimizer.zero_grad(set_to_none=True)
 
 
-def _open_run(run_dir: Path, run_config: dict | None, config: LoopConfig, backend: Backend):
+def _open_run(
+    run_dir: Path, run_config: dict | None, config: LoopConfig, backend: Backend, step: int
+):
     """Write ``config.json`` (rank 0) and open the loggers. Called only once everything is
     restored and checked, so a run refused earlier leaves no trace."""
     if backend.is_main and config.overwrite:
@@ -226,7 +228,7 @@ def _open_run(run_dir: Path, run_config: dict | None, config: LoopConfig, backen
         write_json(run_dir / "config.json", run_config)
     return open_loggers(
         run_dir, config.loggers, enabled=backend.is_main, hparams=run_config,
-        extra=lambda: _memory(backend),
+        extra=lambda: _memory(backend), start_step=step,
     )  # fmt: skip
 
 
@@ -294,7 +296,7 @@ def train(
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
     step_model, step = _start(model, optimizer, batches, backend, config, directory, resume_from)
-    log = _open_run(run_dir, run_config, config, backend)
+    log = _open_run(run_dir, run_config, config, backend, step)
     result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
 
     def save() -> Path:

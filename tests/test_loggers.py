@@ -203,3 +203,25 @@ def test_a_resume_after_a_partial_last_record_starts_its_records_on_a_new_line(t
     again.start({})
     again.close()
     assert path.read_text().endswith('"loss": 1.5}\n')
+
+
+def test_a_resumed_run_replaces_the_stopped_attempts_later_tensorboard_events(tmp_path):
+    """Resumed from the checkpoint of step 4 after logging up to step 10: TensorBoard shows
+    each step once, the re-run's value from step 5 on (the curves doubled back before)."""
+    from clipa_train.loggers import TensorBoardLogger
+
+    first = TensorBoardLogger(tmp_path)
+    first.start({})
+    for step in range(1, 11):
+        first.log(step, {"step": step, "loss": 10.0 + step})
+    first.close()
+    resumed = TensorBoardLogger(tmp_path)
+    resumed.start({}, start_step=4)
+    for step in range(5, 9):
+        resumed.log(step, {"step": step, "loss": 20.0 + step})
+    resumed.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
+    loss = [(event.step, event.value) for event in events.Scalars("loss")]
+    assert loss == [(s, 10.0 + s) for s in range(1, 5)] + [(s, 20.0 + s) for s in range(5, 9)]
