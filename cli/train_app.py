@@ -71,8 +71,11 @@ def run_training(stage: str, options: dict, config_file: Path | None) -> None:
 def stopped_by_signal(summary: dict) -> bool:
     """Whether a signal (Ctrl-C, SIGTERM) stopped the stage before its last step: the command
     then exits 130 as the data commands do, so ``pretrain && finetune`` goes no further (a
-    signal after the last step changes nothing: the stage finished)."""
-    return bool(summary.get("signalled") and summary.get("stopped"))
+    signal after the last step changes nothing, unless a second one cut the final evaluation
+    short)."""
+    return bool(
+        summary.get("signalled") and (summary.get("stopped") or summary.get("final_eval_cut"))
+    )
 
 
 def print_summary(summary: dict) -> None:
@@ -86,8 +89,7 @@ def print_summary(summary: dict) -> None:
          + (" (stopped; resume with --resume auto)" if summary["stopped"] else "")),
         ("final loss", f"{summary['final_loss']:.4f}" if summary["final_loss"] else "n/a"),
         ("samples/s", f"{summary['samples_per_s']:,.0f}" if summary["samples_per_s"] else "n/a"),
-        ("zero-shot top-1", f"{zeroshot['top1']:.1%} (chance {zeroshot['chance']:.1%})"
-         if zeroshot else "not evaluated (--zeroshot DIR)"),
+        ("zero-shot top-1", _zeroshot_row(summary, zeroshot)),
         ("bad images skipped", _bad_images(summary["stream"])),
         ("checkpoint", str(summary["checkpoint"])),
         ("summary", f"{summary['run_dir']}/summary.json"),
@@ -95,6 +97,17 @@ def print_summary(summary: dict) -> None:
     for name, value in rows:
         table.add_row(name, escape(value))  # paths and bad-image messages are text, not markup
     stdout().print(table)
+
+
+def _zeroshot_row(summary: dict, zeroshot: dict) -> str:
+    if summary.get("final_eval_cut"):
+        return (
+            "final evaluation cut short by the signal; evaluate the checkpoint with clipa-train "
+            f"eval --checkpoint {summary['checkpoint']} --imagenet-val <the --zeroshot folder>"
+        )
+    if zeroshot:
+        return f"{zeroshot['top1']:.1%} (chance {zeroshot['chance']:.1%})"
+    return "not evaluated (--zeroshot DIR)"
 
 
 def _bad_images(stream: dict, shown: int = 3) -> str:

@@ -123,6 +123,9 @@ class LoopResult:
     """True when the loss, the logit scale or (checked before each save and evaluation) a weight
     was NaN or infinite: the run stopped there without saving or evaluating the diverged
     weights (the last checkpoint is the one to go on from)."""
+    final_eval_cut: bool = False
+    """True when a second signal cut the stage's final evaluation short (every step was made
+    and the last one's checkpoint saved before it: ``clipa-train eval`` evaluates it)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
 
@@ -350,17 +353,25 @@ def train(
         except StopNow:
             result.stopped = cut = True
             model.train()  # an evaluation may have been cut short
-        result.interrupted = stop.now
-        result.signalled = _signalled(stop, cut or result.failure is not None, backend)
-        wants_eval = evaluate is not None and not result.stopped and evaluated_at != step
-        if wants_eval and not _weights_diverged(model, step, result, backend):
-            _evaluate(evaluate, model, step, log, result, backend)
+        stop.next_check = step  # a first signal from now on: the run ends after this step
         cut = cut or result.failure is not None  # other ranks may be waiting in a collective
         final = ckpt.checkpoint_path(directory, step)
+        # The last step's checkpoint comes before the final evaluation, so a signal that cuts
+        # the evaluation short (minutes on ImageNet) loses no training.
         if _needs_final_checkpoint(result, cut, backend, final) and _finite(
             model, watched, step, result, backend
         ):
             result.checkpoint = save()
+        wants_eval = evaluate is not None and not result.stopped and evaluated_at != step
+        if wants_eval and not _weights_diverged(model, step, result, backend):
+            try:
+                with stop.interruptible():
+                    _evaluate(evaluate, model, step, log, result, backend)
+            except StopNow:
+                result.final_eval_cut = cut = True
+                model.train()
+        result.interrupted = stop.now
+        result.signalled = _signalled(stop, cut, backend)
     log.close()
     result.step = step
     return result

@@ -222,6 +222,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "total_steps": stage.optim.total_steps,
         "stopped": result.stopped,
         "interrupted": result.interrupted,
+        "final_eval_cut": result.final_eval_cut,
         "signalled": result.signalled,
         "failure": result.failure,
         "diverged": result.diverged,

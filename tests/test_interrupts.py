@@ -159,3 +159,29 @@ def test_ctrl_c_while_the_command_starts_is_one_line(program):
     )  # fmt: skip
     assert done.returncode == 130, done.stderr
     assert done.stderr == "interrupted\n" and not done.stdout
+
+
+def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path):
+    """The last step's checkpoint is saved before the stage's final zero-shot evaluation (which
+    takes minutes on ImageNet); Ctrl-C twice during it stops at once: exit 130, every step made,
+    and the summary says what to run to evaluate the checkpoint."""
+    from clipa_data.demo import write_demo_validation
+
+    val = write_demo_validation(tmp_path / "eval", per_class=30, seed=0)  # 600 images
+    out = tmp_path / "run"
+    args = options(data, out, "--zeroshot", val.root, "--classnames", val.classnames_path,
+                   "--eval-batch-size", 1)  # fmt: skip
+    args[args.index("--samples") + 1] = "16"  # 2 steps
+    args[args.index("--checkpoint-every") + 1] = "0"  # the one checkpoint: the final one
+    process = start(*args)
+    signalled_at = time.monotonic()
+    code, stdout, stderr = signal_once_trained(process, out, signal.SIGINT, signal.SIGINT)
+    assert time.monotonic() - signalled_at < 60
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "stopping after step 2 " in stderr, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == summary["total_steps"] == 2 and not summary["stopped"]
+    assert summary["final_eval_cut"] and summary["zeroshot"] is None
+    assert summary["checkpoint"].endswith("step_00000002.pt")
+    assert Path(summary["checkpoint"]).is_file()
+    assert "final evaluation cut short" in " ".join(stdout.split()), stdout
