@@ -513,6 +513,8 @@ def test_cli_bad_passthrough(metadata, tmp_path, pair, message):
         ("--output-format", "files", "--output-format must be one of tfrecord, webdataset"),
         ("--resize-mode", "stretch", "--resize-mode must be one of"),
         ("--save-additional-columns", "NSFW,status", "may not use status"),
+        ("--save-additional-columns", "NSFW,txt", "may not use txt: img2dataset writes"),
+        ("--save-additional-columns", "jpg", "would replace them in every record"),
         ("--distributor", "ray", "--distributor must be one of multiprocessing, pyspark"),
         ("--processes", "0", "--processes-count must be at least 1"),
         ("--image-size", "0", "--image-size must be at least 1"),

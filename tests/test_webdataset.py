@@ -99,3 +99,26 @@ def test_intact_samples_before_a_cut_keep_whole_samples_only(shards, tmp_path):
         count, end = webdataset.intact_samples(cut, damage.value.offset)
         assert count == samples and end <= size
         assert list(webdataset.iter_examples(cut, end)) == whole[:samples]
+
+
+def test_a_json_field_named_like_a_sample_file_is_refused(tmp_path):
+    """img2dataset writes saved URL-list columns into the json: one named txt (or jpg) would
+    replace the caption (image) in the converted record; it is named, not converted."""
+    import io
+    import json
+    import tarfile
+
+    from builders import jpeg_bytes
+
+    from clipa_data.core.errors import ClipaError
+
+    path = tmp_path / "00000.tar"
+    with tarfile.open(path, "w") as tar:
+        members = {"jpg": jpeg_bytes(8, 8, seed=0), "txt": b"the real caption"}
+        members["json"] = json.dumps({"key": "000000000", "txt": "OTHER"}).encode()
+        for extension, data in members.items():
+            info = tarfile.TarInfo(f"000000000.{extension}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ClipaError, match="json has a field 'txt', which would replace"):
+        list(webdataset.iter_examples(path))

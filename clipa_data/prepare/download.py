@@ -49,6 +49,7 @@ from clipa_data.prepare import download_start, spark, stores
 from clipa_data.prepare.download_start import read_start
 from clipa_data.prepare.interrupts import Interrupted, ShardStop
 from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
+from clipa_data.prepare.schema import IMAGE_FORMATS
 from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
 from clipa_data.prepare.url_list import check_columns, header_columns
@@ -74,6 +75,9 @@ INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
 RESERVED_COLUMNS = frozenset(
     {"key", "caption", "url", "width", "height", "original_width", "original_height", "status"}
     | {"error_message", "exif", "md5", "sha256", "sha512"}
+    # The names of a sample's own fields: img2dataset writes saved columns over them (a column
+    # "txt" replaced every caption, "jpg" every image).
+    | {"txt", "json", *IMAGE_FORMATS}
 )
 COLUMN_ARGUMENTS = ("bbox_col",)
 """img2dataset arguments (through ``--i2d`` or a dataset recipe) whose value is an input column
@@ -229,7 +233,8 @@ class DownloadConfig:
         if reserved:
             raise ClipaError(
                 f"save_additional_columns may not use {', '.join(reserved)}: img2dataset writes "
-                "those itself; drop them from the list"
+                "those itself (a saved column would replace them in every record); drop them "
+                "from the list, or rename the column in the URL list"
             )
         self._check_extra()
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipa_data.core.errors import CorruptShardError
+from clipa_data.core.errors import ClipaError, CorruptShardError
 from clipa_data.core.example import Kind, encode_example
 from clipa_data.prepare.schema import IMAGE_FORMATS
 
@@ -178,6 +178,14 @@ def to_example(sample: Sample, path: str | Path) -> bytes:
                 str(path), sample.offset, f"sample {sample.key}: bad json ({error})"
             ) from None
         for name, value in meta.items():
+            # img2dataset's json repeats the key; a saved column named like a file (txt, jpg)
+            # would replace that file's feature, as img2dataset's own tfrecord writer lets it.
+            if name in features and name != "key":
+                raise ClipaError(
+                    f"{path}: sample {sample.key}'s json has a field {name!r}, which would "
+                    f"replace the sample's own {name} (a URL-list column saved under that "
+                    "name); download again without saving that column"
+                )
             features[name] = feature_of(value)
     return encode_example(features)
 
