@@ -18,6 +18,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from clipa_cli.data_app import app
@@ -294,6 +295,39 @@ def test_resume_after_a_file_joins_the_url_list_folder_is_refused(tfrecord_run, 
     table["URL"] = table["URL"] + "?again"
     table.to_parquet(folder / "part-00001.parquet")
     _check_same_settings(from_folder)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_resume_after_rows_were_appended_to_the_url_list_is_refused(tfrecord_run, tmp_path, fmt):
+    """img2dataset resumes by shard number: rows appended after a finished partial last shard
+    were never downloaded (a finished CSV list said "nothing new"); the file is named."""
+    from clipa_data.core import layout
+    from clipa_data.prepare.download import _record_sharding
+
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    table = pq.read_table(config.url_list).to_pandas()
+    urls = tmp_path / f"urls.{fmt}"
+    write = {"csv": lambda t: t.to_csv(urls, index=False), "parquet": lambda t: t.to_parquet(urls)}
+    write[fmt](table)
+    run = dataclasses.replace(config, output_folder=str(output), url_list=str(urls),
+                              input_format=fmt)  # fmt: skip
+    summary = layout.download_summary_path(output)
+    finished_run = summary.read_bytes()
+    _record_sharding(run)  # as if the download had been made from this list
+    summary.write_bytes(finished_run)
+    write[fmt](pd.concat([table, table.head(4)]))
+    with pytest.raises(ClipaError) as refused:
+        download(run)
+    rows = len(table) + (fmt == "csv")  # a CSV's header line counts
+    message = str(refused.value)
+    assert f"was downloaded from urls.{fmt} when it had {rows} rows; it has {rows + 4} now" in (
+        message
+    )
+    assert "--incremental-mode extend" in message
+    write[fmt](table)  # the list as it was: the resume has nothing to do
+    assert download(run).samples_this_run == 0
 
 
 def test_extend_with_the_url_list_already_read_is_refused(tfrecord_run, tmp_path):

@@ -52,7 +52,7 @@ from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
 from clipa_data.prepare.schema import IMAGE_FORMATS
 from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
-from clipa_data.prepare.url_list import check_columns, header_columns
+from clipa_data.prepare.url_list import check_columns, header_columns, list_rows
 
 INPUT_FORMATS = (
     "parquet",
@@ -527,6 +527,7 @@ def _check_output(config: DownloadConfig) -> None:
             )
         _check_same_sharding(config)
         _check_same_settings(config)
+        _check_same_rows(config)
         _check_extend_runs(config)
 
 
@@ -593,6 +594,7 @@ def _record_sharding(config: DownloadConfig) -> None:
         {
             "number_sample_per_shard": config.number_sample_per_shard,
             "settings": _content_settings(config),
+            "url_rows": _url_rows(config),
             "incremental_mode": config.incremental_mode,
             "first_shard": _first_new_shard(config),
         },
@@ -678,6 +680,34 @@ def _check_same_settings(config: DownloadConfig) -> None:
             f"{config.output_folder} was downloaded with {was}; resume with the same settings "
             f"(this command gives {given}), or download into another OUTPUT_FOLDER (or pass "
             "--incremental-mode overwrite to start this one again)"
+        )
+
+
+def _url_rows(config: DownloadConfig) -> dict[str, int] | None:
+    """Rows of each local URL-list file (None: a remote list, read by img2dataset only)."""
+    if layout.is_url(config.url_list):
+        return None
+    return {path.name: list_rows(path, config.input_format) for path in _input_files(config)}
+
+
+def _check_same_rows(config: DownloadConfig) -> None:
+    """A URL-list file whose rows changed since the folder was downloaded from it: img2dataset
+    resumes by shard number, so rows appended after a finished partial last shard were never
+    downloaded (and inserted ones shift every later shard). Refuse it, naming the file."""
+    if config.incremental_mode == "extend" or not finished_shard_ids(config.output_folder):
+        return
+    recorded = read_start(config.output_folder).get("url_rows")
+    if not isinstance(recorded, dict):
+        return  # a remote list, or an output of an older clipa
+    now = _url_rows(config) or {}
+    changed = [name for name in sorted(recorded) if name in now and now[name] != recorded[name]]
+    if changed:
+        name = changed[0]
+        raise ClipaError(
+            f"{config.output_folder} was downloaded from {name} when it had {recorded[name]} "
+            f"rows; it has {now[name]} now (resuming would skip or shift rows): download new "
+            "rows from a new file (after the others in a URL-list folder, or with "
+            "--incremental-mode extend), or start again with --incremental-mode overwrite"
         )
 
 

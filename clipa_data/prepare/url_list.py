@@ -167,3 +167,23 @@ def check_columns(path: Path, columns: list[str], wanted: Mapping[str, str]) -> 
         f"{path} has no column {', '.join(map(repr, missing))} (columns found: {found}); "
         f"pass {'; '.join(fixes)}"
     )
+
+
+def list_rows(path: Path, input_format: str) -> int:
+    """How many rows the URL list ``path`` holds, as a resume compares them: parquet's row
+    count; the lines of a CSV/TSV/TXT/JSON Lines file (a header counts too: only changes
+    matter); the records of a JSON array."""
+    import pyarrow.parquet as pq
+
+    if input_format == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    opener = gzip.open if input_format.endswith(".gz") else open
+    if input_format.removesuffix(".gz") == "json":
+        with opener(path, "rt", encoding="utf-8-sig") as stream:
+            records = json.load(stream)
+        return len(records) if isinstance(records, list) else len(next(iter(records.values()), []))
+    lines, last = 0, b"\n"
+    with opener(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+    return lines + (last != b"\n")  # a last line without its newline
