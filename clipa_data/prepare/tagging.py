@@ -11,7 +11,9 @@ naming the shard, unless ``overwrite`` re-tags it. The run ends with ``sidecars/
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
 from clipa_data.core.sidecar import (
+    MAX_WORDS,
     SidecarInfo,
     TableBuilder,
     read_header,
@@ -232,6 +235,26 @@ def sidecar_info(tagger: TaggerSpec, text_field: str, shard: str) -> SidecarInfo
     )
 
 
+CONTEXT_CHUNKS = 64
+"""Whitespace-separated chunks kept after the ``MAX_WORDS``-th, so the tags of the last kept
+words see the words after them as in the whole caption."""
+TAGGER_CHARS = 100_000
+"""At most this many characters of a caption reach the tagger (spaCy refuses texts over its
+``max_length``, 1,000,000, and needs memory in proportion)."""
+
+
+def tagger_text(caption: str) -> str:
+    """The start of ``caption`` that holds every word the sidecar keeps: it keeps the first
+    ``MAX_WORDS`` tagger words, and every whitespace-separated chunk holds at least one, so the
+    first ``MAX_WORDS`` chunks (and some context) hold them all. Real captions are whole."""
+    limit = MAX_WORDS + CONTEXT_CHUNKS
+    if len(caption) < 2 * limit:  # n chunks take at least 2n - 1 characters
+        return caption
+    chunks = itertools.islice(re.finditer(r"\S+", caption), limit)
+    end = max((chunk.end() for chunk in chunks), default=0)
+    return caption[: min(end, TAGGER_CHARS)]
+
+
 def tag_shard(job: ShardJob) -> ShardTagResult:
     """Tag one shard into its sidecar (runs in a worker process)."""
     start = time.perf_counter()
@@ -241,7 +264,7 @@ def tag_shard(job: ShardJob) -> ShardTagResult:
             f"{job.shard}: has {len(captions)} records but dataset_info.json declares "
             f"{job.num_records}; re-create the builder directory with clipa-data convert"
         )
-    tagged = load_tagger(job.tagger).tag([caption.text for caption in captions])
+    tagged = load_tagger(job.tagger).tag([tagger_text(caption.text) for caption in captions])
     table = build_table(captions, tagged, sidecar_info(job.tagger, job.text_field, job.shard))
     stores.write_to(job.sidecar, lambda path: write_sidecar(path, table))
     return ShardTagResult(
