@@ -40,6 +40,12 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        # A full disk or a file-size limit fails a write or the flush with no file named:
+        # name the file being written, so the error is one line saying where.
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     finally:
         if tmp.exists():
             tmp.unlink()
