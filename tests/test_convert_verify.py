@@ -216,3 +216,27 @@ def test_a_damaged_move_conversion_says_to_move_the_shards_back_first(tmp_path):
     assert "\n" not in message and f"declares 5 records for shard 1 ({shard_name(1)})" in message
     assert f"moved here out of {src.resolve()}; move them back" in message
     assert message.endswith(f"then delete {builder} and re-run clipa-data convert")
+
+
+@pytest.mark.parametrize("verify", ["headers", "crc"])
+def test_a_source_record_tfds_cannot_read_names_the_source_not_a_rerun(tmp_path, verify):
+    """Convert copies records as they are: a first record TFDS cannot decode came from its
+    source, and deleting the partial result to convert again failed the same way forever."""
+    src = write_source(tmp_path / "raw", LAYOUT, failures=1)
+    source = src / "00001.tfrecord"
+    records = list(tfrecord.read_records(source))
+    features = decode_example(records[0])
+    features["jpg"] = ("bytes", [b"<html>not found</html>"])
+    with open(source, "wb") as handle:  # valid framing and checksums: only TFDS notices
+        tfrecord.write_records(handle, [encode_example(features), *records[1:]])
+    config = ConvertConfig(src=src, out=tmp_path / "out", name=NAME, mode="copy", workers=1,
+                           show_progress=False, verify=verify)  # fmt: skip
+    for _ in range(2):  # the same advice when the advice is followed... or not
+        with pytest.raises(ClipaError) as raised:
+            convert(config)
+        message = str(raised.value)
+        assert f"cannot read the first example of shard 1 ({shard_name(1)})" in message
+        assert f"the record comes from {source} as it is" in message, message
+        assert "re-run clipa-data convert" not in message
+        assert ("convert with --verify crc" in message) == (verify == "headers")
+        assert ("passed its checksum" in message) == (verify == "crc")

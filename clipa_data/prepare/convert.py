@@ -421,11 +421,13 @@ def _finish(
     tfds_metadata.write_for(staging, manifest, schema)
     write_manifest(staging, manifest)
     metadata_seconds = time.perf_counter() - started
-    return manifest, metadata_seconds, verify_manifest(staging, manifest)
+    return manifest, metadata_seconds, verify_manifest(staging, manifest, fresh=True)
 
 
-def verify_manifest(builder: Path, manifest: ConvertManifest) -> Verification:
-    """Prove with TFDS's reader that ``builder`` holds what its ``manifest`` says."""
+def verify_manifest(builder: Path, manifest: ConvertManifest, fresh: bool = False) -> Verification:
+    """Prove with TFDS's reader that ``builder`` holds what its ``manifest`` says. ``fresh``: it
+    was just written from the sources, so a record TFDS cannot read came from its source (a
+    stored result may have been damaged since: delete it and convert again)."""
     fix = None  # tfds_metadata's default: delete the folder and re-run convert
     if manifest.config.method == "move":  # deleting would lose the only copy
         fix = (
@@ -438,6 +440,7 @@ def verify_manifest(builder: Path, manifest: ConvertManifest) -> Verification:
         shard_lengths=[shard.records for shard in manifest.shards],
         first_keys=[shard.first_key for shard in manifest.shards],
         fix=fix,
+        unreadable_fix=(lambda index: _unreadable_source_fix(manifest, index)) if fresh else None,
     )
     for shard in manifest.shards:  # a shard cut after its first record still passes TFDS
         size = (builder / shard.target).stat().st_size
@@ -447,6 +450,24 @@ def verify_manifest(builder: Path, manifest: ConvertManifest) -> Verification:
                 f"says {shard.bytes}; {fix or f'delete {builder} and re-run clipa-data convert'}"
             )
     return verification
+
+
+def _unreadable_source_fix(manifest: ConvertManifest, index: int) -> str:
+    """What to do about a shard whose first record TFDS cannot read: convert copies records as
+    they are, so its source holds that record (converting again fails the same way)."""
+    source = Path(manifest.source.folder) / manifest.shards[index].source
+    if manifest.config.verify != "crc":
+        return (
+            f"the record comes from {source} as it is, so it is likely damaged there (--verify "
+            "headers does not read record data): convert with --verify crc to check every "
+            "record (and --skip-bad-shards to leave damaged shards out), or download that "
+            "shard again"
+        )
+    return (
+        f"the record comes from {source} as it is and passed its checksum, so it is not what "
+        "the features describe (an image that does not decode?): download that shard again, "
+        "or leave it out of SRC"
+    )
 
 
 def _convert_into(

@@ -13,7 +13,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,10 +193,13 @@ def verify(
     shard_lengths: Sequence[int],
     first_keys: Sequence[str | None],
     fix: str | None = None,
+    unreadable_fix: Callable[[int], str] | None = None,
 ) -> Verification:
     """Load ``builder_path`` with TFDS and prove it holds what convert wrote, or raise.
 
-    ``fix`` ends every error message (default: delete the folder and re-run convert).
+    ``fix`` ends every error message (default: delete the folder and re-run convert), except
+    that of a shard whose first example TFDS cannot read: ``unreadable_fix(shard index)``, when
+    given (the record came so from its source: converting again would fail the same way).
     """
     import_tensorflow()
     started = time.perf_counter()
@@ -243,7 +246,7 @@ def verify(
             index, reason = _unreadable_shard(builder, split, wanted, chunk)
             raise ClipaError(
                 f"{builder_path}: TFDS cannot read the first example of shard {index} "
-                f"({names[index]}): {reason}; {fix}"
+                f"({names[index]}): {reason}; {unreadable_fix(index) if unreadable_fix else fix}"
             )
         for offset, example in enumerate(examples):
             index = chunk + offset
