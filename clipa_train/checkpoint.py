@@ -243,13 +243,18 @@ def _read(path: Path, fix: str) -> Any:
     if not path.is_file():
         raise ClipaError(f"checkpoint {path} does not exist")
     head = _head(path)
-    if head and not head.startswith((TORCH_ZIP_MAGIC, PICKLE_PROTOCOL_OPCODE)):
+    safetensors = is_safetensors(head)
+    if head and not safetensors and not head.startswith((TORCH_ZIP_MAGIC, PICKLE_PROTOCOL_OPCODE)):
         raise ClipaError(
             f"{path} is not a PyTorch checkpoint (torch.save writes a zip; this file begins "
-            f"{head!r}): did you mean a RUN_DIR/checkpoints/step_N.pt?"
+            f"{head[:8]!r}): did you mean a RUN_DIR/checkpoints/step_N.pt?"
         )
     try:
+        if safetensors:  # clipa-train export --format safetensors: the weights alone
+            return load_safetensors(path)
         return torch.load(path, map_location="cpu", weights_only=True)
+    except ClipaError:
+        raise
     except Exception as error:  # truncated zip, bad pickle, EOF: several types
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise ClipaError(f"checkpoint {path} is truncated or corrupt ({detail}); {fix}") from None
@@ -260,7 +265,25 @@ def _head(path: Path) -> bytes:
     instead of "truncated" (and its owner is not told to delete it). Empty and cut-short
     checkpoints keep torch's first bytes or none: those are damaged checkpoints."""
     with path.open("rb") as handle:
-        return handle.read(8)
+        return handle.read(9)
+
+
+def is_safetensors(head: bytes) -> bool:
+    """Whether a file beginning with ``head`` (9 bytes) is safetensors: the little-endian size
+    of a JSON header, then the header's ``{``."""
+    return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") < 2**30
+
+
+def load_safetensors(path: Path) -> dict:
+    """The tensors of a safetensors file (one line saying how to install the package)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ClipaError(
+            f"{path} is safetensors, which needs the safetensors package: pip install "
+            "'clipa[train]'"
+        ) from None
+    return load_file(str(path))
 
 
 def checkpoint_architecture(path: str | Path) -> dict | None:

@@ -277,3 +277,24 @@ def test_an_overwrite_in_the_other_folder_format_leaves_no_earlier_weights(runs,
     again = invoke("export", runs["sigmoid"], out, "--format", "safetensors", "--overwrite")
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, SAFE_WEIGHTS_NAME]
+
+
+def test_an_exported_safetensors_file_evaluates_as_its_checkpoint(tmp_path):
+    """eval (and probe, through the same reader) took a .safetensors export for something that
+    is not a checkpoint; it holds the same weights, so it evaluates the same."""
+    from clipa_data.demo import write_demo_validation
+
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    checkpoint = write_checkpoint(tmp_path / "run", preset="clipa-tiny")  # CLIP BPE's vocabulary
+    out = tmp_path / "model.safetensors"
+    assert invoke("export", checkpoint, out, "--format", "safetensors").exit_code == 0
+    results = []
+    for weights in (checkpoint, out):
+        result = invoke(
+            "eval", "--checkpoint", weights, "--imagenet-val", val.root, "--classnames",
+            val.classnames_path, "--image-size", 32, "--json",
+            "--workers", 0,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.stdout))
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["top5"] == results[1]["top5"]

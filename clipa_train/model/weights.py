@@ -33,14 +33,21 @@ def read_weights(path: str | Path) -> StateDict:
     """The state dict in ``path``: a bare state dict, ``{'state_dict': ...}`` (OpenCLIP training
     checkpoints and the CLIPA repository's files) or a clipa checkpoint (``{'model': ...}``); a
     ``module.`` prefix is stripped, CLIPA-repository names mapped to ours (``clipa_weights``)."""
-    from clipa_train.checkpoint import refuse_folder
+    from clipa_train.checkpoint import is_safetensors, load_safetensors, refuse_folder
 
     path = Path(path)
     refuse_folder(path, "use")  # a run directory: its newest checkpoint is named
     if not path.is_file():
         raise ClipaError(f"weights file {path} does not exist")
+    with path.open("rb") as handle:
+        safetensors = is_safetensors(handle.read(9))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if safetensors:
+            payload = load_safetensors(path)
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except ClipaError:
+        raise
     except Exception as error:  # torch raises several types for damaged or foreign files
         first_line = (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
