@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import ClipaError, parse_error_line
 from clipa_data.core.tokenizer import CLIP_BPE
 
 PRETRAIN_LR_PER_256 = 8e-6
@@ -441,7 +441,9 @@ def load_recipe_file(path: str | Path) -> Recipe:
 
             values = yaml.safe_load(path.read_text())
     except Exception as error:  # json and yaml errors share no base we can import lazily
-        raise ClipaError(f"{path}: cannot parse the recipe file ({error})") from None
+        raise ClipaError(
+            f"{path}: cannot parse the recipe file ({parse_error_line(error)})"
+        ) from None
     try:
         stages = tuple(
             StageRecipe(**_stage_values(path, number, stage))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from clipa_data.core.config_fields import Choices, Doc, field_specs
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import ClipaError, parse_error_line
 from clipa_data.core.layout import DEFAULT_TEXT_FIELD
 from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_data.core.tokenizer import CLIP_BPE
@@ -695,6 +695,8 @@ RECIPE_RENAMES = {"global_batch": "batch_size"}
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a YAML or JSON file (keys with - or _); unknown keys are an error."""
     path = Path(path)
+    if path.is_dir():
+        raise ClipaError(f"{path} is a folder; --config takes a YAML or JSON file")
     if not path.is_file():
         raise ClipaError(f"{path}: config file not found")
     text = path.read_text()
@@ -703,10 +705,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             values = json.loads(text, object_pairs_hook=_mapping_once)
         else:
             values = _yaml_once(text)
-    except (json.JSONDecodeError, ValueError) as error:
-        raise ClipaError(f"{path}: cannot parse config file ({error})") from None
+    except ClipaError:
+        raise
     except Exception as error:  # yaml.YAMLError has no common base we can import lazily
-        raise ClipaError(f"{path}: cannot parse config file ({error})") from None
+        raise ClipaError(f"{path}: cannot parse config file ({parse_error_line(error)})") from None
     if not isinstance(values, dict):
         raise ClipaError(f"{path}: a config file must hold a mapping of option: value")
     keys: dict[str, str] = {}

@@ -54,10 +54,20 @@ def imagenet_task() -> ZeroShotTask:
 
 
 def read_lines(path: Path, what: str) -> list[str]:
+    """The non-empty lines of ``path``; a template file's must each hold one ``{}`` (the error
+    names the file, not only the set it was given for)."""
     if not Path(path).is_file():
         raise ClipaError(f"{path}: {what} file not found")
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    return [line for line in lines if line]
+    lines = [line for line in lines if line]
+    bad = [line for line in lines if line.count("{}") != 1]
+    if what == "template" and (bad or not lines):
+        shown = f"bad: {bad[:3]}" if bad else "it has none"
+        raise ClipaError(
+            f"{path}: every template needs exactly one {{}} where the class name goes ({shown}); "
+            "is it the templates file (--templates)?"
+        )
+    return lines
 
 
 def task_from_files(

@@ -218,6 +218,13 @@ def test_home_in_a_config_file_and_in_flag_equals_is_expanded(data, tmp_path, mo
         ("twice.yaml", "lr: 0.1\nbatch-size: 8\nlr: 0.2\n", "lr given more than once"),
         ("twice.json", '{"lr": 0.1, "lr": 0.2}', "lr given more than once"),
         ("spelled.yaml", "text-mask: syntax\ntext_mask: truncate\n", "text-mask and text_mask"),
+        # PyYAML's message is a problem, a snippet and a caret over several lines
+        (
+            "broken.yaml",
+            "image-size: [32\n",
+            "cannot parse config file (expected ',' or ']', "
+            "but got '<stream end>' at line 2, column 1)",
+        ),
     ],
 )
 def test_an_option_given_twice_in_a_config_file_is_refused(data, tmp_path, name, text, said):
@@ -225,6 +232,11 @@ def test_an_option_given_twice_in_a_config_file_is_refused(data, tmp_path, name,
     config.write_text(text)
     result = invoke("pretrain", "--config", config, "--data", data["tagged"], "--out", tmp_path)
     assert_one_line_error(result, str(config), said)
+
+
+def test_a_folder_given_for_the_config_file_is_named_as_such(data, tmp_path):
+    result = invoke("pretrain", "--config", tmp_path, "--data", data["tagged"], "--out", tmp_path)
+    assert_one_line_error(result, f"{tmp_path} is a folder; --config takes a YAML or JSON file")
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -412,15 +424,21 @@ def test_eval_reads_imagenet_as_image_folder_and_as_tfds_alike(checkpoint, tmp_p
         ("{eval}", [], ["has 20 classes but ImageNet-1K has 1000"]),
         ("{empty}", [], ["has no class folders"]),
         ("{missing}", [], ["zero-shot set not found"]),
+        (
+            "{eval}",
+            ["--classnames", "{classnames}", "--templates", "{classnames}"],
+            ["{classnames}: every template needs exactly one {{}}", "the templates file"],
+        ),
     ],
 )
 def test_eval_bad_input(data, checkpoint, tmp_path, dataset, extra, fragments):
     (tmp_path / "empty").mkdir()
     places = {**data, "empty": tmp_path / "empty", "missing": tmp_path / "nope"}
+    extra = [str(arg).format(**places) for arg in extra]
     result = invoke(
         "eval", "--checkpoint", checkpoint, "--imagenet-val", dataset.format(**places), *extra
     )
-    assert_one_line_error(result, *fragments)
+    assert_one_line_error(result, *[fragment.format(**places) for fragment in fragments])
 
 
 def test_eval_of_a_missing_checkpoint(data, tmp_path):

@@ -30,3 +30,12 @@ def worker_message(error: ClipaError) -> str:
         return text
     last = text.rstrip("\n").rsplit("\n", 1)[-1]  # "clipa_data.core.errors.ClipaError: MESSAGE"
     return last.split(": ", 1)[1] if ": " in last else last
+
+
+def parse_error_line(error: Exception) -> str:
+    """A YAML or JSON parser's error in one line: PyYAML's message spans several lines (the
+    problem, a snippet and a caret), so it becomes its problem and where; others are joined."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
