@@ -107,8 +107,20 @@ def folder_units(root: Path, labels: dict[str, int]) -> tuple[tuple[str, int], .
         if path.suffix.lower() in IMAGE_SUFFIXES
     )
     if not units:
-        raise ClipaError(f"{root} has {len(labels)} class folders but no images in them")
+        raise no_images_error(root, [root / name for name in labels])
     return units
+
+
+def no_images_error(root: Path, folders: list[Path]) -> ClipaError:
+    """Class folders without images; when they hold folders instead, ``root`` is one level
+    above a set (``eval/`` of ``eval/val/CLASS/``): name the folder to give."""
+    nested = [folder for folder in folders if any(p.is_dir() for p in folder.iterdir())]
+    hint = (
+        f"; its folders hold folders, so it may be a set's parent: give {nested[0]} instead"
+        if nested
+        else ""
+    )
+    return ClipaError(f"{root} has {len(folders)} class folders but no images in them{hint}")
 
 
 def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:

@@ -129,7 +129,7 @@ class ProbeSet:
 
 
 def _open_folder(root: Path, role: str) -> ProbeSet:
-    from clipa_train.evaluate import IMAGE_SUFFIXES, ZeroShotSet
+    from clipa_train.evaluate import IMAGE_SUFFIXES, ZeroShotSet, no_images_error
     from clipa_train.zeroshot import ZeroShotTask
 
     if (root / role).is_dir():
@@ -144,7 +144,7 @@ def _open_folder(root: Path, role: str) -> ProbeSet:
         if path.suffix.lower() in IMAGE_SUFFIXES
     )
     if not units:
-        raise ClipaError(f"{root} has {len(folders)} class folders but no images in them")
+        raise no_images_error(root, folders)
     names = tuple(folder.name for folder in folders)
     task = ZeroShotTask(root.name, names, ("{}",))
     return ProbeSet(ZeroShotSet(str(root), "imagefolder", units, len(units), task), "folder", names)

@@ -274,6 +274,11 @@ def test_a_tfds_builder_probes_like_the_same_images_in_folders(sets, tmp_path):
         ("out below a file", [], ["is a file, not a folder", "probe.json"]),
         ("cache below a file", [], ["is a file, not a folder", "the feature cache"]),
         ("out a folder", [], ["is a folder where the result file goes", "probe.json"]),
+        (
+            "a set's parent",
+            [],
+            ["class folders but no images", "set's parent: give ", "/colours instead"],
+        ),
     ],
 )
 def test_probe_bad_input(sets, tmp_path, case, extra, fragments):
@@ -286,6 +291,8 @@ def test_probe_bad_input(sets, tmp_path, case, extra, fragments):
         train = tmp_path / "nope"
     elif case == "run directory":
         checkpoint = checkpoint.parent.parent
+    elif case == "a set's parent":  # ROOT/colours/train/CLASS/: ROOT is a level too high
+        train = train.parent
     (tmp_path / "file").write_text("")
     if case == "out below a file":
         extra = ["--out", tmp_path / "file" / "probe.json"]
