@@ -6,7 +6,8 @@ Per shard (one process-pool task): read the shard's records in order, tag the ra
 then published by ``stores``). A re-run skips shards whose sidecar is finished and valid; a
 sidecar that no longer matches (other vocabulary, text field, tagger or row count) stops the run
 naming the shard, unless ``overwrite`` re-tags it. The run ends with ``sidecars/tag_summary.json``
-(on a store: published last, after every sidecar).
+(on a store: published last, after every sidecar); a re-run that tags nothing keeps the summary
+of the run that did (its tagger, counts and speed).
 """
 
 from __future__ import annotations
@@ -396,5 +397,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
         tagging_seconds=tagging_seconds,
         distributor=config.distributor,
     )
-    stores.write_json(layout.tag_summary_path(builder), summary.to_json())
+    path = layout.tag_summary_path(builder)
+    if todo or not layout.exists(path):  # a re-run that tagged nothing keeps the run that did
+        stores.write_json(path, summary.to_json())
     return summary
