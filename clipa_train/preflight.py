@@ -66,6 +66,20 @@ def small_data_warnings(
     return lines
 
 
+def samples_warnings(samples: int | None, batch_size: int, total_steps: int) -> list[str]:
+    """A line when ``--samples`` is not a whole number of global batches: the stage trains
+    whole batches only, so it sees fewer samples than asked (or, below one batch, more)."""
+    if samples is None or samples % batch_size == 0:
+        return []
+    trained = total_steps * batch_size
+    return [
+        f"warning: --samples {samples} is not a multiple of --batch-size {batch_size}: the "
+        f"stage trains {total_steps} step{'s' * (total_steps > 1)} of whole batches, "
+        f"{trained} samples ({'more' if trained > samples else 'fewer'} than asked); give a "
+        "multiple of the batch size"
+    ]
+
+
 def warmup_warnings(given: int | None, total_steps: int) -> list[str]:
     """A line when ``--warmup-steps`` (``given``) reaches past the stage's ``total_steps``: the
     schedule caps it there, so the learning rate climbs to its peak at the last step and never

@@ -29,7 +29,12 @@ def run_stage(config: TrainConfig) -> dict | None:
     """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
-    from clipa_train.preflight import check_memory, small_data_warnings, warmup_warnings
+    from clipa_train.preflight import (
+        check_memory,
+        samples_warnings,
+        small_data_warnings,
+        warmup_warnings,
+    )
     from clipa_train.run_dir import check_resume_step
     from clipa_train.sharding import is_first_rank, torchrun_world
 
@@ -49,6 +54,9 @@ def run_stage(config: TrainConfig) -> dict | None:
         in_epochs = config.optim.samples is None
         epoch = config.run.samples_per_epoch
         warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)
+        warnings += samples_warnings(
+            config.optim.samples, config.optim.batch_size, stage.optim.total_steps
+        )
         warnings += warmup_warnings(config.optim.warmup_steps, stage.optim.total_steps)
         for line in warnings:
             _note(line)

@@ -13,7 +13,7 @@ import pytest
 from builders import make_builder_dir, make_records
 from cli_checks import assert_one_line_error
 
-from clipa_train.preflight import small_data_warnings, warmup_warnings
+from clipa_train.preflight import samples_warnings, small_data_warnings, warmup_warnings
 
 CLIPA_TRAIN = str(Path(sys.executable).parent / "clipa-train")
 
@@ -87,6 +87,15 @@ def test_small_data_warnings_thresholds():
     assert small_data_warnings(48, 20, samples_per_epoch=400) == []  # 20 steps, none left out
     (short,) = small_data_warnings(1099, 100, samples_per_epoch=500)
     assert "an epoch of 500 samples is 5 steps" in short
+
+
+def test_samples_that_are_not_whole_batches_are_said():
+    assert samples_warnings(None, 8, 3) == [] and samples_warnings(24, 8, 3) == []
+    (fewer,) = samples_warnings(20, 8, 2)
+    assert "--samples 20 is not a multiple of --batch-size 8" in fewer
+    assert "2 steps of whole batches, 16 samples (fewer than asked)" in fewer
+    (more,) = samples_warnings(4, 8, 1)
+    assert "1 step of whole batches, 8 samples (more than asked)" in more
 
 
 def test_a_warm_up_as_long_as_the_stage_is_said(builder, tmp_path):
