@@ -123,6 +123,15 @@ LOSSES: tuple[str, ...] = tuple(LOSS_CHOICES)
 """The loss names, in the order help texts list them."""
 
 
+def loss_of(init_logit_bias: float | None) -> str:
+    """The loss a model was built for, from its logit-bias init (a bias parameter: sigmoid)."""
+    return next(
+        name
+        for name, choice in LOSS_CHOICES.items()
+        if (choice.init_logit_bias is None) == (init_logit_bias is None)
+    )
+
+
 def loss_choice(name: str) -> LossChoice:
     """The registry entry called ``name``; a clear error for an unknown name."""
     return pick(LOSS_CHOICES, name, "loss")

@@ -72,6 +72,13 @@ class ResolvedStage:
     tagger: TaggerSpec | None
     """The tagger of the sidecars (syntax-masked zero-shot prompts); None truncates prompts."""
 
+    @property
+    def loss(self) -> str:
+        """The loss trained: ``--loss``, else the one the model (the checkpoint's) was built for."""
+        from clipa_train.loss import loss_of
+
+        return self.config.model.loss or loss_of(self.model.init_logit_bias)
+
     def to_json(self) -> dict:
         """``config.json``: resolved options, derived values, model, data and versions."""
         resolved = {
@@ -79,6 +86,7 @@ class ResolvedStage:
             "text_length": self.text.length,
             "text_mask": self.text.mask,
             "pos_embed": self.model.vision.pos_embed,
+            "loss": self.loss,
             "lr": self.optim.lr,
             "warmup_steps": self.optim.warmup_steps,
         }

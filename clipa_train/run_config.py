@@ -141,8 +141,11 @@ class ModelOptions:
         Choices(POS_EMBEDS),
     ] = None
     loss: Annotated[
-        str, Doc("Training loss (contrastive: CLIP InfoNCE; sigmoid: SigLIP)."), Choices(LOSSES)
-    ] = "contrastive"
+        str | None,
+        Doc("Training loss (contrastive: CLIP InfoNCE; sigmoid: SigLIP); default: the "
+            "checkpoint's with --from (a logit_bias means sigmoid), else contrastive."),
+        Choices(LOSSES),
+    ] = None  # fmt: skip
     grad_checkpointing: Annotated[
         bool, Doc("Recompute each transformer block in the backward pass (less memory).")
     ] = False

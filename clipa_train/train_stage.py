@@ -108,7 +108,7 @@ def _train_on(stage: ResolvedStage, backend) -> None:
             model=model,
             optimizer=build_optimizer(model, stage.optim),
             optim_config=stage.optim,
-            loss_fn=build_loss(config.model.loss, backend),
+            loss_fn=build_loss(stage.loss, backend),
             batches=loader,
             backend=backend,
             run_dir=run_dir,

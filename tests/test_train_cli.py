@@ -165,6 +165,33 @@ def test_finetune_needs_a_checkpoint(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_finetune_trains_with_the_checkpoints_loss_unless_told(data, tmp_path):
+    """A SigLIP (sigmoid) pre-training fine-tunes with the sigmoid loss by default (its
+    logit_bias was refused as an unknown architecture); another loss is one line with the fix."""
+    pre = tmp_path / "pre"
+    result = invoke(*tiny(data, pre, "--samples", 8, "--loss", "sigmoid"))
+    assert result.exit_code == 0, result.output
+    checkpoint = next((pre / "checkpoints").glob("step_*.pt"))
+    finetune = ["finetune", "--data", data["tagged"], "--from", checkpoint, "--image-size", 32,
+                "--text-length", 8, "--batch-size", 8, "--samples", 8, "--workers", 1,
+                "--no-progress"]  # fmt: skip
+    result = invoke(*finetune, "--out", tmp_path / "ft")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["options"]["loss"] == "sigmoid" and config["given"]["loss"] is None
+    assert config["model"]["init_logit_bias"] is not None
+    result = invoke(*finetune, "--out", tmp_path / "ft2", "--loss", "contrastive")
+    assert_one_line_error(
+        result, "was trained with the sigmoid loss (it has logit_bias)",
+        "built for --loss contrastive", "drop --loss",
+    )  # fmt: skip
+    pre_config = json.loads((pre / "config.json").read_text())
+    assert pre_config["options"]["loss"] == "sigmoid"
+    plain = tmp_path / "plain"
+    assert invoke(*tiny(data, plain, "--samples", 8)).exit_code == 0
+    assert json.loads((plain / "config.json").read_text())["options"]["loss"] == "contrastive"
+
+
 def test_config_file_gives_options_and_flags_override_it(data, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -126,6 +126,15 @@ def check_compatible(
         for key in sorted(set(state) & set(target))
         if state[key].shape != target[key].shape
     ]
+    if not mismatched and sorted(missing + unexpected) == ["logit_bias"]:
+        # Only the sigmoid loss's bias differs: weights of one loss, a model of the other.
+        has = "has" if unexpected else "has no"
+        theirs, ours = ("sigmoid", "contrastive") if unexpected else ("contrastive", "sigmoid")
+        raise ClipaError(
+            f"{source} was trained with the {theirs} loss (it {has} logit_bias) and this "
+            f"model is built for --loss {ours}: drop --loss (the checkpoint's is the default) "
+            f"or pass --loss {theirs}"
+        )
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
