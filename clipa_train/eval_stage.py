@@ -2,7 +2,8 @@
 
 The model is rebuilt from the architecture stored in a clipa checkpoint (or from ``--model``
 for OpenCLIP/CLIPA weights) at the evaluation image size, positional embeddings resized on
-load. Prompts are truncated to the model's context length.
+load. Prompts are truncated to the model's context length (a run's in-loop evaluations reduce
+them with its text mask, as CLIPA's do: the eval says so when that differs).
 """
 
 from __future__ import annotations
@@ -254,6 +255,15 @@ def _loaded(config: EvalConfig, note: Callable[[str], None] = lambda line: None)
         reference_exact=config.reference_exact,
     )
     spec = prompt_tokenizer(config, model)
+    trained_mask = _recorded_option(config.checkpoint, "text_mask")
+    if trained_mask not in (None, "truncate"):
+        # The run's own evaluations reduced prompts with its text mask (as CLIPA's do), this
+        # one truncates: a syntax-masked pre-training scores differently here than in its log.
+        note(
+            f"prompts are truncated to {settings.text_length} tokens; the run trained with "
+            f"--text-mask {trained_mask} and its in-loop evaluations reduced them so, so its "
+            "logged zero-shot numbers can differ from these"
+        )
     encode = prompt_encoder(settings.text_length, "truncate", tokenizer=spec)
     return SuiteModel(
         model,
@@ -300,6 +310,7 @@ def evaluate_checkpoint(
         "templates": len(zset.task.templates),
         "image_size": settings.image_size,
         "text_length": settings.text_length,
+        "prompt_mask": "truncate",
         "crop": config.crop,
         "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),

@@ -373,6 +373,10 @@ def test_eval_prints_json_and_writes_eval_json(data, checkpoint, tmp_path):
     assert printed["n"] == 20 and printed["classes"] == 20 and printed["chance"] == 0.05
     assert 0 <= printed["top1"] <= printed["top5"] <= 1
     assert printed["image_size"] == 32 and printed["text_length"] == 8
+    # The run syntax-masked its in-loop prompts (as CLIPA does); a standalone eval truncates
+    # them, and says so: its numbers can differ from the run's log.
+    assert printed["prompt_mask"] == "truncate"
+    assert "the run trained with --text-mask syntax" in " ".join(result.stderr.split())
 
 
 def write_imagenet_like(root: Path, images: list[tuple[bytes, int]]) -> tuple[Path, Path]:
