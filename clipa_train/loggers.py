@@ -113,6 +113,10 @@ class TensorBoardLogger:
         self.directory, self.writer = run_dir / "tb", None
 
     def start(self, hparams: dict[str, Any], start_step: int = 0) -> None:
+        # TensorBoard imports TensorFlow where it is installed, which prints its start-up lines
+        # (absl, CPU features) unless told not to, as clipa's own TensorFlow import does.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:  # torch raises this when the tensorboard package is missing

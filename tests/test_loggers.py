@@ -225,3 +225,22 @@ def test_a_resumed_run_replaces_the_stopped_attempts_later_tensorboard_events(tm
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
     loss = [(event.step, event.value) for event in events.Scalars("loss")]
     assert loss == [(s, 10.0 + s) for s in range(1, 5)] + [(s, 20.0 + s) for s in range(5, 9)]
+
+
+def test_tensorboard_starts_without_tensorflows_start_up_lines(tmp_path):
+    """TensorBoard imports TensorFlow (installed here for TFDS), which printed its absl and
+    CPU-feature lines into the run's console."""
+    pytest.importorskip("tensorflow")
+    script = (
+        "import sys; from pathlib import Path; from clipa_train.loggers import TensorBoardLogger;"
+        "logger = TensorBoardLogger(Path(sys.argv[1])); logger.start({}); logger.close()"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for startup in ("absl::InitializeLog", "cpu_feature_guard"):
+        assert startup not in done.stderr, done.stderr
+    assert list((tmp_path / "tb").iterdir())  # it did start: an event file
