@@ -103,6 +103,17 @@ def test_missing_spacy_model():
         tagging.resolve_tagger("spacy", spacy_model="en_core_web_xx")
 
 
+def test_spacy_without_a_model_named_takes_an_installed_english_pipeline():
+    """The default (en_core_web_sm) is not installed here, the re-upload is: --tagger spacy
+    alone said to install a pipeline while one was there (auto found it)."""
+    from clipa_data.core.taggers import DEFAULT_SPACY_MODEL, spacy_meta
+
+    if spacy_meta(DEFAULT_SPACY_MODEL) is not None:
+        pytest.skip(f"{DEFAULT_SPACY_MODEL} is installed: it is rightly the one taken")
+    spec = tagging.resolve_tagger("spacy")
+    assert (spec.name, spec.model) == ("spacy", SPACY_MODEL)
+
+
 def test_auto_prefers_nltk_then_spacy(nltk_env):
     assert tagging.resolve_tagger("auto").name == "nltk"
 

@@ -230,6 +230,17 @@ class SpacyTagger:
 # --- choosing ----------------------------------------------------------------------------------
 
 
+def _installed_default(model: str) -> str:
+    """``model`` if installed (or spaCy is not: ``spacy_spec`` says so), else the first English
+    pipeline with a tagger that is."""
+    try:
+        if spacy_meta(model) is not None:
+            return model
+        return next(iter(english_pipelines()), model)
+    except ImportError:
+        return model
+
+
 def resolve_tagger(
     choice: str = "auto",
     spacy_model: str = DEFAULT_SPACY_MODEL,
@@ -240,6 +251,10 @@ def resolve_tagger(
     for it (``auto`` took NLTK, or the first English pipeline found, without a word)."""
     if choice == "nltk":
         return nltk_spec()
+    if choice == "spacy" and spacy_model == DEFAULT_SPACY_MODEL:
+        # No model named: the default, else an installed English pipeline, as auto takes (the
+        # error said to install one while one was there).
+        return spacy_spec(_installed_default(spacy_model), batch_size)
     if choice == "spacy" or (choice == "auto" and spacy_model != DEFAULT_SPACY_MODEL):
         return spacy_spec(spacy_model, batch_size)
     if choice != "auto":
