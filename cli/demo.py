@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -275,8 +276,18 @@ def sample_records(raw_dir: Path, limit: int = 5) -> Table:
     return table
 
 
+def program(name: str) -> str:
+    """How to run ``name`` from any folder: its bare name when the shell finds this install's,
+    else its absolute path beside the running Python (``.venv/bin/NAME`` held only from the
+    checkout, and the demo may be run from anywhere)."""
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    return name if found and Path(found).resolve() == here.resolve() else shlex.quote(str(here))
+
+
 def where_to_look(settings: DemoSettings) -> str:
     """How to inspect the result."""
+    data, python = program("clipa-data"), program("python")
     out = settings.out
     builder, raw = shlex.quote(str(settings.builder_dir)), shlex.quote(str(settings.raw_dir))
     summary = shlex.quote(str(settings.raw_dir / "_clipa" / "download_summary.json"))
@@ -290,10 +301,10 @@ def where_to_look(settings: DemoSettings) -> str:
             f"  {settings.eval_dir}/   held-out zero-shot set: val/<class>/*.jpg, classnames.txt, "
             "templates.txt",
             "[bold]inspect[/]:",
-            f"  .venv/bin/clipa-data info {builder}",
-            f"  .venv/bin/clipa-data preview {builder} --text-mask syntax --text-length 8 --n 5",
+            f"  {data} info {builder}",
+            f"  {data} preview {builder} --text-mask syntax --text-length 8 --n 5",
             f"  ls {raw} && cat {summary}",
-            "  .venv/bin/python -c "
+            f"  {python} -c "
             + shlex.quote(
                 "from clipa_data.core.tfrecord import read_records; "
                 "from clipa_data.core.example import decode_example; "

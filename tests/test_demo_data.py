@@ -6,8 +6,8 @@ from __future__ import annotations
 import colorsys
 import io
 import json
+import os
 import re
-import shlex
 import subprocess
 import sys
 import urllib.error
@@ -310,8 +310,17 @@ def test_the_inspect_commands_run_as_printed_from_a_folder_with_a_space(tmp_path
         write_records(stream, [encode_example({"txt": ("bytes", [b"a red circle"])})])
     lines = where_to_look(settings).splitlines()
     listing = next(line for line in lines if line.strip().startswith("ls "))
-    one_liner = next(line for line in lines if "python -c" in line)
-    python = one_liner.strip().replace(".venv/bin/python", shlex.quote(sys.executable), 1)
-    for command, expected in ((listing, '{"ok": 1}'), (python, "a red circle")):
-        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
-        assert done.returncode == 0 and expected in done.stdout, (command, done.stderr)
+    python = next(line for line in lines if " -c " in line).strip()
+    info = next(line for line in lines if " info " in line).strip()
+    elsewhere = tmp_path / "elsewhere"  # not the checkout: .venv/bin/... would not be found
+    elsewhere.mkdir()
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p)
+    for command, expected in ((listing, '{"ok": 1}'), (python, "a red circle"), (info, "")):
+        done = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, cwd=elsewhere,
+            env={**os.environ, "PATH": path},
+        )  # fmt: skip
+        assert done.returncode != 127, (command, done.stderr)  # the shell found the program
+        assert expected in done.stdout, (command, done.stderr)
+        if command != info:  # info of this stand-in folder is refused: it is no builder
+            assert done.returncode == 0, (command, done.stderr)
