@@ -362,3 +362,27 @@ def test_webdataset_shards_cannot_be_linked(tmp_path):
     with pytest.raises(ClipaError, match="re-encoded to tfrecord, so --mode symlink"):
         convert(config(tmp_path / "raw", tmp_path / "out", mode="symlink"))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_up_to_date_rerun_keeps_the_converting_runs_summary(src, tmp_path):
+    """The summary records the run that converted (its phases and speed); a re-run that found
+    everything up to date replaced it with its own near-zero figures."""
+    first = convert(config(src, tmp_path / "out", mode="copy"))
+    summary = layout.convert_summary_path(first.builder_dir)
+    written = summary.read_bytes()
+    assert convert(config(src, tmp_path / "out", mode="copy")).status == "up to date"
+    assert summary.read_bytes() == written
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_an_up_to_date_conversion_in_a_read_only_folder_is_checked_not_refused(src, tmp_path):
+    first = convert(config(src, tmp_path / "out", mode="copy"))
+    folders = [tmp_path / "out", *(p for p in (tmp_path / "out").rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        assert convert(config(src, tmp_path / "out", mode="copy")).status == "up to date"
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert first.builder_dir.is_dir()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import remove_temporaries
+from clipa_data.core.atomic import check_writable_folder, remove_temporaries
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
@@ -491,9 +491,11 @@ def _convert_into(
 def convert(config: ConvertConfig) -> ConvertResult:
     """Convert ``config.src`` into a verified TFDS builder directory; see the module docstring."""
     started = time.perf_counter()
-    check_locations(config.src, config.out)
-    stores.check_workers_reach(config.out, config.workers, config.distributor, "OUT")
     final = layout.builder_dir(config.out, config.name, config.version)
+    # A finished conversion may be up to date: checked (and left) without writing to OUT.
+    finished_there = not layout.is_url(final) and (final / layout.CONVERT_MANIFEST).is_file()
+    check_locations(config.src, config.out, writing=not finished_there)
+    stores.check_workers_reach(config.out, config.workers, config.distributor, "OUT")
     staging = layout.staging_dir(config.out, config.name, config.version)
     sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))
     method = placement(config, sources)
@@ -518,6 +520,8 @@ def convert(config: ConvertConfig) -> ConvertResult:
         verify = store_convert.verify_published if on_store else verify_manifest
         verification = verify(final, stored)
     else:
+        if finished_there:  # another conversion there, to be replaced (--overwrite)
+            check_writable_folder(Path(config.out), "the builder directory")
         into = store_convert.convert_into_store if on_store else _convert_into
         status, manifest, reused, phases, verification = into(config, staging, final, plan, schema)
     result = ConvertResult(
@@ -543,5 +547,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
         },
         options=config.to_json(),
     )
-    stores.write_json(layout.convert_summary_path(final), result.to_json())
+    summary = layout.convert_summary_path(final)
+    if status != "up to date" or not layout.exists(summary):  # keep the converting run's
+        stores.write_json(summary, result.to_json())
     return result

@@ -41,15 +41,16 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_locations(src: Path, out: Path | str) -> None:
-    """SRC must be a folder with content; OUT (a local one) must not be inside it."""
+def check_locations(src: Path, out: Path | str, writing: bool = True) -> None:
+    """SRC must be a folder with content; OUT (a local one) must not be inside it and, when
+    ``writing`` (a finished conversion there may be up to date: read-only is fine), writable."""
     if not src.exists():
         raise ClipaError(f"{src} does not exist; pass the output folder of clipa-data download")
     if not src.is_dir():
         raise ClipaError(f"{src} is not a folder; pass the output folder of clipa-data download")
     if not any(src.iterdir()):
         raise ClipaError(f"{src} is empty; run clipa-data download into it first")
-    if not layout.is_url(out):
+    if writing and not layout.is_url(out):
         check_writable_folder(Path(out), "the builder directory")
     if not layout.is_url(out) and _is_within(Path(out).resolve(), src.resolve()):
         raise ClipaError(
