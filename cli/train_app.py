@@ -101,10 +101,7 @@ def print_summary(summary: dict) -> None:
 
 def _zeroshot_row(summary: dict, zeroshot: dict) -> str:
     if summary.get("final_eval_cut"):
-        return (
-            "final evaluation cut short by the signal; evaluate the checkpoint with clipa-train "
-            f"eval --checkpoint {summary['checkpoint']} --imagenet-val <the --zeroshot folder>"
-        )
+        return f"final evaluation cut short by the signal; evaluate with: {summary['eval_command']}"
     if zeroshot:
         return f"{zeroshot['top1']:.1%} (chance {zeroshot['chance']:.1%})"
     return "not evaluated (--zeroshot DIR)"

@@ -334,7 +334,14 @@ def train(
                     _log_record(record, log, result, bar)
                     if _diverged(record, step, result):
                         break
-                if config.eval_every and evaluate is not None and step % config.eval_every == 0:
+                # The last step is evaluated after its checkpoint is saved (below), so a signal
+                # that cuts that evaluation short loses no training.
+                if (
+                    config.eval_every
+                    and evaluate is not None
+                    and step % config.eval_every == 0
+                    and step < optim_config.total_steps
+                ):
                     if _weights_diverged(model, step, result, backend):
                         break
                     with stop.interruptible():

@@ -217,6 +217,22 @@ def zeroshot_hook(stage: ResolvedStage, backend):
     return hook
 
 
+def _eval_command(stage: ResolvedStage, checkpoint: Path | None) -> str:
+    """The ``clipa-train eval`` of the stage's final evaluation (a signal cut it short)."""
+    import shlex
+
+    evaluation = stage.config.evaluation
+    words = ["clipa-train", "eval", "--checkpoint", str(checkpoint)]
+    words += ["--imagenet-val", str(evaluation.zeroshot)]
+    for flag, value in (
+        ("--classnames", evaluation.classnames),
+        ("--templates", evaluation.templates),
+    ):
+        if value:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
     """``summary.json``: steps, final loss, throughput, zero-shot results, stream problems."""
     train_records = [r for r in result.records if "loss" in r]
@@ -236,6 +252,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "diverged": result.diverged,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
+        "eval_command": _eval_command(stage, result.checkpoint) if result.final_eval_cut else None,
         "samples_per_s": sum(rates) / len(rates) if rates else None,
         "wall_seconds": time.perf_counter() - started,
         "zeroshot": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")}

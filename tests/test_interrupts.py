@@ -161,7 +161,8 @@ def test_ctrl_c_while_the_command_starts_is_one_line(program):
     assert done.stderr == "interrupted\n" and not done.stdout
 
 
-def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path):
+@pytest.mark.parametrize("eval_every", [None, 2])  # 2: the last step is also an eval step
+def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path, eval_every):
     """The last step's checkpoint is saved before the stage's final zero-shot evaluation (which
     takes minutes on ImageNet); Ctrl-C twice during it stops at once: exit 130, every step made,
     and the summary says what to run to evaluate the checkpoint."""
@@ -173,6 +174,7 @@ def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path):
                    "--eval-batch-size", 1)  # fmt: skip
     args[args.index("--samples") + 1] = "16"  # 2 steps
     args[args.index("--checkpoint-every") + 1] = "0"  # the one checkpoint: the final one
+    args += ["--eval-every", str(eval_every)] if eval_every else []
     process = start(*args)
     signalled_at = time.monotonic()
     code, stdout, stderr = signal_once_trained(process, out, signal.SIGINT, signal.SIGINT)
@@ -185,3 +187,8 @@ def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path):
     assert summary["checkpoint"].endswith("step_00000002.pt")
     assert Path(summary["checkpoint"]).is_file()
     assert "final evaluation cut short" in " ".join(stdout.split()), stdout
+    # The command it names evaluates the same set: with the run's class names.
+    assert summary["eval_command"] == (
+        f"clipa-train eval --checkpoint {summary['checkpoint']} --imagenet-val {val.root} "
+        f"--classnames {val.classnames_path}"
+    )
