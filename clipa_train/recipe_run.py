@@ -85,8 +85,8 @@ class RecipeRunConfig:
         for name in from_file:
             if name in MANAGED:
                 raise ClipaError(
-                    f"{self.config_file}: {name} is set per stage by clipa-train recipe; "
-                    "remove it from the file"
+                    f"{self.config_file}: {option_flag(name)} is set per stage by clipa-train "
+                    "recipe; remove it from the file"
                 )
         return {**from_file, **dict(self.options)}
 
@@ -272,7 +272,7 @@ WHAT_A_STAGE_TRAINS = (
     "image_norm", "image_size", "image_mask", "mask_ratio", "text_length", "text_mask",
     "crop_scale_min", "color_jitter", "color_jitter_prob", "grayscale_prob", "batch_size",
     "epochs", "samples", "lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps",
-    "grad_clip_norm", "precision",
+    "grad_clip_norm", "precision", "text_field",
 )  # fmt: skip
 """Options that decide what a stage trains (not how fast, where to, or what it logs): a stage
 run with others is not the stage the recipe now describes. ``--data`` is left out: the same
@@ -294,7 +294,11 @@ def check_same_stage(stage: PlannedStage, flags: dict, label: str) -> None:
     changed = [
         name
         for name in WHAT_A_STAGE_TRAINS
-        if name in recorded and not same_value(recorded[name], now[name])
+        if name in recorded
+        and not same_value(recorded[name], now[name])
+        # Left to be worked out now (--loss: the checkpoint's) where an older run recorded
+        # only the value it worked out: nothing to compare.
+        and not (now[name] is None and name not in saved["given"])
     ]
     if changed:
         was = ", ".join(f"{option_flag(n)} {recorded[n]}" for n in changed)

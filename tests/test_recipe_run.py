@@ -184,7 +184,13 @@ def test_a_re_run_compares_the_settings_as_given_not_as_worked_out(setup, killed
     shutil.copytree(killed_between_stages["out"], run)
     config = json.loads((run / "pretrain" / "config.json").read_text())
     config["options"]["warmup_steps"] = 0  # as a warm-up longer than the stage was capped
+    # As a run of an older clipa recorded --loss: worked out, not as given (now: None).
+    config["options"]["loss"] = "contrastive"
+    del config["given"]["loss"]
     (run / "pretrain" / "config.json").write_text(json.dumps(config))
+    other_captions = invoke(*command(setup["recipe"], setup["data"], run, "--text-field", "alt"))
+    assert_one_line_error(other_captions, "its run trained with --text-field txt", "gives "
+                          "--text-field alt")  # fmt: skip
     again = invoke(*command(setup["recipe"], setup["data"], run))
     assert again.exit_code == 0, again.output
     assert again.stderr.count("already finished, skipped") == 2, again.stderr
@@ -255,7 +261,7 @@ def test_a_config_file_gives_every_stage_its_options_under_the_flags(setup, tmp_
     config.write_text("batch-size: 4\n")  # the recipe fixes it, as for a flag
     assert_one_line_error(invoke(*base), "sets --batch-size 8", "drop")
     config.write_text("out: elsewhere\n")
-    assert_one_line_error(invoke(*base), f"{config}: out is set per stage", "remove it")
+    assert_one_line_error(invoke(*base), f"{config}: --out is set per stage", "remove it")
     assert not out.exists()
 
 
