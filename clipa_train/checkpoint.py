@@ -299,16 +299,43 @@ def base_architecture(preset: str | None, weights: str | None, default: str):
     """The ``ModelConfig`` a command starts from, before its per-stage overrides: ``preset`` if
     given, else the architecture stored in the clipa checkpoint ``weights``, else ``default``.
     Weights that hold no architecture (OpenCLIP format) take the bundled preset whose names and
-    shapes they have; none or several is an error naming the file and the fix."""
+    shapes they have; none or several is an error naming the file and the fix. A preset for
+    ``weights`` takes the loss they were trained with (``saved_loss``)."""
     from clipa_train.model import ModelConfig, load_preset
 
-    if preset is not None:
-        return load_preset(preset)
     if weights is None:
-        return load_preset(default)
+        return load_preset(preset or default)
+    if preset is not None:  # the weights still say which loss they were trained with
+        return load_preset(preset).replace(loss=saved_loss(weights))
     saved = checkpoint_architecture(weights)
     if saved is None:  # OpenCLIP-format weights: the one bundled preset with their shapes
         from clipa_train.model.weights import recognise_preset
 
-        return recognise_preset(weights)
+        return recognise_preset(weights).replace(loss=saved_loss(weights))
     return ModelConfig.from_dict(saved, source=weights)
+
+
+def saved_loss(weights: str | Path) -> str:
+    """The loss ``weights`` were trained with: the sigmoid loss's has a ``logit_bias``. Reads
+    the tensor names only (memory-mapped), not the tensors."""
+    from clipa_train.loss import loss_of
+
+    path = Path(weights)
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if is_safetensors(head):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as tensors:
+            names = list(tensors.keys())
+    else:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # not zip-format: the full read that follows names the problem
+            payload = _read(path, fix="use an earlier checkpoint or copy this one again")
+        if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+            payload = payload["model"]
+        elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+            payload = payload["state_dict"]
+        names = list(payload) if isinstance(payload, dict) else []
+    return loss_of(any(str(name).endswith("logit_bias") for name in names))

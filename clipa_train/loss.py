@@ -123,12 +123,13 @@ LOSSES: tuple[str, ...] = tuple(LOSS_CHOICES)
 """The loss names, in the order help texts list them."""
 
 
-def loss_of(init_logit_bias: float | None) -> str:
-    """The loss a model was built for, from its logit-bias init (a bias parameter: sigmoid)."""
+def loss_of(has_bias: bool) -> str:
+    """The loss a model (or its weights) was built for: one with a ``logit_bias`` the sigmoid
+    loss, one without the contrastive loss."""
     return next(
         name
         for name, choice in LOSS_CHOICES.items()
-        if (choice.init_logit_bias is None) == (init_logit_bias is None)
+        if (choice.init_logit_bias is not None) == has_bias
     )
 
 

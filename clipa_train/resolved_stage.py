@@ -77,7 +77,7 @@ class ResolvedStage:
         """The loss trained: ``--loss``, else the one the model (the checkpoint's) was built for."""
         from clipa_train.loss import loss_of
 
-        return self.config.model.loss or loss_of(self.model.init_logit_bias)
+        return self.config.model.loss or loss_of(self.model.init_logit_bias is not None)
 
     def to_json(self) -> dict:
         """``config.json``: resolved options, derived values, model, data and versions."""

@@ -298,3 +298,13 @@ def test_an_exported_safetensors_file_evaluates_as_its_checkpoint(tmp_path):
         assert result.exit_code == 0, result.output
         results.append(json.loads(result.stdout))
     assert results[0]["top1"] == results[1]["top1"] and results[0]["top5"] == results[1]["top5"]
+    # Weights of the sigmoid loss (a logit_bias) under a named preset: the preset takes their
+    # loss (it was refused as "built for --loss contrastive", and eval has no --loss).
+    sigmoid = write_checkpoint(tmp_path / "sig", preset="clipa-tiny", loss="sigmoid")
+    out = tmp_path / "sig.safetensors"
+    assert invoke("export", sigmoid, out, "--format", "safetensors").exit_code == 0
+    result = invoke(
+        "eval", "--checkpoint", out, "--model", "clipa-tiny", "--imagenet-val", val.root,
+        "--classnames", val.classnames_path, "--image-size", 32, "--json", "--workers", 0,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output

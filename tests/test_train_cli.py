@@ -180,6 +180,11 @@ def test_finetune_trains_with_the_checkpoints_loss_unless_told(data, tmp_path):
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert config["options"]["loss"] == "sigmoid" and config["given"]["loss"] is None
     assert config["model"]["init_logit_bias"] is not None
+    # A preset named for the checkpoint still takes its loss (every recipe stage names one).
+    result = invoke(*finetune, "--out", tmp_path / "ft-preset", "--model", "clipa-tiny")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "ft-preset" / "config.json").read_text())
+    assert config["options"]["loss"] == "sigmoid"
     result = invoke(*finetune, "--out", tmp_path / "ft2", "--loss", "contrastive")
     assert_one_line_error(
         result, "was trained with the sigmoid loss (it has logit_bias)",
