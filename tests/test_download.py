@@ -320,12 +320,12 @@ def test_resume_after_rows_were_appended_to_the_url_list_is_refused(tfrecord_run
     write[fmt](pd.concat([table, table.head(4)]))
     with pytest.raises(ClipaError) as refused:
         download(run)
-    rows = len(table) + (fmt == "csv")  # a CSV's header line counts
+    rows, unit = (len(table) + 1, "lines") if fmt == "csv" else (len(table), "rows")  # + header
     message = str(refused.value)
-    assert f"was downloaded from urls.{fmt} when it had {rows} rows; it has {rows + 4} now" in (
+    assert f"downloaded from urls.{fmt} when it had {rows} {unit}; it has {rows + 4} now" in (
         message
     )
-    assert "--incremental-mode extend" in message
+    assert "a file of their own" in message and "--incremental-mode extend" in message
     write[fmt](table)  # the list as it was: the resume has nothing to do
     assert download(run).samples_this_run == 0
 

@@ -410,3 +410,24 @@ FileNotFoundError: [Errno 2] No such file or directory"""
     )
     assert first_error(["downloaded 3 shards", "killed"]) == "killed"
     assert first_error([]) == "no output"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content"),
+    [
+        # whole first record (the column check reads only it), broken after it
+        ("json", b'[{"URL": "http://x/a.jpg", "TEXT": "a"}, {"URL": "http://x/b.jpg", "TE'),
+        ("csv.gz", gzip.compress(b"URL,TEXT\n" + b"http://x/a.jpg,a\n" * 2000, mtime=0)[:-40]),
+    ],
+    ids=["json broken after its first record", "csv.gz cut short"],
+)
+def test_a_url_list_damaged_past_its_header_is_one_line(tmp_path, fmt, content):
+    """Counting a list's rows (a resume compares them) reads it all: damage past the header
+    is named before img2dataset starts (a JSON traceback; for gzip a bare "Aborted.")."""
+    path = tmp_path / f"urls.{fmt}"
+    path.write_bytes(content)
+    done = run_cli(
+        "clipa-data", "download", path, tmp_path / "out", "--input-format", fmt,
+        "--save-additional-columns", "",
+    )  # fmt: skip
+    assert_one_error_line(done, str(path), f"is not a readable {fmt} file")

@@ -52,7 +52,7 @@ from clipa_data.prepare.runner import DISTRIBUTORS, default_workers
 from clipa_data.prepare.schema import IMAGE_FORMATS
 from clipa_data.prepare.source_format import SOURCE_FORMATS
 from clipa_data.prepare.spawn import check_spawn_safe
-from clipa_data.prepare.url_list import check_columns, header_columns, list_rows
+from clipa_data.prepare.url_list import check_columns, header_columns, list_rows, row_unit
 
 INPUT_FORMATS = (
     "parquet",
@@ -702,12 +702,13 @@ def _check_same_rows(config: DownloadConfig) -> None:
     now = _url_rows(config) or {}
     changed = [name for name in sorted(recorded) if name in now and now[name] != recorded[name]]
     if changed:
-        name = changed[0]
+        name, unit = changed[0], row_unit(config.input_format)
         raise ClipaError(
             f"{config.output_folder} was downloaded from {name} when it had {recorded[name]} "
-            f"rows; it has {now[name]} now (resuming would skip or shift rows): download new "
-            "rows from a new file (after the others in a URL-list folder, or with "
-            "--incremental-mode extend), or start again with --incremental-mode overwrite"
+            f"{unit}; it has {now[name]} now (resuming would skip or shift rows): restore the "
+            "file and put new rows in a file of their own (added after the others in a URL-list "
+            "folder, or downloaded with --incremental-mode extend), or start again with "
+            "--incremental-mode overwrite"
         )
 
 

@@ -169,10 +169,26 @@ def check_columns(path: Path, columns: list[str], wanted: Mapping[str, str]) -> 
     )
 
 
+def row_unit(input_format: str) -> str:
+    """What ``list_rows`` counts in a list of ``input_format``: rows or (text lists) lines."""
+    return "rows" if input_format.removesuffix(".gz") in ("parquet", "json") else "lines"
+
+
 def list_rows(path: Path, input_format: str) -> int:
     """How many rows the URL list ``path`` holds, as a resume compares them: parquet's row
     count; the lines of a CSV/TSV/TXT/JSON Lines file (a header counts too: only changes
-    matter); the records of a JSON array."""
+    matter); the records of a JSON array. A file that cannot be read is one line."""
+    try:
+        return _count_rows(path, input_format)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ClipaError(
+            f"{path} is not a readable {input_format} file ({detail}); fix the file or pass "
+            "--input-format with its real format"
+        ) from None
+
+
+def _count_rows(path: Path, input_format: str) -> int:
     import pyarrow.parquet as pq
 
     if input_format == "parquet":
