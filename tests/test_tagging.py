@@ -112,6 +112,11 @@ def test_spacy_without_a_model_named_takes_an_installed_english_pipeline():
         pytest.skip(f"{DEFAULT_SPACY_MODEL} is installed: it is rightly the one taken")
     spec = tagging.resolve_tagger("spacy")
     assert (spec.name, spec.model) == ("spacy", SPACY_MODEL)
+    # Named, it is that model exactly (sidecars name theirs: prompts must be tagged alike)
+    with pytest.raises(ClipaError, match=f"'{DEFAULT_SPACY_MODEL}' is not installed"):
+        tagging.resolve_tagger("spacy", spacy_model=DEFAULT_SPACY_MODEL)
+    with pytest.raises(ClipaError, match=f"'{DEFAULT_SPACY_MODEL}' is not installed"):
+        tagging.resolve_tagger("auto", spacy_model=DEFAULT_SPACY_MODEL)
 
 
 def test_auto_prefers_nltk_then_spacy(nltk_env):

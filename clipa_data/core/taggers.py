@@ -243,33 +243,33 @@ def _installed_default(model: str) -> str:
 
 def resolve_tagger(
     choice: str = "auto",
-    spacy_model: str = DEFAULT_SPACY_MODEL,
+    spacy_model: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> TaggerSpec:
-    """Turn ``--tagger auto|nltk|spacy`` into a ``TaggerSpec``, or one clear error. Under
-    ``auto`` a ``--spacy-model`` other than the default chooses spaCy: naming a model is asking
-    for it (``auto`` took NLTK, or the first English pipeline found, without a word)."""
+    """Turn ``--tagger auto|nltk|spacy`` into a ``TaggerSpec``, or one clear error.
+
+    ``spacy_model`` None (not named): ``en_core_web_sm``, else the first installed English
+    pipeline with a tagger. A named model is exactly that one (sidecars record which made
+    them), and under ``auto`` naming it chooses spaCy (``auto`` took NLTK without a word)."""
     if choice == "nltk":
         return nltk_spec()
-    if choice == "spacy" and spacy_model == DEFAULT_SPACY_MODEL:
-        # No model named: the default, else an installed English pipeline, as auto takes (the
-        # error said to install one while one was there).
-        return spacy_spec(_installed_default(spacy_model), batch_size)
-    if choice == "spacy" or (choice == "auto" and spacy_model != DEFAULT_SPACY_MODEL):
-        return spacy_spec(spacy_model, batch_size)
+    if choice == "spacy" or (choice == "auto" and spacy_model is not None):
+        return spacy_spec(spacy_model or _installed_default(DEFAULT_SPACY_MODEL), batch_size)
     if choice != "auto":
         raise ClipaError(f"--tagger must be one of {', '.join(TAGGER_CHOICES)}, got {choice!r}")
     missing = missing_nltk_resources()
     if not missing:
         return nltk_spec()
-    if spacy_meta(spacy_model) is not None:
-        return spacy_spec(spacy_model, batch_size)
-    installed = english_pipelines()
+    model = _installed_default(DEFAULT_SPACY_MODEL)
+    try:
+        installed = spacy_meta(model) is not None
+    except ImportError:  # no spaCy either: the error below says what to install
+        installed = False
     if installed:
-        return spacy_spec(installed[0], batch_size)
+        return spacy_spec(model, batch_size)
     raise ClipaError(
         f"no tagger available: {nltk_missing_message(missing)}; or install a spaCy English "
-        f"pipeline: {spacy_install_hint(spacy_model)}"
+        f"pipeline: {spacy_install_hint(DEFAULT_SPACY_MODEL)}"
     )
 
 

@@ -36,7 +36,6 @@ from clipa_data.core.sidecar import (
 )
 from clipa_data.core.taggers import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_SPACY_MODEL,
     TAGGER_CHOICES,
     TaggedWords,
     TaggerSpec,
@@ -75,8 +74,10 @@ class TagConfig:
         Choices(TAGGER_CHOICES),
     ] = "auto"
     spacy_model: Annotated[
-        str, Doc("Installed spaCy English pipeline (package name or folder) for tagger spacy.")
-    ] = DEFAULT_SPACY_MODEL
+        str | None,
+        Doc("Installed spaCy English pipeline (package name or folder) for tagger spacy; "
+            "default: en_core_web_sm, else the first English pipeline installed."),
+    ] = None  # fmt: skip
     text_field: Annotated[str, Doc("Record feature holding the caption.")] = DEFAULT_TEXT_FIELD
     splits: Annotated[
         tuple[str, ...], Doc("Splits to tag; none given = every split of the builder directory.")
@@ -106,7 +107,7 @@ class TagConfig:
         spacy_only = [
             flag
             for flag, given in (
-                ("--spacy-model", self.spacy_model != DEFAULT_SPACY_MODEL),
+                ("--spacy-model", self.spacy_model is not None),
                 ("--batch-size", self.batch_size != DEFAULT_BATCH_SIZE),
             )
             if given
