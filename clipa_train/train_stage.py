@@ -55,7 +55,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         epoch = config.run.samples_per_epoch
         warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)
         warnings += samples_warnings(
-            config.optim.samples, config.optim.batch_size, stage.optim.total_steps
+            _own_samples(config), config.optim.batch_size, stage.optim.total_steps
         )
         warnings += warmup_warnings(config.optim.warmup_steps, stage.optim.total_steps)
         for line in warnings:
@@ -215,6 +215,16 @@ def zeroshot_hook(stage: ResolvedStage, backend):
         return result
 
     return hook
+
+
+def _own_samples(config: TrainConfig) -> int | None:
+    """``--samples`` as the user gave it; None when a recipe fixes it (a recipe's length is
+    its authors', rounded to whole batches as theirs was: nothing for the user to change)."""
+    from clipa_train.run_config import recipe_options
+
+    if config.recipe and "samples" in recipe_options(config.recipe, config.stage):
+        return None
+    return config.optim.samples
 
 
 def _eval_command(stage: ResolvedStage, checkpoint: Path | None) -> str:

@@ -3,6 +3,7 @@ with one line naming what fits; small data gets a warning per problem."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,26 @@ def test_samples_that_are_not_whole_batches_are_said():
     assert "2 steps of whole batches, 16 samples (fewer than asked)" in fewer
     (more,) = samples_warnings(4, 8, 1)
     assert "1 step of whole batches, 8 samples (more than asked)" in more
+
+
+def test_samples_a_recipe_fixes_are_not_warned_about(builder, tmp_path):
+    """The warning is for --samples the user gave: a recipe's own length (the v2 recipes' are
+    not whole batches) is its authors', and neither flag is the user's to change."""
+    stage = {"stage": "pretrain", "model": "clipa-tiny", "image_size": 32, "text_length": 8,
+             "text_mask": "truncate", "global_batch": 8, "lr": 1e-3, "warmup_steps": 1,
+             "samples": 20, "pos_embed": "sin_cos_2d", "precision": "fp32",
+             "grad_checkpointing": False}  # fmt: skip
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"name": "r", "description": "r", "stages": [stage]}))
+    common = ["pretrain", "--data", builder, "--workers", 1, "--no-progress"]
+    by_recipe = clipa_train(*common, "--recipe", recipe, "--out", tmp_path / "a")
+    assert by_recipe.exit_code == 0, by_recipe.output
+    assert "--samples" not in by_recipe.stderr, by_recipe.stderr
+    tiny = ["--model", "clipa-tiny", "--image-size", 32, "--text-length", 8, "--text-mask",
+            "truncate", "--batch-size", 8, "--samples", 20]  # fmt: skip
+    by_hand = clipa_train(*common, *tiny, "--out", tmp_path / "b")
+    assert by_hand.exit_code == 0, by_hand.output
+    assert samples_warnings(20, 8, 2)[0] in by_hand.stderr.splitlines()
 
 
 def test_a_warm_up_as_long_as_the_stage_is_said(builder, tmp_path):
