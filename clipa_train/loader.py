@@ -97,10 +97,13 @@ class StreamStats:
 
 
 def ignore_interrupts(worker: int) -> None:
-    """Loader workers ignore Ctrl-C (a terminal sends it to the whole process group): the main
-    process finishes its step, saves and shuts them down, with no traceback from each worker.
-    SIGTERM is left as it is: shutting down terminates workers that do not stop in time."""
+    """Loader workers ignore Ctrl-C and SIGTERM, which a terminal and torchrun send to the whole
+    process group: the main process goes on to the step where the ranks agree to stop (under
+    torchrun the next log step), saves and shuts them down. A worker killed by the signal left
+    the ranks without data before that step, and the run stopped unsaved. (A worker stuck at
+    shutdown outlives PyTorch's terminate then, until its watchdog sees the main process gone.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class WorkerLost(ClipaError):

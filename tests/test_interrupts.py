@@ -192,3 +192,32 @@ def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path, eval_ev
         f"clipa-train eval --checkpoint {summary['checkpoint']} --imagenet-val {val.root} "
         f"--classnames {val.classnames_path}"
     )
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_an_agreed_step_with_a_checkpoint(data, tmp_path):
+    """torchrun passes SIGTERM on to each rank's whole process group, loader workers too; the
+    ranks agree to stop at the next log step, which they reach only if their workers outlive
+    the signal (they died of it: no data, no checkpoint, the run lost)."""
+    out = tmp_path / "run"
+    args = options(data, out)
+    args[args.index("--log-every") + 1] = "4"  # the ranks agree on a stop at log steps
+    args[args.index("--checkpoint-every") + 1] = "100"  # none before the stop's own
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         PROGRAM, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no log record in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] and summary["failure"] is None, stderr[-3000:]
+    assert summary["steps"] % 4 == 0 and summary["steps"] < TOTAL, summary
+    assert Path(summary["checkpoint"]).name == f"step_{summary['steps']:08d}.pt"
+    assert "was killed by SIGTERM" not in stderr, stderr[-3000:]
