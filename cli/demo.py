@@ -282,7 +282,10 @@ def program(name: str) -> str:
     checkout, and the demo may be run from anywhere)."""
     here = Path(sys.executable).parent / name
     found = shutil.which(name)
-    return name if found and Path(found).resolve() == here.resolve() else shlex.quote(str(here))
+    # The folders, not the files, are compared: a virtual environment's python is a link to
+    # the system's, which the shell may find first without the environment's packages.
+    same = found is not None and Path(found).parent.resolve() == here.parent.resolve()
+    return name if same else shlex.quote(str(here))
 
 
 def where_to_look(settings: DemoSettings) -> str:
