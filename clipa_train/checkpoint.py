@@ -315,12 +315,15 @@ def base_architecture(preset: str | None, weights: str | None, default: str):
     return ModelConfig.from_dict(saved, source=weights)
 
 
-def saved_loss(weights: str | Path) -> str:
+def saved_loss(weights: str | Path) -> str | None:
     """The loss ``weights`` were trained with: the sigmoid loss's has a ``logit_bias``. Reads
-    the tensor names only (memory-mapped), not the tensors."""
+    the tensor names only (memory-mapped), not the tensors. None when ``weights`` is no file
+    (a run directory, a missing file): loading them says so, with the fix."""
     from clipa_train.loss import loss_of
 
     path = Path(weights)
+    if not path.is_file():
+        return None
     with path.open("rb") as handle:
         head = handle.read(9)
     if is_safetensors(head):
