@@ -250,9 +250,7 @@ def _read(path: Path, fix: str) -> Any:
             f"{head[:8]!r}): did you mean a RUN_DIR/checkpoints/step_N.pt?"
         )
     try:
-        if safetensors:  # clipa-train export --format safetensors: the weights alone
-            return load_safetensors(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors(path, safetensors)
     except ClipaError:
         raise
     except Exception as error:  # truncated zip, bad pickle, EOF: several types
@@ -272,6 +270,14 @@ def is_safetensors(head: bytes) -> bool:
     """Whether a file beginning with ``head`` (9 bytes) is safetensors: the little-endian size
     of a JSON header, then the header's ``{``."""
     return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") < 2**30
+
+
+def load_tensors(path: Path, safetensors: bool) -> Any:
+    """What ``path`` holds: ``torch.load`` (tensors and plain values only), or the tensors of a
+    safetensors file (``clipa-train export --format safetensors``: the weights alone)."""
+    if safetensors:
+        return load_safetensors(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_safetensors(path: Path) -> dict:

@@ -33,7 +33,7 @@ def read_weights(path: str | Path) -> StateDict:
     """The state dict in ``path``: a bare state dict, ``{'state_dict': ...}`` (OpenCLIP training
     checkpoints and the CLIPA repository's files) or a clipa checkpoint (``{'model': ...}``); a
     ``module.`` prefix is stripped, CLIPA-repository names mapped to ours (``clipa_weights``)."""
-    from clipa_train.checkpoint import is_safetensors, load_safetensors, refuse_folder
+    from clipa_train.checkpoint import is_safetensors, load_tensors, refuse_folder
 
     path = Path(path)
     refuse_folder(path, "use")  # a run directory: its newest checkpoint is named
@@ -42,10 +42,7 @@ def read_weights(path: str | Path) -> StateDict:
     with path.open("rb") as handle:
         safetensors = is_safetensors(handle.read(9))
     try:
-        if safetensors:
-            payload = load_safetensors(path)
-        else:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path, safetensors)
     except ClipaError:
         raise
     except Exception as error:  # torch raises several types for damaged or foreign files
