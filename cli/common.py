@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from clipa_data import __version__
-from clipa_data.core.errors import ClipaError, worker_message
+from clipa_data.core.errors import AgreedError, ClipaError, worker_message
 
 Command = TypeVar("Command", bound=Callable)
 
@@ -45,6 +45,10 @@ def reports_errors(command: Command) -> Command:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except AgreedError as error:
+            if not error.said_here:  # another rank prints the same line
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            fail(str(error))
         except ClipaError as error:
             fail(worker_message(error))
         except OSError as error:

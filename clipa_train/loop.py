@@ -117,8 +117,9 @@ class LoopResult:
     finished, but the user asked to stop: a recipe starts no next stage)."""
     failure: str | None = None
     """Why the data stopped it (a loader worker died, too many bad records); it stopped with a
-    checkpoint of the last finished step, and the stage ends with this as its error. Also set
-    when the loss diverged (``diverged``)."""
+    checkpoint of the last finished step (under several processes: ``rank N: ...``, the same on
+    every rank, and the last periodic checkpoint stands), and the stage ends with this as its
+    error. Also set when the loss diverged (``diverged``)."""
     diverged: bool = False
     """True when the loss, the logit scale or (checked before each save and evaluation) a weight
     was NaN or infinite: the run stopped there without saving or evaluating the diverged
@@ -312,6 +313,10 @@ def train(
     iterator = iter(batches)
     window = _Window(step)
     evaluated_at, cut, watched = -1, False, None
+    # Under several processes a rank whose data fails cannot leave: the others would wait in
+    # the step's collectives. It steps on its last batch until the ranks next agree (log,
+    # evaluation and checkpoint steps), and those steps are not saved.
+    host_batch, faulted = None, False
     with (
         StopSignal(backend.is_main) as stop,
         _progress(config, backend, optim_config.total_steps, step) as bar,
@@ -319,9 +324,15 @@ def train(
         try:
             stop.next_check = _next_check(step, config, backend)
             while step < optim_config.total_steps:
-                host_batch = _next_batch(iterator, stop, window, result)
-                if host_batch is None:
+                fetched = None if faulted else _next_batch(iterator, stop, window, result)
+                if fetched is None and backend.world == 1:
                     break
+                faulted = fetched is None
+                if faulted and result.failure is None:
+                    result.failure = f"its data ended after step {step}"
+                host_batch = host_batch if faulted else fetched
+                if step == result.start_step and _agree_on_fault(faulted, result, backend):
+                    break  # a rank without a first batch has none to step on
                 lr = learning_rate(step, optim_config)
                 set_learning_rate(optimizer, lr)
                 watched = _optimiser_step(
@@ -342,18 +353,23 @@ def train(
                     and step % config.eval_every == 0
                     and step < optim_config.total_steps
                 ):
-                    if _weights_diverged(model, step, result, backend):
+                    if _agree_on_fault(faulted, result, backend) or _weights_diverged(
+                        model, step, result, backend
+                    ):
                         break
                     with stop.interruptible():
                         evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
                 if step == stop.next_check:
-                    if backend.any_rank(stop.requested):
+                    if backend.any_rank(stop.requested or faulted):
+                        _agree_on_fault(faulted, result, backend)  # else a signal
                         result.stopped = True
                         break
                     stop.next_check = _next_check(step, config, backend)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    if _diverged(backend.to_host(watched), step, result) or _weights_diverged(
-                        model, step, result, backend
+                    if (
+                        _agree_on_fault(faulted, result, backend)
+                        or _diverged(backend.to_host(watched), step, result)
+                        or _weights_diverged(model, step, result, backend)
                     ):
                         break
                     result.checkpoint = save()
@@ -361,7 +377,9 @@ def train(
             result.stopped = cut = True
             model.train()  # an evaluation may have been cut short
         stop.next_check = step  # a first signal from now on: the run ends after this step
-        cut = cut or result.failure is not None  # other ranks may be waiting in a collective
+        # A data fault: one process saves its last whole step; under several, the failing rank
+        # stepped on its last batch until the ranks agreed, so the last checkpoint stands.
+        cut = cut or result.failure is not None
         final = ckpt.checkpoint_path(directory, step)
         # The last step's checkpoint comes before the final evaluation, so a signal that cuts
         # the evaluation short (minutes on ImageNet) loses no training.
@@ -429,6 +447,19 @@ def _signalled(stop: StopSignal, cut: bool, backend: Backend) -> bool:
     """Whether a stop signal arrived at all. Every rank agrees (a recipe's next stage starts
     everywhere or nowhere), except after a cut: other ranks may be waiting in a collective."""
     return stop.requested if cut else backend.any_rank(stop.requested)
+
+
+def _agree_on_fault(faulted: bool, result: LoopResult, backend: Backend) -> bool:
+    """Whether any rank's data failed (``faulted`` on that rank); a collective under several
+    processes, so every rank calls it at the same step. If so, every rank's ``result`` holds
+    the first failing rank's line and the run stops: the failing rank stepped on its last batch
+    since its fault, so the steps after the last checkpoint are not saved."""
+    if backend.world == 1 or not backend.any_rank(faulted):
+        return False
+    failures = backend.gather_objects(result.failure if faulted else None)
+    rank = next(rank for rank, failure in enumerate(failures) if failure is not None)
+    result.stopped, result.failure = True, f"rank {rank}: {failures[rank]}"
+    return True
 
 
 def _next_batch(iterator, stop: StopSignal, window: _Window, result: LoopResult) -> dict | None:

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from clipa_data.core.atomic import write_json
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import AgreedError
 from clipa_train.resolved_stage import ResolvedStage, resolve_stage
 from clipa_train.run_config import TrainConfig
+from clipa_train.run_dir import checkpoint_step
 
 
 def run_stage(config: TrainConfig) -> dict | None:
@@ -121,15 +122,22 @@ def _train_on(stage: ResolvedStage, backend) -> None:
         loader.close()
     if backend.is_main:
         write_json(run_dir / "summary.json", summarise(stage, result, loader, started))
-    if result.diverged:
-        raise ClipaError(_divergence_line(result, stage.resume_from))
+    if result.diverged:  # every rank agreed on these: rank 0 says them
+        raise AgreedError(_divergence_line(result, stage.resume_from), backend.is_main)
     if result.failure is not None:  # the data stopped it: one error line, the way to go on
-        saved = "" if result.checkpoint is None else f" with checkpoint {result.checkpoint}"
-        raise ClipaError(
-            f"{result.failure}; the run stopped after step {result.step}{saved}: continue it "
-            "with --resume auto"
-        )
+        raise AgreedError(_failure_line(result, stage.resume_from), backend.is_main)
     backend.barrier()  # every rank's run_stage reads summary.json: wait until rank 0 wrote it
+
+
+def _failure_line(result, resume_from: str | None) -> str:
+    """The error of a run the data stopped: where it stopped and how to go on."""
+    stopped = f"{result.failure}; the run stopped after step {result.step}"
+    last = result.checkpoint or resume_from
+    if last is None:
+        return f"{stopped} before its first checkpoint: start it again with --overwrite"
+    if result.checkpoint is not None and checkpoint_step(last) == result.step:
+        return f"{stopped} with checkpoint {last}: continue it with --resume auto"
+    return f"{stopped}; the last checkpoint is {last}: continue it with --resume auto"
 
 
 def _divergence_line(result, resume_from: str | None) -> str:

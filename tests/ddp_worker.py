@@ -1,15 +1,17 @@
 """Run under ``torchrun --nproc_per_node 2`` by test_distributed.py and test_accumulation.py
-(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp]``.
+(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp | fault AT]``.
 
 Each rank takes its half of the same global batches. Rank 0 writes, for both losses, the global
 loss and the DDP-averaged gradients of one step, and the loop's losses and final weights; with
 ACCUM_STEPS > 1 the step and the loop accumulate that many micro-batches per rank.
 With ``fsdp`` as second argument it trains 10 steps under DDP and under FSDP (checkpoints at 5
 and 10), resumes each from the other's step-5 checkpoint, and writes the FSDP model's outputs.
+With ``fault AT`` rank 1's data fails at batch AT and each rank writes what its loop returned.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -135,6 +137,49 @@ def sharded_main(out: Path) -> None:
     ddp.close()
 
 
+class FailingBatches:
+    """Rank 1's batches fail (as a dead loader worker does) at batch ``at``; rank 0's do not."""
+
+    def __init__(self, source: SyntheticBatches, at: int) -> None:
+        self.source, self.at = source, at
+
+    def __iter__(self):
+        for index, batch in enumerate(self.source):
+            if self.source.rank == 1 and index == self.at:
+                raise ClipaError(f"batch {index} is damaged")
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state)
+
+
+def fault_main(out: Path, at: int) -> None:
+    """12 steps with rank 1's data failing at batch ``at`` (agreements every 4 steps, a
+    checkpoint every 4); every rank writes what its loop returned."""
+    backend = create_backend(BackendConfig(name="cpu"))
+    torch.manual_seed(0)
+    model = build_model(load_preset("test-tiny"))
+    optim = OptimConfig(lr=2e-3, total_steps=12, warmup_steps=1)
+    result = train(
+        model=model,
+        optimizer=build_optimizer(model, optim),
+        optim_config=optim,
+        loss_fn=build_loss("contrastive", backend),
+        batches=FailingBatches(batches(backend.rank, backend.world, steps=12), at),
+        backend=backend,
+        run_dir=out / "run",
+        config=LoopConfig(log_every=4, stop_check_every=4, checkpoint_every=4, progress=False),
+    )
+    found = {"step": result.step, "failure": result.failure, "stopped": result.stopped}
+    found["checkpoint"] = None if result.checkpoint is None else result.checkpoint.name
+    (out / f"rank{backend.rank}.json").write_text(json.dumps(found))
+    leave_together(backend)
+    backend.close()
+
+
 def leave_together(backend) -> None:
     """A barrier before the group is destroyed: gloo aborts a process ("terminate called without
     an active exception") that destroys the group while its peer still saves results."""
@@ -164,5 +209,7 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if sys.argv[2:] == ["fsdp"]:
         sharded_main(Path(sys.argv[1]))
+    elif sys.argv[2:3] == ["fault"]:
+        fault_main(Path(sys.argv[1]), int(sys.argv[3]))
     else:
         main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from builders import make_builder_dir, make_records
 from clipa_cli.train_app import app
@@ -182,3 +183,32 @@ def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
         summary["zeroshot"]["top1"],
         summary["zeroshot"]["top5"],
     )
+
+
+@pytest.mark.parametrize(
+    "at, step, checkpoint",
+    [(0, 0, None), (5, 8, "step_00000004.pt")],
+    ids=["first batch", "mid-run"],
+)
+def test_a_data_fault_on_one_rank_stops_both_at_their_next_agreement(
+    at, step, checkpoint, tmp_path
+):
+    """Rank 1's data fails at batch ``at``: it steps on its last batch until the ranks agree
+    (every 4 steps; before the first step, where it has no batch), then both stop with its
+    line, and the steps since the last checkpoint are not saved. The other rank used to die
+    in the next collective with gloo's traceback."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path), "fault", str(at),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {
+        "step": step,
+        "failure": f"rank 1: batch {at} is damaged",
+        "stopped": True,
+        "checkpoint": checkpoint,
+    }
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected, rank

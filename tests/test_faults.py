@@ -262,6 +262,57 @@ def test_a_killed_loader_worker_stops_with_a_checkpoint_and_resumes_exactly(
     assert losses(out) == losses(uninterrupted)  # every step's loss, bit for bit
 
 
+# --- a data fault on one rank of a torchrun run ----------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def rank_process(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker process of ``rank`` (found by the RANK in its environment)."""
+    for pid in children(launcher):
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environment:
+            return pid
+    raise AssertionError(f"no rank {rank} under torchrun {launcher}")
+
+
+def test_a_data_fault_on_one_rank_stops_every_rank_with_one_line_and_a_summary(data, tmp_path):
+    """The failing rank goes on stepping on its last batch until the ranks' next agreement (a log
+    step): the other one, inside a collective, died with a gloo traceback and no summary."""
+    out = tmp_path / "run"
+    args = options(data, out, "--log-every", 4, "--checkpoint-every", 8)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         PROGRAM, *args],
+        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # step 8 saved
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no log record in time"
+        time.sleep(0.05)
+    worker = children(rank_process(process.pid, 1))[0]
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode != 0, stderr
+    assert "gloo" not in stderr.lower() and "Connection closed" not in stderr, stderr[-3000:]
+    (line,) = errors(stderr)  # rank 0 says it, for both
+    assert f"rank 1: loader worker 0 (pid {worker}) was killed by SIGKILL" in line, line
+    summary = summary_of(out)
+    step, saved = summary["steps"], summary["checkpoint"]
+    assert summary["stopped"] and summary["failure"] in line, summary
+    assert step % 4 == 0 and 8 <= step < TOTAL, summary
+    # The failing rank repeated its last batch after the fault: those steps are not saved.
+    assert saved is not None and Path(saved).is_file(), summary
+    saved_step = int(Path(saved).stem.split("_")[1])
+    assert saved_step % 8 == 0 and saved_step <= step, summary
+    assert f"the last checkpoint is {saved}" in line and "--resume auto" in line, line
+
+
 # --- the disk filling up while a checkpoint is written ------------------------------------------
 
 

@@ -7,6 +7,16 @@ class ClipaError(Exception):
     """Bad input or a failed check; the message names the file/shard/record and the fix."""
 
 
+class AgreedError(ClipaError):
+    """A failure every rank of a distributed run raises with the same line (the ranks agreed on
+    it): only the rank that says it prints it, so a torchrun run shows it once."""
+
+    def __init__(self, message: str, said_here: bool = True) -> None:
+        super().__init__(message)
+        self.said_here = said_here
+        """False on the ranks that leave the line to rank 0 (they exit non-zero silently)."""
+
+
 class CorruptShardError(ClipaError):
     """A TFRecord shard whose framing or checksums are broken at a known byte offset."""
 
