@@ -443,12 +443,21 @@ class XlaBackend(Backend):
 
 def launch(function: Callable[..., Any], backend: str, args: tuple = ()) -> None:
     """Run ``function(index, *args)`` once per local device: for xla one process per device via
-    ``torch_xla.launch``; otherwise in this process (torchrun already made one per device)."""
-    if resolve_backend(backend) == "xla":
-        if importlib.util.find_spec("torch_xla") is None:
-            XlaBackend(BackendConfig(name="xla"))  # raises the clear error
-        import torch_xla
-
-        torch_xla.launch(function, args=args)
-    else:
+    ``torch_xla.launch``, which runs it off the spawned process's main thread, so the stop
+    signals this process hears are relayed as a last argument; otherwise in this process
+    (torchrun already made one per device)."""
+    if resolve_backend(backend) != "xla":
         function(int(os.environ.get("LOCAL_RANK", "0")), *args)
+        return
+    if importlib.util.find_spec("torch_xla") is None:
+        XlaBackend(BackendConfig(name="xla"))  # raises the clear error
+    import torch_xla
+    from torch.distributed import is_torchelastic_launched
+
+    if is_torchelastic_launched():  # torch_xla calls it here, on this thread
+        torch_xla.launch(function, args=args)
+        return
+    from clipa_train.signal_relay import SignalRelay
+
+    with SignalRelay() as relay:
+        torch_xla.launch(function, args=(*args, relay))

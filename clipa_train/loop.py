@@ -38,6 +38,7 @@ from clipa_train.optim import (
     set_learning_rate,
 )
 from clipa_train.run_dir import move_aside
+from clipa_train.signal_relay import RelayedSignals
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
 
@@ -141,37 +142,61 @@ class StopSignal:
     The first signal says at once (one line on stderr, when ``announce``) at which step the run
     will stop; a second one sets ``now`` and, inside :meth:`interruptible` (waits for data,
     evaluation), raises :class:`StopNow` at once. Elsewhere (the step's compute, which may have
-    half-updated the weights) it is noticed at the step's end. Handlers are restored on exit;
-    off the main thread (where Python cannot install handlers) it does nothing.
+    half-updated the weights) it is noticed at the step's end. Handlers are restored on exit.
+    Off the main thread (where Python cannot install handlers: ``torch_xla.launch`` runs the
+    stage in a thread) it reads the signals the launching process relays (``relayed``), at
+    each step boundary, where a second one stops the run.
     """
 
-    def __init__(self, announce: bool = True) -> None:
-        self.requested = False
-        self.now = False
+    def __init__(self, announce: bool = True, relayed: RelayedSignals | None = None) -> None:
+        self._requested = self._now = False
         self.next_check = 0
         """The step boundary at which a stop requested now is noticed (kept by the loop)."""
         self._announce, self._interruptible = announce, False
         self._previous: dict[int, Any] = {}
+        self._relayed, self._relayed_seen = relayed, 0
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal arrived."""
+        self._poll()
+        return self._requested
+
+    @property
+    def now(self) -> bool:
+        """Whether a second one arrived: stop at once."""
+        self._poll()
+        return self._now
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
+            self._relayed = None  # this thread hears the signals itself
             for number in (signal.SIGTERM, signal.SIGINT):
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, number: int, frame: object) -> None:
-        if not self.requested:
-            self.requested = True
+        if not self._requested:
+            self._requested = True
             self._say(
                 f"{signal.Signals(number).name}: stopping after step {self.next_check} with a "
                 "checkpoint; Ctrl-C again to stop now"
             )
             return
-        if not self.now:
-            self.now = True
+        if not self._now:
+            self._now = True
             self._say("stopping now; saving the last finished step")
         if self._interruptible:
             raise StopNow
+
+    def _poll(self) -> None:
+        """Take in the signals relayed since the last look (each as if it had arrived now)."""
+        if self._relayed is None:
+            return
+        count, number = self._relayed.received()
+        while self._relayed_seen < count:
+            self._relayed_seen += 1
+            self._handle(number, None)
 
     def _say(self, line: str) -> None:
         # os.write, not print: a handler may run while the main thread is inside print.
@@ -289,13 +314,15 @@ def train(
     resume_from: Path | None = None,
     run_config: dict | None = None,
     evaluate: Evaluate | None = None,
+    signals: RelayedSignals | None = None,
 ) -> LoopResult:
     """Train ``model`` until ``optim_config.total_steps`` or a stop signal; returns what happened.
 
     ``model`` is the bare CLIP (the backend moves it and wraps it for DDP); ``optimizer`` was built
     over its parameters once they were on the device (``build_optimizer``); ``batches`` yields
     contract batches for this rank. Checkpoints go to ``run_dir/checkpoints``, metrics to
-    ``run_dir/metrics.jsonl``, ``run_config`` (if given) to ``run_dir/config.json``.
+    ``run_dir/metrics.jsonl``, ``run_config`` (if given) to ``run_dir/config.json``. ``signals``:
+    the stop signals a launching process relays, where this runs off the main thread.
     """
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
@@ -318,7 +345,7 @@ def train(
     # evaluation and checkpoint steps), and those steps are not saved.
     host_batch, faulted = None, False
     with (
-        StopSignal(backend.is_main) as stop,
+        StopSignal(backend.is_main, signals) as stop,
         _progress(config, backend, optim_config.total_steps, step) as bar,
     ):
         try:

@@ -75,19 +75,21 @@ def _note(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(message, markup=False, highlight=False)
 
 
-def stage_worker(index: int, stage: ResolvedStage) -> None:
+def stage_worker(index: int, stage: ResolvedStage, signals=None) -> None:
     """Train on this process's device: build backend, model, loader, optimiser; run the loop.
-    The backend is closed (process group destroyed) when the stage ends, also on an error."""
+    The backend is closed (process group destroyed) when the stage ends, also on an error.
+    ``signals``: the stop signals the launcher relays (``launch`` passes them to a stage it runs
+    off the main thread)."""
     from clipa_train.backend import create_backend
 
     backend = create_backend(stage.backend)
     try:
-        _train_on(stage, backend)
+        _train_on(stage, backend, signals)
     finally:
         backend.close()
 
 
-def _train_on(stage: ResolvedStage, backend) -> None:
+def _train_on(stage: ResolvedStage, backend, signals) -> None:
     import torch
 
     from clipa_train.loop import train
@@ -117,6 +119,7 @@ def _train_on(stage: ResolvedStage, backend) -> None:
             resume_from=None if stage.resume_from is None else Path(stage.resume_from),
             run_config=stage.to_json(),
             evaluate=zeroshot_hook(stage, backend) if config.evaluation.zeroshot else None,
+            signals=signals,
         )
     finally:
         loader.close()

@@ -10,8 +10,16 @@ end); the step itself makes no device-to-host transfer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +186,52 @@ def test_optimizer_built_before_moving_to_xla_is_refused(tmp_path):
             backend=backend,
             run_dir=tmp_path,
         )
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_an_xla_run_with_a_checkpoint_and_no_process_left(
+    name, builder, tmp_path
+):
+    """``torch_xla.launch`` trains in a thread of a process it spawns, where Python installs no
+    signal handlers: SIGTERM to the command (``kill``, a scheduler, a preempted TPU VM) killed
+    it and left the spawned process training alone to the end; Ctrl-C (SIGINT to the whole
+    process group) went unheard. Now either stops after the current step with a checkpoint,
+    counted once, and every process ends."""
+    out = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", str(builder),
+        "--out", str(out), "--backend", "xla", "--model", "clipa-tiny", "--image-size", "32",
+        "--text-length", "8", "--text-mask", "truncate", "--batch-size", "8", "--samples",
+        "8000", "--workers", "1", "--no-progress", "--log-every", "1", "--checkpoint-every", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PJRT_DEVICE": "CPU"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 300
+    try:
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no third step in time"
+            time.sleep(0.05)
+        spawned = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        if name == "SIGTERM":
+            os.kill(process.pid, signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stderr[-3000:]
+        assert stderr.count(f"{name}: stopping after step") == 1, stderr[-3000:]
+        assert "stopping now" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        step = summary["steps"]
+        assert summary["stopped"] and summary["signalled"] and 3 <= step < 1000, summary
+        assert Path(summary["checkpoint"]).name == f"step_{step:08d}.pt", summary
+        deadline = time.monotonic() + 30  # multiprocessing's resource tracker leaves just after
+        while [pid for pid in spawned if Path(f"/proc/{pid}").exists()]:
+            assert time.monotonic() < deadline, f"left running: {spawned}"
+            time.sleep(0.1)
+    finally:  # whatever the outcome, nothing of it keeps running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

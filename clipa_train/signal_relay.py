@@ -1,0 +1,69 @@
+"""Stop signals for a stage that runs off its process's main thread.
+
+``torch_xla.launch`` runs the stage in a thread of a process it spawns, and Python installs
+signal handlers only on a main thread: SIGTERM (a scheduler, a preempted TPU VM) killed the
+launching process and left the spawned one training alone to the end, holding the device, and
+Ctrl-C went unheard. So the launching process handles SIGINT/SIGTERM itself (it waits on its
+main thread) and counts them in shared memory; the spawned process ignores them (its main
+thread does so while it unpickles the relay, before the stage starts) and the stage's
+``StopSignal`` reads the count at each step boundary, so one signal is counted once whether it
+went to the launcher alone (``kill``) or to the whole process group (a terminal's Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from multiprocessing.shared_memory import SharedMemory
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The stop signals (as ``loop.StopSignal`` handles them on a main thread)."""
+
+
+class SignalRelay:
+    """The launching side: counts stop signals while a spawned process trains. Passed to the
+    spawned stage in its arguments, it arrives there as :class:`RelayedSignals`."""
+
+    def __init__(self) -> None:
+        self._memory: SharedMemory | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> SignalRelay:
+        self._memory = SharedMemory(create=True, size=2)  # [signals so far, the last one]
+        self._memory.buf[0] = self._memory.buf[1] = 0
+        for number in SIGNALS:
+            self._previous[number] = signal.signal(number, self._count)
+        return self
+
+    def _count(self, number: int, frame: object) -> None:
+        buffer = self._memory.buf
+        buffer[0], buffer[1] = min(buffer[0] + 1, 255), number
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._memory.close()
+        self._memory.unlink()
+
+    def __reduce__(self):
+        return _relayed_in_spawned_process, (self._memory.name,)
+
+
+class RelayedSignals:
+    """The stage's side: the stop signals the launching process counted."""
+
+    def __init__(self, name: str) -> None:
+        self._memory = SharedMemory(name=name)
+
+    def received(self) -> tuple[int, int]:
+        """(how many stop signals so far, the number of the last one)."""
+        return self._memory.buf[0], self._memory.buf[1]
+
+
+def _relayed_in_spawned_process(name: str) -> RelayedSignals:
+    """Unpickling a :class:`SignalRelay` in the spawned process: its main thread (where a
+    process pool reads its work) ignores stop signals from now on, as the launcher relays them."""
+    if threading.current_thread() is threading.main_thread():
+        for number in SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+    return RelayedSignals(name)
