@@ -81,16 +81,35 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
 
     Build it once the model is on its device: on CPU and CUDA it uses PyTorch's fused AdamW
     (one kernel for all tensors; ~6x faster than the per-tensor loop on a CPU), on XLA the
-    plain implementation, which traces into the step's graph.
+    plain implementation, which traces into the step's graph, with its step counts and lr on
+    the device (``capturable``), so no value of theirs becomes a constant of the graph.
     """
     device_type = next(model.parameters()).device.type
+    fused = device_type in FUSED_DEVICES
     return torch.optim.AdamW(
         parameter_groups(model, config.weight_decay),
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
-        fused=device_type in FUSED_DEVICES,
+        fused=fused,
+        capturable=not fused,
     )
+
+
+IMPLEMENTATION_FLAGS = ("fused", "capturable", "foreach", "differentiable")
+"""AdamW's group settings that choose its implementation for a device, not its arithmetic."""
+
+
+def with_own_implementation(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """``state`` (an ``optimizer.state_dict()``) with ``optimizer``'s own implementation flags in
+    every group: they follow the device, not the run that saved it (a CPU or CUDA run's fused
+    AdamW made an XLA resume fail, an XLA run's capturable one a CPU resume)."""
+    own = {
+        flag: optimizer.defaults[flag]
+        for flag in IMPLEMENTATION_FLAGS
+        if flag in optimizer.defaults
+    }
+    return {**state, "param_groups": [{**group, **own} for group in state["param_groups"]]}
 
 
 def check_optimizer_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -114,9 +133,20 @@ def learning_rate(step: int, config: OptimConfig) -> float:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr (host floats: on XLA they become graph inputs, not new graphs)."""
+    """Set every group's lr: a host float, or for a capturable optimiser (XLA) the value of a
+    device tensor. As a host float on XLA, AdamW's 1 − lr·wd became the constant 1 once it
+    rounded to 1 in float32 late in the schedule, and the step a new graph."""
+    capturable = optimizer.defaults.get("capturable", False)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if not capturable:
+            group["lr"] = lr  # also where a checkpoint restored a tensor
+            continue
+        device = group["params"][0].device
+        value = torch.tensor(lr, dtype=torch.float32)
+        if isinstance(group["lr"], torch.Tensor) and group["lr"].device == device:
+            group["lr"].copy_(value)  # new data for the same graph input
+        else:  # built with a float, or restored from a checkpoint
+            group["lr"] = value.to(device)
 
 
 @torch.no_grad()

@@ -194,6 +194,9 @@ def load_full_state(
     """Load what :func:`full_state` returned (or a DDP / single-process checkpoint's dicts);
     under FSDP every rank passes the full dicts and keeps its own shard (torch turns the
     tensors of ``model_state`` into this rank's shards in place: pass a dict not used again)."""
+    from clipa_train.optim import with_own_implementation
+
+    optimizer_state = with_own_implementation(optimizer_state, optimizer)
     if not is_sharded(model):
         model.load_state_dict(model_state, strict=True)
         optimizer.load_state_dict(optimizer_state)

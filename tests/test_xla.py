@@ -172,6 +172,67 @@ def test_the_step_makes_no_host_round_trip():
     assert transfers_from_device() > transfers and all(map(math.isfinite, values.values()))
 
 
+def test_a_tiny_learning_rate_late_in_the_schedule_compiles_no_new_graph():
+    """At the end of a cosine schedule lr·weight decay falls below float32's resolution at 1:
+    as a host float, AdamW's 1 − lr·wd became the constant 1 and the step a new graph (minutes
+    of compilation for a large model, at the end of the run); on a device tensor it is data."""
+    optim = dataclasses.replace(OPTIM, lr=1e-6, total_steps=12, warmup_steps=1)
+    backend, model, optimizer, batches = setup(32, None, 16, "fp32")
+    loss_fn = build_loss("contrastive", backend)
+    iterator = iter(batches)
+    compiles = []
+    for index in range(optim.total_steps):
+        set_learning_rate(optimizer, learning_rate(index, optim))
+        batch = backend.to_device(next(iterator))
+        forward_backward(model, batch, loss_fn, backend)
+        apply_update(model, optimizer, optim, backend)
+        backend.step_boundary()
+        compiles.append(backend.compile_count())
+    tiny = [i for i in range(optim.total_steps) if learning_rate(i, optim) * 0.2 < 3e-8]
+    assert tiny and tiny[0] > 3, tiny  # the schedule crosses float32's resolution late
+    assert compiles[-1] == compiles[2], compiles
+
+
+def run_loop(name: str, run_dir, resume_from=None) -> list[float]:
+    """4 steps of test-tiny on ``name`` (a checkpoint every 2); the losses it logged."""
+    backend = create_backend(BackendConfig(name=name))
+    torch.manual_seed(0)
+    model = build_model(load_preset("test-tiny")).to(backend.device)
+    optim = dataclasses.replace(OPTIM, total_steps=4, warmup_steps=1)
+    result = train(
+        model=model,
+        optimizer=build_optimizer(model, optim),
+        optim_config=optim,
+        loss_fn=build_loss("contrastive", backend),
+        batches=SyntheticBatches(
+            batch_size=BATCH,
+            image_size=32,
+            text_length=16,
+            vocab_size=512,
+            patch_size=PATCH,
+            mask=None,
+            num_batches=4,
+        ),
+        backend=backend,
+        run_dir=run_dir,
+        config=LoopConfig(log_every=1, checkpoint_every=2, progress=False),
+        resume_from=resume_from,
+    )
+    return [record["loss"] for record in result.records]
+
+
+@pytest.mark.parametrize("first, then", [("cpu", "xla"), ("xla", "cpu")])
+def test_a_checkpoint_resumes_across_cpu_and_xla(first, then, tmp_path):
+    """The optimiser's implementation follows the device, not the checkpoint: a CPU run's fused
+    AdamW failed to resume on XLA, an XLA run's capturable one on the CPU."""
+    create_backend(BackendConfig(name="xla"))  # before any backward: torch's autograd engine
+    # sizes its per-device queues at the first one, and an XLA backward after it fails
+    whole = run_loop(first, tmp_path / first)
+    halfway = tmp_path / first / "checkpoints" / "step_00000002.pt"
+    resumed = run_loop(then, tmp_path / then, resume_from=halfway)
+    assert resumed == pytest.approx(whole[2:], rel=1e-4), (whole, resumed)
+
+
 def test_optimizer_built_before_moving_to_xla_is_refused(tmp_path):
     backend, _, _, batches = setup(32, None, 16, "fp32")
     model = build_model(load_preset("test-tiny"))
