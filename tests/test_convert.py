@@ -290,6 +290,22 @@ def test_a_conversion_with_other_options_names_them_and_the_tags_at_stake(src, t
     assert "re-run with its options" in message and "its sidecars/ tags included" in message
 
 
+def test_a_conversion_checked_more_thoroughly_is_up_to_date_for_lighter_checks(src, tmp_path):
+    """--verify and --schema-records choose only what a run checks: a conversion checked with
+    crc over every record is what a headers run over 5 records would write (it asked for
+    --overwrite, which converts everything again); a stronger check than the stored one is
+    still another conversion."""
+    out = tmp_path / "out"
+    first = convert(config(src, out, verify="crc", schema_records=0))
+    before = snapshot(first.builder_dir)
+    again = convert(config(src, out, verify="headers", schema_records=5))
+    assert again.status == "up to date" and snapshot(first.builder_dir) == before
+    lighter = convert(config(src, tmp_path / "light", verify="headers", schema_records=5))
+    with pytest.raises(ClipaError, match=r"--schema-records 5 → 0"):
+        convert(config(src, tmp_path / "light", verify="headers", schema_records=0))
+    assert lighter.status == "converted"
+
+
 def test_skip_bad_shards_leaves_them_out_and_reports_them(src, tmp_path):
     shard = src / "00001.tfrecord"
     shard.write_bytes(shard.read_bytes()[:7])  # not one whole record to salvage

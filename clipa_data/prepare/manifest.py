@@ -26,6 +26,8 @@ from clipa_data.core.errors import ClipaError
 MANIFEST_VERSION = 1
 IDENTITY_KEYS = ("dataset", "source", "config", "schema", "shards", "dropped_empty", "skipped_bad")
 """Manifest parts that define a conversion; two runs agreeing on them produce the same bytes."""
+CHECK_SETTINGS = ("verify", "schema_records")
+"""Settings of ``config`` that choose only what a run checks, not the bytes it writes."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,22 @@ class ConvertManifest:
         ]
         return parts
 
+    def covers(self, other: ConvertManifest) -> bool:
+        """Whether this finished conversion is what ``other`` plans: the same identity, checked
+        at least as thoroughly as ``other`` asks (``--verify crc`` covers ``headers``;
+        ``--schema-records 0``, every record, covers any count; more records cover fewer)."""
+        mine, theirs = self.identity(), other.identity()
+        done, asked = mine["config"], theirs["config"]
+        if not (
+            done["verify"] in (asked["verify"], "crc")
+            and (
+                done["schema_records"] == 0 or 0 < asked["schema_records"] <= done["schema_records"]
+            )
+        ):
+            return False
+        theirs["config"] = {**asked, **{name: done[name] for name in CHECK_SETTINGS}}
+        return mine == theirs
+
     def difference(self, other: ConvertManifest) -> str:
         """``different source, shards``: what sets ``other`` apart from this conversion; a
         different config names its settings (``--verify headers → crc``)."""
@@ -250,6 +268,14 @@ SETTING_FLAGS = {
     "skip_bad_shards": "--skip-bad-shards",
 }
 """How a ``ConvertSettings`` field is named in a message (the flag that sets it)."""
+
+
+def _checked_at_least(done: dict[str, Any], asked: dict[str, Any]) -> bool:
+    """Whether the checks ``done`` (a config's JSON) include those ``asked``."""
+    records_done, records_asked = done["schema_records"], asked["schema_records"]
+    return done["verify"] in (asked["verify"], "crc") and (
+        records_done == 0 or 0 < records_asked <= records_done
+    )
 
 
 def _shown(value: Any) -> str:

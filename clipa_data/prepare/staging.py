@@ -41,7 +41,7 @@ def existing_conversion(
             f"{final} exists but was not written by clipa-data convert; "
             "remove it yourself, or choose another --version or OUT"
         )
-    if previous.identity() == manifest.identity():
+    if previous.covers(manifest):  # also when it was checked more thoroughly than asked
         return previous
     if not overwrite:
         tags = " (its sidecars/ tags included)" if (final / "sidecars").is_dir() else ""

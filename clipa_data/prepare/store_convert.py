@@ -75,7 +75,7 @@ def existing_conversion(
     ``overwrite`` may delete it, or anything convert did not write.
     """
     previous = read_manifest(final)
-    if previous is not None and previous.identity() == plan.identity():
+    if previous is not None and previous.covers(plan):  # or was checked more thoroughly
         stores.remove_tree(staging)  # the plan of a run killed right after its commit
         return previous
     unfinished = read_manifest(staging)
