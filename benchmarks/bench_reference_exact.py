@@ -185,6 +185,10 @@ def main(rounds: int = ROUNDS) -> None:
         "classifier": classifier,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    show(images, syntax, classifier)
+    if rounds != ROUNDS:  # a quick look must not replace the committed figures
+        print(f"not written: results/reference_exact.json keeps the default run ({ROUNDS} rounds)")
+        return
     path = write_result(
         "reference_exact",
         ratios=ratios,
@@ -201,6 +205,11 @@ def main(rounds: int = ROUNDS) -> None:
         packages=PACKAGES,
         command=".venv/bin/python -m benchmarks.bench_reference_exact",
     )
+    print(f"wrote {path}")
+
+
+def show(images: dict, syntax: dict, classifier: dict) -> None:
+    """The three tables of a run."""
     rows = [
         [name, c["us_per_image"]["fast"], c["us_per_image"]["reference"], c["speedup"],
          c["mean_abs_pixel_diff"]]
@@ -210,12 +219,14 @@ def main(rounds: int = ROUNDS) -> None:
     rows = [[k, v["rows_changed_share"], v["rows_fitting_share"]] for k, v in syntax.items()]
     print_table("syntax mask", ["length", "rows changed", "rows fitting"], rows)
     print_table("classifier", ["figure", "value"], [[k, str(v)] for k, v in classifier.items()])
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS,
+        help=f"interleaved rounds (median); results/ is written only for the default {ROUNDS}",
+    )  # fmt: skip
     main(parser.parse_args().rounds)
