@@ -321,6 +321,10 @@ def test_preview_json_for_every_strategy(builder, nltk_env, strategy):
         assert line["text"] == tokenizer.decode(line["ids"])
     if strategy == "truncate":
         assert lines[-1]["ids"] == tr.truncate(tokenizer.encode(captions[24].text), 8).tolist()
+    if strategy == "syntax":  # a field no record has: that error, not advice to re-tag from it
+        wrong = cli("preview", builder, "--text-mask", "syntax", "--text-field", "caption")
+        said = " ".join(wrong.output.split())
+        assert "record 0 has no feature 'caption'" in said and "clipa-data tag" not in said, said
 
 
 def test_preview_without_sidecars(builder):
@@ -329,8 +333,10 @@ def test_preview_without_sidecars(builder):
     assert "the syntax mask needs sidecars" in syntax.output
     assert f"clipa-data tag {builder}" in " ".join(syntax.output.split())
     other_field = cli("preview", builder, "--text-mask", "syntax", "--text-field", "caption")
-    # the hint tags the field this preview reads, not the default one
-    assert f"clipa-data tag {builder} --text-field caption" in " ".join(other_field.output.split())
+    # a field no record has is that error, not a hint to tag it (tagging fails the same way)
+    said = " ".join(other_field.output.split())
+    assert other_field.exit_code == 2 and "record 0 has no feature 'caption'" in said, said
+    assert "clipa-data tag" not in said, said
     for strategy in ["truncate", "random", "block"]:
         result = cli("preview", builder, "--text-mask", strategy, "--n", 3, "--json")
         assert result.exit_code == 0, result.output

@@ -162,8 +162,9 @@ def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
     for shard in split.shards:
         if left == 0 or shard.num_records == 0:
             continue
-        rows = None if own_words else open_sidecar(builder, shard, config)
+        # Captions first: a --text-field no record has is that error, not advice to tag it.
         captions = list(itertools.islice(iter_captions(shard.path, config.text_field), left))
+        rows = None if own_words else open_sidecar(builder, shard, config)
         if rows is not None:
             compare_keys(
                 rows.keys[: len(captions)],
