@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from clipa_data.core.atomic import atomic_writer, remove_temporaries
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import AgreedError, ClipaError
 from clipa_train.backend import Backend
 from clipa_train.sharding import full_state, load_full_state
 
@@ -129,6 +129,7 @@ def save_checkpoint(
     model_state, optimizer_state = full_state(model, optimizer)
     per_rank = backend.gather_objects({"stream": stream_state, "rng": backend.rng_state()})
     path = checkpoint_path(directory, step)
+    failure = None
     if backend.is_main:
         payload = {
             "format": FORMAT,
@@ -141,12 +142,18 @@ def save_checkpoint(
             "ranks": per_rank,
             "config": run_config or {},
         }
-        payload = to_cpu(payload)  # on XLA this materialises the tensors: outside any step
-        _write(path, payload)
-        if keep > 0:
-            for old in stale_checkpoints(directory, path, keep):
+        try:
+            _write(path, to_cpu(payload))  # to_cpu: on XLA it materialises, outside any step
+        except ClipaError as error:
+            failure = str(error)
+        else:
+            for old in stale_checkpoints(directory, path, keep) if keep > 0 else []:
                 old.unlink()
-    backend.barrier()
+    # Every rank learns how the write went (rank 0 leaving alone with its error killed the
+    # others waiting for it with gloo's or NCCL's traceback): rank 0 says it for all.
+    failure = backend.gather_objects(failure)[0]
+    if failure is not None:
+        raise AgreedError(failure, backend.is_main)
     return path
 
 

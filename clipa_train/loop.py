@@ -400,6 +400,8 @@ def train(
                     ):
                         break
                     result.checkpoint = save()
+            else:  # the last step made: a fault since the last agreement is agreed on here
+                _agree_on_fault(faulted, result, backend)
         except StopNow:
             result.stopped = cut = True
             model.train()  # an evaluation may have been cut short
@@ -479,8 +481,8 @@ def _signalled(stop: StopSignal, cut: bool, backend: Backend) -> bool:
 def _agree_on_fault(faulted: bool, result: LoopResult, backend: Backend) -> bool:
     """Whether any rank's data failed (``faulted`` on that rank); a collective under several
     processes, so every rank calls it at the same step. If so, every rank's ``result`` holds
-    the first failing rank's line and the run stops: the failing rank stepped on its last batch
-    since its fault, so the steps after the last checkpoint are not saved."""
+    the line of the failing rank numbered lowest, and the run stops: a failing rank stepped on
+    its last batch since its fault, so the steps after the last checkpoint are not saved."""
     if backend.world == 1 or not backend.any_rank(faulted):
         return False
     failures = backend.gather_objects(result.failure if faulted else None)

@@ -1,12 +1,13 @@
 """Run under ``torchrun --nproc_per_node 2`` by test_distributed.py and test_accumulation.py
-(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp | fault AT]``.
+(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp | fault AT STEPS]``.
 
 Each rank takes its half of the same global batches. Rank 0 writes, for both losses, the global
 loss and the DDP-averaged gradients of one step, and the loop's losses and final weights; with
 ACCUM_STEPS > 1 the step and the loop accumulate that many micro-batches per rank.
 With ``fsdp`` as second argument it trains 10 steps under DDP and under FSDP (checkpoints at 5
 and 10), resumes each from the other's step-5 checkpoint, and writes the FSDP model's outputs.
-With ``fault AT`` rank 1's data fails at batch AT and each rank writes what its loop returned.
+With ``fault AT STEPS`` rank 1's data fails at batch AT of STEPS and each rank writes what its
+loop returned.
 """
 
 from __future__ import annotations
@@ -156,19 +157,19 @@ class FailingBatches:
         self.source.load_state_dict(state)
 
 
-def fault_main(out: Path, at: int) -> None:
-    """12 steps with rank 1's data failing at batch ``at`` (agreements every 4 steps, a
+def fault_main(out: Path, at: int, total: int) -> None:
+    """``total`` steps with rank 1's data failing at batch ``at`` (agreements every 4 steps, a
     checkpoint every 4); every rank writes what its loop returned."""
     backend = create_backend(BackendConfig(name="cpu"))
     torch.manual_seed(0)
     model = build_model(load_preset("test-tiny"))
-    optim = OptimConfig(lr=2e-3, total_steps=12, warmup_steps=1)
+    optim = OptimConfig(lr=2e-3, total_steps=total, warmup_steps=1)
     result = train(
         model=model,
         optimizer=build_optimizer(model, optim),
         optim_config=optim,
         loss_fn=build_loss("contrastive", backend),
-        batches=FailingBatches(batches(backend.rank, backend.world, steps=12), at),
+        batches=FailingBatches(batches(backend.rank, backend.world, steps=total), at),
         backend=backend,
         run_dir=out / "run",
         config=LoopConfig(log_every=4, stop_check_every=4, checkpoint_every=4, progress=False),
@@ -210,6 +211,6 @@ if __name__ == "__main__":
     if sys.argv[2:] == ["fsdp"]:
         sharded_main(Path(sys.argv[1]))
     elif sys.argv[2:3] == ["fault"]:
-        fault_main(Path(sys.argv[1]), int(sys.argv[3]))
+        fault_main(Path(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4]))
     else:
         main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1)

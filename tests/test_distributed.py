@@ -186,20 +186,20 @@ def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "at, step, checkpoint",
-    [(0, 0, None), (5, 8, "step_00000004.pt")],
-    ids=["first batch", "mid-run"],
+    "at, total, step, checkpoint",
+    [(0, 12, 0, None), (5, 12, 8, "step_00000004.pt"), (9, 10, 10, "step_00000008.pt")],
+    ids=["first batch", "mid-run", "after the last agreement"],
 )
 def test_a_data_fault_on_one_rank_stops_both_at_their_next_agreement(
-    at, step, checkpoint, tmp_path
+    at, total, step, checkpoint, tmp_path
 ):
     """Rank 1's data fails at batch ``at``: it steps on its last batch until the ranks agree
-    (every 4 steps; before the first step, where it has no batch), then both stop with its
-    line, and the steps since the last checkpoint are not saved. The other rank used to die
-    in the next collective with gloo's traceback."""
+    (every 4 steps; before the first step, where it has no batch; after the last one), then both
+    stop with its line, and the steps since the last checkpoint are not saved. The other rank
+    used to die in the next collective with gloo's traceback."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path), "fault", str(at),
+        str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path), "fault", str(at), str(total),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -337,6 +337,28 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_
     assert summary_of(out)["start_step"] == 6 and summary_of(out)["steps"] == 12
 
 
+def test_a_full_disk_under_torchrun_is_one_line_for_every_rank(data, tmp_path):
+    """Rank 0 writes the checkpoint; the other rank waited for it in a barrier and died with
+    gloo's traceback when rank 0 left with its error. Now the ranks agree on the outcome."""
+    out = tmp_path / "run"
+
+    def limit() -> None:  # every rank inherits it; only rank 0 writes checkpoints
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         PROGRAM, *options(data, out, "--checkpoint-every", 3, steps=6)],
+        env=environment(), capture_output=True, text=True, timeout=300, preexec_fn=limit,
+    )  # fmt: skip
+    assert done.returncode != 0, done.stderr
+    assert "gloo" not in done.stderr.lower(), done.stderr[-3000:]
+    (line,) = errors(done.stderr)
+    target = out / "checkpoints" / "step_00000003.pt"
+    assert line.startswith(f"error: could not write checkpoint {target} ("), line
+    assert not target.exists()
+
+
 # --- soak: long runs interrupted at random steps --------------------------------------------------
 
 SOAK_STEPS = 200
