@@ -193,10 +193,16 @@ class StopSignal:
         """Take in the signals relayed since the last look (each as if it had arrived now)."""
         if self._relayed is None:
             return
-        count, number = self._relayed.received()
+        count, first, last = self._relayed.received()
         while self._relayed_seen < count:
+            self._handle(last if self._relayed_seen else first, None)
             self._relayed_seen += 1
-            self._handle(number, None)
+        if not self._requested and self._relayed.launcher_gone():
+            self._requested = True
+            self._say(
+                f"the launching process is gone: stopping after step {self.next_check} with a "
+                "checkpoint"
+            )
 
     def _say(self, line: str) -> None:
         # os.write, not print: a handler may run while the main thread is inside print.

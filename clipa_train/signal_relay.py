@@ -7,12 +7,16 @@ Ctrl-C went unheard. So the launching process handles SIGINT/SIGTERM itself (it 
 main thread) and counts them in shared memory; the spawned process ignores them (its main
 thread does so while it unpickles the relay, before the stage starts) and the stage's
 ``StopSignal`` reads the count at each step boundary, so one signal is counted once whether it
-went to the launcher alone (``kill``) or to the whole process group (a terminal's Ctrl-C).
+went to the launcher alone (``kill``) or to the whole process group (a terminal's Ctrl-C). A
+second signal thus stops the run at the next step boundary, not inside a wait for data or an
+evaluation, and a launcher that died (SIGKILL) stops it there too, with a checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from multiprocessing.shared_memory import SharedMemory
 
@@ -29,15 +33,18 @@ class SignalRelay:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> SignalRelay:
-        self._memory = SharedMemory(create=True, size=2)  # [signals so far, the last one]
-        self._memory.buf[0] = self._memory.buf[1] = 0
+        # [signals so far, the first one's number, the last one's number]
+        self._memory = SharedMemory(create=True, size=3)
+        self._memory.buf[:3] = bytes(3)
         for number in SIGNALS:
             self._previous[number] = signal.signal(number, self._count)
         return self
 
     def _count(self, number: int, frame: object) -> None:
         buffer = self._memory.buf
-        buffer[0], buffer[1] = min(buffer[0] + 1, 255), number
+        if buffer[0] == 0:
+            buffer[1] = number
+        buffer[0], buffer[2] = min(buffer[0] + 1, 255), number
 
     def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():
@@ -54,10 +61,25 @@ class RelayedSignals:
 
     def __init__(self, name: str) -> None:
         self._memory = SharedMemory(name=name)
+        self._launcher = os.getppid()
 
-    def received(self) -> tuple[int, int]:
-        """(how many stop signals so far, the number of the last one)."""
-        return self._memory.buf[0], self._memory.buf[1]
+    def received(self) -> tuple[int, int, int]:
+        """(how many stop signals so far, the first one's number, the last one's number)."""
+        buffer = self._memory.buf
+        return buffer[0], buffer[1], buffer[2]
+
+    def launcher_gone(self) -> bool:
+        """Whether the launching process died (killed with SIGKILL, say): nobody relays signals
+        any more and this process, which ignores them, would otherwise train on alone."""
+        return os.getppid() != self._launcher
+
+    def leave_if_launcher_gone(self) -> None:
+        """End this process once its stage is over if the launcher died: the process pool
+        would wait forever for the launcher's next task (it holds its own queue's write end)."""
+        if self.launcher_gone():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def _relayed_in_spawned_process(name: str) -> RelayedSignals:

@@ -87,6 +87,8 @@ def stage_worker(index: int, stage: ResolvedStage, signals=None) -> None:
         _train_on(stage, backend, signals)
     finally:
         backend.close()
+        if signals is not None:
+            signals.leave_if_launcher_gone()
 
 
 def _train_on(stage: ResolvedStage, backend, signals) -> None:
