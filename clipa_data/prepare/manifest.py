@@ -229,12 +229,7 @@ class ConvertManifest:
         ``--schema-records 0``, every record, covers any count; more records cover fewer)."""
         mine, theirs = self.identity(), other.identity()
         done, asked = mine["config"], theirs["config"]
-        if not (
-            done["verify"] in (asked["verify"], "crc")
-            and (
-                done["schema_records"] == 0 or 0 < asked["schema_records"] <= done["schema_records"]
-            )
-        ):
+        if not _checked_at_least(done, asked):
             return False
         theirs["config"] = {**asked, **{name: done[name] for name in CHECK_SETTINGS}}
         return mine == theirs
