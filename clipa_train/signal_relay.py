@@ -9,11 +9,14 @@ thread does so while it unpickles the relay, before the stage starts) and the st
 ``StopSignal`` reads the count at each step boundary, so one signal is counted once whether it
 went to the launcher alone (``kill``) or to the whole process group (a terminal's Ctrl-C). A
 second signal thus stops the run at the next step boundary, not inside a wait for data or an
-evaluation, and a launcher that died (SIGKILL) stops it there too, with a checkpoint.
+evaluation, and a launcher that died (SIGKILL) stops it there too, with a checkpoint. Before the
+first step boundary (start-up, the first compile: minutes for a large model) nothing is heard,
+so a third signal makes the launcher kill what it spawned at once (``KilledAtOnce``).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -22,6 +25,14 @@ from multiprocessing.shared_memory import SharedMemory
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 """The stop signals (as ``loop.StopSignal`` handles them on a main thread)."""
+
+KILL_AT = 3
+"""The signal that kills the spawned processes at once: the first two wait for a step boundary,
+which a run still starting up (or hung) may not reach for minutes."""
+
+
+class KilledAtOnce(KeyboardInterrupt):
+    """The launcher killed the processes it spawned (the CLI prints the message, exits 130)."""
 
 
 class SignalRelay:
@@ -45,6 +56,22 @@ class SignalRelay:
         if buffer[0] == 0:
             buffer[1] = number
         buffer[0], buffer[2] = min(buffer[0] + 1, 255), number
+        if buffer[0] == KILL_AT - 1:
+            # os.write, not print: the main thread may be inside print.
+            os.write(2, b"\n(a third stop signal kills the training at once)\n")
+        elif buffer[0] == KILL_AT:
+            self._kill_spawned()
+
+    def _kill_spawned(self) -> None:
+        """SIGKILL every process this one spawned (the pool's; their loader workers notice
+        their parent's death themselves) and leave ``torch_xla.launch`` with the line to say."""
+        for child in multiprocessing.active_children():
+            if child.pid is not None:
+                os.kill(child.pid, signal.SIGKILL)
+        raise KilledAtOnce(
+            "third stop signal: the training processes were killed at once (the steps since "
+            "the last checkpoint are lost); --resume auto continues from the last checkpoint"
+        )
 
     def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():

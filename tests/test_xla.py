@@ -268,17 +268,7 @@ def test_a_stop_signal_stops_an_xla_run_with_a_checkpoint_and_no_process_left(
     counted once, and every process ends; so does the spawned process when the command is
     killed with SIGKILL (nobody relays signals to it any more)."""
     out = tmp_path / "run"
-    command = [
-        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", str(builder),
-        "--out", str(out), "--backend", "xla", "--model", "clipa-tiny", "--image-size", "32",
-        "--text-length", "8", "--text-mask", "truncate", "--batch-size", "8", "--samples",
-        "8000", "--workers", "1", "--no-progress", "--log-every", "1", "--checkpoint-every", "0",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PJRT_DEVICE": "CPU"}
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    process = _start_xla_run(builder, out)
     metrics, deadline = out / "metrics.jsonl", time.monotonic() + 300
     try:
         while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
@@ -304,5 +294,65 @@ def test_a_stop_signal_stops_an_xla_run_with_a_checkpoint_and_no_process_left(
             assert time.monotonic() < deadline, f"left running: {spawned}"
             time.sleep(0.1)
     finally:  # whatever the outcome, nothing of it keeps running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _start_xla_run(builder: Path, out: Path) -> subprocess.Popen:
+    """A long ``clipa-train pretrain --backend xla`` of the tiny model, in its own session."""
+    command = [
+        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", str(builder),
+        "--out", str(out), "--backend", "xla", "--model", "clipa-tiny", "--image-size", "32",
+        "--text-length", "8", "--text-mask", "truncate", "--batch-size", "8", "--samples",
+        "8000", "--workers", "1", "--no-progress", "--log-every", "1", "--checkpoint-every", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PJRT_DEVICE": "CPU"}
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop(0)
+        path = Path(f"/proc/{parent}/task/{parent}/children")
+        children = [int(c) for c in path.read_text().split()] if path.exists() else []
+        found += children
+        queue += children
+    return found
+
+
+def test_a_third_stop_signal_kills_an_xla_run_that_has_not_reached_a_step(builder, tmp_path):
+    """Under xla the signals reach the training only at its step boundaries; before the first
+    one (start-up, the first compile: minutes for a large model on a TPU) nothing stopped the
+    run but finding the spawned process and killing it by hand. A third signal makes the command
+    kill what it spawned at once and exit 130 with one line saying what was lost."""
+    out = tmp_path / "run"
+    process = _start_xla_run(builder, out)
+    deadline = time.monotonic() + 120
+    try:
+        while not _descendants(process.pid):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "nothing spawned in time"
+            time.sleep(0.05)
+        time.sleep(1)  # the spawned process is importing: no step in the next seconds
+        assert not (out / "metrics.jsonl").exists()
+        spawned = _descendants(process.pid)
+        for _ in range(3):
+            os.kill(process.pid, signal.SIGTERM)
+            time.sleep(0.3)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr[-3000:]
+        assert stderr.count("(a third stop signal kills the training at once)") == 1, stderr
+        assert stderr.count("the training processes were killed at once") == 1, stderr[-3000:]
+        assert "--resume auto" in stderr and "Traceback" not in stderr, stderr[-3000:]
+        deadline = time.monotonic() + 30  # a loader worker notices its parent's death itself
+        while [pid for pid in spawned if Path(f"/proc/{pid}").exists()]:
+            assert time.monotonic() < deadline, f"left running: {spawned}"
+            time.sleep(0.1)
+    finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
