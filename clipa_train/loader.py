@@ -390,6 +390,11 @@ class Loader:
         self.epoch, self.step = epoch, step
 
     def close(self) -> None:
-        """Stop the worker processes (they also stop when the loader is garbage-collected)."""
-        self._dataloader = None
+        """Stop the worker processes now. Dropping the loader is not enough: something may keep
+        an exception whose frames hold it (wandb keeps its failed ``init``'s), and workers still
+        alive at exit make Python wait for them forever (they ignore its SIGTERM)."""
+        dataloader, self._dataloader = self._dataloader, None
+        workers = getattr(dataloader, "_iterator", None)  # the persistent workers' iterator
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
         self._watch.uninstall()

@@ -184,6 +184,29 @@ def test_wandb_not_installed_is_one_warning_with_the_install_command(tmp_path, d
     assert not (tmp_path / "wandb-dir").exists()
 
 
+def test_wandb_without_an_api_key_is_one_warning_and_the_command_exits(tmp_path, data):
+    """wandb keeps the failed ``wandb.init``'s exception, whose frames held the training loop's
+    loader: its worker processes were never stopped, and the command, after its summary, waited
+    for them forever at exit (they ignore the SIGTERM Python's exit sends them)."""
+    run, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    env = {**_env(tmp_path), "HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config")}
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
+        env.pop(name, None)
+    clipa_train = str(Path(sys.executable).parent / "clipa-train")
+    command = [clipa_train, *_options(data, run, "--log", "wandb")]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as timeout:
+        raise AssertionError(f"no exit after the run: {timeout.stderr}") from None
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and "--log wandb is off" in warnings[0], done.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == STEPS
+
+
 def test_a_resume_after_a_partial_last_record_starts_its_records_on_a_new_line(tmp_path):
     """A killed run can leave metrics.jsonl ending mid-record; the resumed run's first record
     goes on its own line (appended to the partial one, both would be unreadable)."""
