@@ -18,7 +18,7 @@ from typing import Annotated
 from clipa_data.core.atomic import atomic_writer, write_json
 from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
-from clipa_train.run_records import RunRecords, read_runs
+from clipa_train.run_records import RunRecords, read_runs, throughput
 from clipa_train.scaling_fit import ScalingFit, fit_groups, plot_scaling
 
 IGNORED_OPTIONS = ("out",)
@@ -153,11 +153,10 @@ def summary_rows(runs: list[RunRecords]) -> list[list[str]]:
     """The summary table: header first."""
     rows = [
         ["run", "stage", "model", "image tokens", "text tokens", "steps", "samples seen",
-         "training FLOPs", "final loss", "zero-shot top-1", "mean samples/s", "mean data wait"],
+         "training FLOPs", "final loss", "zero-shot top-1", "samples/s", "data wait"],
     ]  # fmt: skip
     for run in runs:
-        rates = [r["samples_per_s"] for r in run.train if "samples_per_s" in r]
-        waits = [r["data_wait_share"] for r in run.train if "data_wait_share" in r]
+        rate, wait = throughput(list(run.train))
         rows.append(
             [
                 run.name,
@@ -170,8 +169,8 @@ def summary_rows(runs: list[RunRecords]) -> list[list[str]]:
                 f"{run.flops(run.last_step):.3g}",
                 f"{run.train[-1]['loss']:.4f}" if run.train else "n/a",
                 "n/a" if run.final_top1 is None else f"{run.final_top1:.1%}",
-                f"{sum(rates) / len(rates):,.1f}" if rates else "n/a",
-                f"{sum(waits) / len(waits):.1%}" if waits else "n/a",
+                "n/a" if rate is None else f"{rate:,.1f}",
+                "n/a" if wait is None else f"{wait:.1%}",
             ]
         )
     return rows

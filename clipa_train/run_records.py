@@ -166,6 +166,25 @@ def latest_attempt(records: list[dict]) -> tuple[list[dict], int]:
     return kept, replaced
 
 
+def throughput(records: list[dict], start_step: int = 0) -> tuple[float | None, float | None]:
+    """(samples per second, data-wait share) of training records' windows all together, each
+    window weighted by its time: a mean of the windows' figures counts the first window (worker
+    start-up, the first step's compile) and a short last one like full windows. A window's time
+    is its steps over its rate, in units of one batch, which cancel out (one batch size a run).
+    """
+    steps = seconds = waited = 0.0
+    previous = start_step
+    for record in records:
+        rate = record.get("samples_per_s")
+        span, previous = record["step"] - previous, record["step"]
+        if not rate or span <= 0:
+            continue
+        window = span / rate
+        steps, seconds = steps + span, seconds + window
+        waited += record.get("data_wait_share", 0.0) * window
+    return (steps / seconds, waited / seconds) if seconds else (None, None)
+
+
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
     """The records of a ``metrics.jsonl`` and one note naming any skipped lines."""
     text = path.read_text(encoding="utf-8", errors="replace")

@@ -24,6 +24,7 @@ from clipa_data.core.errors import AgreedError
 from clipa_train.resolved_stage import ResolvedStage, resolve_stage
 from clipa_train.run_config import TrainConfig
 from clipa_train.run_dir import checkpoint_step
+from clipa_train.run_records import throughput
 
 
 def run_stage(config: TrainConfig) -> dict | None:
@@ -260,7 +261,6 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
     """``summary.json``: steps, final loss, throughput, zero-shot results, stream problems."""
     train_records = [r for r in result.records if "loss" in r]
     evals = [r for r in result.records if any(k.startswith("eval/") for k in r)]
-    rates = [r["samples_per_s"] for r in train_records]
     return {
         "stage": stage.config.stage,
         "run_dir": stage.config.run.out,
@@ -276,7 +276,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "final_loss": train_records[-1]["loss"] if train_records else None,
         "eval_command": _eval_command(stage, result.checkpoint) if result.final_eval_cut else None,
-        "samples_per_s": sum(rates) / len(rates) if rates else None,
+        "samples_per_s": throughput(train_records, result.start_step)[0],
         "wall_seconds": time.perf_counter() - started,
         "zeroshot": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")}
         if evals

@@ -20,6 +20,7 @@ from sidecars import write_sidecars
 from typer.testing import CliRunner
 
 from clipa_data.demo import write_demo_validation
+from clipa_train.report import summary_rows
 from clipa_train.run_records import read_runs, unique_labels
 from clipa_train.scaling_fit import ScalingPoint, fit_power_law
 
@@ -212,6 +213,25 @@ def test_a_config_without_options_and_records_without_rates_are_read_past(runs, 
     result = invoke("report", run, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     assert "<td>odd</td><td>pretrain</td>" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_the_table_rate_and_wait_weigh_each_window_by_its_time(runs, tmp_path):
+    """A first window of start-up (10 steps at 10 samples/s, all waiting) and a full one (90
+    steps at 900/s, no wait): 91 samples/s, 91 % waiting, by steps over
+    seconds, not the windows' mean rate (455/s) and wait (50 %)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(runs["a"] / "config.json", run / "config.json")
+    records = [
+        {"step": 10, "loss": 2.0, "samples_per_s": 10.0, "data_wait_share": 1.0, "time": 1.0},
+        {"step": 100, "loss": 1.0, "samples_per_s": 900.0, "data_wait_share": 0.0, "time": 2.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    header, row = summary_rows(read_runs([run]))
+    cells = dict(zip(header, row, strict=True))
+    seconds = 10 / 10.0 + 90 / 900.0  # per sample of a batch
+    assert cells["samples/s"] == f"{100 / seconds:,.1f}", cells
+    assert cells["data wait"] == f"{(10 / 10.0) / seconds:.1%}", cells
 
 
 def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):

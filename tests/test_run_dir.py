@@ -212,3 +212,20 @@ def test_a_run_killed_before_its_first_checkpoint_names_overwrite(data, finished
     done = clipa_train(*tiny("pretrain", data, out, "--resume", "auto"))
     one_line(done, 2, "--resume auto: no checkpoint in", "--overwrite")
     assert snapshot(out) == before
+
+
+def test_the_summary_rate_is_every_window_together_not_a_mean_of_their_rates(data, tmp_path):
+    """The first window holds the start-up (workers, the first step), a short last one counts
+    only its steps: the mean of the windows' rates counted both like full windows (a demo run
+    said 614 samples/s for 146). Now it is the steps over the seconds of all windows."""
+    out = tmp_path / "run"
+    done = clipa_train(*tiny("pretrain", data, out, "--samples", 40, "--log-every", 2))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records]
+    assert steps == [2, 4, 5], steps  # a short last window
+    spans = [2, 2, 1]
+    rates = [record["samples_per_s"] for record in records]
+    seconds = sum(span / rate for span, rate in zip(spans, rates, strict=True))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples_per_s"] == pytest.approx(sum(spans) / seconds, rel=1e-9)
