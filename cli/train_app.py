@@ -103,7 +103,9 @@ def _zeroshot_row(summary: dict, zeroshot: dict) -> str:
     if summary.get("final_eval_cut"):
         return f"final evaluation cut short by the signal; evaluate with: {summary['eval_command']}"
     if zeroshot:
-        return f"{zeroshot['top1']:.1%} (chance {zeroshot['chance']:.1%})"
+        early = zeroshot.get("step", summary["steps"]) < summary["steps"]
+        where = f" at step {zeroshot['step']}" if early else ""
+        return f"{zeroshot['top1']:.1%}{where} (chance {zeroshot['chance']:.1%})"
     return "not evaluated (--zeroshot DIR)"
 
 

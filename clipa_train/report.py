@@ -168,12 +168,18 @@ def summary_rows(runs: list[RunRecords]) -> list[list[str]]:
                 f"{run.samples(run.last_step):,}",
                 f"{run.flops(run.last_step):.3g}",
                 f"{run.train[-1]['loss']:.4f}" if run.train else "n/a",
-                "n/a" if run.final_top1 is None else f"{run.final_top1:.1%}",
+                _top1_cell(run),
                 "n/a" if rate is None else f"{rate:,.1f}",
                 "n/a" if wait is None else f"{wait:.1%}",
             ]
         )
     return rows
+
+
+def _top1_cell(run: RunRecords) -> str:
+    if run.final_eval_cut:
+        return "final evaluation cut short"
+    return "n/a" if run.final_top1 is None else f"{run.final_top1:.1%}"
 
 
 def config_differences(runs: list[RunRecords]) -> list[tuple[str, list[str]]]:

@@ -113,7 +113,16 @@ class RunRecords:
 
     @property
     def final_top1(self) -> float | None:
-        return self.evals[-1]["eval/top1"] if self.evals else None
+        """The last zero-shot top-1; of a finished run only one made at its last step (when
+        its final evaluation was cut short, the last one is mid-schedule)."""
+        if not self.evals or self.final_eval_cut:
+            return None
+        return self.evals[-1]["eval/top1"]
+
+    @property
+    def final_eval_cut(self) -> bool:
+        """Whether the run finished its steps but its final evaluation was cut short (Ctrl-C)."""
+        return self.finished and bool(self.evals) and self.evals[-1]["step"] < self.last_step
 
 
 def read_run(path: Path) -> RunRecords:

@@ -257,6 +257,17 @@ def _eval_command(stage: ResolvedStage, checkpoint: Path | None) -> str:
     return shlex.join(words)
 
 
+def _last_zeroshot(evals: list[dict], final_eval_cut: bool) -> dict | None:
+    """The last evaluation's figures and its step (a stopped run's is mid-schedule); None when
+    the final one was cut short: the last one made is not the run's result."""
+    if not evals or final_eval_cut:
+        return None
+    return {
+        "step": evals[-1]["step"],
+        **{k[5:]: v for k, v in evals[-1].items() if k[:5] == "eval/"},
+    }
+
+
 def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
     """``summary.json``: steps, final loss, throughput, zero-shot results, stream problems."""
     train_records = [r for r in result.records if "loss" in r]
@@ -278,9 +289,7 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "eval_command": _eval_command(stage, result.checkpoint) if result.final_eval_cut else None,
         "samples_per_s": throughput(train_records, result.start_step)[0],
         "wall_seconds": time.perf_counter() - started,
-        "zeroshot": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")}
-        if evals
-        else None,
+        "zeroshot": _last_zeroshot(evals, result.final_eval_cut),
         "stream": {
             "bad_images": loader.stats.bad_images,
             "unreadable": loader.stats.unreadable,

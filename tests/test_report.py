@@ -356,6 +356,39 @@ def test_an_unfinished_run_is_refused_by_the_fit(runs, tmp_path, how):
     assert invoke("report", *dirs, "--out", tmp_path / "report").exit_code == 0
 
 
+def test_a_run_whose_final_evaluation_was_cut_short_has_no_final_top1(runs, tmp_path):
+    """Ctrl-C twice during the final evaluation: every step made, the last evaluation a
+    mid-schedule one. The table said it as the run's top-1 and the fit took it as final."""
+    dirs = [synthetic_run(runs["a"], tmp_path / f"s{n}", n, 0.5) for n in (10, 100, 1_000)]
+    metrics = dirs[1] / "metrics.jsonl"
+    metrics.write_text(
+        metrics.read_text().replace('{"step": 100, "eval/top1"', '{"step": 40, "eval/top1"')
+    )
+    result = invoke("report", *dirs, "--out", tmp_path / "report", "--fit")
+    assert_one_line_error(
+        result, f"{dirs[1]} finished but its final zero-shot evaluation was cut short",
+        "(the last is at step 40 of 100)", "leave it out",
+    )  # fmt: skip
+    assert invoke("report", *dirs, "--out", tmp_path / "report").exit_code == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("final evaluation cut short") == 1 and "50.0%" in page, page
+
+
+def test_the_training_summary_says_the_step_of_an_evaluation_before_the_last(capsys):
+    from clipa_cli.train_app import print_summary
+
+    zeroshot = {"step": 4, "top1": 0.25, "chance": 0.05}
+    print_summary(
+        {
+            "stage": "pretrain", "steps": 6, "total_steps": 9, "stopped": True,
+            "final_loss": 1.5, "samples_per_s": 120.0, "zeroshot": zeroshot,
+            "stream": {"bad_images": 0, "messages": []}, "checkpoint": "run/ckpt-6",
+            "run_dir": "run",
+        }
+    )  # fmt: skip
+    assert "25.0% at step 4 (chance 5.0%)" in capsys.readouterr().out
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 PROBE = """<script>
