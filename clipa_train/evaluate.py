@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +100,26 @@ def class_folders(root: Path) -> list[Path]:
 
 
 def folder_units(root: Path, labels: dict[str, int]) -> tuple[tuple[str, int], ...]:
-    """``(image file, label)`` for the images of each folder ``root/NAME`` in ``labels``."""
-    units = tuple(
-        (str(path), label)
-        for name, label in labels.items()
-        for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not units:
+    """``(image file, label)`` for the images of each folder ``root/NAME`` in ``labels``. Empty
+    class folders are said in one warning: each is still a class the images are scored against,
+    but one left by a copy or extraction that stopped part-way would not show in the top-1
+    (a deliberately small subset of a set's classes may leave some empty)."""
+    images = {
+        name: [p for p in sorted((root / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        for name in labels
+    }
+    if not any(images.values()):
         raise no_images_error(root, [root / name for name in labels])
-    return units
+    empty = [name for name, paths in images.items() if not paths]
+    if empty:
+        shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        print(
+            f"warning: {root}: {len(empty)} of {len(labels)} class folders hold no images "
+            f"({shown}); they are still scored as classes: restore them if a copy or "
+            "extraction stopped part-way",
+            file=sys.stderr,
+        )
+    return tuple((str(path), labels[name]) for name, paths in images.items() for path in paths)
 
 
 def no_images_error(root: Path, folders: list[Path]) -> ClipaError:
@@ -127,6 +138,11 @@ def _open_folder(root: Path, classnames: str | None, templates: str | None) -> Z
     if (root / "val").is_dir():
         root = root / "val"
     folders = class_folders(root)
+    if len(folders) < 2:
+        raise ClipaError(
+            f"{root} has one class folder ({folders[0].name}): zero-shot classification needs "
+            "2 or more classes (it would score 100 %), one sub-folder of images each"
+        )
     units = folder_units(root, {folder.name: label for label, folder in enumerate(folders)})
     task = _task(str(root), len(folders), classnames, templates)
     return ZeroShotSet(str(root), "imagefolder", units, len(units), task)

@@ -69,6 +69,10 @@ BAD_TRAINING = {
     ),
     "eval folder without class folders": (["--zeroshot", "{empty}"], ["has no class folders"]),
     "class folders without images": (["--zeroshot", "{hollow}"], ["no images in them"]),
+    "one class folder": (
+        ["--zeroshot", "{single}"],
+        ["has one class folder (red_circle)", "2 or more"],
+    ),
     "class names file of another size": (
         ["--zeroshot", "{eval}", "--classnames", "{three_names}"],
         ["has 3 class names but", "has 20 classes"],
@@ -129,10 +133,14 @@ BAD_TRAINING = {
 def test_bad_training_input_stops_before_training(data, tmp_path, case, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out (" ") that got through would land here
     (tmp_path / "empty").mkdir()
-    (tmp_path / "hollow" / "red_circle").mkdir(parents=True)
+    for name in ("red_circle", "blue_star"):
+        (tmp_path / "hollow" / name).mkdir(parents=True)
     (tmp_path / "three_names.txt").write_text("a\nb\nc\n")
+    images = data["eval"] / ("val" if (data["eval"] / "val").is_dir() else "") / "red_circle"
+    single = shutil.copytree(images, tmp_path / "single" / "red_circle")
     places = {"tmp": tmp_path / "empty", "empty": tmp_path / "empty", **data}
     places |= {"hollow": tmp_path / "hollow", "three_names": tmp_path / "three_names.txt"}
+    places |= {"single": single.parent}
     flags, fragments = BAD_TRAINING[case]
     flags = [str(flag).format(**places) if isinstance(flag, str) else flag for flag in flags]
     out = tmp_path / "run"
@@ -475,6 +483,22 @@ def test_eval_bad_input(data, checkpoint, tmp_path, dataset, extra, fragments):
         "eval", "--checkpoint", checkpoint, "--imagenet-val", dataset.format(**places), *extra
     )
     assert_one_line_error(result, *[fragment.format(**places) for fragment in fragments])
+
+
+def test_an_empty_class_folder_is_one_warning(data, checkpoint, tmp_path):
+    """A class folder without images (a copy that stopped part-way) is still a class the images
+    are scored against: it was said nowhere."""
+    gappy = shutil.copytree(data["eval"], tmp_path / "gappy")
+    images = gappy / ("val" if (gappy / "val").is_dir() else "") / "red_circle"
+    for image in images.iterdir():
+        image.unlink()
+    result = invoke(
+        "eval", "--checkpoint", checkpoint, "--imagenet-val", gappy, "--classnames",
+        data["classnames"], "--out", tmp_path / "eval.json", "--workers", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "1 of 20 class folders hold no images (red_circle)" in warnings[0]
 
 
 def test_eval_of_a_missing_checkpoint(data, tmp_path):
