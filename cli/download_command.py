@@ -158,5 +158,6 @@ download_command = command(
         *RECIPE_OPTIONS,
         *OPTIONS,
     ],
+    empty_allowed=("caption_col", "save_additional_columns"),  # "": no caption, no columns
 )
 """The ``clipa-data download`` command."""

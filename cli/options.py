@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from clipa_cli.common import fail
 
 from clipa_data.core.config_fields import FieldSpec, field_specs
 
@@ -28,8 +29,13 @@ when the user did not give it."""
 _CONTEXT = "clipa_typer_context"
 """The parameter through which Typer hands ``command`` its context (never an option)."""
 
-_TYPER_KIND = {bool: bool, int: int, float: float, str: str, Path: Path, tuple: str}
-"""The type Typer parses each field kind as (tuples arrive as text; the command parses them)."""
+_TYPER_KIND = {bool: bool, int: int, float: float, str: str, Path: str, tuple: str}
+"""The type Typer parses each field kind as: tuples arrive as text (the command parses them),
+paths too (``command`` makes them paths), as Typer's own reads an empty one as "." (this
+folder) before the command could refuse it."""
+
+PATH_MARK = "clipa_path"
+"""Attribute set on the ``typer.Option``/``typer.Argument`` of a path field."""
 
 
 def flag_of(name: str) -> str:
@@ -91,6 +97,7 @@ def option(
         metavar=metavar,
     )
     setattr(info, UNSET_MARK, unset)
+    setattr(info, PATH_MARK, spec.kind is Path)
     return inspect.Parameter(
         spec.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation
     )
@@ -137,20 +144,20 @@ def config_arguments(
 ) -> list[inspect.Parameter]:
     """Positional arguments for the fields ``names`` of ``cls``, help from their ``Doc``."""
     specs, metavars = field_specs(cls), metavars or {}
-    return [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=typer.Argument(
-                ...,
-                help=help_of(specs[name]),
-                metavar=metavars.get(name, name.upper()),
-                show_default=False,
-            ),
-            annotation=_TYPER_KIND.get(specs[name].kind, str),
+    parameters = []
+    for name in names:
+        info = typer.Argument(
+            ..., help=help_of(specs[name]), metavar=metavars.get(name, name.upper()),
+            show_default=False,
+        )  # fmt: skip
+        setattr(info, PATH_MARK, specs[name].kind is Path)
+        kind = _TYPER_KIND.get(specs[name].kind, str)
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=info, annotation=kind
+            )
         )
-        for name in names
-    ]
+    return parameters
 
 
 def config_values(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,9 +178,14 @@ def config_values(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def command(
-    body: Callable[..., Any], parameters: Iterable[inspect.Parameter], doc: str | None = None
+    body: Callable[..., Any],
+    parameters: Iterable[inspect.Parameter],
+    doc: str | None = None,
+    *,
+    empty_allowed: Iterable[str] = (),
 ) -> Callable[..., Any]:
-    """``body(**options)`` as a Typer command whose signature is ``parameters``."""
+    """``body(**options)`` as a Typer command whose signature is ``parameters``; an empty value
+    is refused with one line but for the options ``empty_allowed`` (where "" says "none")."""
 
     parameters = list(parameters)
     unset = [p.name for p in parameters if getattr(p.default, UNSET_MARK, False)]
@@ -182,9 +194,19 @@ def command(
             inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
         )
 
+    shown = {parameter.name: _shown_name(parameter) for parameter in parameters}
+    paths = {p.name for p in parameters if getattr(p.default, PATH_MARK, False)}
+    empty_allowed = set(empty_allowed)
+
     def run(**options: Any) -> Any:
         context = options.pop(_CONTEXT, None)
+        for name, value in options.items():
+            if name not in empty_allowed and _empty_text(value):
+                # `--checkpoint "$(ls ... | tail -1)"` with nothing found: read as a path, ""
+                # is "." (this folder), which the command would go on to use.
+                fail(f"{shown[name]} is empty; give a value or leave it out")
         options = {name: home_expanded(value) for name, value in options.items()}
+        options |= {name: Path(options[name]) for name in paths if options[name] is not None}
         for name in unset if context is not None else ():
             source = context.get_parameter_source(name)
             if source is None or source.name == "DEFAULT":
@@ -194,6 +216,21 @@ def command(
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__doc__ = flowing(doc or body.__doc__ or "")
     return run
+
+
+def _empty_text(value: Any) -> bool:
+    """Whether ``value`` (or an item of a list of them) is text with nothing in it."""
+    values = value if isinstance(value, list | tuple) else [value]
+    return any(isinstance(item, str) and not item.strip() for item in values)
+
+
+def _shown_name(parameter: inspect.Parameter) -> str:
+    """How the user gives ``parameter``: its first flag, or an argument's metavar."""
+    info = parameter.default
+    if isinstance(info, typer.models.ArgumentInfo):
+        return (info.metavar or parameter.name.upper()).rstrip(".")
+    declared = getattr(info, "param_decls", None) or ()
+    return declared[0].split("/")[0] if declared else flag_of(parameter.name)
 
 
 def home_expanded(value: Any) -> Any:

@@ -185,7 +185,7 @@ def eval_body(as_json: bool = False, **options) -> None:
 app.command("eval")(reports_errors(command(eval_body, eval_options())))
 
 
-def report_body(runs: list[Path], out: Path, fit: bool) -> None:
+def report_body(runs: list[str], out: str, fit: bool) -> None:
     """HTML report of run directories (loss, zero-shot, throughput, config differences).
 
     Loss and zero-shot accuracy against samples and FLOPs, throughput, config differences;

@@ -135,7 +135,7 @@ def report_options() -> list[inspect.Parameter]:
             metavar="RUN...",
             show_default=False,
         ),
-        annotation=list[Path],
+        annotation=list[str],  # not Path: an empty one ("" would be ".") is refused
     )
     out, fit = config_options(ReportConfig, ("out", "fit"), bare=("fit",))
     return [runs, _required(out), fit]

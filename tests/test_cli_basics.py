@@ -50,3 +50,36 @@ def test_help_paragraphs_flow_to_the_terminal_width():
         "Loss and zero-shot accuracy against samples and FLOPs, throughput, config differences; "
         "--fit adds the scaling-law fit." in help_text
     )
+
+
+EMPTY_VALUES = {
+    "eval checkpoint": (
+        ["clipa-train", "eval", "--checkpoint", "", "--imagenet-val", "x"],
+        "--checkpoint",
+    ),
+    "eval set": (
+        ["clipa-train", "eval", "--checkpoint", "x.pt", "--imagenet-val", ""],
+        "--imagenet-val",
+    ),
+    "export": (["clipa-train", "export", "", "out"], "CK"),
+    "probe": (
+        ["clipa-train", "probe", "--checkpoint", "x.pt", "--train", "", "--val", "v"],
+        "--train",
+    ),
+    "report": (["clipa-train", "report", "a", "", "--out", "r"], "RUN"),
+    "convert": (["clipa-data", "convert", "", "out", "--name", "n"], "SRC"),
+    "info": (["clipa-data", "info", ""], "PATH"),
+}
+"""Commands given an empty value, and how the line names it."""
+
+
+@pytest.mark.parametrize("case", list(EMPTY_VALUES))
+def test_an_empty_value_is_one_line_not_this_folder(case, tmp_path):
+    """`--checkpoint "$(ls runs/*/checkpoints/* | tail -1)"` with nothing found: read as a
+    path, "" was "." (this folder), which eval tried to evaluate."""
+    (program, *args), shown = EMPTY_VALUES[case]
+    command = [str(Path(sys.executable).parent / program), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {shown} is empty; give a value or leave it out"
+    assert not list(tmp_path.iterdir())
