@@ -23,7 +23,12 @@ from clipa_data.core.provenance import package_versions
 from clipa_data.core.taggers import TaggerSpec
 from clipa_data.core.text_reduction import text_mask as text_mask_strategy
 from clipa_train.backend_config import BackendConfig
-from clipa_train.run_config import DEFAULT_MODEL, LoggingOptions, TrainConfig
+from clipa_train.run_config import (
+    COMPILE_BACKEND_DEFAULT,
+    DEFAULT_MODEL,
+    LoggingOptions,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:
     from clipa_train.image import ImageConfig
@@ -201,8 +206,13 @@ def _backend(config: TrainConfig) -> BackendConfig:
     optim = config.optim
     name = resolve_backend(optim.backend)
     compiled = resolve_compile(optim.compile, name)
-    if compiled:
-        check_compiler(optim.compile_backend)
+    check_compiler(optim.compile_backend)
+    if not compiled and optim.compile_backend != COMPILE_BACKEND_DEFAULT:
+        raise ClipaError(
+            f"--compile-backend {optim.compile_backend} would be ignored: --compile "
+            f"{optim.compile} does not compile on {name}; add --compile on, or drop "
+            "--compile-backend"
+        )
     precision = resolve_precision(optim.precision, name)
     mean, std = IMAGE_NORMS[config.model.image_norm]
     return BackendConfig(

@@ -226,6 +226,10 @@ class AugmentOptions:
     grayscale_prob: Annotated[float, Doc("Probability of turning a training image gray.")] = 0.0
 
 
+COMPILE_BACKEND_DEFAULT = "inductor"
+"""torch.compile's own default backend (generated Triton/C++ kernels)."""
+
+
 @dataclass(frozen=True)
 class OptimOptions:
     """Batch, length of the stage, AdamW and its schedule, and the device it runs on."""
@@ -300,7 +304,7 @@ class OptimOptions:
         str,
         Doc("torch.compile backend used when compiling (aot_eager or eager: no generated "
             "kernels, for debugging)."),
-    ] = "inductor"  # fmt: skip
+    ] = COMPILE_BACKEND_DEFAULT  # fmt: skip
 
     def __post_init__(self) -> None:
         _require(
@@ -899,7 +903,9 @@ IGNORED_UNLESS: tuple[tuple[str, Any, str, str], ...] = (
      f"--image-mask {' or '.join(RATIO_MASKS)}"),
     ("color_jitter_prob", lambda c: c.augment.color_jitter is not None, "color_jitter",
      "--color-jitter"),
-    ("compile_backend", lambda c: c.optim.compile != "off", "compile", "--compile auto or on"),
+    ("compile_backend", lambda c: c.optim.compile != "off", "compile", "--compile on"),
+    ("eval_batch_size", lambda c: c.evaluation.zeroshot is not None, "zeroshot",
+     "--zeroshot DIR"),
     ("wandb_project", lambda c: "wandb" in parse_loggers(c.logging.log), "log", "--log wandb"),
 )  # fmt: skip
 """Options that mean something only beside another (option, whether it applies, the other

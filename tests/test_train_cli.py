@@ -95,7 +95,19 @@ BAD_TRAINING = {
     ),
     "compile backend without compiling": (
         ["--compile", "off", "--compile-backend", "eager"],
-        ["--compile-backend eager would be ignored without --compile auto or on"],
+        ["--compile-backend eager would be ignored without --compile on"],
+    ),
+    "compile backend where auto does not compile": (
+        ["--compile-backend", "aot_eager"],
+        ["--compile-backend aot_eager would be ignored: --compile auto does not compile on cpu"],
+    ),
+    "unknown compile backend, not compiling": (
+        ["--compile-backend", "nonsense"],
+        ["unknown --compile-backend 'nonsense'"],
+    ),
+    "eval batch size without a set": (
+        ["--eval-batch-size", 64],
+        ["--eval-batch-size 64 would be ignored without --zeroshot DIR"],
     ),
     "wandb project without wandb": (
         ["--wandb-project", "x"],
