@@ -182,17 +182,20 @@ def open_zeroshot_set(
 
 
 class _Images(torch.utils.data.IterableDataset):
-    """Decoded ``(uint8 [S, S, 3], label)`` pairs; units are split across workers."""
+    """Decoded ``(uint8 [S, S, 3], label, place)`` triples; units are split across workers,
+    so they arrive in an order that depends on the worker count: ``place`` (the unit's index,
+    then the record's, in one int64) restores the set's own order."""
 
     def __init__(self, zset: ZeroShotSet, image: ImageConfig) -> None:
         self.zset, self.image = zset, image
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int, int]]:
         info = torch.utils.data.get_worker_info()
         index, count = (info.id, info.num_workers) if info else (0, 1)
-        for source, label in self.zset.units[index::count]:
+        for unit in range(index, len(self.zset.units), count):
+            source, label = self.zset.units[unit]
             if self.zset.kind == "imagefolder":
-                yield self._load(Path(source).read_bytes(), source), label
+                yield self._load(Path(source).read_bytes(), source), label, unit << 32
                 continue
             for number, raw in enumerate(read_records(source)):
                 features = parse_message(raw).features.feature
@@ -200,6 +203,7 @@ class _Images(torch.utils.data.IterableDataset):
                 yield (
                     self._load(features["image"].bytes_list.value[0], where),
                     int(features["label"].int64_list.value[0]),
+                    (unit << 32) + number,
                 )
 
     def _load(self, data: bytes, where: str) -> np.ndarray:
@@ -212,14 +216,16 @@ class _Images(torch.utils.data.IterableDataset):
 def image_batches(
     zset: ZeroShotSet, image: ImageConfig, batch_size: int, workers: int
 ) -> torch.utils.data.DataLoader:
-    """Batches of ``(uint8 [B, S, S, 3], int64 [B])`` over the whole set."""
+    """Batches of ``(uint8 [B, S, S, 3], int64 [B] labels, int64 [B] places)`` over the whole
+    set, in an order that depends on ``workers``; sorting by place gives the set's order."""
     return torch.utils.data.DataLoader(
         _Images(zset, image),
         batch_size=batch_size,
         num_workers=min(workers, len(zset.units)),
         collate_fn=lambda items: (
-            torch.from_numpy(np.stack([image for image, _ in items])),
-            torch.tensor([label for _, label in items], dtype=torch.int64),
+            torch.from_numpy(np.stack([image for image, _, _ in items])),
+            torch.tensor([label for _, label, _ in items], dtype=torch.int64),
+            torch.tensor([place for _, _, place in items], dtype=torch.int64),
         ),
     )
 
@@ -344,7 +350,7 @@ def evaluate_zeroshot(
         loader = image_batches(zset, image, settings.batch_size, settings.workers)
 
         def batches():
-            for images, labels in loader:
+            for images, labels, _ in loader:
                 yield backend.images_to_device(images), labels
                 advance(len(labels))  # after the batch was scored
 

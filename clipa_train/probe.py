@@ -40,8 +40,9 @@ if TYPE_CHECKING:  # torch stays out of option parsing
 
 L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """L2 strengths tried (per sample: the loss is the mean cross-entropy + l2/2·|W|²)."""
-CACHE_VERSION = 1
-"""Bumped when the cached features change meaning (part of every cache key)."""
+CACHE_VERSION = 2
+"""Bumped when the cached features change meaning (part of every cache key); 2: rows in the
+set's order (1: in the order the loader workers delivered them)."""
 TRAIN_SPLITS = ("train",)
 VAL_SPLITS = ("validation", "val", "test")
 
@@ -278,19 +279,24 @@ def cached_features(path: Path, compute: Callable[[], tuple]) -> CachedFeatures:
 
 
 def extract_features(model, backend, probe_set: ProbeSet, image, batch_size: int, workers: int):
-    """Normalised image features and labels of every image of ``probe_set`` (CPU tensors)."""
+    """Normalised image features and labels of every image of ``probe_set`` (CPU tensors), in
+    the set's order whatever ``workers`` is: the seeded held-out split picks rows by position,
+    so an order that followed the worker count picked other images for each count."""
     import torch
 
     from clipa_train.evaluate import image_batches
 
-    features, labels = [], []
+    features, labels, places = [], [], []
+    batches = image_batches(probe_set.images, image, batch_size, workers)
     with torch.inference_mode(), backend.autocast():
-        for images, batch_labels in image_batches(probe_set.images, image, batch_size, workers):
+        for images, batch_labels, batch_places in batches:
             encoded = model.encode_image(backend.images_to_device(images), normalize=True)
             features.append(encoded.float().cpu())
             labels.append(batch_labels)
+            places.append(batch_places)
             backend.step_boundary()
-    return torch.cat(features), torch.cat(labels)
+    order = torch.cat(places).argsort()
+    return torch.cat(features)[order], torch.cat(labels)[order]
 
 
 def _model(config: ProbeConfig):

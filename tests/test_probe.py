@@ -264,6 +264,27 @@ def test_a_tfds_builder_probes_like_the_same_images_in_folders(sets, tmp_path):
     assert results["tfds"]["top1"] == results["folders"]["top1"]
 
 
+def test_the_worker_count_does_not_change_the_features_order_or_the_result(sets, tmp_path):
+    """Workers decode interleaved slices of the files, so the rows arrived in an order that
+    followed --workers, and the seeded held-out split (rows by position) took other images:
+    three worker counts gave three top-1s. Now the rows are in the set's order."""
+    results = {}
+    for workers in (0, 2, 3):
+        cache = tmp_path / f"cache-{workers}"
+        args = (sets["checkpoint"], sets["colours"], sets["colours"], "--cache-dir", cache)
+        outcome = probe(*args, "--json", "--workers", workers, "--batch-size", 5)
+        assert outcome.exit_code == 0, outcome.output
+        result = json.loads(outcome.stdout)
+        saved = torch.load(result["cache"]["train"]["path"], weights_only=True)
+        results[workers] = (result["top1"], result["l2"], saved["labels"], saved["features"])
+    top1, l2, labels, features = results[0]
+    assert labels.tolist() == sorted(labels.tolist())  # class folders in order, files in order
+    for workers in (2, 3):
+        assert results[workers][:2] == (top1, l2), workers
+        assert torch.equal(results[workers][2], labels)
+        assert torch.allclose(results[workers][3], features, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("case", "extra", "fragments"),
     [
