@@ -238,6 +238,30 @@ def restore_checkpoint(
     return int(payload["step"]), mine["stream"]
 
 
+SUPERSEDED = "superseded"
+"""The folder of ``checkpoints/`` that holds the checkpoints a resume from an earlier step left
+behind (another attempt's, not this one's)."""
+
+
+def supersede_later(directory: Path, step: int) -> tuple[list[int], Path | None]:
+    """Move the checkpoints past ``step`` (of an attempt a resume from ``step`` abandoned) into
+    ``directory/superseded/after_step_N/``: kept, but no longer the latest that ``--resume
+    auto`` continues (it picks the highest step, so it went back to the abandoned attempt and,
+    when that one had finished, said there was nothing to do). Returns their steps and folder."""
+    later = [(number, path) for number, path in list_checkpoints(directory) if number > step]
+    if not later:
+        return [], None
+    base = Path(directory) / SUPERSEDED / f"after_step_{step:08d}"
+    folder, copy = base, 1
+    while folder.exists():
+        copy += 1
+        folder = base.with_name(f"{base.name}_{copy}")
+    folder.mkdir(parents=True)
+    for _, path in later:
+        path.rename(folder / path.name)
+    return [number for number, _ in later], folder
+
+
 def clean_directory(directory: Path) -> None:
     """Remove temporary files an interrupted save left behind."""
     remove_temporaries(Path(directory))

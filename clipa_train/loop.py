@@ -538,9 +538,17 @@ def _start(
     )
     batches.load_state_dict(stream)
     if backend.is_main:  # only now: a checkpoint refused above is the one line said
-        Console(stderr=True, soft_wrap=True).print(
-            f"resuming from step {step} ({resume_from})", markup=False, highlight=False
-        )
+        console = Console(stderr=True, soft_wrap=True)
+        console.print(f"resuming from step {step} ({resume_from})", markup=False, highlight=False)
+        later, folder = ckpt.supersede_later(directory, step)
+        if later:
+            steps = ", ".join(map(str, later))
+            console.print(
+                f"note: the checkpoints of later steps ({steps}) belong to the attempt this "
+                f"resume leaves: moved to {folder}, so --resume auto continues this one",
+                markup=False,
+                highlight=False,
+            )
     return step_model, step
 
 

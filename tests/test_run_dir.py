@@ -182,10 +182,12 @@ def test_resuming_a_finished_run_does_nothing(data, finished):
     assert snapshot(finished) == before
 
 
-def test_resuming_from_an_earlier_checkpoint_keeps_the_summarys_checkpoint(data, tmp_path):
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(data, tmp_path):
     """Going back to step 1 of a 3-step run with --keep-checkpoints 1: the keep-newest cleanup
     must neither delete the checkpoint just written (the summary names it) nor the later
-    step 3 of the first run."""
+    steps of the first run, and --resume auto must then continue this attempt, not the first
+    run's (it took the highest step, and said "step 3 but this stage has only 2 steps"; after an
+    abandoned attempt that had finished, "nothing to do")."""
     out = tmp_path / "run"
     every = ["--checkpoint-every", 1, "--keep-checkpoints", 0]
     first = clipa_train(*tiny("pretrain", data, out, "--samples", 24, *every))
@@ -198,7 +200,14 @@ def test_resuming_from_an_earlier_checkpoint_keeps_the_summarys_checkpoint(data,
     assert summary["start_step"] == 1 and summary["steps"] == 2
     assert Path(summary["checkpoint"]).is_file()
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["step_00000002.pt", "step_00000003.pt"]
+    assert names == ["step_00000002.pt", "superseded"]
+    aside = out / "checkpoints" / "superseded" / "after_step_00000001"
+    assert sorted(p.name for p in aside.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
+    assert f"later steps (2, 3) belong to the attempt this resume leaves: moved to {aside}" in (
+        " ".join(again.stderr.split())
+    )
+    done = clipa_train(*tiny("pretrain", data, out, "--resume", "auto"))
+    one_line(done, 0, f"{out}: the run already finished its 2 steps", "step_00000002.pt")
 
 
 def test_a_run_killed_before_its_first_checkpoint_names_overwrite(data, finished, tmp_path):
