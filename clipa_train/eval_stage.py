@@ -339,16 +339,35 @@ def evaluate_suite(
     from clipa_train.eval_suite import SetOptions, run_suite
 
     config.check_result_folder()
-    root = Path(config.data_root)
+    root, path = Path(config.data_root), config.result_path()
     options = SetOptions(config.templates, max_missing, chunk_size)
-    found = run_suite(
-        config.suite, root, lambda: _loaded(config, note), options, progress, note_skipped, note
-    )
-    result = {
+    head = {
         "checkpoint": config.checkpoint,
         "suite": config.suite,
         "reference_exact": config.reference_exact,
-        **found,
     }
-    config.write_result(result, note)
+    kept: list[str] = []
+
+    def keep(so_far: dict) -> None:  # each finished set is in eval.json at once
+        if not kept and path.exists():
+            note(f"replaced the earlier result in {path} (--out FILE keeps results apart)")
+        write_json(path, {**head, **so_far, "complete": False})
+        kept[:] = list(so_far["sets"])
+
+    try:
+        found = run_suite(
+            config.suite, root, lambda: _loaded(config, note), options, progress,
+            note_skipped, note, keep,
+        )  # fmt: skip
+    except ClipaError as error:
+        if not kept:
+            raise
+        raise ClipaError(
+            f"{error} (the sets evaluated before it, {', '.join(kept)}, are in {path})"
+        ) from None
+    result = {**head, **found, "complete": True}
+    if not kept:  # no set was found: nothing written yet
+        config.write_result(result, note)
+    else:
+        write_json(path, result)
     return result

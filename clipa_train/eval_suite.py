@@ -200,6 +200,7 @@ def run_suite(
     progress: bool = True,
     note_skipped: Callable[[str, str], None] = lambda name, why: None,
     note: Callable[[str], None] = lambda line: None,
+    on_set: Callable[[dict], None] = lambda so_far: None,
 ) -> dict:
     """Evaluate every set of suite ``name`` found under ``root``.
 
@@ -207,7 +208,8 @@ def run_suite(
 
     ``load`` builds the model once, after every found set has been opened and checked;
     ``note_skipped(name, why)`` hears of each absent set before that, ``note`` of each found
-    set's warnings (images skipped).
+    set's warnings (images skipped), ``on_set`` of the result so far after each set (a later
+    set's failure, an image that does not decode, must not lose an hour of finished sets).
     """
     from rich.console import Console
     from rich.progress import (
@@ -239,13 +241,18 @@ def run_suite(
             result = entry.evaluate(opened, suite, options, advance)
             seconds = round(time.perf_counter() - started, 2)
             results[entry.name] = {**result, "dataset": str(path), "seconds": seconds}
+            on_set(_summary(root, suite, results, skipped))
+    return _summary(root, suite, results, skipped)
+
+
+def _summary(root: Path, suite: SuiteModel, results: dict, skipped: dict) -> dict:
     settings = suite.settings
     return {
         "data_root": str(root),
         "image_size": settings.image_size,
         "text_length": settings.text_length,
         "crop": settings.crop,
-        "sets": results,
+        "sets": dict(results),
         "skipped": skipped,
     }
 

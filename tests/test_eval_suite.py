@@ -231,6 +231,30 @@ def test_imagenet_as_a_tfds_builder_is_found_by_its_name(tmp_path):
     assert list(skipped) == PAPER_ORDER[1:]
 
 
+def test_a_later_sets_failure_keeps_the_sets_finished_before_it(weights, data_root, tmp_path):
+    """One COCO image that does not decode, after ImageNet was scored (an hour on the real
+    set): the failure threw every finished set away. Now each finished set is in eval.json at
+    once (marked incomplete) and the error line says where."""
+    from test_retrieval import write_karpathy
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root / "imagenet", root / "imagenet")
+    _, images = write_karpathy(root / "coco", 6)
+    (images / "val2014").rename(root / "coco" / "val2014")
+    bad = sorted((root / "coco" / "val2014").iterdir())[-1]
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "suite.json"
+    args = ["--suite", "paper", "--data-root", root, "--out", out, "--workers", 0, "--json"]
+    result = invoke("eval", "--checkpoint", weights, *args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{bad}: image does not decode" in errors[0], result.stderr
+    assert errors[0].endswith(f"(the sets evaluated before it, imagenet1k, are in {out})")
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False and list(saved["sets"]) == ["imagenet1k"]
+    assert saved["sets"]["imagenet1k"]["n"] == 4
+
+
 def test_suite_scores_coco_retrieval_as_eval_retrieval_does(weights, data_root, tmp_path):
     """A Karpathy COCO split under the root joins the table: the same recalls as the standalone
     ``eval --retrieval coco`` on the same files; Flickr30k, absent, is skipped and named."""
