@@ -71,6 +71,10 @@ def resolve_resume(resume: str | Path | None, directory: Path) -> Path | None:
     return path
 
 
+EXPORTED_WEIGHTS = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+"""The weights files of a ``clipa-train export --format openclip-dir|safetensors`` folder."""
+
+
 def refuse_folder(path: Path, verb: str, other: str = "") -> None:
     """A folder given where a checkpoint file goes (a run directory, its ``checkpoints/``) is
     refused in one line naming its newest checkpoint, so the fix is one copy-paste away."""
@@ -78,6 +82,12 @@ def refuse_folder(path: Path, verb: str, other: str = "") -> None:
     if not path.is_dir():
         return
     newest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    exported = [path / name for name in EXPORTED_WEIGHTS if (path / name).is_file()]
+    if newest is None and exported:
+        raise ClipaError(
+            f"{path} is an exported model folder; {verb} its weights file: {exported[0]} "
+            "(its open_clip_config.json beside it is read too)"
+        )
     if newest is None:
         raise ClipaError(
             f"{path} is a directory without checkpoints; {verb} a checkpoint file "

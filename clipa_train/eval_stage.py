@@ -180,14 +180,38 @@ class EvalConfig:
 
 def trained_image_norm(checkpoint: str | Path) -> str:
     """``--image-norm`` of the run that wrote the checkpoint (a CLIPA-v2 recipe trains with
-    ImageNet's), read from its ``config.json``, else from the checkpoint's own copy of its
-    options (a checkpoint copied out of its run); ``openai`` for other weights."""
+    ImageNet's), read from its ``config.json``, else from the ``preprocess_cfg`` of an
+    exported folder's ``open_clip_config.json`` beside it, else from the checkpoint's own copy
+    of its options (a checkpoint copied out of its run); ``openai`` for other weights."""
     folder = Path(checkpoint).resolve().parent
     run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.json"
     try:
         return json.loads(run_config.read_text())["options"]["image_norm"] or "openai"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return _recorded_option(str(checkpoint), "image_norm") or "openai"
+        pass
+    return (
+        _exported_image_norm(folder / "open_clip_config.json")
+        or _recorded_option(str(checkpoint), "image_norm")
+        or "openai"
+    )
+
+
+def _exported_image_norm(path: Path) -> str | None:
+    """The ``--image-norm`` whose mean and std an export's ``preprocess_cfg`` holds."""
+    from clipa_train.backend_config import IMAGE_NORMS
+
+    try:
+        preprocess = json.loads(path.read_text())["preprocess_cfg"]
+        given = [float(value) for value in (*preprocess["mean"], *preprocess["std"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name, (mean, std) in IMAGE_NORMS.items():
+        wanted = (*mean, *std)
+        if len(given) == len(wanted) and all(
+            abs(a - b) < 1e-6 for a, b in zip(given, wanted, strict=True)
+        ):
+            return name
+    return None
 
 
 def _model(config: EvalConfig):

@@ -308,3 +308,30 @@ def test_an_exported_safetensors_file_evaluates_as_its_checkpoint(tmp_path):
         "--classnames", val.classnames_path, "--image-size", 32, "--json", "--workers", 0,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("weights", [WEIGHTS_NAME, SAFE_WEIGHTS_NAME])
+def test_an_exported_folder_keeps_its_image_norm_for_eval_and_probe(tmp_path, weights):
+    """The export of an --image-norm imagenet run holds ImageNet's mean/std in its
+    open_clip_config.json, but eval and probe of its weights file normalised with OpenAI's
+    (the note at export even said the folder keeps it); the folder itself was refused as
+    "a directory without checkpoints". Now the config beside the weights is read, and the
+    folder's refusal names its weights file."""
+    from clipa_train.backend_config import IMAGENET_MEAN
+    from clipa_train.eval_stage import EvalConfig
+
+    checkpoint = write_checkpoint(
+        tmp_path / "run", run_config={"options": {"image_norm": "imagenet"}}
+    )
+    kind = "openclip-dir" if weights == WEIGHTS_NAME else "safetensors"
+    assert invoke("export", checkpoint, tmp_path / "out", "--format", kind).exit_code == 0
+    exported = tmp_path / "out" / weights
+    assert EvalConfig(checkpoint=str(exported)).backend_config().image_mean == IMAGENET_MEAN
+    from clipa_data.demo import write_demo_validation
+
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    folder = invoke(
+        "eval", "--checkpoint", tmp_path / "out", "--imagenet-val", val.root, "--classnames",
+        val.classnames_path,
+    )  # fmt: skip
+    assert_one_line_error(folder, f"{tmp_path / 'out'} is an exported model folder", str(exported))
