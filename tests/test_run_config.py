@@ -128,3 +128,18 @@ def test_an_option_that_would_be_ignored_is_refused_unless_it_changes_nothing():
     assert str(refused.value).endswith(
         "drop --color-jitter-prob (--recipe clipa-b16-i50-t16 fixes --color-jitter)"
     )
+
+
+def test_a_fine_tune_takes_the_image_norm_its_from_weights_were_trained_with(tmp_path):
+    """`finetune --from` a CLIPA-v2-style run (--image-norm imagenet) without --image-norm
+    trained on OpenAI-normalised inputs, silently (--loss already followed the checkpoint)."""
+    from checkpoints import write_checkpoint
+
+    imagenet = write_checkpoint(tmp_path / "v2", run_config={"options": {"image_norm": "imagenet"}})
+    plain = write_checkpoint(tmp_path / "v1")
+    assert resolve("finetune", {**BASE, "from_checkpoint": str(imagenet)}).model.image_norm == (
+        "imagenet"
+    )
+    assert resolve("finetune", {**BASE, "from_checkpoint": str(plain)}).model.image_norm == "openai"
+    given = {**BASE, "from_checkpoint": str(imagenet), "image_norm": "openai"}
+    assert resolve("finetune", given).model.image_norm == "openai"  # a flag still decides
