@@ -390,7 +390,7 @@ def train(
                         model, step, result, backend
                     ):
                         break
-                    with stop.interruptible():
+                    with stop.interruptible(), window.excluded():
                         evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
                 if step == stop.next_check:
                     if backend.any_rank(stop.requested or faulted):
@@ -574,6 +574,16 @@ class _Window:
 
     def __init__(self, step: int) -> None:
         self.start, self.step, self.samples, self.wait = time.perf_counter(), step, 0, 0.0
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """Time spent inside (an evaluation) is not the window's: its rate and data-wait share
+        are training's alone."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - began
 
     def record(self, step: int, lr: float, values: dict, compiles: dict) -> dict[str, Any]:
         now = time.perf_counter()

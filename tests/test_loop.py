@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -115,6 +116,23 @@ def test_a_signal_during_the_last_step_finishes_the_run_and_says_it_was_signalle
     last, _ = run(tmp_path / "run", source(SignalAfter, at=STEPS - 1))
     assert last.step == STEPS and last.signalled
     assert last.checkpoint.name == f"step_{STEPS:08d}.pt"
+
+
+def test_an_evaluation_is_not_counted_in_the_training_rate(tmp_path):
+    """A window holding an in-loop evaluation (minutes on ImageNet) gave a training rate and a
+    data-wait share of training and evaluation together."""
+    config = LoopConfig(log_every=2, progress=False, eval_every=2)
+
+    def evaluate(model, step):
+        time.sleep(1.0)
+        return {"top1": 0.5}
+
+    run(tmp_path, source(num_batches=100), config=config, evaluate=evaluate)
+    trained = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert [r["step"] for r in trained] == [2, 4, 6, 8, 10, 12]
+    for record in trained[1:]:  # each after an evaluation
+        seconds = 2 * 8 / record["samples_per_s"]
+        assert seconds < 0.8, (record, seconds)
 
 
 def test_metrics_records_and_checkpoint_contents(tmp_path):
