@@ -66,8 +66,16 @@ class ScalingFit:
         return (
             f"{self.group}: {self.metric} = A·C^-α + E with A = {self.a:.4g} ± {self.a_se:.2g}, "
             f"α = {self.alpha:.4g} ± {self.alpha_se:.2g}, E = {self.e:.4g} ± {self.e_se:.2g} "
-            f"({len(self.points)} runs)"
+            f"({len(self.points)} runs{self._exact_note()})"
         )
+
+    def _exact_note(self) -> str:
+        """3 runs for 3 constants: the curve passes through every point, and the errors say
+        nothing of how well the law holds (± inf); a 4th run at other compute gives them."""
+        errors = (self.a_se, self.alpha_se, self.e_se)
+        if all(math.isfinite(error) for error in errors):
+            return ""
+        return ": as many runs as constants, no standard errors; a run at other compute adds them"
 
     def to_json(self) -> dict:
         """The fit as JSON: a standard error that is not finite (3 points leave no degrees of

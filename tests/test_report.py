@@ -321,7 +321,10 @@ def test_a_three_run_fit_is_strict_json_and_a_later_report_drops_it(runs, tmp_pa
         for steps in (10, 1_000, 100_000)
     ]
     out = tmp_path / "report"
-    assert invoke("report", *dirs, "--out", out, "--fit").exit_code == 0
+    fitted = invoke("report", *dirs, "--out", out, "--fit")
+    assert fitted.exit_code == 0, fitted.output
+    said = " ".join(fitted.output.split())  # "± inf" alone left the reader to work out why
+    assert "(3 runs: as many runs as constants, no standard errors; a run at other" in said
     text = (out / "fit.json").read_text()
     (fit,) = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in fit.json"))[
         "fits"
