@@ -199,9 +199,10 @@ def _train(run: DemoRun, stage: str) -> str:
     run.trained[stage] = summary
     if reused:
         run.reused.add(stage)
-    top1 = summary["zeroshot"]["top1"]
+    zeroshot = summary["zeroshot"]  # None: the final evaluation was cut short (Ctrl-C twice)
+    scored = f"zero-shot {zeroshot['top1']:.1%}" if zeroshot else "final evaluation cut short"
     note = "reused; " if reused else ""
-    return f"{note}{summary['steps']} steps, loss {summary['final_loss']:.3f}, zero-shot {top1:.1%}"
+    return f"{note}{summary['steps']} steps, loss {summary['final_loss']:.3f}, {scored}"
 
 
 def stage_pretrain(run: DemoRun) -> str:

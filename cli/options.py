@@ -195,6 +195,12 @@ def command(
         )
 
     shown = {parameter.name: _shown_name(parameter) for parameter in parameters}
+    advice = {  # a required one cannot be left out
+        parameter.name: "give a value"
+        if getattr(parameter.default, "default", None) is ...
+        else "give a value or leave it out"
+        for parameter in parameters
+    }
     paths = {p.name for p in parameters if getattr(p.default, PATH_MARK, False)}
     empty_allowed = set(empty_allowed)
 
@@ -204,7 +210,7 @@ def command(
             if name not in empty_allowed and _empty_text(value):
                 # `--checkpoint "$(ls ... | tail -1)"` with nothing found: read as a path, ""
                 # is "." (this folder), which the command would go on to use.
-                fail(f"{shown[name]} is empty; give a value or leave it out")
+                fail(f"{shown[name]} is empty; {advice[name]}")
         options = {name: home_expanded(value) for name, value in options.items()}
         options |= {name: Path(options[name]) for name in paths if options[name] is not None}
         for name in unset if context is not None else ():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from clipa_cli.options import command, config_options
+from clipa_cli.options import PATH_MARK, command, config_options
 
 from clipa_data.core.config_fields import field_specs
 from clipa_data.core.errors import ClipaError
@@ -77,8 +77,9 @@ CONFIG_FILE = inspect.Parameter(
         help="YAML or JSON file giving any of these options (flags override it).",
         rich_help_panel="Data and output",
     ),
-    annotation=Optional[Path],  # noqa: UP045 - Typer needs the typing form at runtime
+    annotation=Optional[str],  # noqa: UP045 - Typer needs the typing form at runtime
 )
+setattr(CONFIG_FILE.default, PATH_MARK, True)  # text, so that "" is refused, not read as "."
 
 
 def train_command(stage: str, run: Callable[[str, dict, Path | None], None]) -> Callable:

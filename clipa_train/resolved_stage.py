@@ -206,8 +206,10 @@ def _backend(config: TrainConfig) -> BackendConfig:
     optim = config.optim
     name = resolve_backend(optim.backend)
     compiled = resolve_compile(optim.compile, name)
-    check_compiler(optim.compile_backend)
-    if not compiled and optim.compile_backend != COMPILE_BACKEND_DEFAULT:
+    chosen = optim.compile_backend != COMPILE_BACKEND_DEFAULT
+    if compiled or chosen:  # an unknown name is refused even where it would be ignored
+        check_compiler(optim.compile_backend)
+    if not compiled and chosen:
         raise ClipaError(
             f"--compile-backend {optim.compile_backend} would be ignored: --compile "
             f"{optim.compile} does not compile on {name}; add --compile on, or drop "

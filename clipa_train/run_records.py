@@ -121,8 +121,13 @@ class RunRecords:
 
     @property
     def final_eval_cut(self) -> bool:
-        """Whether the run finished its steps but its final evaluation was cut short (Ctrl-C)."""
-        return self.finished and bool(self.evals) and self.evals[-1]["step"] < self.last_step
+        """Whether the run finished its steps but its final evaluation was cut short (Ctrl-C):
+        its summary says so, or (a summary of an older clipa) its last evaluation is earlier."""
+        if not self.finished:
+            return False
+        if (self.summary or {}).get("final_eval_cut"):
+            return True
+        return bool(self.evals) and self.evals[-1]["step"] < self.last_step
 
 
 def read_run(path: Path) -> RunRecords:

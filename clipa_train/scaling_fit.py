@@ -106,11 +106,13 @@ def scaling_points(runs: list[RunRecords]) -> tuple[str, list[ScalingPoint]]:
     points = []
     for run in runs:
         _check_finished(run)
-        if zeroshot and run.final_eval_cut:
+        if run.final_eval_cut:  # also when it made no evaluation before: not a loss fit then
+            last = run.evals[-1]["step"] if run.evals else None
+            made = f"the last is at step {last} of {run.last_step}" if last else "none before it"
             raise ClipaError(
                 f"--fit: {run.path} finished but its final zero-shot evaluation was cut short "
-                f"(the last is at step {run.evals[-1]['step']} of {run.last_step}), so it has no "
-                "final figure to fit; leave it out (summary.json's eval_command evaluates it)"
+                f"({made}), so it has no final figure to fit; leave it out (summary.json's "
+                "eval_command evaluates it)"
             )
         error = 1.0 - run.final_top1 if zeroshot else (run.train[-1]["loss"] if run.train else None)
         if error is None:

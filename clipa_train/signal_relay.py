@@ -70,7 +70,8 @@ class SignalRelay:
                 os.kill(child.pid, signal.SIGKILL)
         raise KilledAtOnce(
             "third stop signal: the training processes were killed at once (the steps since "
-            "the last checkpoint are lost); --resume auto continues from the last checkpoint"
+            "the last checkpoint are lost); --resume auto continues from the last checkpoint, "
+            "or, if the run saved none yet, run the command again without --resume"
         )
 
     def __exit__(self, *exc: object) -> None:

@@ -52,34 +52,55 @@ def test_help_paragraphs_flow_to_the_terminal_width():
     )
 
 
+REQUIRED, OPTIONAL = "give a value", "give a value or leave it out"
 EMPTY_VALUES = {
     "eval checkpoint": (
         ["clipa-train", "eval", "--checkpoint", "", "--imagenet-val", "x"],
-        "--checkpoint",
+        f"--checkpoint is empty; {REQUIRED}",
     ),
     "eval set": (
         ["clipa-train", "eval", "--checkpoint", "x.pt", "--imagenet-val", ""],
-        "--imagenet-val",
+        f"--imagenet-val is empty; {OPTIONAL}",
     ),
-    "export": (["clipa-train", "export", "", "out"], "CK"),
+    "export": (["clipa-train", "export", "", "out"], f"CK is empty; {REQUIRED}"),
     "probe": (
         ["clipa-train", "probe", "--checkpoint", "x.pt", "--train", "", "--val", "v"],
-        "--train",
+        f"--train is empty; {REQUIRED}",
     ),
-    "report": (["clipa-train", "report", "a", "", "--out", "r"], "RUN"),
-    "convert": (["clipa-data", "convert", "", "out", "--name", "n"], "SRC"),
-    "info": (["clipa-data", "info", ""], "PATH"),
+    "report": (["clipa-train", "report", "a", "", "--out", "r"], f"RUN is empty; {REQUIRED}"),
+    "convert": (["clipa-data", "convert", "", "out", "--name", "n"], f"SRC is empty; {REQUIRED}"),
+    "info": (["clipa-data", "info", ""], f"PATH is empty; {REQUIRED}"),
+    "pretrain config": (
+        ["clipa-train", "pretrain", "--config", "", "--data", "d", "--out", "o"],
+        f"--config is empty; {OPTIONAL}",
+    ),
+    "recipe config": (
+        [
+            "clipa-train",
+            "recipe",
+            "clipa-b16-i50-t16",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--config",
+            "",
+            "--plan",
+        ],
+        f"--config is empty; {OPTIONAL}",
+    ),
 }
-"""Commands given an empty value, and how the line names it."""
+"""Commands given an empty value, and the line that says so (a value that cannot be left out
+is not advised to be)."""
 
 
 @pytest.mark.parametrize("case", list(EMPTY_VALUES))
 def test_an_empty_value_is_one_line_not_this_folder(case, tmp_path):
     """`--checkpoint "$(ls runs/*/checkpoints/* | tail -1)"` with nothing found: read as a
     path, "" was "." (this folder), which eval tried to evaluate."""
-    (program, *args), shown = EMPTY_VALUES[case]
+    (program, *args), said = EMPTY_VALUES[case]
     command = [str(Path(sys.executable).parent / program), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == f"error: {shown} is empty; give a value or leave it out"
+    assert done.stderr.strip() == f"error: {said}"
     assert not list(tmp_path.iterdir())

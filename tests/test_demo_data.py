@@ -324,3 +324,15 @@ def test_the_inspect_commands_run_as_printed_from_a_folder_with_a_space(tmp_path
         assert expected in done.stdout, (command, done.stderr)
         if command != info:  # info of this stand-in folder is refused: it is no builder
             assert done.returncode == 0, (command, done.stderr)
+
+
+def test_a_demo_stage_whose_final_evaluation_was_cut_short_says_so(tmp_path, monkeypatch):
+    """summary.json has no zero-shot figures when the final evaluation was cut short (Ctrl-C
+    twice during it); the demo's stage line read them anyway: a TypeError traceback."""
+    import clipa_cli.demo as demo
+
+    summary = {"steps": 150, "final_loss": 1.0, "zeroshot": None, "final_eval_cut": True}
+    monkeypatch.setattr(demo, "train_stage", lambda *args, **kwargs: (summary, False))
+    run = demo.DemoRun(settings=DemoSettings(out=tmp_path), base_url="http://127.0.0.1:9")
+    line = demo._train(run, "pretrain")
+    assert line == "150 steps, loss 1.000, final evaluation cut short"

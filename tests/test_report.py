@@ -375,6 +375,13 @@ def test_a_run_whose_final_evaluation_was_cut_short_has_no_final_top1(runs, tmp_
     assert invoke("report", *dirs, "--out", tmp_path / "report").exit_code == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert page.count("final evaluation cut short") == 1 and "50.0%" in page, page
+    # No evaluation before the cut one (--eval-every 0): the summary says it; the fit, seeing
+    # a run without evaluations, fitted the loss of every run instead.
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    summary = {"steps": 100, "total_steps": 100, "final_eval_cut": True, "zeroshot": None}
+    (dirs[1] / "summary.json").write_text(json.dumps(summary))
+    result = invoke("report", *dirs, "--out", tmp_path / "report", "--fit")
+    assert_one_line_error(result, f"{dirs[1]} finished but", "(none before it)", "leave it out")
 
 
 def test_the_training_summary_says_the_step_of_an_evaluation_before_the_last(capsys):

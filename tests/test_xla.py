@@ -349,6 +349,7 @@ def test_a_third_stop_signal_kills_an_xla_run_that_has_not_reached_a_step(builde
         assert stderr.count("(a third stop signal kills the training at once)") == 1, stderr
         assert stderr.count("the training processes were killed at once") == 1, stderr[-3000:]
         assert "--resume auto" in stderr and "Traceback" not in stderr, stderr[-3000:]
+        assert "if the run saved none yet, run the command again without --resume" in stderr
         deadline = time.monotonic() + 30  # a loader worker notices its parent's death itself
         while [pid for pid in spawned if Path(f"/proc/{pid}").exists()]:
             assert time.monotonic() < deadline, f"left running: {spawned}"
