@@ -372,10 +372,14 @@ def evaluate_suite(
     }
     kept: list[str] = []
 
+    def save(result: dict) -> None:  # the first write says what it replaced, later ones update
+        if kept:
+            write_json(path, result)
+        else:
+            config.write_result(result, note)
+
     def keep(so_far: dict) -> None:  # each finished set is in eval.json at once
-        if not kept and path.exists():
-            note(f"replaced the earlier result in {path} (--out FILE keeps results apart)")
-        write_json(path, {**head, **so_far, "complete": False})
+        save({**head, **so_far, "complete": False})
         kept[:] = list(so_far["sets"])
 
     try:
@@ -390,8 +394,5 @@ def evaluate_suite(
             f"{error} (the sets evaluated before it, {', '.join(kept)}, are in {path})"
         ) from None
     result = {**head, **found, "complete": True}
-    if not kept:  # no set was found: nothing written yet
-        config.write_result(result, note)
-    else:
-        write_json(path, result)
+    save(result)
     return result

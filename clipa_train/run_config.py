@@ -895,19 +895,14 @@ def resolve(
     values.update(given)
     chosen = given.keys() | (fixed.keys() if name else set())
     if values.get("from_checkpoint") and "image_norm" not in chosen:
-        values["image_norm"] = _trained_image_norm(values["from_checkpoint"])
+        # The --from weights' own mean/std: features of other inputs would be fine-tuned
+        # otherwise, and nothing would say so.
+        from clipa_train.eval_stage import trained_image_norm
+
+        values["image_norm"] = trained_image_norm(values["from_checkpoint"])
     config = TrainConfig.from_options(stage, values)
     _refuse_ignored(stage, given, fixed if name else {}, config)
     return config
-
-
-def _trained_image_norm(weights: str) -> str:
-    """The mean/std the ``--from`` weights were trained with (its run's, an export's, the
-    checkpoint's own record; ``openai`` for other weights): a fine-tune that normalised its
-    inputs otherwise would start from features of other inputs, and nothing would say so."""
-    from clipa_train.eval_stage import trained_image_norm
-
-    return trained_image_norm(weights)
 
 
 IGNORED_UNLESS: tuple[tuple[str, Any, str, str], ...] = (

@@ -62,19 +62,28 @@ def test_tag_summary_shows_the_rate_of_its_progress_bar_and_a_headerless_table(b
     assert not [line for line in result.stdout.splitlines() if line.startswith("┏")]
 
 
+TRAINING_SUMMARY = {
+    "stage": "pretrain", "steps": 9, "total_steps": 9, "stopped": False, "final_loss": 1.5,
+    "samples_per_s": 120.0, "zeroshot": None, "stream": {"bad_images": 0, "messages": []},
+    "checkpoint": "run/ckpt-9", "run_dir": "run",
+}  # fmt: skip
+"""A summary.json as the training stage writes it."""
+
+
 def test_the_training_summary_table_has_a_title_and_no_empty_header(capsys):
     from clipa_cli.train_app import print_summary
 
-    print_summary(
-        {
-            "stage": "pretrain", "steps": 9, "total_steps": 9, "stopped": False,
-            "final_loss": 1.5, "samples_per_s": 120.0, "zeroshot": None,
-            "stream": {"bad_images": 0, "messages": []}, "checkpoint": "run/ckpt-9",
-            "run_dir": "run",
-        }
-    )  # fmt: skip
+    print_summary(TRAINING_SUMMARY)
     out = capsys.readouterr().out
     assert out.splitlines()[0].strip() == "pretrain summary"
     assert not [line for line in table_lines(out) if EMPTY_HEADER.match(line)]
     assert not [line for line in out.splitlines() if line.startswith("┏")]
     assert "final loss" in out and "1.5000" in out
+
+
+def test_the_training_summary_says_the_step_of_an_evaluation_before_the_last(capsys):
+    from clipa_cli.train_app import print_summary
+
+    zeroshot = {"step": 4, "top1": 0.25, "chance": 0.05}
+    print_summary({**TRAINING_SUMMARY, "steps": 6, "stopped": True, "zeroshot": zeroshot})
+    assert "25.0% at step 4 (chance 5.0%)" in capsys.readouterr().out

@@ -384,21 +384,6 @@ def test_a_run_whose_final_evaluation_was_cut_short_has_no_final_top1(runs, tmp_
     assert_one_line_error(result, f"{dirs[1]} finished but", "(none before it)", "leave it out")
 
 
-def test_the_training_summary_says_the_step_of_an_evaluation_before_the_last(capsys):
-    from clipa_cli.train_app import print_summary
-
-    zeroshot = {"step": 4, "top1": 0.25, "chance": 0.05}
-    print_summary(
-        {
-            "stage": "pretrain", "steps": 6, "total_steps": 9, "stopped": True,
-            "final_loss": 1.5, "samples_per_s": 120.0, "zeroshot": zeroshot,
-            "stream": {"bad_images": 0, "messages": []}, "checkpoint": "run/ckpt-6",
-            "run_dir": "run",
-        }
-    )  # fmt: skip
-    assert "25.0% at step 4 (chance 5.0%)" in capsys.readouterr().out
-
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 PROBE = """<script>
