@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib.util
 import os
 import random
@@ -246,6 +247,15 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[dist.get_rank() * ctx.rows : (dist.get_rank() + 1) * ctx.rows]
 
 
+def _import_before_the_group() -> None:
+    """``torch.distributed.nn`` binds the default process group as a default argument of its
+    functions when first imported, which DDP does on first use: the group then outlived
+    ``destroy_process_group``, and one of gloo's threads that dropped its last collective's
+    tensor while the interpreter exited aborted the finished process ("terminate called
+    without an active exception"). Imported before the group exists, it binds none."""
+    import torch.distributed.nn  # noqa: F401
+
+
 class TorchBackend(Backend):
     """CPU or CUDA; multi-process under torchrun (DDP over gloo on CPU, NCCL on CUDA)."""
 
@@ -261,6 +271,7 @@ class TorchBackend(Backend):
             self.device = torch.device("cpu")
         self._owns_group = False
         if world > 1 and not dist.is_initialized():
+            _import_before_the_group()
             dist.init_process_group("nccl" if name == "cuda" else "gloo")
             self._owns_group = True
         if dist.is_initialized():
@@ -334,6 +345,9 @@ class TorchBackend(Backend):
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
+            # A model that holds the group in a reference cycle (DDP's) would keep it, and
+            # gloo's threads, alive past the interpreter's exit (see _import_before_the_group).
+            gc.collect()
 
 
 class XlaBackend(Backend):

@@ -1,5 +1,5 @@
 """Run under ``torchrun --nproc_per_node 2`` by test_distributed.py and test_accumulation.py
-(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp | fault AT STEPS]``.
+(not a test module itself): ``ddp_worker.py OUT [ACCUM_STEPS | fsdp | fault AT STEPS | close]``.
 
 Each rank takes its half of the same global batches. Rank 0 writes, for both losses, the global
 loss and the DDP-averaged gradients of one step, and the loop's losses and final weights; with
@@ -8,6 +8,7 @@ With ``fsdp`` as second argument it trains 10 steps under DDP and under FSDP (ch
 and 10), resumes each from the other's step-5 checkpoint, and writes the FSDP model's outputs.
 With ``fault AT STEPS`` rank 1's data fails at batch AT of STEPS and each rank writes what its
 loop returned.
+With ``close`` each rank writes its thread count before the group and after ``backend.close``.
 """
 
 from __future__ import annotations
@@ -181,9 +182,25 @@ def fault_main(out: Path, at: int, total: int) -> None:
     backend.close()
 
 
+def close_main(out: Path) -> None:
+    """A DDP model left in a reference cycle (as a finished loop leaves it) and a collective on
+    a tensor Python has let go: ``backend.close`` must still end gloo's threads. One that
+    outlived it dropped that tensor while the interpreter exited and aborted the process."""
+    before = len(os.listdir("/proc/self/task"))
+    backend = create_backend(BackendConfig(name="cpu"))
+    holder: dict = {"model": backend.prepare_model(build_model(load_preset("test-tiny")))}
+    holder["self"] = holder  # collected only by a full garbage collection
+    del holder
+    backend.any_rank(False)
+    leave_together(backend)
+    backend.close()
+    after = len(os.listdir("/proc/self/task"))
+    (out / f"rank{backend.rank}.json").write_text(json.dumps({"before": before, "after": after}))
+
+
 def leave_together(backend) -> None:
-    """A barrier before the group is destroyed: gloo aborts a process ("terminate called without
-    an active exception") that destroys the group while its peer still saves results."""
+    """A barrier before the group is destroyed, so that no rank leaves while its peer still
+    works (as the command's ranks leave: after the loop's last agreement)."""
     backend.barrier()
 
 
@@ -210,6 +227,8 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if sys.argv[2:] == ["fsdp"]:
         sharded_main(Path(sys.argv[1]))
+    elif sys.argv[2:] == ["close"]:
+        close_main(Path(sys.argv[1]))
     elif sys.argv[2:3] == ["fault"]:
         fault_main(Path(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4]))
     else:
