@@ -25,8 +25,9 @@ def recipe_help() -> str:
             "OUT/<stage>, each after the first starting --from the previous stage's final "
             "checkpoint. Run it again to continue: finished stages are skipped, an unfinished "
             "one resumes. Other training flags apply to every stage (a flag the recipe fixes "
-            "must agree with it), and so do the options of a --config file (flags override it); "
-            "--set STAGE.OPTION=VALUE applies to one stage.",
+            "must agree with it; one that needs another, as --eval-batch-size needs --zeroshot, "
+            "goes to the stages that have it), and so do the options of a --config file (flags "
+            "override it); --set STAGE.OPTION=VALUE applies to one stage.",
             "Example: clipa-train recipe clipa-v2-h14-84-224 --data out/datacomp/1.0.0 --out "
             "runs/h14 --tokenizer vocab/bert-base-uncased --accum-steps auto --micro-batch 256 "
             "--plan",

@@ -27,6 +27,7 @@ from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.recipes import Recipe, StageRecipe, get_recipe
 from clipa_train.run_config import (
+    IGNORED_UNLESS,
     OPTIONS,
     RECIPE_RENAMES,
     coerce_option,
@@ -217,21 +218,64 @@ def plan(
     every_stage = config.every_stage()
     if config.stage is not None:
         recipe.stage_named(config.stage)
-    stages = []
-    for index, stage in enumerate(recipe.stages):
-        options = {
+    given = [
+        {
             **every_stage,
             **per_stage.get(stage.name, {}),
             "recipe": f"{ref}:{stage.name}",
             "data": config.data,
             "out": str(Path(config.out) / stage.name),
         }
-        unchecked = without_tokenizer and _lacks_tokenizer(stage, options)
-        if check and not unchecked:
-            stand_in = {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if index else {}
-            resolve(stage.stage, {**options, **stand_in})
+        for stage in recipe.stages
+    ]
+    checked = [
+        check and not (without_tokenizer and _lacks_tokenizer(stage, options))
+        for stage, options in zip(recipe.stages, given, strict=True)
+    ]
+    shared = [name for name, *_ in IGNORED_UNLESS if name in every_stage]
+    given = _where_they_apply(shared, recipe, given, checked, per_stage)
+    stages = []
+    for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True)):
+        if checked[index]:
+            resolve(stage.stage, {**options, **_stand_in(index)})
         stages.append(PlannedStage(index, stage, Path(options["out"]), options))
     return recipe, stages
+
+
+def _stand_in(index: int) -> dict[str, str]:
+    """A later stage is resolved with a stand-in ``--from`` (the checkpoint is not there yet)."""
+    return {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if index else {}
+
+
+def _where_they_apply(
+    shared: list[str],
+    recipe: Recipe,
+    given: list[dict[str, Any]],
+    checked: list[bool],
+    per_stage: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Options for every stage that mean something only beside another (``--eval-batch-size``
+    beside ``--zeroshot``), left out of the stages where they would be ignored when another
+    stage uses them: ``--eval-batch-size 64 --set finetune.zeroshot=DIR`` was refused for the
+    pretrain stage. One that no stage uses stays, and the stage refuses it with its line."""
+    applies: dict[str, list[bool]] = {name: [] for name in shared}
+    for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True)):
+        alone = {key: value for key, value in options.items() if key not in shared}
+        config = resolve(stage.stage, {**alone, **_stand_in(index)}) if checked[index] else None
+        for name, applies_to, *_ in IGNORED_UNLESS:
+            if name in applies:  # an unchecked stage (--plan without a tokenizer) may use it
+                applies[name].append(config is None or applies_to(config))
+    return [
+        {
+            key: value
+            for key, value in options.items()
+            if key not in applies
+            or applies[key][index]
+            or key in per_stage.get(stage.name, {})
+            or not any(applies[key])
+        }
+        for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True))
+    ]
 
 
 def _lacks_tokenizer(stage: StageRecipe, options: dict) -> bool:

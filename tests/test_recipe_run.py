@@ -240,6 +240,28 @@ def test_plan_lists_each_stage_with_its_command_and_state(setup, tmp_path):
     assert f"--classnames {Path.home() / 'names.txt'}" in home.stdout  # not a folder named ~
 
 
+def test_an_option_for_every_stage_goes_only_to_the_stages_where_it_means_something(
+    setup, tmp_path
+):
+    """--eval-batch-size for every stage, --zeroshot for the finetune stage only: the pretrain
+    stage refused the run ("would be ignored"); it is left out there. Nobody evaluating, the
+    option is still refused with its line."""
+    base = command(setup["recipe"], setup["data"], tmp_path / "runs", "--plan")
+    evaluating = ["--set", "finetune.zeroshot=~/val", "--set", "finetune.classnames=~/n.txt"]
+    result = invoke(*base, "--eval-batch-size", 64, *evaluating)
+    assert result.exit_code == 0, result.output
+    pretrain, finetune = (
+        next(line for line in result.stdout.splitlines() if f"clipa-train {stage}" in line)
+        for stage in ("pretrain", "finetune")
+    )
+    assert "--eval-batch-size 64" in finetune and "--eval-batch-size" not in pretrain
+    assert_one_line_error(
+        invoke(*base, "--eval-batch-size", 64), "--eval-batch-size 64 would be ignored"
+    )
+    asked = invoke(*base, *evaluating, "--set", "pretrain.eval_batch_size=64")  # asked there
+    assert_one_line_error(asked, "--eval-batch-size 64 would be ignored")
+
+
 def test_a_config_file_gives_every_stage_its_options_under_the_flags(setup, tmp_path):
     out = tmp_path / "runs"
     config = tmp_path / "common.yaml"
