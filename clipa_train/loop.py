@@ -152,6 +152,9 @@ class StopSignal:
         self._requested = self._now = False
         self.next_check = 0
         """The step boundary at which a stop requested now is noticed (kept by the loop)."""
+        self.evaluating_after: int | None = None
+        """The last step, once training is over and its checkpoint and the final evaluation
+        follow (set by the loop): a signal then no longer stops training."""
         self._announce, self._interruptible = announce, False
         self._previous: dict[int, Any] = {}
         self._relayed, self._relayed_seen = relayed, 0
@@ -178,16 +181,28 @@ class StopSignal:
     def _handle(self, number: int, frame: object) -> None:
         if not self._requested:
             self._requested = True
-            self._say(
-                f"{signal.Signals(number).name}: stopping after step {self.next_check} with a "
-                "checkpoint; Ctrl-C again to stop now"
-            )
+            self._say(f"{signal.Signals(number).name}: {self._first_reply()}")
             return
         if not self._now:
             self._now = True
-            self._say("stopping now; saving the last finished step")
+            self._say(self._second_reply())
         if self._interruptible:
             raise StopNow
+
+    def _first_reply(self) -> str:
+        if self.evaluating_after is None:
+            return (
+                f"stopping after step {self.next_check} with a checkpoint; Ctrl-C again to stop now"
+            )
+        return (
+            f"training has finished (step {self.evaluating_after}, saved before the final "
+            "evaluation); the evaluation goes on, Ctrl-C again to cut it short"
+        )
+
+    def _second_reply(self) -> str:
+        if self.evaluating_after is None:
+            return "stopping now; saving the last finished step"
+        return f"cutting the final evaluation short; step {self.evaluating_after} is saved"
 
     def _poll(self) -> None:
         """Take in the signals relayed since the last look (each as if it had arrived now)."""
@@ -418,12 +433,14 @@ def train(
         final = ckpt.checkpoint_path(directory, step)
         # The last step's checkpoint comes before the final evaluation, so a signal that cuts
         # the evaluation short (minutes on ImageNet) loses no training.
+        evaluates = evaluate is not None and not result.stopped and evaluated_at != step
+        if evaluates:  # from here a signal no longer stops training: it has finished
+            stop.evaluating_after = step
         if _needs_final_checkpoint(result, cut, backend, final) and _finite(
             model, watched, step, result, backend
         ):
             result.checkpoint = save()
-        wants_eval = evaluate is not None and not result.stopped and evaluated_at != step
-        if wants_eval and not _weights_diverged(model, step, result, backend):
+        if evaluates and not result.stopped and not _weights_diverged(model, step, result, backend):
             try:
                 with stop.interruptible():
                     _evaluate(evaluate, model, step, log, result, backend)
