@@ -96,11 +96,12 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 def _numeric(scalars: dict[str, Any]) -> dict[str, float]:
-    """The plotted fields: numbers, not the step itself, the wall time or a ``None`` count."""
+    """The plotted fields: numbers, not the step itself, the wall time, a window's step count
+    (bookkeeping for the rate) or a ``None`` count."""
     return {
         key: float(value)
         for key, value in scalars.items()
-        if key not in ("step", "time")
+        if key not in ("step", "time", "window_steps")
         and isinstance(value, int | float)
         and not isinstance(value, bool)
     }

@@ -611,6 +611,7 @@ class _Window:
             "lr": lr,
             "samples_per_s": self.samples / elapsed,
             "data_wait_share": self.wait / elapsed,
+            "window_steps": step - self.step,  # after a resume, not the gap to the last record
             **compiles,
             "time": time.time(),
         }

@@ -185,12 +185,15 @@ def throughput(records: list[dict], start_step: int = 0) -> tuple[float | None, 
     window weighted by its time: a mean of the windows' figures counts the first window (worker
     start-up, the first step's compile) and a short last one like full windows. A window's time
     is its steps over its rate, in units of one batch, which cancel out (one batch size a run).
+    Its steps are the record's ``window_steps`` (the first window after a resume starts at the
+    checkpoint, which need not be a logged step), else the gap to the previous record.
     """
     steps = seconds = waited = 0.0
     previous = start_step
     for record in records:
         rate = record.get("samples_per_s")
-        span, previous = record["step"] - previous, record["step"]
+        span = record.get("window_steps", record["step"] - previous)
+        previous = record["step"]
         if not rate or span <= 0:
             continue
         window = span / rate

@@ -60,12 +60,14 @@ def _clipa_train(args: list[str], env: dict[str, str]) -> subprocess.CompletedPr
 
 
 def _jsonl_scalars(run: Path) -> dict[str, dict[int, float]]:
-    """metrics.jsonl as {tag: {step: value}} (numeric fields only)."""
+    """metrics.jsonl as {tag: {step: value}} (numeric fields only, but a window's step count,
+    which is the rate's bookkeeping, not a curve)."""
     scalars: dict[str, dict[int, float]] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
+        assert "window_steps" in record or "loss" not in record, record
         for key, value in record.items():
-            if key not in ("step", "time") and isinstance(value, int | float):
+            if key not in ("step", "time", "window_steps") and isinstance(value, int | float):
                 scalars.setdefault(key, {})[record["step"]] = float(value)
     return scalars
 

@@ -118,13 +118,16 @@ def test_a_signal_during_the_last_step_finishes_the_run_and_says_it_was_signalle
     assert last.checkpoint.name == f"step_{STEPS:08d}.pt"
 
 
-def test_an_evaluation_is_not_counted_in_the_training_rate(tmp_path):
+def test_an_evaluation_is_not_counted_in_the_training_rate(tmp_path, monkeypatch):
     """A window holding an in-loop evaluation (minutes on ImageNet) gave a training rate and a
-    data-wait share of training and evaluation together."""
+    data-wait share of training and evaluation together. The loop's clock jumps an hour in
+    each evaluation, so a loaded machine's slow steps cannot pass for one left out."""
     config = LoopConfig(log_every=2, progress=False, eval_every=2)
+    hours, real = [0.0], time.perf_counter
+    monkeypatch.setattr("clipa_train.loop.time.perf_counter", lambda: real() + 3600 * hours[0])
 
     def evaluate(model, step):
-        time.sleep(1.0)
+        hours[0] += 1
         return {"top1": 0.5}
 
     run(tmp_path, source(num_batches=100), config=config, evaluate=evaluate)
@@ -132,7 +135,7 @@ def test_an_evaluation_is_not_counted_in_the_training_rate(tmp_path):
     assert [r["step"] for r in trained] == [2, 4, 6, 8, 10, 12]
     for record in trained[1:]:  # each after an evaluation
         seconds = 2 * 8 / record["samples_per_s"]
-        assert seconds < 0.8, (record, seconds)
+        assert seconds < 600, (record, seconds)
 
 
 def test_metrics_records_and_checkpoint_contents(tmp_path):
@@ -157,8 +160,10 @@ def test_metrics_records_and_checkpoint_contents(tmp_path):
             "logit_scale",
             "samples_per_s",
             "data_wait_share",
+            "window_steps",
             "xla_compiles",
         } <= set(record)
+        assert record["window_steps"] == 4
         assert record["xla_compiles"] is None and record["samples_per_s"] > 0
         assert 0 <= record["data_wait_share"] < 1
     assert calls == [6, 12]

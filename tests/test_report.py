@@ -234,6 +234,26 @@ def test_the_table_rate_and_wait_weigh_each_window_by_its_time(runs, tmp_path):
     assert cells["data wait"] == f"{(10 / 10.0) / seconds:.1%}", cells
 
 
+def test_the_first_window_after_a_resume_counts_its_own_steps(runs, tmp_path):
+    """Resumed from a checkpoint at step 15 (not a logged step): the re-run's record at step 20
+    covers 5 steps (at 10 samples/s), not the 10 since the record before it: 25 steps in
+    10/100 + 5/10 + 10/100 seconds per sample of a batch."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(runs["a"] / "config.json", run / "config.json")
+    records = [
+        {"step": 10, "samples_per_s": 100.0, "window_steps": 10},
+        {"step": 20, "samples_per_s": 100.0, "window_steps": 10},  # the abandoned attempt's
+        {"step": 20, "samples_per_s": 10.0, "window_steps": 5},
+        {"step": 30, "samples_per_s": 100.0, "window_steps": 10},
+    ]
+    lines = [json.dumps({"loss": 1.0, "data_wait_share": 0.0, "time": 1.0, **r}) for r in records]
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    header, row = summary_rows(read_runs([run]))
+    cells = dict(zip(header, row, strict=True))
+    assert cells["samples/s"] == f"{25 / (10 / 100 + 5 / 10 + 10 / 100):,.1f}", cells
+
+
 def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
