@@ -136,6 +136,12 @@ class StopNow(KeyboardInterrupt):
     """A second stop signal: leave the loop at once (it saves the last finished step)."""
 
 
+TRAINING, FINAL_EVALUATION, ENDING = "training", "final evaluation", "ending"
+PHASES = (TRAINING, FINAL_EVALUATION, ENDING)
+"""Where a run is when a stop signal arrives: before its last step; after it, with the final
+evaluation to come or under way; after it with nothing left (no evaluation, or done)."""
+
+
 class StopSignal:
     """Turns SIGTERM/SIGINT into a flag checked at step boundaries (preemptible TPU VMs).
 
@@ -152,9 +158,11 @@ class StopSignal:
         self._requested = self._now = False
         self.next_check = 0
         """The step boundary at which a stop requested now is noticed (kept by the loop)."""
-        self.evaluating_after: int | None = None
-        """The last step, once training is over and its checkpoint and the final evaluation
-        follow (set by the loop): a signal then no longer stops training."""
+        self.last_step: int | None = None
+        """The stage's last step (set by the loop)."""
+        self.phase = TRAINING
+        """Where the run is (set by the loop; one of ``PHASES``): after the last step a signal no
+        longer stops training, and says what it does instead."""
         self._announce, self._interruptible = announce, False
         self._previous: dict[int, Any] = {}
         self._relayed, self._relayed_seen = relayed, 0
@@ -190,19 +198,23 @@ class StopSignal:
             raise StopNow
 
     def _first_reply(self) -> str:
-        if self.evaluating_after is None:
+        if self.phase == TRAINING:
+            # Under several processes the next check may lie past the end: the end comes first.
+            at = min(self.next_check, self.last_step or self.next_check)
+            return f"stopping after step {at} with a checkpoint; Ctrl-C again to stop now"
+        if self.phase == FINAL_EVALUATION:
             return (
-                f"stopping after step {self.next_check} with a checkpoint; Ctrl-C again to stop now"
+                f"training has finished (step {self.last_step}, saved before the final "
+                "evaluation); the evaluation goes on, Ctrl-C again to cut it short"
             )
-        return (
-            f"training has finished (step {self.evaluating_after}, saved before the final "
-            "evaluation); the evaluation goes on, Ctrl-C again to cut it short"
-        )
+        return f"training has finished (step {self.last_step}); the run ends with its checkpoint"
 
-    def _second_reply(self) -> str:
-        if self.evaluating_after is None:
+    def _second_reply(self) -> str | None:
+        if self.phase == TRAINING:
             return "stopping now; saving the last finished step"
-        return f"cutting the final evaluation short; step {self.evaluating_after} is saved"
+        if self.phase == FINAL_EVALUATION:
+            return f"cutting the final evaluation short; step {self.last_step} is saved"
+        return None  # nothing left to stop
 
     def _poll(self) -> None:
         """Take in the signals relayed since the last look (each as if it had arrived now)."""
@@ -219,9 +231,9 @@ class StopSignal:
                 "checkpoint"
             )
 
-    def _say(self, line: str) -> None:
+    def _say(self, line: str | None) -> None:
         # os.write, not print: a handler may run while the main thread is inside print.
-        if self._announce:
+        if self._announce and line is not None:
             os.write(2, f"\n{line}\n".encode())
 
     @contextlib.contextmanager
@@ -371,6 +383,7 @@ def train(
     ):
         try:
             stop.next_check = _next_check(step, config, backend)
+            stop.last_step = optim_config.total_steps
             while step < optim_config.total_steps:
                 fetched = None if faulted else _next_batch(iterator, stop, window, result)
                 if fetched is None and backend.world == 1:
@@ -413,6 +426,8 @@ def train(
                         result.stopped = True
                         break
                     stop.next_check = _next_check(step, config, backend)
+                if step == optim_config.total_steps:  # past its last check: a signal stops nothing
+                    stop.phase = ENDING if evaluate is None else FINAL_EVALUATION
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     if (
                         _agree_on_fault(faulted, result, backend)
@@ -434,8 +449,8 @@ def train(
         # The last step's checkpoint comes before the final evaluation, so a signal that cuts
         # the evaluation short (minutes on ImageNet) loses no training.
         evaluates = evaluate is not None and not result.stopped and evaluated_at != step
-        if evaluates:  # from here a signal no longer stops training: it has finished
-            stop.evaluating_after = step
+        if stop.phase != TRAINING:
+            stop.phase = FINAL_EVALUATION if evaluates else ENDING
         if _needs_final_checkpoint(result, cut, backend, final) and _finite(
             model, watched, step, result, backend
         ):
@@ -447,6 +462,8 @@ def train(
             except StopNow:
                 result.final_eval_cut = cut = True
                 model.train()
+        if stop.phase != TRAINING:  # relayed signals are read from here on (off the main thread)
+            stop.phase = ENDING
         result.interrupted = stop.now
         result.signalled = _signalled(stop, cut, backend)
     log.close()

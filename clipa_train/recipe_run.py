@@ -32,6 +32,7 @@ from clipa_train.run_config import (
     RECIPE_RENAMES,
     coerce_option,
     option_flag,
+    recipe_options,
     resolve,
     same_value,
 )
@@ -207,12 +208,12 @@ def parse_settings(recipe: Recipe, settings: tuple[str, ...]) -> dict[str, dict[
 
 
 def plan(
-    config: RecipeRunConfig, check: bool = True, without_tokenizer: bool = False
+    config: RecipeRunConfig, without_tokenizer: bool = False
 ) -> tuple[Recipe, list[PlannedStage]]:
-    """Every stage with its run directory and options; ``check``: each resolved (a later stage
-    with a stand-in ``--from``), so a contradiction with any stage is refused up front.
-    ``without_tokenizer`` (``--plan``): a WordPiece stage without ``--tokenizer`` is shown
-    unchecked, so the plan can say what a run still needs."""
+    """Every stage with its run directory and options, each resolved (a later stage with a
+    stand-in ``--from``), so a contradiction with any stage is refused up front.
+    ``without_tokenizer`` (``--plan``): a WordPiece stage without ``--tokenizer`` is resolved
+    as if it had one, so the plan can say what a run still needs."""
     recipe, ref = load(config)
     per_stage = parse_settings(recipe, config.settings)
     every_stage = config.every_stage()
@@ -228,54 +229,55 @@ def plan(
         }
         for stage in recipe.stages
     ]
-    checked = [
-        check and not (without_tokenizer and _lacks_tokenizer(stage, options))
+    lacking = [
+        without_tokenizer and _lacks_tokenizer(stage, options)
         for stage, options in zip(recipe.stages, given, strict=True)
     ]
-    shared = [name for name, *_ in IGNORED_UNLESS if name in every_stage]
-    given = _where_they_apply(shared, recipe, given, checked, per_stage)
+
+    def resolved(index: int, options: dict[str, Any]) -> Any:
+        stand_in = {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if index else {}
+        stage = recipe.stages[index].stage
+        return resolve(stage, {**options, **stand_in}, without_tokenizer=lacking[index])
+
+    given = _where_they_apply(recipe, given, every_stage, per_stage, resolved)
     stages = []
     for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True)):
-        if checked[index]:
-            resolve(stage.stage, {**options, **_stand_in(index)})
+        resolved(index, options)
         stages.append(PlannedStage(index, stage, Path(options["out"]), options))
     return recipe, stages
 
 
-def _stand_in(index: int) -> dict[str, str]:
-    """A later stage is resolved with a stand-in ``--from`` (the checkpoint is not there yet)."""
-    return {"from_checkpoint": PLACEHOLDER_CHECKPOINT} if index else {}
-
-
 def _where_they_apply(
-    shared: list[str],
     recipe: Recipe,
     given: list[dict[str, Any]],
-    checked: list[bool],
+    every_stage: dict[str, Any],
     per_stage: dict[str, dict[str, Any]],
+    resolved: Callable[[int, dict[str, Any]], Any],
 ) -> list[dict[str, Any]]:
     """Options for every stage that mean something only beside another (``--eval-batch-size``
     beside ``--zeroshot``), left out of the stages where they would be ignored when another
     stage uses them: ``--eval-batch-size 64 --set finetune.zeroshot=DIR`` was refused for the
-    pretrain stage. One that no stage uses stays, and the stage refuses it with its line."""
+    pretrain stage. One that no stage uses, or that a stage's recipe fixes, stays, and the
+    stage refuses it with its line."""
+    shared = [name for name, *_ in IGNORED_UNLESS if name in every_stage]
+    if not shared:
+        return given
     applies: dict[str, list[bool]] = {name: [] for name in shared}
-    for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True)):
-        alone = {key: value for key, value in options.items() if key not in shared}
-        config = resolve(stage.stage, {**alone, **_stand_in(index)}) if checked[index] else None
+    for index, options in enumerate(given):
+        config = resolved(index, {k: v for k, v in options.items() if k not in shared})
         for name, applies_to, *_ in IGNORED_UNLESS:
-            if name in applies:  # an unchecked stage (--plan without a tokenizer) may use it
-                applies[name].append(config is None or applies_to(config))
-    return [
-        {
+            if name in applies:
+                applies[name].append(applies_to(config))
+    kept = []
+    for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True)):
+        fixed = recipe_options(options["recipe"], stage.stage)
+        asked = per_stage.get(stage.name, {}).keys() | fixed.keys()
+        kept.append({
             key: value
             for key, value in options.items()
-            if key not in applies
-            or applies[key][index]
-            or key in per_stage.get(stage.name, {})
-            or not any(applies[key])
-        }
-        for index, (stage, options) in enumerate(zip(recipe.stages, given, strict=True))
-    ]
+            if key not in applies or applies[key][index] or key in asked or not any(applies[key])
+        })  # fmt: skip
+    return kept
 
 
 def _lacks_tokenizer(stage: StageRecipe, options: dict) -> bool:

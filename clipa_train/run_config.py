@@ -870,9 +870,14 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def resolve(
-    stage: str, flags: dict[str, Any], config_file: str | Path | None = None
+    stage: str,
+    flags: dict[str, Any],
+    config_file: str | Path | None = None,
+    without_tokenizer: bool = False,
 ) -> TrainConfig:
-    """Merge defaults, recipe, config file and the flags given explicitly (non-None)."""
+    """Merge defaults, recipe, config file and the flags given explicitly (non-None).
+    ``without_tokenizer``: a recipe stage that reads WordPiece and has no ``--tokenizer`` yet is
+    resolved with CLIP's (``clipa-train recipe --plan`` says what the run still needs)."""
     given = read_config_file(config_file) if config_file else {}
     given.update({key: value for key, value in flags.items() if value is not None})
     for key, value in given.items():
@@ -884,7 +889,8 @@ def resolve(
     name = given.get("recipe")
     if name:
         fixed = recipe_options(name, stage)
-        check_recipe_tokenizer(name, stage_recipe(name, stage), given.get("tokenizer"))
+        if not without_tokenizer:
+            check_recipe_tokenizer(name, stage_recipe(name, stage), given.get("tokenizer"))
         for key, value in given.items():
             if key in fixed and not same_value(value, fixed[key]):
                 raise ClipaError(

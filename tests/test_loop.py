@@ -118,6 +118,76 @@ def test_a_signal_during_the_last_step_finishes_the_run_and_says_it_was_signalle
     assert last.checkpoint.name == f"step_{STEPS:08d}.pt"
 
 
+def test_a_signal_while_the_last_step_is_saved_lets_the_final_evaluation_run_and_says_so(
+    tmp_path, monkeypatch, capfd
+):
+    """SIGINT during the last step's own checkpoint (``checkpoint_every`` divides the steps):
+    training has finished, so the final evaluation runs, and the line says that (it said
+    "stopping after step 13", a step that never comes)."""
+    from clipa_train import checkpoint
+
+    real_save, evaluated = checkpoint.save_checkpoint, []
+
+    def save(directory, step, **kw):
+        if step == STEPS:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(directory, step=step, **kw)
+
+    def evaluate(model, step):
+        evaluated.append(step)
+        return {"top1": 0.5}
+
+    monkeypatch.setattr("clipa_train.loop.ckpt.save_checkpoint", save)
+    config = LoopConfig(log_every=1, progress=False, checkpoint_every=4)
+    result, _ = run(tmp_path, source(), config=config, evaluate=evaluate)
+    assert evaluated == [STEPS] and result.signalled and not result.stopped
+    said = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert said == [
+        f"SIGINT: training has finished (step {STEPS}, saved before the final evaluation); the "
+        "evaluation goes on, Ctrl-C again to cut it short"
+    ]
+
+
+class RelayedDuringEvaluation:
+    """Two signals relayed (as to a stage run off the main thread, under --backend xla) while the
+    final evaluation runs, where nothing reads them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def received(self) -> tuple[int, int, int]:
+        return self.count, int(signal.SIGTERM), int(signal.SIGTERM)
+
+    def launcher_gone(self) -> bool:
+        return False
+
+
+def test_signals_relayed_during_the_final_evaluation_do_not_claim_to_cut_it(tmp_path, capfd):
+    """They are read once it has finished: the lines said the evaluation goes on and was cut
+    short, after it had finished whole."""
+    import threading
+
+    relayed = RelayedDuringEvaluation()
+
+    def evaluate(model, step):
+        relayed.count = 2
+        return {"top1": 0.5}
+
+    done = {}
+    thread = threading.Thread(
+        target=lambda: done.update(
+            result=run(tmp_path, source(), evaluate=evaluate, signals=relayed)[0]
+        )
+    )
+    thread.start()
+    thread.join()
+    assert done["result"].signalled and not done["result"].final_eval_cut
+    said = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert said == [
+        f"SIGTERM: training has finished (step {STEPS}); the run ends with its checkpoint"
+    ]
+
+
 def test_an_evaluation_is_not_counted_in_the_training_rate(tmp_path, monkeypatch):
     """A window holding an in-loop evaluation (minutes on ImageNet) gave a training rate and a
     data-wait share of training and evaluation together. The loop's clock jumps an hour in

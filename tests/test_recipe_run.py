@@ -260,6 +260,14 @@ def test_an_option_for_every_stage_goes_only_to_the_stages_where_it_means_someth
     )
     asked = invoke(*base, *evaluating, "--set", "pretrain.eval_batch_size=64")  # asked there
     assert_one_line_error(asked, "--eval-batch-size 64 would be ignored")
+    # The pretrain stage's recipe fixes --mask-ratio (0.0, no mask): the flag must agree there.
+    assert_one_line_error(invoke(*base, "--mask-ratio", 0.3), "sets --mask-ratio 0.0", "drop")
+    # A WordPiece stage that --plan shows without --tokenizer is worked out all the same.
+    v2 = ["recipe", "clipa-v2-h14-84-224", "--data", setup["data"], "--out", tmp_path / "v2"]
+    shown = invoke(*v2, "--plan", "--eval-batch-size", 64, *evaluating)
+    assert shown.exit_code == 0, shown.output
+    pretrain = next(line for line in shown.stdout.splitlines() if "clipa-train pretrain" in line)
+    assert "--eval-batch-size" not in pretrain and shown.stdout.count("--eval-batch-size 64") == 1
 
 
 def test_a_config_file_gives_every_stage_its_options_under_the_flags(setup, tmp_path):
