@@ -8,6 +8,7 @@ commands' ``reports_errors``): one line and exit 130.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 EXIT_INTERRUPTED = 130
@@ -16,6 +17,10 @@ EXIT_INTERRUPTED = 130
 
 def data() -> None:
     """``clipa-data``."""
+    # SIGTERM stops a data command as Ctrl-C does (one line, exit 130, the same clean-up) also
+    # outside the stages that handle both themselves: Python's default ended it silently.
+    # Their worker processes ignore both (the parent decides).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     _run("clipa_cli.data_app")
 
 
