@@ -36,6 +36,7 @@ from clipa_data.core.atomic import check_writable_folder, remove_temporaries
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
+from clipa_data.core.run_lock import only_run_in
 from clipa_data.prepare import store_convert, stores, tfds_metadata
 from clipa_data.prepare.inspection import (
     Inspection,
@@ -473,16 +474,19 @@ def _unreadable_source_fix(manifest: ConvertManifest, index: int) -> str:
 def _convert_into(
     config: ConvertConfig, staging: Path, final: Path, plan: ConvertManifest, schema: Schema
 ) -> tuple[str, ConvertManifest, int, dict[str, float], Verification]:
-    """Stage, place, describe, verify and publish; returns status, manifest, reused, phases."""
-    resuming = prepare_staging(staging, plan, config.overwrite)
-    placing = time.perf_counter()
-    placed = place_all(config, staging, plan)
-    remove_temporaries(staging)  # of a copy whose worker died (Spark retried it elsewhere)
-    placed_seconds = time.perf_counter() - placing
-    manifest, metadata_seconds, verification = _finish(config, staging, plan, schema, placed)
-    if final.exists():
-        shutil.rmtree(final)  # --overwrite of another conversion, checked above
-    staging.rename(final)
+    """Stage, place, describe, verify and publish; returns status, manifest, reused, phases.
+    A second convert into the same place meanwhile is refused (it removed this one's files)."""
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    with only_run_in(staging.parent, "clipa-data convert"):
+        resuming = prepare_staging(staging, plan, config.overwrite)
+        placing = time.perf_counter()
+        placed = place_all(config, staging, plan)
+        remove_temporaries(staging)  # of a copy whose worker died (Spark retried it elsewhere)
+        placed_seconds = time.perf_counter() - placing
+        manifest, metadata_seconds, verification = _finish(config, staging, plan, schema, placed)
+        if final.exists():
+            shutil.rmtree(final)  # --overwrite of another conversion, checked above
+        staging.rename(final)
     phases = {"place": placed_seconds, "metadata": metadata_seconds}
     reused = sum(result.reused for result in placed)
     return "resumed" if resuming else "converted", manifest, reused, phases, verification

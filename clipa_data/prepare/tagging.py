@@ -27,6 +27,7 @@ from clipa_data.core.atomic import check_writable_folder
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
+from clipa_data.core.run_lock import only_run_in
 from clipa_data.core.sidecar import (
     MAX_WORDS,
     SidecarInfo,
@@ -356,8 +357,19 @@ def tag_builder(config: TagConfig) -> TagSummary:
     builder = layout.resolve_builder_dir(location)
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
     jobs = shard_jobs(builder, config, tagger)
-    if not layout.is_url(builder):
-        check_writable_folder(Path(layout.sidecar_dir(builder)), "the sidecars")
+    if layout.is_url(builder):
+        return _tag_jobs(config, builder, tagger, jobs, start)
+    check_writable_folder(Path(layout.sidecar_dir(builder)), "the sidecars")
+    # A second tag of the same builder meanwhile replaced this one's sidecars (another
+    # --text-field) or tagged every shard twice: refused.
+    with only_run_in(Path(builder), "clipa-data tag"):
+        return _tag_jobs(config, builder, tagger, jobs, start)
+
+
+def _tag_jobs(
+    config: TagConfig, builder: str | Path, tagger: TaggerSpec, jobs: list[ShardJob], start: float
+) -> TagSummary:
+    """Tag the shards without a finished sidecar (all with ``--overwrite``); write the summary."""
     stores.remove_temporaries(layout.sidecar_dir(builder))
     if config.overwrite:
         skipped = _retagged_by_a_stopped_overwrite(builder, jobs)

@@ -1,0 +1,49 @@
+"""A second ``convert`` or ``tag`` into the folder a running one writes is refused with one
+line: a second convert deleted the first one's temporary files (which then failed, blaming a
+source shard) and called itself "resumed"; a second tag with another --text-field replaced the
+first one's sidecars, both exiting 0. Here the test holds the lock, as a running command does
+(``flock`` on the folder); once it is released the same command runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builders import Record, jpeg_bytes, make_builder_dir
+from cli_checks import assert_one_line_error
+from clipa_cli.data_app import app
+from img2dataset_shards import write_source
+from typer.testing import CliRunner
+
+from clipa_data.core import layout
+from clipa_data.core.run_lock import only_run_in
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(arg) for arg in (*args, "--no-progress", "--workers", 1)])
+
+
+def test_a_convert_into_the_place_another_convert_writes_is_refused(tmp_path):
+    src = write_source(tmp_path / "raw", {0: 4, 1: 3}, failures=0)
+    out = tmp_path / "out"
+    (out / "demo").mkdir(parents=True)
+    with only_run_in(out / "demo", "clipa-data convert"):
+        refused = invoke("convert", src, out, "--name", "demo")
+    assert_one_line_error(refused, f"{out / 'demo'}: another clipa-data convert is writing here")
+    assert not layout.staging_dir(out, "demo", "1.0.0").exists()  # nothing of its own begun
+    done = invoke("convert", src, out, "--name", "demo")
+    assert done.exit_code == 0, done.output
+    assert "converted" in done.stdout  # not "resumed": nothing was interrupted
+
+
+def test_a_tag_of_the_builder_another_tag_writes_is_refused(tmp_path):
+    made = [
+        Record(key=f"{i:09d}", jpg=jpeg_bytes(8, 8, seed=i), txt=f"a red car {i}") for i in range(6)
+    ]
+    builder = make_builder_dir(tmp_path / "demo" / "1.0.0", [made[:3], made[3:]])
+    with only_run_in(Path(builder), "clipa-data tag"):
+        refused = invoke("tag", builder)
+    assert_one_line_error(refused, f"{builder}: another clipa-data tag is writing here")
+    assert not list(Path(layout.sidecar_dir(builder)).glob("*.arrow"))
+    done = invoke("tag", builder)
+    assert done.exit_code == 0, done.output
+    assert len(list(Path(layout.sidecar_dir(builder)).glob("*.arrow"))) == 2
