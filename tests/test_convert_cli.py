@@ -99,6 +99,12 @@ def test_src_without_shards(src, tmp_path):
     again = run(src, tmp_path / "out")
     assert_one_line_error(again, str(src), "3 shards' *_stats.json", "--mode move took them")
     assert_nothing_in(tmp_path / "out")
+    # Into the same OUT again, without --mode move: it said the shards were missing, to
+    # download them again or delete their stats files.
+    same = run(src, tmp_path / "first")
+    assert_one_line_error(same, f"{src}: 3 of its shards were moved into", "again with --mode move")
+    up_to_date = run(src, tmp_path / "first", "--mode", "move")
+    assert up_to_date.exit_code == 0 and "up to date" in up_to_date.stdout, up_to_date.output
     for stats in src.glob("*_stats.json"):
         stats.unlink()
     result = run(src, tmp_path / "out")

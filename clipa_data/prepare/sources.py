@@ -109,16 +109,22 @@ def find_sources(src: Path, moved: Sequence[Source] = ()) -> list[Source]:
 
 
 def moved_sources(src: Path, mode: str, folders: Sequence[Path]) -> list[Source]:
-    """Shards an interrupted or earlier ``--mode move`` run took out of SRC, where they are now."""
-    if mode != "move":
-        return []
+    """Shards an interrupted or earlier ``--mode move`` run took out of SRC, where they are now;
+    one line when this run is not ``--mode move`` (it said the shards were missing and to
+    download them again)."""
     for folder in folders:
         manifest = read_manifest(folder) if folder.is_dir() else None
         if manifest and manifest.config.method == "move":
             moved_format = source_format(manifest.source.format)
-            return [
+            moved = [
                 Source(shard.source, folder / shard.target, moved_format)
                 for shard in manifest.shards
                 if not (src / shard.source).exists() and (folder / shard.target).exists()
             ]
+            if moved and mode != "move":
+                raise ClipaError(
+                    f"{src}: {len(moved)} of its shards were moved into {folder} by a --mode "
+                    "move conversion; run it again with --mode move"
+                )
+            return moved
     return []
