@@ -44,6 +44,7 @@ def test_report_sections(converted):
         "bytes": size,
         "empty_shards": 0,
         "missing_files": 0,
+        "wrong_size_files": 0,
     }
     assert data["features"]["jpg"] == {
         "type": "Image",
@@ -76,7 +77,22 @@ def test_missing_shard_file_and_foreign_builder(converted, tmp_path):
     (copy / "demo-train.tfrecord-00001-of-00002").unlink()
     data = info.report(copy).to_json()
     assert data["splits"]["train"]["missing_files"] == 1
+    assert data["splits"]["train"]["wrong_size_files"] is None  # no manifest to compare with
     assert data["provenance"] is None
+
+
+def test_a_shard_cut_short_since_the_conversion_is_counted(converted, tmp_path):
+    """A shard file whose size is not the manifest's (cut short, replaced) was reported as a
+    healthy builder: "missing files 0", the smaller byte count without comment."""
+    copy = tmp_path / "demo" / "1.0.0"
+    shutil.copytree(converted, copy)
+    shard = copy / "demo-train.tfrecord-00000-of-00002"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    result = CliRunner().invoke(app, ["info", str(copy), "--json"])
+    assert result.exit_code == 0, result.output
+    train = json.loads(result.stdout)["splits"]["train"]
+    assert (train["missing_files"], train["wrong_size_files"]) == (0, 1)
+    assert "wrong size" in CliRunner().invoke(app, ["info", str(copy)]).stdout
 
 
 def test_a_new_section_is_one_function(converted):

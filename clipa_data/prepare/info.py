@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -108,24 +109,41 @@ def overview_section(builder: Builder) -> Section:
     return Section("overview", "dataset", ("", ""), rows, data)
 
 
+def _recorded_bytes(builder: Builder) -> dict[str, int]:
+    """Each placed shard's size as the convert manifest recorded it (none without one)."""
+    shards = (builder.manifest or {}).get("shards", [])
+    return {shard["target"]: shard["bytes"] for shard in shards if shard.get("bytes") is not None}
+
+
 def splits_section(builder: Builder) -> Section:
-    """Per split: shards, examples, bytes on disk, empty shards and missing files."""
+    """Per split: shards, examples, bytes on disk, empty shards, missing files and files whose
+    size is not the one the convert manifest recorded (a shard cut short or replaced since)."""
     data = {}
+    recorded = _recorded_bytes(builder)
     for split in builder.splits:
         sizes = [_shard_bytes(shard) for shard in split.shards]
         local = not any(layout.is_url(shard.path) for shard in split.shards)
+        names = [posixpath.basename(str(shard.path)) for shard in split.shards]
+        wrong = [
+            name
+            for name, size in zip(names, sizes, strict=True)
+            if size is not None and recorded.get(name, size) != size
+        ]
         data[split.name] = {
             "shards": len(split.shards),
             "examples": split.num_records,
             "bytes": sum(size or 0 for size in sizes) if local else None,
             "empty_shards": sum(1 for shard in split.shards if shard.num_records == 0),
             "missing_files": sum(1 for size in sizes if size is None) if local else None,
+            "wrong_size_files": len(wrong) if local and recorded else None,
         }
     rows = tuple(
         (name, *(f"{v:,}" if isinstance(v, int) else "n/a" for v in values.values()))
         for name, values in data.items()
     )
-    columns = ("split", "shards", "examples", "bytes", "empty shards", "missing files")
+    columns = (
+        "split", "shards", "examples", "bytes", "empty shards", "missing files", "wrong size",
+    )  # fmt: skip
     return Section("splits", "splits", columns, rows, data)
 
 
