@@ -152,6 +152,14 @@ def test_rerun_skips_finished_and_overwrite_gives_same_bytes(builder, nltk_env):
     summary = json.loads(layout.tag_summary_path(builder).read_text())
     assert summary["shards_tagged"] == 1
     assert sidecar_bytes(builder) == first
+    # A damaged sidecar: the line names it and the fix that re-tags that shard alone.
+    killed.write_bytes(b"not arrow")
+    damaged = cli("tag", builder, "--workers", "1", "--no-progress")
+    assert_one_line_error(damaged, f"{killed}: unreadable sidecar", "delete it and run")
+    killed.unlink()
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    assert json.loads(layout.tag_summary_path(builder).read_text())["shards_tagged"] == 1
+    assert sidecar_bytes(builder) == first
     assert cli("tag", builder, "--overwrite", "--workers", "1", "--no-progress").exit_code == 0
     assert json.loads(layout.tag_summary_path(builder).read_text())["shards_tagged"] == 3
     assert sidecar_bytes(builder) == first

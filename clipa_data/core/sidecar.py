@@ -187,7 +187,8 @@ def _open_file(path: str | Path) -> Iterator[pa.ipc.RecordBatchFileReader]:
         ) from None
     except pa.ArrowInvalid as error:
         raise ClipaError(
-            f"{path}: unreadable sidecar ({error}); re-create it with clipa-data tag --overwrite"
+            f"{path}: unreadable sidecar ({error}); delete it and run clipa-data tag again (it "
+            "tags that shard alone again)"
         ) from None
 
 
