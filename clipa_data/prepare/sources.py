@@ -108,11 +108,13 @@ def find_sources(src: Path, moved: Sequence[Source] = ()) -> list[Source]:
     return sorted(sources, key=lambda source: layout.raw_shard_id(source.name))
 
 
-def moved_sources(src: Path, mode: str, folders: Sequence[Path]) -> list[Source]:
+def moved_sources(src: Path, mode: str, folders: Sequence[Path | str]) -> list[Source]:
     """Shards an interrupted or earlier ``--mode move`` run took out of SRC, where they are now;
     one line when this run is not ``--mode move`` (it said the shards were missing and to
     download them again)."""
     for folder in folders:
+        if layout.is_url(folder):  # a store takes only copies: nothing was moved there
+            continue
         manifest = read_manifest(folder) if folder.is_dir() else None
         if manifest and manifest.config.method == "move":
             moved_format = source_format(manifest.source.format)
