@@ -203,3 +203,34 @@ def test_a_record_that_does_not_parse_under_an_intact_framing_is_cut_there(tmp_p
     assert "damaged shard 00000.tfrecord: salvaged 2 records, lost 4 (" in done.stdout
     builder = layout.builder_dir(out, NAME, "1.0.0")
     assert_tfds_reads(builder, [records[:2]])
+
+
+def test_a_tfrecord_shard_cut_exactly_between_two_records_keeps_its_whole_records(tmp_path):
+    """A tfrecord copy cut between two records has no damaged framing to find (a tar has its
+    missing end-of-archive blocks): only the stats file's ``successes`` shows the loss. Refused
+    without the flag, as before; salvaged with it like a cut anywhere else (it was left out)."""
+    pristine = tmp_path / "pristine"
+    write_shard(pristine, 0, make_samples(0, 10))
+    write_shard(pristine, 1, make_samples(1, 4))
+    src = tmp_path / "raw"
+    shutil.copytree(pristine, src)
+    shard = src / "00000.tfrecord"
+    shard.write_bytes(shard.read_bytes()[: record_starts(shard)[7]])
+    out = tmp_path / "out"
+
+    refused = convert(src, out)
+    assert refused.returncode == 2, refused.stderr
+    assert "reports 10 successes" in refused.stderr, refused.stderr
+
+    done = convert(src, out, "--skip-bad-shards")
+    assert done.returncode == 0, done.stderr
+    assert "damaged shard 00000.tfrecord: salvaged 7 records, lost 3 (" in done.stdout
+    assert "cut short between two records" in done.stdout
+    builder = layout.builder_dir(out, NAME, "1.0.0")
+    manifest = read_manifest(builder)
+    assert [(s.source, s.records, s.damage.lost) for s in manifest.damaged] == [
+        ("00000.tfrecord", 7, 3)
+    ]
+    assert manifest.records == 11 and manifest.skipped_bad == ()
+    expected = [list(tfrecord.read_records(pristine / f"0000{i}.tfrecord")) for i in (0, 1)]
+    assert_tfds_reads(builder, [expected[0][:7], expected[1]])

@@ -142,6 +142,35 @@ def _schema(task: InspectTask, read: _Read) -> tuple[_Read, ShardSchema | None]:
     raise AssertionError("unreachable: the intact part was read without damage")
 
 
+class _CutBetweenRecords(CorruptShardError):
+    """A shard of whole records, fewer than img2dataset wrote (its framing has no damage)."""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def _cut_at_a_record_boundary(task: InspectTask, read: _Read, num_bytes: int) -> _Read:
+    """When salvaging, a whole shard that holds fewer records than its stats file's
+    ``successes`` as damage at its end: a copy cut exactly between two records reads as whole,
+    and its records are as intact as those before any other cut."""
+    if not task.salvage or read.damage is not None or not os.path.exists(task.stats_path):
+        return read
+    try:
+        successes = _stats_successes(task.stats_path)
+    except (OSError, ValueError):
+        return read  # _stats_problem names the unreadable stats file
+    if successes <= read.records:
+        return read
+    damage = _CutBetweenRecords(
+        task.path,
+        num_bytes,
+        f"ends after {read.records} whole records at byte {num_bytes:,}, but "
+        f"{Path(task.stats_path).name} reports {successes} successes (cut short between two "
+        "records)",
+    )
+    return _Read(records=read.records, end=num_bytes, damage=damage)
+
+
 def _stats_problem(task: InspectTask, read: _Read) -> tuple[int | None, str | None]:
     records = read.records
     stats_name = Path(task.stats_path).name
@@ -304,7 +333,7 @@ def inspect_shard(task: InspectTask) -> Inspection:
     try:
         stat = os.stat(task.path)
         num_bytes, mtime_ns = stat.st_size, stat.st_mtime_ns
-        read = count_records(task)
+        read = _cut_at_a_record_boundary(task, count_records(task), num_bytes)
         counted = time.perf_counter()
         successes, problem = _stats_problem(task, read)
         schema = None
