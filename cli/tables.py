@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clipa_data.core import layout
+from clipa_data.prepare.placement import BYTE_COPYING_METHODS
 
 if TYPE_CHECKING:
     from clipa_data.prepare.convert import ConvertResult
@@ -72,7 +73,10 @@ def convert_table(result: ConvertResult) -> Table:
     rows = [
         ("builder directory", str(result.builder_dir)),
         ("source shards", f"{result.source_shards:,}"),
-        ("shards written", f"{result.shards:,} ({result.method}; {result.reused_shards} reused)"),
+        (
+            "shards written",
+            f"{result.shards:,} ({_placed_how(result)}; {result.reused_shards} reused)",
+        ),
         ("records", f"{result.records:,}"),
         ("bytes", _size(result.num_bytes)),
         ("empty shards left out", f"{len(result.empty_shards):,}"),
@@ -90,6 +94,15 @@ def convert_table(result: ConvertResult) -> Table:
     for label, value in rows:
         table.add_row(label, escape(value))  # a folder named "o[v2]" is text, not markup
     return table
+
+
+def _placed_how(result: ConvertResult) -> str:
+    """The placement method, and that a salvaged shard's intact part was copied whatever it is
+    (a link or a move would take the damage with it)."""
+    salvaged = len(result.damaged_shards)
+    if not salvaged or result.method in BYTE_COPYING_METHODS:
+        return result.method
+    return f"{result.method}; the {salvaged:,} salvaged copied"
 
 
 def bad_shards_table(bad_shards: Iterable[tuple[str, str]]) -> Table:

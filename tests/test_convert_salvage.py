@@ -226,6 +226,7 @@ def test_a_tfrecord_shard_cut_exactly_between_two_records_keeps_its_whole_record
     assert done.returncode == 0, done.stderr
     assert "damaged shard 00000.tfrecord: salvaged 7 records, lost 3 (" in done.stdout
     assert "cut short between two records" in done.stdout
+    assert "(hardlink; the 1 salvaged copied; 0 reused)" in done.stdout
     builder = layout.builder_dir(out, NAME, "1.0.0")
     manifest = read_manifest(builder)
     assert [(s.source, s.records, s.damage.lost) for s in manifest.damaged] == [
