@@ -49,18 +49,20 @@ FINETUNE_HELP = "\n\n".join(
 def run_training(stage: str, options: dict, config_file: Path | None) -> None:
     """Resolve the options, train, print the summary."""
     from clipa_train.run_config import resolve
-    from clipa_train.sharding import is_first_rank
+    from clipa_train.sharding import is_first_rank, said_once_per_host
     from clipa_train.train_stage import run_stage
 
-    from_file = {}
-    if config_file is not None:
-        from clipa_train.run_config import read_config_file
+    with said_once_per_host():
+        from_file = {}
+        if config_file is not None:
+            from clipa_train.run_config import read_config_file
 
-        from_file = read_config_file(config_file)
-    for required in ("data", "out"):  # checked here: the error names both places
-        if options.get(required) is None and from_file.get(required) is None:
-            raise ClipaError(f"--{required} is required (on the command line or in --config)")
-    summary = run_stage(resolve(stage, options, config_file))
+            from_file = read_config_file(config_file)
+        for required in ("data", "out"):  # checked here: the error names both places
+            if options.get(required) is None and from_file.get(required) is None:
+                raise ClipaError(f"--{required} is required (on the command line or in --config)")
+        config = resolve(stage, options, config_file)
+    summary = run_stage(config)
     if summary is not None:  # None: a resumed run that had nothing left to do (said so)
         if is_first_rank():
             print_summary(summary)

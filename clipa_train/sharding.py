@@ -10,10 +10,12 @@ on rank 0, :func:`load_full_state` shards it again), so checkpoints move freely 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import AgreedError, ClipaError
 from clipa_data.core.registry import pick
 
 if TYPE_CHECKING:
@@ -84,6 +86,20 @@ def is_first_rank() -> bool:
     """Whether this process is torchrun's rank 0 (or there is no torchrun): the one that prints
     tables and notes, so a run says each thing once rather than once per rank."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextmanager
+def said_once_per_host() -> Iterator[None]:
+    """Around the checks before training (options, data, resume, memory): every process of a
+    host raises the same ``ClipaError`` there, so only its first (``LOCAL_RANK`` 0) prints it and
+    the others exit non-zero silently; a host whose check fails alone still says why."""
+    try:
+        yield
+    except AgreedError:
+        raise
+    except ClipaError as error:
+        said_here = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        raise AgreedError(str(error), said_here) from None
 
 
 def shard_model(model: nn.Module, device: torch.device, world: int, precision: str) -> nn.Module:

@@ -38,20 +38,21 @@ def run_stage(config: TrainConfig) -> dict | None:
         warmup_warnings,
     )
     from clipa_train.run_dir import check_resume_step
-    from clipa_train.sharding import is_first_rank, torchrun_world
+    from clipa_train.sharding import is_first_rank, said_once_per_host, torchrun_world
 
-    stage = resolve_stage(config)
     run_dir = Path(config.run.out)
     first_rank = is_first_rank()
-    if check_resume_step(stage.resume_from, stage.optim.total_steps):
-        if first_rank:
-            _note(
-                f"{run_dir}: the run already finished its {stage.optim.total_steps} steps "
-                f"({stage.resume_from}); nothing to do (for more steps give a larger --samples "
-                "or --epochs with --resume)"
-            )
-        return None
-    check_memory(stage, torchrun_world())  # a run that cannot fit is refused here, at once
+    with said_once_per_host():
+        stage = resolve_stage(config)
+        if check_resume_step(stage.resume_from, stage.optim.total_steps):
+            if first_rank:
+                _note(
+                    f"{run_dir}: the run already finished its {stage.optim.total_steps} steps "
+                    f"({stage.resume_from}); nothing to do (for more steps give a larger "
+                    "--samples or --epochs with --resume)"
+                )
+            return None
+        check_memory(stage, torchrun_world())  # a run that cannot fit is refused at once
     if first_rank:
         in_epochs = config.optim.samples is None
         epoch = config.run.samples_per_epoch

@@ -229,3 +229,33 @@ def test_closing_the_backend_ends_the_process_groups_threads(tmp_path):
     for rank in (0, 1):
         threads = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert threads["after"] <= threads["before"], (rank, threads)
+
+
+@pytest.mark.parametrize(
+    "options, env, line",
+    [
+        (["--accum-steps", "8"], {}, "error: --accum-steps 8 does not divide the batch per rank 4"),
+        (["--data", "missing"], {}, "error: "),
+        ([], {"CLIPA_MEMORY_AVAILABLE": "1M"}, "error: clipa-tiny at --batch-size 8"),
+    ],
+    ids=["options", "data", "memory"],
+)
+def test_a_check_before_training_fails_with_one_line_under_torchrun(options, env, line, tmp_path):
+    """Every rank fails the checks before training the same way (options, data, memory): the
+    first process of the host says it, the other exits non-zero without repeating it."""
+    data = make_builder_dir(tmp_path / "data", [make_records(8)])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", data,
+        "--out", tmp_path / "run", "--model", "clipa-tiny", "--image-size", 32,
+        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--samples", 16,
+        "--workers", 1, "--no-progress", *options,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(
+        [str(part) for part in command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    errors = [text for text in done.stderr.splitlines() if text.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(line), done.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
