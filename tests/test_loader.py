@@ -135,6 +135,24 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(builder, stop_after):
     assert rest == expected[stop_after:]  # into the next epoch without a break
 
 
+def test_a_resume_reads_its_buffered_records_in_a_few_passes_over_the_shard(tmp_path, monkeypatch):
+    """The records still in the shuffle buffer at the resumed step are read in shard order; a
+    shard was opened again (its headers walked from the start) at every gap between them."""
+    from clipa_data.core import tfrecord
+
+    data = make_builder_dir(tmp_path / "data", [make_records(300, size=8)])
+    one_shard = config(data, workers=0, batch_size=4, shuffle_buffer=128,
+                       text=TextReductionConfig("truncate", 8))  # fmt: skip
+    expected = [snapshot(b) for b in itertools.islice(Loader(one_shard), 40)]
+    opened = []
+    real_open = tfrecord.open_shard
+    monkeypatch.setattr(tfrecord, "open_shard", lambda path: opened.append(path) or real_open(path))
+    resumed = Loader(one_shard)
+    resumed.load_state_dict({**resumed.state_dict(), "step": 30})
+    assert [snapshot(b) for b in itertools.islice(resumed, 10)] == expected[30:]
+    assert len(opened) <= 3, len(opened)  # was 51 (one per gap)
+
+
 def test_iteration_runs_on_across_epochs(builder):
     loader = Loader(config(builder, workers=0))
     steps = len(loader)
