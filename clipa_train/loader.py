@@ -78,22 +78,38 @@ class StreamStats:
     """Images decoded by Pillow because they were not JPEGs simplejpeg reads (e.g. PNG)."""
     messages: list[str] = field(default_factory=list)
     """The first bad-record messages, naming shard and record (each record once)."""
-    seen: set[str] = field(default_factory=set, repr=False)
-    """The bad records counted so far."""
+    seen: dict[str, str] = field(default_factory=dict, repr=False)
+    """The bad records counted so far: place -> kind (``bad_images`` or ``unreadable``)."""
 
     def add(self, meta: dict) -> None:
         self.batches += 1
         for name in ("filled", "pillow"):
             setattr(self, name, getattr(self, name) + meta[name])
+        self._count(meta["bad"], meta["messages"])
+
+    def _count(self, bad: list[tuple[str, str]], messages: list[str]) -> None:
+        """Count the records in ``bad`` (kind, place) not counted yet; keep their messages."""
         new = set()
-        for kind, where in meta["bad"]:
+        for kind, where in bad:
             if where not in self.seen:
-                self.seen.add(where)
+                self.seen[where] = kind
                 new.add(where)
                 setattr(self, kind, getattr(self, kind) + 1)
         # A message starts with its record's place ("record 5 ... of shard ...: reason").
-        fresh = [text for text in meta["messages"] if text.split(": ", 1)[0] in new]
+        fresh = [text for text in messages if text.split(": ", 1)[0] in new]
         self.messages.extend(fresh[: max(0, KEPT_MESSAGES - len(self.messages))])
+
+    @classmethod
+    def over_ranks(cls, per_rank: list[StreamStats]) -> StreamStats:
+        """The stats of every rank's loader as one run's (a record read by two ranks, as later
+        epochs may deal its shard to another, counted once; messages in rank order)."""
+        merged = cls()
+        for stats in per_rank:
+            merged.batches += stats.batches
+            merged.filled += stats.filled
+            merged.pillow += stats.pillow
+            merged._count([(kind, where) for where, kind in stats.seen.items()], stats.messages)
+        return merged
 
 
 def ignore_interrupts(worker: int) -> None:

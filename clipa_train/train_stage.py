@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipa_data.core.atomic import write_json
 from clipa_data.core.errors import AgreedError
@@ -25,6 +26,9 @@ from clipa_train.resolved_stage import ResolvedStage, resolve_stage
 from clipa_train.run_config import TrainConfig
 from clipa_train.run_dir import checkpoint_step
 from clipa_train.run_records import throughput
+
+if TYPE_CHECKING:
+    from clipa_train.loader import StreamStats
 
 
 def run_stage(config: TrainConfig) -> dict | None:
@@ -96,6 +100,7 @@ def stage_worker(index: int, stage: ResolvedStage, signals=None) -> None:
 def _train_on(stage: ResolvedStage, backend, signals) -> None:
     import torch
 
+    from clipa_train.loader import StreamStats
     from clipa_train.loop import train
     from clipa_train.loss import build_loss
     from clipa_train.model import build_model, load_openclip_weights
@@ -127,8 +132,9 @@ def _train_on(stage: ResolvedStage, backend, signals) -> None:
         )
     finally:
         loader.close()
+    stream = StreamStats.over_ranks(backend.gather_objects(loader.stats))  # every rank's part
     if backend.is_main:
-        write_json(run_dir / "summary.json", summarise(stage, result, loader, started))
+        write_json(run_dir / "summary.json", summarise(stage, result, stream, started))
     if result.diverged:  # every rank agreed on these: rank 0 says them
         raise AgreedError(_divergence_line(result, stage.resume_from), backend.is_main)
     if result.failure is not None:  # the data stopped it: one error line, the way to go on
@@ -269,7 +275,7 @@ def _last_zeroshot(evals: list[dict], final_eval_cut: bool) -> dict | None:
     }
 
 
-def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
+def summarise(stage: ResolvedStage, result, stream: StreamStats, started: float) -> dict:
     """``summary.json``: steps, final loss, throughput, zero-shot results, stream problems."""
     train_records = [r for r in result.records if "loss" in r]
     evals = [r for r in result.records if any(k.startswith("eval/") for k in r)]
@@ -292,8 +298,8 @@ def summarise(stage: ResolvedStage, result, loader, started: float) -> dict:
         "wall_seconds": time.perf_counter() - started,
         "zeroshot": _last_zeroshot(evals, result.final_eval_cut),
         "stream": {
-            "bad_images": loader.stats.bad_images,
-            "unreadable": loader.stats.unreadable,
-            "messages": loader.stats.messages,
+            "bad_images": stream.bad_images,
+            "unreadable": stream.unreadable,
+            "messages": stream.messages,
         },
     }

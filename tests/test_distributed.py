@@ -9,6 +9,7 @@ by √v, moves it by amplified rounding noise (~2e-4 here) in both runs alike.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -153,16 +154,21 @@ def test_fsdp_follows_ddp_and_their_checkpoints_load_into_each_other_and_one_pro
 def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
     """The real command under torchrun (2 gloo processes, real loader, gradient checkpointing,
     in-loop zero-shot, where every rank runs the sharded forward); its checkpoint then scores the
-    same in `clipa-train eval` in this process."""
-    data = make_builder_dir(tmp_path / "data", [make_records(24, start=i * 24) for i in range(2)])
+    same in `clipa-train eval` in this process. Each rank reads one shard (an epoch), each with
+    a broken image: the summary counts both (it counted rank 0's)."""
+    shards = [make_records(24, start=i * 24) for i in range(2)]
+    for shard in shards:
+        shard[3] = dataclasses.replace(shard[3], jpg=shard[3].jpg[:200])
+    data = make_builder_dir(tmp_path / "data", shards)
     val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
     zeroshot = ["--zeroshot", val.root, "--classnames", val.classnames_path]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", data,
         "--out", tmp_path / "run", "--model", "clipa-tiny", "--image-size", 32,
-        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--samples", 32,
+        "--text-length", 8, "--text-mask", "truncate", "--batch-size", 8, "--samples", 48,
         "--workers", 1, "--no-progress", "--sharding", "fsdp", "--grad-checkpointing", *zeroshot,
+        "--max-bad-fraction", 0.2,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -171,7 +177,10 @@ def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pretrain summary") == 1, done.stdout  # rank 0's table only
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["zeroshot"]["n"] == 20
+    assert summary["steps"] == 6 and summary["zeroshot"]["n"] == 20
+    assert summary["stream"]["bad_images"] == 2, summary["stream"]
+    shard_names = {m.split(" of shard ")[1].split(":")[0] for m in summary["stream"]["messages"]}
+    assert len(shard_names) == 2, summary["stream"]
 
     result = CliRunner().invoke(
         app, [str(a) for a in ("eval", "--checkpoint", summary["checkpoint"], *zeroshot[2:],
