@@ -6,7 +6,8 @@ naming what would: a batch size (or ``--accum-steps auto --micro-batch N``, whic
 batch), fewer ``--workers`` (on the CPU), ``--grad-checkpointing``, or a smaller preset.
 ``--no-memory-check`` skips it.
 ``small_data_warnings`` gives a line when an epoch is under 10 steps or when the whole batches
-of an epoch leave more than 5 % of the records out (only whole batches are drawn).
+of an epoch leave more than 5 % of the records out (only whole batches are drawn);
+``uneven_ranks_warnings`` when a rank's share of whole shards is under half the mean.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ MIN_EPOCH_STEPS = 10
 MAX_LEFT_OUT = 0.05
 """A larger share of records left out of every epoch by the last partial batch gets a warning."""
 
+MAX_REPEAT_SKEW = 2.0
+"""A rank whose share of records is this many times under the mean gets a warning (its records
+are read as many times as often per epoch)."""
+
 
 def small_data_warnings(
     num_records: int, batch_size: int, in_epochs: bool = True, samples_per_epoch: int | None = None
@@ -64,6 +69,36 @@ def small_data_warnings(
             f"a batch size that divides {num_records} more evenly leaves out fewer"
         )
     return lines
+
+
+def uneven_ranks_warnings(
+    shard_lengths: tuple[int, ...], world: int, steps: int, seed: int
+) -> list[str]:
+    """A line when the shards, dealt whole to ``world`` ranks that all take ``steps`` batches
+    an epoch, leave a rank with under half the mean share in epoch 0: its few records fill as
+    many batch slots as the others', so each is read ``MAX_REPEAT_SKEW`` or more times as often
+    (the same pairs in every global batch) while records of the other ranks wait an epoch."""
+    from clipa_train import epoch_plan
+
+    if world < 2 or steps < 1:
+        return []
+    order = [int(s) for s in epoch_plan.shard_order(seed, 0, len(shard_lengths))]
+    shares = [
+        sum(shard_lengths[s] for s in group)
+        for group in epoch_plan.balance(order, list(shard_lengths), world)
+    ]
+    smallest = min(shares)
+    mean = sum(shard_lengths) / world
+    if smallest == 0 or mean / smallest < MAX_REPEAT_SKEW:
+        return []  # a rank with no records is refused by the loader
+    rank = shares.index(smallest)
+    return [
+        f"warning: the {len(shard_lengths)} shards, dealt whole to {world} ranks, leave rank "
+        f"{rank} with {smallest} of the {sum(shard_lengths)} records for the same {steps} steps an "
+        f"epoch as the others: it reads each about {mean / smallest:.0f}x as often as the mean "
+        "(the same pairs in every global batch); use fewer processes, or data in more shards "
+        "of equal size (img2dataset --number_sample_per_shard)"
+    ]
 
 
 def samples_warnings(samples: int | None, batch_size: int, total_steps: int) -> list[str]:

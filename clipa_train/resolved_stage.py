@@ -72,6 +72,8 @@ class ResolvedStage:
     """The resolved builder directory."""
     num_records: int
     """Records in the training split."""
+    shard_lengths: tuple[int, ...]
+    """Records of each shard of the training split (how the ranks' shares fall)."""
     resume_from: str | None
     """Checkpoint to resume from (``--resume``); None starts fresh."""
     tagger: TaggerSpec | None
@@ -305,6 +307,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         backend=backend,
         builder=str(reader.builder),
         num_records=reader.split.num_records,
+        shard_lengths=tuple(reader.lengths),
         resume_from=None if resume is None else str(resume),
         tagger=_sidecar_tagger(reader) if syntax and evaluation.zeroshot else None,
     )

@@ -35,10 +35,12 @@ def run_stage(config: TrainConfig) -> dict | None:
     """Resolve and check, move an old run aside (``--overwrite``), train on every local device;
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
+    from clipa_train.epoch_plan import steps_per_epoch
     from clipa_train.preflight import (
         check_memory,
         samples_warnings,
         small_data_warnings,
+        uneven_ranks_warnings,
         warmup_warnings,
     )
     from clipa_train.run_dir import check_resume_step
@@ -56,15 +58,17 @@ def run_stage(config: TrainConfig) -> dict | None:
                     "--samples or --epochs with --resume)"
                 )
             return None
-        check_memory(stage, torchrun_world())  # a run that cannot fit is refused at once
+        world, epoch = torchrun_world(), config.run.samples_per_epoch
+        check_memory(stage, world)  # a run that cannot fit is refused at once
+        steps = steps_per_epoch(stage.num_records, config.optim.batch_size, world, epoch)
     if first_rank:
         in_epochs = config.optim.samples is None
-        epoch = config.run.samples_per_epoch
         warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)
         warnings += samples_warnings(
             _own_samples(config), config.optim.batch_size, stage.optim.total_steps
         )
         warnings += warmup_warnings(config.optim.warmup_steps, stage.optim.total_steps)
+        warnings += uneven_ranks_warnings(stage.shard_lengths, world, steps, config.run.seed)
         for line in warnings:
             _note(line)
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once

@@ -14,7 +14,12 @@ import pytest
 from builders import make_builder_dir, make_records
 from cli_checks import assert_one_line_error
 
-from clipa_train.preflight import samples_warnings, small_data_warnings, warmup_warnings
+from clipa_train.preflight import (
+    samples_warnings,
+    small_data_warnings,
+    uneven_ranks_warnings,
+    warmup_warnings,
+)
 
 CLIPA_TRAIN = str(Path(sys.executable).parent / "clipa-train")
 
@@ -277,3 +282,32 @@ def test_under_a_recipe_the_refusal_names_only_what_the_recipe_allows(
         "--accum-steps auto --micro-batch " in line
         and "--grad-checkpointing" not in line.split(" free ")[1]
     ), line
+
+
+def test_a_rank_dealt_a_small_share_of_whole_shards_is_warned_of(tmp_path):
+    """Shards of 100, 100, 100 and 5 records on 4 ranks (img2dataset's partial last shard, as
+    many shards as GPUs): the rank holding the 5 fills its 19 steps of 4 with them, 15x the
+    mean; the warning names it, and the loader of that rank reads each record about so often."""
+    from collections import Counter
+
+    from clipa_train.loader import Loader
+    from clipa_train.reduce import TextReductionConfig
+    from clipa_train.stream import StreamConfig
+
+    lengths = (100, 100, 100, 5)
+    (line,) = uneven_ranks_warnings(lengths, world=4, steps=19, seed=0)
+    rank = int(line.split("leave rank ")[1].split()[0])
+    assert f"leave rank {rank} with 5 of the 305 records for the same 19 steps" in line
+    assert "about 15x as often as the mean" in line and "fewer processes" in line
+
+    shards = [make_records(n, start=1000 * i, size=8) for i, n in enumerate(lengths)]
+    data = make_builder_dir(tmp_path, shards)
+    config = StreamConfig(data=str(data), batch_size=4, text=TextReductionConfig("truncate", 8),
+                          workers=0, shuffle_buffer=8)  # fmt: skip
+    loader = Loader(config, rank=rank, world=4)
+    assert len(loader) == 19
+    reads = Counter(key for batch in loader.epoch_batches() for key in batch["key"])
+    assert len(reads) == 5 and min(reads.values()) >= 15
+
+    assert uneven_ranks_warnings((100, 100, 100, 60), world=4, steps=18, seed=0) == []  # 1.5x
+    assert uneven_ranks_warnings((100, 5), world=1, steps=26, seed=0) == []
