@@ -575,6 +575,21 @@ def test_overwrite_refuses_a_folder_that_is_not_a_download(metadata, tmp_path):
     assert (home / "thesis" / "draft.tex").read_text() == "years of work"
 
 
+def test_overwrite_refuses_a_folder_that_holds_the_url_list(tfrecord_run, tmp_path):
+    """The list kept beside its shards (out/meta.parquet) was deleted with them, and the run
+    then failed for want of it."""
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    url_list = output / "meta.parquet"
+    shutil.copy(config.url_list, url_list)
+    before = sorted(path.name for path in output.iterdir())
+    result = cli(str(url_list), str(output), "--incremental-mode", "overwrite")
+    assert result.exit_code == 2, result.output
+    assert "would delete the URL list" in result.output and "move it out" in result.output
+    assert sorted(path.name for path in output.iterdir()) == before
+
+
 def test_cli_remote_output_folder_is_refused_not_mangled(metadata):
     result = cli(str(metadata.path), "gs://bucket/laion")
     assert result.exit_code == 2

@@ -186,3 +186,71 @@ def test_sigterm_then_ctrl_c_stops_at_once_without_a_half_written_shard(
     resumed = run(metadata, output)
     assert resumed.returncode == 0, resumed.stderr
     assert contents(output) == contents(uninterrupted[0])
+
+
+def worker_of(parent: int) -> int:
+    """The pid of the img2dataset child (``download_worker``) of the download ``parent``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # not a process, or gone
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"download_worker" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no download_worker child of {parent}")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def wait_gone(pid: int, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_download_stops_its_img2dataset_and_keeps_the_folder_locked_meanwhile(
+    metadata, uninterrupted, tmp_path
+):
+    """The terminal closed or the command killed: its img2dataset child (its own session, so no
+    terminal signal reaches it) used to download on unwatched, and a re-run started a second
+    img2dataset beside it, each deleting the other's _tmp. Now the child stops as on a first
+    Ctrl-C (the shards in flight finish), and holds the folder's lock until it exits."""
+    output = tmp_path / "raw"
+    process = subprocess.Popen(
+        command(metadata, output), env=user_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(output.glob("*_stats.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "no shard finished"
+        time.sleep(0.05)
+    child = worker_of(process.pid)
+    os.kill(child, signal.SIGSTOP)  # held still, so that it outlives its parent for sure
+    try:
+        process.kill()
+        process.wait()
+        beside = run(metadata, output)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert beside.returncode == 2, beside.stderr
+    assert beside.stderr.strip() == (
+        f"error: {output}: another clipa-data download is writing here now; let it finish "
+        "(or stop it), then run this again"
+    )
+    wait_gone(child)
+    assert len(list(output.glob("*_stats.json"))) < ROWS // PER_SHARD, "it downloaded on"
+    assert_no_half_written_shard(output)
+    resumed = run(metadata, output)
+    assert resumed.returncode == 0, resumed.stderr
+    assert contents(output) == contents(uninterrupted[0])

@@ -8,6 +8,7 @@ against the demo server on 127.0.0.1. Run with ``make test-spark``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -155,6 +156,19 @@ def test_download_convert_tag_on_spark_match_multiprocessing(
         show_progress=False, distributor="pyspark",
     )  # fmt: skip
     assert convert(again).status == "up to date"
+
+
+def test_overwrite_on_spark_downloads_the_folder_again(spark, metadata, raw_spark, tmp_path):
+    """img2dataset's own overwrite deletes the whole folder, its _tmp included, after creating
+    it: on pyspark every shard failed writing there and the run ended with the folder empty."""
+    output = tmp_path / "raw"
+    shutil.copytree(raw_spark, output)
+    (output / "00001.tfrecord").write_bytes(b"a shard of another download")
+    config = download_config(metadata, output, "pyspark")
+    summary = download(dataclasses.replace(config, incremental_mode="overwrite"))
+    assert len(summary.shards) == 3 and summary.resumed_shards == ()
+    assert records_by_shard(output) == records_by_shard(raw_spark)
+    assert download(config).samples_this_run == 0  # recorded as started: it resumes
 
 
 # --- bad input: a killed worker, a shard that fails in every attempt, mixed distributors -------

@@ -45,6 +45,7 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.provenance import package_versions
+from clipa_data.core.run_lock import only_run_in
 from clipa_data.prepare import download_start, spark, stores
 from clipa_data.prepare.download_start import read_start
 from clipa_data.prepare.interrupts import Interrupted, ShardStop
@@ -517,7 +518,7 @@ def _check_output(config: DownloadConfig) -> None:
     if output.exists() and not output.is_dir():
         raise ClipaError(f"output folder {output} is a file; pass a folder path")
     if config.incremental_mode == "overwrite":
-        _check_overwritable(output)
+        _check_overwritable(config)
     if output.is_dir() and config.incremental_mode != "overwrite":
         breaking = layout.resume_breaking_json(output)
         if breaking:
@@ -531,12 +532,20 @@ def _check_output(config: DownloadConfig) -> None:
         _check_extend_runs(config)
 
 
-def _check_overwritable(output: Path) -> None:
+def _check_overwritable(config: DownloadConfig) -> None:
     """``--incremental-mode overwrite`` deletes the whole output folder: refuse a folder that
     holds files but is not an earlier download's output (a typo such as ``--output-folder ~``
-    must not delete a home folder)."""
+    must not delete a home folder), or one that holds the URL list."""
+    output = Path(config.output_folder)
     if not output.is_dir() or not any(output.iterdir()):
         return
+    if not layout.is_url(config.url_list):
+        url_list = Path(config.url_list).resolve()
+        if url_list.is_relative_to(output.resolve()):
+            raise ClipaError(
+                f"--incremental-mode overwrite would delete the URL list {config.url_list}, "
+                f"which is inside the output folder {output}; move it out of the folder first"
+            )
     if (output / layout.CLIPA_SUBDIR).is_dir() or any(output.glob("*_stats.json")):
         return
     raise ClipaError(
@@ -817,6 +826,28 @@ def check_inputs(config: DownloadConfig) -> range | None:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def _clear_for_overwrite(config: DownloadConfig) -> None:
+    """``--incremental-mode overwrite``: empty the output folder (checked by
+    ``_check_overwritable``), keeping the folder itself, which holds this run's lock."""
+    if config.incremental_mode != "overwrite":
+        return
+    for entry in Path(config.output_folder).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _run_arguments(config: DownloadConfig) -> dict[str, Any]:
+    """img2dataset's arguments for this run: its overwrite would delete the output folder (with
+    our log, lock and its own ``_tmp`` in it), so an overwrite runs incrementally in the folder
+    ``_clear_for_overwrite`` emptied."""
+    arguments = config.img2dataset_arguments()
+    if config.incremental_mode == "overwrite":
+        arguments["incremental_mode"] = "incremental"
+    return arguments
+
+
 def _run_img2dataset(config: DownloadConfig) -> None:
     """Call img2dataset in this process (pyspark: it uses this process's SparkSession); a
     Ctrl-C stays an interrupt (img2dataset's handler would exit 0)."""
@@ -824,31 +855,35 @@ def _run_img2dataset(config: DownloadConfig) -> None:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT)
     try:
-        img2dataset.download(**config.img2dataset_arguments())
-    except SystemExit as exit_:
+        img2dataset.download(**_run_arguments(config))
+    except SystemExit:
         # img2dataset installs a SIGINT handler that calls sys.exit(0); an interrupted download
         # must not look like a finished one.
-        raise KeyboardInterrupt(f"download interrupted (exit {exit_.code})") from None
+        raise KeyboardInterrupt(f"download interrupted; {resume_advice(config)}") from None
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
 
 
-def _start_worker(config: DownloadConfig, log: Any) -> subprocess.Popen:
+def _start_worker(config: DownloadConfig, log: Any, lock: int) -> subprocess.Popen:
     """img2dataset in a child process (``download_worker``), its output into ``log``.
 
-    Its own session: a terminal's Ctrl-C reaches only us, and we pass on a stop request.
+    Its own session: a terminal's Ctrl-C reaches only us, and we pass on a stop request. It
+    inherits the folder's ``lock`` (a child that outlives us keeps it: no second download
+    starts beside it) and is asked to stop when we die (``download_worker.PARENT_ENV``).
     """
-    arguments = config.img2dataset_arguments()
-    if config.incremental_mode == "overwrite":
-        # img2dataset would delete the output folder, our open log in it: we cleared it before.
-        arguments["incremental_mode"] = "incremental"
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    from clipa_data.prepare.download_worker import PARENT_ENV
+
+    env = {
+        **os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1",
+        PARENT_ENV: str(os.getpid()),
+    }  # fmt: skip
     child = subprocess.Popen(
         [sys.executable, "-m", "clipa_data.prepare.download_worker"],
         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
+        start_new_session=True, pass_fds=(lock,),
     )  # fmt: skip
+    arguments = _run_arguments(config)
     with child.stdin:  # type: ignore[union-attr]
         child.stdin.write(pickle.dumps(arguments))  # type: ignore[union-attr]
     return child
@@ -908,20 +943,21 @@ def remove_unfinished_shards(config: DownloadConfig) -> list[Path]:
     return removed
 
 
-def _run_worker(config: DownloadConfig, resumed: set[int], total: int | None, show: bool) -> bool:
+def _run_worker(
+    config: DownloadConfig, resumed: set[int], total: int | None, show: bool, lock: int
+) -> bool:
     """img2dataset in a child process, watched; returns whether a stop was requested.
 
     The first SIGINT/SIGTERM asks the child to finish its shards in flight; a second kills its
     whole process group at once and removes the half-written shards (``StopNow``).
     """
     output = Path(config.output_folder)
-    if config.incremental_mode == "overwrite" and output.exists():
-        shutil.rmtree(output)
+    _clear_for_overwrite(config)
     log_path = layout.download_log_path(output)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _record_sharding(config)
     with open(log_path, "ab") as log:
-        child = _start_worker(config, log)
+        child = _start_worker(config, log, lock)
         stop = ShardStop(on_first=lambda: child.send_signal(signal.SIGINT))
         try:
             with stop:
@@ -1004,7 +1040,17 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
     at once (``StopNow``).
     """
     check_spawn_safe("clipa_data.prepare.download.download()")
+    output = Path(config.output_folder)
     expected = check_inputs(config)
+    output.mkdir(parents=True, exist_ok=True)
+    with only_run_in(output, "clipa-data download") as lock:
+        return _download(config, expected, lock, show_progress)
+
+
+def _download(
+    config: DownloadConfig, expected: range | None, lock: int, show_progress: bool
+) -> DownloadSummary:
+    """``download`` once the output folder is this process's (``lock``: its descriptor)."""
     output = Path(config.output_folder)
     resumed = (
         finished_shard_ids(output)
@@ -1017,11 +1063,11 @@ def download(config: DownloadConfig, show_progress: bool = True) -> DownloadSumm
         pass
     elif config.distributor == "multiprocessing":
         total = len(set(expected) - resumed) if expected is not None else None
-        stopped = _run_worker(config, resumed, total, show_progress)
+        stopped = _run_worker(config, resumed, total, show_progress, lock)
     else:  # pyspark: img2dataset runs in this process, on this session
         spark.spark_context(config.spark_master, config.processes_count)
-        if config.incremental_mode != "overwrite":  # img2dataset's overwrite clears the folder
-            _record_sharding(config)
+        _clear_for_overwrite(config)
+        _record_sharding(config)
         _run_img2dataset(config)
     wall_seconds = time.perf_counter() - started
 

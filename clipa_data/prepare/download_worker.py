@@ -9,7 +9,8 @@ SIGINT to this process means "start no new shard": img2dataset's own multiproces
 distributor queues every shard into its pool at once (so only killing the pool could stop it),
 hence :func:`stoppable_distributor` replaces it here, in this child only. It keeps one shard per
 process in flight and stops submitting on SIGINT/SIGTERM; img2dataset then finishes normally
-(stats logger joined, ``_tmp`` removed) with the unsubmitted shards left for a re-run.
+(stats logger joined, ``_tmp`` removed) with the unsubmitted shards left for a re-run. The
+kernel sends that SIGINT when the parent dies (``stop_when_the_parent_dies``).
 """
 
 from __future__ import annotations
@@ -74,7 +75,30 @@ def stoppable_distributor(
         pool.join()
 
 
+PARENT_ENV = "CLIPA_DOWNLOAD_PARENT"
+"""The pid of the ``clipa-data download`` that started this child."""
+
+
+def stop_when_the_parent_dies() -> None:
+    """Have the kernel send SIGINT (a stop request: the shards in flight finish, no new one
+    starts) when the parent dies (a closed terminal's SIGHUP, a kill): in its own session no
+    terminal signal reaches this child, which would download on unwatched beside a re-run.
+    Linux only (``prctl``); elsewhere the parent's lock still refuses a second run."""
+    import ctypes
+    import os
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGINT)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(os.environ.get(PARENT_ENV, os.getppid())):
+        os.kill(os.getpid(), signal.SIGINT)  # it died before prctl: nobody would send it
+
+
 def main() -> None:
+    stop_when_the_parent_dies()
     arguments = pickle.load(sys.stdin.buffer)
     # The module, not the package attribute ``img2dataset.main`` (its ``main`` function).
     i2d_main = importlib.import_module("img2dataset.main")
