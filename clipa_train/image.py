@@ -186,7 +186,16 @@ def _decode_pillow(data: bytes, min_width: int, min_height: int) -> np.ndarray:
                 image.draft("RGB", (min_width, min_height))
             return np.asarray(image.convert("RGB"))
     except Exception as error:  # Pillow raises many types for bad bytes; all mean "unusable"
-        raise ImageError(f"not a decodable image ({type(error).__name__}: {error})") from None
+        raise _unusable(error) from None
+
+
+def _unusable(error: Exception) -> ImageError:
+    """Pillow's error as one line (its "cannot identify image file" names a BytesIO object)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        return ImageError("not an image: no format Pillow reads recognises its bytes")
+    return ImageError(f"not a decodable image ({type(error).__name__}: {error})")
 
 
 def header_dimensions(data: bytes) -> tuple[int, int, bool]:
@@ -203,7 +212,7 @@ def header_dimensions(data: bytes) -> tuple[int, int, bool]:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
     except Exception as error:  # Pillow raises many types for bad bytes; all mean "unusable"
-        raise ImageError(f"not a decodable image ({type(error).__name__}: {error})") from None
+        raise _unusable(error) from None
     return width, height, False
 
 
@@ -290,7 +299,7 @@ def reference_into(
         with Image.open(io.BytesIO(data)) as opened:
             image = opened.convert("RGB")
     except Exception as error:  # Pillow raises many types for bad bytes; all mean "unusable"
-        raise ImageError(f"not a decodable image ({type(error).__name__}: {error})") from None
+        raise _unusable(error) from None
     width, height = image.size
     if config.crop == "center":
         short, long = min(width, height), max(width, height)

@@ -227,7 +227,8 @@ class ShardReader:
         image = bytes_value(message, self.fields.image)
         key = (bytes_value(message, self.fields.key) or b"").decode("utf-8", "replace")
         if not image:
-            return Unreadable(name, index, f"no {self.fields.image!r} feature (key {key!r})")
+            what = "no" if image is None else "an empty"
+            return Unreadable(name, index, f"{what} {self.fields.image!r} feature (key {key!r})")
         if rows is not None and rows.keys[index] != key:
             raise ClipaError(
                 f"{layout.sidecar_path(self.builder, name)}: row {index} has key "

@@ -128,8 +128,14 @@ def test_cmyk_and_gray_jpegs_look_like_the_rgb_original():
     [b"", b"not an image at all", jpeg_bytes(64, 64, seed=1)[:300], b"\xff\xd8\xff" + b"\0" * 50],
 )
 def test_undecodable_bytes_raise_image_error(data):
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError) as raised:
         load_image(data, ImageConfig(size=32), rng())
+    assert " object at 0x" not in str(raised.value)  # Pillow names its BytesIO
+
+
+def test_bytes_of_no_image_format_say_so():
+    with pytest.raises(ImageError, match=r"^not an image: no format Pillow reads recognises"):
+        load_image(b"not an image at all", ImageConfig(size=32), rng())
 
 
 def test_jitter_and_grayscale_are_seeded_and_change_the_image():

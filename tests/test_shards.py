@@ -137,6 +137,18 @@ def test_records_that_do_not_parse_or_lack_an_image(tmp_path):
     assert "no 'jpg' feature (key '000000006')" in items[2].reason
 
 
+def test_an_empty_image_is_not_called_a_missing_one(tmp_path):
+    builder = builder_with(tmp_path, three_shards())
+    path = shard_path(builder, 1)
+    empty = encode_example({"key": ("bytes", [b"000000005"]), "jpg": ("bytes", [b""])})
+    no_image = encode_example({"key": ("bytes", [b"000000006"]), "txt": ("bytes", [b"x"])})
+    records = Path(path).read_bytes()
+    path.write_bytes(records[: record_offsets(path)[1]] + frame(empty) + frame(no_image))
+    items = list(open_split(str(builder)).records(1))
+    assert "an empty 'jpg' feature (key '000000005')" in items[1].reason
+    assert "no 'jpg' feature (key '000000006')" in items[2].reason
+
+
 def test_more_records_than_declared_is_an_error(tmp_path):
     builder = builder_with(tmp_path, three_shards())
     path = shard_path(builder, 2)
