@@ -366,6 +366,37 @@ def test_extend_with_the_url_list_already_read_is_refused(tfrecord_run, tmp_path
     assert "re-run it with --incremental-mode incremental" in resume_advice(fresh)
 
 
+def test_extend_of_a_folder_with_unfinished_shards_is_refused(tfrecord_run, tmp_path):
+    """``extend`` numbers its shards after the last finished one: a shard the earlier download
+    left unfinished (stopped, killed, failed) could never be downloaded after it."""
+    from clipa_data.prepare.download import _check_nothing_left_to_finish
+
+    config, _ = tfrecord_run
+    output = tmp_path / "raw"
+    shutil.copytree(config.output_folder, output)
+    other = tmp_path / "other.parquet"
+    shutil.copy(config.url_list, other)
+    extend = dataclasses.replace(
+        config, url_list=str(other), output_folder=str(output), incremental_mode="extend"
+    )
+    _check_nothing_left_to_finish(extend)  # the download finished: extend away
+
+    for leftover in output.glob("00001*"):
+        leftover.unlink()  # as a stopped run leaves the shard in flight
+    before = sorted(p.name for p in output.iterdir())
+    with pytest.raises(ClipaError) as refused:
+        download(extend)
+    assert "shard(s) 00001 of an earlier download never finished" in str(refused.value)
+    assert "after the last finished one (00002)" in str(refused.value)
+    assert "re-run its command to resume" in str(refused.value)
+    assert sorted(p.name for p in output.iterdir()) == before
+
+    shutil.copytree(config.output_folder, output, dirs_exist_ok=True)
+    layout.download_summary_path(output).unlink()  # killed before it wrote its summary
+    with pytest.raises(ClipaError, match=r"it wrote no summary: killed or failed\) never fin"):
+        download(extend)
+
+
 def test_resume_with_another_shard_size_is_refused_after_a_hard_stop(tfrecord_run, tmp_path):
     """A run stopped hard (second Ctrl-C, kill) leaves finished shards but no summary; the shard
     size recorded before img2dataset started still refuses another one."""

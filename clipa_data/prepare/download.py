@@ -16,6 +16,7 @@ whose Python workers run this interpreter (``clipa_data.prepare.spark``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
@@ -530,6 +531,7 @@ def _check_output(config: DownloadConfig) -> None:
         _check_same_settings(config)
         _check_same_rows(config)
         _check_extend_runs(config)
+        _check_nothing_left_to_finish(config)
 
 
 def _check_overwritable(config: DownloadConfig) -> None:
@@ -656,6 +658,38 @@ def _check_extend_runs(config: DownloadConfig) -> None:
         f"{config.output_folder} was last downloaded from URL_LIST {config.url_list} already; "
         f"extending with it again would download its rows a second time: extend with a new URL "
         f"list, or {fix}"
+    )
+
+
+def _check_nothing_left_to_finish(config: DownloadConfig) -> None:
+    """``extend`` numbers its shards after the last finished one: shards an earlier run left
+    unfinished (stopped, killed, failed) could then never be downloaded (a resume of their list
+    is refused once another list extended the folder). Refuse it, naming them and the fix."""
+    output = Path(config.output_folder)
+    finished = finished_shard_ids(output)
+    if config.incremental_mode != "extend" or not finished:
+        return
+    last = max(finished)
+    unfinished = set(range(last)) - finished
+    summary = download_start.read_summary(output)
+    if summary is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            unfinished |= {int(shard) for shard in summary.get("unfinished_shards") or ()}
+    killed = summary is None and layout.download_start_path(output).is_file()
+    if not unfinished and not killed:
+        return
+    listed = ", ".join(f"{shard:05d}" for shard in sorted(unfinished)[:10])
+    what = f"shard(s) {listed} of" if unfinished else "some shards of"
+    if killed:
+        what += " its last download (it wrote no summary: killed or failed)"
+    else:
+        what += " an earlier download"
+    recorded = read_start(output)
+    advice = download_start.resume_advice(recorded.get("incremental_mode", "incremental"), recorded)
+    raise ClipaError(
+        f"{output}: {what} never finished, and an extend run numbers its shards after the last "
+        f"finished one ({last:05d}), so they could never be downloaded: finish that download "
+        f"first ({advice.replace('the same command', 'its command')}), then extend"
     )
 
 
