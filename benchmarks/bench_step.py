@@ -505,7 +505,8 @@ def target_score(summary: dict) -> float:
 
 
 def merge(raw_dir: Path) -> Path:
-    """Combine ``raw_dir``'s variant files (and ``probe.json``) into ``results/step_gpu.json``."""
+    """Combine ``raw_dir``'s variant files (and ``probe.json``) into ``results/step_gpu.json``
+    (figures from a CPU, a dry run's: ``raw_dir/step_gpu.json``)."""
     runs = [json.loads(p.read_text()) for p in sorted(raw_dir.glob("step_gpu_*.json"))]
     probe_path = raw_dir / "probe.json"
     machine_probe = json.loads(probe_path.read_text()) if probe_path.exists() else {}
@@ -516,6 +517,7 @@ def merge(raw_dir: Path) -> Path:
     if best is not None:
         ratios = {k: v for k, v in summaries[best].items() if "samples" not in k and v is not None}
     device = runs[0]["device"] if runs else machine_probe.get("gpu", "unknown")
+    into = raw_dir if device == "cpu" else RESULTS_DIR  # a CPU dry run keeps the GPU's results
     path = write_result(
         "step_gpu",
         ratios=ratios,
@@ -528,6 +530,7 @@ def merge(raw_dir: Path) -> Path:
         },
         packages=["torch", "numpy"],
         command="GPU_CHECK_PARTS=step bash benchmarks/gpu_check.sh",
+        into=into,
     )
     payload = json.loads(path.read_text())
     payload = {"device": device, "best_variant": best, **payload, "summary": summaries}
@@ -539,7 +542,7 @@ def merge(raw_dir: Path) -> Path:
             "clipa": payload["versions"]["clipa"],
             "torch": machine_probe["torch"],
         }
-    write_json(RESULTS_DIR / path.name, payload)
+    write_json(path, payload)
     # Plain text (rich would squeeze six columns into a log's 80 characters).
     print(f"Training step variants on {device} (best: {best}); samples/s (MFU)")
     print(f"{'variant':36}" + "".join(f"{c.name:>20}" for c in CASES) + f"{'t112/t224':>11}")

@@ -42,9 +42,11 @@ def write_result(
     config: dict,
     packages: list[str],
     command: str,
+    into: Path = RESULTS_DIR,
 ) -> Path:
-    """Write ``benchmarks/results/<name>.json``: ratios, machine, versions, config, raw figures."""
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``benchmarks/results/<name>.json`` (or ``into``: a dry run's folder): ratios,
+    machine, versions, config, raw figures."""
+    path = into / f"{name}.json"
     write_json(
         path,
         {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's GPU measurements, in parts of at most about 6 minutes each on one H100/H200 (pick them
-# with GPU_CHECK_PARTS, default "train"; "train step" runs both in one call of ~10 minutes):
+# with GPU_CHECK_PARTS, default "train"). Run each part as its own device call: "train step" in one
+# call needs ~11 minutes, more than one call's 600 s.
 #
 # train: benchmarks/bench_train_gpu.py, the real `clipa-train pretrain` (loader, syntax sidecars,
 # compiled ViT-B/16, batch 1024, 112 and 64 px) against the synthetic compiled step, writing
@@ -16,19 +17,20 @@
 #   on a CUDA host with Python 3.12 + torch (no index needed):  bash benchmarks/gpu_check.sh
 #   PYTHON=<interpreter> (default python3). GPU_CHECK_BUDGET=<s>: seconds for the measurements
 #   (default 330: probe, eager, compiled and what fits; ~900 runs every variant). OUT=<dir> gets
-#   the merged JSON, the profile summaries, the raw files (raw.tgz) and the log. GPU_CHECK_ARGS:
+#   the merged JSON, the profile summaries, the raw files (step_gpu_raw/) and the log. GPU_CHECK_ARGS:
 #   added to every bench_step call (a dry run of this script on a CPU: "--sequential --preset
 #   test-tiny --batch 4 --steps 1 --rounds 1 --warmup 2 --dynamo-backend aot_eager").
 #
 # Wheels in .whl/ (../shared/tools/gpu-wheels.sh) are installed to /tmp/site first when present;
-# bench_step itself needs only torch, numpy and rich.
+# bench_step itself needs torch, numpy, rich, regex and pyarrow (all on the GPU host).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/benchmarks/results/gpu_check_out}
 BUDGET=${GPU_CHECK_BUDGET:-330}
 PY=${PYTHON:-python3}
-RAW=$(mktemp -d)/step_gpu_raw
+RAW=$OUT/step_gpu_raw # under OUT: a run cut short still returns the variants it finished
 mkdir -p "$OUT" "$RAW"
+touch "$RAW/.started"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -48,7 +50,10 @@ if [[ " $PARTS " == *" train "* ]]; then
   echo "== train: bench_train_gpu (cap ${GPU_CHECK_TRAIN_S:-330} s)"
   timeout -k 5 "${GPU_CHECK_TRAIN_S:-330}" "$PY" -m benchmarks.bench_train_gpu ${GPU_CHECK_TRAIN_ARGS:-} \
     || echo "!! bench_train_gpu exit $?"
-  cp benchmarks/results/train_gpu.json "$OUT/" 2>/dev/null
+  cp benchmarks/results/train_gpu.json "$OUT/" 2>/dev/null # written after each case
+  for run in benchmarks/work/train_gpu_run_*; do
+    [[ -f $run/metrics.jsonl ]] && cp "$run/metrics.jsonl" "$OUT/$(basename "$run").metrics.jsonl"
+  done
 fi
 if [[ " $PARTS " != *" step "* ]]; then
   echo "== done (parts: $PARTS)"
@@ -60,7 +65,7 @@ start=$SECONDS
 bench() {
   local cap=$1 left=$((BUDGET - (SECONDS - start)))
   shift
-  if ((left < 25)); then
+  if ((left < 60)); then # a cold ViT-B compile alone takes 42-55 s
     echo "== SKIPPED (budget spent): $*"
     return
   fi
@@ -105,8 +110,11 @@ bench 120 --variant compile_blocks --cases $MAIN
 bench 150 --variant compile_autotune --cases 112px_T16
 
 echo "== [$((SECONDS - start)) s] merge"
-"$PY" -m benchmarks.bench_step --raw-dir "$RAW" --merge
-cp benchmarks/results/step_gpu.json "$OUT/" 2>/dev/null
-tar czf "$OUT/raw.tgz" -C "$(dirname "$RAW")" "$(basename "$RAW")"
+if "$PY" -m benchmarks.bench_step --raw-dir "$RAW" --merge; then
+  # A CPU dry run merges into $RAW and leaves the committed GPU results alone: copy only new ones.
+  [[ benchmarks/results/step_gpu.json -nt $RAW/.started ]] && cp benchmarks/results/step_gpu.json "$OUT/"
+else
+  echo "!! merge failed: the variants' raw files are in $RAW"
+fi
 nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv
 echo "== done in $((SECONDS - start)) s"
