@@ -215,12 +215,19 @@ def _exported_image_norm(path: Path) -> str | None:
 
 
 def _model(config: EvalConfig):
+    """The checkpoint's model at its own image size and context length (``--image-size``
+    changes the first), also when ``--model`` names the architecture: a preset's sizes would
+    resize the positional embeddings of a short-token pre-training without a word."""
     from clipa_train.checkpoint import base_architecture
     from clipa_train.model import build_model, load_openclip_weights
+    from clipa_train.model.weights import at_sizes_of, read_weights
 
     base = base_architecture(config.model, config.checkpoint, default=DEFAULT_MODEL)
+    state = read_weights(config.checkpoint)
+    if config.model is not None:
+        base = at_sizes_of(state, base)
     model = build_model(base.replace(image_size=config.image_size))
-    load_openclip_weights(model, config.checkpoint)
+    load_openclip_weights(model, state, name=str(config.checkpoint))
     return model
 
 

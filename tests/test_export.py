@@ -246,6 +246,35 @@ def test_an_export_of_a_short_token_run_is_rebuilt_at_its_own_sizes(tmp_path):
     assert all(torch.equal(model.state_dict()[key], original[key]) for key in original)
 
 
+def test_eval_with_model_named_keeps_the_sizes_of_the_weights(tmp_path):
+    """``--model`` names the architecture, not the sizes: a 32 px / 8-token export evaluated
+    with ``--model clipa-tiny`` was silently resized to the preset's 64 px / 32 tokens."""
+    from clipa_data.demo import write_demo_validation
+
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    checkpoint = write_checkpoint(
+        tmp_path / "run", preset="clipa-tiny", image_size=32, context_length=8
+    )
+    out = tmp_path / "model.safetensors"
+    assert invoke("export", checkpoint, out, "--format", "safetensors").exit_code == 0
+    scores = []
+    for named in ([], ["--model", "clipa-tiny"]):
+        result = invoke(
+            "eval", "--checkpoint", out, *named, "--imagenet-val", val.root, "--classnames",
+            val.classnames_path, "--json", "--workers", 0,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.stdout))
+        assert (scores[-1]["image_size"], scores[-1]["text_length"]) == (32, 8), named
+    assert scores[0]["top1"] == scores[1]["top1"] and scores[0]["top5"] == scores[1]["top5"]
+    larger = invoke(
+        "eval", "--checkpoint", out, "--model", "clipa-tiny", "--image-size", 48,
+        "--imagenet-val", val.root, "--classnames", val.classnames_path, "--json", "--workers", 0,
+    )  # fmt: skip
+    assert larger.exit_code == 0, larger.output
+    assert json.loads(larger.stdout)["image_size"] == 48
+
+
 def test_an_export_never_replaces_its_checkpoint_and_others_only_when_told(runs, tmp_path):
     checkpoint = tmp_path / "step_00000005.pt"
     checkpoint.write_bytes(runs["contrastive"].read_bytes())

@@ -224,6 +224,17 @@ def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
+def at_sizes_of(state: StateDict, config: ModelConfig) -> ModelConfig:
+    """``config`` at the image size and context length of the positional embeddings in
+    ``state`` (unchanged where it holds none: loading it names what differs)."""
+    if IMAGE_POS not in state or TEXT_POS not in state:
+        return config
+    grid = round((state[IMAGE_POS].shape[0] - 1) ** 0.5)
+    return config.replace(
+        image_size=grid * config.vision.patch_size, context_length=state[TEXT_POS].shape[0]
+    )
+
+
 def recognise_preset(path: str | Path) -> ModelConfig:
     """The preset that the OpenCLIP-format or CLIPA-repository weights in ``path`` were written
     for, at the image size and context length of their positional embeddings (an export of a
@@ -233,11 +244,7 @@ def recognise_preset(path: str | Path) -> ModelConfig:
     check_known_keys(state, str(path))
     matches = matching_presets(state)
     if len(matches) == 1:
-        preset = load_preset(matches[0])
-        grid = round((state[IMAGE_POS].shape[0] - 1) ** 0.5)
-        return preset.replace(
-            image_size=grid * preset.vision.patch_size, context_length=state[TEXT_POS].shape[0]
-        )
+        return at_sizes_of(state, load_preset(matches[0]))
     if not matches:
         raise ClipaError(
             f"{path} holds no architecture (OpenCLIP/CLIPA weights) and matches no bundled "
@@ -253,18 +260,19 @@ def load_openclip_weights(
     model: nn.Module,
     source: str | Path | StateDict,
     report: Callable[[str], None] | None = None,
+    name: str = "state dict",
 ) -> nn.Module:
     """Load OpenCLIP / CLIPA-v1 weights into ``model`` with ``strict=True``.
 
-    ``source`` is a file path or an in-memory state dict. Image positional embeddings are resized
-    bicubically (class row kept), text ones linearly, to the model's image size and context
-    length (``report``, if given, gets a line for each); any other difference is an error.
-    Returns ``model``.
+    ``source`` is a file path or an in-memory state dict (``name``: where it came from, for
+    messages). Image positional embeddings are resized bicubically (class row kept), text ones
+    linearly, to the model's image size and context length (``report``, if given, gets a line
+    for each); any other difference is an error. Returns ``model``.
     """
     if isinstance(source, str | Path):
         name, state = str(source), read_weights(source)
     else:
-        name, state = "state dict", unwrap_state_dict(source)
+        state = unwrap_state_dict(source, name)
     resized = resize_positional_embeddings(state, model, report)
     check_compatible(resized, model, name, as_written=state)
     model.load_state_dict(resized, strict=True)
