@@ -99,7 +99,9 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def folder_units(root: Path, labels: dict[str, int]) -> tuple[tuple[str, int], ...]:
+def folder_units(
+    root: Path, labels: dict[str, int], warn: bool = True
+) -> tuple[tuple[str, int], ...]:
     """``(image file, label)`` for the images of each folder ``root/NAME`` in ``labels``. Empty
     class folders are said in one warning: each is still a class the images are scored against,
     but one left by a copy or extraction that stopped part-way would not show in the top-1
@@ -111,7 +113,7 @@ def folder_units(root: Path, labels: dict[str, int]) -> tuple[tuple[str, int], .
     if not any(images.values()):
         raise no_images_error(root, [root / name for name in labels])
     empty = [name for name, paths in images.items() if not paths]
-    if empty:
+    if empty and warn:
         shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
         print(
             f"warning: {root}: {len(empty)} of {len(labels)} class folders hold no images "
@@ -134,7 +136,9 @@ def no_images_error(root: Path, folders: list[Path]) -> ClipaError:
     return ClipaError(f"{root} has {len(folders)} class folders but no images in them{hint}")
 
 
-def _open_folder(root: Path, classnames: str | None, templates: str | None) -> ZeroShotSet:
+def _open_folder(
+    root: Path, classnames: str | None, templates: str | None, warn: bool
+) -> ZeroShotSet:
     if (root / "val").is_dir():
         root = root / "val"
     folders = class_folders(root)
@@ -143,7 +147,8 @@ def _open_folder(root: Path, classnames: str | None, templates: str | None) -> Z
             f"{root} has one class folder ({folders[0].name}): zero-shot classification needs "
             "2 or more classes (it would score 100 %), one sub-folder of images each"
         )
-    units = folder_units(root, {folder.name: label for label, folder in enumerate(folders)})
+    labels = {folder.name: label for label, folder in enumerate(folders)}
+    units = folder_units(root, labels, warn)
     task = _task(str(root), len(folders), classnames, templates)
     return ZeroShotSet(str(root), "imagefolder", units, len(units), task)
 
@@ -171,14 +176,18 @@ def _open_tfds(builder, classnames: str | None, templates: str | None) -> ZeroSh
 
 
 def open_zeroshot_set(
-    path: str | Path, classnames: str | None = None, templates: str | None = None
+    path: str | Path,
+    classnames: str | None = None,
+    templates: str | None = None,
+    warn: bool = True,
 ) -> ZeroShotSet:
-    """Open and check an evaluation set (ImageFolder tree or TFDS builder directory)."""
+    """Open and check an evaluation set (ImageFolder tree or TFDS builder directory); ``warn``
+    False leaves out the warnings of an ImageFolder tree (a training stage says them once)."""
     if not layout.is_url(path) and not Path(path).exists():
         raise ClipaError(f"{path}: zero-shot set not found")
     if layout.is_url(path) or layout.find_builder_dirs(Path(path)):
         return _open_tfds(layout.resolve_builder_dir(path), classnames, templates)
-    return _open_folder(Path(path), classnames, templates)
+    return _open_folder(Path(path), classnames, templates, warn)
 
 
 class _Images(torch.utils.data.IterableDataset):

@@ -261,7 +261,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         check_resume_step,
         check_run_dir,
     )
-    from clipa_train.sharding import check_sharding, torchrun_world
+    from clipa_train.sharding import check_sharding, is_first_rank, torchrun_world
     from clipa_train.shards import Fields, open_split
 
     check_run_dir(config.run.out, config.logging.resume, config.logging.overwrite)
@@ -280,7 +280,10 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     )  # fmt: skip
     evaluation = config.evaluation
     if evaluation.zeroshot:
-        open_zeroshot_set(evaluation.zeroshot, evaluation.classnames, evaluation.templates)
+        said = is_first_rank()  # its warnings once, not once per rank
+        open_zeroshot_set(
+            evaluation.zeroshot, evaluation.classnames, evaluation.templates, warn=said
+        )
     total = config.total_steps(reader.split.num_records)
     optim = _shared(
         OptimConfig, config.optim, lr=config.peak_lr(), total_steps=total,

@@ -212,7 +212,9 @@ def zeroshot_hook(stage: ResolvedStage, backend):
     if not backend.is_main and not sharding_choice(backend.config.sharding).gathers_in_forward:
         return lambda model, step: {}
     evaluation = stage.config.evaluation
-    zset = open_zeroshot_set(evaluation.zeroshot, evaluation.classnames, evaluation.templates)
+    zset = open_zeroshot_set(  # checked, and its warnings said, before training
+        evaluation.zeroshot, evaluation.classnames, evaluation.templates, warn=False
+    )
     # Without the sidecars' tagger here, CLIP BPE syntax prompts are truncated (WordPiece ranks
     # its own words).
     untagged = stage.text.needs_sidecars and stage.tagger is None

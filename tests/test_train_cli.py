@@ -511,6 +511,12 @@ def test_an_empty_class_folder_is_one_warning(data, checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "1 of 20 class folders hold no images (red_circle)" in warnings[0]
+    # A training stage opens the set to check it and again to evaluate: it said it twice.
+    zeroshot = ["--zeroshot", gappy, "--classnames", data["classnames"], "--samples", 16]
+    trained = invoke(*tiny(data, tmp_path / "run", *zeroshot))
+    assert trained.exit_code == 0, trained.output
+    said = [line for line in trained.output.splitlines() if "class folders hold no" in line]
+    assert len(said) == 1, trained.output
 
 
 def test_eval_of_a_missing_checkpoint(data, tmp_path):
