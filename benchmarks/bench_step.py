@@ -508,6 +508,8 @@ def merge(raw_dir: Path) -> Path:
     """Combine ``raw_dir``'s variant files (and ``probe.json``) into ``results/step_gpu.json``
     (figures from a CPU, a dry run's: ``raw_dir/step_gpu.json``)."""
     runs = [json.loads(p.read_text()) for p in sorted(raw_dir.glob("step_gpu_*.json"))]
+    if not runs:
+        raise SystemExit(f"{raw_dir}: no variant results (step_gpu_<variant>.json) to merge")
     probe_path = raw_dir / "probe.json"
     machine_probe = json.loads(probe_path.read_text()) if probe_path.exists() else {}
     summaries = {run["label"]: summary_of(run["figures"]) for run in runs}
@@ -516,7 +518,7 @@ def merge(raw_dir: Path) -> Path:
     ratios = {}
     if best is not None:
         ratios = {k: v for k, v in summaries[best].items() if "samples" not in k and v is not None}
-    device = runs[0]["device"] if runs else machine_probe.get("gpu", "unknown")
+    device = runs[0]["device"]
     into = raw_dir if device == "cpu" else RESULTS_DIR  # a CPU dry run keeps the GPU's results
     path = write_result(
         "step_gpu",

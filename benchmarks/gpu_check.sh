@@ -29,6 +29,8 @@ OUT=${OUT:-$PWD/benchmarks/results/gpu_check_out}
 BUDGET=${GPU_CHECK_BUDGET:-330}
 PY=${PYTHON:-python3}
 RAW=$OUT/step_gpu_raw # under OUT: a run cut short still returns the variants it finished
+PARTS=${GPU_CHECK_PARTS:-train}
+[[ " $PARTS " == *" step "* ]] && rm -rf "$RAW" # this run's variants only (OUT may persist)
 mkdir -p "$OUT" "$RAW"
 touch "$RAW/.started"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
@@ -45,9 +47,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,po
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 echo "cores: $(nproc)"
 
-PARTS=${GPU_CHECK_PARTS:-train}
 if [[ " $PARTS " == *" train "* ]]; then
   echo "== train: bench_train_gpu (cap ${GPU_CHECK_TRAIN_S:-330} s)"
+  rm -rf benchmarks/work/train_gpu_run_* # this run's metrics only
   timeout -k 5 "${GPU_CHECK_TRAIN_S:-330}" "$PY" -m benchmarks.bench_train_gpu ${GPU_CHECK_TRAIN_ARGS:-} \
     || echo "!! bench_train_gpu exit $?"
   cp benchmarks/results/train_gpu.json "$OUT/" 2>/dev/null # written after each case

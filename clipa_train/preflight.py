@@ -179,8 +179,9 @@ def available_memory(device: str) -> tuple[int, str] | None:
 
         if not torch.cuda.is_available():
             return None  # the backend says so, in its own words
-        free, _ = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
-        return free, "free CUDA memory"
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        free, _ = torch.cuda.mem_get_info(index)
+        return free, f"free memory of cuda:{index}"
     return None
 
 

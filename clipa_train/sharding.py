@@ -90,9 +90,10 @@ def is_first_rank() -> bool:
 
 @contextmanager
 def said_once_per_host() -> Iterator[None]:
-    """Around the checks before training (options, data, resume, memory): every process of a
-    host raises the same ``ClipaError`` there, so only its first (``LOCAL_RANK`` 0) prints it and
-    the others exit non-zero silently; a host whose check fails alone still says why."""
+    """Around the checks before training that read only what every process of a host shares
+    (options, data, resume, the host's RAM): they raise the same ``ClipaError`` there, so only
+    its first (``LOCAL_RANK`` 0) prints it and the others exit non-zero silently; a host whose
+    check fails alone still says why. (A check of a process's own GPU stays outside.)"""
     try:
         yield
     except AgreedError:

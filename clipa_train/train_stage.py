@@ -59,8 +59,12 @@ def run_stage(config: TrainConfig) -> dict | None:
                 )
             return None
         world, epoch = torchrun_world(), config.run.samples_per_epoch
-        check_memory(stage, world)  # a run that cannot fit is refused at once
+        own_device = stage.backend.name == "cuda"  # a process's own GPU may be busy alone
+        if not own_device:
+            check_memory(stage, world)  # a run that cannot fit is refused at once
         steps = steps_per_epoch(stage.num_records, config.optim.batch_size, world, epoch)
+    if own_device:
+        check_memory(stage, world)  # each process says its own GPU's line
     if first_rank:
         in_epochs = config.optim.samples is None
         warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)

@@ -386,14 +386,22 @@ def test_extend_of_a_folder_with_unfinished_shards_is_refused(tfrecord_run, tmp_
     before = sorted(p.name for p in output.iterdir())
     with pytest.raises(ClipaError) as refused:
         download(extend)
-    assert "shard(s) 00001 of an earlier download never finished" in str(refused.value)
+    assert "shards 00001 of an earlier download never finished" in str(refused.value)
     assert "after the last finished one (00002)" in str(refused.value)
-    assert "re-run its command to resume" in str(refused.value)
+    assert "To finish that download: re-run its command to resume" in str(refused.value)
     assert sorted(p.name for p in output.iterdir()) == before
 
     shutil.copytree(config.output_folder, output, dirs_exist_ok=True)
     layout.download_summary_path(output).unlink()  # killed before it wrote its summary
-    with pytest.raises(ClipaError, match=r"it wrote no summary: killed or failed\) never fin"):
+    with pytest.raises(ClipaError, match=r"it wrote no summary: it was killed, failed, or is"):
+        download(extend)
+
+    # Stopped before the end of a list of unknown size (CSV): no shard is listed as unfinished.
+    summary_path = layout.download_summary_path(config.output_folder)
+    written = json.loads(summary_path.read_text())
+    written["summary"].update(stopped=True, expected_shards=None, unfinished_shards=[])
+    layout.download_summary_path(output).write_text(json.dumps(written))
+    with pytest.raises(ClipaError, match="stopped before the end of its URL list"):
         download(extend)
 
 
@@ -619,6 +627,11 @@ def test_overwrite_refuses_a_folder_that_holds_the_url_list(tfrecord_run, tmp_pa
     assert result.exit_code == 2, result.output
     assert "would delete the URL list" in result.output and "move it out" in result.output
     assert sorted(path.name for path in output.iterdir()) == before
+    url_list.unlink()  # a link in the folder to a list outside it is deleted the same way
+    url_list.symlink_to(config.url_list)
+    linked = cli(str(url_list), str(output), "--incremental-mode", "overwrite")
+    assert linked.exit_code == 2 and "would delete the URL list" in linked.output, linked.output
+    assert url_list.is_symlink()
 
 
 def test_cli_remote_output_folder_is_refused_not_mangled(metadata):

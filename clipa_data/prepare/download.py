@@ -542,8 +542,9 @@ def _check_overwritable(config: DownloadConfig) -> None:
     if not output.is_dir() or not any(output.iterdir()):
         return
     if not layout.is_url(config.url_list):
-        url_list = Path(config.url_list).resolve()
-        if url_list.is_relative_to(output.resolve()):
+        given = Path(config.url_list).absolute()  # a link in the folder goes too
+        inside = (given.resolve(), given.parent.resolve() / given.name)
+        if any(path.is_relative_to(output.resolve()) for path in inside):
             raise ClipaError(
                 f"--incremental-mode overwrite would delete the URL list {config.url_list}, "
                 f"which is inside the output folder {output}; move it out of the folder first"
@@ -672,24 +673,27 @@ def _check_nothing_left_to_finish(config: DownloadConfig) -> None:
     last = max(finished)
     unfinished = set(range(last)) - finished
     summary = download_start.read_summary(output)
-    if summary is not None:
+    unlisted = None  # why shards after the last finished one may be missing too
+    if summary is None and layout.download_start_path(output).is_file():
+        unlisted = "it wrote no summary: it was killed, failed, or is still running"
+    elif summary is not None:
         with contextlib.suppress(TypeError, ValueError):
             unfinished |= {int(shard) for shard in summary.get("unfinished_shards") or ()}
-    killed = summary is None and layout.download_start_path(output).is_file()
-    if not unfinished and not killed:
+        if summary.get("stopped") is True and summary.get("expected_shards", 0) is None:
+            unlisted = "it was stopped before the end of its URL list, whose size was unknown"
+    if not unfinished and unlisted is None:
         return
-    listed = ", ".join(f"{shard:05d}" for shard in sorted(unfinished)[:10])
-    what = f"shard(s) {listed} of" if unfinished else "some shards of"
-    if killed:
-        what += " its last download (it wrote no summary: killed or failed)"
-    else:
-        what += " an earlier download"
+    shown = [f"{shard:05d}" for shard in sorted(unfinished)]
+    listed = ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+    what = f"shards {listed} of an earlier download never finished" if unfinished else ""
+    if unlisted is not None:
+        what += ("; " if what else "") + f"its last download may have left shards ({unlisted})"
     recorded = read_start(output)
     advice = download_start.resume_advice(recorded.get("incremental_mode", "incremental"), recorded)
     raise ClipaError(
-        f"{output}: {what} never finished, and an extend run numbers its shards after the last "
-        f"finished one ({last:05d}), so they could never be downloaded: finish that download "
-        f"first ({advice.replace('the same command', 'its command')}), then extend"
+        f"{output}: {what}; an extend run numbers its shards after the last finished one "
+        f"({last:05d}), so those could never be downloaded. To finish that download: "
+        f"{advice.replace('the same command', 'its command')}; then extend"
     )
 
 

@@ -153,7 +153,9 @@ def _cut_at_a_record_boundary(task: InspectTask, read: _Read, num_bytes: int) ->
     """When salvaging, a whole shard that holds fewer records than its stats file's
     ``successes`` as damage at its end: a copy cut exactly between two records reads as whole,
     and its records are as intact as those before any other cut."""
-    if not task.salvage or read.damage is not None or not os.path.exists(task.stats_path):
+    if not task.salvage or read.damage is not None or not read.records:
+        return read  # no whole record: nothing to salvage (the count's problem says so)
+    if not os.path.exists(task.stats_path):
         return read
     try:
         successes = _stats_successes(task.stats_path)
