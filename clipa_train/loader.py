@@ -95,8 +95,9 @@ class StreamStats:
                 self.seen[where] = kind
                 new.add(where)
                 setattr(self, kind, getattr(self, kind) + 1)
-        # A message starts with its record's place ("record 5 ... of shard ...: reason").
-        fresh = [text for text in messages if text.split(": ", 1)[0] in new]
+        # A message starts with its record's place ("record 5 ... of shard ...: reason"); a key
+        # may hold ": " itself, so the place is matched, not split off.
+        fresh = [text for text in messages if any(text.startswith(f"{w}: ") for w in new)]
         self.messages.extend(fresh[: max(0, KEPT_MESSAGES - len(self.messages))])
 
     @classmethod

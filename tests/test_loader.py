@@ -230,6 +230,17 @@ def test_odd_images_are_decoded_and_a_broken_one_skipped_and_counted(tmp_path):
     assert batch["image"].shape == (8, 32, 32, 3)
 
 
+def test_a_bad_record_whose_key_holds_a_colon_keeps_its_message(tmp_path):
+    records = make_records(8, size=40)
+    records[2] = Record(key="photo: 2", jpg=b"\xff\xd8 not really", txt="x")
+    data = make_builder_dir(tmp_path, [records])
+    loader = Loader(config(data, text=TextReductionConfig("truncate", 8), batch_size=8, workers=0,
+                           max_bad_fraction=0.2))  # fmt: skip
+    list(loader.epoch_batches())
+    assert loader.stats.bad_images == 1
+    assert len(loader.stats.messages) == 1 and "(key 'photo: 2')" in loader.stats.messages[0]
+
+
 def test_too_many_bad_records_stop_the_run_with_the_record_named(tmp_path):
     data = make_builder_dir(tmp_path, [odd_records()])
     loader = Loader(
