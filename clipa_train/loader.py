@@ -21,6 +21,7 @@ size, data) is refused; an end-of-epoch state loads under any settings.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import multiprocessing
@@ -29,6 +30,7 @@ import re
 import signal
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -287,6 +289,12 @@ class Loader:
         )
         self._dataloader: torch.utils.data.DataLoader | None = None
         self._watch = WorkerWatch(config.workers)
+        # A loader still alive at exit (its caller never closed it, or a traceback holds it)
+        # is closed before multiprocessing joins its workers, which ignore the SIGTERM that
+        # join sends first: Python waited for them forever. Registered after multiprocessing's
+        # own handler, so it runs before it; a weak reference, so it keeps nothing alive.
+        self._close_at_exit = functools.partial(_close_if_alive, weakref.ref(self))
+        atexit.register(self._close_at_exit)
 
     @property
     def shapes(self) -> BatchShapes:
@@ -415,3 +423,11 @@ class Loader:
         if workers is not None and hasattr(workers, "_shutdown_workers"):
             workers._shutdown_workers()
         self._watch.uninstall()
+        atexit.unregister(self._close_at_exit)
+
+
+def _close_if_alive(loader: weakref.ref) -> None:
+    """``Loader.close`` at exit, for a loader nobody closed (see ``Loader.__init__``)."""
+    alive = loader()
+    if alive is not None:
+        alive.close()

@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -151,6 +153,24 @@ def test_a_resume_reads_its_buffered_records_in_a_few_passes_over_the_shard(tmp_
     resumed.load_state_dict({**resumed.state_dict(), "step": 30})
     assert [snapshot(b) for b in itertools.islice(resumed, 10)] == expected[30:]
     assert len(opened) <= 3, len(opened)  # was 51 (one per gap)
+
+
+def test_a_loader_nobody_closed_lets_python_exit(builder):
+    """Its workers ignore SIGTERM, and at exit multiprocessing terminates and joins them: a
+    loader still alive then (a caller that never closed it, a failed test's traceback) made
+    Python wait forever."""
+    script = (
+        "import sys; from clipa_train.loader import Loader; "
+        "from clipa_train.reduce import TextReductionConfig; "
+        "from clipa_train.stream import StreamConfig; "
+        f"kept = Loader(StreamConfig(data={str(builder)!r}, batch_size=4, workers=2, "
+        "text=TextReductionConfig('truncate', 8))); "
+        "next(iter(kept)); print('read', flush=True)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout == "read\n", done.stderr
 
 
 def test_iteration_runs_on_across_epochs(builder):
