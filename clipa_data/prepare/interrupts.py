@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -107,8 +108,22 @@ def stop_signals_blocked():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+PARENT_CHECK_S = 1.0
+"""How often a pool worker looks whether the command that started it is still there."""
+
+
 def ignore_stop_signals() -> None:
     """Worker-process initializer: the terminal signals the whole process group, but the parent
-    decides (it finishes the shards in flight, or ends the workers on a second signal)."""
+    decides (it finishes the shards in flight, or ends the workers on a second signal). A
+    worker whose parent died (killed, its terminal closed) ends itself: it ignores SIGTERM,
+    and it would wait for work forever (a tag worker holding its spaCy model)."""
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def end_with_the_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)  # what it was writing is a temporary file the re-run removes
+
+    threading.Thread(target=end_with_the_parent, name="clipa-parent-watch", daemon=True).start()
