@@ -142,6 +142,10 @@ PHASES = (TRAINING, FINAL_EVALUATION, ENDING)
 evaluation to come or under way; after it with nothing left (no evaluation, or done)."""
 
 
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
+"""Set by torchrun in the processes it starts."""
+
+
 class StopSignal:
     """Turns SIGTERM/SIGINT into a flag checked at step boundaries (preemptible TPU VMs).
 
@@ -166,6 +170,9 @@ class StopSignal:
         self._announce, self._interruptible = announce, False
         self._previous: dict[int, Any] = {}
         self._relayed, self._relayed_seen = relayed, 0
+        # A torchrun rank's launcher is its parent: killed (SIGKILL), it passes nothing on, and
+        # the ranks trained on alone, holding their GPUs, beside the re-run a user would start.
+        self._torchrun = os.getppid() if TORCHRUN_ENV in os.environ else None
 
     @property
     def requested(self) -> bool:
@@ -217,8 +224,14 @@ class StopSignal:
         return None  # nothing left to stop
 
     def _poll(self) -> None:
-        """Take in the signals relayed since the last look (each as if it had arrived now)."""
+        """Take in the signals relayed since the last look (each as if it had arrived now), and
+        a torchrun launcher's death as a first signal."""
         if self._relayed is None:
+            if self._torchrun not in (None, os.getppid()) and not self._requested:
+                self._requested = True
+                self._say(
+                    f"torchrun is gone: stopping after step {self.next_check} with a checkpoint"
+                )
             return
         count, first, last = self._relayed.received()
         while self._relayed_seen < count:

@@ -233,3 +233,34 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_an_agreed_step_with_a_checkpoin
     assert summary["steps"] % 4 == 0 and summary["steps"] < TOTAL, summary
     assert Path(summary["checkpoint"]).name == f"step_{summary['steps']:08d}.pt"
     assert "was killed by SIGTERM" not in stderr, stderr[-3000:]
+
+
+def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(data, tmp_path):
+    """torchrun killed with SIGKILL passes nothing on: its ranks (their own sessions) trained
+    on alone to the end, holding their devices beside any re-run. They now take the launcher's
+    death as a first stop signal: they agree on a step, save it and end."""
+    out = tmp_path / "run"
+    args = options(data, out)
+    args[args.index("--log-every") + 1] = "4"
+    args[args.index("--checkpoint-every") + 1] = "100"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         PROGRAM, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no log record in time"
+        time.sleep(0.05)
+    process.kill()  # the agent only: the ranks run in sessions of their own
+    process.wait()
+    deadline = time.monotonic() + 180
+    while not (out / "summary.json").exists():
+        assert time.monotonic() < deadline, "the ranks trained on without their launcher"
+        time.sleep(0.1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] and summary["steps"] < TOTAL, summary
+    assert Path(summary["checkpoint"]).name == f"step_{summary['steps']:08d}.pt"
