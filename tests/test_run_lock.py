@@ -22,14 +22,22 @@ def invoke(*args: object):
     return CliRunner().invoke(app, [str(arg) for arg in (*args, "--no-progress", "--workers", 1)])
 
 
-def test_a_convert_into_the_place_another_convert_writes_is_refused(tmp_path):
+def test_a_convert_into_the_place_another_convert_writes_is_refused(tmp_path, monkeypatch):
+    from clipa_data.prepare import convert
+
     src = write_source(tmp_path / "raw", {0: 4, 1: 3}, failures=0)
     out = tmp_path / "out"
     (out / "demo").mkdir(parents=True)
+    inspected = []
+    real_inspect = convert.inspect_sources
+    monkeypatch.setattr(
+        convert, "inspect_sources", lambda *a: inspected.append(1) or real_inspect(*a)
+    )
     with only_run_in(out / "demo", "clipa-data convert"):
         refused = invoke("convert", src, out, "--name", "demo")
     assert_one_line_error(refused, f"{out / 'demo'}: another clipa-data convert is writing here")
     assert not layout.staging_dir(out, "demo", "1.0.0").exists()  # nothing of its own begun
+    assert not inspected  # refused first, not after inspecting every shard
     done = invoke("convert", src, out, "--name", "demo")
     assert done.exit_code == 0, done.output
     assert "converted" in done.stdout  # not "resumed": nothing was interrupted

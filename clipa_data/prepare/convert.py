@@ -501,6 +501,9 @@ def convert(config: ConvertConfig) -> ConvertResult:
     check_locations(config.src, config.out, writing=not finished_there)
     stores.check_workers_reach(config.out, config.workers, config.distributor, "OUT")
     staging = layout.staging_dir(config.out, config.name, config.version)
+    if not layout.is_url(staging) and staging.parent.is_dir():
+        with only_run_in(staging.parent, "clipa-data convert"):
+            pass  # refused now, not after inspecting every shard (hours at LAION scale)
     sources = find_sources(config.src, moved_sources(config.src, config.mode, [staging, final]))
     method = placement(config, sources)
     inspections = inspect_sources(config, sources)
