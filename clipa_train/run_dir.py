@@ -8,19 +8,42 @@
   are restored (the loop writes ``config.json``), so a run that fails its checks leaves none.
 - ``--resume`` of a run that already made all its steps does nothing (one line, exit 0); a
   checkpoint past the stage's last step is refused, naming the step budget.
+- One stage at a time writes a directory (``writing``): a second run into a run directory in
+  use (``--resume auto`` beside a running stage, ``--overwrite`` under it) is refused with one
+  line; two of them interleaved their metrics and checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from clipa_data.core.atomic import check_writable_folder
 from clipa_data.core.errors import ClipaError
+from clipa_data.core.run_lock import only_run_in
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
 """What a stage writes into its run directory; any of them present means it holds a run."""
+
+
+@contextlib.contextmanager
+def writing(out: str | Path) -> Iterator[None]:
+    """Hold ``out``'s lock while a stage trains into it (made now if new, and removed again if
+    the stage fails before writing anything: a refused run leaves no trace)."""
+    out = Path(out).absolute()
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with only_run_in(out, "clipa-train stage"):
+            yield
+    finally:
+        for folder in created:  # the deepest first, while empty
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def run_files(out: Path) -> list[str]:

@@ -15,6 +15,7 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         uneven_ranks_warnings,
         warmup_warnings,
     )
-    from clipa_train.run_dir import check_resume_step
+    from clipa_train.run_dir import check_resume_step, writing
     from clipa_train.sharding import is_first_rank, said_once_per_host, torchrun_world
 
     run_dir = Path(config.run.out)
@@ -78,7 +79,8 @@ def run_stage(config: TrainConfig) -> dict | None:
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
     # the model, optimiser and stream are restored: a run that fails a check in the worker
     # (weights, resume checkpoint, data) leaves no trace and the earlier run in place.
-    launch(stage_worker, config.optim.backend, (stage,))
+    with writing(run_dir) if first_rank else contextlib.nullcontext():
+        launch(stage_worker, config.optim.backend, (stage,))
     return json.loads((run_dir / "summary.json").read_text())
 
 

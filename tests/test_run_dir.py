@@ -93,6 +93,29 @@ def test_a_run_directory_that_holds_a_run_is_refused(data, finished, stage):
     assert snapshot(finished) == before
 
 
+@pytest.mark.parametrize("how", [["--resume", "auto"], ["--overwrite"]])
+def test_a_run_directory_a_stage_is_writing_is_refused(data, finished, tmp_path, how):
+    """A second stage beside a running one (the test holds the directory's lock, as a running
+    stage does) interleaved the two runs' metrics and checkpoints (--resume auto), or moved the
+    running one aside under it (--overwrite)."""
+    from clipa_data.core.run_lock import only_run_in
+
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    before = snapshot(out)
+    with only_run_in(out, "clipa-train stage"):
+        done = clipa_train(*tiny("pretrain", data, out, "--samples", 24, *how))
+    one_line(done, 2, f"{out}: another clipa-train stage is writing here now")
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_new_run_refused_in_its_worker_leaves_no_directory(data, tmp_path):
+    (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")  # refused after the options
+    out = tmp_path / "new" / "run"
+    done = clipa_train(*tiny("finetune", data, out, "--from", tmp_path / "weights.pt"))
+    one_line(done, 2, "weights.pt")
+    assert not (tmp_path / "new").exists()
+
+
 def test_overwrite_and_resume_together_are_refused(data, finished):
     before = snapshot(finished)
     done = clipa_train(*tiny("pretrain", data, finished, "--overwrite", "--resume", "auto"))

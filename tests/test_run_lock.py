@@ -55,3 +55,17 @@ def test_a_tag_of_the_builder_another_tag_writes_is_refused(tmp_path):
     done = invoke("tag", builder)
     assert done.exit_code == 0, done.output
     assert len(list(Path(layout.sidecar_dir(builder)).glob("*.arrow"))) == 2
+
+
+def test_a_filesystem_without_flock_runs_unguarded(tmp_path, monkeypatch):
+    """Lustre mounted without ``flock`` refuses the call itself (ENOSYS): the command must still
+    run there, as it did before it took locks."""
+    import errno
+    import fcntl
+
+    def no_flock(descriptor, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with only_run_in(tmp_path, "clipa-data convert") as descriptor:
+        assert descriptor >= 0
