@@ -231,11 +231,17 @@ def image_batches(
         _Images(zset, image),
         batch_size=batch_size,
         num_workers=min(workers, len(zset.units)),
-        collate_fn=lambda items: (
-            torch.from_numpy(np.stack([image for image, _, _ in items])),
-            torch.tensor([label for _, label, _ in items], dtype=torch.int64),
-            torch.tensor([place for _, _, place in items], dtype=torch.int64),
-        ),
+        collate_fn=_labelled_batch,
+    )
+
+
+def _labelled_batch(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images, labels, places)`` of ``(image, label, place)`` items: a module function, as
+    workers started by spawn (under ``torch_xla.launch``) unpickle it (a lambda cannot be)."""
+    return (
+        torch.from_numpy(np.stack([image for image, _, _ in items])),
+        torch.tensor([label for _, label, _ in items], dtype=torch.int64),
+        torch.tensor([place for _, _, place in items], dtype=torch.int64),
     )
 
 

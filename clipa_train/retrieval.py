@@ -53,6 +53,15 @@ class RetrievalSettings:
     """``--reference-exact``: images decoded at full size by Pillow and resized bicubic."""
 
 
+def _numbered_batch(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(numbers, images)`` of ``(number, image)`` items: a module function, as workers
+    started by spawn (under ``torch_xla.launch``) unpickle it (a lambda cannot be)."""
+    return (
+        torch.tensor([number for number, _ in items], dtype=torch.int64),
+        torch.from_numpy(np.stack([image for _, image in items])),
+    )
+
+
 def image_features(model, backend, rset: RetrievalSet, settings: RetrievalSettings, progress):
     """L2-normalised image embeddings ``[images, D]`` in set order (workers may interleave)."""
     loader = torch.utils.data.DataLoader(
@@ -64,10 +73,7 @@ def image_features(model, backend, rset: RetrievalSet, settings: RetrievalSettin
         ),
         batch_size=settings.batch_size,
         num_workers=min(settings.workers, len(rset.images)),
-        collate_fn=lambda items: (
-            torch.tensor([number for number, _ in items], dtype=torch.int64),
-            torch.from_numpy(np.stack([image for _, image in items])),
-        ),
+        collate_fn=_numbered_batch,
     )
     features: torch.Tensor | None = None
     for numbers, images in loader:

@@ -298,6 +298,27 @@ def test_a_stop_signal_stops_an_xla_run_with_a_checkpoint_and_no_process_left(
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def test_in_loop_zero_shot_evaluates_under_xla(builder, tmp_path):
+    """``torch_xla.launch`` trains in a spawned process, whose evaluation loader starts its
+    workers by spawn too: its lambda collate function could not be pickled, and the first
+    evaluation crashed the run (a traceback, no summary)."""
+    from clipa_data.demo import write_demo_validation
+
+    val = write_demo_validation(tmp_path / "eval", per_class=1, seed=0)
+    command = [
+        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", str(builder),
+        "--out", str(tmp_path / "run"), "--backend", "xla", "--model", "clipa-tiny",
+        "--image-size", "32", "--text-length", "8", "--text-mask", "truncate", "--batch-size",
+        "8", "--samples", "32", "--workers", "1", "--no-progress", "--zeroshot", val.root,
+        "--classnames", val.classnames_path, "--eval-every", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PJRT_DEVICE": "CPU"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["zeroshot"]["n"] == 20, summary
+
+
 def _start_xla_run(builder: Path, out: Path) -> subprocess.Popen:
     """A long ``clipa-train pretrain --backend xla`` of the tiny model, in its own session."""
     command = [
