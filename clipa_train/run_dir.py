@@ -61,9 +61,12 @@ def check_run_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
     check_writable_folder(out, "the run (--out)")
     found = run_files(out)
     if found and not resume and not overwrite:
+        checkpoints = out / "checkpoints"
+        saved = checkpoints.is_dir() and any(checkpoints.glob("step_*.pt"))
+        continued = "continue it with --resume auto, or " if saved else "it saved no step: "
         raise ClipaError(
-            f"--out {out} already holds a run ({', '.join(found)}); continue it with --resume "
-            f"auto, or start over with --overwrite (moves it to {out}.old-<UTC time>)"
+            f"--out {out} already holds a run ({', '.join(found)}); {continued}start over with "
+            f"--overwrite (moves it to {out}.old-<UTC time>)"
         )
 
 

@@ -244,6 +244,9 @@ def test_a_run_killed_before_its_first_checkpoint_names_overwrite(data, finished
     done = clipa_train(*tiny("pretrain", data, out, "--resume", "auto"))
     one_line(done, 2, "--resume auto: no checkpoint in", "--overwrite")
     assert snapshot(out) == before
+    again = clipa_train(*tiny("pretrain", data, out))  # it named --resume auto first
+    line = one_line(again, 2, "already holds a run", "it saved no step: start over with")
+    assert "--resume" not in line
 
 
 def test_the_summary_rate_is_every_window_together_not_a_mean_of_their_rates(data, tmp_path):
