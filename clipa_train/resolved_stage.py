@@ -212,10 +212,11 @@ def _backend(config: TrainConfig) -> BackendConfig:
     if compiled or chosen:  # an unknown name is refused even where it would be ignored
         check_compiler(optim.compile_backend)
     if not compiled and chosen:
+        # XLA compiles its own graphs: --compile on is refused there, so only dropping helps.
+        fix = "drop --compile-backend" if name == "xla" else "add --compile on, or drop it"
         raise ClipaError(
             f"--compile-backend {optim.compile_backend} would be ignored: --compile "
-            f"{optim.compile} does not compile on {name}; add --compile on, or drop "
-            "--compile-backend"
+            f"{optim.compile} does not compile on {name}; {fix}"
         )
     precision = resolve_precision(optim.precision, name)
     mean, std = IMAGE_NORMS[config.model.image_norm]

@@ -319,6 +319,20 @@ def test_in_loop_zero_shot_evaluates_under_xla(builder, tmp_path):
     assert summary["steps"] == 4 and summary["zeroshot"]["n"] == 20, summary
 
 
+def test_a_compile_backend_under_xla_names_the_one_fix_that_works(builder, tmp_path):
+    """It said "add --compile on", which XLA refuses in turn."""
+    command = [
+        str(Path(sys.executable).parent / "clipa-train"), "pretrain", "--data", str(builder),
+        "--out", str(tmp_path / "run"), "--backend", "xla", "--model", "clipa-tiny",
+        "--compile-backend", "aot_eager",
+    ]  # fmt: skip
+    env = {**os.environ, "PJRT_DEVICE": "CPU"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "does not compile on xla; drop --compile-backend" in done.stderr, done.stderr
+    assert "--compile on" not in done.stderr and not (tmp_path / "run").exists()
+
+
 def _start_xla_run(builder: Path, out: Path) -> subprocess.Popen:
     """A long ``clipa-train pretrain --backend xla`` of the tiny model, in its own session."""
     command = [
