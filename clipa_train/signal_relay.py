@@ -56,8 +56,12 @@ class SignalRelay:
         if buffer[0] == 0:
             buffer[1] = number
         buffer[0], buffer[2] = min(buffer[0] + 1, 255), number
-        if buffer[0] == KILL_AT - 1:
-            # os.write, not print: the main thread may be inside print.
+        # os.write, not print: the main thread may be inside print.
+        if buffer[0] == 1:  # said now: the training says its step only once it reaches one
+            name = signal.Signals(number).name
+            os.write(2, f"\n{name}: passed on to the training, which says at its next step "
+                     "boundary what it does\n".encode())  # fmt: skip
+        elif buffer[0] == KILL_AT - 1:
             os.write(2, b"\n(a third stop signal kills the training at once)\n")
         elif buffer[0] == KILL_AT:
             self._kill_spawned()
