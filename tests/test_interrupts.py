@@ -206,11 +206,9 @@ def test_a_second_ctrl_c_cuts_the_final_evaluation_short(data, tmp_path, eval_ev
     )
 
 
-def test_sigterm_to_torchrun_stops_both_ranks_at_an_agreed_step_with_a_checkpoint(data, tmp_path):
-    """torchrun passes SIGTERM on to each rank's whole process group, loader workers too; the
-    ranks agree to stop at the next log step, which they reach only if their workers outlive
-    the signal (they died of it: no data, no checkpoint, the run lost)."""
-    out = tmp_path / "run"
+def torchrun_once_logged(data: Path, out: Path) -> subprocess.Popen:
+    """Two torchrun ranks training into ``out`` (agreeing on stops at every 4th step, no
+    checkpoint before a stop's own), once their first log record is written."""
     args = options(data, out)
     args[args.index("--log-every") + 1] = "4"  # the ranks agree on a stop at log steps
     args[args.index("--checkpoint-every") + 1] = "100"  # none before the stop's own
@@ -226,6 +224,15 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_an_agreed_step_with_a_checkpoin
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no log record in time"
         time.sleep(0.05)
+    return process
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_an_agreed_step_with_a_checkpoint(data, tmp_path):
+    """torchrun passes SIGTERM on to each rank's whole process group, loader workers too; the
+    ranks agree to stop at the next log step, which they reach only if their workers outlive
+    the signal (they died of it: no data, no checkpoint, the run lost)."""
+    out = tmp_path / "run"
+    process = torchrun_once_logged(data, out)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     summary = json.loads((out / "summary.json").read_text())
@@ -240,21 +247,7 @@ def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(data, tmp_path):
     on alone to the end, holding their devices beside any re-run. They now take the launcher's
     death as a first stop signal: they agree on a step, save it and end."""
     out = tmp_path / "run"
-    args = options(data, out)
-    args[args.index("--log-every") + 1] = "4"
-    args[args.index("--checkpoint-every") + 1] = "100"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         PROGRAM, *args],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "no log record in time"
-        time.sleep(0.05)
+    process = torchrun_once_logged(data, out)
     process.kill()  # the agent only: the ranks run in sessions of their own
     process.wait()
     deadline = time.monotonic() + 180
