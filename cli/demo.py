@@ -184,7 +184,11 @@ def stage_tag(run: DemoRun) -> str:
     )
     run.tagged = tag_builder(config)
     summary = run.tagged
-    return f"{summary.captions_tagged:,} captions tagged with {summary.tagger.model_id}"
+    earlier = sum(result.records for result in summary.shards) - summary.captions_tagged
+    if not summary.tagged:
+        return f"reused; {earlier:,} captions tagged with {summary.tagger.model_id}"
+    reused = f" ({earlier:,} reused)" if earlier else ""
+    return f"{summary.captions_tagged:,} captions tagged{reused} with {summary.tagger.model_id}"
 
 
 def _train(run: DemoRun, stage: str) -> str:
@@ -218,12 +222,13 @@ def stage_finetune(run: DemoRun) -> str:
 def stage_eval(run: DemoRun) -> str:
     """Zero-shot top-1 of the fine-tuned model on the held-out set, as clipa-train eval does."""
     s = run.settings
-    run.final = evaluate_final(
-        run.trained["finetune"]["checkpoint"], s.eval_dir, s.out / "eval.json"
-    )
-    return (
-        f"top-1 {run.final['top1']:.1%}, top-5 {run.final['top5']:.1%} on {run.final['n']} images"
-    )
+    checkpoint, out = run.trained["finetune"]["checkpoint"], s.out / "eval.json"
+    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    # A reused fine-tune has the same checkpoint file as the evaluation of the earlier run.
+    reused = "finetune" in run.reused and earlier.get("checkpoint") == checkpoint
+    run.final = earlier if reused else evaluate_final(checkpoint, s.eval_dir, out)
+    scores = f"top-1 {run.final['top1']:.1%}, top-5 {run.final['top5']:.1%}"
+    return f"{'reused; ' if reused else ''}{scores} on {run.final['n']} images"
 
 
 Stage = tuple[str, Callable[[DemoRun], str]]

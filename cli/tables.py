@@ -125,8 +125,11 @@ def tag_table(summary: TagSummary) -> Table:
     table.add_row("shards tagged", f"{len(summary.tagged):,}")
     table.add_row("shards skipped (finished)", f"{len(summary.shards) - len(summary.tagged):,}")
     table.add_row("captions tagged", f"{summary.captions_tagged:,}")
-    rate = f"{summary.captions_per_second:,.0f} ({summary.workers} workers)"
-    table.add_row("captions/s", rate)  # the progress bar's final rate: the same measure
+    if summary.tagged:
+        rate = f"{summary.captions_per_second:,.0f} ({summary.workers} workers)"
+        table.add_row("captions/s", rate)  # the progress bar's final rate: the same measure
+    else:
+        table.add_row("captions/s", "- (every shard was already tagged)")
     table.add_row("time", f"{summary.tagging_seconds:.1f} s tagging, {summary.seconds:.1f} s wall")
     table.add_row("sidecars", escape(str(layout.sidecar_dir(summary.builder_dir))))
     table.add_row("summary", escape(str(layout.tag_summary_path(summary.builder_dir))))

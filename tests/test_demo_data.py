@@ -252,12 +252,14 @@ def test_demo_runs_then_reuses(tmp_path):
     again = run_demo(*small)
     assert again.returncode == 0 and "reusing" in again.stderr
     assert "by an earlier run, skipped" in again.stdout
-    assert again.stdout.count("reused;") == 2  # both training stages
+    assert again.stdout.count("reused;") == 4  # tag, both training stages and eval
+    assert "0 captions tagged" not in again.stdout
+    assert json.loads((out / "demo_summary.json").read_text())["zeroshot"] == demo["zeroshot"]
 
     # A pre-training that is redone (here: its marker removed) takes the fine-tune with it.
     (out / "runs" / "pretrain" / "demo_stage.json").unlink()
     third = run_demo(*small)
-    assert third.returncode == 0 and "reused;" not in third.stdout
+    assert third.returncode == 0 and third.stdout.count("reused;") == 1  # the tag stage's
 
 
 def test_demo_rebuilds_its_own_folder_when_settings_change(tmp_path):

@@ -138,8 +138,9 @@ def test_rerun_skips_finished_and_overwrite_gives_same_bytes(builder, nltk_env):
     assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
     first = sidecar_bytes(builder)
     tagging_run = layout.tag_summary_path(builder).read_bytes()
-    again = cli("tag", builder, "--workers", "1", "--no-progress")
-    assert again.exit_code == 0 and "skipped" in again.stdout
+    again = cli("tag", builder, "--workers", "1")  # with the progress bar: none, nothing to do
+    assert again.exit_code == 0 and "skipped" in again.stdout and "0/0" not in again.output
+    assert "every shard was already tagged" in again.stdout and "captions/s │ 0" not in again.stdout
     # Nothing left to tag: the summary stays the tagging run's (tagger, counts, speed).
     assert layout.tag_summary_path(builder).read_bytes() == tagging_run
     # A killed run: one sidecar never written, a temporary file left behind.

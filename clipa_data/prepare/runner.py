@@ -137,6 +137,8 @@ def map_shards_timed(
 ) -> tuple[list[Result], float]:
     """``map_shards``, plus the seconds its rate column divides by: from the start of the
     progress bar (worker start-up included) to the last item's finish."""
+    if not items:  # a re-run with every shard finished: no empty 0/0 progress bar
+        return [], 0.0
     console = Console(stderr=True)
     results: dict[int, Result] = {}
     started = time.perf_counter()
