@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+from clipa_data.core import layout
 from clipa_data.core.atomic import check_writable_file, result_file, write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
@@ -114,6 +115,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_image_norm(self.image_norm)
+        for flag, path in (("--out", self.out), ("--text-cache", self.text_cache)):
+            if path is not None:
+                layout.check_local(path, flag)
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
         if self.batch_size < 1 or self.workers < 0:
@@ -164,7 +168,8 @@ class EvalConfig:
         (every evaluation of a run's checkpoints writes the same ``eval.json`` by default)."""
         path = self.result_path()
         if path.exists():
-            note(f"replaced the earlier result in {path} (--out FILE keeps results apart)")
+            apart = "" if self.out else " (--out FILE keeps results apart)"
+            note(f"replaced the earlier result in {path}{apart}")
         write_json(path, result)
 
     def text_cache_folder(self) -> Path | None:

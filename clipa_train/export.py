@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+from clipa_data.core import layout
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import pick
@@ -89,6 +90,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         pick(EXPORT_FORMATS, self.format, "export format")
+        layout.check_local(self.out, "OUT")
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class ProbeConfig:
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
         check_image_norm(self.image_norm)
+        for flag, path in (("--out", self.out), ("--cache-dir", self.cache_dir)):
+            if path is not None:
+                layout.check_local(path, flag)
         if self.batch_size < 1 or self.workers < 0 or self.max_iter < 1:
             raise ClipaError("--batch-size and --max-iter must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:
@@ -398,6 +401,7 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
         "seconds": round(time.perf_counter() - started, 2),
     }
     if config.result_path().exists():  # every probe of a run's checkpoints writes one file
-        say(f"replaced the earlier result in {config.result_path()} (--out FILE keeps them apart)")
+        apart = "" if config.out else " (--out FILE keeps them apart)"
+        say(f"replaced the earlier result in {config.result_path()}{apart}")
     write_json(config.result_path(), result)
     return result

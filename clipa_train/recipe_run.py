@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+from clipa_data.core import layout
 from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.recipes import Recipe, StageRecipe, get_recipe
@@ -73,6 +74,7 @@ class RecipeRunConfig:
     ] = None  # fmt: skip
 
     def __post_init__(self) -> None:
+        layout.check_local(self.out, "--out")
         for name, _ in self.options:
             if name in MANAGED:
                 raise ClipaError(

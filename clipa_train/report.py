@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+from clipa_data.core import layout
 from clipa_data.core.atomic import atomic_writer, write_json
 from clipa_data.core.config_fields import Doc
 from clipa_data.core.errors import ClipaError
@@ -37,6 +38,9 @@ class ReportConfig:
     fit: Annotated[
         bool, Doc("Fit error = A·C^-α + E per model and token length (3+ finished runs per group).")
     ] = False
+
+    def __post_init__(self) -> None:
+        layout.check_local(self.out, "--out")
 
 
 @dataclass(frozen=True)

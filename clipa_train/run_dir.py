@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from clipa_data.core import layout
 from clipa_data.core.atomic import check_writable_folder
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.run_lock import only_run_in
@@ -55,6 +56,7 @@ def run_files(out: Path) -> list[str]:
 def check_run_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
     """Refuse an ``--out`` that already holds a run unless ``--resume`` or ``--overwrite`` says
     what to do with it (one line naming the directory and both fixes)."""
+    layout.check_local(out, "--out")  # checkpoints in ./gs:/b/x, not the bucket, otherwise
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ClipaError(f"--out {out} is a file, not a run directory; choose another --out")

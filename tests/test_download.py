@@ -634,10 +634,15 @@ def test_overwrite_refuses_a_folder_that_holds_the_url_list(tfrecord_run, tmp_pa
     assert url_list.is_symlink()
 
 
-def test_cli_remote_output_folder_is_refused_not_mangled(metadata):
+def test_cli_remote_output_folder_is_refused_not_mangled(metadata, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a mangled gs:/bucket/laion would be written
     result = cli(str(metadata.path), "gs://bucket/laion")
     assert result.exit_code == 2
     assert "output folder gs://bucket/laion is remote" in result.output
+    # Typer's Path argument leaves gs:/bucket/laion: downloaded into ./gs:/bucket/laion before.
+    result = cli(str(metadata.path), "gs:/bucket/laion")
+    assert result.exit_code == 2 and "output folder gs://bucket/laion is remote" in result.output
+    assert not (tmp_path / "gs:").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyspark") is not None, reason="pyspark installed")

@@ -7,6 +7,7 @@ from spaCy) with the real streaming loader.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -120,6 +121,15 @@ BAD_TRAINING = {
         ["--out", "/proc/clipa-no-such/run", "--samples", 80],  # --samples: no short-epoch note
         ["/proc/clipa-no-such: No such file or directory", "the operating system refused it"],
     ),
+    "out on a store": (
+        ["--out", "gs://bucket/run"],
+        ["--out gs://bucket/run: only a local path is written here", "copy it to the store"],
+    ),
+    "out on a store as Typer's Path spells it": (
+        ["--out", "gs:/bucket/run"],  # was a local folder ./gs:/bucket/run, said to be gs://
+        ["--out gs://bucket/run: only a local path is written here"],
+    ),
+    "out as a file URL": (["--out", "file:///tmp/run"], ["give the local path /tmp/run"]),
     "fsdp in one process": (
         ["--sharding", "fsdp"],
         ["--sharding fsdp needs at least 2 processes", "torchrun", "--sharding ddp"],
@@ -158,7 +168,21 @@ def test_bad_training_input_stops_before_training(data, tmp_path, case, monkeypa
     out = tmp_path / "run"
     assert_one_line_error(invoke(*tiny(data, out), *flags), *fragments)
     assert not out.exists(), "nothing may be written before the checks pass"
-    assert not (tmp_path / " ").exists()
+    assert not (tmp_path / " ").exists() and not (tmp_path / "gs:").exists()
+    assert not (tmp_path / "file:").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs installed")
+@pytest.mark.parametrize("command", ["pretrain", "eval"])
+def test_a_data_store_without_its_fsspec_package_is_one_line(data, tmp_path, command):
+    """An ImportError traceback through fsspec before: info/tag/preview said it in one line."""
+    if command == "pretrain":
+        args = tiny(data, tmp_path / "run")
+        args[args.index("--data") + 1] = "gs://bucket/laion/1.0.0"
+    else:
+        args = ["eval", "--checkpoint", tmp_path / "none.pt", "--imagenet-val", "gs://bucket/val"]
+        (tmp_path / "none.pt").write_bytes(b"")
+    assert_one_line_error(invoke(*args), "gs:// filesystem needs its fsspec package", "gcsfs")
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
@@ -647,3 +671,34 @@ def test_a_diverged_run_stops_without_saving_nan_weights(data, tmp_path):
     )
     assert not list_checkpoints(logged / "checkpoints")
     assert list(losses(logged)) == [1, 2]  # the NaN record is logged
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "--checkpoint", "{ck}", "--imagenet-val", "{eval}", "--out", "gs:/b/eval.json"],
+        ["eval", "--checkpoint", "{ck}", "--imagenet-val", "{eval}", "--text-cache", "s3://b/c"],
+        [
+            "probe",
+            "--checkpoint",
+            "{ck}",
+            "--train",
+            "{eval}",
+            "--val",
+            "{eval}",
+            "--out",
+            "gs://b/probe.json",
+        ],
+        ["export", "{ck}", "gs://b/model.pt"],
+        ["report", "{tmp}", "--out", "gs://b/report"],
+        ["recipe", "clipa-b16-v1", "--data", "{plain}", "--out", "gs://b/runs"],
+    ],
+    ids=["eval", "eval text cache", "probe", "export", "report", "recipe"],
+)
+def test_every_output_on_a_store_is_one_line(data, tmp_path, args, monkeypatch):
+    """Each wrote a local folder named gs: (or s3:) that the user took for the bucket."""
+    monkeypatch.chdir(tmp_path)
+    places = {**data, "ck": tmp_path / "step_00000001.pt", "tmp": tmp_path}
+    result = invoke(*[arg.format(**places) for arg in args])
+    assert_one_line_error(result, "only a local path is written here")
+    assert not (tmp_path / "gs:").exists() and not (tmp_path / "s3:").exists()

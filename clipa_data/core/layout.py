@@ -273,6 +273,46 @@ def is_url(path: str | Path) -> bool:
     return "://" in str(path)
 
 
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+(.*)", re.DOTALL)  # 2+ letters: not C:/x
+
+
+def split_url(path: str | Path) -> tuple[str, str] | None:
+    """``(scheme, rest)`` of a URL: ``gs://b/x``, or ``gs:/b/x`` as Typer's Path argument
+    leaves it (both ``("gs", "b/x")``); None for a local path."""
+    match = _URL.fullmatch(str(path))
+    return (match.group(1).lower(), match.group(2)) if match else None
+
+
+def check_local(path: str | Path, what: str) -> None:
+    """Refuse a URL where a local folder or file is written: ``gs:/b/x`` would otherwise become
+    a local folder named ``gs:`` that the user believes is in the bucket (one line, the fix)."""
+    url = split_url(path)
+    if url is None:
+        return
+    scheme, rest = url
+    if scheme in ("file", "local"):
+        fix = f"give the local path /{rest.lstrip('/')}"
+    else:
+        fix = "write it to a local folder, then copy it to the store"
+    raise ClipaError(f"{what} {scheme}://{rest}: only a local path is written here; {fix}")
+
+
+def _filesystem(url: str | Path):
+    """The fsspec filesystem of ``url`` and the path within it; a missing fsspec package of
+    its scheme (gcsfs, s3fs, ...) is one line, not an ImportError traceback."""
+    import fsspec
+
+    try:
+        fs, _, (resolved,) = fsspec.get_fs_token_paths(str(url))
+    except ImportError as error:
+        scheme = str(url).split(":", 1)[0]
+        raise ClipaError(
+            f"{url}: the {scheme}:// filesystem needs its fsspec package ({error}); install it, "
+            "or copy the data to a local folder"
+        ) from None
+    return fs, resolved
+
+
 def join(base: str | Path, *parts: str) -> str | Path:
     """Join path parts, keeping URLs as strings and local paths as ``Path``."""
     if is_url(base):
@@ -283,9 +323,8 @@ def join(base: str | Path, *parts: str) -> str | Path:
 def read_text(path: str | Path) -> str:
     """Read a small text file from a local path or an fsspec URL."""
     if is_url(path):
-        import fsspec
-
-        with fsspec.open(str(path), "r") as handle:
+        fs, resolved = _filesystem(path)
+        with fs.open(resolved, "r") as handle:
             return handle.read()
     return Path(path).read_text()
 
@@ -293,9 +332,7 @@ def read_text(path: str | Path) -> str:
 def exists(path: str | Path) -> bool:
     """Whether a local path or fsspec URL exists."""
     if is_url(path):
-        import fsspec
-
-        fs, _, (resolved,) = fsspec.get_fs_token_paths(str(path))
+        fs, resolved = _filesystem(path)
         return fs.exists(resolved)
     return Path(path).exists()
 

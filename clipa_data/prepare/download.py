@@ -511,9 +511,10 @@ def _check_separator(path: Path, columns: list[str], input_format: str) -> None:
 
 def _check_output(config: DownloadConfig) -> None:
     output = Path(config.output_folder)
-    if layout.is_url(config.output_folder):
+    url = layout.split_url(config.output_folder)  # gs:/b/x too, as Typer's Path leaves it
+    if url is not None:
         raise ClipaError(
-            f"output folder {config.output_folder} is remote; download to a local folder, then "
+            f"output folder {url[0]}://{url[1]} is remote; download to a local folder, then "
             "copy the shards (e.g. gsutil -m cp -r)"
         )
     if output.exists() and not output.is_dir():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
-import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +34,6 @@ from typing import Any
 from clipa_data.core import atomic, layout
 from clipa_data.core.errors import ClipaError
 
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/+(.*)", re.DOTALL)
 LOCAL_PROTOCOLS = ("file", "local")
 ATOMIC_RENAME = ("hdfs", "viewfs", "webhdfs", "arrow_hdfs")
 """Schemes whose rename is atomic (a temporary is renamed there, copied elsewhere)."""
@@ -44,10 +42,10 @@ ATOMIC_RENAME = ("hdfs", "viewfs", "webhdfs", "arrow_hdfs")
 def _store_url(location: str | Path, what: str) -> str | None:
     """``location`` as a store URL, or None when it is a local path; one line if unusable."""
     text = str(location)
-    match = _URL.fullmatch(text)
-    if match is None or len(match.group(1)) == 1:  # no scheme (or a Windows drive letter)
+    url = layout.split_url(text)
+    if url is None:
         return None
-    protocol = match.group(1).lower()
+    protocol, rest = url
     if protocol in LOCAL_PROTOCOLS:
         return None
     import fsspec
@@ -62,7 +60,7 @@ def _store_url(location: str | Path, what: str) -> str | None:
     except ValueError:
         raise ClipaError(f"{what} {location}: fsspec knows no {protocol}:// filesystem") from None
     # Typer's Path argument leaves one slash after the scheme: restore the two of a URL.
-    return text if "://" in text else f"{protocol}://{match.group(2)}"
+    return text if "://" in text else f"{protocol}://{rest}"
 
 
 def local_path(location: str | Path, what: str) -> Path:
@@ -72,10 +70,8 @@ def local_path(location: str | Path, what: str) -> Path:
         raise ClipaError(
             f"{what} {location}: must be a local folder or a file:// URL; copy it here first"
         )
-    match = _URL.fullmatch(str(location))
-    if match is None or len(match.group(1)) == 1:
-        return Path(location)
-    return Path("/" + match.group(2).lstrip("/"))
+    url = layout.split_url(location)
+    return Path(location) if url is None else Path("/" + url[1].lstrip("/"))
 
 
 def check_workers_reach(location: str | Path, workers: int, distributor: str, what: str) -> None:
