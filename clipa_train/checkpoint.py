@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipa_data.core import layout
 from clipa_data.core.atomic import atomic_writer, remove_temporaries
 from clipa_data.core.errors import AgreedError, ClipaError
 from clipa_train.backend import Backend
@@ -64,6 +65,7 @@ def resolve_resume(resume: str | Path | None, directory: Path) -> Path | None:
                 "file"
             )
         return latest
+    layout.check_local(resume, "--resume", read=True)
     path = Path(resume)
     refuse_folder(path, "resume from", "or --resume auto")
     if not path.is_file():
@@ -280,6 +282,7 @@ def clean_directory(directory: Path) -> None:
 def _read(path: Path, fix: str) -> Any:
     """``torch.load`` of ``path`` (tensors and plain values only), or one line naming the
     file and ``fix``."""
+    layout.check_local(path, "checkpoint", read=True)
     refuse_folder(path, "use")
     if not path.is_file():
         raise ClipaError(f"checkpoint {path} does not exist")

@@ -114,6 +114,7 @@ def checkpoint_file(path: str | Path, verb: str = "use") -> Path:
     newest checkpoint named, so the fix is one copy-paste away."""
     from clipa_train.checkpoint import refuse_folder
 
+    layout.check_local(path, "checkpoint", read=True)
     path = Path(path)
     refuse_folder(path, verb)
     if not path.is_file():

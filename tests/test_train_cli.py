@@ -130,6 +130,11 @@ BAD_TRAINING = {
         ["--out gs://bucket/run: only a local path is written here"],
     ),
     "out as a file URL": (["--out", "file:///tmp/run"], ["give the local path /tmp/run"]),
+    "resume from a store": (["--resume", "gs://b/ck.pt"], ["--resume gs://b/ck.pt: only a local"]),
+    "weights from a store": (
+        ["--from", "gs://b/ck.pt", "--samples", 80],  # --samples: no short-epoch note
+        ["weights file gs://b/ck.pt: only a local path is read here", "gsutil cp"],
+    ),
     "fsdp in one process": (
         ["--sharding", "fsdp"],
         ["--sharding fsdp needs at least 2 processes", "torchrun", "--sharding ddp"],
@@ -673,32 +678,28 @@ def test_a_diverged_run_stops_without_saving_nan_weights(data, tmp_path):
     assert list(losses(logged)) == [1, 2]  # the NaN record is logged
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["eval", "--checkpoint", "{ck}", "--imagenet-val", "{eval}", "--out", "gs:/b/eval.json"],
-        ["eval", "--checkpoint", "{ck}", "--imagenet-val", "{eval}", "--text-cache", "s3://b/c"],
-        [
-            "probe",
-            "--checkpoint",
-            "{ck}",
-            "--train",
-            "{eval}",
-            "--val",
-            "{eval}",
-            "--out",
-            "gs://b/probe.json",
-        ],
-        ["export", "{ck}", "gs://b/model.pt"],
-        ["report", "{tmp}", "--out", "gs://b/report"],
-        ["recipe", "clipa-b16-v1", "--data", "{plain}", "--out", "gs://b/runs"],
-    ],
-    ids=["eval", "eval text cache", "probe", "export", "report", "recipe"],
-)
-def test_every_output_on_a_store_is_one_line(data, tmp_path, args, monkeypatch):
-    """Each wrote a local folder named gs: (or s3:) that the user took for the bucket."""
+EVAL = ["eval", "--checkpoint", "{ck}", "--imagenet-val", "{eval}"]
+OUTPUTS_ON_A_STORE = {
+    "eval": [*EVAL, "--out", "gs:/b/eval.json"],
+    "eval cache": [*EVAL, "--text-cache", "s3://b/c"],
+    "probe": ["probe", "--checkpoint", "{ck}", "--train", "{eval}", "--val", "{eval}", "--out",
+              "gs://b/probe.json"],
+    "export": ["export", "{ck}", "gs://b/model.pt"],
+    "export from": ["export", "gs://b/step_00000001.pt", "{tmp}/model.pt"],
+    "eval from": ["eval", "--checkpoint", "gs://b/c.pt", "--imagenet-val", "{eval}",
+                  "--classnames", "{cn}"],
+    "report": ["report", "{tmp}", "--out", "gs://b/report"],
+    "recipe": ["recipe", "clipa-b16-v1", "--data", "{plain}", "--out", "gs://b/runs"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OUTPUTS_ON_A_STORE))
+def test_every_output_on_a_store_is_one_line(data, tmp_path, case, monkeypatch):
+    """An output there was a local folder named gs: (or s3:) that the user took for the bucket;
+    a checkpoint read from there was said not to exist."""
     monkeypatch.chdir(tmp_path)
     places = {**data, "ck": tmp_path / "step_00000001.pt", "tmp": tmp_path}
-    result = invoke(*[arg.format(**places) for arg in args])
-    assert_one_line_error(result, "only a local path is written here")
+    places["cn"] = data["classnames"]
+    result = invoke(*[arg.format(**places) for arg in OUTPUTS_ON_A_STORE[case]])
+    assert_one_line_error(result, "only a local path is")
     assert not (tmp_path / "gs:").exists() and not (tmp_path / "s3:").exists()

@@ -283,18 +283,22 @@ def split_url(path: str | Path) -> tuple[str, str] | None:
     return (match.group(1).lower(), match.group(2)) if match else None
 
 
-def check_local(path: str | Path, what: str) -> None:
-    """Refuse a URL where a local folder or file is written: ``gs:/b/x`` would otherwise become
-    a local folder named ``gs:`` that the user believes is in the bucket (one line, the fix)."""
+def check_local(path: str | Path, what: str, read: bool = False) -> None:
+    """Refuse a URL where a local folder or file is written (``gs:/b/x`` would otherwise become
+    a local folder named ``gs:`` that the user believes is in the bucket), or, with ``read``,
+    where only a local file is read (one line, the fix)."""
     url = split_url(path)
     if url is None:
         return
     scheme, rest = url
     if scheme in ("file", "local"):
         fix = f"give the local path /{rest.lstrip('/')}"
+    elif read:
+        fix = "copy it to a local file first (e.g. gsutil cp)"
     else:
         fix = "write it to a local folder, then copy it to the store"
-    raise ClipaError(f"{what} {scheme}://{rest}: only a local path is written here; {fix}")
+    done = "read" if read else "written"
+    raise ClipaError(f"{what} {scheme}://{rest}: only a local path is {done} here; {fix}")
 
 
 def _filesystem(url: str | Path):

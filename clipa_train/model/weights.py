@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
 from clipa_train.model.clipa_weights import (
     CLIPA_REPO_PRESETS,
@@ -35,6 +36,7 @@ def read_weights(path: str | Path) -> StateDict:
     ``module.`` prefix is stripped, CLIPA-repository names mapped to ours (``clipa_weights``)."""
     from clipa_train.checkpoint import is_safetensors, load_tensors, refuse_folder
 
+    layout.check_local(path, "weights file", read=True)
     path = Path(path)
     refuse_folder(path, "use")  # a run directory: its newest checkpoint is named
     if not path.is_file():
