@@ -6,6 +6,7 @@ first one's sidecars, both exiting 0. Here the test holds the lock, as a running
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from builders import Record, jpeg_bytes, make_builder_dir
@@ -15,6 +16,7 @@ from img2dataset_shards import write_source
 from typer.testing import CliRunner
 
 from clipa_data.core import layout
+from clipa_data.core.errors import ClipaError
 from clipa_data.core.run_lock import only_run_in
 
 
@@ -41,6 +43,39 @@ def test_a_convert_into_the_place_another_convert_writes_is_refused(tmp_path, mo
     done = invoke("convert", src, out, "--name", "demo")
     assert done.exit_code == 0, done.output
     assert "converted" in done.stdout  # not "resumed": nothing was interrupted
+
+
+def test_a_convert_cannot_finish_between_anothers_look_at_out_and_its_publishing(
+    tmp_path, monkeypatch
+):
+    """What OUT held was judged before the lock was taken (the lock was held only to publish):
+    a convert that finished in between (here: while this one imports TensorFlow) was silently
+    replaced, with --mode move the only copy of its shards. Now the look and the publishing
+    are under one lock, and the convert that comes in between is refused."""
+    from clipa_data.prepare import convert, tfds_metadata
+
+    src = write_source(tmp_path / "raw", {0: 4, 1: 3}, failures=0)
+    other = write_source(tmp_path / "other", {0: 2}, failures=0)
+    out = tmp_path / "out"
+    real_import, attempts = tfds_metadata.import_tensorflow, []
+
+    def import_while_another_converts():
+        if not attempts:
+            attempts.append("started")  # the other convert imports TensorFlow too
+            moved = convert.ConvertConfig(other, out, "demo", mode="move", show_progress=False)
+            try:
+                attempts.append(convert.convert(dataclasses.replace(moved, workers=1)).status)
+            except ClipaError as error:
+                attempts.append(str(error))
+        return real_import()
+
+    monkeypatch.setattr(tfds_metadata, "import_tensorflow", import_while_another_converts)
+    done = invoke("convert", src, out, "--name", "demo")
+    assert done.exit_code == 0, done.output
+    assert "another clipa-data convert is writing here now" in attempts[1], attempts
+    assert (other / "00000.tfrecord").is_file()  # not moved into a conversion then deleted
+    builder = layout.builder_dir(out, "demo", "1.0.0")
+    assert layout.read_split(builder, "train").num_records == 7
 
 
 def test_a_tag_of_the_builder_another_tag_writes_is_refused(tmp_path):

@@ -23,10 +23,11 @@ from ``store_convert`` instead: shards published one by one, the manifest last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -475,21 +476,31 @@ def _convert_into(
     config: ConvertConfig, staging: Path, final: Path, plan: ConvertManifest, schema: Schema
 ) -> tuple[str, ConvertManifest, int, dict[str, float], Verification]:
     """Stage, place, describe, verify and publish; returns status, manifest, reused, phases.
-    A second convert into the same place meanwhile is refused (it removed this one's files)."""
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    with only_run_in(staging.parent, "clipa-data convert"):
-        resuming = prepare_staging(staging, plan, config.overwrite)
-        placing = time.perf_counter()
-        placed = place_all(config, staging, plan)
-        remove_temporaries(staging)  # of a copy whose worker died (Spark retried it elsewhere)
-        placed_seconds = time.perf_counter() - placing
-        manifest, metadata_seconds, verification = _finish(config, staging, plan, schema, placed)
-        if final.exists():
-            shutil.rmtree(final)  # --overwrite of another conversion, checked above
-        staging.rename(final)
+    Runs under the lock of ``staging.parent`` (``_locked``)."""
+    resuming = prepare_staging(staging, plan, config.overwrite)
+    placing = time.perf_counter()
+    placed = place_all(config, staging, plan)
+    remove_temporaries(staging)  # of a copy whose worker died (Spark retried it elsewhere)
+    placed_seconds = time.perf_counter() - placing
+    manifest, metadata_seconds, verification = _finish(config, staging, plan, schema, placed)
+    if final.exists():
+        shutil.rmtree(final)  # --overwrite of another conversion, checked under the same lock
+    staging.rename(final)
     phases = {"place": placed_seconds, "metadata": metadata_seconds}
     reused = sum(result.reused for result in placed)
     return "resumed" if resuming else "converted", manifest, reused, phases, verification
+
+
+@contextlib.contextmanager
+def _locked(staging: Path | str, on_store: bool) -> Iterator[None]:
+    """One convert at a time judges and writes ``OUT/NAME`` (a second is refused in one line);
+    a store has no lock (its runs publish whole objects)."""
+    if on_store:
+        yield
+        return
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    with only_run_in(staging.parent, "clipa-data convert"):
+        yield
 
 
 def convert(config: ConvertConfig) -> ConvertResult:
@@ -514,23 +525,27 @@ def convert(config: ConvertConfig) -> ConvertResult:
     inspected = time.perf_counter()
     plan, schema = build_manifest(config, sources, inspections, method)
     on_store = layout.is_url(final)
-    stored = (
-        store_convert.existing_conversion(final, staging, plan, config.overwrite)
-        if on_store
-        else existing_conversion(final, plan, config.overwrite)
-    )
-    import_seconds = tfds_metadata.import_tensorflow()  # timed on its own: seconds, once
-
-    if stored is not None:
-        status, manifest, reused = "up to date", stored, len(stored.shards)
-        phases = {"place": 0.0, "metadata": 0.0}
-        verify = store_convert.verify_published if on_store else verify_manifest
-        verification = verify(final, stored)
-    else:
-        if finished_there:  # another conversion there, to be replaced (--overwrite)
-            check_writable_folder(Path(config.out), "the builder directory")
-        into = store_convert.convert_into_store if on_store else _convert_into
-        status, manifest, reused, phases, verification = into(config, staging, final, plan, schema)
+    # What is there is judged under the lock that publishing holds: a second convert that
+    # finished while this one inspected its shards is seen (and not silently replaced).
+    with _locked(staging, on_store):
+        stored = (
+            store_convert.existing_conversion(final, staging, plan, config.overwrite)
+            if on_store
+            else existing_conversion(final, plan, config.overwrite)
+        )
+        import_seconds = tfds_metadata.import_tensorflow()  # timed on its own: seconds, once
+        if stored is not None:
+            status, manifest, reused = "up to date", stored, len(stored.shards)
+            phases = {"place": 0.0, "metadata": 0.0}
+            verify = store_convert.verify_published if on_store else verify_manifest
+            verification = verify(final, stored)
+        else:
+            if finished_there:  # another conversion there, to be replaced (--overwrite)
+                check_writable_folder(Path(config.out), "the builder directory")
+            into = store_convert.convert_into_store if on_store else _convert_into
+            status, manifest, reused, phases, verification = into(
+                config, staging, final, plan, schema
+            )
     result = ConvertResult(
         builder_dir=final,
         status=status,
