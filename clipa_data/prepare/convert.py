@@ -290,6 +290,7 @@ def inspect_sources(config: ConvertConfig, sources: Sequence[Source]) -> list[In
         config.show_progress,
         config.distributor,
         config.spark_master,
+        resumes=False,  # nothing is written before every shard is inspected
     )
     return map_shards(
         inspect_shard,

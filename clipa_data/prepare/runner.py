@@ -84,6 +84,9 @@ class RunnerConfig:
     """One of ``DISTRIBUTORS``; ``pyspark`` ignores ``workers`` but for a new local session."""
     spark_master: str | None = None
     """Master of the SparkSession built when none is active (``local[2]``, ``spark://...``)."""
+    resumes: bool = True
+    """Whether a re-run skips the shards finished before a stop (False: the work keeps nothing,
+    e.g. inspection or a check, and a stop says that a re-run starts over)."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -167,9 +170,13 @@ def map_shards_timed(
         else:
             _run_pool(function, items, plan.workers, finish, stop)
     if len(results) < len(items):
-        raise Interrupted(
-            f"stopped after {len(results)} of {len(items)} shards ({plan.description}); "
+        again = (
             "re-run the same command to resume"
+            if plan.resumes
+            else "nothing of it was kept: a re-run starts it over"
+        )
+        raise Interrupted(
+            f"stopped after {len(results)} of {len(items)} shards ({plan.description}); {again}"
         )
     return [results[index] for index in range(len(items))], seconds
 

@@ -171,6 +171,7 @@ def check_sidecars(config: CheckConfig) -> CheckReport:
         workers=config.workers,
         unit="records",
         show_progress=config.show_progress,
+        resumes=False,
     )
     results = map_shards(check_shard, jobs, plan, units_of=lambda result: result.records)
     checked = one_tagger(results, str(builder), config.text_field)
