@@ -239,6 +239,22 @@ def test_a_shard_gone_from_the_builder_is_one_line_for_tag_check_and_preview(bui
         assert_one_line_error(result, str(shard), "cannot be read (No such file or directory)")
 
 
+def test_a_cut_shard_is_named_with_the_fix_by_tag_and_by_check_before_tagging(builder, nltk_env):
+    """tag stopped on it without saying what to do; tag --check (nothing tagged yet) told the
+    user to run tag, which then stopped on the shard."""
+    shard = Path(shard_paths(builder)[1])
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    fix = "restore the builder directory's shards"
+    tagged = cli("tag", builder, "--workers", "1", "--no-progress")
+    assert_one_line_error(tagged, f"{shard}: corrupt TFRecord at byte", fix)
+    layout.sidecar_path(builder, shard).unlink(missing_ok=True)
+    checked = cli("tag", builder, "--check", "--workers", "1", "--no-progress")
+    assert checked.exit_code == 2
+    said = " ".join(checked.output.split())
+    assert "corrupt TFRecord at byte" in said and fix in said
+    assert "sidecar of shard demo-train.tfrecord-00001-of-00003 is missing" not in said
+
+
 def test_check_reads_file_urls_and_refuses_tagging_options(builder, nltk_env):
     assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
     checked = cli("tag", builder.as_uri(), "--check", "--no-progress")

@@ -13,7 +13,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from clipa_data.core import layout
-from clipa_data.core.errors import ClipaError
+from clipa_data.core.errors import ClipaError, CorruptShardError
 from clipa_data.core.example import parse_message
 from clipa_data.core.tfrecord import read_records
 
@@ -77,6 +77,8 @@ def iter_captions(shard: str | Path, text_field: str = DEFAULT_TEXT_FIELD) -> It
             key = _first_bytes(features, KEY_FIELD, name, index)
             text = _first_bytes(features, text_field, name, index)
             yield Caption(key=decode_text(key), text=decode_text(text))
+    except CorruptShardError as error:
+        raise ClipaError(f"{error}; {fix}") from None
     except OSError as error:
         raise ClipaError(f"{name} cannot be read ({error.strerror or error}); {fix}") from None
 

@@ -103,6 +103,11 @@ def check_shard(job: CheckJob) -> ShardCheck:
     """Check one sidecar against its shard: metadata, row count, then every key."""
     name = Path(job.shard).name
     if not layout.exists(job.sidecar):
+        try:  # a shard gone or damaged is the problem to fix first: tag would stop on it
+            for _ in iter_captions(job.shard, job.text_field):
+                pass
+        except ClipaError as error:
+            return ShardCheck(name, job.num_records, str(error))
         return ShardCheck(
             name,
             job.num_records,
