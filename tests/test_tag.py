@@ -215,6 +215,14 @@ def test_wrong_text_field_names_shard_and_record(builder, nltk_env):
     assert "jpg, key, txt" in result.output
 
 
+def test_an_image_text_field_is_refused_by_tag_and_preview(builder, nltk_env):
+    """features.json declares jpg an Image: its bytes were tagged and previewed as captions."""
+    for command in (["tag", "--no-progress"], ["preview", "--text-mask", "truncate"]):
+        result = cli(command[0], builder, "--text-field", "jpg", *command[1:])
+        assert_one_line_error(result, "--text-field jpg:", "declares it Image, not text", "txt")
+    assert not (builder / "sidecars").exists() or not list((builder / "sidecars").iterdir())
+
+
 def test_a_numeric_text_field_is_refused(tmp_path, nltk_env):
     numbered = [
         Record(

@@ -6,6 +6,7 @@ to records (sidecar rows) is built by reading the shard itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,25 @@ def _first_bytes(features, name: str, shard: str, index: int) -> bytes:
         )
     values = features[name].bytes_list.value
     return values[0] if values else b""
+
+
+def check_text_feature(builder: str | Path, text_field: str) -> None:
+    """Refuse a ``--text-field`` that the builder's ``features.json`` declares as something
+    other than text (the image bytes of ``jpg`` were tagged and previewed as captions)."""
+    path = layout.join(builder, layout.FEATURES)
+    if not layout.exists(path):
+        return  # a builder written otherwise: each record is checked as it is read
+    features = json.loads(layout.read_text(path)).get("featuresDict", {}).get("features", {})
+    declared = features.get(text_field, {}).get("pythonClassName", "")
+    if not declared or declared.endswith(".Text"):
+        return
+    texts = sorted(
+        name for name, f in features.items() if f.get("pythonClassName", "").endswith(".Text")
+    )
+    raise ClipaError(
+        f"--text-field {text_field}: {path} declares it {declared.rsplit('.', 1)[-1]}, not text; "
+        f"pass a text feature ({', '.join(texts) or 'none declared'})"
+    )
 
 
 def iter_captions(shard: str | Path, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[Caption]:

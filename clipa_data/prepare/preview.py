@@ -29,7 +29,12 @@ from clipa_data.core.sidecar import (
 )
 from clipa_data.core.tokenizer import CLIP_BPE, TextTokenizer, load_tokenizer, vocab_sha256
 from clipa_data.prepare import stores
-from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, iter_captions
+from clipa_data.prepare.captions import (
+    DEFAULT_TEXT_FIELD,
+    Caption,
+    check_text_feature,
+    iter_captions,
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ def preview_rows(config: PreviewConfig) -> Iterator[PreviewRow]:
     """Yield the first ``config.n`` captions of the split with their reduced ids."""
     builder = layout.resolve_builder_dir(stores.output_location(config.builder_dir, "BUILDER_DIR"))
     split = layout.read_split(builder, choose_split(builder, config.split))
+    check_text_feature(builder, config.text_field)
     rng = np.random.default_rng(config.seed)
     tokenizer = load_tokenizer(config.tokenizer)
     # Sidecars hold CLIP BPE ids; a tokenizer that ranks its own words (WordPiece) reads captions.

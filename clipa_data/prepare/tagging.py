@@ -46,7 +46,12 @@ from clipa_data.core.taggers import (
 from clipa_data.core.text_reduction import priority_of_tag
 from clipa_data.core.tokenizer import default_tokenizer, vocab_sha256
 from clipa_data.prepare import stores
-from clipa_data.prepare.captions import DEFAULT_TEXT_FIELD, Caption, read_captions
+from clipa_data.prepare.captions import (
+    DEFAULT_TEXT_FIELD,
+    Caption,
+    check_text_feature,
+    read_captions,
+)
 from clipa_data.prepare.runner import (
     DISTRIBUTORS,
     DistributorField,
@@ -355,6 +360,7 @@ def tag_builder(config: TagConfig) -> TagSummary:
     location = stores.output_location(config.builder_dir, "BUILDER_DIR")
     stores.check_workers_reach(location, config.workers, config.distributor, "BUILDER_DIR")
     builder = layout.resolve_builder_dir(location)
+    check_text_feature(builder, config.text_field)
     tagger = resolve_tagger(config.tagger, config.spacy_model, config.batch_size)
     jobs = shard_jobs(builder, config, tagger)
     if layout.is_url(builder):
