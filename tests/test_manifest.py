@@ -84,6 +84,12 @@ def test_identity_names_what_differs():
     other["shards"][1]["records"] = 3
     other["versions"] = {"clipa": "9.9.9"}  # versions never make another conversion
     assert plan.difference(ConvertManifest.from_json(other)) == "different source, shards"
+    split = plan_json()
+    split["dataset"]["split"] = "validation"
+    assert plan.difference(ConvertManifest.from_json(split)) == (
+        "different dataset: --split train → validation; a builder directory holds the one split "
+        "it was converted with"
+    )
 
 
 def test_read_and_write_a_builder_folder(tmp_path):

@@ -242,7 +242,7 @@ class ConvertManifest:
         for key in IDENTITY_KEYS:
             if mine[key] == theirs[key]:
                 continue
-            if key != "config":
+            if key not in ("config", "dataset"):
                 parts.append(key)
                 continue
             settings = [
@@ -251,7 +251,9 @@ class ConvertManifest:
                 for name in mine[key]
                 if mine[key][name] != theirs[key].get(name)
             ]
-            parts.append(f"config: {'; '.join(settings)}" if settings else "config")
+            if mine[key].get("split") != theirs[key].get("split"):
+                settings.append("a builder directory holds the one split it was converted with")
+            parts.append(f"{key}: {'; '.join(settings)}" if settings else key)
         return "different " + ", ".join(parts)
 
 
@@ -261,6 +263,7 @@ SETTING_FLAGS = {
     "schema_records": "--schema-records",
     "drop_columns": "--drop-column",
     "skip_bad_shards": "--skip-bad-shards",
+    "split": "--split",
 }
 """How a ``ConvertSettings`` field is named in a message (the flag that sets it)."""
 
