@@ -20,6 +20,7 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import pick
 from clipa_train.evaluate import (
     EvalSettings,
+    NotImageNetError,
     ZeroShotSet,
     evaluate_zeroshot,
     open_zeroshot_set,
@@ -80,7 +81,14 @@ class SuiteEntry:
 def _zeroshot_entry(name: str, header: str, folders: tuple[str, ...]) -> SuiteEntry:
     def open_set(path: Path, options: SetOptions) -> ZeroShotSet:
         if name == "imagenet1k":
-            return open_zeroshot_set(path, templates=options.templates)
+            try:
+                return open_zeroshot_set(path, templates=options.templates)
+            except NotImageNetError as error:  # its fix, --classnames, is not a suite's option
+                raise ClipaError(
+                    f"{error.source} has {error.classes} classes, not ImageNet-1K's 1000: the "
+                    f"suite reads {path} as ImageNet-1K; move that set out of --data-root (and "
+                    "evaluate it alone with --imagenet-val DIR --classnames FILE)"
+                ) from None
         return open_variant(name, path, options.templates)
 
     def evaluate(

@@ -50,6 +50,15 @@ class ZeroShotSet:
     """Class names and templates."""
 
 
+class NotImageNetError(ClipaError):
+    """A set without ``--classnames`` whose class count is not ImageNet-1K's."""
+
+    def __init__(self, message: str, source: str, classes: int) -> None:
+        super().__init__(message)
+        self.source = source
+        self.classes = classes
+
+
 def _task(source: str, classes: int, classnames: str | None, templates: str | None):
     if classnames is None:
         task = zeroshot.imagenet_task()
@@ -57,9 +66,11 @@ def _task(source: str, classes: int, classnames: str | None, templates: str | No
             lines = zeroshot.read_lines(Path(templates), "template")
             task = zeroshot.ZeroShotTask(task.name, task.classnames, tuple(lines))
         if classes != zeroshot.IMAGENET_CLASSES:
-            raise ClipaError(
+            raise NotImageNetError(
                 f"{source} has {classes} classes but ImageNet-1K has 1000; for another set pass "
-                "--classnames FILE (one name per line, in sorted folder order)"
+                "--classnames FILE (one name per line, in sorted folder order)",
+                source,
+                classes,
             )
         return task
     task = zeroshot.task_from_files(

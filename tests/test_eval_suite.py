@@ -155,6 +155,7 @@ def test_a_result_replaced_is_said_and_an_out_below_a_file_is_refused_first(
     second = invoke(*one_set, "--out", out)
     assert second.exit_code == 0, second.output
     assert f"replaced the earlier result in {out}" in second.stderr
+    assert "--out FILE keeps" not in second.stderr  # given: no advice to give it
     folder = invoke(*one_set, "--out", f"{tmp_path / 'new'}/")  # a folder, made if need be
     assert folder.exit_code == 0, folder.output
     written = json.loads((tmp_path / "new" / "eval.json").read_text())
@@ -215,6 +216,16 @@ def test_a_suite_set_with_missing_classes_fails_before_any_evaluation(weights, d
         after_warnings=True,  # the fixture's ImageNet has images of 4 classes only
     )  # fmt: skip
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_an_imagenet_folder_of_another_size_names_the_suites_fix(weights, tmp_path):
+    """The fix said was --classnames FILE, which --suite refuses."""
+    root = tmp_path / "root"
+    write_layout(root / "imagenet" / "val", [f"class_{n:02d}" for n in range(20)], 20, seed=0)
+    result = invoke(*suite_args(weights, root, tmp_path / "eval.json")[:7], "--workers", 0)
+    assert_one_line_error(
+        result, "has 20 classes, not ImageNet-1K's 1000", "move that set out of --data-root"
+    )
 
 
 def test_imagenet_as_a_tfds_builder_is_found_by_its_name(tmp_path):
