@@ -255,8 +255,9 @@ def _targets(config: ExportConfig) -> tuple[Path | None, Path]:
             raise ClipaError(f"{out} is a file; --format {config.format} writes a folder")
         return out / CONFIG_NAME, out / (SAFE_WEIGHTS_NAME if chosen.safetensors else WEIGHTS_NAME)
     if out.is_dir() or str(config.out).endswith(("/", os.sep)):  # "newdir/": a folder too
+        what = "is a folder" if out.is_dir() else "ends with / (a folder)"
         raise ClipaError(
-            f"{config.out} is a folder; --format {config.format} writes one file (give OUT.pt, "
+            f"{config.out} {what}; --format {config.format} writes one file (give OUT.pt, "
             "or use --format openclip-dir)"
         )
     return None, out

@@ -95,7 +95,11 @@ class RunRecords:
 
     @property
     def last_step(self) -> int:
-        return max((r["step"] for r in self.train), default=0)
+        """The last step made: the last one logged, or a stopped run's later saved step (a
+        stop saves the step it reached, which --log-every may not have logged)."""
+        logged = max((r["step"] for r in self.train), default=0)
+        saved = (self.summary or {}).get("steps")
+        return max(logged, saved) if isinstance(saved, int) else logged
 
     @property
     def finished(self) -> bool:

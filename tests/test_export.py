@@ -146,7 +146,7 @@ def test_a_run_directory_names_its_newest_checkpoint(runs, tmp_path):
         ("empty", [], ["directory without checkpoints"]),
         ("missing", [], ["does not exist"]),
         ("folder-out", [], ["is a folder", "--format openclip-dir"]),
-        ("new-folder-out", [], ["new/ is a folder", "--format openclip-dir"]),
+        ("new-folder-out", [], ["new/ ends with / (a folder)", "--format openclip-dir"]),
         ("file-out", ["--format", "openclip-dir"], ["is a file", "writes a folder"]),
         ("below-a-file", [], ["file-out is a file, not a folder", "out.pt"]),
         ("bad-format", ["--format", "onnx"], ["unknown export format 'onnx'", "openclip-dir"]),

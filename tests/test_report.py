@@ -189,6 +189,25 @@ def test_a_stopped_run_and_a_resumed_one_still_running_are_unfinished(runs, tmp_
     assert page.count("(unfinished)") == 2, page
 
 
+def test_a_stopped_run_counts_the_step_it_saved_after_its_last_logged_one(runs, tmp_path):
+    """It counted steps, samples and FLOPs to the last logged step only."""
+    run = shutil.copytree(runs["a"], tmp_path / "stopped", ignore=shutil.ignore_patterns("*.pt"))
+    summary = json.loads((run / "summary.json").read_text())
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    train = [json.loads(line) for line in lines if "loss" in json.loads(line)]
+    logged_before = max(r["step"] for r in train if r["step"] < summary["steps"])
+    kept = [line for line in lines if json.loads(line)["step"] <= logged_before]
+    (run / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    stopped_at = logged_before + 1
+    (run / "summary.json").write_text(json.dumps({**summary, "steps": stopped_at, "stopped": True}))
+    result = invoke("report", run, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"<td>{stopped_at} (unfinished)</td>" in page, page
+    samples = stopped_at * json.loads((run / "config.json").read_text())["options"]["batch_size"]
+    assert f"<td>{samples:,}</td>" in page
+
+
 def test_a_run_directory_without_metrics_is_one_line(runs, tmp_path):
     run = shutil.copytree(runs["a"], tmp_path / "empty", ignore=shutil.ignore_patterns("*.pt"))
     (run / "metrics.jsonl").unlink()
