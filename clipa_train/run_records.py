@@ -134,6 +134,12 @@ class RunRecords:
         return bool(self.evals) and self.evals[-1]["step"] < self.last_step
 
 
+def _runs_below(path: Path) -> list[Path]:
+    """The run directories directly in ``path``, in the order they started."""
+    runs = [child for child in path.iterdir() if (child / "config.json").is_file()]
+    return sorted(runs, key=lambda run: (run / "config.json").stat().st_mtime)
+
+
 def read_run(path: Path) -> RunRecords:
     """One run directory; a ClipaError names a missing or unreadable file."""
     path = Path(path)
@@ -141,6 +147,12 @@ def read_run(path: Path) -> RunRecords:
         raise ClipaError(f"{path}: not a directory; give run directories (--out of clipa-train)")
     for needed in ("config.json", "metrics.jsonl"):
         if not (path / needed).is_file():
+            runs = _runs_below(path)
+            if runs:  # a clipa-train recipe --out: one run directory per stage
+                raise ClipaError(
+                    f"{path} holds run directories, not a run: pass them (in the order they "
+                    f"ran): {' '.join(str(run) for run in runs)}"
+                )
             raise ClipaError(
                 f"{path}: no {needed}, so not a clipa-train run directory; give the --out "
                 "directory of a pretrain or finetune run"

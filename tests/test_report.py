@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -206,6 +207,19 @@ def test_a_stopped_run_counts_the_step_it_saved_after_its_last_logged_one(runs, 
     assert f"<td>{stopped_at} (unfinished)</td>" in page, page
     samples = stopped_at * json.loads((run / "config.json").read_text())["options"]["batch_size"]
     assert f"<td>{samples:,}</td>" in page
+
+
+def test_a_folder_of_runs_names_them_in_the_order_they_ran(runs, tmp_path):
+    """A clipa-train recipe --out holds one run per stage: it was 'no config.json'."""
+    recipe = tmp_path / "recipe"
+    for name in ("pretrain", "finetune"):  # finetune sorts first by name, ran second
+        shutil.copytree(runs["a"], recipe / name, ignore=shutil.ignore_patterns("*.pt"))
+        (recipe / name / "config.json").touch()
+        time.sleep(0.05)
+    result = invoke("report", recipe, "--out", tmp_path / "report")
+    assert_one_line_error(
+        result, f"{recipe} holds run directories", f"{recipe / 'pretrain'} {recipe / 'finetune'}"
+    )
 
 
 def test_a_run_directory_without_metrics_is_one_line(runs, tmp_path):
