@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from forward_sizes import model_batch_sizes
 
 from clipa_data.core.errors import ClipaError
 from clipa_train.accumulation import accumulate_forward_backward
@@ -74,17 +75,18 @@ def loop(backend, run_dir: Path, accum_steps: int = 1):
     optimizer = build_optimizer(model, OPTIM)
     loss_fn = build_loss("contrastive", backend)
     config = LoopConfig(log_every=1, progress=False, accum_steps=accum_steps)
-    train(
-        model=model,
-        optimizer=optimizer,
-        optim_config=OPTIM,
-        loss_fn=loss_fn,
-        batches=batches(backend.rank, backend.world),
-        backend=backend,
-        run_dir=run_dir,
-        config=config,
-    )
-    return model.state_dict()
+    with model_batch_sizes() as sizes:
+        train(
+            model=model,
+            optimizer=optimizer,
+            optim_config=OPTIM,
+            loss_fn=loss_fn,
+            batches=batches(backend.rank, backend.world),
+            backend=backend,
+            run_dir=run_dir,
+            config=config,
+        )
+    return {"weights": model.state_dict(), "forward_sizes": sizes}
 
 
 # Clipping on, so the gradient norm over DTensor and whole gradients is exercised too.
@@ -213,7 +215,7 @@ def main(out: Path, accum_steps: int = 1) -> None:
     except ClipaError as error:
         odd_batch_error = str(error)
     results = {name: one_step(name, backend, accum_steps) for name in ("contrastive", "sigmoid")}
-    results["weights"] = loop(backend, out / "run", accum_steps)
+    results["loop"] = loop(backend, out / "run", accum_steps)
     results["world"] = backend.world
     results["odd_batch_error"] = odd_batch_error
     if backend.is_main:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from forward_sizes import assert_micro_batches, model_batch_sizes
 from test_distributed import check_two_processes
 from test_loop import read_metrics, run, source
 
@@ -80,10 +81,13 @@ def test_micro_batches_are_consecutive_slices():
 
 
 def test_the_loop_with_accumulation_follows_the_one_pass_loop(tmp_path):
-    _, one_pass = run(tmp_path / "one", source())
-    _, accumulated = run(
-        tmp_path / "accum", source(), config=LoopConfig(log_every=1, progress=False, accum_steps=K)
-    )
+    with model_batch_sizes() as sizes:
+        _, one_pass = run(tmp_path / "one", source())
+    assert_micro_batches(sizes, steps=12, per_rank_batch=8, accum=1)
+    config = LoopConfig(log_every=1, progress=False, accum_steps=K)
+    with model_batch_sizes() as sizes:
+        _, accumulated = run(tmp_path / "accum", source(), config=config)
+    assert_micro_batches(sizes, steps=12, per_rank_batch=8, accum=K)
     losses = [[r["loss"] for r in read_metrics(tmp_path / d)] for d in ("one", "accum")]
     assert len(losses[0]) == 12
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=0, atol=1e-5)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from builders import make_builder_dir, make_records
 from clipa_cli.train_app import app
+from forward_sizes import assert_micro_batches
 from typer.testing import CliRunner
 
 from clipa_data.demo import write_demo_validation
@@ -68,7 +69,12 @@ def check_two_processes(tmp_path: Path, accum_steps: int) -> None:
             error = (ddp[name]["grads"][key] - grad).abs().max()
             assert error <= 1e-5 * grad.abs().max() + 1e-9, (name, key, float(error))
 
-    weights = ddp_worker.loop(single, tmp_path / "single")
+    single_loop = ddp_worker.loop(single, tmp_path / "single")
+    weights = single_loop["weights"]
+    steps = ddp_worker.OPTIM.total_steps
+    assert_micro_batches(single_loop["forward_sizes"], steps, ddp_worker.GLOBAL_BATCH, accum=1)
+    per_rank = ddp_worker.GLOBAL_BATCH // 2  # rank 0's forwards: micro-batches when accumulating
+    assert_micro_batches(ddp["loop"]["forward_sizes"], steps, per_rank, accum=accum_steps)
     losses = {
         run: [
             json.loads(line)["loss"]
@@ -81,7 +87,7 @@ def check_two_processes(tmp_path: Path, accum_steps: int) -> None:
         torch.tensor(losses["ddp/run"]), torch.tensor(losses["single"]), rtol=0, atol=1e-5
     )
     for key, value in weights.items():
-        theirs = ddp["weights"][key]
+        theirs = ddp["loop"]["weights"][key]
         if key.endswith("attn.in_proj_bias"):  # skip the key third, see the module docstring
             third = value.shape[0] // 3
             theirs, value = (torch.cat([t[:third], t[2 * third :]]) for t in (theirs, value))

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from forward_sizes import assert_micro_batches, model_batch_sizes
 
 from clipa_data.core.errors import ClipaError
 from clipa_train.backend import BackendConfig, create_backend
@@ -93,8 +94,12 @@ def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path, ac
     assert first.checkpoint.name == "step_00000006.pt"
 
     resume = resolve_resume("auto", tmp_path / "split" / "checkpoints")
-    second, resumed_model = run(tmp_path / "split", source(), seed=99, resume=resume, config=config)
+    with model_batch_sizes() as sizes:
+        second, resumed_model = run(
+            tmp_path / "split", source(), seed=99, resume=resume, config=config
+        )
     assert (second.start_step, second.step, second.stopped) == (6, STEPS, False)
+    assert_micro_batches(sizes, steps=STEPS - 6, per_rank_batch=8, accum=accum_steps)
 
     uninterrupted = [
         (r["step"], r["loss"], r["logit_scale"], r["lr"]) for r in read_metrics(tmp_path / "full")

@@ -22,6 +22,7 @@ import pytest
 from builders import Record, jpeg_bytes, make_builder_dir, make_records
 from cli_checks import assert_one_line_error
 from clipa_cli.train_app import app
+from forward_sizes import assert_micro_batches, model_batch_sizes
 from sidecars import write_sidecars
 from typer.testing import CliRunner
 
@@ -378,8 +379,10 @@ def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
     expected = losses(tmp_path / "one")
     assert expected.keys() == {1, 2, 3}
     for name, flags in {"two": [2], "auto": ["auto", "--micro-batch", 3]}.items():
-        result = invoke(*tiny(data, tmp_path / name, *more, "--accum-steps", *flags))
+        with model_batch_sizes() as sizes:
+            result = invoke(*tiny(data, tmp_path / name, *more, "--accum-steps", *flags))
         assert result.exit_code == 0, result.output
+        assert_micro_batches(sizes, steps=3, per_rank_batch=8, accum={"two": 2, "auto": 4}[name])
         options = json.loads((tmp_path / name / "config.json").read_text())["options"]
         assert options["accum_steps"] == flags[0]
         got = losses(tmp_path / name)
