@@ -95,9 +95,9 @@ def check_two_processes(tmp_path: Path, accum_steps: int) -> None:
         assert error <= 1e-4, (key, float(error))
 
 
-def _losses(run: Path) -> dict[int, float]:
+def _losses(run: Path, key: str = "loss") -> dict[int, float]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+    return {record["step"]: record[key] for record in map(json.loads, lines)}
 
 
 def test_fsdp_follows_ddp_and_their_checkpoints_load_into_each_other_and_one_process(tmp_path):
@@ -118,6 +118,14 @@ def test_fsdp_follows_ddp_and_their_checkpoints_load_into_each_other_and_one_pro
     close = {"rtol": 1e-4, "atol": 0}
     torch.testing.assert_close(
         torch.tensor(list(fsdp.values())), torch.tensor(list(ddp.values())), **close
+    )
+    scales = [_losses(tmp_path / run, "logit_scale") for run in ("ddp", "fsdp")]
+    assert list(scales[0]) == list(range(1, 11)) and scales[0].keys() == scales[1].keys()
+    torch.testing.assert_close(
+        torch.tensor(list(scales[1].values())),
+        torch.tensor(list(scales[0].values())),
+        rtol=0,
+        atol=1e-5,
     )
     for run in ("fsdp_from_ddp", "ddp_from_fsdp"):
         resumed = _losses(tmp_path / run)

@@ -152,7 +152,7 @@ def test_a_resume_reads_its_buffered_records_in_a_few_passes_over_the_shard(tmp_
     resumed = Loader(one_shard)
     resumed.load_state_dict({**resumed.state_dict(), "step": 30})
     assert [snapshot(b) for b in itertools.islice(resumed, 10)] == expected[30:]
-    assert len(opened) <= 3, len(opened)  # was 51 (one per gap)
+    assert 1 <= len(opened) <= 3, len(opened)  # was 51 (one per gap); 0: not seen at all
 
 
 def test_a_loader_nobody_closed_lets_python_exit(builder):
