@@ -221,3 +221,40 @@ def test_a_state_dict_of_foreign_keys_is_one_line(setup, tmp_path):
                "--classnames", val.classnames_path)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {message}"]
+
+
+def _block(prefix: str, width: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """One residual block as OpenCLIP's ResidualAttentionBlock names it (an nn.MultiheadAttention
+    ``attn``, ``mlp.c_fc``/``mlp.c_proj``), written out by hand."""
+    return {
+        f"{prefix}ln_1.weight": (width,), f"{prefix}ln_1.bias": (width,),
+        f"{prefix}attn.in_proj_weight": (3 * width, width),
+        f"{prefix}attn.in_proj_bias": (3 * width,),
+        f"{prefix}attn.out_proj.weight": (width, width), f"{prefix}attn.out_proj.bias": (width,),
+        f"{prefix}ln_2.weight": (width,), f"{prefix}ln_2.bias": (width,),
+        f"{prefix}mlp.c_fc.weight": (hidden, width), f"{prefix}mlp.c_fc.bias": (hidden,),
+        f"{prefix}mlp.c_proj.weight": (width, hidden), f"{prefix}mlp.c_proj.bias": (width,),
+    }  # fmt: skip
+
+
+def test_the_table_names_test_tiny_v2_as_the_clipa_repository_written_out_by_hand_does():
+    """The other tests check the table against files the table itself wrote; this list is
+    written from the CLIPA repository's module code (clipa_torch/open_clip, see the module
+    docstring of clipa_weights), not from the table: width 32, 2 layers per tower, MLP 128,
+    patch 8 on 32 px (16 patches + the class token), 16 text positions, 512 ids, embed 32,
+    no ln_pre (an Identity there), no causal-mask buffer (non-persistent)."""
+    expected = {
+        "visual.conv1.weight": (32, 3, 8, 8), "visual.class_embedding": (32,),
+        "visual.positional_embedding": (17, 32),
+        "visual.ln_post.weight": (32,), "visual.ln_post.bias": (32,), "visual.proj": (32, 32),
+        "token_embedding.weight": (512, 32), "positional_embedding": (16, 32),
+        "ln_final.weight": (32,), "ln_final.bias": (32,), "text_projection": (32, 32),
+        "logit_scale": (),
+    }  # fmt: skip
+    for layer in range(2):
+        expected |= _block(f"visual.transformer.resblocks.{layer}.", 32, 128)
+        expected |= _block(f"transformer.resblocks.{layer}.", 32, 128)
+    got = {
+        name: tuple(shape) for name, shape in clipa_repo_shapes(load_preset("test-tiny-v2")).items()
+    }
+    assert got == expected
