@@ -271,7 +271,11 @@ def test_different_conversion_in_out_needs_overwrite(src, tmp_path):
     out = tmp_path / "out"
     convert(config(src, out))
     write_shard(src, 5, make_samples(5, 3))  # img2dataset downloaded more since
-    with pytest.raises(ClipaError, match=r"already holds another conversion.*--overwrite"):
+    with pytest.raises(
+        ClipaError,
+        match=r"another conversion \(different shards: SRC's shards changed since it was "
+        r"converted\).*--overwrite",
+    ):
         convert(config(src, out))
     result = convert(config(src, out, overwrite=True))
     assert result.status == "converted" and result.shards == 4 and result.records == 18

@@ -116,7 +116,9 @@ class ConvertConfig:
         Doc(
             "How tfrecord shards reach OUT: auto = hardlink when SRC and OUT share a "
             "filesystem, else copy; copy; hardlink; symlink (absolute links into SRC); move "
-            "(out of SRC). Webdataset .tar shards are always re-encoded to tfrecord."
+            "(out of SRC). A hardlink or symlink is the source file: rewriting SRC's shard "
+            "later changes the builder (copy if SRC will change). Webdataset .tar shards are "
+            "always re-encoded to tfrecord."
         ),
         Choices(MODES),
     ] = "auto"

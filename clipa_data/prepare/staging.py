@@ -45,8 +45,11 @@ def existing_conversion(
         return previous
     if not overwrite:
         tags = " (its sidecars/ tags included)" if (final / "sidecars").is_dir() else ""
+        difference = previous.difference(manifest)
+        if difference == "different shards":  # same folder and options: SRC itself changed
+            difference += ": SRC's shards changed since it was converted"
         raise ClipaError(
-            f"{final} already holds another conversion ({previous.difference(manifest)}); "
+            f"{final} already holds another conversion ({difference}); "
             f"re-run with its options, or pass --overwrite to replace it{tags}, or choose "
             "another --version or OUT"
         )
