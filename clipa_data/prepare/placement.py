@@ -118,6 +118,8 @@ def _copy(source: str, target: Path) -> None:
     try:
         shutil.copyfile(source, temporary)
         shutil.copystat(source, temporary)  # same mtime: a resumed move still matches its plan
+        with open(temporary, "rb+") as handle:  # on disk before its name says it is whole,
+            os.fsync(handle.fileno())  # as atomic_writer does (a power cut, not only a kill)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
