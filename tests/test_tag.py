@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -261,6 +262,24 @@ def test_a_cut_shard_is_named_with_the_fix_by_tag_and_by_check_before_tagging(bu
     said = " ".join(checked.output.split())
     assert "corrupt TFRecord at byte" in said and fix in said
     assert "sidecar of shard demo-train.tfrecord-00001-of-00003 is missing" not in said
+
+
+def test_an_overwrite_after_a_plain_run_that_finished_a_stopped_one_retags_every_shard(
+    builder, nltk_env
+):
+    """A stopped --overwrite leaves its mark; a plain tag then finished the builder, and a later
+    --overwrite took the sidecars newer than that old mark for its own and re-tagged nothing."""
+    from clipa_data.prepare.tagging import OVERWRITE_MARK
+
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    mark = Path(layout.sidecar_dir(builder)) / OVERWRITE_MARK
+    mark.write_text("{}")  # as a stopped --overwrite leaves it, after re-tagging shard 0:
+    first = layout.sidecar_path(builder, shard_paths(builder)[0])
+    os.utime(first, ns=(mark.stat().st_mtime_ns + 10**9,) * 2)
+    assert cli("tag", builder, "--workers", "1", "--no-progress").exit_code == 0
+    assert not mark.exists()
+    assert cli("tag", builder, "--overwrite", "--workers", "1", "--no-progress").exit_code == 0
+    assert json.loads(layout.tag_summary_path(builder).read_text())["shards_tagged"] == 3
 
 
 def test_check_reads_file_urls_and_refuses_tagging_options(builder, nltk_env):

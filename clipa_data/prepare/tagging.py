@@ -398,7 +398,8 @@ def _tag_jobs(
         name_of=lambda job: Path(job.shard).name,
     )
     stores.remove_temporaries(layout.sidecar_dir(builder))  # of workers killed mid-write
-    if config.overwrite and not layout.is_url(builder):  # every shard re-tagged: done
+    if not layout.is_url(builder):  # every shard tagged: no stopped --overwrite to resume (a
+        # plain run after one keeps the older sidecars; a later --overwrite starts afresh)
         (Path(layout.sidecar_dir(builder)) / OVERWRITE_MARK).unlink(missing_ok=True)
     by_shard = {job.shard: result for job, result in zip(todo, done, strict=True)}
     results = tuple(
