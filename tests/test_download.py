@@ -692,3 +692,19 @@ def test_an_unguarded_script_fails_fast_instead_of_hanging(metadata, tmp_path):
     assert f"called at top level of {script}:2" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
     assert not output.exists()
+
+
+def test_a_url_list_is_counted_once_per_version_of_the_file(tmp_path, monkeypatch):
+    """A resume compares the list's rows with the record, then records them again: a LAION-size
+    text list was read twice."""
+    from clipa_data.prepare import url_list
+
+    counted = []
+    real_count = url_list._count_rows
+    monkeypatch.setattr(url_list, "_count_rows", lambda *a: counted.append(a) or real_count(*a))
+    path = tmp_path / "urls.csv"
+    path.write_text("url,caption\nhttp://127.0.0.1/a.jpg,a\n")
+    assert url_list.list_rows(path, "csv") == url_list.list_rows(path, "csv") == 2
+    assert len(counted) == 1
+    path.write_text("url,caption\nhttp://127.0.0.1/a.jpg,a\nhttp://127.0.0.1/b.jpg,b\n")
+    assert url_list.list_rows(path, "csv") == 3 and len(counted) == 2  # a changed file: again

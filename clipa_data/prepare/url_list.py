@@ -10,6 +10,7 @@ Reading the header (CSV/TSV), the first records (JSON Lines, a JSON array) or th
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -179,13 +180,21 @@ def list_rows(path: Path, input_format: str) -> int:
     count; the lines of a CSV/TSV/TXT/JSON Lines file (a header counts too: only changes
     matter); the records of a JSON array. A file that cannot be read is one line."""
     try:
-        return _count_rows(path, input_format)
+        state = Path(path).stat()
+        return _count_rows_once(str(path), state.st_mtime_ns, state.st_size, input_format)
     except (OSError, EOFError, UnicodeDecodeError, ValueError) as error:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise ClipaError(
             f"{path} is not a readable {input_format} file ({detail}); fix the file or pass "
             "--input-format with its real format"
         ) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _count_rows_once(path: str, mtime_ns: int, size: int, input_format: str) -> int:
+    """``_count_rows`` once per file version: a resume checks the rows, then records them (a
+    text list of LAION's size takes seconds to count)."""
+    return _count_rows(Path(path), input_format)
 
 
 def _count_rows(path: Path, input_format: str) -> int:
