@@ -73,7 +73,9 @@ class RunOptions:
     text_source: Annotated[
         str,
         Doc("Caption ids from the sidecars of clipa-data tag (sidecar), tokenised from the "
-            "caption (caption), or auto: sidecars when the builder has them."),
+            "caption (caption), or auto: sidecars when the builder has them and they hold "
+            "this run's tokenizer's ids (CLIP BPE), else the captions (a WordPiece "
+            "--tokenizer on a tagged builder)."),
         Choices(TEXT_SOURCES),
     ] = "auto"  # fmt: skip
     text_field: Annotated[

@@ -283,6 +283,16 @@ def check_sidecar(reader: ShardReader, shard: int) -> None:
         )
 
 
+def _sidecars_tokenizer(builder, split: layout.SplitInfo) -> str | None:
+    """The tokenizer whose ids the first record-holding shard's sidecar holds (None: none)."""
+    shard = next((shard for shard in split.shards if shard.num_records), None)
+    path = shard and layout.sidecar_path(builder, posixpath.basename(shard.path))
+    if path is None or not layout.exists(path):
+        return None  # check_sidecar names what is missing
+    info, _ = sidecar.read_header(path)
+    return info.tokenizer
+
+
 def _check_shard_files(builder: str | object, split: layout.SplitInfo) -> None:
     if layout.is_url(builder):
         import fsspec
@@ -314,9 +324,10 @@ def open_split(
     """Check a builder directory's split (and its sidecars) and return a reader for it.
 
     ``text_source``: ``sidecar`` requires sidecars, ``caption`` ignores them, ``auto`` uses them
-    when the builder has a sidecar folder. ``need_sidecars`` (the syntax mask) refuses a
-    builder without sidecars, naming the command that makes them. Sidecars made by another
-    tokenizer than ``tokenizer`` (``--tokenizer``) are refused in one line.
+    when the builder has a sidecar folder whose sidecars hold ``tokenizer``'s ids (else it
+    reads the captions). ``need_sidecars`` (the syntax mask) refuses a builder without
+    sidecars, naming the command that makes them. Sidecars made by another tokenizer than
+    ``tokenizer`` (``--tokenizer``) are refused in one line under ``sidecar``.
     """
     builder = layout.resolve_builder_dir(builder)
     info = layout.read_split(builder, split)
@@ -333,6 +344,10 @@ def open_split(
             f"create them with: {layout.tag_command(builder, fields.text)}"
         )
     use_sidecars = text_source != "caption" and has_sidecars
+    if use_sidecars and text_source == "auto" and not need_sidecars:
+        # CLIP-BPE sidecars under a WordPiece run (CLIPA-v2 on a tagged builder): its ids are
+        # not this tokenizer's, so auto reads the captions (--text-source sidecar refuses).
+        use_sidecars = _sidecars_tokenizer(builder, info) in (None, load_tokenizer(tokenizer).name)
     reader = ShardReader(str(builder), info, fields, check_crc, use_sidecars, tokenizer)
     if use_sidecars:
         with ThreadPoolExecutor(max_workers=8) as pool:
