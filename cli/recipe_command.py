@@ -27,7 +27,8 @@ def recipe_help() -> str:
             "one resumes. Other training flags apply to every stage (a flag the recipe fixes "
             "must agree with it; one that needs another, as --eval-batch-size needs --zeroshot, "
             "goes to the stages that have it), and so do the options of a --config file (flags "
-            "override it); --set STAGE.OPTION=VALUE applies to one stage.",
+            "override it); --set STAGE.OPTION=VALUE applies to one stage. An option not given "
+            "is the recipe's (or the stage's default): --plan prints every stage's values.",
             "Example: clipa-train recipe clipa-v2-h14-84-224 --data out/datacomp/1.0.0 --out "
             "runs/h14 --tokenizer vocab/bert-base-uncased --accum-steps auto --micro-batch 256 "
             "--plan",
@@ -62,6 +63,8 @@ def recipe_parameters() -> list[inspect.Parameter]:
         annotation=bool,
     )
     passed_on = [p for p in training_options() if p.name not in MANAGED]
+    for parameter in passed_on:  # a stand-alone stage's default, not the recipe's: not shown
+        parameter.default.show_default = False
     return [name, *own, plan, *passed_on, CONFIG_FILE]
 
 

@@ -347,22 +347,40 @@ def checkpoint_architecture(path: str | Path) -> dict | None:
 
 def base_architecture(preset: str | None, weights: str | None, default: str):
     """The ``ModelConfig`` a command starts from, before its per-stage overrides: ``preset`` if
-    given, else the architecture stored in the clipa checkpoint ``weights``, else ``default``.
-    Weights that hold no architecture (OpenCLIP format) take the bundled preset whose names and
-    shapes they have; none or several is an error naming the file and the fix. A preset for
-    ``weights`` takes the loss they were trained with (``saved_loss``)."""
+    given, else the architecture stored in the clipa checkpoint ``weights`` (or recorded by
+    ``clipa-train export`` beside them), else ``default``. Weights that hold no architecture
+    (OpenCLIP format) take the bundled preset whose names and shapes they have; none or several
+    is an error naming the file and the fix. A preset for ``weights`` takes the loss they were
+    trained with (``saved_loss``)."""
     from clipa_train.model import ModelConfig, load_preset
 
     if weights is None:
         return load_preset(preset or default)
     if preset is not None:  # the weights still say which loss they were trained with
         return load_preset(preset).replace(loss=saved_loss(weights))
-    saved = checkpoint_architecture(weights)
+    saved = checkpoint_architecture(weights) or exported_architecture(weights)
     if saved is None:  # OpenCLIP-format weights: the one bundled preset with their shapes
         from clipa_train.model.weights import recognise_preset
 
         return recognise_preset(weights).replace(loss=saved_loss(weights))
     return ModelConfig.from_dict(saved, source=weights)
+
+
+def exported_architecture(weights: str | Path) -> dict | None:
+    """The architecture ``clipa-train export`` recorded in the ``open_clip_config.json`` beside
+    ``weights`` (None: no such file or key, e.g. a single-file export or OpenCLIP's own)."""
+    import json
+
+    from clipa_train.export import CLIPA_ARCHITECTURE, CONFIG_NAME
+
+    config = Path(weights).parent / CONFIG_NAME
+    if Path(weights).name not in EXPORTED_WEIGHTS or not config.is_file():
+        return None
+    try:
+        saved = json.loads(config.read_text()).get(CLIPA_ARCHITECTURE)
+    except (OSError, ValueError, AttributeError):
+        return None  # OpenCLIP reads it; the weights' shapes still name a preset
+    return saved if isinstance(saved, dict) else None
 
 
 def saved_loss(weights: str | Path) -> str | None:

@@ -67,7 +67,11 @@ class EvalConfig:
         Doc("Prompt templates file (one per line with {}); default: the 80 CLIP templates."),
     ] = None
     model: Annotated[
-        str | None, Doc("Preset to build when the weights hold no architecture (OpenCLIP).")
+        str | None,
+        Doc(
+            "Build this preset (a name or a preset .json) instead of the architecture the "
+            "weights hold or match, at the weights' own image size and context length."
+        ),
     ] = None
     image_size: Annotated[
         int | None, Doc("Evaluation image side (default: the checkpoint model's image size).")
@@ -79,7 +83,11 @@ class EvalConfig:
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
     backend: Annotated[str, Doc("Device to evaluate on."), Choices(BACKENDS)] = "auto"
     out: Annotated[
-        str | None, Doc("Where eval.json goes (default: the run directory of the checkpoint).")
+        str | None,
+        Doc(
+            "The result file (a folder when it ends with /: FOLDER/eval.json; default: "
+            "eval.json in the run directory of the checkpoint)."
+        ),
     ] = None
     tokenizer: Annotated[
         str | None,
@@ -219,21 +227,37 @@ def _exported_image_norm(path: Path) -> str | None:
     return None
 
 
-def _model(config: EvalConfig):
-    """The checkpoint's model at its own image size and context length (``--image-size``
-    changes the first), also when ``--model`` names the architecture: a preset's sizes would
-    resize the positional embeddings of a short-token pre-training without a word."""
+def architecture_at_own_sizes(preset: str | None, checkpoint: str, state=None):
+    """The checkpoint's architecture at its own image size and context length, also when
+    ``preset`` (``--model``) names the architecture: a preset's sizes would resize the
+    positional embeddings of a short-token pre-training without a word. ``state``: a function
+    giving the checkpoint's weights (read once by the caller)."""
     from clipa_train.checkpoint import base_architecture
-    from clipa_train.model import build_model, load_openclip_weights
     from clipa_train.model.weights import at_sizes_of, read_weights
 
-    base = base_architecture(config.model, config.checkpoint, default=DEFAULT_MODEL)
-    state = read_weights(config.checkpoint)
-    if config.model is not None:
-        base = at_sizes_of(state, base)
-    model = build_model(base.replace(image_size=config.image_size))
-    load_openclip_weights(model, state, name=str(config.checkpoint))
+    # base_architecture reads the file first: a damaged one is named as a checkpoint there.
+    base = base_architecture(preset, checkpoint, default=DEFAULT_MODEL)
+    if preset is None:
+        return base
+    return at_sizes_of((state or (lambda: read_weights(checkpoint)))(), base)
+
+
+def checkpoint_model(preset: str | None, checkpoint: str, image_size: int | None):
+    """The checkpoint's model (``architecture_at_own_sizes``), ``image_size`` if given."""
+    import functools
+
+    from clipa_train.model import build_model, load_openclip_weights
+    from clipa_train.model.weights import read_weights
+
+    state = functools.cache(lambda: read_weights(checkpoint))
+    architecture = architecture_at_own_sizes(preset, checkpoint, state)
+    model = build_model(architecture.replace(image_size=image_size))
+    load_openclip_weights(model, state(), name=str(checkpoint))
     return model
+
+
+def _model(config: EvalConfig):
+    return checkpoint_model(config.model, config.checkpoint, config.image_size)
 
 
 def prompt_tokenizer(config: EvalConfig, model) -> str:

@@ -31,6 +31,8 @@ from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import pick
 
 CONFIG_NAME = "open_clip_config.json"
+CLIPA_ARCHITECTURE = "clipa_architecture"
+"""The key of ``CONFIG_NAME`` holding the exported model's whole clipa ``ModelConfig``."""
 WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 """OpenCLIP's names (``open_clip.constants``: HF_CONFIG_NAME, HF_WEIGHTS_NAME,
@@ -164,7 +166,13 @@ def openclip_config(architecture, image_mean=None, image_std=None) -> dict:
         "interpolation": "bilinear",  # ours: box prefilter + bilinear (clipa_train.image)
         "resize_mode": "shortest",
     }
-    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    # OpenCLIP reads model_cfg and preprocess_cfg only; clipa reads its own architecture back
+    # (GAP pooling, tanh GELU, a frozen sin-cos table: switches no tensor name or shape shows).
+    return {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": preprocess_cfg,
+        CLIPA_ARCHITECTURE: architecture.to_dict(),
+    }
 
 
 def export_notes(architecture) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_train.backend_config import IMAGE_NORMS
 from clipa_train.eval_stage import CROPS, ImageNormOption, check_image_norm
-from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
+from clipa_train.run_config import BACKENDS
 
 if TYPE_CHECKING:  # torch stays out of option parsing
     import torch
@@ -65,7 +65,11 @@ class ProbeConfig:
         str, Doc("Evaluation set: ImageFolder tree (DIR or DIR/val) or TFDS builder (validation).")
     ]
     model: Annotated[
-        str | None, Doc("Preset to build when the weights hold no architecture (OpenCLIP).")
+        str | None,
+        Doc(
+            "Build this preset (a name or a preset .json) instead of the architecture the "
+            "weights hold or match, at the weights' own image size and context length."
+        ),
     ] = None
     image_size: Annotated[
         int | None, Doc("Image side for the features (default: the checkpoint model's).")
@@ -86,7 +90,11 @@ class ProbeConfig:
         str | None, Doc("Feature cache folder (default: probe_cache/ in the checkpoint's run dir).")
     ] = None
     out: Annotated[
-        str | None, Doc("Where probe.json goes (default: the run directory of the checkpoint).")
+        str | None,
+        Doc(
+            "The result file (a folder when it ends with /: FOLDER/probe.json; default: "
+            "probe.json in the run directory of the checkpoint)."
+        ),
     ] = None
 
     def __post_init__(self) -> None:
@@ -303,13 +311,9 @@ def extract_features(model, backend, probe_set: ProbeSet, image, batch_size: int
 
 
 def _model(config: ProbeConfig):
-    from clipa_train.checkpoint import base_architecture
-    from clipa_train.model import build_model, load_openclip_weights
+    from clipa_train.eval_stage import checkpoint_model
 
-    base = base_architecture(config.model, config.checkpoint, default=DEFAULT_MODEL)
-    model = build_model(base.replace(image_size=config.image_size))
-    load_openclip_weights(model, config.checkpoint)
-    return model.eval()
+    return checkpoint_model(config.model, config.checkpoint, config.image_size).eval()
 
 
 # --- the probe --------------------------------------------------------------------------------
@@ -320,10 +324,10 @@ def probe_features(
 ) -> tuple[dict[str, CachedFeatures], int]:
     """Each set's features from its cache file, or extracted (the model is built only then),
     and the image side they were made at."""
-    from clipa_train.checkpoint import base_architecture
+    from clipa_train.eval_stage import architecture_at_own_sizes
     from clipa_train.image import ImageConfig
 
-    architecture = base_architecture(config.model, str(checkpoint), DEFAULT_MODEL)
+    architecture = architecture_at_own_sizes(config.model, str(checkpoint))
     image_size = config.image_size or architecture.vision.image_size
     image = ImageConfig(size=image_size, crop=config.crop)
     described = {

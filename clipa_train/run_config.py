@@ -158,7 +158,10 @@ class ModelOptions:
     ] = CLIP_BPE  # fmt: skip
     image_norm: Annotated[
         str,
-        Doc("Input mean/std: openai (CLIP's, CLIPA-v1) or imagenet (the CLIPA-v2 JAX configs)."),
+        Doc(
+            "Input mean/std: openai (CLIP's, CLIPA-v1) or imagenet (the CLIPA-v2 JAX configs); "
+            "with --from, the default is the checkpoint's own."
+        ),
         Choices(tuple(IMAGE_NORMS)),
     ] = "openai"
 

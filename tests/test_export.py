@@ -223,6 +223,28 @@ def test_a_checkpoint_copied_out_of_its_run_keeps_its_image_norm(tmp_path):
         ProbeConfig(checkpoint=str(alone), train="t", val="v", image_norm="laion")
 
 
+@pytest.mark.parametrize("export_format", ["openclip-dir", "safetensors"])
+def test_a_folder_export_is_rebuilt_with_the_architecture_it_was_trained_with(
+    tmp_path, export_format
+):
+    """Its weights matched clipa-tiny by names and shapes, which say nothing of pooling, the
+    final LayerNorm's place, a frozen sin-cos table or the GELU: a class-token model came back
+    as GAP and scored differently, a sin-cos one trained its table on --from."""
+    from clipa_train.checkpoint import base_architecture, load_checkpoint
+
+    changes = {"pool": "tok", "pos_embed": "sin_cos_2d"}
+    checkpoint = write_checkpoint(tmp_path / "run", preset="clipa-tiny", **changes)
+    out = tmp_path / "export"
+    result = invoke("export", checkpoint, out, "--format", export_format)
+    assert result.exit_code == 0, result.output
+    weights = out / (SAFE_WEIGHTS_NAME if export_format == "safetensors" else WEIGHTS_NAME)
+    rebuilt = base_architecture(None, str(weights), "clipa-tiny")
+    assert rebuilt.to_dict() == load_checkpoint(checkpoint)["architecture"]
+    assert (rebuilt.vision.pool, rebuilt.vision.pos_embed) == ("tok", "sin_cos_2d")
+    (out / CONFIG_NAME).unlink()  # OpenCLIP's own folders hold no clipa architecture
+    assert base_architecture(None, str(weights), "clipa-tiny").vision.pool != "tok"
+
+
 def test_an_export_of_a_short_token_run_is_rebuilt_at_its_own_sizes(tmp_path):
     """Weights without an architecture are the bundled preset at the sizes of their positional
     embeddings (here a 32 px / 8-token pre-training of clipa-tiny, not its 64 px / 32), so

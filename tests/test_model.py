@@ -343,3 +343,15 @@ def test_truncated_weights_file(tmp_path):
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ClipaError, match=r"weights\.pt: cannot read weights"):
         load_openclip_weights(build_model(load_preset("test-tiny")), path)
+
+
+def test_a_resize_is_reported_only_once_the_weights_fit_the_model():
+    """Loading weights of another architecture said "resized the text positional embeddings
+    from 8 to 16 tokens" and then refused them."""
+    state = build_model(load_preset("test-tiny").replace(context_length=8)).state_dict()
+    said: list[str] = []
+    with pytest.raises(ClipaError):  # test-tiny-v2 has no ln_pre: another architecture
+        load_openclip_weights(build_model(load_preset("test-tiny-v2")), state, said.append)
+    assert said == []
+    load_openclip_weights(build_model(load_preset("test-tiny")), state, said.append)
+    assert len(said) == 1 and "8" in said[0] and "16" in said[0], said

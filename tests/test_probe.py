@@ -138,6 +138,21 @@ def probe(checkpoint: Path, train: Path, val: Path, *more: object):
     )  # fmt: skip
 
 
+def test_probe_with_model_named_keeps_the_sizes_of_the_weights(sets, tmp_path):
+    """As eval: a 32 px / 8-token export probed with --model clipa-tiny ran at the preset's
+    64 px, its positional embeddings resized without a word."""
+    checkpoint = write_checkpoint(
+        tmp_path / "run", preset="clipa-tiny", image_size=32, context_length=8
+    )
+    out = tmp_path / "model.safetensors"
+    assert invoke("export", checkpoint, out, "--format", "safetensors").exit_code == 0
+    cache = ["--cache-dir", tmp_path / "cache"]
+    for named in ([], ["--model", "clipa-tiny"]):
+        result = probe(out, sets["colours"], sets["colours"], *named, *cache, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["image_size"] == 32, named
+
+
 def test_probe_end_to_end_then_the_feature_cache_is_reused(sets, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "probe.json"
     args = (sets["checkpoint"], sets["colours"], sets["colours"], "--cache-dir", cache)

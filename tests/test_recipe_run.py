@@ -300,6 +300,10 @@ def test_help_lists_every_recipe_and_bad_settings_are_one_line(setup, tmp_path):
     assert result.exit_code == 0
     for name in RECIPE_NAMES:
         assert name in result.stdout
+    # A stand-alone stage's defaults (--batch-size 256, ...) are not the recipe's: not shown.
+    said = " ".join(result.stdout.replace("│", " ").split())
+    assert "[default:" not in said and "--plan prints every stage's values" in said
+    assert "[default: 256]" in " ".join(invoke("pretrain", "--help").stdout.split())
     base = command(setup["recipe"], setup["data"], tmp_path / "runs")
     assert_one_line_error(invoke(*base, "--set", "ft.workers=2"), "has no stage 'ft'")
     assert_one_line_error(invoke(*base, "--batch-size", 4), "sets --batch-size 8", "drop")

@@ -81,8 +81,9 @@ class TagConfig:
     ] = "auto"
     spacy_model: Annotated[
         str | None,
-        Doc("Installed spaCy English pipeline (package name or folder) for tagger spacy; "
-            "default: en_core_web_sm, else the first English pipeline installed."),
+        Doc("Installed spaCy English pipeline (package name or folder) for tagger spacy (with "
+            "--tagger auto, naming one picks spaCy); default: en_core_web_sm, else the first "
+            "English pipeline installed."),
     ] = None  # fmt: skip
     text_field: Annotated[str, Doc("Record feature holding the caption.")] = DEFAULT_TEXT_FIELD
     splits: Annotated[

@@ -275,7 +275,10 @@ def load_openclip_weights(
         name, state = str(source), read_weights(source)
     else:
         state = unwrap_state_dict(source, name)
-    resized = resize_positional_embeddings(state, model, report)
+    said: list[str] = []  # told once the weights fit: not before an architecture error
+    resized = resize_positional_embeddings(state, model, said.append)
     check_compatible(resized, model, name, as_written=state)
     model.load_state_dict(resized, strict=True)
+    for line in said if report is not None else ():
+        report(line)
     return model
