@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import print_table, write_result
+from benchmarks.common import command_run, print_table, write_result
 from clipa_data.core import layout, tfrecord
 from clipa_data.core.example import encode_example
 from clipa_data.prepare import tfds_metadata
@@ -379,7 +379,7 @@ def main() -> None:
             figures=figures,
             config=config,
             packages=PACKAGES,
-            command="make setup && .venv/bin/python -m benchmarks.bench_convert",
+            command=command_run("make setup && .venv/bin/python -m benchmarks.bench_convert"),
         )
         print(f"wrote {path}")
     shutil.rmtree(WORK / "ours", ignore_errors=True)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_convert import generate
-from benchmarks.common import print_table, write_result
+from benchmarks.common import command_run, print_table, write_result
 from clipa_data.prepare.convert import ConvertConfig, convert
 from clipa_data.prepare.tagging import TagConfig, tag_builder
 
@@ -146,7 +146,7 @@ def main() -> None:
         config={"workers": WORKERS, "rounds": args.rounds, "shards": shards,
                 "records_per_shard": per_shard, "tagger": SPACY, "convert": "copy, crc"},
         packages=PACKAGES,
-        command="make setup-spark && .venv/bin/python -m benchmarks.bench_prep_spark",
+        command=command_run("make setup-spark && .venv/bin/python -m benchmarks.bench_prep_spark"),
     )  # fmt: skip
 
 

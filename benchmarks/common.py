@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,13 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.provenance import machine_info, package_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def command_run(base: str) -> str:
+    """``base`` (the command that reproduces a result with its defaults) plus the options this
+    run was given, so a result made with ``--rounds 1`` says so."""
+    given = shlex.join(sys.argv[1:])
+    return f"{base} {given}" if given else base
 
 
 def median_seconds(function: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

@@ -112,4 +112,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: --help says what it does instead of running it (and rewriting its result).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()
