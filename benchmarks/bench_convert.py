@@ -42,6 +42,7 @@ import numpy as np
 from benchmarks.common import command_run, print_table, write_result
 from clipa_data.core import layout, tfrecord
 from clipa_data.core.example import encode_example
+from clipa_data.demo.synthetic_captions import laion_like_captions
 from clipa_data.prepare import tfds_metadata
 from clipa_data.prepare.runner import default_workers
 
@@ -70,10 +71,12 @@ def jpeg_pool(count: int = 64) -> list[bytes]:
     return pool
 
 
-def record(shard: int, index: int, jpeg: bytes) -> bytes:
-    """One record with img2dataset's tfrecord feature layout (LAION-400M recipe columns)."""
+def record(shard: int, index: int, jpeg: bytes, text: str | None = None) -> bytes:
+    """One record with img2dataset's tfrecord feature layout (LAION-400M recipe columns);
+    ``text`` its caption (default: a short template)."""
     key = f"{shard:05d}{index:04d}"
-    caption = f"a photo of item {index} from shard {shard}, stock image, free download".encode()
+    text = text or f"a photo of item {index} from shard {shard}, stock image, free download"
+    caption = text.encode()
     return encode_example(
         {
             "key": ("bytes", [key.encode()]),
@@ -96,20 +99,32 @@ def record(shard: int, index: int, jpeg: bytes) -> bytes:
     )
 
 
-def generate(src: Path, shards: int, per_shard: int) -> None:
-    """Write the source shards and stats files (skipped when already there)."""
+def generate(src: Path, shards: int, per_shard: int, laion_captions: bool = False) -> None:
+    """Write the source shards and stats files (skipped when already there); with
+    ``laion_captions``, LAION-like captions (what a tagger's speed depends on)."""
     marker = src / "_clipa_bench.json"
     wanted = {"shards": shards, "records_per_shard": per_shard, "format": 1}
+    if laion_captions:
+        wanted["captions"] = "laion_like"
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
     pool = jpeg_pool()
+    texts = laion_like_captions(shards * per_shard, seed=5) if laion_captions else None
     for shard in range(shards):
         with open(src / f"{shard:05d}.tfrecord", "wb") as handle:
             tfrecord.write_records(
                 handle,
-                (record(shard, i, pool[(shard * 7 + i) % len(pool)]) for i in range(per_shard)),
+                (
+                    record(
+                        shard,
+                        i,
+                        pool[(shard * 7 + i) % len(pool)],
+                        texts and texts[shard * per_shard + i],
+                    )
+                    for i in range(per_shard)
+                ),
             )
         stats = {
             "count": per_shard,

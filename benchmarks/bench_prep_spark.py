@@ -1,7 +1,8 @@
 """Benchmark: ``convert`` and ``tag`` on the process pool against Spark ``local[2]``, one run.
 
 Data: the convert benchmark's img2dataset-style tfrecord shards (real ~21 KB JPEGs, every
-img2dataset column), generated into ``benchmarks/work/prep_spark/src`` (git-ignored).
+img2dataset column) with LAION-like captions (``laion_like_captions``: spaCy's rate depends on
+them), generated into ``benchmarks/work/prep_spark/src`` (git-ignored).
 
 A first, untimed round of each warms the page cache and the imports (the first pool round was
 3.7x slower than the next); then each timed round runs, alternating, the multiprocessing flow
@@ -101,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     shards, per_shard = (4, 100) if args.quick else (8, 500)
     src = WORK / ("src_quick" if args.quick else "src")
-    generate(src, shards, per_shard)
+    generate(src, shards, per_shard, laion_captions=True)  # the tag rate depends on them
 
     runs: dict[str, list[dict]] = {"multiprocessing": [], "pyspark": []}
     warmup = {"multiprocessing": flow(src, WORK / "out_pool", "multiprocessing")}
