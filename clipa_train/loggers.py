@@ -2,8 +2,10 @@
 
 Each logger has one interface: ``start(hparams)`` (the resolved config as hyper-parameters),
 ``log(step, scalars)`` and ``close()``. A logger that cannot start (library missing, directory
-not writable) costs one warning line and is left out; the run goes on with the others, because
-losing a dashboard must never lose a training run.
+not writable), or that fails later (a full disk under TensorBoard's event file, W&B's service
+process killed), costs one warning line and is left out; the run goes on with the others,
+because losing a dashboard must never lose a training run. ``metrics.jsonl`` is the run's own
+record: its failure is the run's failure.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class LoggerConfig:
 class Logger(Protocol):
     """One destination of the metrics records."""
 
+    name: str
+    """Its ``--log`` name (one of ``LOGGERS``)."""
+
     def start(self, hparams: dict[str, Any], start_step: int = 0) -> None: ...
     def log(self, step: int, scalars: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
@@ -65,6 +70,8 @@ class Logger(Protocol):
 
 class JsonlLogger:
     """Rank 0's ``metrics.jsonl`` (appended, one record per log step, exactly as recorded)."""
+
+    name = "jsonl"
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.handle = run_dir, None
@@ -110,6 +117,8 @@ def _numeric(scalars: dict[str, Any]) -> dict[str, float]:
 class TensorBoardLogger:
     """Event files in ``RUN_DIR/tb`` through ``torch.utils.tensorboard``."""
 
+    name = "tensorboard"
+
     def __init__(self, run_dir: Path) -> None:
         self.directory, self.writer = run_dir / "tb", None
 
@@ -153,6 +162,8 @@ class TensorBoardLogger:
 class WandbLogger:
     """A W&B run (``WANDB_MODE=offline`` keeps it on disk: ``RUN_DIR/wandb``)."""
 
+    name = "wandb"
+
     def __init__(self, run_dir: Path, config: LoggerConfig) -> None:
         self.run_dir, self.config, self.run = run_dir, config, None
 
@@ -194,17 +205,32 @@ class Loggers:
     def write(self, record: dict[str, Any]) -> None:
         """Send one metrics record (``record["step"]``) to every logger."""
         extra = self.extra() if len(self.loggers) > 1 else {}
-        for logger in self.loggers:
+        for logger in list(self.loggers):
             # metrics.jsonl stays exactly the loop's record; the dashboards also get memory.
             scalars = record if isinstance(logger, JsonlLogger) else {**record, **extra}
-            logger.log(record["step"], scalars)
+            self._guarded(logger, logger.log, record["step"], scalars)
 
     def close(self) -> None:
-        for logger in self.loggers:
-            logger.close()
+        for logger in list(self.loggers):
+            self._guarded(logger, logger.close)
+
+    def _guarded(self, logger: Logger, call: Callable[..., None], *args: Any) -> None:
+        """``call(*args)``; a dashboard that fails is dropped with one warning (the run goes
+        on); ``metrics.jsonl`` failing is the run's failure."""
+        if isinstance(logger, JsonlLogger):
+            call(*args)
+            return
+        try:
+            call(*args)
+        except Exception as error:
+            self.loggers.remove(logger)
+            detail = (str(error).strip().splitlines() or [""])[0][:200]
+            reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+            print(f"warning: --log {logger.name} is off from here: {reason}", file=sys.stderr)
 
 
 def _build(name: str, run_dir: Path, config: LoggerConfig) -> Logger:
+    """The logger called ``name`` (one of ``LOGGERS``)."""
     if name == "jsonl":
         return JsonlLogger(run_dir)
     if name == "tensorboard":

@@ -269,3 +269,48 @@ def test_tensorboard_starts_without_tensorflows_start_up_lines(tmp_path):
     for startup in ("absl::InitializeLog", "cpu_feature_guard"):
         assert startup not in done.stderr, done.stderr
     assert list((tmp_path / "tb").iterdir())  # it did start: an event file
+
+
+class _DiskFullAfter:
+    """A dashboard whose writes fail from its third record on (a full disk under TensorBoard's
+    event file, W&B's service process killed): the interface of clipa_train.loggers.Logger."""
+
+    name = "tensorboard"
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def start(self, hparams, start_step=0) -> None:
+        pass
+
+    def log(self, step, scalars) -> None:
+        if len(self.steps) == 2:
+            raise OSError(28, "No space left on device")
+        self.steps.append(step)
+
+    def close(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_dashboard_failing_mid_run_is_one_warning_and_the_run_record_goes_on(tmp_path, capsys):
+    """It ended training with a traceback, no checkpoint and no summary (only a logger that
+    could not start was caught)."""
+    from clipa_train.loggers import JsonlLogger, Loggers
+
+    jsonl, dashboard = JsonlLogger(tmp_path), _DiskFullAfter()
+    jsonl.start({}, 0)
+    loggers = Loggers([jsonl, dashboard], dict)
+    for step in range(1, 6):
+        loggers.write({"step": step, "loss": 1.0 / step})
+    loggers.close()
+    assert dashboard.steps == [1, 2]
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [
+        "warning: --log tensorboard is off from here: OSError: [Errno 28] No space left on device"
+    ]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]
+    jsonl.handle = open(os.devnull, "rb")  # noqa: SIM115 - the run's own record cannot write
+    with pytest.raises(OSError):  # metrics.jsonl failing is the run's failure
+        Loggers([jsonl], dict).write({"step": 6, "loss": 1.0})
+    jsonl.handle.close()
