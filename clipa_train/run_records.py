@@ -183,13 +183,16 @@ def latest_attempt(records: list[dict]) -> tuple[list[dict], int]:
     attempt superseded left out, and how many those were.
 
     A run resumed from a checkpoint at step S appends from step S+1 on, after the records the
-    stopped attempt wrote past S: a step that does not rise marks such a resume, and the records
-    at or past it belong to the abandoned attempt.
+    stopped attempt wrote past S: the records past S belong to the abandoned attempt. A training
+    record's window starts at S (``window_steps``), so its first record says where S was, also
+    when it is logged at a step the abandoned attempt did not reach (another ``--log-every``);
+    otherwise a step that does not rise marks the resume.
     """
     kept: list[dict] = []
     replaced = 0
     for record in records:
-        while kept and kept[-1]["step"] >= record["step"]:
+        start = record["step"] - max(int(record.get("window_steps") or 1), 1)
+        while kept and kept[-1]["step"] > start:
             kept.pop()
             replaced += 1
         kept.append(record)

@@ -158,6 +158,16 @@ def test_records_of_steps_a_resumed_run_ran_again_are_the_re_runs(runs, tmp_path
     result = invoke("report", run, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     assert "were replaced by the re-run's" in result.stderr
+    # Resumed at step 2 again with --log-every 2: its first record is at step 4, past the
+    # abandoned attempt's step 3, which a step that does not rise could not show.
+    every_two = [*common[: common.index("--log-every")], *common[common.index("--log-every") + 2 :]]
+    again = invoke(
+        *every_two, "--log-every", 2, "--resume", run / "checkpoints" / "step_00000002.pt"
+    )
+    assert again.exit_code == 0, again.output
+    (records,) = read_runs([run])
+    assert [r["step"] for r in records.train] == [1, 2, 4]
+    assert records.train[-1]["window_steps"] == 2
 
 
 def test_a_run_stopped_before_its_first_record_still_reports(runs, tmp_path):
