@@ -103,17 +103,28 @@ def _pyplot():
     return plt
 
 
+def _colour(index: int) -> str:
+    """Run ``index``'s colour, the same in every figure (a run without timed records is left
+    out of the throughput figure, which shifted the later runs' colours there)."""
+    return f"C{index % 10}"
+
+
 def _plot_progress(runs: list[RunRecords], axis: str, out: Path) -> str:
     """Loss (left) and zero-shot top-1 (right) against samples seen or FLOPs; the file name."""
     plt = _pyplot()
     figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
+    for index, run in enumerate(runs):
         at = run.samples if axis == "samples" else run.flops
-        loss_axis.plot([at(r["step"]) for r in run.train], [r["loss"] for r in run.train])
+        loss_axis.plot(
+            [at(r["step"]) for r in run.train],
+            [r["loss"] for r in run.train],
+            color=_colour(index),
+        )
         top1_axis.plot(
             [at(r["step"]) for r in run.evals],
             [100 * r["eval/top1"] for r in run.evals],
             "o-",
+            color=_colour(index),
             label=run.name,
         )
     label = "samples seen" if axis == "samples" else "training FLOPs (analytic)"
@@ -134,13 +145,14 @@ def _plot_throughput(runs: list[RunRecords], out: Path) -> str:
     made at different times, or on different machines, share one axis)."""
     plt = _pyplot()
     figure, (rate_axis, wait_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
+    for index, run in enumerate(runs):
         timed = [r for r in run.train if {"time", "samples_per_s", "data_wait_share"} <= set(r)]
-        if not timed:  # stopped before its first record
+        if not timed:  # stopped before its first record (its colour stays its own)
             continue
         seconds = [r["time"] - timed[0]["time"] for r in timed]
-        rate_axis.plot(seconds, [r["samples_per_s"] for r in timed], label=run.name)
-        wait_axis.plot(seconds, [100 * r["data_wait_share"] for r in timed], label=run.name)
+        style = {"color": _colour(index), "label": run.name}
+        rate_axis.plot(seconds, [r["samples_per_s"] for r in timed], **style)
+        wait_axis.plot(seconds, [100 * r["data_wait_share"] for r in timed], **style)
     for ax, ylabel in ((rate_axis, "samples/s"), (wait_axis, "data-wait share (%)")):
         ax.set_xlabel("wall time in the run (s)")
         ax.set_ylabel(ylabel)
