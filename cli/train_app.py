@@ -89,7 +89,7 @@ def print_summary(summary: dict) -> None:
     rows = [
         ("steps", f"{summary['steps']} of {summary['total_steps']}"
          + (" (stopped; resume with --resume auto)" if summary["stopped"] else "")),
-        ("final loss", f"{summary['final_loss']:.4f}" if summary["final_loss"] else "n/a"),
+        ("final loss", "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"),
         ("samples/s", f"{summary['samples_per_s']:,.0f}" if summary["samples_per_s"] else "n/a"),
         ("zero-shot top-1", _zeroshot_row(summary, zeroshot)),
         ("bad images skipped", _bad_images(summary["stream"])),

@@ -706,3 +706,18 @@ def test_every_output_on_a_store_is_one_line(data, tmp_path, case, monkeypatch):
     result = invoke(*[arg.format(**places) for arg in OUTPUTS_ON_A_STORE[case]])
     assert_one_line_error(result, "only a local path is")
     assert not (tmp_path / "gs:").exists() and not (tmp_path / "s3:").exists()
+
+
+def test_a_final_loss_of_zero_is_printed_and_none_is_n_a(capsys):
+    """The summary table printed a loss of exactly 0.0 as n/a (a truth test, not a None test)."""
+    from clipa_cli.train_app import print_summary
+
+    summary = {
+        "stage": "pretrain", "steps": 4, "total_steps": 4, "stopped": False, "final_loss": 0.0,
+        "samples_per_s": 10.0, "zeroshot": None, "checkpoint": "ck.pt", "run_dir": "run",
+        "stream": {"bad_images": 0, "messages": []},
+    }  # fmt: skip
+    print_summary(summary)
+    assert "0.0000" in capsys.readouterr().out
+    print_summary({**summary, "final_loss": None})
+    assert "n/a" in capsys.readouterr().out
