@@ -258,6 +258,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
     from clipa_train.loop import LoopConfig
     from clipa_train.optim import OptimConfig
     from clipa_train.run_dir import (
+        check_resume_options,
         check_resume_settings,
         check_resume_step,
         check_run_dir,
@@ -300,7 +301,7 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         stop_check_every=config.logging.log_every, loggers=_loggers(config.logging),
     )  # fmt: skip
     check_resume_step(resume, total)  # past the stage's last step: refused here
-    return ResolvedStage(
+    stage = ResolvedStage(
         config=config,
         model=model,
         image=image,
@@ -315,3 +316,5 @@ def resolve_stage(config: TrainConfig) -> ResolvedStage:
         resume_from=None if resume is None else str(resume),
         tagger=_sidecar_tagger(reader) if syntax and evaluation.zeroshot else None,
     )
+    check_resume_options(resume, stage.to_json())
+    return stage

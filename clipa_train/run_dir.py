@@ -73,8 +73,10 @@ def check_run_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
 
 
 def move_aside(out: str | Path) -> Path | None:
-    """``--overwrite``: rename the run in ``out`` to ``out.old-<UTC time>`` (a free name; never
-    deletes); returns the new name, or None when ``out`` holds no run."""
+    """``--overwrite``: move the run in ``out`` to ``out.old-<UTC time>`` (a free name; never
+    deletes); returns the new name, or None when ``out`` holds no run. What is in ``out`` moves,
+    not ``out`` itself: the stage's lock (``writing``) is on ``out``'s folder, and a renamed
+    folder took it along, leaving the new ``out`` open to a second stage beside this one."""
     out = Path(out)
     if not run_files(out):
         return None
@@ -83,7 +85,9 @@ def move_aside(out: str | Path) -> Path | None:
     while target.exists():
         number += 1
         target = out.with_name(f"{out.name}.old-{stamp}-{number}")
-    out.rename(target)
+    target.mkdir()
+    for entry in sorted(out.iterdir()):
+        entry.rename(target / entry.name)
     return target
 
 
@@ -122,6 +126,16 @@ def saved_options(resume: Path) -> tuple[Path, dict]:
     return config, options if isinstance(options, dict) else {}
 
 
+def saved_given(config: Path) -> dict:
+    """The ``given`` part of a run's ``config.json`` (options before their defaults were
+    worked out); empty when it has none (an older run)."""
+    try:
+        given = json.loads(config.read_text()).get("given")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return given if isinstance(given, dict) else {}
+
+
 def check_resume_settings(
     resume: Path | None, batch_size: int, from_checkpoint: str | None
 ) -> None:
@@ -141,6 +155,82 @@ def check_resume_settings(
     _check_same_batch_size(resume, config, options.get("batch_size"), batch_size)
     if from_checkpoint:
         _check_same_origin(resume, config, options.get("from_checkpoint"), from_checkpoint)
+
+
+LENGTH_OPTIONS = ("samples", "epochs", "samples_per_epoch")
+"""A resume may change the stage's length (to train a finished run on, say): said in a note,
+as the schedule is then recomputed over the new length."""
+
+TRAJECTORY_OPTIONS = (
+    "lr", "warmup_steps", "weight_decay", "beta1",
+    "beta2", "eps", "grad_clip_norm", "seed", "loss", "pos_embed", "image_size", "image_mask",
+    "mask_ratio", "text_length", "text_mask", "crop_scale_min", "color_jitter",
+    "color_jitter_prob", "grayscale_prob", "tokenizer", "image_norm", "text_source",
+    "text_field", "shuffle_buffer", "reference_exact",
+)  # fmt: skip
+"""Options that shape a run's schedule, data or model: a resume keeps them. The rest (logging,
+checkpoints, workers, evaluation, --accum-steps, which is exact) may change between attempts;
+the length (``LENGTH_OPTIONS``) with a note."""
+
+
+def check_resume_options(resume: Path | None, run_config: dict) -> None:
+    """Refuse a resume whose options (``run_config``: what ``config.json`` will hold) differ
+    from its run's ``config.json`` in a ``TRAJECTORY_OPTIONS`` one: a flag left off
+    (``--samples`` forgotten: one epoch, a cosine schedule recomputed over fewer steps) or
+    changed gave another run that called itself the same one, and rewrote ``config.json`` as
+    if it had been. Options whose defaults are worked out (the warm-up, the lr) compare as
+    given, so a difference is said once, where the user made it."""
+    changed, saved, current, config = _changed(resume, run_config, TRAJECTORY_OPTIONS)
+    if not changed:
+        return
+    shown = "; ".join(
+        f"{_said(name, saved[name])} (this command: {_said(name, current[name])})"
+        for name in changed
+    )
+    raise ClipaError(
+        f"--resume {resume}: the run trained with {shown} (its {config}); resume with the "
+        "run's options, or start a new run (another --out) from these weights with --from"
+    )
+
+
+def resume_length_notes(resume: Path | None, run_config: dict) -> list[str]:
+    """One note when a resume changes the stage's length (``LENGTH_OPTIONS``): a forgotten
+    ``--samples`` shortens the run, so it is said, with the steps it now has."""
+    changed, saved, current, config = _changed(resume, run_config, LENGTH_OPTIONS)
+    if not changed:
+        return []
+    shown = "; ".join(
+        f"{_said(name, saved[name])} (this command: {_said(name, current[name])})"
+        for name in changed
+    )
+    steps = run_config["derived"]["total_steps"]
+    return [
+        f"note: --resume {resume}: the run trained with {shown} (its {config}): it now ends "
+        f"at step {steps}, its learning-rate schedule recomputed for {steps} steps"
+    ]
+
+
+def _changed(resume: Path | None, run_config: dict, names: tuple[str, ...]):
+    """(the names among ``names`` whose value differs, saved values, current values, the
+    config.json path) between a resume's run and this command's ``run_config``."""
+    if resume is None:
+        return [], {}, {}, None
+    config, saved = saved_options(resume)
+    saved = {**saved, **saved_given(config)}
+    # tuples as lists, as config.json holds them
+    current = json.loads(json.dumps({**run_config["options"], **run_config["given"]}))
+    changed = [
+        name for name in names if name in saved and name in current and saved[name] != current[name]
+    ]
+    return changed, saved, current, config
+
+
+def _said(name: str, value) -> str:
+    """An option as given: ``--samples 80``, ``no --lr``, ``--color-jitter 0.4,0.4,0.4,0.1``."""
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        return f"no {flag}"
+    return f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def _check_same_batch_size(resume: Path, config: Path, saved, batch_size: int) -> None:

@@ -44,7 +44,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         uneven_ranks_warnings,
         warmup_warnings,
     )
-    from clipa_train.run_dir import check_resume_step, writing
+    from clipa_train.run_dir import check_resume_step, resume_length_notes, writing
     from clipa_train.sharding import is_first_rank, said_once_per_host, torchrun_world
 
     run_dir = Path(config.run.out)
@@ -66,6 +66,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         steps = steps_per_epoch(stage.num_records, config.optim.batch_size, world, epoch)
     if own_device:
         check_memory(stage, world)  # each process says its own GPU's line
+    warnings: list[str] = []
     if first_rank:
         in_epochs = config.optim.samples is None
         warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)
@@ -74,12 +75,13 @@ def run_stage(config: TrainConfig) -> dict | None:
         )
         warnings += warmup_warnings(config.optim.warmup_steps, stage.optim.total_steps)
         warnings += uneven_ranks_warnings(stage.shard_lengths, world, steps, config.run.seed)
-        for line in warnings:
-            _note(line)
+        warnings += resume_length_notes(stage.resume_from, stage.to_json())
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
     # the model, optimiser and stream are restored: a run that fails a check in the worker
     # (weights, resume checkpoint, data) leaves no trace and the earlier run in place.
     with writing(run_dir) if first_rank else contextlib.nullcontext():
+        for line in warnings:  # once the directory is this stage's (a refused one says only why)
+            _note(line)
         launch(stage_worker, config.optim.backend, (stage,))
     return json.loads((run_dir / "summary.json").read_text())
 

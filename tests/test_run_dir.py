@@ -108,6 +108,23 @@ def test_a_run_directory_a_stage_is_writing_is_refused(data, finished, tmp_path,
     assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_an_overwrite_keeps_the_lock_of_the_directory_it_writes(finished, tmp_path):
+    """--overwrite renamed the run directory, lock and all, so the new one it then wrote was
+    open to a second stage (a --resume auto beside it trained into the live run)."""
+    from clipa_data.core.errors import ClipaError
+    from clipa_data.core.run_lock import only_run_in
+    from clipa_train.run_dir import move_aside, writing
+
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    before = snapshot(out)
+    with writing(out):  # as the stage holds it
+        moved = move_aside(out)
+        assert moved is not None and snapshot(moved) == before and not any(out.iterdir())
+        second = "another clipa-train stage is writing here now"
+        with pytest.raises(ClipaError, match=second), only_run_in(out, "clipa-train stage"):
+            pass
+
+
 def test_a_new_run_refused_in_its_worker_leaves_no_directory(data, tmp_path):
     (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")  # refused after the options
     out = tmp_path / "new" / "run"
@@ -165,11 +182,22 @@ def test_a_run_that_fails_its_checks_writes_nothing(data, finished, tmp_path):
     bad_weights = clipa_train(*tiny("finetune", data, tmp_path / "ft", *weights))
     one_line(bad_weights, 2, "weights.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]
-    # Resuming with another architecture is refused and leaves the run's config.json as it was.
+    # Resuming with other sizes or another architecture is refused and leaves the run as it was.
     before = snapshot(finished)
     more = ["--samples", 24, "--image-size", 64, "--resume", "auto"]
     other = clipa_train(*tiny("pretrain", data, finished, *more))
-    one_line(other, 2, "was written for a different model", "vision.image_size")
+    one_line(other, 2, "the run trained with --image-size 32 (this command: --image-size 64)")
+    from clipa_train.model import load_preset
+
+    deeper = load_preset("clipa-tiny").to_dict()
+    deeper["vision"]["layers"] += 1
+    (tmp_path / "deeper.json").write_text(json.dumps(deeper))
+    options = tiny("pretrain", data, finished, "--samples", 24, "--resume", "auto")
+    options[options.index("--model") + 1] = tmp_path / "deeper.json"
+    deeper_run = clipa_train(*options)  # refused in the worker, after the note on its length
+    assert deeper_run.returncode == 2, deeper_run.stderr
+    last = deeper_run.stderr.strip().splitlines()[-1]
+    assert "was written for a different model" in last and "vision.layers" in last
     assert snapshot(finished) == before
 
 

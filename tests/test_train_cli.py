@@ -357,15 +357,17 @@ def test_a_resume_with_another_batch_size_is_refused(data, tmp_path):
     """Steps, schedule and samples seen are counted in the run's batches: a resume at another
     --batch-size would train neither run's number of samples, so it is refused up front, also
     at the end of an epoch (where the stream itself could go on: 48 records, 6 steps of 8)."""
-    first = invoke(*tiny(data, tmp_path / "run", "--samples", 48))
+    every_epoch = ["--samples", 96, "--checkpoint-every", 6, "--keep-checkpoints", 0]
+    first = invoke(*tiny(data, tmp_path / "run", *every_epoch))
     assert first.exit_code == 0, first.output
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
-    changed = tiny(data, tmp_path / "run", "--samples", 96, "--resume", "auto")
+    epoch_end = tmp_path / "run" / "checkpoints" / "step_00000006.pt"
+    changed = tiny(data, tmp_path / "run", *every_epoch, "--resume", epoch_end)
     changed[changed.index("--batch-size") + 1] = 4
     refused = invoke(*changed)
     assert_one_line_error(refused, "trained with --batch-size 8", "resume with --batch-size 8")
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
-    same = invoke(*tiny(data, tmp_path / "run", "--samples", 96, "--resume", "auto"))
+    same = invoke(*tiny(data, tmp_path / "run", *every_epoch, "--resume", epoch_end))
     assert same.exit_code == 0, same.output
 
 
@@ -721,3 +723,33 @@ def test_a_final_loss_of_zero_is_printed_and_none_is_n_a(capsys):
     assert "0.0000" in capsys.readouterr().out
     print_summary({**summary, "final_loss": None})
     assert "n/a" in capsys.readouterr().out
+
+
+def test_a_resume_keeps_the_options_that_shape_the_run_and_says_a_new_length(data, tmp_path):
+    """Only --batch-size and --from were compared: a resume that forgot --samples trained one
+    epoch on a recomputed schedule without a word, and one with another --lr (--image-mask,
+    ...) exited 0 and rewrote config.json as if the run had been that one. Another length is
+    said (a finished run may be trained on); logging, checkpoints and --accum-steps (exact)
+    may change between attempts."""
+    out = tmp_path / "run"
+    every_step = ["--checkpoint-every", 1, "--keep-checkpoints", 0]
+    first = invoke(*tiny(data, out, "--samples", 24, *every_step))
+    assert first.exit_code == 0, first.output
+    saved = (out / "config.json").read_text()
+    step_one = out / "checkpoints" / "step_00000001.pt"
+    changed = invoke(*tiny(data, out, "--samples", 24, "--lr", 0.5, "--resume", step_one))
+    assert_one_line_error(
+        changed, f"--resume {step_one}: the run trained with no --lr (this command: --lr 0.5)",
+        "resume with the run's options",
+    )  # fmt: skip
+    masked = invoke(*tiny(data, out, "--samples", 24, "--image-mask", "grid", "--resume", step_one))
+    assert_one_line_error(masked, "--image-mask resize (this command: --image-mask grid)")
+    assert (out / "config.json").read_text() == saved
+    same = ["--log-every", 2, "--accum-steps", 2, "--keep-checkpoints", 0]
+    resumed = invoke(*tiny(data, out, "--samples", 24, *same, "--resume", step_one))
+    assert resumed.exit_code == 0, resumed.output
+    assert "note: --resume" not in resumed.stderr
+    forgot = invoke(*tiny(data, out, *same, "--resume", step_one))
+    assert forgot.exit_code == 0, forgot.output
+    assert "the run trained with --samples 24 (this command: no --samples)" in forgot.stderr
+    assert "it now ends at step 6" in " ".join(forgot.stderr.split())
