@@ -162,11 +162,10 @@ LENGTH_OPTIONS = ("samples", "epochs", "samples_per_epoch")
 as the schedule is then recomputed over the new length."""
 
 TRAJECTORY_OPTIONS = (
-    "lr", "warmup_steps", "weight_decay", "beta1",
-    "beta2", "eps", "grad_clip_norm", "seed", "loss", "pos_embed", "image_size", "image_mask",
-    "mask_ratio", "text_length", "text_mask", "crop_scale_min", "color_jitter",
-    "color_jitter_prob", "grayscale_prob", "tokenizer", "image_norm", "text_source",
-    "text_field", "shuffle_buffer", "reference_exact",
+    "lr", "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip_norm", "seed",
+    "loss", "pos_embed", "image_size", "image_mask", "mask_ratio", "text_length", "text_mask",
+    "crop_scale_min", "color_jitter", "color_jitter_prob", "grayscale_prob", "tokenizer",
+    "image_norm", "text_source", "text_field", "shuffle_buffer", "reference_exact",
 )  # fmt: skip
 """Options that shape a run's schedule, data or model: a resume keeps them. The rest (logging,
 checkpoints, workers, evaluation, --accum-steps, which is exact) may change between attempts;
