@@ -123,9 +123,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_image_norm(self.image_norm)
-        for flag, path in (("--out", self.out), ("--text-cache", self.text_cache)):
-            if path is not None:
-                layout.check_local(path, flag)
+        layout.check_local(self.out, "--out")  # None: not given, nothing to check
+        layout.check_local(self.text_cache, "--text-cache")
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
         if self.batch_size < 1 or self.workers < 0:

@@ -101,9 +101,8 @@ class ProbeConfig:
         if self.crop not in CROPS:
             raise ClipaError(f"--crop must be one of {', '.join(CROPS)}")
         check_image_norm(self.image_norm)
-        for flag, path in (("--out", self.out), ("--cache-dir", self.cache_dir)):
-            if path is not None:
-                layout.check_local(path, flag)
+        layout.check_local(self.out, "--out")  # None: not given, nothing to check
+        layout.check_local(self.cache_dir, "--cache-dir")
         if self.batch_size < 1 or self.workers < 0 or self.max_iter < 1:
             raise ClipaError("--batch-size and --max-iter must be positive and --workers ≥ 0")
         if self.image_size is not None and self.image_size < 1:

@@ -115,25 +115,17 @@ def check_resume_step(resume: str | Path | None, total_steps: int) -> bool:
     return step == total_steps
 
 
-def saved_options(resume: Path) -> tuple[Path, dict]:
-    """The ``config.json`` of the run that wrote checkpoint ``resume`` and its options (empty
-    when there is none or it cannot be read: then there is nothing to compare with)."""
+def saved_options(resume: Path, parts: tuple[str, ...] = ("options",)) -> tuple[Path, dict]:
+    """The ``config.json`` of the run that wrote checkpoint ``resume`` and its options (with
+    ``parts``, those parts merged in order, e.g. ``given`` over ``options``); empty when there
+    is none or it cannot be read: then there is nothing to compare with."""
     config = Path(resume).resolve().parent.parent / "config.json"
     try:
-        options = json.loads(config.read_text())["options"]
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError):
         return config, {}
-    return config, options if isinstance(options, dict) else {}
-
-
-def saved_given(config: Path) -> dict:
-    """The ``given`` part of a run's ``config.json`` (options before their defaults were
-    worked out); empty when it has none (an older run)."""
-    try:
-        given = json.loads(config.read_text()).get("given")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return given if isinstance(given, dict) else {}
+    found = [saved.get(part) for part in parts] if isinstance(saved, dict) else []
+    return config, {k: v for part in found if isinstance(part, dict) for k, v in part.items()}
 
 
 def check_resume_settings(
@@ -179,13 +171,9 @@ def check_resume_options(resume: Path | None, run_config: dict) -> None:
     changed gave another run that called itself the same one, and rewrote ``config.json`` as
     if it had been. Options whose defaults are worked out (the warm-up, the lr) compare as
     given, so a difference is said once, where the user made it."""
-    changed, saved, current, config = _changed(resume, run_config, TRAJECTORY_OPTIONS)
-    if not changed:
+    shown, config = _differences(resume, run_config, TRAJECTORY_OPTIONS)
+    if not shown:
         return
-    shown = "; ".join(
-        f"{_said(name, saved[name])} (this command: {_said(name, current[name])})"
-        for name in changed
-    )
     raise ClipaError(
         f"--resume {resume}: the run trained with {shown} (its {config}); resume with the "
         "run's options, or start a new run (another --out) from these weights with --from"
@@ -195,13 +183,9 @@ def check_resume_options(resume: Path | None, run_config: dict) -> None:
 def resume_length_notes(resume: Path | None, run_config: dict) -> list[str]:
     """One note when a resume changes the stage's length (``LENGTH_OPTIONS``): a forgotten
     ``--samples`` shortens the run, so it is said, with the steps it now has."""
-    changed, saved, current, config = _changed(resume, run_config, LENGTH_OPTIONS)
-    if not changed:
+    shown, config = _differences(resume, run_config, LENGTH_OPTIONS)
+    if not shown:
         return []
-    shown = "; ".join(
-        f"{_said(name, saved[name])} (this command: {_said(name, current[name])})"
-        for name in changed
-    )
     steps = run_config["derived"]["total_steps"]
     return [
         f"note: --resume {resume}: the run trained with {shown} (its {config}): it now ends "
@@ -209,19 +193,23 @@ def resume_length_notes(resume: Path | None, run_config: dict) -> list[str]:
     ]
 
 
-def _changed(resume: Path | None, run_config: dict, names: tuple[str, ...]):
-    """(the names among ``names`` whose value differs, saved values, current values, the
-    config.json path) between a resume's run and this command's ``run_config``."""
+def _differences(
+    resume: Path | None, run_config: dict, names: tuple[str, ...]
+) -> tuple[str, Path | None]:
+    """(``--samples 80 (this command: no --samples); ...`` for the ``names`` whose value
+    differs between a resume's run and this command's ``run_config``, "" for none; the run's
+    config.json)."""
     if resume is None:
-        return [], {}, {}, None
-    config, saved = saved_options(resume)
-    saved = {**saved, **saved_given(config)}
+        return "", None
+    config, saved = saved_options(resume, ("options", "given"))
     # tuples as lists, as config.json holds them
     current = json.loads(json.dumps({**run_config["options"], **run_config["given"]}))
-    changed = [
-        name for name in names if name in saved and name in current and saved[name] != current[name]
-    ]
-    return changed, saved, current, config
+    shown = "; ".join(
+        f"{_said(name, saved[name])} (this command: {_said(name, current[name])})"
+        for name in names
+        if name in saved and name in current and saved[name] != current[name]
+    )
+    return shown, config
 
 
 def _said(name: str, value) -> str:

@@ -295,9 +295,7 @@ def _sidecars_tokenizer(builder, split: layout.SplitInfo) -> str | None:
 
 def _check_shard_files(builder: str | object, split: layout.SplitInfo) -> None:
     if layout.is_url(builder):
-        import fsspec
-
-        fs, _, (root,) = fsspec.get_fs_token_paths(str(builder))
+        fs, root = layout.filesystem(builder)
         present = {posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
     else:
         from pathlib import Path

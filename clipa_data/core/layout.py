@@ -283,11 +283,11 @@ def split_url(path: str | Path) -> tuple[str, str] | None:
     return (match.group(1).lower(), match.group(2)) if match else None
 
 
-def check_local(path: str | Path, what: str, read: bool = False) -> None:
+def check_local(path: str | Path | None, what: str, read: bool = False) -> None:
     """Refuse a URL where a local folder or file is written (``gs:/b/x`` would otherwise become
     a local folder named ``gs:`` that the user believes is in the bucket), or, with ``read``,
     where only a local file is read (one line, the fix)."""
-    url = split_url(path)
+    url = None if path is None else split_url(path)
     if url is None:
         return
     scheme, rest = url
@@ -301,13 +301,13 @@ def check_local(path: str | Path, what: str, read: bool = False) -> None:
     raise ClipaError(f"{what} {scheme}://{rest}: only a local path is {done} here; {fix}")
 
 
-def _filesystem(url: str | Path):
+def filesystem(url: str | Path):
     """The fsspec filesystem of ``url`` and the path within it; a missing fsspec package of
     its scheme (gcsfs, s3fs, ...) is one line, not an ImportError traceback."""
-    import fsspec
+    import fsspec.core
 
     try:
-        fs, _, (resolved,) = fsspec.get_fs_token_paths(str(url))
+        fs, resolved = fsspec.core.url_to_fs(str(url))
     except ImportError as error:
         scheme = str(url).split(":", 1)[0]
         raise ClipaError(
@@ -327,7 +327,7 @@ def join(base: str | Path, *parts: str) -> str | Path:
 def read_text(path: str | Path) -> str:
     """Read a small text file from a local path or an fsspec URL."""
     if is_url(path):
-        fs, resolved = _filesystem(path)
+        fs, resolved = filesystem(path)
         with fs.open(resolved, "r") as handle:
             return handle.read()
     return Path(path).read_text()
@@ -336,7 +336,7 @@ def read_text(path: str | Path) -> str:
 def exists(path: str | Path) -> bool:
     """Whether a local path or fsspec URL exists."""
     if is_url(path):
-        fs, resolved = _filesystem(path)
+        fs, resolved = filesystem(path)
         return fs.exists(resolved)
     return Path(path).exists()
 

@@ -92,9 +92,7 @@ def output_location(location: str | Path, what: str) -> Path | str:
 
 def filesystem(url: str):
     """The fsspec filesystem of ``url`` and the path within it."""
-    import fsspec.core
-
-    return fsspec.core.url_to_fs(url)
+    return layout.filesystem(url)
 
 
 def _temporary_key(path: str) -> str:
