@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from clipa_data.core.atomic import atomic_writer
 from clipa_data.core.errors import ClipaError
 
 LOGGERS = ("jsonl", "tensorboard", "wandb")
@@ -54,7 +55,7 @@ class LoggerConfig:
     wandb_tags: tuple[str, ...] = ()
     """W&B tags of the run."""
     wandb_id: str | None = None
-    """W&B run id to resume (``None``: a new W&B run)."""
+    """W&B run id to continue (``None``: a new W&B run; a resume, the run directory's own)."""
 
 
 class Logger(Protocol):
@@ -159,6 +160,10 @@ class TensorBoardLogger:
             self.writer.close()
 
 
+WANDB_ID_FILE = "wandb_run_id"
+"""The run directory's record of its W&B run id (a resume logs to the same W&B run)."""
+
+
 class WandbLogger:
     """A W&B run (``WANDB_MODE=offline`` keeps it on disk: ``RUN_DIR/wandb``)."""
 
@@ -173,16 +178,25 @@ class WandbLogger:
         except ImportError as error:
             raise LoggerUnavailable("wandb is not installed; pip install wandb") from error
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = self.config.wandb_id or (self._saved_id() if start_step else None)
         self.run = wandb.init(
             project=self.config.wandb_project,
             name=self.config.wandb_name or self.run_dir.resolve().name,
             tags=list(self.config.wandb_tags) or None,
-            id=self.config.wandb_id,
-            resume="allow" if self.config.wandb_id else None,
+            id=run_id,
+            resume="allow" if run_id else None,
             # WANDB_DIR, when set, wins: the user chose where W&B keeps its files.
             dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
             config=hparams,
         )
+        # Kept beside the run so a --resume continues this W&B run, not a new one per attempt.
+        with atomic_writer(self.run_dir / WANDB_ID_FILE) as handle:
+            handle.write(f"{self.run.id}\n".encode())
+
+    def _saved_id(self) -> str | None:
+        """The W&B run id an earlier attempt of this run directory logged to (None: none)."""
+        path = self.run_dir / WANDB_ID_FILE
+        return (path.read_text().strip() or None) if path.is_file() else None
 
     def log(self, step: int, scalars: dict[str, Any]) -> None:
         self.run.log(_numeric(scalars), step=step)

@@ -448,7 +448,10 @@ class LoggingOptions:
     wandb_project: Annotated[str, Doc("W&B project (--log wandb).")] = "clipa"
     wandb_name: Annotated[str | None, Doc("W&B run name (default: the run directory name).")] = None
     wandb_tags: Annotated[str | None, Doc("W&B tags, comma-separated.")] = None
-    wandb_id: Annotated[str | None, Doc("W&B run id to resume (default: a new W&B run).")] = None
+    wandb_id: Annotated[
+        str | None,
+        Doc("W&B run id to continue (default: a new W&B run; under --resume, the run's own)."),
+    ] = None
 
     def __post_init__(self) -> None:
         loggers = parse_loggers(self.log)  # an unknown name is refused before anything starts

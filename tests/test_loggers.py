@@ -209,6 +209,39 @@ def test_wandb_without_an_api_key_is_one_warning_and_the_command_exits(tmp_path,
     assert json.loads((run / "summary.json").read_text())["steps"] == STEPS
 
 
+def test_a_resume_continues_the_run_directorys_own_wandb_run(tmp_path, monkeypatch):
+    """Each ``--resume auto --log wandb`` without ``--wandb-id`` started another W&B run, so a
+    preempted run's curve was split over as many runs as it had attempts."""
+    from clipa_train.loggers import WANDB_ID_FILE, LoggerConfig, WandbLogger
+
+    pytest.importorskip("wandb")
+    for name, value in _env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    config = LoggerConfig(names=("jsonl", "wandb"))
+
+    def attempt(start_step: int, steps: range, config: LoggerConfig = config) -> str:
+        # W&B names an offline run's folder by the second it starts: one WANDB_DIR per attempt
+        # keeps two attempts within a second apart.
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / f"wandb-{start_step}"))
+        logger = WandbLogger(tmp_path / "run", config)
+        logger.start({}, start_step=start_step)
+        for step in steps:
+            logger.log(step, {"step": step, "loss": float(step)})
+        logger.close()
+        return logger.run.id
+
+    first = attempt(0, range(1, 5))
+    assert (tmp_path / "run" / WANDB_ID_FILE).read_text() == f"{first}\n"
+    assert attempt(4, range(5, 9)) == first
+    for start, steps in ((0, range(1, 5)), (4, range(5, 9))):  # `wandb sync` sends both
+        (run,) = (tmp_path / f"wandb-{start}" / "wandb").glob(f"offline-run-*-{first}")
+        logged, record = _wandb_scalars(next(run.glob("run-*.wandb")))
+        assert record.run_id == first and logged["loss"] == {s: float(s) for s in steps}
+    fresh = attempt(0, range(1, 3))  # a new run (step 0) in the directory: a new W&B run
+    assert fresh != first
+    assert attempt(2, range(3, 4), LoggerConfig(names=("wandb",), wandb_id="mine")) == "mine"
+
+
 def test_a_resume_after_a_partial_last_record_starts_its_records_on_a_new_line(tmp_path):
     """A killed run can leave metrics.jsonl ending mid-record; the resumed run's first record
     goes on its own line (appended to the partial one, both would be unreadable)."""
