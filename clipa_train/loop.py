@@ -130,6 +130,9 @@ class LoopResult:
     and the last one's checkpoint saved before it: ``clipa-train eval`` evaluates it)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     """The metrics records written (rank 0)."""
+    final_loss: float | None = None
+    """The last step's loss (the mean over ranks), also when a stop fell between log steps;
+    ``None``: no step made, or a second signal under several processes (the last record's)."""
 
 
 class StopNow(KeyboardInterrupt):
@@ -479,6 +482,10 @@ def train(
             stop.phase = ENDING
         result.interrupted = stop.now
         result.signalled = _signalled(stop, cut, backend)
+        # Not after a second signal under several processes: the fetch would wait on the
+        # step's collectives, which a rank cut short may never join.
+        if watched is not None and not (cut and backend.world > 1):
+            result.final_loss = backend.to_host(watched)["loss"]
     log.close()
     result.step = step
     return result

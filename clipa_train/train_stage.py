@@ -289,6 +289,13 @@ def _last_zeroshot(evals: list[dict], final_eval_cut: bool) -> dict | None:
     }
 
 
+def _final_loss(result, train_records: list[dict]) -> float | None:
+    """The last step's loss (a stop between log steps included), else the last record's."""
+    if result.final_loss is not None:
+        return result.final_loss
+    return train_records[-1]["loss"] if train_records else None
+
+
 def summarise(stage: ResolvedStage, result, stream: StreamStats, started: float) -> dict:
     """``summary.json``: steps, final loss, throughput, zero-shot results, stream problems."""
     train_records = [r for r in result.records if "loss" in r]
@@ -306,7 +313,7 @@ def summarise(stage: ResolvedStage, result, stream: StreamStats, started: float)
         "failure": result.failure,
         "diverged": result.diverged,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
-        "final_loss": train_records[-1]["loss"] if train_records else None,
+        "final_loss": _final_loss(result, train_records),
         "eval_command": _eval_command(stage, result.checkpoint) if result.final_eval_cut else None,
         "samples_per_s": throughput(train_records, result.start_step)[0],
         "wall_seconds": time.perf_counter() - started,

@@ -124,6 +124,19 @@ def test_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(tmp_path, ac
         assert torch.equal(a, b), name
 
 
+def test_a_stop_between_log_steps_reports_the_last_steps_loss(tmp_path):
+    """summary.json's final loss was the last logged step's (step 4 here), not the step the run
+    stopped and saved at (6)."""
+    run(tmp_path / "full", source())
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full")}
+    sparse = LoopConfig(log_every=4, progress=False)
+    stopped, _ = run(tmp_path / "stopped", source(SignalAfter, at=5), config=sparse)
+    assert stopped.step == 6 and [r["step"] for r in stopped.records] == [4]
+    assert stopped.final_loss == losses[6] != losses[4]
+    finished, _ = run(tmp_path / "finished", source(), config=sparse)
+    assert finished.final_loss == losses[STEPS] == finished.records[-1]["loss"]
+
+
 def test_a_signal_during_the_last_step_finishes_the_run_and_says_it_was_signalled(tmp_path):
     """The run is complete (a recipe's stage is finished), but the user asked to stop: the
     result says so, and ``clipa-train recipe`` then starts no next stage."""
