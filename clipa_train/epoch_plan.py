@@ -13,12 +13,13 @@ another rank's share) needs no communication.
    steps are split over its workers in proportion to their records (largest remainder).
 4. **Uneven shares**: a worker reads its shards as a sequence of *passes*. When its budget is
    no larger than its records (the usual case), it reads part or all of one pass; records left
-   over wait for a later epoch, where the shard order differs. When its budget is larger (its
-   rank drew fewer records than the mean), it starts a second pass over its shards in a new
-   order, so a few records appear twice. With equal shard sizes, a shard count that is a
-   multiple of ``world * workers`` and a record count divisible by ``world * workers * batch``,
-   every record appears exactly once per epoch (3 equal shards on 2 ranks give one rank twice
-   the records of the other, but the same steps).
+   over wait for a later epoch, where the shard order differs (and, with ``samples_per_epoch``
+   given, each shard is read from a seeded record on: ``stream.WorkerInput``). When its budget
+   is larger (its rank drew fewer records than the mean), it starts a second pass over its
+   shards in a new order, so a few records appear twice. With equal shard sizes, a shard count
+   that is a multiple of ``world * workers`` and a record count divisible by ``world * workers
+   * batch``, every record appears exactly once per epoch (3 equal shards on 2 ranks give one
+   rank twice the records of the other, but the same steps).
 5. **Batch order**: worker ``w`` yields its batches ``0 .. n_w - 1``; the rank sees them
    interleaved round-robin over its workers, skipping workers that are done (what
    ``torch.utils.data.DataLoader`` does), so step ``s`` of an epoch is a known (worker, batch).

@@ -19,6 +19,8 @@ SHUFFLE = 2
 """Stream of the shuffle buffer's draws."""
 PASSES = 3
 """Stream of the shard order of a worker's second and later passes."""
+ROTATIONS = 4
+"""Stream of the record each shard is read from in an epoch (``samples_per_epoch`` given)."""
 
 
 class CounterRandom:

@@ -158,35 +158,51 @@ class ImageTextStream(torch.utils.data.IterableDataset):
 
 
 class WorkerInput:
-    """A worker's input records in order: its shards pass after pass (later passes reshuffled)."""
+    """A worker's input records in order: its shards pass after pass (later passes reshuffled),
+    each shard from its first record or, given ``rotation``, from a seeded record on, wrapping
+    around to the records before it."""
 
-    def __init__(self, reader: ShardReader, shards: tuple[int, ...], random: seeding.CounterRandom):
+    def __init__(
+        self,
+        reader: ShardReader,
+        shards: tuple[int, ...],
+        random: seeding.CounterRandom,
+        rotation: seeding.CounterRandom | None = None,
+    ):
         self.reader = reader
         self.shards = np.asarray(shards, dtype=np.int64)
         self.lengths = np.asarray(reader.lengths, dtype=np.int64)[self.shards]
         self.records = int(self.lengths.sum())
+        self.first_records = np.zeros_like(self.lengths)
+        if rotation is not None:
+            draws = rotation.at(0).random(len(self.shards))
+            self.first_records = (draws * self.lengths).astype(np.int64)
         self._random = random
-        self._passes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._passes: dict[int, tuple[np.ndarray, ...]] = {}
         self._open = None
         self._open_shard = -1
         self._next_record = -1
 
-    def _pass(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(shard order, first input index, end input index) of each shard in a pass."""
+    def _pass(self, number: int) -> tuple[np.ndarray, ...]:
+        """(shard order, first input index, end input index, first record, length) of each
+        shard in a pass."""
         if number not in self._passes:
             order = np.arange(len(self.shards))
             if number:
                 order = self._random.at(number).permutation(len(self.shards))
-            ends = np.cumsum(self.lengths[order])
-            self._passes = {number: (self.shards[order], ends - self.lengths[order], ends)}
+            lengths = self.lengths[order]
+            ends = np.cumsum(lengths)
+            columns = (self.shards[order], ends - lengths, ends, self.first_records[order], lengths)
+            self._passes = {number: columns}
         return self._passes[number]
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, record) of input record ``index``."""
         number, offset = divmod(index, self.records)
-        shards, starts, ends = self._pass(number)
+        shards, starts, ends, first_records, lengths = self._pass(number)
         slot = int(np.searchsorted(ends, offset, side="right"))
-        return int(shards[slot]), offset - int(starts[slot])
+        record = (offset - int(starts[slot]) + int(first_records[slot])) % int(lengths[slot])
+        return int(shards[slot]), record
 
     def read(self, index: int) -> Record | Unreadable:
         """Input record ``index`` (reads forward in the open shard stay in it)."""
@@ -223,8 +239,16 @@ class WorkerEpoch:
         self.share = shares[worker]
         self.first = plan.batches_before([s.batches for s in shares], step)[worker]
         key = (config.seed, epoch, stream.rank, worker)
+        # An epoch shorter than the data starts each shard at a seeded record: from record 0,
+        # a shard's records past (budget + shuffle buffer) were never drawn in any epoch.
+        rotation = None
+        if config.samples_per_epoch is not None:
+            rotation = seeding.CounterRandom(*key, seeding.ROTATIONS)
         self.input = WorkerInput(
-            stream.reader, self.share.shards, seeding.CounterRandom(*key, seeding.PASSES)
+            stream.reader,
+            self.share.shards,
+            seeding.CounterRandom(*key, seeding.PASSES),
+            rotation,
         )
         self.order = None
         if self.share.batches:

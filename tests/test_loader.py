@@ -137,6 +137,23 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(builder, stop_after):
     assert rest == expected[stop_after:]  # into the next epoch without a break
 
 
+def test_epochs_shorter_than_the_data_draw_every_record_of_long_shards(tmp_path):
+    """Each epoch read every shard from its first record: with an 8-sample epoch, a 4-record
+    buffer and 40-record shards, records 11-39 of every shard were never drawn in any epoch."""
+    shards = [make_records(40, start=40 * i, size=40) for i in range(2)]
+    short = config(
+        make_builder_dir(tmp_path, shards), batch_size=4, workers=0, samples_per_epoch=8,
+        text=TextReductionConfig("truncate", 8),
+    )  # fmt: skip
+    loader = Loader(short)
+    drawn = Counter()
+    for _ in range(80):
+        epoch = epoch_keys(loader)
+        assert len(epoch) == len(set(epoch)) == 8
+        drawn.update(epoch)
+    assert set(drawn) == {f"{i:09d}" for i in range(80)}
+
+
 def test_a_resume_reads_its_buffered_records_in_a_few_passes_over_the_shard(tmp_path, monkeypatch):
     """The records still in the shuffle buffer at the resumed step are read in shard order; a
     shard was opened again (its headers walked from the start) at every gap between them."""
