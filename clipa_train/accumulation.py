@@ -13,7 +13,9 @@ The gradient reaching micro-batch k's features in pass k is exactly the large ba
 those rows, so the K backward passes *sum* to the full-batch gradient of the towers, with no
 rescaling. ``logit_scale`` and ``logit_bias`` enter every pass's loss whole; they keep their
 gradient only in the last pass, so it is counted once, not K times. Under DDP every pass but the
-last runs under ``no_sync`` (gradients add up locally and are reduced once). The cost: one extra
+last runs under ``no_sync`` (gradients add up locally and are reduced once). Under FSDP each
+pass reduce-scatters its gradients (K per step): the gradients stay sharded, which is what FSDP
+is for (holding them whole across passes would cost a full unsharded copy). The cost: one extra
 forward of the towers per step and K evaluations of the loss over the rank's batch (small next
 to the towers); the activations held are one micro-batch's. The loss returned is the last
 pass's, which is the whole batch's loss.
@@ -117,6 +119,7 @@ def _spliced(
 
 def _local_gradients(step_model: nn.Module) -> contextlib.AbstractContextManager:
     """DDP's ``no_sync`` (gradients stay local until the last pass); nothing for a bare model
-    (one process, or XLA, which reduces once in ``Backend.sync_gradients``)."""
+    (one process, or XLA, which reduces once in ``Backend.sync_gradients``) or an FSDP one
+    (``fully_shard`` has no ``no_sync``: each pass reduce-scatters, keeping gradients sharded)."""
     no_sync = getattr(step_model, "no_sync", None)
     return no_sync() if no_sync is not None else contextlib.nullcontext()

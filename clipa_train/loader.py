@@ -42,18 +42,18 @@ from clipa_train.shards import open_split
 from clipa_train.stream import ImageTextStream, StreamConfig
 
 STATE_FORMAT = "clipa-stream/1"
-FINGERPRINT = (
-    "seed",
-    "world",
-    "workers",
-    "batch_size",
-    "shuffle_buffer",
-    "steps_per_epoch",
-    "split",
-    "num_shards",
-    "num_records",
-)
-"""State entries that must match to resume mid-epoch."""
+FINGERPRINT = {
+    "seed": "--seed",
+    "world": "processes",
+    "workers": "--workers",
+    "batch_size": "batch per process",
+    "shuffle_buffer": "--shuffle-buffer",
+    "steps_per_epoch": "steps per epoch (--samples-per-epoch)",
+    "split": "--split",
+    "num_shards": "shards of the data",
+    "num_records": "records of the data",
+}
+"""State entries that must match to resume mid-epoch, and what the user calls them."""
 KEPT_MESSAGES = 20
 DEATH_WAIT_S = 2.0
 """How long a failed wait for a batch looks for a dead worker before it re-raises as it is."""
@@ -402,8 +402,8 @@ class Loader:
         if step:
             now = self._settings()
             changed = [
-                f"{name} {state.get(name)} -> {now[name]}"
-                for name in FINGERPRINT
+                f"{said} {state.get(name)} -> {now[name]}"
+                for name, said in FINGERPRINT.items()
                 if state.get(name) != now[name]
             ]
             if changed:
