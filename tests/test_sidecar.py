@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pyarrow as pa
 import pytest
 
@@ -89,6 +91,51 @@ def test_missing_and_garbage(tmp_path):
     (tmp_path / "bad.arrow").write_bytes(b"not arrow")
     with pytest.raises(ClipaError, match="unreadable sidecar"):
         sidecar.load_sidecar(tmp_path / "bad.arrow", expectation())
+
+
+def _replaced(path, column: str, array: pa.Array):
+    """``path``'s sidecar with ``column`` replaced by ``array`` (written unvalidated)."""
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    table = table.set_column(table.schema.get_field_index(column), column, array)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def _patched(path, old: bytes, new: bytes):
+    """``path`` with its first ``old`` bytes replaced (a flipped byte inside a column leaves
+    the file's framing intact)."""
+    raw = path.read_bytes()
+    assert old in raw
+    path.write_bytes(raw.replace(old, new, 1))
+    return path
+
+
+def test_damage_inside_the_columns_is_the_unreadable_sidecar_line(tmp_path):
+    """Bad UTF-8 in a key, list offsets past the data, or word lengths that do not add up to
+    the word ids passed the checks and stopped a loader worker mid-run with a traceback."""
+    offsets = struct.pack("<3i", 0, 3, 3)  # the first caption's 3 ids, the second's none
+    utf8 = pa.Array.from_buffers(
+        pa.string(), 2, [None, pa.py_buffer(struct.pack("<3i", 0, 2, 4)), pa.py_buffer(b"\xff" * 4)]
+    )
+    lengths = pa.array([[1, 1, 5], []], pa.list_(pa.uint16()))
+    raw = write(tmp_path).read_bytes()  # the file ends: footer, its int32 length, "ARROW1"
+    footer = len(raw) - 10 - struct.unpack("<i", raw[-10:-6])[0]
+    bad_footer = tmp_path / "footer.arrow"  # "Verification of ... Footer failed": an OSError
+    bad_footer.write_bytes(raw[:footer] + b"\xff" * 4 + raw[footer + 4 :])
+
+    def fresh(name: str):  # a file of its own for each kind of damage
+        (tmp_path / name).mkdir()
+        return write(tmp_path / name)
+
+    for damaged in (
+        bad_footer,
+        _replaced(fresh("key"), "key", utf8),
+        _patched(fresh("offsets"), offsets, struct.pack("<3i", 0, 3, 0x99)),
+        _replaced(fresh("lengths"), "word_lengths", lengths),
+    ):
+        with pytest.raises(ClipaError, match=r"\.arrow: unreadable sidecar .*run clipa-data tag"):
+            sidecar.load_sidecar(damaged, expectation())
 
 
 def test_key_mismatch_names_record(tmp_path):

@@ -116,7 +116,7 @@ class SidecarInfo:
             payload = json.loads(metadata[METADATA_KEY])
             payload.setdefault("tokenizer", CLIP_BPE)  # written before the field existed
             return cls(**{name: payload[name] for name in cls.__dataclass_fields__})
-        except (TypeError, KeyError, json.JSONDecodeError):
+        except (TypeError, KeyError, ValueError):  # ValueError: bad JSON or UTF-8
             raise ClipaError(
                 f"{path}: not a clipa sidecar (no clipa metadata); re-create it with "
                 "clipa-data tag --overwrite"
@@ -185,11 +185,20 @@ def _open_file(path: str | Path) -> Iterator[pa.ipc.RecordBatchFileReader]:
         raise ClipaError(
             f"{path}: sidecar missing; create sidecars with: clipa-data tag BUILDER_DIR"
         ) from None
-    except pa.ArrowInvalid as error:
-        raise ClipaError(
-            f"{path}: unreadable sidecar ({error}); delete it and run clipa-data tag again (it "
-            "tags that shard alone again)"
-        ) from None
+    except (pa.ArrowException, OSError) as error:
+        # Arrow reports a damaged file as an OSError with no errno ("Invalid flatbuffers
+        # message"); one with an errno (permissions, I/O) is the system's own, said as it is.
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        raise unreadable(path, error) from None
+
+
+def unreadable(path: str | Path, error: Exception) -> ClipaError:
+    """The one line for a sidecar whose bytes are damaged, and its fix."""
+    return ClipaError(
+        f"{path}: unreadable sidecar ({error}); delete it and run clipa-data tag again (it "
+        "tags that shard alone again)"
+    )
 
 
 def read_table(path: str | Path) -> pa.Table:
@@ -222,6 +231,8 @@ class SidecarRows:
         self._word_ids, self._word_ids_offsets = _flat(table, "word_ids", np.int64)
         self._lengths, self._word_offsets = _flat(table, "word_lengths", np.int64)
         self._priority, _ = _flat(table, "word_priority", np.int8)
+        if (self._lengths < 0).any() or self._lengths.sum() != len(self._word_ids):
+            raise ValueError("word lengths do not add up to the word ids")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -300,7 +311,14 @@ def load_sidecar(path: str | Path, expected: SidecarExpectation) -> SidecarRows:
             f"{path}: sidecar has {table.num_rows} rows but shard {expected.shard} has "
             f"{expected.num_records} records; re-create it with clipa-data tag --overwrite"
         )
-    return SidecarRows(table, info)
+    try:
+        # Damage inside the columns passes the file's framing: offsets past the data or bad
+        # UTF-8 stopped a loader worker mid-run with Arrow's or numpy's own traceback.
+        table.validate(full=True)
+        rows = SidecarRows(table, info)
+    except (pa.ArrowException, ValueError) as error:
+        raise unreadable(path, error) from None
+    return rows
 
 
 def check_keys(rows: SidecarRows, shard_keys: list[str], path: str, shard: str) -> None:
