@@ -134,10 +134,14 @@ def _payloads(
             records = tfrecord.iter_records(stream, name=path, check_data_crc=check_crc)
             try:
                 for data in records:
-                    yield data
                     index += 1
                     if index == declared:
+                        # Checked before the last record is given: a reader takes no more
+                        # than that and never comes back to this generator.
+                        _check_nothing_after(stream, path, declared)
+                        yield data
                         break
+                    yield data
                 else:
                     broken = CorruptShardError(
                         path, stream.tell(), f"file ends after {index} of {declared} records"
@@ -154,11 +158,15 @@ def _payloads(
         if broken is not None:
             for _ in range(index, declared):
                 yield broken
-        elif stream.read(1):
-            raise ClipaError(
-                f"{path} holds more records than the {declared} its dataset_info.json declares; "
-                "re-create the builder directory with clipa-data convert"
-            )
+
+
+def _check_nothing_after(stream, path: str, declared: int) -> None:
+    """Raise when ``stream`` (just past the last declared record) holds more bytes."""
+    if stream.read(1):
+        raise ClipaError(
+            f"{path} holds more records than the {declared} its dataset_info.json declares; "
+            "re-create the builder directory with clipa-data convert"
+        )
 
 
 @dataclass(frozen=True)
