@@ -101,6 +101,27 @@ def uneven_ranks_warnings(
     ]
 
 
+def idle_workers_notes(
+    shard_lengths: tuple[int, ...], world: int, workers: int, seed: int
+) -> list[str]:
+    """A line when a rank holds fewer non-empty shards than ``--workers`` in epoch 0: shards are
+    dealt whole to workers, so the others sit idle (processes and memory for nothing)."""
+    from clipa_train import epoch_plan
+
+    order = [int(s) for s in epoch_plan.shard_order(seed, 0, len(shard_lengths))]
+    groups = epoch_plan.balance(order, list(shard_lengths), world)
+    fewest = min(sum(1 for shard in group if shard_lengths[shard]) for group in groups)
+    if not 0 < fewest < workers:
+        return []  # a rank with no records is refused by the loader
+    which, idle = "a" if world > 1 else "the", workers - fewest
+    return [
+        f"note: --workers {workers}, but {which} process has only {fewest} non-empty shard"
+        f"{'s' * (fewest > 1)} to read in an epoch (shards are read whole: "
+        f"{len(shard_lengths)} over {world} process{'es' * (world > 1)}), so {idle} of its "
+        f"workers {'sit' if idle > 1 else 'sits'} idle; --workers {fewest} reads as fast"
+    ]
+
+
 def samples_warnings(samples: int | None, batch_size: int, total_steps: int) -> list[str]:
     """A line when ``--samples`` is not a whole number of global batches: the stage trains
     whole batches only, so it sees fewer samples than asked (or, below one batch, more)."""

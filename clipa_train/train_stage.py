@@ -39,6 +39,7 @@ def run_stage(config: TrainConfig) -> dict | None:
     from clipa_train.epoch_plan import steps_per_epoch
     from clipa_train.preflight import (
         check_memory,
+        idle_workers_notes,
         samples_warnings,
         small_data_warnings,
         uneven_ranks_warnings,
@@ -75,6 +76,9 @@ def run_stage(config: TrainConfig) -> dict | None:
         )
         warnings += warmup_warnings(config.optim.warmup_steps, stage.optim.total_steps)
         warnings += uneven_ranks_warnings(stage.shard_lengths, world, steps, config.run.seed)
+        warnings += idle_workers_notes(
+            stage.shard_lengths, world, config.run.workers, config.run.seed
+        )
         warnings += resume_length_notes(stage.resume_from, stage.to_json())
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
     # the model, optimiser and stream are restored: a run that fails a check in the worker

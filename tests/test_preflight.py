@@ -15,6 +15,7 @@ from builders import make_builder_dir, make_records
 from cli_checks import assert_one_line_error
 
 from clipa_train.preflight import (
+    idle_workers_notes,
     samples_warnings,
     small_data_warnings,
     uneven_ranks_warnings,
@@ -311,3 +312,16 @@ def test_a_rank_dealt_a_small_share_of_whole_shards_is_warned_of(tmp_path):
 
     assert uneven_ranks_warnings((100, 100, 100, 60), world=4, steps=18, seed=0) == []  # 1.5x
     assert uneven_ranks_warnings((100, 5), world=1, steps=26, seed=0) == []
+
+
+def test_more_workers_than_shards_is_a_note_naming_the_worker_count_that_reads_as_fast():
+    """Shards are read whole: the workers beyond a rank's non-empty shards started, held
+    memory and read nothing, and nobody said so."""
+    (line,) = idle_workers_notes((10, 0, 10), world=1, workers=4, seed=0)
+    assert line.startswith("note: --workers 4, but the process has only 2 non-empty shards")
+    assert "so 2 of its workers sit idle; --workers 2 reads as fast" in line
+    (line,) = idle_workers_notes((10, 10, 10), world=2, workers=2, seed=0)
+    assert "a process has only 1 non-empty shard to read" in line
+    assert "1 of its workers sits idle" in line
+    assert idle_workers_notes((10, 10, 10, 10), world=2, workers=2, seed=0) == []
+    assert idle_workers_notes((10,), world=1, workers=0, seed=0) == []  # read in the process

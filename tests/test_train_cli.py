@@ -326,6 +326,12 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def test_more_workers_than_shards_is_said_before_training(data, tmp_path):
+    done = invoke(*tiny(data, tmp_path / "run", "--samples", 8), "--workers", 3)
+    assert done.exit_code == 0, done.output
+    assert "note: --workers 3, but the process has only 2 non-empty shards" in done.output
+
+
 def test_sigterm_stop_then_resume_auto_continues_exactly(data, tmp_path):
     """A preempted run (SIGTERM) resumed with --resume auto logs the same losses, step for step,
     as an uninterrupted run: same batches from the real loader (2 workers), same updates."""
