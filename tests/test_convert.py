@@ -318,6 +318,7 @@ def test_skip_bad_shards_leaves_them_out_and_reports_them(src, tmp_path):
     ((source, problem),) = result.bad_shards
     assert source == "00001.tfrecord" and "corrupt TFRecord at byte 0" in problem
     assert "no whole record before it" in problem
+    assert "delete it and 00001_stats.json, then re-run clipa-data download" in problem
     manifest = json.loads((result.builder_dir / layout.CONVERT_MANIFEST).read_text())
     assert manifest["skipped_bad"] == [{"source": source, "problem": problem}]
     summary = json.loads((result.builder_dir / layout.CONVERT_SUMMARY).read_text())
@@ -329,6 +330,20 @@ def type_changing_source(folder: Path) -> Path:
     write_shard(folder, 0, make_samples(0, 4))
     write_shard(folder, 1, make_samples(1, 6, missing_similarity=(3,)))
     return folder
+
+
+def test_a_damaged_shard_img2dataset_never_finished_is_fetched_by_finishing_the_download(
+    src, tmp_path
+):
+    """A shard a killed download left half-written has no stats file: the advice told the user
+    to delete one that does not exist."""
+    shard = src / "00001.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:7])
+    (src / "00001_stats.json").unlink()
+    result = convert(config(src, tmp_path / "out", skip_bad_shards=True))
+    ((source, problem),) = result.bad_shards
+    assert source == "00001.tfrecord" and "00001_stats.json, then" not in problem
+    assert "img2dataset never finished it (no 00001_stats.json): re-run the same" in problem
 
 
 def test_column_changing_type_is_named_and_can_be_dropped(tmp_path):

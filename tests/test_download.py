@@ -588,6 +588,9 @@ def test_cli_bad_passthrough(metadata, tmp_path, pair, message):
         ("--save-additional-columns", "NSFW,status", "may not use status"),
         ("--save-additional-columns", "NSFW,txt", "may not use txt: img2dataset writes"),
         ("--save-additional-columns", "jpg", "would replace them in every record"),
+        ("--save-additional-columns", "NSFW,NSFW", "names NSFW more than once"),
+        ("--save-additional-columns", "TEXT", "may not name TEXT: img2dataset stores it as 'c"),
+        ("--save-additional-columns", "NSFW,URL", "may not name URL: img2dataset stores it as 'u"),
         ("--distributor", "ray", "--distributor must be one of multiprocessing, pyspark"),
         ("--processes", "0", "--processes-count must be at least 1"),
         ("--image-size", "0", "--image-size must be at least 1"),
@@ -632,6 +635,55 @@ def test_overwrite_refuses_a_folder_that_holds_the_url_list(tfrecord_run, tmp_pa
     linked = cli(str(url_list), str(output), "--incremental-mode", "overwrite")
     assert linked.exit_code == 2 and "would delete the URL list" in linked.output, linked.output
     assert url_list.is_symlink()
+
+
+def test_a_url_list_without_rows_is_refused_before_img2dataset_starts(tmp_path):
+    """It ran img2dataset for nothing, exit 0, and named convert as the next step."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("url,caption\n")
+    columns = ["--url-col", "url", "--caption-col", "caption", "--save-additional-columns", ""]
+    result = cli(str(header_only), str(tmp_path / "out"), "--input-format", "csv", *columns)
+    assert result.exit_code == 2, result.output
+    assert "empty.csv has no rows (it holds only a header)" in result.output
+    no_rows = tmp_path / "empty.parquet"
+    pq.write_table(
+        pa.table({"URL": pa.array([], pa.string()), "TEXT": pa.array([], pa.string())}), no_rows
+    )
+    result = cli(str(no_rows), str(tmp_path / "out"), "--save-additional-columns", "")
+    assert result.exit_code == 2 and "empty.parquet has no rows (it holds nothing)" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_url_list_folder_of_mixed_formats_names_the_files_left_out(tmp_path, capsys):
+    """Two of three lists were skipped, exit 0, and nothing said so."""
+    from clipa_data.prepare.download import DownloadConfig, check_inputs
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.csv", "b.tsv", "c.csv.gz", "README.md"):
+        (folder / name).write_text("url,caption\nhttp://127.0.0.1:9/x.jpg,x\n")
+    config = DownloadConfig(
+        url_list=str(folder), output_folder=str(tmp_path / "out"), input_format="csv",
+        url_col="url", caption_col="caption", save_additional_columns=(),
+    )  # fmt: skip
+    check_inputs(config)
+    note = capsys.readouterr().err
+    assert f"note: {folder} also holds b.tsv, c.csv.gz, which --input-format csv leaves" in note
+
+
+def test_a_url_list_folder_that_is_the_output_folder_is_refused(metadata, tmp_path):
+    """It downloaded once; the re-run then read img2dataset's own shard .parquet files as URL
+    lists and told the user to pass --url-col url."""
+    folder = tmp_path / "same"
+    folder.mkdir()
+    shutil.copy(metadata.path, folder / "part-a.parquet")
+    result = cli(str(folder), str(folder))
+    assert result.exit_code == 2, result.output
+    assert "is the output folder" in result.output and "another output folder" in result.output
+    assert sorted(path.name for path in folder.iterdir()) == ["part-a.parquet"]
 
 
 def test_cli_remote_output_folder_is_refused_not_mangled(metadata, tmp_path, monkeypatch):

@@ -238,7 +238,26 @@ class DownloadConfig:
                 "those itself (a saved column would replace them in every record); drop them "
                 "from the list, or rename the column in the URL list"
             )
+        self._check_saved_columns()
         self._check_extra()
+
+    def _check_saved_columns(self) -> None:
+        """img2dataset renames the URL and caption columns before it picks the saved ones, and
+        refuses a column picked twice: both failed only after its start-up (over a minute)."""
+        saved = self.save_additional_columns
+        twice = sorted({name for name in saved if saved.count(name) > 1})
+        if twice:
+            raise ClipaError(
+                f"save_additional_columns names {', '.join(twice)} more than once; name each "
+                "column once"
+            )
+        stored = {self.url_col: "url", self.caption_col: "caption"}
+        for name in saved:
+            if name in stored:
+                raise ClipaError(
+                    f"save_additional_columns may not name {name}: img2dataset stores it as "
+                    f"'{stored[name]}' already; drop it from the list"
+                )
 
     def _check_extra(self) -> None:
         """Every passthrough name must be an img2dataset argument that has no field here."""
@@ -456,6 +475,28 @@ def _input_files(config: DownloadConfig) -> list[Path]:
     return [path]
 
 
+def _note_other_formats(config: DownloadConfig) -> None:
+    """One line naming the files of a URL-list folder in another list format: img2dataset reads
+    only ``*.<--input-format>``, and a folder of mixed lists was downloaded in part, exit 0."""
+    folder = Path(config.url_list)
+    if not folder.is_dir():
+        return
+    others = sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.is_file()
+        and not path.name.endswith(f".{config.input_format}")
+        and any(path.name.endswith(f".{kind}") for kind in INPUT_FORMATS)
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        print(
+            f"note: {folder} also holds {shown}, which --input-format {config.input_format} "
+            "leaves out (img2dataset reads one format a run)",
+            file=sys.stderr,
+        )
+
+
 def wanted_columns(config: DownloadConfig) -> dict[str, str]:
     """The input columns img2dataset will select, each with the flag that names it."""
     wanted = {config.url_col: "--url-col"}
@@ -519,6 +560,7 @@ def _check_output(config: DownloadConfig) -> None:
         )
     if output.exists() and not output.is_dir():
         raise ClipaError(f"output folder {output} is a file; pass a folder path")
+    _check_list_folder_apart(config)
     if config.incremental_mode == "overwrite":
         _check_overwritable(config)
     if output.is_dir() and config.incremental_mode != "overwrite":
@@ -533,6 +575,20 @@ def _check_output(config: DownloadConfig) -> None:
         _check_same_rows(config)
         _check_extend_runs(config)
         _check_nothing_left_to_finish(config)
+
+
+def _check_list_folder_apart(config: DownloadConfig) -> None:
+    """A URL-list folder that is the output folder gets img2dataset's per-shard ``.parquet``
+    files: the next run read them as URL lists (and a stop deleted its unfinished ones)."""
+    given = Path(config.url_list)
+    if layout.is_url(config.url_list) or not given.is_dir():
+        return
+    if given.resolve() == Path(config.output_folder).resolve():
+        raise ClipaError(
+            f"the URL-list folder {config.url_list} is the output folder: img2dataset writes "
+            "each shard's own .parquet there, which a re-run would read as URL lists; pass "
+            "another output folder"
+        )
 
 
 def _check_overwritable(config: DownloadConfig) -> None:
@@ -738,6 +794,19 @@ def _url_rows(config: DownloadConfig) -> dict[str, int] | None:
     return {path.name: list_rows(path, config.input_format) for path in _input_files(config)}
 
 
+def _check_some_rows(config: DownloadConfig) -> None:
+    """A URL list without a single row: img2dataset started (seconds) to download nothing, and
+    the summary sent the user on to a convert that could only fail."""
+    header = 1 if config.input_format.removesuffix(".gz") in ("csv", "tsv") else 0
+    rows = _url_rows(config) or {}
+    if rows and all(count <= header for count in rows.values()):
+        held = "only a header" if header else "nothing"
+        what = f"its files hold {held}" if len(rows) > 1 else f"it holds {held}"
+        raise ClipaError(
+            f"URL list {config.url_list} has no rows ({what}); give a list with one row per image"
+        )
+
+
 def _check_same_rows(config: DownloadConfig) -> None:
     """A URL-list file whose rows changed since the folder was downloaded from it: img2dataset
     resumes by shard number, so rows appended after a finished partial last shard were never
@@ -854,6 +923,9 @@ def check_inputs(config: DownloadConfig) -> range | None:
     rows = _parquet_rows(config, files) if files and config.input_format == "parquet" else None
     if files and config.input_format != "parquet":
         _check_columns(config, files)
+    if files:
+        _check_some_rows(config)
+        _note_other_formats(config)
     _check_output(config)
     if config.distributor == "pyspark":
         spark.import_pyspark()

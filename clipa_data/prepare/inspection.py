@@ -206,8 +206,12 @@ def _stats_successes(path: str | Path) -> int:
 
 
 def _refetch(task: InspectTask) -> str:
-    stats_name = Path(task.stats_path).name
-    return f"delete it and {stats_name}, then re-run clipa-data download to fetch it again"
+    """How to get a damaged shard again: a finished one (its stats file there) is fetched anew
+    once both are deleted; one img2dataset never finished, by finishing the download."""
+    stats = Path(task.stats_path)
+    if stats.is_file():
+        return f"delete it and {stats.name}, then re-run clipa-data download to fetch it again"
+    return f"img2dataset never finished it (no {stats.name}): {_how_to_finish(stats.parent)}"
 
 
 def _damage(task: InspectTask, read: _Read, successes: int | None) -> Damage | None:
