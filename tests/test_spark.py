@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -281,3 +282,23 @@ def test_a_first_stop_starts_no_shard_that_was_still_waiting(spark):
         stop.is_set,
     )
     assert spark.defaultParallelism == 2 and sorted(finished) == [0, 1]
+
+
+def test_a_session_spark_cannot_start_is_one_line(tmp_path):
+    """A master Spark refuses to start on (yarn without its configuration here; an unreachable
+    spark:// master the same after Spark's minute of retries) ended in Java and Python
+    tracebacks."""
+    script = (
+        "from clipa_data.core.errors import ClipaError\n"
+        "from clipa_data.prepare.spark import spark_context\n"
+        "try:\n    spark_context('yarn', 1)\nexcept ClipaError as error:\n    print(error)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HADOOP_CONF_DIR", "YARN_CONF_DIR")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("cannot start a Spark session on yarn (") and (
+        "check --spark-master, or leave it out" in done.stdout
+    ), done.stdout

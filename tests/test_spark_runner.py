@@ -66,3 +66,10 @@ def test_missing_pyspark_is_one_line_naming_the_extra(monkeypatch):
     plan = runner.RunnerConfig("tagging", distributor="pyspark", show_progress=False)
     with pytest.raises(ClipaError, match=r"needs pyspark: pip install 'clipa\[spark\]'"):
         runner.map_shards(str, ["a", "b"], plan)
+
+
+@pytest.mark.parametrize("master", ["bogus", "spark:/host:7077", "mesos://host:5050"])
+def test_a_master_spark_does_not_know_is_one_line_before_any_java(master):
+    """Spark started a JVM to say so in an 80-line traceback."""
+    with pytest.raises(ClipaError, match=rf"--spark-master {master} is not a Spark master URL"):
+        spark.spark_context(master, 1)

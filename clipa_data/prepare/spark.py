@@ -37,6 +37,8 @@ per shard on the driver."""
 INSTALL_HINT = "pip install 'clipa[spark]' (or pip install pyspark==4.3.0; it needs Java 17+)"
 
 _LOCAL = re.compile(r"local(?:\[(\*|\d+)\])?")
+MASTER_FORMS = "local[N], spark://HOST:PORT, yarn or k8s://HOST:PORT"
+"""The master URLs Spark accepts, as one refusal names them."""
 
 
 class ShardsFailedError(ClipaError):
@@ -73,6 +75,10 @@ def spark_context(master: str | None, workers: int) -> Any:
     interpreter (its virtual environment has clipa installed); the console progress bar and
     Spark's per-attempt error logs are turned off, since the runner reports both itself.
     """
+    if master is not None and not (
+        master == "yarn" or master.startswith(("local", "spark://", "k8s://"))
+    ):
+        raise ClipaError(f"--spark-master {master} is not a Spark master URL: give {MASTER_FORMS}")
     import_pyspark()
     from pyspark.sql import SparkSession
 
@@ -91,10 +97,25 @@ def spark_context(master: str | None, workers: int) -> Any:
         # (not from spark.pyspark.python); a user's own setting wins.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.config("spark.ui.showConsoleProgress", "false")
-    context = builder.getOrCreate().sparkContext
+    try:
+        context = builder.getOrCreate().sparkContext
+    except Exception as error:  # Py4JJavaError, PySparkRuntimeError: Spark's reasons, traced
+        raise ClipaError(
+            f"cannot start a Spark session on {chosen} ({_start_failure(error)}); check "
+            "--spark-master, or leave it out for a session on this machine"
+        ) from None
     if chosen.startswith("local"):
         context.setLogLevel("FATAL")
     return context
+
+
+def _start_failure(error: BaseException) -> str:
+    """The line of a failed session start that says why: Java's exception rather than py4j's
+    "An error occurred while calling ..." (a gateway that exited printed its reason above)."""
+    lines = [line.strip().lstrip(":").strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("An error occurred")]
+    said = next((line for line in lines if re.search(r"(Exception|Error): ", line)), None)
+    return (said or (lines[0] if lines else type(error).__name__))[:300]
 
 
 def failure_line(error: BaseException) -> str:
