@@ -703,6 +703,11 @@ STAGE_DEFAULTS: dict[str, StageDefaults] = {
 """Defaults that differ per stage (fine-tuning: 224 px, no mask, text 32 truncate, learnable
 positional embeddings; the lr rule and warm-up length)."""
 
+LENGTH_OPTIONS = frozenset({"epochs", "samples"})
+"""The two ways to give a stage's length (one at most): a flag for one replaces a config
+file's value of either (``--samples`` over a file's ``epochs:`` was "give --epochs or --samples,
+not both")."""
+
 RECIPE_RENAMES = {"global_batch": "batch_size"}
 """Recipe fields whose option name differs."""
 
@@ -887,7 +892,10 @@ def resolve(
     ``without_tokenizer``: a recipe stage that reads WordPiece and has no ``--tokenizer`` yet is
     resolved with CLIP's (``clipa-train recipe --plan`` says what the run still needs)."""
     given = read_config_file(config_file) if config_file else {}
-    given.update({key: value for key, value in flags.items() if value is not None})
+    flagged = {key: value for key, value in flags.items() if value is not None}
+    if flagged.keys() & LENGTH_OPTIONS:  # a length on the command line replaces the file's
+        given = {key: value for key, value in given.items() if key not in LENGTH_OPTIONS}
+    given.update(flagged)
     for key, value in given.items():
         if isinstance(value, str) and not value.strip():
             # `--resume "$(ls ... | tail -1)"` with nothing found: not "no option given"

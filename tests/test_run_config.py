@@ -72,6 +72,9 @@ def test_config_file_then_flags(tmp_path):
     config = resolve("pretrain", {**BASE, "text_length": 12}, path)
     assert (config.reduction.text_mask, config.reduction.text_length) == ("syntax", 12)
     assert config.augment.color_jitter == (0.1, 0.1, 0.1, 0.0)
+    path.write_text("epochs: 2\nbatch_size: 20\n")  # a length flag replaces the file's length
+    assert resolve("pretrain", {**BASE, "samples": 400}, path).optim.samples == 400
+    assert resolve("pretrain", {**BASE, "samples": 400}, path).optim.epochs is None
     json_path = tmp_path / "run.json"
     json_path.write_text(json.dumps({"from": "x.pt"}))
     assert read_config_file(json_path) == {"from_checkpoint": "x.pt"}
