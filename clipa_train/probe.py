@@ -338,7 +338,8 @@ def probe_features(
     found = {}
     for role, probe_set in sets.items():
         key = cache_key(checkpoint, probe_set, image_size, config.crop, described)
-        name = f"{role}-{Path(str(probe_set.images.source)).name}-{key}.pt"
+        # Named by the set, not its role: a set given as both --train and --val is read once.
+        name = f"{Path(str(probe_set.images.source)).name}-{key}.pt"
 
         def compute(probe_set=probe_set):
             nonlocal model

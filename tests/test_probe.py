@@ -176,6 +176,8 @@ def test_probe_end_to_end_then_the_feature_cache_is_reused(sets, tmp_path):
     same = probe(sets["checkpoint"], sets["colours"] / "val", sets["colours"] / "val", "--json",
                  "--cache-dir", tmp_path / "other-cache")  # fmt: skip
     assert same.exit_code == 0 and "--train and --val are the same images" in same.stderr
+    assert same.stderr.count("reused cache") == 1  # extracted once, for --train
+    assert len(list((tmp_path / "other-cache").iterdir())) == 1
     assert second.stderr.count("reused cache") == 2, second.stderr
     assert "top-1" in second.stdout and f"{result['top1']:.2%}" in second.stdout
     assert {path: path.stat().st_mtime_ns for path in cache.iterdir()} == written
