@@ -14,7 +14,7 @@ another rank's share) needs no communication.
 4. **Uneven shares**: a worker reads its shards as a sequence of *passes*. When its budget is
    no larger than its records (the usual case), it reads part or all of one pass; records left
    over wait for a later epoch, where the shard order differs (and, with ``samples_per_epoch``
-   given, each shard is read from a seeded record on: ``stream.WorkerInput``). When its budget
+   given, its input starts at a seeded record: ``stream.WorkerInput``). When its budget
    is larger (its rank drew fewer records than the mean), it starts a second pass over its
    shards in a new order, so a few records appear twice. With equal shard sizes, a shard count
    that is a multiple of ``world * workers`` and a record count divisible by ``world * workers

@@ -20,7 +20,7 @@ SHUFFLE = 2
 PASSES = 3
 """Stream of the shard order of a worker's second and later passes."""
 ROTATIONS = 4
-"""Stream of the record each shard is read from in an epoch (``samples_per_epoch`` given)."""
+"""Stream of where a worker's input starts in an epoch that reads part of it."""
 
 
 class CounterRandom:

@@ -159,8 +159,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
 
 class WorkerInput:
     """A worker's input records in order: its shards pass after pass (later passes reshuffled),
-    each shard from its first record or, given ``rotation``, from a seeded record on, wrapping
-    around to the records before it."""
+    from the first record of the first shard or, given ``rotation``, from a seeded record of
+    them on, wrapping around to the records before it."""
 
     def __init__(
         self,
@@ -173,36 +173,33 @@ class WorkerInput:
         self.shards = np.asarray(shards, dtype=np.int64)
         self.lengths = np.asarray(reader.lengths, dtype=np.int64)[self.shards]
         self.records = int(self.lengths.sum())
-        self.first_records = np.zeros_like(self.lengths)
-        if rotation is not None:
-            draws = rotation.at(0).random(len(self.shards))
-            self.first_records = (draws * self.lengths).astype(np.int64)
+        self.first = 0
+        """Where each pass starts (an index into the pass; 0 without ``rotation``)."""
+        if rotation is not None and self.records:
+            self.first = int(rotation.at(0).random() * self.records)
         self._random = random
-        self._passes: dict[int, tuple[np.ndarray, ...]] = {}
+        self._passes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._open = None
         self._open_shard = -1
         self._next_record = -1
 
-    def _pass(self, number: int) -> tuple[np.ndarray, ...]:
-        """(shard order, first input index, end input index, first record, length) of each
-        shard in a pass."""
+    def _pass(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard order, first input index, end input index) of each shard in a pass."""
         if number not in self._passes:
             order = np.arange(len(self.shards))
             if number:
                 order = self._random.at(number).permutation(len(self.shards))
-            lengths = self.lengths[order]
-            ends = np.cumsum(lengths)
-            columns = (self.shards[order], ends - lengths, ends, self.first_records[order], lengths)
-            self._passes = {number: columns}
+            ends = np.cumsum(self.lengths[order])
+            self._passes = {number: (self.shards[order], ends - self.lengths[order], ends)}
         return self._passes[number]
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, record) of input record ``index``."""
         number, offset = divmod(index, self.records)
-        shards, starts, ends, first_records, lengths = self._pass(number)
+        offset = (offset + self.first) % self.records
+        shards, starts, ends = self._pass(number)
         slot = int(np.searchsorted(ends, offset, side="right"))
-        record = (offset - int(starts[slot]) + int(first_records[slot])) % int(lengths[slot])
-        return int(shards[slot]), record
+        return int(shards[slot]), offset - int(starts[slot])
 
     def read(self, index: int) -> Record | Unreadable:
         """Input record ``index`` (reads forward in the open shard stay in it)."""
@@ -239,10 +236,14 @@ class WorkerEpoch:
         self.share = shares[worker]
         self.first = plan.batches_before([s.batches for s in shares], step)[worker]
         key = (config.seed, epoch, stream.rank, worker)
-        # An epoch shorter than the data starts each shard at a seeded record: from record 0,
-        # a shard's records past (budget + shuffle buffer) were never drawn in any epoch.
+        # An epoch that reads part of the worker's shards starts at a seeded record of them:
+        # from the first, the records past (budget + shuffle buffer) of a shard longer than
+        # that were never drawn in any epoch. Only under --samples-per-epoch: otherwise the
+        # part left is under a batch (the remainder of the global batches), and the shard
+        # order changes every epoch.
         rotation = None
-        if config.samples_per_epoch is not None:
+        budget = self.share.batches * config.batch_size
+        if config.samples_per_epoch is not None and budget < self.share.records:
             rotation = seeding.CounterRandom(*key, seeding.ROTATIONS)
         self.input = WorkerInput(
             stream.reader,

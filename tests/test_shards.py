@@ -217,3 +217,30 @@ def test_image_bytes_are_returned_untouched(tmp_path):
     records[1] = type(records[1])(key=records[1].key, jpg=png, txt="png in the jpg field")
     builder = builder_with(tmp_path, [records])
     assert list(open_split(str(builder)))[1].image == png
+
+
+def test_reading_from_a_record_reads_no_bytes_before_it(tmp_path, monkeypatch):
+    """A seeded start under --samples-per-epoch and every resume open a shard at a record; the
+    header walk to it went through a 1 MiB buffer, which read every byte before the record."""
+    import io
+
+    from clipa_data.core import tfrecord
+
+    read = [0]
+
+    class Counting(io.FileIO):
+        def readinto(self, buffer):
+            count = super().readinto(buffer)
+            read[0] += count or 0
+            return count
+
+    def counting_open(path, buffer_size=1 << 20):
+        return io.BufferedReader(Counting(str(path), "rb"), buffer_size)
+
+    builder = builder_with(tmp_path, [make_records(40, size=200)])
+    path = shard_path(builder)
+    monkeypatch.setattr(tfrecord, "open_shard", counting_open)
+    reader = open_split(str(builder))
+    (record,) = itertools.islice(reader.records(0, start=39), 1)
+    assert record.index == 39
+    assert read[0] <= path.stat().st_size - record_offsets(path)[39]  # the record on, only
