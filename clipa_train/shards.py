@@ -177,7 +177,11 @@ def _payloads(
 
 def _check_nothing_after(stream, path: str, declared: int) -> None:
     """Raise when ``stream`` (just past the last declared record) holds more bytes."""
-    if stream.read(1):
+    try:
+        more = stream.read(1)
+    except OSError:  # the declared records are whole: a failed look past them loses none
+        return
+    if more:
         raise ClipaError(
             f"{path} holds more records than the {declared} its dataset_info.json declares; "
             "re-create the builder directory with clipa-data convert"

@@ -143,3 +143,23 @@ def test_key_mismatch_names_record(tmp_path):
     sidecar.check_keys(rows, ["000000001", "000000002"], "s.arrow", SHARD)
     with pytest.raises(ClipaError, match="row 1 has key '000000002' but record 1"):
         sidecar.check_keys(rows, ["000000001", "000000009"], "s.arrow", SHARD)
+
+
+def test_a_remote_stores_refusal_is_not_called_damage(tmp_path):
+    """An s3fs/gcsfs 403 is an OSError without an errno, as Arrow's damaged-bytes errors are:
+    it said "unreadable sidecar; delete it and run clipa-data tag again"."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Denied(MemoryFileSystem):  # a store that refuses every read, as a 403 does
+        protocol = "clipa-denied"
+
+        def _open(self, path, mode="rb", **kwargs):
+            raise PermissionError("Access Denied")
+
+    fsspec.register_implementation("clipa-denied", Denied, clobber=True)
+    with pytest.raises(ClipaError) as refused:
+        sidecar.load_sidecar("clipa-denied://bucket/b/sidecars/x.arrow", expectation())
+    message = str(refused.value)
+    assert "cannot read the sidecar from its store (Access Denied)" in message
+    assert "delete it" not in message

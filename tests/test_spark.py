@@ -302,3 +302,11 @@ def test_a_session_spark_cannot_start_is_one_line(tmp_path):
     assert done.stdout.startswith("cannot start a Spark session on yarn (") and (
         "check --spark-master, or leave it out" in done.stdout
     ), done.stdout
+    # No --spark-master: the local session's own fix (a driver that cannot bind its address)
+    local = script.replace("spark_context('yarn', 1)", "spark_context(None, 1)")
+    done = subprocess.run(
+        [sys.executable, "-c", local], env={**env, "SPARK_LOCAL_IP": "10.255.255.1"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.stdout.startswith("cannot start a Spark session on local[1,4] ("), done.stdout
+    assert "--spark-master" not in done.stdout and "SPARK_LOCAL_IP=127.0.0.1" in done.stdout

@@ -173,24 +173,40 @@ def write_sidecar(path: Path, table: pa.Table) -> None:
 def _open_file(path: str | Path) -> Iterator[pa.ipc.RecordBatchFileReader]:
     """An Arrow IPC file reader (memory-mapped when local), with clear errors."""
     try:
-        if layout.is_url(path):
-            import fsspec
-
-            with fsspec.open(str(path), "rb") as handle:
-                yield pa.ipc.open_file(handle.read())
-        else:
-            with pa.memory_map(str(path), "r") as source:
-                yield pa.ipc.open_file(source)
+        source = _source(path)
     except FileNotFoundError:
         raise ClipaError(
             f"{path}: sidecar missing; create sidecars with: clipa-data tag BUILDER_DIR"
         ) from None
-    except (pa.ArrowException, OSError) as error:
-        # Arrow reports a damaged file as an OSError with no errno ("Invalid flatbuffers
-        # message"); one with an errno (permissions, I/O) is the system's own, said as it is.
-        if isinstance(error, OSError) and error.errno is not None:
-            raise
-        raise unreadable(path, error) from None
+    with source:
+        try:
+            yield pa.ipc.open_file(source)
+        except (pa.ArrowException, OSError) as error:
+            # Arrow reports damaged bytes as an OSError with no errno ("Verification of
+            # flatbuffer-encoded Footer failed"); one with an errno is the system's own.
+            if isinstance(error, OSError) and error.errno is not None:
+                raise
+            raise unreadable(path, error) from None
+
+
+def _source(path: str | Path) -> pa.NativeFile:
+    """The sidecar's bytes: a memory map, or a remote file read whole. A remote store's own
+    failure (permissions, network: OSErrors without an errno) is said as such, not as damage
+    to be fixed by deleting the file."""
+    if not layout.is_url(path):
+        return pa.memory_map(str(path), "r")
+    import fsspec
+
+    try:
+        with fsspec.open(str(path), "rb") as handle:
+            return pa.BufferReader(handle.read())
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ClipaError(
+            f"{path}: cannot read the sidecar from its store ({error}); check the credentials "
+            "and access to it"
+        ) from None
 
 
 def unreadable(path: str | Path, error: Exception) -> ClipaError:

@@ -586,8 +586,8 @@ def _check_list_folder_apart(config: DownloadConfig) -> None:
     if given.resolve() == Path(config.output_folder).resolve():
         raise ClipaError(
             f"the URL-list folder {config.url_list} is the output folder: img2dataset writes "
-            "each shard's own .parquet there, which a re-run would read as URL lists; pass "
-            "another output folder"
+            "each shard's own .parquet and _stats.json there, which a re-run would read as "
+            "URL lists (parquet or json input); pass another output folder"
         )
 
 
@@ -925,8 +925,9 @@ def check_inputs(config: DownloadConfig) -> range | None:
         _check_columns(config, files)
     if files:
         _check_some_rows(config)
-        _note_other_formats(config)
     _check_output(config)
+    if files:  # once nothing refuses the run: a note, then a refusal, would be two lines
+        _note_other_formats(config)
     if config.distributor == "pyspark":
         spark.import_pyspark()
     if rows is None or config.incremental_mode == "extend":

@@ -100,9 +100,14 @@ def spark_context(master: str | None, workers: int) -> Any:
     try:
         context = builder.getOrCreate().sparkContext
     except Exception as error:  # Py4JJavaError, PySparkRuntimeError: Spark's reasons, traced
+        fix = (
+            "check --spark-master, or leave it out for a session on this machine"
+            if master
+            else "check Java 17+ (JAVA_HOME) and that this machine's host name resolves "
+            "(or set SPARK_LOCAL_IP=127.0.0.1)"
+        )
         raise ClipaError(
-            f"cannot start a Spark session on {chosen} ({_start_failure(error)}); check "
-            "--spark-master, or leave it out for a session on this machine"
+            f"cannot start a Spark session on {chosen} ({_start_failure(error)}); {fix}"
         ) from None
     if chosen.startswith("local"):
         context.setLogLevel("FATAL")
@@ -115,7 +120,8 @@ def _start_failure(error: BaseException) -> str:
     lines = [line.strip().lstrip(":").strip() for line in str(error).splitlines()]
     lines = [line for line in lines if line and not line.startswith("An error occurred")]
     said = next((line for line in lines if re.search(r"(Exception|Error): ", line)), None)
-    return (said or (lines[0] if lines else type(error).__name__))[:300]
+    said = said or (lines[0] if lines else type(error).__name__)
+    return said if len(said) <= 300 else said[:300].rsplit(" ", 1)[0] + " …"
 
 
 def failure_line(error: BaseException) -> str:
