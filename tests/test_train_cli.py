@@ -759,3 +759,16 @@ def test_a_resume_keeps_the_options_that_shape_the_run_and_says_a_new_length(dat
     assert forgot.exit_code == 0, forgot.output
     assert "the run trained with --samples 24 (this command: no --samples)" in forgot.stderr
     assert "it now ends at step 6" in " ".join(forgot.stderr.split())
+
+
+def test_the_summarys_final_loss_is_the_last_steps_else_the_last_records():
+    """A stop between log steps: summary.json's final loss is the step's it stopped at; after a
+    second signal under several processes (no fetch), the last record's."""
+    from clipa_train.loop import LoopResult
+    from clipa_train.train_stage import _final_loss
+
+    records = [{"step": 4, "loss": 2.5}]
+    stopped = LoopResult(start_step=0, step=6, stopped=True, checkpoint=None, final_loss=2.25)
+    assert _final_loss(stopped, records) == 2.25
+    cut = LoopResult(start_step=0, step=6, stopped=True, checkpoint=None)
+    assert _final_loss(cut, records) == 2.5 and _final_loss(cut, []) is None
