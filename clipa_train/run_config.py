@@ -923,7 +923,7 @@ def resolve(
 
         values["image_norm"] = trained_image_norm(values["from_checkpoint"])
     config = TrainConfig.from_options(stage, values)
-    _refuse_ignored(stage, given, fixed if name else {}, config)
+    _refuse_ignored(stage, given, fixed if name else {}, config, flagged.keys())
     return config
 
 
@@ -942,17 +942,23 @@ option, what it needs): given alone they would be ignored."""
 
 
 def _refuse_ignored(
-    stage: str, given: dict[str, Any], fixed: dict[str, Any], config: TrainConfig
+    stage: str,
+    given: dict[str, Any],
+    fixed: dict[str, Any],
+    config: TrainConfig,
+    flagged: typing.AbstractSet[str],
 ) -> None:
-    """One line for an option given explicitly (flag or config file) that would be ignored;
-    one that only repeats its default or the recipe's value changes nothing and passes."""
+    """One line for an option given explicitly (flag or config file) that would be ignored.
+    One that repeats the recipe's value passes, and so does a config file's repeating the
+    default (a file of a run's whole options holds them all); a flag typed with the default's
+    value does not (``--mask-ratio 0.5`` alone trained unmasked, silently)."""
     for name, applies, other, needs in IGNORED_UNLESS:
         if name not in given or applies(config):
             continue
-        default = fixed.get(
-            name, STAGE_DEFAULTS[stage].options.get(name, option_spec(name).default)
-        )
-        if same_value(given[name], default):
+        if name in fixed and same_value(given[name], fixed[name]):
+            continue
+        default = STAGE_DEFAULTS[stage].options.get(name, option_spec(name).default)
+        if name not in flagged and same_value(given[name], default):
             continue
         fix = (
             f"drop {option_flag(name)} (--recipe {given['recipe']} fixes {option_flag(other)})"

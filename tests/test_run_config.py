@@ -117,13 +117,19 @@ def test_finetune_needs_a_checkpoint():
         resolve("finetune", BASE)
 
 
-def test_an_option_that_would_be_ignored_is_refused_unless_it_changes_nothing():
-    """--mask-ratio without a ratio mask is refused; repeating its default, or a recipe's own
-    value, changes nothing and passes. Under a recipe that fixes the other option the fix is
-    to drop the flag, not to add what the recipe refuses."""
+def test_an_option_that_would_be_ignored_is_refused_unless_it_changes_nothing(tmp_path):
+    """--mask-ratio without a ratio mask is refused, also typed with its default's value
+    (`--mask-ratio 0.5` alone trained unmasked, silently); a config file repeating the default
+    (a run's whole options), or a recipe's own value, changes nothing and passes. Under a
+    recipe that fixes the other option the fix is to drop the flag, not to add what the
+    recipe refuses."""
     with pytest.raises(ClipaError, match=r"--mask-ratio 0\.3 would be ignored without --image"):
         resolve("pretrain", {**BASE, "mask_ratio": 0.3})
-    resolve("pretrain", {**BASE, "compile": "off", "compile_backend": "inductor"})  # default
+    with pytest.raises(ClipaError, match=r"--mask-ratio 0\.5 would be ignored without --image"):
+        resolve("pretrain", {**BASE, "mask_ratio": 0.5})
+    whole = tmp_path / "whole.yaml"
+    whole.write_text("mask_ratio: 0.5\ncompile: 'off'\ncompile_backend: inductor\n")
+    resolve("pretrain", BASE, whole)  # defaults repeated by a file
     recipe = {**BASE, "recipe": "clipa-b16-i50-t16"}
     resolve("pretrain", {**recipe, "mask_ratio": 0.0})  # the recipe's own value
     with pytest.raises(ClipaError) as refused:
