@@ -209,6 +209,22 @@ def parse_settings(recipe: Recipe, settings: tuple[str, ...]) -> dict[str, dict[
     return per_stage
 
 
+def _check_settings_free(recipe: Recipe, ref: str, per_stage: dict[str, dict[str, Any]]) -> None:
+    """A ``--set`` of a setting the recipe fixes, to another value, is refused naming the
+    ``--set`` (the stage's check named a flag the user never typed) and the way to change it."""
+    from clipa_train.run_config import option_flag, recipe_options, same_value
+
+    for name, settings in per_stage.items():
+        fixed = recipe_options(f"{ref}:{name}", recipe.stage_named(name).stage)
+        for key, value in settings.items():
+            if key in fixed and not same_value(value, fixed[key]):
+                raise ClipaError(
+                    f"--set {name}.{key}={value}: recipe {ref} fixes {option_flag(key)} "
+                    f"{fixed[key]} for its {name} stage; for another value, write the recipe "
+                    "as a .yaml file with yours and run that"
+                )
+
+
 def plan(
     config: RecipeRunConfig, without_tokenizer: bool = False
 ) -> tuple[Recipe, list[PlannedStage]]:
@@ -218,6 +234,7 @@ def plan(
     as if it had one, so the plan can say what a run still needs."""
     recipe, ref = load(config)
     per_stage = parse_settings(recipe, config.settings)
+    _check_settings_free(recipe, ref, per_stage)
     every_stage = config.every_stage()
     if config.stage is not None:
         recipe.stage_named(config.stage)

@@ -220,6 +220,21 @@ def test_a_stage_whose_previous_stage_did_not_finish_is_refused(setup, killed_be
     assert not (stopped / "finetune").exists()
 
 
+def test_a_set_of_what_the_recipe_fixes_names_the_set(setup, tmp_path):
+    """The stage's check said "drop --lr 0.0002 or the recipe", a flag never typed."""
+    out = tmp_path / "runs"
+    result = invoke(*command(setup["recipe"], setup["data"], out, "--set", "finetune.lr=2e-4"))
+    assert_one_line_error(
+        result, "--set finetune.lr=0.0002: recipe", "fixes --lr 0.0001 for its finetune stage",
+        "write the recipe as a .yaml file",
+    )  # fmt: skip
+    assert not out.exists()
+    same = invoke(
+        *command(setup["recipe"], setup["data"], out, "--plan", "--set", "finetune.lr=1e-4")
+    )
+    assert same.exit_code == 0, same.output  # the recipe's own value changes nothing
+
+
 def test_plan_lists_each_stage_with_its_command_and_state(setup, tmp_path):
     out = tmp_path / "runs"
     result = invoke(
