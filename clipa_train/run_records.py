@@ -44,6 +44,9 @@ class RunRecords:
     """Samples the chained earlier stage saw before this run started (0 unless chained)."""
     start_flops: float = 0.0
     """Training FLOPs of the chained earlier stage before this run started."""
+    inherited_model: str | None = None
+    """The preset of the run this one started ``--from`` (a fine-tune without ``--model``
+    records none of its own)."""
     label: str = ""
     """How tables and legends name the run: its folder's trailing names, as many as tell it
     from the other runs of the report (``a/pretrain`` beside ``b/pretrain``)."""
@@ -78,7 +81,9 @@ class RunRecords:
         """The model preset, or the architecture when the stage took it from a checkpoint."""
         vision = self.model.vision
         return (
-            self.options.get("model") or f"ViT w{vision.width} l{vision.layers}/{vision.patch_size}"
+            self.options.get("model")
+            or self.inherited_model
+            or f"ViT w{vision.width} l{vision.layers}/{vision.patch_size}"
         )
 
     @cached_property
@@ -248,12 +253,22 @@ def read_runs(paths: list[Path]) -> list[RunRecords]:
     """The runs in the order given; a stage started ``--from`` a checkpoint of an earlier run in
     the list continues that run's samples and FLOPs."""
     runs: list[RunRecords] = []
-    for path in paths:
-        run = read_run(path)
+    read = [read_run(path) for path in paths]
+    for index, run in enumerate(read):
         parent = _chained_parent(run, runs)
+        later = None if parent else _chained_parent(run, read[index + 1 :])
         if parent is not None:
             step = _checkpoint_step(run.options.get("from_checkpoint")) or parent.last_step
-            run = replace(run, start_samples=parent.samples(step), start_flops=parent.flops(step))
+            run = replace(
+                run, start_samples=parent.samples(step), start_flops=parent.flops(step),
+                inherited_model=parent.family,
+            )  # fmt: skip
+        elif later is not None:  # its samples and FLOPs would start at 0, unsaid
+            note = (
+                f"{run.path} started --from a checkpoint of {later.path}, given after it: give "
+                "a recipe's stages in order, so its samples and FLOPs continue that run's"
+            )
+            run = replace(run, notes=(*run.notes, note))
         runs.append(run)
     labels = unique_labels([run.path for run in runs])
     return [replace(run, label=label) for run, label in zip(runs, labels, strict=True)]

@@ -95,6 +95,12 @@ def test_a_chained_finetune_continues_samples_and_flops(runs):
     assert finetune.samples(first) == 4 * BATCH + first * BATCH
     # Alone, the fine-tune starts from zero.
     assert read_runs([runs["ft"]])[0].start_samples == 0
+    # It names its model by the run it came from (no --model: its config.json names none)
+    assert finetune.options["model"] is None and finetune.family == pretrain.family == "clipa-tiny"
+    # Listed before that run: said, not a silent restart of its samples at 0
+    backwards, _ = read_runs([runs["ft"], runs["a"]])
+    assert backwards.start_samples == 0 and len(backwards.notes) == 1
+    assert f"started --from a checkpoint of {runs['a']}, given after it" in backwards.notes[0]
 
 
 def test_the_chain_holds_from_another_folder_and_for_moved_runs(runs, tmp_path):
