@@ -465,13 +465,24 @@ def launch(function: Callable[..., Any], backend: str, args: tuple = ()) -> None
         return
     if importlib.util.find_spec("torch_xla") is None:
         XlaBackend(BackendConfig(name="xla"))  # raises the clear error
+    from concurrent.futures.process import BrokenProcessPool
+
     import torch_xla
     from torch.distributed import is_torchelastic_launched
 
-    if is_torchelastic_launched():  # torch_xla calls it here, on this thread
-        torch_xla.launch(function, args=args)
-        return
-    from clipa_train.signal_relay import SignalRelay
+    try:
+        if is_torchelastic_launched():  # torch_xla calls it here, on this thread
+            torch_xla.launch(function, args=args)
+            return
+        from clipa_train.signal_relay import SignalRelay
 
-    with SignalRelay() as relay:
-        torch_xla.launch(function, args=(*args, relay))
+        with SignalRelay() as relay:
+            torch_xla.launch(function, args=(*args, relay))
+    except BrokenProcessPool:
+        # The spawned process died without a word of its own (killed: out of host memory, a
+        # stray kill -9; or an XLA runtime abort, logged above): a pool's traceback said none.
+        raise ClipaError(
+            "the training process on the XLA device ended abruptly (killed, e.g. out of host "
+            "memory, or an XLA runtime abort logged above); --resume auto continues from the "
+            "last checkpoint it saved"
+        ) from None

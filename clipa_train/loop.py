@@ -658,7 +658,9 @@ class _Window:
 
 def _compiles(backend: Backend) -> dict[str, int | None]:
     """Graphs compiled so far, in every metrics record: XLA's and torch.compile's (None: that
-    compiler is not in use); a count that grows after the first steps is a recompilation."""
+    compiler is not in use); a count that grows after the first steps is a recompilation, but
+    once at the first evaluation and (XLA) the first checkpoint, whose weights check is a graph
+    of its own."""
     return {
         "xla_compiles": backend.compile_count(),
         "torch_compiles": backend.torch_compile_count(),

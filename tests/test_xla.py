@@ -395,3 +395,24 @@ def test_a_third_stop_signal_kills_an_xla_run_that_has_not_reached_a_step(builde
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_training_process_that_dies_is_one_line_naming_the_resume(tmp_path):
+    """A spawned process killed (out of host memory, kill -9) or aborted by the XLA runtime
+    ended the command in an 81-line concurrent.futures traceback naming neither."""
+    (tmp_path / "dies.py").write_text("import os\n\ndef die(index, *args):\n    os._exit(9)\n")
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from dies import die\n"
+        "from clipa_data.core.errors import ClipaError\n"
+        "from clipa_train.backend import launch\n"
+        "try:\n    launch(die, 'xla')\nexcept ClipaError as error:\n    print(error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "PJRT_DEVICE": "CPU"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("the training process on the XLA device ended abruptly")
+    assert "--resume auto continues from the last checkpoint" in done.stdout
