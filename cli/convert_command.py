@@ -47,7 +47,8 @@ def print_summary(result: ConvertResult) -> None:
         console.print(bad_shards_table(result.bad_shards))
     for line in damaged_lines(result):
         console.print(line, markup=False, highlight=False)
-    console.print(f"summary: {escape(str(layout.convert_summary_path(result.builder_dir)))}")
+    said = "summary (of the run that converted)" if result.status == "up to date" else "summary"
+    console.print(f"{said}: {escape(str(layout.convert_summary_path(result.builder_dir)))}")
     console.print(f"inspect: clipa-data info {escape(shlex.quote(str(result.builder_dir)))}")
 
 

@@ -132,7 +132,8 @@ def tag_table(summary: TagSummary) -> Table:
         table.add_row("captions/s", "- (every shard was already tagged)")
     table.add_row("time", f"{summary.tagging_seconds:.1f} s tagging, {summary.seconds:.1f} s wall")
     table.add_row("sidecars", escape(str(layout.sidecar_dir(summary.builder_dir))))
-    table.add_row("summary", escape(str(layout.tag_summary_path(summary.builder_dir))))
+    said = "summary" if summary.tagged else "summary (of the run that tagged)"
+    table.add_row(said, escape(str(layout.tag_summary_path(summary.builder_dir))))
     return table
 
 

@@ -105,11 +105,15 @@ def test_src_without_shards(src, tmp_path):
     assert_one_line_error(same, f"{src}: 3 of its shards were moved into", "again with --mode move")
     up_to_date = run(src, tmp_path / "first", "--mode", "move")
     assert up_to_date.exit_code == 0 and "up to date" in up_to_date.stdout, up_to_date.output
+    assert "summary (of the run that converted): " in up_to_date.stdout  # not this run's
     for stats in src.glob("*_stats.json"):
         stats.unlink()
     result = run(src, tmp_path / "out")
     assert_one_line_error(result, str(src), "holds no img2dataset shards", "00000.tfrecord")
+    assert "swap" not in result.output
     assert_nothing_in(tmp_path / "out")
+    swapped = run(tmp_path / "first", tmp_path / "raw-again")  # the builder given as SRC
+    assert_one_line_error(swapped, "holds a converted builder directory: did you swap SRC and OUT")
 
 
 def test_out_inside_src(src):

@@ -72,6 +72,10 @@ def test_not_a_builder_dir(tmp_path):
         layout.resolve_builder_dir(tmp_path)
     with pytest.raises(ClipaError, match="does not exist"):
         layout.resolve_builder_dir(tmp_path / "nope")
+    (tmp_path / "raw").mkdir()  # the download's folder given where the builder goes
+    (tmp_path / "raw" / "00000.tfrecord").write_bytes(b"")
+    with pytest.raises(ClipaError, match=r"raw holds img2dataset shards, not a builder directory"):
+        layout.resolve_builder_dir(tmp_path / "raw")
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,7 @@ def test_rerun_skips_finished_and_overwrite_gives_same_bytes(builder, nltk_env):
     again = cli("tag", builder, "--workers", "1")  # with the progress bar: none, nothing to do
     assert again.exit_code == 0 and "skipped" in again.stdout and "0/0" not in again.output
     assert "every shard was already tagged" in again.stdout and "captions/s │ 0" not in again.stdout
+    assert "summary (of the run that tagged)" in again.stdout  # the file is not this run's
     # Nothing left to tag: the summary stays the tagging run's (tagger, counts, speed).
     assert layout.tag_summary_path(builder).read_bytes() == tagging_run
     # A killed run: one sidecar never written, a temporary file left behind.

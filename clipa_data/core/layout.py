@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,6 +375,11 @@ def resolve_builder_dir(path: str | Path) -> str | Path:
             raise ClipaError(
                 f"{path} holds no builder directory yet, only the unfinished conversion "
                 f"{unfinished[0]}; re-run the same clipa-data convert command to finish it"
+            )
+        if find_raw_shards(path):  # the download's folder: the step between is convert
+            raise ClipaError(
+                f"{path} holds img2dataset shards, not a builder directory; convert them first: "
+                f"clipa-data convert {shlex.quote(str(path))} OUT --name NAME, then pass OUT"
             )
         raise ClipaError(
             f"{path} is not a builder directory (no {DATASET_INFO} in it or two levels below); "

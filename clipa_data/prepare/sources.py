@@ -99,8 +99,10 @@ def find_sources(src: Path, moved: Sequence[Source] = ()) -> list[Source]:
         )
     if not sources:
         formats = " or ".join(SOURCE_FORMATS)
+        built = any(src.glob("dataset_info.json")) or any(src.glob("*/*/dataset_info.json"))
+        swapped = " (it holds a converted builder directory: did you swap SRC and OUT?)"
         raise ClipaError(
-            f"{src} holds no img2dataset shards ({shard_examples()}); "
+            f"{src} holds no img2dataset shards ({shard_examples()}){swapped * built}; "
             f"pass the folder clipa-data download wrote (output_format {formats})"
         )
     _check_one_format(src, sources)
