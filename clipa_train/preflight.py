@@ -122,6 +122,43 @@ def idle_workers_notes(
     ]
 
 
+SIZE_PROBE_RECORDS = 16
+"""Records whose image headers say how large the data's images are (an upsampling note)."""
+
+
+def upsampling_notes(builder: str, split: str, image_size: int) -> list[str]:
+    """A line when the data's images (the first records of the first non-empty shard) are
+    smaller than the stage's image size: every crop is upsampled, so the stage pays for
+    resolution the data does not have (a 224 px fine-tune of a 64 px download)."""
+    import io
+    import itertools
+
+    from PIL import Image
+
+    from clipa_train.shards import Record, open_split
+
+    reader = open_split(builder, split, text_source="caption")
+    shard = next((index for index, length in enumerate(reader.lengths) if length), None)
+    if shard is None:
+        return []
+    sides = []
+    for record in itertools.islice(reader.records(shard), SIZE_PROBE_RECORDS):
+        try:
+            if isinstance(record, Record):
+                sides.append(min(Image.open(io.BytesIO(record.image)).size))
+        except (OSError, ValueError, Image.DecompressionBombError):  # not an image, huge
+            continue  # the loader counts bad images itself
+    if not sides or max(sides) >= image_size:
+        return []
+    side = sorted(sides)[len(sides) // 2]
+    return [
+        f"note: the data's images are about {side} px on their shorter side (the first "
+        f"{len(sides)} of {reader.shard_name(shard)}), under --image-size {image_size}: every "
+        f"crop is upsampled about {image_size / side:.1f}x, which costs compute and adds no "
+        "detail (download at a larger --image-size, or train at a smaller one)"
+    ]
+
+
 def samples_warnings(samples: int | None, batch_size: int, total_steps: int) -> list[str]:
     """A line when ``--samples`` is not a whole number of global batches: the stage trains
     whole batches only, so it sees fewer samples than asked (or, below one batch, more)."""

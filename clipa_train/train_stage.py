@@ -43,6 +43,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         samples_warnings,
         small_data_warnings,
         uneven_ranks_warnings,
+        upsampling_notes,
         warmup_warnings,
     )
     from clipa_train.run_dir import check_resume_step, resume_length_notes, writing
@@ -79,6 +80,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         warnings += idle_workers_notes(
             stage.shard_lengths, world, config.run.workers, config.run.seed
         )
+        warnings += upsampling_notes(stage.builder, config.run.split, stage.image.size)
         warnings += resume_length_notes(stage.resume_from, stage.to_json())
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
     # the model, optimiser and stream are restored: a run that fails a check in the worker

@@ -19,6 +19,7 @@ from clipa_train.preflight import (
     samples_warnings,
     small_data_warnings,
     uneven_ranks_warnings,
+    upsampling_notes,
     warmup_warnings,
 )
 
@@ -325,3 +326,14 @@ def test_more_workers_than_shards_is_a_note_naming_the_worker_count_that_reads_a
     assert "1 of its workers sits idle" in line
     assert idle_workers_notes((10, 10, 10, 10), world=2, workers=2, seed=0) == []
     assert idle_workers_notes((10,), world=1, workers=0, seed=0) == []  # read in the process
+
+
+def test_data_smaller_than_the_image_size_is_a_note_before_training(tmp_path):
+    """A 224 px fine-tune of a 64 px download upsampled every crop 3.5x, unsaid."""
+    from builders import make_builder_dir, make_records
+
+    builder = make_builder_dir(tmp_path, [[], make_records(4, size=40)])  # a first empty shard
+    (line,) = upsampling_notes(str(builder), "train", 160)
+    assert line.startswith("note: the data's images are about 40 px on their shorter side")
+    assert "(the first 4 of " in line and "upsampled about 4.0x" in line
+    assert upsampling_notes(str(builder), "train", 40) == []
