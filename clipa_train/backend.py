@@ -484,5 +484,6 @@ def launch(function: Callable[..., Any], backend: str, args: tuple = ()) -> None
         raise ClipaError(
             "the training process on the XLA device ended abruptly (killed, e.g. out of host "
             "memory, or an XLA runtime abort logged above); --resume auto continues from the "
-            "last checkpoint it saved"
+            "last checkpoint, or, if the run saved none yet, run the command again without "
+            "--resume (clipa-train recipe: run the same recipe command again)"
         ) from None

@@ -403,6 +403,19 @@ class Loader:
         epoch, step = int(state["epoch"]), int(state["step"])
         if step:
             now = self._settings()
+            # A setting an earlier clipa did not record, given now: it read another order
+            unrecorded = [
+                said
+                for name, said in FINGERPRINT.items()
+                if name not in state and now[name] is not None
+            ]
+            if unrecorded:
+                raise ClipaError(
+                    f"the checkpoint stopped in the middle of epoch {epoch} (step {step}) and "
+                    f"was saved by an earlier clipa, which read it in another order under "
+                    f"{', '.join(unrecorded)}; resume from a checkpoint at the end of an epoch, "
+                    "or start the run again"
+                )
             changed = [
                 f"{said} {state.get(name)} -> {now[name]}"
                 for name, said in FINGERPRINT.items()

@@ -13,6 +13,7 @@ of an epoch leave more than 5 % of the records out (only whole batches are drawn
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,33 +130,40 @@ SIZE_PROBE_RECORDS = 16
 def upsampling_notes(builder: str, split: str, image_size: int) -> list[str]:
     """A line when the data's images (the first records of the first non-empty shard) are
     smaller than the stage's image size: every crop is upsampled, so the stage pays for
-    resolution the data does not have (a 224 px fine-tune of a 64 px download)."""
+    resolution the data does not have (a 224 px fine-tune of a 64 px download). Only the
+    image bytes are read (no caption field, no sidecar); a shard it cannot read says nothing
+    here (the loader names it)."""
     import io
     import itertools
 
     from PIL import Image
 
-    from clipa_train.shards import Record, open_split
+    from clipa_data.core import layout, tfrecord
+    from clipa_data.core.example import bytes_value, parse_message
+    from clipa_train.shards import Fields
 
-    reader = open_split(builder, split, text_source="caption")
-    shard = next((index for index, length in enumerate(reader.lengths) if length), None)
-    if shard is None:
+    shards = [shard for shard in layout.read_split(builder, split).shards if shard.num_records]
+    if not shards:
         return []
     sides = []
-    for record in itertools.islice(reader.records(shard), SIZE_PROBE_RECORDS):
-        try:
-            if isinstance(record, Record):
-                sides.append(min(Image.open(io.BytesIO(record.image)).size))
-        except (OSError, ValueError, Image.DecompressionBombError):  # not an image, huge
-            continue  # the loader counts bad images itself
+    try:
+        for raw in itertools.islice(tfrecord.read_records(shards[0].path), SIZE_PROBE_RECORDS):
+            image = bytes_value(parse_message(raw), Fields().image) or b""
+            try:
+                sides.append(min(Image.open(io.BytesIO(image)).size))
+            except (OSError, ValueError, Image.DecompressionBombError):  # not an image, huge
+                continue  # the loader counts bad images itself
+    except Exception:  # a damaged shard or record: the loader names it, with its fix
+        pass
     if not sides or max(sides) >= image_size:
         return []
     side = sorted(sides)[len(sides) // 2]
     return [
         f"note: the data's images are about {side} px on their shorter side (the first "
-        f"{len(sides)} of {reader.shard_name(shard)}), under --image-size {image_size}: every "
-        f"crop is upsampled about {image_size / side:.1f}x, which costs compute and adds no "
-        "detail (download at a larger --image-size, or train at a smaller one)"
+        f"{len(sides)} of {posixpath.basename(shards[0].path)}), under --image-size "
+        f"{image_size}: every crop is upsampled about {image_size / side:.1f}x, which costs "
+        "compute and adds no detail (download at a larger --image-size, or train at a "
+        "smaller one)"
     ]
 
 

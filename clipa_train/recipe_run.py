@@ -83,9 +83,10 @@ class RecipeRunConfig:
 
     def every_stage(self) -> dict[str, Any]:
         """The options for every stage: the config file's, then the flags over them."""
-        from clipa_train.run_config import read_config_file
+        from clipa_train.run_config import read_config_file, without_ignored_defaults
 
         from_file = read_config_file(self.config_file) if self.config_file else {}
+        from_file = without_ignored_defaults(from_file)  # as pretrain --config lets them pass
         for name in from_file:
             if name in MANAGED:
                 raise ClipaError(
@@ -185,17 +186,22 @@ def load(config: RecipeRunConfig) -> tuple[Recipe, str]:
     return recipe, ref
 
 
+def _setting_parts(item: str) -> tuple[str, str, str]:
+    """``finetune.micro-batch=64`` -> ``("finetune", "micro_batch", "64")``."""
+    target, equals, text = item.partition("=")
+    stage, dot, key = target.rpartition(".")
+    key = key.strip().replace("-", "_").removeprefix("__")
+    if not (equals and dot):
+        raise ClipaError(f"--set {item!r}: write STAGE.OPTION=VALUE (e.g. finetune.workers=4)")
+    return stage, "from_checkpoint" if key == "from" else key, text
+
+
 def parse_settings(recipe: Recipe, settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``--set STAGE.OPTION=VALUE`` items as ``{stage: {option: value}}`` (values read as the
     option's type, as config files are)."""
     per_stage: dict[str, dict[str, Any]] = {}
     for item in settings:
-        target, equals, text = item.partition("=")
-        stage, dot, key = target.rpartition(".")
-        key = key.strip().replace("-", "_").removeprefix("__")
-        key = "from_checkpoint" if key == "from" else key
-        if not (equals and dot):
-            raise ClipaError(f"--set {item!r}: write STAGE.OPTION=VALUE (e.g. finetune.workers=4)")
+        stage, key, text = _setting_parts(item)
         recipe.stage_named(stage)  # an unknown stage: one line listing the recipe's stages
         if key in MANAGED or key not in OPTIONS:
             raise ClipaError(
@@ -209,20 +215,21 @@ def parse_settings(recipe: Recipe, settings: tuple[str, ...]) -> dict[str, dict[
     return per_stage
 
 
-def _check_settings_free(recipe: Recipe, ref: str, per_stage: dict[str, dict[str, Any]]) -> None:
+def _check_settings_free(recipe: Recipe, ref: str, settings: tuple[str, ...]) -> None:
     """A ``--set`` of a setting the recipe fixes, to another value, is refused naming the
-    ``--set`` (the stage's check named a flag the user never typed) and the way to change it."""
-    from clipa_train.run_config import option_flag, recipe_options, same_value
+    ``--set`` as typed (the stage's check named a flag the user never typed) and the way to
+    change it."""
+    from clipa_train.run_config import coerce_option, recipe_options, recipe_setting, same_value
 
-    for name, settings in per_stage.items():
+    for item in settings:
+        name, key, text = _setting_parts(item)
         fixed = recipe_options(f"{ref}:{name}", recipe.stage_named(name).stage)
-        for key, value in settings.items():
-            if key in fixed and not same_value(value, fixed[key]):
-                raise ClipaError(
-                    f"--set {name}.{key}={value}: recipe {ref} fixes {option_flag(key)} "
-                    f"{fixed[key]} for its {name} stage; for another value, write the recipe "
-                    "as a .yaml file with yours and run that"
-                )
+        if key in fixed and not same_value(coerce_option(key, text), fixed[key]):
+            raise ClipaError(
+                f"--set {item}: recipe {ref} {recipe_setting(fixed, key)} for its {name} "
+                "stage; for another value, run a recipe file with yours (the recipe's values: "
+                "clipa-train recipe --plan)"
+            )
 
 
 def plan(
@@ -234,7 +241,7 @@ def plan(
     as if it had one, so the plan can say what a run still needs."""
     recipe, ref = load(config)
     per_stage = parse_settings(recipe, config.settings)
-    _check_settings_free(recipe, ref, per_stage)
+    _check_settings_free(recipe, ref, config.settings)
     every_stage = config.every_stage()
     if config.stage is not None:
         recipe.stage_named(config.stage)

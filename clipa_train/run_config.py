@@ -856,7 +856,7 @@ def recipe_options(name: str, stage: str) -> dict[str, Any]:
     return options
 
 
-def _recipe_setting(fixed: dict[str, Any], key: str) -> str:
+def recipe_setting(fixed: dict[str, Any], key: str) -> str:
     """``sets --image-size 112``; for a setting the recipe leaves unset, what it does instead
     (``sets the stage's length with --epochs 6`` where ``--samples`` was given) or
     ``sets no --color-jitter``."""
@@ -910,7 +910,7 @@ def resolve(
         for key, value in given.items():
             if key in fixed and not same_value(value, fixed[key]):
                 raise ClipaError(
-                    f"--recipe {name} {_recipe_setting(fixed, key)} for {stage}; "
+                    f"--recipe {name} {recipe_setting(fixed, key)} for {stage}; "
                     f"drop {option_flag(key)} {_as_given(value)} or the recipe"
                 )
         values.update(fixed)
@@ -939,6 +939,18 @@ IGNORED_UNLESS: tuple[tuple[str, Any, str, str], ...] = (
 )  # fmt: skip
 """Options that mean something only beside another (option, whether it applies, the other
 option, what it needs): given alone they would be ignored."""
+
+
+def without_ignored_defaults(from_file: dict[str, Any]) -> dict[str, Any]:
+    """A config file's options less those that would be ignored and only repeat their default
+    (a saved run's whole options hold them): where the file's options become flags (``clipa-train
+    recipe``), a flag with its default's value is refused as one typed would be."""
+    ignorable = {name for name, *_ in IGNORED_UNLESS}
+    return {
+        name: value
+        for name, value in from_file.items()
+        if not (name in ignorable and same_value(value, option_spec(name).default))
+    }
 
 
 def _refuse_ignored(

@@ -76,6 +76,8 @@ def test_not_a_builder_dir(tmp_path):
     (tmp_path / "raw" / "00000.tfrecord").write_bytes(b"")
     with pytest.raises(ClipaError, match=r"raw holds img2dataset shards, not a builder directory"):
         layout.resolve_builder_dir(tmp_path / "raw")
+    with pytest.raises(ClipaError, match=r"00000.tfrecord is not a builder directory"):
+        layout.resolve_builder_dir(tmp_path / "raw" / "00000.tfrecord")  # a file
 
 
 @pytest.mark.parametrize(

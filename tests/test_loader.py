@@ -223,6 +223,13 @@ def test_mid_epoch_state_with_other_settings_is_refused(builder):
         Loader(config(builder, workers=0, samples_per_epoch=48)).load_state_dict(
             loader.state_dict()
         )
+    # A state an earlier clipa saved (no samples_per_epoch): no false "changed" line
+    spe = Loader(config(builder, workers=0, samples_per_epoch=48))
+    next(iter(spe))
+    older = {k: v for k, v in spe.state_dict().items() if k != "samples_per_epoch"}
+    with pytest.raises(ClipaError, match=r"saved by an earlier clipa.*--samples-per-epoch; resume"):
+        Loader(config(builder, workers=0, samples_per_epoch=48)).load_state_dict(older)
+    Loader(config(builder, workers=0)).load_state_dict(older)  # never given: the same order
     with pytest.raises(ClipaError, match="not a stream state"):
         loader.load_state_dict({"epoch": 0, "step": 0})
 

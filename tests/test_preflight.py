@@ -337,3 +337,14 @@ def test_data_smaller_than_the_image_size_is_a_note_before_training(tmp_path):
     assert line.startswith("note: the data's images are about 40 px on their shorter side")
     assert "(the first 4 of " in line and "upsampled about 4.0x" in line
     assert upsampling_notes(str(builder), "train", 40) == []
+    # Captions in another field (--text-field caption): the note reads images only (it read
+    # the records with the default caption field and stopped every such run)
+    from builders import Record, jpeg_bytes
+
+    records = [
+        Record(key=f"{i:09d}", jpg=jpeg_bytes(40, 40, seed=i), txt=None,
+               extra={"caption": ("bytes", [b"a red square"])})
+        for i in range(2)
+    ]  # fmt: skip
+    other = make_builder_dir(tmp_path / "other", [records])
+    assert "about 40 px" in upsampling_notes(str(other), "train", 160)[0]

@@ -225,9 +225,11 @@ def test_a_set_of_what_the_recipe_fixes_names_the_set(setup, tmp_path):
     out = tmp_path / "runs"
     result = invoke(*command(setup["recipe"], setup["data"], out, "--set", "finetune.lr=2e-4"))
     assert_one_line_error(
-        result, "--set finetune.lr=0.0002: recipe", "fixes --lr 0.0001 for its finetune stage",
-        "write the recipe as a .yaml file",
+        result, "--set finetune.lr=2e-4: recipe", "sets --lr 0.0001 for its finetune stage",
+        "run a recipe file with yours (the recipe's values: clipa-train recipe --plan)",
     )  # fmt: skip
+    other = invoke(*command(setup["recipe"], setup["data"], out, "--set", "finetune.epochs=2"))
+    assert_one_line_error(other, "--set finetune.epochs=2: recipe", "sets the stage's length")
     assert not out.exists()
     same = invoke(
         *command(setup["recipe"], setup["data"], out, "--plan", "--set", "finetune.lr=1e-4")
@@ -307,6 +309,11 @@ def test_a_config_file_gives_every_stage_its_options_under_the_flags(setup, tmp_
     assert_one_line_error(invoke(*base), "sets --batch-size 8", "drop")
     config.write_text("out: elsewhere\n")
     assert_one_line_error(invoke(*base), f"{config}: --out is set per stage", "remove it")
+    # A default repeated by the file (a saved run's options) passes, as under pretrain --config
+    config.write_text("wandb_project: clipa\nmask_ratio: 0.5\n")
+    assert invoke(*base).exit_code == 0
+    typed = invoke(*base, "--wandb-project", "clipa")  # typed, it is refused
+    assert_one_line_error(typed, "--wandb-project clipa would be ignored without --log wandb")
     assert not out.exists()
 
 

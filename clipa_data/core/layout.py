@@ -376,7 +376,7 @@ def resolve_builder_dir(path: str | Path) -> str | Path:
                 f"{path} holds no builder directory yet, only the unfinished conversion "
                 f"{unfinished[0]}; re-run the same clipa-data convert command to finish it"
             )
-        if find_raw_shards(path):  # the download's folder: the step between is convert
+        if path.is_dir() and find_raw_shards(path):  # the download's: convert comes between
             raise ClipaError(
                 f"{path} holds img2dataset shards, not a builder directory; convert them first: "
                 f"clipa-data convert {shlex.quote(str(path))} OUT --name NAME, then pass OUT"
