@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11's GPU measurements, in parts of at most about 6 minutes each on one H100/H200 (pick them
 # with GPU_CHECK_PARTS, default "train"). Run each part as its own device call: "train step" in one
-# call needs ~11 minutes, more than one call's 600 s.
+# call needs ~11 minutes, more than one call's 600 s. Send the second call as soon as the first
+# returns: a machine stays warm only ~30 s, and a fresh start costs minutes of the session's 15.
 #
 # train: benchmarks/bench_train_gpu.py, the real `clipa-train pretrain` (loader, syntax sidecars,
 # compiled ViT-B/16, batch 1024, 112 and 64 px) against the synthetic compiled step, writing
@@ -46,13 +47,17 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,po
   --format=csv
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 echo "cores: $(nproc)"
+df -h /dev/shm # the loader's batches travel in shared memory (~0.6 GB in flight at 112 px)
+# What the measurements import beyond torch: a missing one ends the call in seconds, not minutes.
+"$PY" -c "import numpy, regex, google.protobuf, fsspec, pyarrow, typer, rich, PIL, yaml, simplejpeg, google_crc32c, ftfy" \
+  || { echo "!! a package the benchmarks import is missing (above): fill .whl/ with ../shared/tools/gpu-wheels.sh"; exit 3; }
 
 if [[ " $PARTS " == *" train "* ]]; then
   echo "== train: bench_train_gpu (cap ${GPU_CHECK_TRAIN_S:-330} s)"
   rm -rf benchmarks/work/train_gpu_run_* # this run's metrics only
-  timeout -k 5 "${GPU_CHECK_TRAIN_S:-330}" "$PY" -m benchmarks.bench_train_gpu ${GPU_CHECK_TRAIN_ARGS:-} \
-    || echo "!! bench_train_gpu exit $?"
-  cp benchmarks/results/train_gpu.json "$OUT/" 2>/dev/null # written after each case
+  # --copy-to: the result reaches OUT after each case, so a call cut short returns what finished
+  timeout -k 5 "${GPU_CHECK_TRAIN_S:-330}" "$PY" -m benchmarks.bench_train_gpu --copy-to "$OUT" \
+    ${GPU_CHECK_TRAIN_ARGS:-} || echo "!! bench_train_gpu exit $?"
   for run in benchmarks/work/train_gpu_run_*; do
     [[ -f $run/metrics.jsonl ]] && cp "$run/metrics.jsonl" "$OUT/$(basename "$run").metrics.jsonl"
   done
