@@ -16,7 +16,9 @@ is fixed (worker ``w``'s batch ``i`` comes at the step ``plan.interleave`` gives
 order the processes finish in). ``state_dict()`` is ``{epoch, step}`` plus the settings the
 order depends on; it is the same on every rank, so a checkpoint written by rank 0 resumes all
 ranks. Loading a mid-epoch state made with other settings (seed, world size, workers, batch
-size, data) is refused; an end-of-epoch state loads under any settings.
+size, shuffle buffer, samples per epoch, split, the data's shard and record counts) is refused;
+an end-of-epoch state loads under any settings. (Data rewritten with the same counts is not
+told apart.)
 """
 
 from __future__ import annotations
