@@ -257,6 +257,26 @@ def test_sincos_table_layout_and_frozen():
     assert id(model.visual.positional_embedding) not in grouped
 
 
+def test_a_fixed_sin_cos_table_is_computed_for_the_new_grid_not_resized():
+    """CLIPA-v2 fine-tunes at 224/336 px with the frozen sin-cos table of the new grid (JAX
+    computes it per stage); the 6x6 table resized bicubically was 0.8 cosine from it."""
+    from clipa_train.model.weights import load_openclip_weights
+
+    small = build_model(load_preset("test-tiny").replace(pos_embed="sin_cos_2d"))
+    config = load_preset("test-tiny").replace(pos_embed="sin_cos_2d", image_size=48)
+    large = build_model(config)
+    said = []
+    load_openclip_weights(large, small.state_dict(), report=said.append)
+    table = large.visual.positional_embedding
+    assert torch.equal(table, sincos_2d(config.vision.width, config.vision.grid))
+    assert not table.requires_grad
+    assert said == [
+        f"fine-tuning recomputed the fixed sin-cos image positional embeddings from "
+        f"{small.config.vision.grid}x{small.config.vision.grid} to "
+        f"{config.vision.grid}x{config.vision.grid} patches"
+    ]
+
+
 def test_image_pos_embed_resizing_round_trips():
     """Same size: an exact copy. 7×7 → 14×14 → 7×7 (bicubic up, antialiased bicubic down) of the
     sin-cos table (values in [-1, 1]): mean absolute error < 0.005, max < 0.08 (the fastest

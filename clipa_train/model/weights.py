@@ -95,12 +95,18 @@ def resize_positional_embeddings(
         if key not in state or key not in target or state[key].shape[1:] != target[key].shape[1:]:
             continue  # absent or of another width: check_compatible reports it
         state_rows = state[key].shape[0]
-        if key == IMAGE_POS:
+        recomputed = key == IMAGE_POS and model.config.vision.pos_embed == "sin_cos_2d"
+        if recomputed:
+            # The fixed table is a function of the grid: the model's own, computed for its grid
+            # (as CLIPA-v2's JAX code does for each stage), not the old grid's table resized.
+            state[key] = target[key].detach().clone()
+        elif key == IMAGE_POS:
             state[key] = resize_image_pos_embed(state[key], model.config.vision.grid)
         else:
             state[key] = resize_text_pos_embed(state[key], target[key].shape[0])
         if report is not None and state_rows != state[key].shape[0]:
-            report(f"fine-tuning resized the {_sizes(key, state_rows, state[key].shape[0])}")
+            done = "recomputed the fixed sin-cos" if recomputed else "resized the"
+            report(f"fine-tuning {done} {_sizes(key, state_rows, state[key].shape[0])}")
     return state
 
 
@@ -268,8 +274,9 @@ def load_openclip_weights(
 
     ``source`` is a file path or an in-memory state dict (``name``: where it came from, for
     messages). Image positional embeddings are resized bicubically (class row kept), text ones
-    linearly, to the model's image size and context length (``report``, if given, gets a line
-    for each); any other difference is an error. Returns ``model``.
+    linearly, to the model's image size and context length (a fixed sin-cos image table is
+    the model's own, computed for its grid; ``report``, if given, gets a line for each); any
+    other difference is an error. Returns ``model``.
     """
     if isinstance(source, str | Path):
         name, state = str(source), read_weights(source)
