@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from clipa_train.memory_estimate import (
 
 if TYPE_CHECKING:
     from clipa_train.model import ModelConfig
+    from clipa_train.reduce import TextReductionConfig
     from clipa_train.resolved_stage import ResolvedStage
 
 MIN_EPOCH_STEPS = 10
@@ -164,6 +166,28 @@ def upsampling_notes(builder: str, split: str, image_size: int) -> list[str]:
         f"{image_size}: every crop is upsampled about {image_size / side:.1f}x, which costs "
         "compute and adds no detail (download at a larger --image-size, or train at a "
         "smaller one)"
+    ]
+
+
+def reference_tagger_notes(builder: str, split: str, text: TextReductionConfig) -> list[str]:
+    """A line when a ``--reference-exact`` syntax mask reads sidecars another tagger than
+    NLTK made: the original tags with NLTK's perceptron, and ``clipa-data tag --tagger auto``
+    falls back to spaCy where NLTK's data is missing, so the run was not the original's."""
+    from clipa_data.core import layout, sidecar
+
+    if not (text.reference_exact and text.needs_sidecars):
+        return []
+    shards = layout.read_split(builder, split).shards
+    try:
+        info, _ = sidecar.read_header(layout.sidecar_path(builder, shards[0].path))
+    except ClipaError:
+        return []  # the loader's own checks name an unreadable sidecar
+    if info.tagger == "nltk":
+        return []
+    return [
+        f"note: --reference-exact, but the sidecars were tagged with {info.tagger} "
+        f"({info.tagger_model}), not NLTK as the original: for its tags, run clipa-data tag "
+        f"{shlex.quote(builder)} --tagger nltk --overwrite (NLTK's tagger data installed)"
     ]
 
 

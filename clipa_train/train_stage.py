@@ -40,6 +40,7 @@ def run_stage(config: TrainConfig) -> dict | None:
     from clipa_train.preflight import (
         check_memory,
         idle_workers_notes,
+        reference_tagger_notes,
         samples_warnings,
         small_data_warnings,
         uneven_ranks_warnings,
@@ -81,6 +82,7 @@ def run_stage(config: TrainConfig) -> dict | None:
             stage.shard_lengths, world, config.run.workers, config.run.seed
         )
         warnings += upsampling_notes(stage.builder, config.run.split, stage.image.size)
+        warnings += reference_tagger_notes(stage.builder, config.run.split, stage.text)
         warnings += resume_length_notes(stage.resume_from, stage.to_json())
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
     # the model, optimiser and stream are restored: a run that fails a check in the worker

@@ -16,6 +16,7 @@ from cli_checks import assert_one_line_error
 
 from clipa_train.preflight import (
     idle_workers_notes,
+    reference_tagger_notes,
     samples_warnings,
     small_data_warnings,
     uneven_ranks_warnings,
@@ -348,3 +349,25 @@ def test_data_smaller_than_the_image_size_is_a_note_before_training(tmp_path):
     ]  # fmt: skip
     other = make_builder_dir(tmp_path / "other", [records])
     assert "about 40 px" in upsampling_notes(str(other), "train", 160)[0]
+
+
+def test_a_reference_exact_syntax_run_on_spacy_sidecars_says_they_are_not_the_originals(
+    tmp_path,
+):
+    """tag --tagger auto falls back to spaCy where NLTK's data is missing; a --reference-exact
+    run then trained on other tags than the original, unsaid."""
+    from builders import make_builder_dir, make_records
+    from sidecars import write_sidecars
+
+    from clipa_train.reduce import TextReductionConfig
+
+    builder = make_builder_dir(tmp_path, [make_records(4)])
+    write_sidecars(builder)  # spaCy
+    exact = TextReductionConfig("syntax", 8, reference_exact=True)
+    (line,) = reference_tagger_notes(str(builder), "train", exact)
+    assert line.startswith("note: --reference-exact, but the sidecars were tagged with spacy (")
+    assert "--tagger nltk --overwrite" in line
+    fast = TextReductionConfig("syntax", 8)
+    assert reference_tagger_notes(str(builder), "train", fast) == []
+    truncate = TextReductionConfig("truncate", 8, reference_exact=True)
+    assert reference_tagger_notes(str(builder), "train", truncate) == []

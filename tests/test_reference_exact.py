@@ -221,6 +221,12 @@ def test_the_flag_reaches_the_loader_and_the_evaluation_through_the_cli(data, tm
     assert json.loads((tmp_path / "eval.json").read_text())["reference_exact"] is True
 
 
+def test_a_reference_exact_syntax_run_says_its_spacy_tags_are_not_the_originals(data, tmp_path):
+    done = pretrain(data, tmp_path / "run", "--reference-exact", "--text-mask", "syntax")
+    assert done.returncode == 0, done.stderr
+    assert "note: --reference-exact, but the sidecars were tagged with spacy" in done.stderr
+
+
 def test_the_flag_reaches_the_text_reducer_of_a_resolved_stage(data, tmp_path):
     from clipa_train.reduce import TextReducer
     from clipa_train.resolved_stage import resolve_stage
