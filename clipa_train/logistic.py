@@ -57,7 +57,7 @@ def fit_head(
     labels: torch.Tensor,
     classes: int,
     l2: float,
-    max_iter: int = 200,
+    max_iter: int = 1000,
     device: str | torch.device = "cpu",
 ) -> LinearHead:
     """Fit ``classes``-way logistic regression to ``features [N, D]`` / ``labels [N]``."""
@@ -122,7 +122,7 @@ def fit_probe(
     grid: tuple[float, ...],
     holdout: float = 0.2,
     seed: int = 0,
-    max_iter: int = 200,
+    max_iter: int = 1000,
     device: str | torch.device = "cpu",
 ) -> ProbeFit:
     """Choose L2 on a held-out part of the training features, refit on all of them."""
