@@ -84,6 +84,26 @@ def _task(source: str, classes: int, classnames: str | None, templates: str | No
     return task
 
 
+def _check_imagenet_folders(root: Path, names: list[str]) -> None:
+    """1000 folders scored as ImageNet-1K must be its classes: WordNet ids (sorted, as the
+    class names are) or the labels 0 … 999. Any other 1000 folders were scored silently
+    against ImageNet's names in sorted order."""
+    from clipa_train.variants import variant_classes
+
+    if all(name.isdigit() for name in names):
+        return  # class_folders checked them to be 0 … N-1
+    unknown = sorted(set(names) - set(variant_classes()["imagenet_wnids"]))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise ClipaError(
+            f"{root}: {len(unknown)} of its 1000 class folders are not ImageNet-1K WordNet ids "
+            f"({shown}); name them by id (n01440764, ...), or pass --classnames FILE for "
+            "another set"
+        )
+
+
 def class_folders(root: Path) -> list[Path]:
     """The class folders of ``root`` in label order, checked to be there.
 
@@ -159,8 +179,10 @@ def _open_folder(
             "2 or more classes (it would score 100 %), one sub-folder of images each"
         )
     labels = {folder.name: label for label, folder in enumerate(folders)}
-    units = folder_units(root, labels, warn)
     task = _task(str(root), len(folders), classnames, templates)
+    if classnames is None:
+        _check_imagenet_folders(root, [folder.name for folder in folders])
+    units = folder_units(root, labels, warn)
     return ZeroShotSet(str(root), "imagefolder", units, len(units), task)
 
 

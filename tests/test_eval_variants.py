@@ -211,3 +211,17 @@ def test_numbered_image_folder_with_a_gap_names_the_missing_numbers(images, tmp_
     root = write_folders(tmp_path / "set", ["0", "1", "3", "5"], {0: "0"}, images)
     with pytest.raises(ClipaError, match=r"labels 0\.\.5, but 2 of them are missing \(2, 4\)"):
         open_zeroshot_set(root)
+
+
+def test_imagenet_1k_folders_must_be_its_wordnet_ids_or_its_labels(images, tmp_path):
+    """1000 folders of any names were scored against ImageNet's class names in sorted order,
+    silently (only their count was checked)."""
+    wnids = variant_classes()["imagenet_wnids"]
+    named = write_folders(
+        tmp_path / "named", [f"class_{i:04d}" for i in range(1000)], {0: "class_0000"}, images
+    )
+    with pytest.raises(ClipaError, match=r"1000 of its 1000 class folders are not ImageNet-1K"):
+        open_zeroshot_set(str(named))
+    for folders in (wnids, [str(i) for i in range(1000)]):  # ids, or ImageNetV2-style labels
+        root = write_folders(tmp_path / folders[1], folders, {0: folders[0]}, images)
+        assert len(open_zeroshot_set(str(root)).task.classnames) == 1000
