@@ -198,19 +198,23 @@ def main() -> None:
     builder = build_data(shape) if args.dry_run else unpack(ARCHIVE)
     figures, failed = {}, {}
     for name in filter(None, args.cases.split(",")):
+        # A failed side is recorded and the next case runs: device time is scarce.
+        e2e = measured = None
         try:
             e2e = end_to_end(builder, CASES[name], args)
-        except SystemExit as failure:  # the next case still runs: device time is scarce
-            failed[name] = str(failure)
-            print(f"!! case {name}: {failure}", flush=True)
+            measured = synthetic(CASES[name], args)
+        except (SystemExit, Exception) as failure:
+            side = "end to end" if e2e is None else "synthetic"
+            failed[name] = {"failed": f"{side}: {type(failure).__name__}: {failure}", "e2e": e2e}
+            print(f"!! case {name}: {failed[name]['failed']}", flush=True)
+            if not args.dry_run:
+                save(figures, failed, shape, args)
             continue
-        figures[name] = {"e2e": e2e, "synthetic": synthetic(CASES[name], args)}
+        figures[name] = {"e2e": e2e, "synthetic": measured}
         figures[name]["ratio"] = e2e["samples_per_s"] / figures[name]["synthetic"]["samples_per_s"]
         print(f"case {name}: {json.dumps(figures[name])}", flush=True)
         if not args.dry_run:  # after each case: a run cut short keeps the cases it finished
             save(figures, failed, shape, args)
-    if failed and not args.dry_run:
-        save(figures, failed, shape, args)
     rows = [
         [f"{name} px / T{TEXT_LENGTH}", f["e2e"]["samples_per_s"], f["synthetic"]["samples_per_s"],
          f["ratio"], f"{f['e2e']['data_wait_share']:.1%}"]
@@ -219,6 +223,8 @@ def main() -> None:
     columns = ["case", "e2e samples/s", "synthetic samples/s", "e2e / synthetic", "data wait"]
     title = f"Fed GPU ({args.preset}, batch {args.batch}, {args.workers} workers)"
     print_table(title, columns, rows)
+    if failed:
+        raise SystemExit(f"{len(failed)} case(s) failed: {', '.join(failed)}")
 
 
 def save(figures: dict, failed: dict, shape: DataShape, args) -> None:
@@ -227,7 +233,7 @@ def save(figures: dict, failed: dict, shape: DataShape, args) -> None:
     path = write_result(
         "train_gpu",
         ratios={f"e2e_vs_synthetic_{name}": f["ratio"] for name, f in figures.items()},
-        figures={**figures, **{name: {"failed": why} for name, why in failed.items()}},
+        figures={**figures, **failed},
         config={
             **{k: v for k, v in vars(args).items() if k not in ("prepare", "dry_run", "copy_to")},
             "data": asdict(shape),

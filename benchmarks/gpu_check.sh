@@ -48,8 +48,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,po
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 echo "cores: $(nproc)"
 df -h /dev/shm # the loader's batches travel in shared memory (~0.6 GB in flight at 112 px)
-# What the measurements import beyond torch: a missing one ends the call in seconds, not minutes.
-"$PY" -c "import numpy, regex, google.protobuf, fsspec, pyarrow, typer, rich, PIL, yaml, simplejpeg, google_crc32c, ftfy" \
+# What the measurements import beyond torch: a missing one ends the call in seconds, not minutes
+# (bench_step needs numpy, rich, regex and pyarrow; the train part the whole trainer and loader).
+needs="numpy, rich, regex, pyarrow"
+[[ " $PARTS " == *" train "* ]] && needs="$needs, google.protobuf, fsspec, typer, PIL, yaml, simplejpeg, google_crc32c, ftfy"
+"$PY" -c "import $needs" \
   || { echo "!! a package the benchmarks import is missing (above): fill .whl/ with ../shared/tools/gpu-wheels.sh"; exit 3; }
 
 if [[ " $PARTS " == *" train "* ]]; then

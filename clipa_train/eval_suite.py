@@ -21,6 +21,7 @@ from clipa_data.core.registry import pick
 from clipa_train.evaluate import (
     EvalSettings,
     NotImageNetError,
+    NotImageNetFoldersError,
     ZeroShotSet,
     evaluate_zeroshot,
     open_zeroshot_set,
@@ -88,6 +89,11 @@ def _zeroshot_entry(name: str, header: str, folders: tuple[str, ...]) -> SuiteEn
                     f"{error.source} has {error.classes} classes, not ImageNet-1K's 1000: the "
                     f"suite reads {path} as ImageNet-1K; move that set out of --data-root (and "
                     "evaluate it alone with --imagenet-val DIR --classnames FILE)"
+                ) from None
+            except NotImageNetFoldersError as error:
+                raise ClipaError(
+                    f"{error.root}: {error.detail}; the suite reads {path} as ImageNet-1K: name "
+                    "its folders by WordNet id (n01440764, ...)"
                 ) from None
         return open_variant(name, path, options.templates)
 

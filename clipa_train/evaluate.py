@@ -84,24 +84,33 @@ def _task(source: str, classes: int, classnames: str | None, templates: str | No
     return task
 
 
+class NotImageNetFoldersError(ClipaError):
+    """1000 class folders, scored as ImageNet-1K, that are not its classes."""
+
+    def __init__(self, root: Path, detail: str) -> None:
+        super().__init__(
+            f"{root}: {detail}; name them by id (n01440764, ...), or pass --classnames FILE "
+            "for another set"
+        )
+        self.root, self.detail = root, detail
+
+
 def _check_imagenet_folders(root: Path, names: list[str]) -> None:
     """1000 folders scored as ImageNet-1K must be its classes: WordNet ids (sorted, as the
-    class names are) or the labels 0 … 999. Any other 1000 folders were scored silently
-    against ImageNet's names in sorted order."""
+    class names are; ``n01440764_tench`` counts by its id) or the labels 0 … 999. Any other
+    1000 folders were scored silently against ImageNet's names in sorted order."""
     from clipa_train.variants import variant_classes
 
     if all(name.isdigit() for name in names):
         return  # class_folders checked them to be 0 … N-1
-    unknown = sorted(set(names) - set(variant_classes()["imagenet_wnids"]))
+    wnids = set(variant_classes()["imagenet_wnids"])
+    unknown = sorted(name for name in names if name[:9] not in wnids)
     if unknown:
-        shown = ", ".join(unknown[:5]) + (
-            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        )
-        raise ClipaError(
-            f"{root}: {len(unknown)} of its 1000 class folders are not ImageNet-1K WordNet ids "
-            f"({shown}); name them by id (n01440764, ...), or pass --classnames FILE for "
-            "another set"
-        )
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        detail = f"{len(unknown)} of its {len(names)} class folders are not ImageNet-1K WordNet ids"
+        raise NotImageNetFoldersError(root, f"{detail} ({', '.join(unknown[:5])}{more})")
+    if len({name[:9] for name in names}) != len(names):
+        raise NotImageNetFoldersError(root, "two of its class folders have the same WordNet id")
 
 
 def class_folders(root: Path) -> list[Path]:

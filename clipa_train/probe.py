@@ -85,7 +85,7 @@ class ProbeConfig:
         float, Doc("Share of the training set held out to choose the L2 strength.")
     ] = 0.2
     max_iter: Annotated[
-        int, Doc("L-BFGS iterations per fit, at most (CLIP_benchmark's scikit-learn fit: 1000).")
+        int, Doc("L-BFGS iterations per fit, at most (OpenAI CLIP's scikit-learn example: 1000).")
     ] = 1000
     seed: Annotated[int, Doc("Seed of the held-out split.")] = 0
     cache_dir: Annotated[

@@ -135,7 +135,10 @@ class ModelOptions:
     ] = None
     from_checkpoint: Annotated[
         str | None,
-        Doc("Weights to start from (finetune: required); pos-embeds are resized to this stage."),
+        Doc(
+            "Weights to start from (finetune: required); pos-embeds are resized to this stage "
+            "(a fixed sin-cos table is computed for it)."
+        ),
     ] = None
     pos_embed: Annotated[
         str | None,

@@ -318,3 +318,15 @@ def test_suite_scores_coco_retrieval_as_eval_retrieval_does(weights, data_root, 
     assert lines["coco"]["images"] == standalone["images"] == 5
     for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10"):
         assert lines["coco"][key] == standalone[key]
+
+
+def test_imagenet_folders_not_named_by_wordnet_id_name_the_suites_fix(weights, tmp_path):
+    """1000 folders of other names were scored against ImageNet's names in sorted order."""
+    root = tmp_path / "root"
+    write_layout(root / "imagenet" / "val", [f"class_{n:04d}" for n in range(1000)], 4, seed=0)
+    result = invoke(*suite_args(weights, root, tmp_path / "eval.json")[:7], "--workers", 0)
+    line = assert_one_line_error(
+        result, "1000 of its 1000 class folders are not ImageNet-1K WordNet ids",
+        "the suite reads", "name its folders by WordNet id",
+    )  # fmt: skip
+    assert "--classnames" not in line

@@ -222,6 +222,7 @@ def test_imagenet_1k_folders_must_be_its_wordnet_ids_or_its_labels(images, tmp_p
     )
     with pytest.raises(ClipaError, match=r"1000 of its 1000 class folders are not ImageNet-1K"):
         open_zeroshot_set(str(named))
-    for folders in (wnids, [str(i) for i in range(1000)]):  # ids, or ImageNetV2-style labels
+    named_ids = [f"{wnid}_{i}" for i, wnid in enumerate(wnids)]  # n01440764_0: by its id
+    for folders in (wnids, [str(i) for i in range(1000)], named_ids):  # ids, labels 0-999
         root = write_folders(tmp_path / folders[1], folders, {0: folders[0]}, images)
         assert len(open_zeroshot_set(str(root)).task.classnames) == 1000

@@ -275,6 +275,15 @@ def test_a_fixed_sin_cos_table_is_computed_for_the_new_grid_not_resized():
         f"{small.config.vision.grid}x{small.config.vision.grid} to "
         f"{config.vision.grid}x{config.vision.grid} patches"
     ]
+    # At the same grid the checkpoint's own table stays (a run fine-tuned with a resized one
+    # is evaluated with it), and a learned table replaced at a new grid is said to be
+    trained = {**large.state_dict(), "visual.positional_embedding": table + 0.5}
+    again = build_model(config)
+    load_openclip_weights(again, trained, report=said.append)
+    assert torch.equal(again.visual.positional_embedding, table + 0.5) and len(said) == 1
+    load_openclip_weights(build_model(load_preset("test-tiny").replace(pos_embed="sin_cos_2d")),
+                          trained, report=said.append)  # fmt: skip
+    assert said[1].endswith("(the checkpoint's was learned or resized: dropped)")
 
 
 def test_image_pos_embed_resizing_round_trips():

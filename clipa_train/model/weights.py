@@ -18,7 +18,7 @@ from clipa_train.model.clipa_weights import (
     from_clipa_repo,
 )
 from clipa_train.model.config import ModelConfig, load_preset, preset_names
-from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed
+from clipa_train.model.pos_embed import resize_image_pos_embed, resize_text_pos_embed, sincos_2d
 
 StateDict = dict[str, torch.Tensor]
 
@@ -94,20 +94,34 @@ def resize_positional_embeddings(
     for key in (IMAGE_POS, TEXT_POS):
         if key not in state or key not in target or state[key].shape[1:] != target[key].shape[1:]:
             continue  # absent or of another width: check_compatible reports it
-        state_rows = state[key].shape[0]
-        recomputed = key == IMAGE_POS and model.config.vision.pos_embed == "sin_cos_2d"
-        if recomputed:
+        state_rows, rows = state[key].shape[0], target[key].shape[0]
+        if state_rows == rows:
+            continue  # the checkpoint's own table, whatever it trained with
+        if key == IMAGE_POS and model.config.vision.pos_embed == "sin_cos_2d":
             # The fixed table is a function of the grid: the model's own, computed for its grid
             # (as CLIPA-v2's JAX code does for each stage), not the old grid's table resized.
+            was_fixed = _is_sincos(state[key])
             state[key] = target[key].detach().clone()
-        elif key == IMAGE_POS:
+            if report is not None:
+                before = "" if was_fixed else " (the checkpoint's was learned or resized: dropped)"
+                sizes = _sizes(key, state_rows, rows)
+                report(f"fine-tuning recomputed the fixed sin-cos {sizes}{before}")
+            continue
+        if key == IMAGE_POS:
             state[key] = resize_image_pos_embed(state[key], model.config.vision.grid)
         else:
-            state[key] = resize_text_pos_embed(state[key], target[key].shape[0])
-        if report is not None and state_rows != state[key].shape[0]:
-            done = "recomputed the fixed sin-cos" if recomputed else "resized the"
-            report(f"fine-tuning {done} {_sizes(key, state_rows, state[key].shape[0])}")
+            state[key] = resize_text_pos_embed(state[key], rows)
+        if report is not None:
+            report(f"fine-tuning resized the {_sizes(key, state_rows, rows)}")
     return state
+
+
+def _is_sincos(table: torch.Tensor) -> bool:
+    """Whether ``table`` is the fixed sin-cos table of its grid (not learned, not resized)."""
+    grid = round((table.shape[0] - 1) ** 0.5)
+    if grid * grid != table.shape[0] - 1 or table.shape[1] % 4:
+        return False
+    return torch.allclose(table.float(), sincos_2d(table.shape[1], grid), atol=1e-4)
 
 
 def _sizes(key: str, old: int, new: int) -> str:
