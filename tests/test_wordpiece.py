@@ -191,6 +191,7 @@ def test_bad_vocabularies_are_one_line_naming_where_to_put_the_file(vocab, tmp_p
     (tmp_path / "empty").mkdir()
     (tmp_path / "vocab.txt").write_bytes(bytes(range(256)))
     (tmp_path / "words.txt").write_text("a\nb\nc\n")
+    (tmp_path / "twice.txt").write_text("[PAD]\n[UNK]\n[CLS]\ncat\n##s\ndog\n##s\n")
     (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
     bpe = json.loads(vocab["json"].read_text())
     bpe["model"] = {"type": "BPE", "vocab": {"a": 0}, "merges": []}
@@ -200,6 +201,7 @@ def test_bad_vocabularies_are_one_line_naming_where_to_put_the_file(vocab, tmp_p
         tmp_path / "empty": "the folder holds no tokenizer.json or vocab.txt",
         tmp_path / "vocab.txt": "not a WordPiece vocabulary (not UTF-8 text)",
         tmp_path / "words.txt": "not a WordPiece vocabulary (no [CLS] or [UNK] line)",
+        tmp_path / "twice.txt": "(line 7 repeats line 5, '##s')",  # an IndexError traceback
         tmp_path / "tokenizer.json": "not a WordPiece vocabulary",
         tmp_path / "bpe.json": "not a WordPiece vocabulary (a BPE model)",
     }

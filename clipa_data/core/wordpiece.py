@@ -77,6 +77,11 @@ def _from_vocab_txt(path: Path):
     missing = [token for token in ("[CLS]", "[UNK]") if token not in lines]
     if missing:
         raise _not_a_tokenizer(path, f"no {' or '.join(missing)} line")
+    seen: dict[str, int] = {}
+    for number, token in enumerate(lines, start=1):
+        if token in seen:  # ids are line numbers: a repeat leaves an id with no token
+            raise _not_a_tokenizer(path, f"line {number} repeats line {seen[token]}, {token!r}")
+        seen[token] = number
     tokenizer = Tokenizer(WordPiece.from_file(str(path), unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
