@@ -471,6 +471,21 @@ def test_openclip_file_without_a_preset_loads_strict_into_the_matching_one(tmp_p
     assert base_architecture(None, str(bare), default="ViT-B-16-CL16") == config
 
 
+def test_a_sigmoid_loss_export_is_recognised_as_its_preset_with_its_bias(tmp_path):
+    """The sigmoid loss's logit_bias made the file match no preset: "pass --model"."""
+    from clipa_train.checkpoint import base_architecture
+    from clipa_train.model import load_openclip_weights
+
+    torch.manual_seed(2)
+    trained = build_model(load_preset("test-tiny-v2").replace(loss="sigmoid"))
+    bare = tmp_path / "sigmoid.pt"
+    torch.save(trained.state_dict(), bare)
+    config = base_architecture(None, str(bare), default="ViT-B-16-CL16")
+    assert config == load_preset("test-tiny-v2").replace(loss="sigmoid")
+    model = load_openclip_weights(build_model(config), bare)  # strict: the bias loads too
+    assert torch.equal(model.logit_bias, trained.logit_bias)
+
+
 def test_weights_matching_no_preset_need_model(tmp_path):
     from clipa_train.checkpoint import base_architecture
 

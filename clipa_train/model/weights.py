@@ -14,6 +14,7 @@ from clipa_data.core import layout
 from clipa_data.core.errors import ClipaError
 from clipa_train.model.clipa_weights import (
     CLIPA_REPO_PRESETS,
+    OPENCLIP_EXTRAS,
     check_known_keys,
     from_clipa_repo,
 )
@@ -209,7 +210,8 @@ def matching_presets(state: StateDict) -> list[str]:
     """The bundled presets whose models have exactly ``state``'s names and shapes (checked on
     the meta device), positional-embedding sizes aside; those at ``state``'s own image size and
     context length are preferred (ViT-L-14-CLIPA vs ViT-L-14-CLIPA-336)."""
-    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    # The sigmoid loss's bias is no part of the architecture: a sigmoid export matches too.
+    shapes = {key: tuple(v.shape) for key, v in state.items() if key not in OPENCLIP_EXTRAS}
     conv, tokens = shapes.get("visual.conv1.weight"), shapes.get("token_embedding.weight")
     if conv is None or tokens is None or IMAGE_POS not in shapes or TEXT_POS not in shapes:
         return []
@@ -243,7 +245,8 @@ def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = CLIP(config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    state = model.state_dict()
+    return {key: tuple(v.shape) for key, v in state.items() if key not in OPENCLIP_EXTRAS}
 
 
 def at_sizes_of(state: StateDict, config: ModelConfig) -> ModelConfig:
@@ -266,7 +269,8 @@ def recognise_preset(path: str | Path) -> ModelConfig:
     check_known_keys(state, str(path))
     matches = matching_presets(state)
     if len(matches) == 1:
-        return at_sizes_of(state, load_preset(matches[0]))
+        config = at_sizes_of(state, load_preset(matches[0]))
+        return config.replace(loss="sigmoid") if "logit_bias" in state else config
     if not matches:
         raise ClipaError(
             f"{path} holds no architecture (OpenCLIP/CLIPA weights) and matches no bundled "
