@@ -173,6 +173,9 @@ class ModelOptions:
             from clipa_data.core.tokenizer import load_tokenizer
 
             load_tokenizer(self.tokenizer)  # a missing or bad vocabulary: one line, first
+            # Absolute, as config.json records it: a resume or an evaluation from another
+            # folder (or with another spelling of the same file) finds the same vocabulary.
+            object.__setattr__(self, "tokenizer", str(Path(self.tokenizer).expanduser().absolute()))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,9 +208,17 @@ def _differences(
     shown = "; ".join(
         f"{_said(name, saved[name])} (this command: {_said(name, current[name])})"
         for name in names
-        if name in saved and name in current and saved[name] != current[name]
+        if name in saved and name in current and not _same(name, saved[name], current[name])
     )
     return shown, config
+
+
+def _same(name: str, saved, current) -> bool:
+    """Whether an option's recorded and current values agree; a vocabulary path an older run
+    recorded as typed (relative) counts from this folder, as the run was started."""
+    if name == "tokenizer" and isinstance(saved, str) and isinstance(current, str):
+        saved, current = (os.path.abspath(os.path.expanduser(v)) for v in (saved, current))
+    return saved == current
 
 
 def _said(name: str, value) -> str:

@@ -292,3 +292,15 @@ def test_the_summary_rate_is_every_window_together_not_a_mean_of_their_rates(dat
     seconds = sum(span / rate for span, rate in zip(spans, rates, strict=True))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples_per_s"] == pytest.approx(sum(spans) / seconds, rel=1e-9)
+
+
+def test_a_vocabulary_an_older_run_recorded_relative_counts_from_this_folder(tmp_path, monkeypatch):
+    """Older runs recorded --tokenizer as typed; they now record it absolute: a resume from
+    the run's folder is the same vocabulary, not a changed option."""
+    from clipa_train.run_dir import _same
+
+    monkeypatch.chdir(tmp_path)
+    assert _same("tokenizer", "vocab.txt", str(tmp_path / "vocab.txt"))
+    assert not _same("tokenizer", "vocab.txt", str(tmp_path / "other" / "vocab.txt"))
+    assert not _same("tokenizer", "clip-bpe", str(tmp_path / "vocab.txt"))
+    assert not _same("seed", 1, 2) and _same("seed", 1, 1)

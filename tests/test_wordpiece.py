@@ -250,6 +250,24 @@ def tiny(builder: Path, out: Path, *more: object) -> list[object]:
     ]  # fmt: skip
 
 
+def test_the_vocabulary_is_recorded_absolute_so_a_resume_may_spell_it_otherwise(
+    data, vocab, tmp_path, monkeypatch
+):
+    """config.json kept the path as typed: a resume from another folder, or with the same file
+    spelt otherwise, was refused as "trained with --tokenizer vocab.txt"."""
+    monkeypatch.chdir(vocab["txt"].parent)
+    out = tmp_path / "run"
+    first = invoke(train_app, *tiny(data["plain"], out, "--tokenizer", vocab["txt"].name,
+                                    "--samples", 16))  # fmt: skip
+    assert first.exit_code == 0, first.output
+    options = json.loads((out / "config.json").read_text())["options"]
+    assert options["tokenizer"] == str(vocab["txt"].absolute())
+    monkeypatch.chdir(tmp_path)
+    again = invoke(train_app, *tiny(data["plain"], out, "--tokenizer", vocab["txt"],
+                                    "--resume", "auto"))  # fmt: skip
+    assert again.exit_code == 0, again.output
+
+
 def test_a_tiny_model_trains_and_evaluates_with_wordpiece(data, vocab, tmp_path):
     out = tmp_path / "run"
     folder = vocab["txt"].parent
