@@ -151,11 +151,15 @@ class EvalConfig:
         """The device and the input normalisation the model was trained with."""
         from clipa_train.backend_config import BackendConfig
 
-        mean, std = IMAGE_NORMS[self.image_norm or self._trained_norm()]
+        mean, std = IMAGE_NORMS[self.used_image_norm()]
         return BackendConfig(name=self.backend, image_mean=mean, image_std=std)
 
     def _trained_norm(self) -> str:
         return trained_image_norm(self.checkpoint)
+
+    def used_image_norm(self) -> str:
+        """The input normalisation the evaluation runs with (``--image-norm`` or the run's)."""
+        return self.image_norm or self._trained_norm()
 
     def run_folder(self) -> Path:
         """The folder holding ``checkpoints/`` (the run dir), else the checkpoint's folder."""
@@ -372,6 +376,10 @@ def evaluate_checkpoint(
         "prompt_mask": "truncate",
         "crop": config.crop,
         "reference_exact": config.reference_exact,
+        # What the numbers depend on besides the weights (another vocabulary or mean/std
+        # scores otherwise, silently)
+        "tokenizer": prompt_tokenizer(config, loaded.model),
+        "image_norm": config.used_image_norm(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     config.write_result(result, note)
@@ -404,6 +412,7 @@ def evaluate_suite(
         "checkpoint": config.checkpoint,
         "suite": config.suite,
         "reference_exact": config.reference_exact,
+        "image_norm": config.used_image_norm(),
     }
     kept: list[str] = []
 

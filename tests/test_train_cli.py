@@ -442,6 +442,9 @@ def test_eval_prints_json_and_writes_eval_json(data, checkpoint, tmp_path):
     # them, and says so: its numbers can differ from the run's log.
     assert printed["prompt_mask"] == "truncate"
     assert "the run trained with --text-mask syntax" in " ".join(result.stderr.split())
+    # What the numbers depend on besides the weights is recorded (another vocabulary or
+    # mean/std scores otherwise)
+    assert (printed["tokenizer"], printed["image_norm"]) == ("clip-bpe", "openai")
 
 
 def write_imagenet_like(root: Path, images: list[tuple[bytes, int]]) -> tuple[Path, Path]:
@@ -451,12 +454,14 @@ def write_imagenet_like(root: Path, images: list[tuple[bytes, int]]) -> tuple[Pa
     from clipa_data.core import layout
     from clipa_data.core.example import encode_example
     from clipa_data.core.tfrecord import write_records
+    from clipa_train.variants import variant_classes
 
+    wnids = variant_classes()["imagenet_wnids"]  # sorted: label i is wnids[i]
     folder = root / "imagefolder" / "val"
     for label in range(1000):
-        (folder / f"n{label:08d}").mkdir(parents=True)
+        (folder / wnids[label]).mkdir(parents=True)
     for index, (jpg, label) in enumerate(images):
-        (folder / f"n{label:08d}" / f"val_{index:03d}.jpg").write_bytes(jpg)
+        (folder / wnids[label] / f"val_{index:03d}.jpg").write_bytes(jpg)
 
     builder = layout.builder_dir(root / "tfds", "imagenet2012", "5.1.0")
     builder.mkdir(parents=True)
