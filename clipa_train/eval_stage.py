@@ -278,12 +278,21 @@ def prompt_tokenizer(config: EvalConfig, model) -> str:
             f"has {vocabulary}: the model was trained with another tokenizer; pass --tokenizer "
             "with its local tokenizer.json / vocab.txt (CLIPA-v2: bert-base-uncased's)"
         )
+    trained = _recorded_option(config.checkpoint, "tokenizer_sha256", section="derived")
+    if trained is not None and trained != tokenizer.sha256():
+        # Another vocabulary of the same size reads every prompt as other words: below chance
+        raise ClipaError(
+            f"--tokenizer {spec} is not the vocabulary {config.checkpoint} was trained with "
+            f"(sha256 {tokenizer.sha256()[:12]}…, the run's {trained[:12]}…); pass the run's "
+            f"file ({_recorded_option(config.checkpoint, 'tokenizer')})"
+        )
     return spec
 
 
-def _recorded_option(path: str, name: str) -> str | None:
-    """Option ``name`` (``tokenizer``, ``image_norm``) as a clipa checkpoint's run gave it;
-    None for other weights (memory-mapped: the tensors are not read)."""
+def _recorded_option(path: str, name: str, section: str = "options") -> str | None:
+    """Option ``name`` (``tokenizer``, ``image_norm``; or of ``section``, e.g. ``derived``) as
+    a clipa checkpoint's run recorded it; None for other weights (memory-mapped: the tensors
+    are not read)."""
     import torch
 
     from clipa_train.checkpoint import FORMAT
@@ -293,7 +302,7 @@ def _recorded_option(path: str, name: str) -> str | None:
     except Exception:  # not a zip-format file: it has no run config to read either
         return None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return payload.get("config", {}).get("options", {}).get(name)
+        return payload.get("config", {}).get(section, {}).get(name)
     return None
 
 

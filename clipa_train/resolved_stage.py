@@ -88,6 +88,8 @@ class ResolvedStage:
 
     def to_json(self) -> dict:
         """``config.json``: resolved options, derived values, model, data and versions."""
+        from clipa_data.core.tokenizer import load_tokenizer
+
         resolved = {
             "image_size": self.image.size,
             "text_length": self.text.length,
@@ -113,6 +115,8 @@ class ResolvedStage:
                 "num_records": self.num_records,
                 "resume_from": self.resume_from,
                 "compile": self.backend.compile,
+                # The vocabulary itself: eval refuses another one of the same size
+                "tokenizer_sha256": load_tokenizer(self.text.tokenizer).sha256(),
             },
             "model": self.model.to_dict(),
             "data": {"builder": self.builder, "split": self.config.run.split},

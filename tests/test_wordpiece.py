@@ -302,6 +302,19 @@ def test_a_tiny_model_trains_and_evaluates_with_wordpiece(data, vocab, tmp_path)
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n"] == 20
+    # Another vocabulary of the same size (two lines swapped) read every prompt as other
+    # words and scored below chance, silently.
+    lines = vocab["txt"].read_text().splitlines()
+    lines[-1], lines[-2] = lines[-2], lines[-1]
+    other = tmp_path / "other" / "vocab.txt"
+    other.parent.mkdir()
+    other.write_text("\n".join(lines) + "\n")
+    refused = invoke(
+        train_app, "eval", "--checkpoint", checkpoint, "--imagenet-val", data["eval"],
+        "--classnames", data["classnames"], "--out", tmp_path / "other.json",
+        "--workers", 1, "--tokenizer", other,
+    )  # fmt: skip
+    assert_one_line_error(refused, f"--tokenizer {other} is not the vocabulary", "pass the run's")
 
 
 def test_sidecars_of_clip_bpe_with_a_wordpiece_model(data, vocab, tmp_path):
