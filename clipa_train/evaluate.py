@@ -188,10 +188,10 @@ def _open_folder(
             "2 or more classes (it would score 100 %), one sub-folder of images each"
         )
     labels = {folder.name: label for label, folder in enumerate(folders)}
+    units = folder_units(root, labels, warn)
     task = _task(str(root), len(folders), classnames, templates)
     if classnames is None:
         _check_imagenet_folders(root, [folder.name for folder in folders])
-    units = folder_units(root, labels, warn)
     return ZeroShotSet(str(root), "imagefolder", units, len(units), task)
 
 
