@@ -328,5 +328,6 @@ def test_imagenet_folders_not_named_by_wordnet_id_name_the_suites_fix(weights, t
     line = assert_one_line_error(
         result, "1000 of its 1000 class folders are not ImageNet-1K WordNet ids",
         "the suite reads", "name its folders by WordNet id",
+        after_warnings=True,  # the layout puts images in 4 of the folders
     )  # fmt: skip
     assert "--classnames" not in line
