@@ -342,7 +342,8 @@ def _loaded(config: EvalConfig, note: Callable[[str], None] = lambda line: None)
         backend,
         settings,
         encode,
-        _text_cache(config, model, backend, load_tokenizer(spec), note),
+        tokenizer=spec,
+        text_cache=_text_cache(config, model, backend, load_tokenizer(spec), note),
     )
 
 
@@ -387,7 +388,7 @@ def evaluate_checkpoint(
         "reference_exact": config.reference_exact,
         # What the numbers depend on besides the weights (another vocabulary or mean/std
         # scores otherwise, silently)
-        "tokenizer": prompt_tokenizer(config, loaded.model),
+        "tokenizer": loaded.tokenizer,
         "image_norm": config.used_image_norm(),
         "seconds": round(time.perf_counter() - started, 2),
     }

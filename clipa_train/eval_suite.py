@@ -18,6 +18,7 @@ from typing import Any
 
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.registry import pick
+from clipa_data.core.tokenizer import CLIP_BPE
 from clipa_train.evaluate import (
     EvalSettings,
     NotImageNetError,
@@ -42,6 +43,8 @@ class SuiteModel:
     """Image size, text length, crop, batch size and workers."""
     encode_prompts: Callable[[list[str]], Any]
     """Prompt strings → token ids at the model's text length."""
+    tokenizer: str = CLIP_BPE
+    """The prompts' tokenizer spec (``--tokenizer``, else the run's; eval.json records it)."""
     text_cache: Any = None
     """The run's ``text_cache.TextCache``: the sets' classifiers, built once (None: each set
     builds its own)."""

@@ -81,14 +81,10 @@ def uneven_ranks_warnings(
     an epoch, leave a rank with under half the mean share in epoch 0: its few records fill as
     many batch slots as the others', so each is read ``MAX_REPEAT_SKEW`` or more times as often
     (the same pairs in every global batch) while records of the other ranks wait an epoch."""
-    from clipa_train import epoch_plan
-
     if world < 2 or steps < 1:
         return []
-    order = [int(s) for s in epoch_plan.shard_order(seed, 0, len(shard_lengths))]
     shares = [
-        sum(shard_lengths[s] for s in group)
-        for group in epoch_plan.balance(order, list(shard_lengths), world)
+        sum(shard_lengths[s] for s in group) for group in _epoch0_ranks(shard_lengths, world, seed)
     ]
     smallest = min(shares)
     mean = sum(shard_lengths) / world
@@ -104,15 +100,20 @@ def uneven_ranks_warnings(
     ]
 
 
+def _epoch0_ranks(shard_lengths: tuple[int, ...], world: int, seed: int) -> list[list[int]]:
+    """The shards each rank reads in epoch 0 (``epoch_plan``'s deal, as the loader makes it)."""
+    from clipa_train import epoch_plan
+
+    order = [int(s) for s in epoch_plan.shard_order(seed, 0, len(shard_lengths))]
+    return epoch_plan.balance(order, list(shard_lengths), world)
+
+
 def idle_workers_notes(
     shard_lengths: tuple[int, ...], world: int, workers: int, seed: int
 ) -> list[str]:
     """A line when a rank holds fewer non-empty shards than ``--workers`` in epoch 0: shards are
     dealt whole to workers, so the others sit idle (processes and memory for nothing)."""
-    from clipa_train import epoch_plan
-
-    order = [int(s) for s in epoch_plan.shard_order(seed, 0, len(shard_lengths))]
-    groups = epoch_plan.balance(order, list(shard_lengths), world)
+    groups = _epoch0_ranks(shard_lengths, world, seed)
     fewest = min(sum(1 for shard in group if shard_lengths[shard]) for group in groups)
     if not 0 < fewest < workers:
         return []  # a rank with no records is refused by the loader
