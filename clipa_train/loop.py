@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from clipa_train.optim import (
 )
 from clipa_train.run_dir import move_aside
 from clipa_train.signal_relay import RelayedSignals
+from clipa_train.stop_signal import ENDING, FINAL_EVALUATION, TRAINING, StopNow, StopSignal
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
 
@@ -133,139 +132,6 @@ class LoopResult:
     final_loss: float | None = None
     """The last step's loss (the mean over ranks), also when a stop fell between log steps;
     ``None``: no step made, or a second signal under several processes (the last record's)."""
-
-
-class StopNow(KeyboardInterrupt):
-    """A second stop signal: leave the loop at once (it saves the last finished step)."""
-
-
-TRAINING, FINAL_EVALUATION, ENDING = "training", "final evaluation", "ending"
-PHASES = (TRAINING, FINAL_EVALUATION, ENDING)
-"""Where a run is when a stop signal arrives: before its last step; after it, with the final
-evaluation to come or under way; after it with nothing left (no evaluation, or done)."""
-
-
-TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
-"""Set by torchrun in the processes it starts."""
-
-
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag checked at step boundaries (preemptible TPU VMs).
-
-    The first signal says at once (one line on stderr, when ``announce``) at which step the run
-    will stop; a second one sets ``now`` and, inside :meth:`interruptible` (waits for data,
-    evaluation), raises :class:`StopNow` at once. Elsewhere (the step's compute, which may have
-    half-updated the weights) it is noticed at the step's end. Handlers are restored on exit.
-    Off the main thread (where Python cannot install handlers: ``torch_xla.launch`` runs the
-    stage in a thread) it reads the signals the launching process relays (``relayed``), at
-    each step boundary, where a second one stops the run.
-    """
-
-    def __init__(self, announce: bool = True, relayed: RelayedSignals | None = None) -> None:
-        self._requested = self._now = False
-        self.next_check = 0
-        """The step boundary at which a stop requested now is noticed (kept by the loop)."""
-        self.last_step: int | None = None
-        """The stage's last step (set by the loop)."""
-        self.phase = TRAINING
-        """Where the run is (set by the loop; one of ``PHASES``): after the last step a signal no
-        longer stops training, and says what it does instead."""
-        self._announce, self._interruptible = announce, False
-        self._previous: dict[int, Any] = {}
-        self._relayed, self._relayed_seen = relayed, 0
-        # A torchrun rank's launcher is its parent: killed (SIGKILL), it passes nothing on, and
-        # the ranks trained on alone, holding their GPUs, beside the re-run a user would start.
-        self._torchrun = os.getppid() if TORCHRUN_ENV in os.environ else None
-
-    @property
-    def requested(self) -> bool:
-        """Whether a stop signal arrived."""
-        self._poll()
-        return self._requested
-
-    @property
-    def now(self) -> bool:
-        """Whether a second one arrived: stop at once."""
-        self._poll()
-        return self._now
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._relayed = None  # this thread hears the signals itself
-            for number in (signal.SIGTERM, signal.SIGINT):
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame: object) -> None:
-        if not self._requested:
-            self._requested = True
-            self._say(f"{signal.Signals(number).name}: {self._first_reply()}")
-            return
-        if not self._now:
-            self._now = True
-            self._say(self._second_reply())
-        if self._interruptible:
-            raise StopNow
-
-    def _first_reply(self) -> str:
-        if self.phase == TRAINING:
-            # Under several processes the next check may lie past the end: the end comes first.
-            at = min(self.next_check, self.last_step or self.next_check)
-            return f"stopping after step {at} with a checkpoint; Ctrl-C again to stop now"
-        if self.phase == FINAL_EVALUATION:
-            return (
-                f"training has finished (step {self.last_step}, saved before the final "
-                "evaluation); the evaluation goes on, Ctrl-C again to cut it short"
-            )
-        return f"training has finished (step {self.last_step}); the run ends with its checkpoint"
-
-    def _second_reply(self) -> str | None:
-        if self.phase == TRAINING:
-            return "stopping now; saving the last finished step"
-        if self.phase == FINAL_EVALUATION:
-            return f"cutting the final evaluation short; step {self.last_step} is saved"
-        return None  # nothing left to stop
-
-    def _poll(self) -> None:
-        """Take in the signals relayed since the last look (each as if it had arrived now), and
-        a torchrun launcher's death as a first signal."""
-        if self._relayed is None:
-            if self._torchrun not in (None, os.getppid()) and not self._requested:
-                self._requested = True
-                self._say(
-                    f"torchrun is gone: stopping after step {self.next_check} with a checkpoint"
-                )
-            return
-        count, first, last = self._relayed.received()
-        while self._relayed_seen < count:
-            self._handle(last if self._relayed_seen else first, None)
-            self._relayed_seen += 1
-        if not self._requested and self._relayed.launcher_gone():
-            self._requested = True
-            self._say(
-                f"the launching process is gone: stopping after step {self.next_check} with a "
-                "checkpoint"
-            )
-
-    def _say(self, line: str | None) -> None:
-        # os.write, not print: a handler may run while the main thread is inside print.
-        if self._announce and line is not None:
-            os.write(2, f"\n{line}\n".encode())
-
-    @contextlib.contextmanager
-    def interruptible(self):
-        """A stretch where a second signal may raise (nothing half-done to lose)."""
-        if self.now:
-            raise StopNow
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
-
-    def __exit__(self, *exc: object) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
 
 
 def forward_backward(
@@ -373,122 +239,222 @@ def train(
     ``run_dir/metrics.jsonl``, ``run_config`` (if given) to ``run_dir/config.json``. ``signals``:
     the stop signals a launching process relays, where this runs off the main thread.
     """
-    run_dir = Path(run_dir)
-    directory = run_dir / "checkpoints"
-    step_model, step = _start(model, optimizer, batches, backend, config, directory, resume_from)
-    log = _open_run(run_dir, run_config, config, backend, step)
-    result = LoopResult(start_step=step, step=step, stopped=False, checkpoint=None)
-
-    def save() -> Path:
-        return ckpt.save_checkpoint(
-            directory, step=step, model=model, optimizer=optimizer, backend=backend,
-            stream_state=batches.state_dict(), run_config=run_config, keep=config.keep_checkpoints,
-        )  # fmt: skip
-
+    parts = _Parts(model, optimizer, optim_config, loss_fn, batches, backend, config, evaluate)
+    run = _Run(parts, Path(run_dir), resume_from, run_config)
     model.train()
-    iterator = iter(batches)
-    window = _Window(step)
-    evaluated_at, cut, watched = -1, False, None
-    # Under several processes a rank whose data fails cannot leave: the others would wait in
-    # the step's collectives. It steps on its last batch until the ranks next agree (log,
-    # evaluation and checkpoint steps), and those steps are not saved.
-    host_batch, faulted = None, False
     with (
         StopSignal(backend.is_main, signals) as stop,
-        _progress(config, backend, optim_config.total_steps, step) as bar,
+        _progress(config, backend, optim_config.total_steps, run.step) as bar,
     ):
         try:
-            stop.next_check = _next_check(step, config, backend)
-            stop.last_step = optim_config.total_steps
-            while step < optim_config.total_steps:
-                fetched = None if faulted else _next_batch(iterator, stop, window, result)
-                if fetched is None and backend.world == 1:
-                    break
-                faulted = fetched is None
-                if faulted and result.failure is None:
-                    result.failure = f"its data ended after step {step}"
-                host_batch = host_batch if faulted else fetched
-                if step == result.start_step and _agree_on_fault(faulted, result, backend):
-                    break  # a rank without a first batch has none to step on
-                lr = learning_rate(step, optim_config)
-                set_learning_rate(optimizer, lr)
-                watched = _optimiser_step(
-                    step_model, model, optimizer, optim_config, loss_fn, backend, config, host_batch
-                )
-                step += 1
-                window.samples += host_batch["text"].shape[0] * backend.world
-                if step % config.log_every == 0 or step == optim_config.total_steps:
-                    record = window.record(step, lr, backend.to_host(watched), _compiles(backend))
-                    _log_record(record, log, result, bar)
-                    if _diverged(record, step, result):
-                        break
-                # The last step is evaluated after its checkpoint is saved (below), so a signal
-                # that cuts that evaluation short loses no training.
-                if (
-                    config.eval_every
-                    and evaluate is not None
-                    and step % config.eval_every == 0
-                    and step < optim_config.total_steps
-                ):
-                    if _agree_on_fault(faulted, result, backend) or _weights_diverged(
-                        model, step, result, backend
-                    ):
-                        break
-                    with stop.interruptible(), window.excluded():
-                        evaluated_at = _evaluate(evaluate, model, step, log, result, backend)
-                if step == stop.next_check:
-                    if backend.any_rank(stop.requested or faulted):
-                        _agree_on_fault(faulted, result, backend)  # else a signal
-                        result.stopped = True
-                        break
-                    stop.next_check = _next_check(step, config, backend)
-                if step == optim_config.total_steps:  # past its last check: a signal stops nothing
-                    stop.phase = ENDING if evaluate is None else FINAL_EVALUATION
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    if (
-                        _agree_on_fault(faulted, result, backend)
-                        or _diverged(backend.to_host(watched), step, result)
-                        or _weights_diverged(model, step, result, backend)
-                    ):
-                        break
-                    result.checkpoint = save()
-            else:  # the last step made: a fault since the last agreement is agreed on here
-                _agree_on_fault(faulted, result, backend)
+            run.train_steps(stop, bar)
         except StopNow:
-            result.stopped = cut = True
+            run.result.stopped = run.cut = True
             model.train()  # an evaluation may have been cut short
-        stop.next_check = step  # a first signal from now on: the run ends after this step
+        run.finish(stop)
+    run.log.close()
+    return run.result
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What :func:`train` was given to train with."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    optim_config: OptimConfig
+    loss_fn: Callable[[dict], torch.Tensor]
+    batches: BatchSource
+    backend: Backend
+    config: LoopConfig
+    evaluate: Evaluate | None
+
+
+class _Run:
+    """One call of :func:`train`: the state its steps share, and what it does between steps
+    (each action returns whether the run stops there).
+
+    Under several processes a rank whose data fails cannot leave: the others would wait in the
+    step's collectives. It steps on its last batch (``faulted``) until the ranks next agree
+    (log, evaluation and checkpoint steps), and those steps are not saved.
+    """
+
+    def __init__(
+        self, parts: _Parts, run_dir: Path, resume_from: Path | None, run_config: dict | None
+    ) -> None:
+        self.parts, self.run_config = parts, run_config
+        self.directory = run_dir / "checkpoints"
+        self.step_model, self.step = _start(
+            parts.model, parts.optimizer, parts.batches, parts.backend, parts.config,
+            self.directory, resume_from,
+        )  # fmt: skip
+        self.log = _open_run(run_dir, run_config, parts.config, parts.backend, self.step)
+        self.result = LoopResult(
+            start_step=self.step, step=self.step, stopped=False, checkpoint=None
+        )
+        self.window = _Window(self.step)
+        self.evaluated_at, self.cut = -1, False
+        self.watched: dict[str, torch.Tensor] | None = None
+        self.host_batch: dict | None = None
+        self.faulted = False
+
+    def save(self) -> Path:
+        """This step's checkpoint (weights, optimiser, the loader's position, the run config)."""
+        parts = self.parts
+        return ckpt.save_checkpoint(
+            self.directory, step=self.step, model=parts.model, optimizer=parts.optimizer,
+            backend=parts.backend, stream_state=parts.batches.state_dict(),
+            run_config=self.run_config, keep=parts.config.keep_checkpoints,
+        )  # fmt: skip
+
+    def train_steps(self, stop: StopSignal, bar) -> None:
+        """Steps until the last one, a stop signal or a data fault (agreed over ranks)."""
+        parts, total = self.parts, self.parts.optim_config.total_steps
+        stop.next_check = _next_check(self.step, parts.config, parts.backend)
+        stop.last_step = total
+        iterator = iter(parts.batches)
+        while self.step < total:
+            if not self._fetch(iterator, stop):
+                return
+            lr = learning_rate(self.step, parts.optim_config)
+            set_learning_rate(parts.optimizer, lr)
+            self.watched = _optimiser_step(
+                self.step_model, parts.model, parts.optimizer, parts.optim_config,
+                parts.loss_fn, parts.backend, parts.config, self.host_batch,
+            )  # fmt: skip
+            self.step += 1
+            self.window.samples += self.host_batch["text"].shape[0] * parts.backend.world
+            if (
+                self._log_step(lr, bar)
+                or self._evaluate_step(stop)
+                or self._check_stop(stop)
+                or self._checkpoint_step()
+            ):
+                return
+        # The last step made: a fault since the last agreement is agreed on here.
+        _agree_on_fault(self.faulted, self.result, parts.backend)
+
+    def _fetch(self, iterator, stop: StopSignal) -> bool:
+        """Take the next batch (a faulted rank keeps its last); False: the run stops here."""
+        backend, result = self.parts.backend, self.result
+        fetched = None if self.faulted else _next_batch(iterator, stop, self.window, result)
+        if fetched is None and backend.world == 1:
+            return False
+        self.faulted = fetched is None
+        if self.faulted and result.failure is None:
+            result.failure = f"its data ended after step {self.step}"
+        if not self.faulted:
+            self.host_batch = fetched
+        # A rank without a first batch has none to step on.
+        first = self.step == result.start_step
+        return not (first and _agree_on_fault(self.faulted, result, backend))
+
+    def _log_step(self, lr: float, bar) -> bool:
+        """A metrics record at log steps and the last step; stops on a diverged loss."""
+        step, backend = self.step, self.parts.backend
+        if step % self.parts.config.log_every and step != self.parts.optim_config.total_steps:
+            return False
+        values = backend.to_host(self.watched)
+        record = self.window.record(step, lr, values, _compiles(backend))
+        _log_record(record, self.log, self.result, bar)
+        return _diverged(record, step, self.result)
+
+    def _evaluate_step(self, stop: StopSignal) -> bool:
+        """The in-loop evaluation at its steps. The last step is evaluated after its checkpoint
+        is saved (``finish``), so a signal that cuts that evaluation short loses no training."""
+        parts, step = self.parts, self.step
+        every = parts.config.eval_every
+        if (
+            not every
+            or parts.evaluate is None
+            or step % every
+            or step >= parts.optim_config.total_steps
+        ):
+            return False
+        if _agree_on_fault(self.faulted, self.result, parts.backend) or _weights_diverged(
+            parts.model, step, self.result, parts.backend
+        ):
+            return True
+        with stop.interruptible(), self.window.excluded():
+            self.evaluated_at = _evaluate(
+                parts.evaluate, parts.model, step, self.log, self.result, parts.backend
+            )
+        return False
+
+    def _check_stop(self, stop: StopSignal) -> bool:
+        """Whether any rank got a stop signal (or a data fault) by this step's check."""
+        parts = self.parts
+        if self.step == stop.next_check:
+            if parts.backend.any_rank(stop.requested or self.faulted):
+                _agree_on_fault(self.faulted, self.result, parts.backend)  # else a signal
+                self.result.stopped = True
+                return True
+            stop.next_check = _next_check(self.step, parts.config, parts.backend)
+        # Past the last step's check a signal stops nothing: it ends or cuts the evaluation short.
+        if self.step == parts.optim_config.total_steps:
+            stop.phase = ENDING if parts.evaluate is None else FINAL_EVALUATION
+        return False
+
+    def _checkpoint_step(self) -> bool:
+        """The periodic checkpoint, unless a fault or diverged values stop the run first."""
+        every = self.parts.config.checkpoint_every
+        if not every or self.step % every:
+            return False
+        parts, result = self.parts, self.result
+        if (
+            _agree_on_fault(self.faulted, result, parts.backend)
+            or _diverged(parts.backend.to_host(self.watched), self.step, result)
+            or _weights_diverged(parts.model, self.step, result, parts.backend)
+        ):
+            return True
+        self.result.checkpoint = self.save()
+        return False
+
+    def finish(self, stop: StopSignal) -> None:
+        """After the steps: the last step's checkpoint, then the final evaluation (a signal that
+        cuts it short, minutes on ImageNet, loses no training), then the result's last fields."""
+        parts, result, backend = self.parts, self.result, self.parts.backend
+        stop.next_check = self.step  # a first signal from now on: the run ends after this step
         # A data fault: one process saves its last whole step; under several, the failing rank
         # stepped on its last batch until the ranks agreed, so the last checkpoint stands.
-        cut = cut or result.failure is not None
-        final = ckpt.checkpoint_path(directory, step)
-        # The last step's checkpoint comes before the final evaluation, so a signal that cuts
-        # the evaluation short (minutes on ImageNet) loses no training.
-        evaluates = evaluate is not None and not result.stopped and evaluated_at != step
+        self.cut = self.cut or result.failure is not None
+        evaluates = (
+            parts.evaluate is not None and not result.stopped and self.evaluated_at != self.step
+        )
         if stop.phase != TRAINING:
             stop.phase = FINAL_EVALUATION if evaluates else ENDING
-        if _needs_final_checkpoint(result, cut, backend, final) and _finite(
-            model, watched, step, result, backend
+        final = ckpt.checkpoint_path(self.directory, self.step)
+        if _needs_final_checkpoint(result, self.cut, backend, final) and _finite(
+            parts.model, self.watched, self.step, result, backend
         ):
-            result.checkpoint = save()
-        if evaluates and not result.stopped and not _weights_diverged(model, step, result, backend):
-            try:
-                with stop.interruptible():
-                    _evaluate(evaluate, model, step, log, result, backend)
-            except StopNow:
-                result.final_eval_cut = cut = True
-                model.train()
+            result.checkpoint = self.save()
+        if (
+            evaluates
+            and not result.stopped
+            and not _weights_diverged(parts.model, self.step, result, backend)
+        ):
+            self._final_evaluation(stop)
         if stop.phase != TRAINING:  # relayed signals are read from here on (off the main thread)
             stop.phase = ENDING
         result.interrupted = stop.now
-        result.signalled = _signalled(stop, cut, backend)
+        result.signalled = _signalled(stop, self.cut, backend)
         # Not after a second signal under several processes: the fetch would wait on the
         # step's collectives, which a rank cut short may never join.
-        if watched is not None and not (cut and backend.world > 1):
-            result.final_loss = backend.to_host(watched)["loss"]
-    log.close()
-    result.step = step
-    return result
+        if self.watched is not None and not (self.cut and backend.world > 1):
+            result.final_loss = backend.to_host(self.watched)["loss"]
+        result.step = self.step
+
+    def _final_evaluation(self, stop: StopSignal) -> None:
+        """The stage's last evaluation; a second signal cuts it short (the step is saved)."""
+        parts = self.parts
+        try:
+            with stop.interruptible():
+                _evaluate(
+                    parts.evaluate, parts.model, self.step, self.log, self.result, parts.backend
+                )
+        except StopNow:
+            self.result.final_eval_cut = self.cut = True
+            parts.model.train()
 
 
 def _diverged(values: dict[str, Any], step: int, result: LoopResult) -> bool:
