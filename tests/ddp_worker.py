@@ -52,10 +52,11 @@ def batches(
 
 
 def one_step(loss_name: str, backend, accum_steps: int = 1) -> dict:
-    """Global loss and averaged gradients of one step on batch 0."""
+    """Global loss and averaged gradients of one step on batch 0 (as the optimiser would see
+    them: after ``sync_gradients``; FSDP's sharded gradients gathered whole)."""
     torch.manual_seed(0)
     config = load_preset("test-tiny").replace(loss=loss_name)
-    model = build_model(config)
+    model = backend.shard_model(build_model(config))  # FSDP: in place; otherwise on the device
     step_model = backend.prepare_model(model)
     loss_fn = build_loss(loss_name, backend)
     batch = backend.to_device(batches(backend.rank, backend.world).batch(0))
@@ -63,9 +64,11 @@ def one_step(loss_name: str, backend, accum_steps: int = 1) -> dict:
         loss = accumulate_forward_backward(step_model, batch, loss_fn, backend, accum_steps)
     else:
         loss, _ = forward_backward(step_model, batch, loss_fn, backend)
+    backend.sync_gradients(build_optimizer(model, OPTIM))
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return {
         "loss": backend.mean_over_ranks(loss.detach()),
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+        "grads": {n: getattr(g, "full_tensor", g.clone)().clone() for n, g in grads.items()},
     }
 
 
@@ -125,6 +128,7 @@ def sharded_main(out: Path) -> None:
     halfway = "checkpoints/step_00000005.pt"
     sharded_run(fsdp, out / "fsdp_from_ddp", resume_from=out / "ddp" / halfway)
     sharded_run(ddp, out / "ddp_from_fsdp", resume_from=out / "fsdp" / halfway)
+    steps = {name: one_step(name, fsdp) for name in ("contrastive", "sigmoid")}
     batch = fsdp.to_device(batches(0, 1, mask=None).batch(0))  # the whole batch on every rank
     model.eval()
     with torch.no_grad():
@@ -133,7 +137,7 @@ def sharded_main(out: Path) -> None:
     if fsdp.is_main:
         torch.save(
             {"features": {k: v for k, v in outputs.items() if k.endswith("features")},
-             "encoded": encoded, "world": fsdp.world},
+             "encoded": encoded, "world": fsdp.world, "one_step": steps},
             out / "fsdp_outputs.pt",
         )  # fmt: skip
     leave_together(fsdp)

@@ -105,7 +105,8 @@ def test_fsdp_follows_ddp_and_their_checkpoints_load_into_each_other_and_one_pro
     each resumed at step 5 from the other's checkpoint; the FSDP checkpoint in one process.
 
     Tolerance: losses rtol 1e-4 (fp32; the reduce-scatter and the all-reduce sum in different
-    orders; measured ≤ 3e-6 relative), logged logit scales 1e-5."""
+    orders; measured ≤ 3e-6 relative), logged logit scales 1e-5; one step's gradients (both
+    losses) within 1e-5 of each tensor's largest entry of the one-process gradients."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -163,6 +164,18 @@ def test_fsdp_follows_ddp_and_their_checkpoints_load_into_each_other_and_one_pro
     for key, value in reference["features"].items():
         torch.testing.assert_close(outputs[key], value, rtol=0, atol=1e-5)
     torch.testing.assert_close(encoded, reference["encoded"], rtol=0, atol=1e-5)
+
+    # One step's gradients, as AdamW gets them, against one process with the whole batch: the
+    # loss trajectory above hardly moves when FSDP's gradients are scaled wrongly (clipping and
+    # AdamW's normalisation absorb a factor), these do.
+    single = create_backend(BackendConfig(name="cpu"))
+    for name, step in reference["one_step"].items():
+        one = ddp_worker.one_step(name, single)
+        torch.testing.assert_close(step["loss"], one["loss"], rtol=0, atol=1e-6)
+        assert step["grads"].keys() == one["grads"].keys(), name
+        for key, grad in one["grads"].items():
+            error = (step["grads"][key] - grad).abs().max()
+            assert error <= 1e-5 * grad.abs().max() + 1e-9, (name, key, float(error))
 
 
 def test_fsdp_through_clipa_train_pretrain_then_eval_in_one_process(tmp_path):
