@@ -19,7 +19,7 @@ from clipa_cli.options import PATH_MARK, command, config_options
 from clipa_data.core.config_fields import field_specs
 from clipa_data.core.errors import ClipaError
 from clipa_train.eval_stage import EvalConfig
-from clipa_train.run_config import OPTIONS, TrainConfig, option_flag
+from clipa_train.run_config import OPTIONS, option_flag, option_owner
 
 PANELS = {
     "run": "Data and output",
@@ -54,13 +54,12 @@ def training_options() -> list[inspect.Parameter]:
     nested field it maps to."""
     parameters = []
     for name, path in OPTIONS.items():
-        group, _, attr = path.rpartition(".")
-        owner = field_specs(TrainConfig)[group].kind if group else TrainConfig
+        owner, attr = option_owner(name)
         (parameter,) = config_options(
             owner,
             [attr],
             flags={attr: option_flag(name)},
-            panels={attr: PANELS[group or attr]},
+            panels={attr: PANELS[path.partition(".")[0]]},
             extra_help={attr: EXTRA_HELP.get(name, "")},
             unset=True,
         )

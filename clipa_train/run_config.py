@@ -13,6 +13,7 @@ table between the two. A ``None`` left after merging means "the model's" or "der
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -581,71 +582,32 @@ class TrainConfig:
         return {"stage": self.stage, **{name: self.value(name) for name in OPTIONS}}
 
 
-OPTIONS: dict[str, str] = {
-    "data": "run.data",
-    "out": "run.out",
-    "split": "run.split",
-    "workers": "run.workers",
-    "shuffle_buffer": "run.shuffle_buffer",
-    "seed": "run.seed",
-    "text_source": "run.text_source",
-    "text_field": "run.text_field",
-    "samples_per_epoch": "run.samples_per_epoch",
-    "check_crc": "run.check_crc",
-    "max_bad_fraction": "run.max_bad_fraction",
-    "reference_exact": "run.reference_exact",
-    "model": "model.name",
-    "from_checkpoint": "model.from_checkpoint",
-    "recipe": "recipe",
-    "pos_embed": "model.pos_embed",
-    "loss": "model.loss",
-    "grad_checkpointing": "model.grad_checkpointing",
-    "tokenizer": "model.tokenizer",
-    "image_norm": "model.image_norm",
-    "image_size": "reduction.image_size",
-    "image_mask": "reduction.image_mask",
-    "mask_ratio": "reduction.mask_ratio",
-    "text_length": "reduction.text_length",
-    "text_mask": "reduction.text_mask",
-    "crop_scale_min": "augment.crop_scale_min",
-    "color_jitter": "augment.color_jitter",
-    "color_jitter_prob": "augment.color_jitter_prob",
-    "grayscale_prob": "augment.grayscale_prob",
-    "batch_size": "optim.batch_size",
-    "epochs": "optim.epochs",
-    "samples": "optim.samples",
-    "lr": "optim.lr",
-    "warmup_steps": "optim.warmup_steps",
-    "weight_decay": "optim.weight_decay",
-    "beta1": "optim.beta1",
-    "beta2": "optim.beta2",
-    "eps": "optim.eps",
-    "grad_clip_norm": "optim.grad_clip_norm",
-    "precision": "optim.precision",
-    "backend": "optim.backend",
-    "sharding": "optim.sharding",
-    "accum_steps": "optim.accum_steps",
-    "micro_batch": "optim.micro_batch",
-    "memory_check": "optim.memory_check",
-    "compile": "optim.compile",
-    "compile_backend": "optim.compile_backend",
-    "zeroshot": "evaluation.zeroshot",
-    "classnames": "evaluation.classnames",
-    "templates": "evaluation.templates",
-    "eval_every": "evaluation.every",
-    "eval_batch_size": "evaluation.batch_size",
-    "resume": "logging.resume",
-    "overwrite": "logging.overwrite",
-    "log_every": "logging.log_every",
-    "checkpoint_every": "logging.checkpoint_every",
-    "keep_checkpoints": "logging.keep_checkpoints",
-    "progress": "logging.progress",
-    "log": "logging.log",
-    "wandb_project": "logging.wandb_project",
-    "wandb_name": "logging.wandb_name",
-    "wandb_tags": "logging.wandb_tags",
-    "wandb_id": "logging.wandb_id",
+RENAMED_OPTIONS = {
+    "model.name": "model",
+    "evaluation.every": "eval_every",
+    "evaluation.batch_size": "eval_batch_size",
 }
+"""The fields whose flat option name is not their own (``--name`` or ``--every`` would not say
+of what)."""
+
+
+def _flat_options() -> dict[str, str]:
+    """Every field of every ``TrainConfig`` group, in order, by its flat name (and the top-level
+    ``recipe``; ``stage`` is the command itself)."""
+    options: dict[str, str] = {}
+    for group, spec in field_specs(TrainConfig).items():
+        fields = field_specs(spec.kind) if dataclasses.is_dataclass(spec.kind) else {"": None}
+        for attr in fields:
+            path = f"{group}.{attr}" if attr else group
+            name = RENAMED_OPTIONS.get(path, attr or group)
+            if name in options:
+                raise AssertionError(f"two training options are named {name!r}")
+            options[name] = path
+    del options["stage"]
+    return options
+
+
+OPTIONS: dict[str, str] = _flat_options()
 """Every option, by its flat name (flag ``--batch-size``, config-file key ``batch_size``), and
 the field of :class:`TrainConfig` that holds it (``group.field``; ``recipe`` is top-level)."""
 
@@ -657,10 +619,15 @@ def option_flag(name: str) -> str:
     return "--from" if name == "from_checkpoint" else "--" + name.replace("_", "-")
 
 
+def option_owner(name: str) -> tuple[type, str]:
+    """The dataclass that holds the flat option ``name``, and its field's name there."""
+    group, _, attr = OPTIONS[name].rpartition(".")
+    return (field_specs(TrainConfig)[group].kind if group else TrainConfig), attr
+
+
 def option_spec(name: str):
     """The ``FieldSpec`` (type, help, choices, default) of the flat option ``name``."""
-    group, _, attr = OPTIONS[name].rpartition(".")
-    owner = field_specs(TrainConfig)[group].kind if group else TrainConfig
+    owner, attr = option_owner(name)
     return field_specs(owner)[attr]
 
 
@@ -789,8 +756,7 @@ _KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", 
 
 def _tuple_length(name: str) -> int | None:
     """How many items the tuple option ``name`` holds (``None``: any number)."""
-    group, _, attr = OPTIONS[name].rpartition(".")
-    owner = field_specs(TrainConfig)[group].kind if group else TrainConfig
+    owner, attr = option_owner(name)
     hint = typing.get_type_hints(owner)[attr]
     for arg in (hint, *typing.get_args(hint)):
         items = typing.get_args(arg) if typing.get_origin(arg) is tuple else ()
