@@ -94,6 +94,21 @@ def run_stage(config: TrainConfig) -> dict | None:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def _run_config(stage: ResolvedStage, per_rank: int, backend) -> dict:
+    """``config.json``: the stage's, and the micro-batches each optimiser step runs (known only
+    once the backend says how many processes share the batch); ``--accum-steps auto`` says
+    what it picked on the console (rank 0)."""
+    run_config = stage.to_json()
+    micro_batches = stage.loop.micro_batches(per_rank)
+    run_config["derived"].update(accum_steps=micro_batches, micro_batch=per_rank // micro_batches)
+    if stage.loop.micro_batch is not None and backend.is_main:
+        _note(
+            f"--accum-steps auto: {micro_batches} micro-batch(es) of {per_rank // micro_batches} "
+            f"samples per process and step (at most --micro-batch {stage.loop.micro_batch})"
+        )
+    return run_config
+
+
 def _note(message: str) -> None:
     """One console line on stderr (never wrapped), as the progress line is."""
     from rich.console import Console
@@ -133,7 +148,8 @@ def _train_on(stage: ResolvedStage, backend, signals) -> None:
     if config.model.from_checkpoint and stage.resume_from is None:
         said = _note if backend.is_main else None
         load_openclip_weights(model, config.model.from_checkpoint, report=said)
-    loader = build_loader(stage, backend.per_rank_batch(config.optim.batch_size), backend)
+    per_rank = backend.per_rank_batch(config.optim.batch_size)
+    loader = build_loader(stage, per_rank, backend)
     model = backend.shard_model(model)  # to the device; FSDP: before the optimiser sees it
     try:
         result = train(
@@ -146,7 +162,7 @@ def _train_on(stage: ResolvedStage, backend, signals) -> None:
             run_dir=run_dir,
             config=stage.loop,
             resume_from=None if stage.resume_from is None else Path(stage.resume_from),
-            run_config=stage.to_json(),
+            run_config=_run_config(stage, per_rank, backend),
             evaluate=zeroshot_hook(stage, backend) if config.evaluation.zeroshot else None,
             signals=signals,
         )

@@ -380,7 +380,7 @@ def test_a_resume_with_another_batch_size_is_refused(data, tmp_path):
 def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
     """--accum-steps 2 (two micro-batches of 4) and --accum-steps auto --micro-batch 3 (four of
     2) through the real loader log the one-pass run's losses (exact accumulation; fp32 CPU,
-    within 1e-5)."""
+    within 1e-5); config.json's derived values hold the micro-batches each step ran."""
     more = ["--samples", 8 * 3, "--log-every", 1]
     one = invoke(*tiny(data, tmp_path / "one", *more))
     assert one.exit_code == 0, one.output
@@ -391,8 +391,13 @@ def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
             result = invoke(*tiny(data, tmp_path / name, *more, "--accum-steps", *flags))
         assert result.exit_code == 0, result.output
         assert_micro_batches(sizes, steps=3, per_rank_batch=8, accum={"two": 2, "auto": 4}[name])
-        options = json.loads((tmp_path / name / "config.json").read_text())["options"]
-        assert options["accum_steps"] == flags[0]
+        run_config = json.loads((tmp_path / name / "config.json").read_text())
+        assert run_config["options"]["accum_steps"] == flags[0]
+        micro_batches = {"two": 2, "auto": 4}[name]  # what auto picked is recorded and said
+        assert run_config["derived"]["accum_steps"] == micro_batches
+        assert run_config["derived"]["micro_batch"] == 8 // micro_batches
+        said = "--accum-steps auto: 4 micro-batch(es) of 2 samples per process and step"
+        assert (said in result.output) == (name == "auto"), result.output
         got = losses(tmp_path / name)
         assert got.keys() == expected.keys()
         assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
