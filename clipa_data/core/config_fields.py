@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -69,8 +69,9 @@ def _plain(hint: object) -> tuple[type, bool]:
 
 
 @functools.cache
-def field_specs(cls: type) -> dict[str, FieldSpec]:
-    """Every field of the dataclass ``cls``: type, optionality, help, choices, default."""
+def field_specs(cls: type) -> Mapping[str, FieldSpec]:
+    """Every field of the dataclass ``cls``: type, optionality, help, choices, default (read
+    only: every caller shares the cached mapping)."""
     hints = typing.get_type_hints(cls, include_extras=True)
     specs = {}
     for field in dataclasses.fields(cls):
@@ -88,4 +89,4 @@ def field_specs(cls: type) -> dict[str, FieldSpec]:
             choices=choices,
             default=field.default,
         )
-    return specs
+    return types.MappingProxyType(specs)

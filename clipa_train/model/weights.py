@@ -148,8 +148,10 @@ def check_compatible(
     ]
     if not mismatched and sorted(missing + unexpected) == ["logit_bias"]:
         # Only the sigmoid loss's bias differs: weights of one loss, a model of the other.
+        from clipa_train.loss import loss_of
+
         has = "has" if unexpected else "has no"
-        theirs, ours = ("sigmoid", "contrastive") if unexpected else ("contrastive", "sigmoid")
+        theirs, ours = loss_of(bool(unexpected)), loss_of(not unexpected)
         raise ClipaError(
             f"{source} was trained with the {theirs} loss (it {has} logit_bias) and this "
             f"model is built for --loss {ours}: drop --loss (the checkpoint's is the default) "
@@ -270,7 +272,9 @@ def recognise_preset(path: str | Path) -> ModelConfig:
     matches = matching_presets(state)
     if len(matches) == 1:
         config = at_sizes_of(state, load_preset(matches[0]))
-        return config.replace(loss="sigmoid") if "logit_bias" in state else config
+        from clipa_train.loss import loss_of
+
+        return config.replace(loss=loss_of(True)) if "logit_bias" in state else config
     if not matches:
         raise ClipaError(
             f"{path} holds no architecture (OpenCLIP/CLIPA weights) and matches no bundled "
