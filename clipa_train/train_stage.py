@@ -37,17 +37,8 @@ def run_stage(config: TrainConfig) -> dict | None:
     returns ``summary.json`` (None: the resumed run had already made all its steps)."""
     from clipa_train.backend import launch
     from clipa_train.epoch_plan import steps_per_epoch
-    from clipa_train.preflight import (
-        check_memory,
-        idle_workers_notes,
-        reference_tagger_notes,
-        samples_warnings,
-        small_data_warnings,
-        uneven_ranks_warnings,
-        upsampling_notes,
-        warmup_warnings,
-    )
-    from clipa_train.run_dir import check_resume_step, resume_length_notes, writing
+    from clipa_train.preflight import check_memory
+    from clipa_train.run_dir import check_resume_step, writing
     from clipa_train.sharding import is_first_rank, said_once_per_host, torchrun_world
 
     run_dir = Path(config.run.out)
@@ -69,21 +60,7 @@ def run_stage(config: TrainConfig) -> dict | None:
         steps = steps_per_epoch(stage.num_records, config.optim.batch_size, world, epoch)
     if own_device:
         check_memory(stage, world)  # each process says its own GPU's line
-    warnings: list[str] = []
-    if first_rank:
-        in_epochs = config.optim.samples is None
-        warnings = small_data_warnings(stage.num_records, config.optim.batch_size, in_epochs, epoch)
-        warnings += samples_warnings(
-            _own_samples(config), config.optim.batch_size, stage.optim.total_steps
-        )
-        warnings += warmup_warnings(config.optim.warmup_steps, stage.optim.total_steps)
-        warnings += uneven_ranks_warnings(stage.shard_lengths, world, steps, config.run.seed)
-        warnings += idle_workers_notes(
-            stage.shard_lengths, world, config.run.workers, config.run.seed
-        )
-        warnings += upsampling_notes(stage.builder, config.run.split, stage.image.size)
-        warnings += reference_tagger_notes(stage.builder, config.run.split, stage.text)
-        warnings += resume_length_notes(stage.resume_from, stage.to_json())
+    warnings = _start_notes(stage, world, steps) if first_rank else []
     # config.json is written (and with --overwrite the earlier run moved aside) by the loop once
     # the model, optimiser and stream are restored: a run that fails a check in the worker
     # (weights, resume checkpoint, data) leaves no trace and the earlier run in place.
@@ -107,6 +84,35 @@ def _run_config(stage: ResolvedStage, per_rank: int, backend) -> dict:
             f"samples per process and step (at most --micro-batch {stage.loop.micro_batch})"
         )
     return run_config
+
+
+def _start_notes(stage: ResolvedStage, world: int, steps_per_epoch: int) -> list[str]:
+    """What rank 0 says before training: too little data, a sample count that is not whole
+    batches, the warm-up, ranks or loader workers left idle, upsampled images, a tagger unlike
+    the reference's, a resume that changes the stage's length."""
+    from clipa_train.preflight import (
+        idle_workers_notes,
+        reference_tagger_notes,
+        samples_warnings,
+        small_data_warnings,
+        uneven_ranks_warnings,
+        upsampling_notes,
+        warmup_warnings,
+    )
+    from clipa_train.run_dir import resume_length_notes
+
+    run, optim, total = stage.config.run, stage.config.optim, stage.optim.total_steps
+    in_epochs = optim.samples is None
+    return [
+        *small_data_warnings(stage.num_records, optim.batch_size, in_epochs, run.samples_per_epoch),
+        *samples_warnings(_own_samples(stage.config), optim.batch_size, total),
+        *warmup_warnings(optim.warmup_steps, total),
+        *uneven_ranks_warnings(stage.shard_lengths, world, steps_per_epoch, run.seed),
+        *idle_workers_notes(stage.shard_lengths, world, run.workers, run.seed),
+        *upsampling_notes(stage.builder, run.split, stage.image.size),
+        *reference_tagger_notes(stage.builder, run.split, stage.text),
+        *resume_length_notes(stage.resume_from, stage.to_json()),
+    ]
 
 
 def _note(message: str) -> None:
