@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Annotated
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import check_writable_file, result_file, write_json
+from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import CLIP_BPE
 from clipa_train.backend_config import IMAGE_NORMS
+from clipa_train.checkpoint_output import CheckpointOutput
 from clipa_train.run_config import BACKENDS, DEFAULT_MODEL
 
 CROPS = ("center", "square")
@@ -36,6 +37,33 @@ ImageNormOption = Annotated[
 input normalisation it trained with."""
 
 
+CheckpointOption = Annotated[
+    str,
+    Doc("A clipa checkpoint, or released OpenCLIP/CLIPA weights (the preset is found from "
+        "their parameter names and shapes; --model picks one)."),
+]  # fmt: skip
+"""The checkpoint eval and probe score."""
+PresetOption = Annotated[
+    str | None,
+    Doc("Build this preset (a name or a preset .json) instead of the architecture the weights "
+        "hold or match, at the weights' own image size and context length."),
+]  # fmt: skip
+"""``--model`` of eval and probe: for weights that match several presets, or none."""
+EvalCropOption = Annotated[
+    str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
+]
+"""``--crop`` of eval and probe (training's random crop is not one)."""
+
+
+def scoring_backend(name: str, image_norm: str):
+    """The backend config of device ``name`` normalising inputs as ``image_norm`` says (the
+    features are the trained model's only with the normalisation it trained with)."""
+    from clipa_train.backend_config import BackendConfig
+
+    mean, std = IMAGE_NORMS[image_norm]
+    return BackendConfig(name=name, image_mean=mean, image_std=std)
+
+
 def check_image_norm(value: str | None) -> None:
     """One line for an ``--image-norm`` that is not a known normalisation."""
     if value is not None and value not in IMAGE_NORMS:
@@ -46,13 +74,7 @@ def check_image_norm(value: str | None) -> None:
 class EvalConfig:
     """Options of a standalone zero-shot evaluation."""
 
-    checkpoint: Annotated[
-        str,
-        Doc(
-            "A clipa checkpoint, or released OpenCLIP/CLIPA weights (the preset is found from "
-            "their parameter names and shapes; --model picks one)."
-        ),
-    ]
+    checkpoint: CheckpointOption
     dataset: Annotated[
         str | None,
         Doc("ImageFolder val/ tree (sorted class folders) or TFDS imagenet2012 builder dir; "
@@ -66,19 +88,11 @@ class EvalConfig:
         str | None,
         Doc("Prompt templates file (one per line with {}); default: the 80 CLIP templates."),
     ] = None
-    model: Annotated[
-        str | None,
-        Doc(
-            "Build this preset (a name or a preset .json) instead of the architecture the "
-            "weights hold or match, at the weights' own image size and context length."
-        ),
-    ] = None
+    model: PresetOption = None
     image_size: Annotated[
         int | None, Doc("Evaluation image side (default: the checkpoint model's image size).")
     ] = None
-    crop: Annotated[
-        str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
-    ] = "center"
+    crop: EvalCropOption = "center"
     batch_size: Annotated[int, Doc("Images per batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
     backend: Annotated[str, Doc("Device to evaluate on."), Choices(BACKENDS)] = "auto"
@@ -149,10 +163,7 @@ class EvalConfig:
 
     def backend_config(self):
         """The device and the input normalisation the model was trained with."""
-        from clipa_train.backend_config import BackendConfig
-
-        mean, std = IMAGE_NORMS[self.used_image_norm()]
-        return BackendConfig(name=self.backend, image_mean=mean, image_std=std)
+        return scoring_backend(self.backend, self.used_image_norm())
 
     def _trained_norm(self) -> str:
         return trained_image_norm(self.checkpoint)
@@ -161,27 +172,14 @@ class EvalConfig:
         """The input normalisation the evaluation runs with (``--image-norm`` or the run's)."""
         return self.image_norm or self._trained_norm()
 
-    def run_folder(self) -> Path:
-        """The folder holding ``checkpoints/`` (the run dir), else the checkpoint's folder."""
-        folder = Path(self.checkpoint).resolve().parent
-        return folder.parent if folder.name == "checkpoints" else folder
+    @property
+    def output(self) -> CheckpointOutput:
+        """``eval.json``: ``--out``, else in the checkpoint's run folder."""
+        return CheckpointOutput(self.checkpoint, self.out, "eval.json")
 
     def result_path(self) -> Path:
-        """``eval.json``: ``--out`` (a folder when it ends with /), else in ``run_folder()``."""
-        return result_file(self.out, "eval.json") if self.out else self.run_folder() / "eval.json"
-
-    def check_result_folder(self) -> None:
-        """Refuse in one line, before any work, a result folder that cannot be written."""
-        check_writable_file(self.result_path(), "--out" if self.out else "", "eval.json")
-
-    def write_result(self, result: dict, note: Callable[[str], None]) -> None:
-        """Write ``result`` to ``result_path()``, saying so when it replaces an earlier result
-        (every evaluation of a run's checkpoints writes the same ``eval.json`` by default)."""
-        path = self.result_path()
-        if path.exists():
-            apart = "" if self.out else " (--out FILE keeps results apart)"
-            note(f"replaced the earlier result in {path}{apart}")
-        write_json(path, result)
+        """Where ``eval.json`` goes."""
+        return self.output.result_path()
 
     def text_cache_folder(self) -> Path | None:
         """``--text-cache``, else ``zeroshot_cache/`` in ``run_folder()``; None: no disk cache."""
@@ -191,7 +189,7 @@ class EvalConfig:
             return None
         if self.text_cache:
             return Path(self.text_cache)
-        return self.run_folder() / CACHE_FOLDER
+        return self.output.run_folder() / CACHE_FOLDER
 
 
 def trained_image_norm(checkpoint: str | Path) -> str:
@@ -362,7 +360,7 @@ def evaluate_checkpoint(
     ``note`` hears where the zero-shot classifier came from."""
     from clipa_train.evaluate import evaluate_zeroshot, open_zeroshot_set
 
-    config.check_result_folder()
+    config.output.check_writable()
     zset = open_zeroshot_set(config.dataset, config.classnames, config.templates)
     started = time.perf_counter()
     loaded = _loaded(config, note)
@@ -392,7 +390,7 @@ def evaluate_checkpoint(
         "image_norm": config.used_image_norm(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    config.write_result(result, note)
+    config.output.write(result, note)
     return result
 
 
@@ -415,7 +413,7 @@ def evaluate_suite(
     """
     from clipa_train.eval_suite import SetOptions, run_suite
 
-    config.check_result_folder()
+    config.output.check_writable()
     root, path = Path(config.data_root), config.result_path()
     options = SetOptions(config.templates, max_missing, chunk_size)
     head = {
@@ -430,7 +428,7 @@ def evaluate_suite(
         if kept:
             write_json(path, result)
         else:
-            config.write_result(result, note)
+            config.output.write(result, note)
 
     def keep(so_far: dict) -> None:  # each finished set is in eval.json at once
         save({**head, **so_far, "complete": False})

@@ -26,11 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from clipa_data.core import layout
-from clipa_data.core.atomic import result_file
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
-from clipa_train.backend_config import IMAGE_NORMS
-from clipa_train.eval_stage import CROPS, ImageNormOption, check_image_norm
+from clipa_train.checkpoint_output import CheckpointOutput
+from clipa_train.eval_stage import (
+    CROPS,
+    CheckpointOption,
+    EvalCropOption,
+    ImageNormOption,
+    PresetOption,
+    check_image_norm,
+)
 from clipa_train.run_config import BACKENDS
 
 if TYPE_CHECKING:  # torch stays out of option parsing
@@ -51,32 +57,18 @@ VAL_SPLITS = ("validation", "val", "test")
 class ProbeConfig:
     """Options of ``clipa-train probe``."""
 
-    checkpoint: Annotated[
-        str,
-        Doc(
-            "A clipa checkpoint, or released OpenCLIP/CLIPA weights (the preset is found from "
-            "their parameter names and shapes; --model picks one)."
-        ),
-    ]
+    checkpoint: CheckpointOption
     train: Annotated[
         str, Doc("Training set: ImageFolder tree (DIR or DIR/train) or TFDS builder (train split).")
     ]
     val: Annotated[
         str, Doc("Evaluation set: ImageFolder tree (DIR or DIR/val) or TFDS builder (validation).")
     ]
-    model: Annotated[
-        str | None,
-        Doc(
-            "Build this preset (a name or a preset .json) instead of the architecture the "
-            "weights hold or match, at the weights' own image size and context length."
-        ),
-    ] = None
+    model: PresetOption = None
     image_size: Annotated[
         int | None, Doc("Image side for the features (default: the checkpoint model's).")
     ] = None
-    crop: Annotated[
-        str, Doc("center: shorter side + centre crop; square: resize."), Choices(CROPS)
-    ] = "center"
+    crop: EvalCropOption = "center"
     image_norm: ImageNormOption = None
     batch_size: Annotated[int, Doc("Images per feature-extraction batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
@@ -112,18 +104,18 @@ class ProbeConfig:
         if not 0 < self.holdout < 1:
             raise ClipaError(f"--holdout must be between 0 and 1 (exclusive), not {self.holdout}")
 
-    def run_dir(self) -> Path:
-        """The checkpoint's run directory (the folder above ``checkpoints/``), else its folder."""
-        folder = Path(self.checkpoint).resolve().parent
-        return folder.parent if folder.name == "checkpoints" else folder
+    @property
+    def output(self) -> CheckpointOutput:
+        """``probe.json``: ``--out``, else in the checkpoint's run folder."""
+        return CheckpointOutput(self.checkpoint, self.out, "probe.json")
 
     def result_path(self) -> Path:
-        """``probe.json``: ``--out`` (a folder when it ends with /), else in the run directory."""
-        return result_file(self.out, "probe.json") if self.out else self.run_dir() / "probe.json"
+        """Where ``probe.json`` goes."""
+        return self.output.result_path()
 
     def cache_path(self) -> Path:
         """The feature cache folder."""
-        return Path(self.cache_dir) if self.cache_dir else self.run_dir() / "probe_cache"
+        return Path(self.cache_dir) if self.cache_dir else self.output.run_folder() / "probe_cache"
 
 
 # --- sets ---------------------------------------------------------------------------------------
@@ -359,14 +351,14 @@ def probe_features(
 def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _: None) -> dict:
     """Extract (or reuse) the features, fit the head, write ``probe.json``, return the result.
     ``say`` gets one line per set about its feature cache."""
-    from clipa_data.core.atomic import check_writable_file, check_writable_folder, write_json
-    from clipa_train.backend import BackendConfig, create_backend
-    from clipa_train.eval_stage import trained_image_norm
+    from clipa_data.core.atomic import check_writable_folder
+    from clipa_train.backend import create_backend
+    from clipa_train.eval_stage import scoring_backend, trained_image_norm
     from clipa_train.export import checkpoint_file
     from clipa_train.logistic import fit_probe
 
     checkpoint = checkpoint_file(config.checkpoint)
-    check_writable_file(config.result_path(), "--out" if config.out else "", "probe.json")
+    config.output.check_writable()
     check_writable_folder(config.cache_path(), "the feature cache")
     sets = {role: open_probe_set(getattr(config, role), role) for role in ("train", "val")}
     check_same_classes(sets["train"], sets["val"])
@@ -378,8 +370,8 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
         )
     started = time.perf_counter()
     # The features are the trained model's only with the input normalisation it trained with.
-    mean, std = IMAGE_NORMS[config.image_norm or trained_image_norm(checkpoint)]
-    backend = create_backend(BackendConfig(name=config.backend, image_mean=mean, image_std=std))
+    norm = config.image_norm or trained_image_norm(checkpoint)
+    backend = create_backend(scoring_backend(config.backend, norm))
     found, image_size = probe_features(config, checkpoint, sets, backend, say)
     classes = len(sets["train"].classes)
     # L-BFGS runs where tensors are eager: the CPU or CUDA (an XLA backend fits on the CPU)
@@ -406,8 +398,5 @@ def probe_checkpoint(config: ProbeConfig, say: Callable[[str], None] = lambda _:
         "cache": {role: {"path": str(f.path), "reused": f.reused} for role, f in found.items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if config.result_path().exists():  # every probe of a run's checkpoints writes one file
-        apart = "" if config.out else " (--out FILE keeps them apart)"
-        say(f"replaced the earlier result in {config.result_path()}{apart}")
-    write_json(config.result_path(), result)
+    config.output.write(result, say)
     return result

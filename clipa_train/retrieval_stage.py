@@ -90,7 +90,7 @@ def evaluate_retrieval_checkpoint(
     from clipa_train.retrieval_sets import open_retrieval_set, retrieval_warnings
 
     _refuse_zero_shot_options(config)
-    config.check_result_folder()
+    config.output.check_writable()
     rset = open_retrieval_set(
         options.annotations, options.images, options.retrieval, options.max_missing
     )
@@ -129,5 +129,5 @@ def evaluate_retrieval_checkpoint(
         "reference_exact": config.reference_exact,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    config.write_result(result, note)
+    config.output.write(result, note)
     return result
