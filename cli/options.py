@@ -46,7 +46,10 @@ def flag_of(name: str) -> str:
 def help_of(spec: FieldSpec, extra: str = "") -> str:
     """The field's help, its choices and any command-specific addition, as one line."""
     parts = [spec.help.replace("``", "")]
-    if spec.choices:
+    if spec.meanings:
+        said = "; ".join(f"{n}: {m}" for n, m in zip(spec.choices, spec.meanings, strict=True))
+        parts.append(f"One of: {said}.")
+    elif spec.choices:
         parts.append(f"One of: {', '.join(spec.choices)}.")
     if extra:
         parts.append(extra)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 from clipa_data.core import layout
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
+from clipa_train.backend_config import BACKEND_CHOICES
 from clipa_train.checkpoint_output import CheckpointOutput
 from clipa_train.eval_stage import (
     CROPS,
@@ -37,7 +38,6 @@ from clipa_train.eval_stage import (
     PresetOption,
     check_image_norm,
 )
-from clipa_train.run_config import BACKENDS
 
 if TYPE_CHECKING:  # torch stays out of option parsing
     import torch
@@ -72,7 +72,9 @@ class ProbeConfig:
     image_norm: ImageNormOption = None
     batch_size: Annotated[int, Doc("Images per feature-extraction batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
-    backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKENDS)] = "auto"
+    backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKEND_CHOICES)] = (
+        "auto"
+    )
     holdout: Annotated[
         float, Doc("Share of the training set held out to choose the L2 strength.")
     ] = 0.2

@@ -27,8 +27,8 @@ from clipa_data.core.errors import ClipaError, parse_error_line
 from clipa_data.core.layout import DEFAULT_TEXT_FIELD
 from clipa_data.core.text_reduction import TEXT_MASKS
 from clipa_data.core.tokenizer import CLIP_BPE
-from clipa_train.backend_config import BACKENDS, IMAGE_NORMS, PRECISIONS
-from clipa_train.compile import COMPILES
+from clipa_train.backend_config import BACKEND_CHOICES, IMAGE_NORMS, PRECISION_CHOICES
+from clipa_train.compile import COMPILE_CHOICES
 from clipa_train.image_masks import IMAGE_MASKS, RATIO_MASKS
 from clipa_train.loggers import LOGGERS, parse_loggers
 from clipa_train.loss import LOSSES
@@ -41,7 +41,7 @@ from clipa_train.recipes import (
     check_recipe_tokenizer,
     stage_recipe,
 )
-from clipa_train.sharding import SHARDINGS
+from clipa_train.sharding import SHARDING_CHOICES
 from clipa_train.shards import TEXT_SOURCES
 
 STAGES = ("pretrain", "finetune")
@@ -276,19 +276,18 @@ class OptimOptions:
         float | None,
         Doc("Clip the global gradient norm to this value (off by default, as in CLIPA)."),
     ] = None
-    precision: Annotated[
-        str, Doc("auto: bf16 autocast on CUDA/XLA, fp32 on CPU."), Choices(PRECISIONS)
-    ] = "auto"
+    precision: Annotated[str, Doc("Number format of the step."), Choices(PRECISION_CHOICES)] = (
+        "auto"
+    )
     backend: Annotated[
         str,
-        Doc("auto: xla if a TPU is configured, else cuda if available, else cpu."),
-        Choices(BACKENDS),
+        Doc("Device to train on."),
+        Choices(BACKEND_CHOICES),
     ] = "auto"
     sharding: Annotated[
         str,
-        Doc("ddp: a full model per process; fsdp: FSDP2 shards parameters, gradients and AdamW "
-            "states over the torchrun processes (≥ 2; cpu/cuda, not xla)."),
-        Choices(SHARDINGS),
+        Doc("How the model is spread over the torchrun processes."),
+        Choices(SHARDING_CHOICES),
     ] = "ddp"  # fmt: skip
     accum_steps: Annotated[
         int | str,
@@ -308,9 +307,8 @@ class OptimOptions:
     ] = True  # fmt: skip
     compile: Annotated[
         str,
-        Doc("torch.compile the step's model forward once per stage (auto: on for CUDA, off for "
-            "CPU and XLA)."),
-        Choices(COMPILES),
+        Doc("torch.compile the step's model forward once per stage."),
+        Choices(COMPILE_CHOICES),
     ] = "auto"  # fmt: skip
     compile_backend: Annotated[
         str,

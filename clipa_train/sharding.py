@@ -36,11 +36,11 @@ class ShardingChoice:
 
 SHARDING_CHOICES: dict[str, ShardingChoice] = {
     "ddp": ShardingChoice(
-        "a full copy of the model and optimiser per rank; DDP averages gradients", False
+        "a full copy of the model and optimiser per rank, gradients averaged by DDP", False
     ),
     "fsdp": ShardingChoice(
-        "FSDP2 (fully_shard per residual block): parameters, gradients and AdamW states "
-        "sharded over ranks; needs torchrun with ≥ 2 processes on cpu or cuda",
+        "FSDP2, fully_shard per residual block: parameters, gradients and AdamW states "
+        "sharded over the ranks (torchrun with ≥ 2 processes, cpu or cuda)",
         True,
     ),
 }

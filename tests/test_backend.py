@@ -82,9 +82,9 @@ def test_one_precision_list_and_auto_resolves_per_backend():
     """One registry serves --precision and BackendConfig; auto is resolved when building."""
     from clipa_train.backend import PRECISIONS
     from clipa_train.backend_config import resolve_precision
-    from clipa_train.run_config import PRECISIONS as FLAG_PRECISIONS
+    from clipa_train.run_config import option_spec
 
-    assert PRECISIONS is FLAG_PRECISIONS and "auto" in PRECISIONS
+    assert option_spec("precision").choices == PRECISIONS and "auto" in PRECISIONS
     assert [resolve_precision("auto", name) for name in ("cpu", "cuda", "xla")] == [
         "fp32",
         "bf16",

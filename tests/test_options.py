@@ -52,3 +52,35 @@ def test_unset_options_default_to_none_and_help_lists_choices():
     help_text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
     assert "Image token reduction. One of: resize, grid." in help_text
     assert "--verbose" in help_text and "--no-verbose" in help_text
+
+
+@dataclass(frozen=True)
+class _Said:
+    """What a registry says of each name (an entry's ``help``, or a text value)."""
+
+    help: str
+
+
+@dataclass(frozen=True)
+class Described:
+    """Choices from registries that say what each name means, and one that does not."""
+
+    device: Annotated[
+        str, Doc("Where to run."), Choices({"cpu": _Said("the host"), "gpu": _Said("a GPU")})
+    ] = "cpu"
+    mode: Annotated[str, Doc("How."), Choices({"fast": "skip checks", "safe": "check all"})] = (
+        "safe"
+    )
+    plain: Annotated[str, Doc("Which."), Choices({"a": object(), "b": object()})] = "a"
+
+
+def test_help_says_what_each_choice_means_where_its_registry_does():
+    specs = field_specs(Described)
+    assert specs["device"].meanings == ("the host", "a GPU")
+    assert specs["plain"].choices == ("a", "b") and specs["plain"].meanings == ()
+    app = typer.Typer()
+    app.command()(command(lambda **o: None, config_options(Described)))
+    help_text = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output.split())
+    assert "Where to run. One of: cpu: the host; gpu: a GPU." in help_text
+    assert "How. One of: fast: skip checks; safe: check all." in help_text
+    assert "Which. One of: a, b." in help_text

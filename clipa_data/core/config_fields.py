@@ -28,13 +28,22 @@ __all__ = ["Choices", "Doc", "FieldSpec", "field_specs"]
 
 @dataclass(frozen=True)
 class Choices:
-    """The names a string field may take (the keys of one registry)."""
+    """The names a string field may take (the keys of one registry), and what each means where
+    the registry says (its entries' ``help``, or text values)."""
 
     names: tuple[str, ...]
     """Allowed values, in the order help texts list them."""
+    meanings: tuple[str, ...]
+    """What each name means, in the same order; empty when the registry does not say."""
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(self, names: Iterable[str] | Mapping[str, object]) -> None:
         object.__setattr__(self, "names", tuple(names))
+        entries = list(names.values()) if isinstance(names, Mapping) else []
+        meanings = [
+            entry if isinstance(entry, str) else getattr(entry, "help", None) for entry in entries
+        ]
+        said = bool(meanings) and all(isinstance(meaning, str) for meaning in meanings)
+        object.__setattr__(self, "meanings", tuple(meanings) if said else ())
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class FieldSpec:
     """The registry keys the field picks from, if it is a kind of choice."""
     default: object
     """The field's default, or ``dataclasses.MISSING``."""
+    meanings: tuple[str, ...] = ()
+    """What each of ``choices`` means, where its registry says (empty otherwise)."""
 
 
 def _plain(hint: object) -> tuple[type, bool]:
@@ -80,13 +91,14 @@ def field_specs(cls: type) -> Mapping[str, FieldSpec]:
         base = typing.get_args(hint)[0] if extras else hint
         kind, optional = _plain(base)
         docs = [e.documentation for e in extras if isinstance(e, Doc)]
-        choices = next((e.names for e in extras if isinstance(e, Choices)), None)
+        picked = next((e for e in extras if isinstance(e, Choices)), None)
         specs[field.name] = FieldSpec(
             name=field.name,
             kind=kind,
             optional=optional,
             help=" ".join(" ".join(docs).split()),
-            choices=choices,
+            choices=picked.names if picked else None,
+            meanings=picked.meanings if picked else (),
             default=field.default,
         )
     return types.MappingProxyType(specs)
