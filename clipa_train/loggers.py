@@ -189,9 +189,22 @@ class WandbLogger:
             dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
             config=hparams,
         )
-        # Kept beside the run so a --resume continues this W&B run, not a new one per attempt.
-        with atomic_writer(self.run_dir / WANDB_ID_FILE) as handle:
-            handle.write(f"{self.run.id}\n".encode())
+        self._save_id()
+
+    def _save_id(self) -> None:
+        """Keep the run id beside the run, so a --resume continues this W&B run rather than
+        starting one per attempt. Failing that, the dashboard goes on and one warning says how
+        a resume continues it (the W&B run stays open, and is finished with the stage)."""
+        path = self.run_dir / WANDB_ID_FILE
+        try:
+            with atomic_writer(path) as handle:
+                handle.write(f"{self.run.id}\n".encode())
+        except OSError as error:
+            print(
+                f"warning: could not record the W&B run id in {path} ({error.strerror or error});"
+                f" a --resume starts a new W&B run unless given --wandb-id {self.run.id}",
+                file=sys.stderr,
+            )
 
     def _saved_id(self) -> str | None:
         """The W&B run id an earlier attempt of this run directory logged to (None: none)."""

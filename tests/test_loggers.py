@@ -242,6 +242,30 @@ def test_a_resume_continues_the_run_directorys_own_wandb_run(tmp_path, monkeypat
     assert attempt(2, range(3, 4), LoggerConfig(names=("wandb",), wandb_id="mine")) == "mine"
 
 
+def test_a_wandb_run_id_that_cannot_be_recorded_is_one_warning_and_the_dashboard_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    """The id file failing to write (a full disk; here a folder in its place) left the started
+    W&B run unfinished and the dashboard off; now the run logs and finishes, and one warning
+    names the --wandb-id that continues it."""
+    from clipa_train.loggers import WANDB_ID_FILE, LoggerConfig, open_loggers
+
+    pytest.importorskip("wandb")
+    for name, value in _env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "run" / WANDB_ID_FILE).mkdir(parents=True)
+    loggers = open_loggers(tmp_path / "run", LoggerConfig(names=("wandb",)), enabled=True)
+    (logger,) = loggers.loggers
+    loggers.write({"step": 1, "loss": 0.5})
+    loggers.close()
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert line.startswith(f"warning: could not record the W&B run id in {tmp_path / 'run'}")
+    assert line.endswith(f"unless given --wandb-id {logger.run.id}"), line
+    (run,) = (tmp_path / "wandb-dir" / "wandb").glob(f"offline-run-*-{logger.run.id}")
+    logged, _ = _wandb_scalars(next(run.glob("run-*.wandb")))
+    assert logged["loss"] == {1: 0.5}
+
+
 def test_a_resume_after_a_partial_last_record_starts_its_records_on_a_new_line(tmp_path):
     """A killed run can leave metrics.jsonl ending mid-record; the resumed run's first record
     goes on its own line (appended to the partial one, both would be unreadable)."""
