@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,25 @@ def _wandb_records(path: Path):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             yield record
+
+
+def _finished_wandb_file(run_folder: Path) -> Path:
+    """The ``.wandb`` file of an offline run once W&B has written its exit record: ``finish()``
+    in this process can return before W&B's service has written the file (it is read here
+    right away; a command's own file is complete once the command has exited)."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + 60
+    while True:
+        files = list(run_folder.glob("run-*.wandb"))
+        try:  # a file still being written may end mid-record, or hold no header yet
+            kinds = [r.WhichOneof("record_type") for r in _wandb_records(files[0])]
+        except (IndexError, AssertionError, struct.error, DecodeError):
+            kinds = []
+        if "exit" in kinds:
+            return files[0]
+        assert time.monotonic() < deadline, f"W&B wrote no exit record in {run_folder}: {kinds}"
+        time.sleep(0.1)
 
 
 def _wandb_scalars(path: Path) -> tuple[dict[str, dict[int, float]], object]:
@@ -235,7 +255,7 @@ def test_a_resume_continues_the_run_directorys_own_wandb_run(tmp_path, monkeypat
     assert attempt(4, range(5, 9)) == first
     for start, steps in ((0, range(1, 5)), (4, range(5, 9))):  # `wandb sync` sends both
         (run,) = (tmp_path / f"wandb-{start}" / "wandb").glob(f"offline-run-*-{first}")
-        logged, record = _wandb_scalars(next(run.glob("run-*.wandb")))
+        logged, record = _wandb_scalars(_finished_wandb_file(run))
         assert record.run_id == first and logged["loss"] == {s: float(s) for s in steps}
     fresh = attempt(0, range(1, 3))  # a new run (step 0) in the directory: a new W&B run
     assert fresh != first
@@ -262,7 +282,7 @@ def test_a_wandb_run_id_that_cannot_be_recorded_is_one_warning_and_the_dashboard
     assert line.startswith(f"warning: could not record the W&B run id in {tmp_path / 'run'}")
     assert line.endswith(f"unless given --wandb-id {logger.run.id}"), line
     (run,) = (tmp_path / "wandb-dir" / "wandb").glob(f"offline-run-*-{logger.run.id}")
-    logged, _ = _wandb_scalars(next(run.glob("run-*.wandb")))
+    logged, _ = _wandb_scalars(_finished_wandb_file(run))
     assert logged["loss"] == {1: 0.5}
 
 
