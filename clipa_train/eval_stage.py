@@ -20,7 +20,7 @@ from clipa_data.core.atomic import write_json
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
 from clipa_data.core.tokenizer import CLIP_BPE
-from clipa_train.backend_config import BACKEND_CHOICES, IMAGE_NORMS
+from clipa_train.backend_config import BACKENDS, IMAGE_NORMS
 from clipa_train.checkpoint_output import CheckpointOutput
 from clipa_train.run_config import DEFAULT_MODEL
 
@@ -95,7 +95,7 @@ class EvalConfig:
     crop: EvalCropOption = "center"
     batch_size: Annotated[int, Doc("Images per batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
-    backend: Annotated[str, Doc("Device to evaluate on."), Choices(BACKEND_CHOICES)] = "auto"
+    backend: Annotated[str, Doc("Device to evaluate on."), Choices(BACKENDS)] = "auto"
     out: Annotated[
         str | None,
         Doc(

@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,14 +160,21 @@ def apply_update(
 
 
 def _open_run(
-    run_dir: Path, run_config: dict | None, config: LoopConfig, backend: Backend, step: int
+    run_dir: Path,
+    run_config: dict | None,
+    config: LoopConfig,
+    backend: Backend,
+    step: int,
+    notes: Sequence[str] = (),
 ):
-    """Write ``config.json`` (rank 0) and open the loggers. Called only once everything is
-    restored and checked, so a run refused earlier leaves no trace."""
+    """Say ``notes``, write ``config.json`` (rank 0) and open the loggers. Called only once
+    everything is restored and checked, so a run refused earlier leaves no trace."""
     if backend.is_main and config.overwrite:
         moved = move_aside(run_dir)
         if moved is not None:
             os.write(2, f"--overwrite: moved the earlier run in {run_dir} to {moved}\n".encode())
+    for line in notes if backend.is_main else ():
+        Console(stderr=True, soft_wrap=True).print(line, markup=False, highlight=False)
     if backend.is_main and run_config is not None:
         write_json(run_dir / "config.json", run_config)
     return open_loggers(
@@ -230,6 +237,7 @@ def train(
     run_config: dict | None = None,
     evaluate: Evaluate | None = None,
     signals: RelayedSignals | None = None,
+    notes: Sequence[str] = (),
 ) -> LoopResult:
     """Train ``model`` until ``optim_config.total_steps`` or a stop signal; returns what happened.
 
@@ -238,9 +246,10 @@ def train(
     contract batches for this rank. Checkpoints go to ``run_dir/checkpoints``, metrics to
     ``run_dir/metrics.jsonl``, ``run_config`` (if given) to ``run_dir/config.json``. ``signals``:
     the stop signals a launching process relays, where this runs off the main thread.
+    ``notes``: lines rank 0 says once the run is restored (a refused one says only why).
     """
     parts = _Parts(model, optimizer, optim_config, loss_fn, batches, backend, config, evaluate)
-    run = _Run(parts, Path(run_dir), resume_from, run_config)
+    run = _Run(parts, Path(run_dir), resume_from, run_config, notes)
     model.train()
     with (
         StopSignal(backend.is_main, signals) as stop,
@@ -280,7 +289,12 @@ class _Run:
     """
 
     def __init__(
-        self, parts: _Parts, run_dir: Path, resume_from: Path | None, run_config: dict | None
+        self,
+        parts: _Parts,
+        run_dir: Path,
+        resume_from: Path | None,
+        run_config: dict | None,
+        notes: Sequence[str],
     ) -> None:
         self.parts, self.run_config = parts, run_config
         self.directory = run_dir / "checkpoints"
@@ -288,7 +302,7 @@ class _Run:
             parts.model, parts.optimizer, parts.batches, parts.backend, parts.config,
             self.directory, resume_from,
         )  # fmt: skip
-        self.log = _open_run(run_dir, run_config, parts.config, parts.backend, self.step)
+        self.log = _open_run(run_dir, run_config, parts.config, parts.backend, self.step, notes)
         self.result = LoopResult(
             start_step=self.step, step=self.step, stopped=False, checkpoint=None
         )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 from clipa_data.core import layout
 from clipa_data.core.config_fields import Choices, Doc
 from clipa_data.core.errors import ClipaError
-from clipa_train.backend_config import BACKEND_CHOICES
+from clipa_train.backend_config import BACKENDS
 from clipa_train.checkpoint_output import CheckpointOutput
 from clipa_train.eval_stage import (
     CROPS,
@@ -72,9 +72,7 @@ class ProbeConfig:
     image_norm: ImageNormOption = None
     batch_size: Annotated[int, Doc("Images per feature-extraction batch.")] = 256
     workers: Annotated[int, Doc("Image decoding worker processes.")] = 2
-    backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKEND_CHOICES)] = (
-        "auto"
-    )
+    backend: Annotated[str, Doc("Device for extraction and fitting."), Choices(BACKENDS)] = "auto"
     holdout: Annotated[
         float, Doc("Share of the training set held out to choose the L2 strength.")
     ] = 0.2

@@ -71,19 +71,24 @@ def run_stage(config: TrainConfig) -> dict | None:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def _run_config(stage: ResolvedStage, per_rank: int, backend) -> dict:
+def _run_config(stage: ResolvedStage, per_rank: int) -> dict:
     """``config.json``: the stage's, and the micro-batches each optimiser step runs (known only
-    once the backend says how many processes share the batch); ``--accum-steps auto`` says
-    what it picked on the console (rank 0)."""
+    once the backend says how many processes share the batch)."""
     run_config = stage.to_json()
     micro_batches = stage.loop.micro_batches(per_rank)
     run_config["derived"].update(accum_steps=micro_batches, micro_batch=per_rank // micro_batches)
-    if stage.loop.micro_batch is not None and backend.is_main:
-        _note(
-            f"--accum-steps auto: {micro_batches} micro-batch(es) of {per_rank // micro_batches} "
-            f"samples per process and step (at most --micro-batch {stage.loop.micro_batch})"
-        )
     return run_config
+
+
+def _accumulation_notes(stage: ResolvedStage, per_rank: int) -> tuple[str, ...]:
+    """What ``--accum-steps auto`` picked (said once the run is restored and starts)."""
+    if stage.loop.micro_batch is None:
+        return ()
+    micro_batches = stage.loop.micro_batches(per_rank)
+    return (
+        f"--accum-steps auto: {micro_batches} micro-batch(es) of {per_rank // micro_batches} "
+        f"samples per process and step (at most --micro-batch {stage.loop.micro_batch})",
+    )
 
 
 def _start_notes(stage: ResolvedStage, world: int, steps_per_epoch: int) -> list[str]:
@@ -168,7 +173,8 @@ def _train_on(stage: ResolvedStage, backend, signals) -> None:
             run_dir=run_dir,
             config=stage.loop,
             resume_from=None if stage.resume_from is None else Path(stage.resume_from),
-            run_config=_run_config(stage, per_rank, backend),
+            run_config=_run_config(stage, per_rank),
+            notes=_accumulation_notes(stage, per_rank),
             evaluate=zeroshot_hook(stage, backend) if config.evaluation.zeroshot else None,
             signals=signals,
         )

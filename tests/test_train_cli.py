@@ -401,6 +401,15 @@ def test_accum_steps_trains_like_the_one_pass_run(data, tmp_path):
         got = losses(tmp_path / name)
         assert got.keys() == expected.keys()
         assert all(abs(got[step] - expected[step]) <= 1e-5 for step in expected), (got, expected)
+    # A resume says what it resumes from first: the note comes once the checkpoint is restored
+    # (a refused resume says only why).
+    longer = ["--samples", 8 * 4, "--log-every", 1, "--resume", "auto", "--accum-steps", "auto"]
+    resumed = invoke(*tiny(data, tmp_path / "auto", *longer, "--micro-batch", 4))
+    assert resumed.exit_code == 0, resumed.output
+    lines = resumed.output.splitlines()
+    (restored,) = [i for i, line in enumerate(lines) if line.startswith("resuming from step 3")]
+    (note,) = [i for i, line in enumerate(lines) if line.startswith("--accum-steps auto: 2 ")]
+    assert restored < note, resumed.output
 
 
 def test_compile_on_trains_without_recompiling_and_bad_compile_choices(data, tmp_path):
