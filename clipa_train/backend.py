@@ -277,7 +277,7 @@ class TorchBackend(Backend):
         if dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
         sharding.check_sharding(config.sharding, name, self.world)
-        self.fsdp = config.sharding == "fsdp"
+        self.fsdp = sharding.sharding_choice(config.sharding).shards_state
 
     def shard_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)

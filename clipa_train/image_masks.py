@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class ImageMaskStrategy(Protocol):
 
     keep: int | None
     """Patches kept per image (K), or None when the mask keeps every patch."""
+    uses_ratio: ClassVar[bool]
+    """Whether ``--mask-ratio`` sets how many patches it keeps."""
 
     def draw(self, rng: np.random.Generator) -> np.ndarray | None:
         """Sorted kept patch indices, ``int16[K]`` (None without a mask)."""
@@ -70,6 +72,8 @@ def block_shape(grid: int, target: int) -> tuple[int, int]:
 class ResizeMask:
     """``resize``: no mask (``keep`` is None, ``draw`` gives None)."""
 
+    uses_ratio = False
+
     def __init__(self, grid: int, ratio: float) -> None:
         self.keep: int | None = None
 
@@ -79,6 +83,8 @@ class ResizeMask:
 
 class RandomMask:
     """``random``: K patches drawn uniformly without replacement."""
+
+    uses_ratio = True
 
     def __init__(self, grid: int, ratio: float) -> None:
         self.patches = grid * grid
@@ -90,6 +96,8 @@ class RandomMask:
 
 class GridMask:
     """``grid``: one random patch in every 2x2 window (ratio is ignored)."""
+
+    uses_ratio = False
 
     def __init__(self, grid: int, ratio: float) -> None:
         self.grid = grid
@@ -111,6 +119,8 @@ class GridMask:
 
 class BlockMask:
     """``block``: one contiguous near-square rectangle at a random position."""
+
+    uses_ratio = True
 
     def __init__(self, grid: int, ratio: float) -> None:
         self.grid = grid
@@ -137,5 +147,7 @@ IMAGE_MASK_STRATEGIES: dict[str, Callable[[int, float], ImageMaskStrategy]] = {
 IMAGE_MASKS: tuple[str, ...] = tuple(IMAGE_MASK_STRATEGIES)
 """The image-mask names, in the order help texts list them."""
 
-RATIO_MASKS: tuple[str, ...] = ("random", "block")
+RATIO_MASKS: tuple[str, ...] = tuple(
+    name for name, strategy in IMAGE_MASK_STRATEGIES.items() if strategy.uses_ratio
+)
 """The masks ``--mask-ratio`` sets (resize keeps every patch, grid always 1 in 4)."""

@@ -230,6 +230,7 @@ def stage_shape(
     """What one device of ``stage`` runs per step, with any of the three overridden."""
     from clipa_train.accumulation import fewest_micro_batches
     from clipa_train.image_masks import IMAGE_MASK_STRATEGIES
+    from clipa_train.sharding import sharding_choice
 
     optim = stage.config.optim
     model = model or stage.model
@@ -251,7 +252,7 @@ def stage_shape(
             if grad_checkpointing is None
             else grad_checkpointing
         ),
-        shards=world if optim.sharding == "fsdp" else 1,
+        shards=world if sharding_choice(optim.sharding).shards_state else 1,
         device=stage.backend.name,
         workers=stage.config.run.workers,
     )

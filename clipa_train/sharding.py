@@ -32,16 +32,22 @@ class ShardingChoice:
     gathers_in_forward: bool
     """Whether a forward pass is a collective (parameters are all-gathered from every rank), so
     every rank must run every forward, evaluation included."""
+    shards_state: bool
+    """Whether each rank holds only its share of the parameters, gradients and AdamW states
+    (``fully_shard``; needs ≥ 2 torch processes, not XLA)."""
 
 
 SHARDING_CHOICES: dict[str, ShardingChoice] = {
     "ddp": ShardingChoice(
-        "a full copy of the model and optimiser per rank, gradients averaged by DDP", False
+        "a full copy of the model and optimiser per rank, gradients averaged by DDP",
+        gathers_in_forward=False,
+        shards_state=False,
     ),
     "fsdp": ShardingChoice(
         "FSDP2, fully_shard per residual block: parameters, gradients and AdamW states "
         "sharded over the ranks (torchrun with ≥ 2 processes, cpu or cuda)",
-        True,
+        gathers_in_forward=True,
+        shards_state=True,
     ),
 }
 """Sharding name -> what it is; ``TorchBackend`` applies it."""
@@ -61,19 +67,18 @@ def check_sharding(name: str, backend: str, world: int | None) -> None:
     with the fix."""
     from clipa_train.backend_config import tpu_configured
 
-    sharding_choice(name)
-    if name != "fsdp":
+    if not sharding_choice(name).shards_state:
         return
     if backend == "xla" or (backend == "auto" and tpu_configured()):
         raise ClipaError(
-            "--sharding fsdp is for the torch backends (cpu, cuda); the xla backend is "
+            f"--sharding {name} is for the torch backends (cpu, cuda); the xla backend is "
             "data-parallel only (PyTorch/XLA shards with its own SPMD/FSDP, not wired in here): "
             "use --sharding ddp with --backend xla"
         )
     if world is not None and world < 2:
         raise ClipaError(
-            "--sharding fsdp needs at least 2 processes; launch with torchrun --nproc_per_node N "
-            "(N ≥ 2), or use --sharding ddp for one process"
+            f"--sharding {name} needs at least 2 processes; launch with torchrun "
+            "--nproc_per_node N (N ≥ 2), or use --sharding ddp for one process"
         )
 
 
